@@ -1,0 +1,463 @@
+//! The use cases: what `billing-server` (or any embedding service) calls.
+//! Each is one unit of work over a [`Store`]: begin, read, apply a pure rule
+//! from [`crate::domain`], write state + audit + outbox, commit.
+
+use crate::domain::license::{self, LicenseDecision};
+use crate::domain::subscription::{self, changes_between, Freshness};
+use crate::domain::{Actor, License, LicenseKey, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
+use crate::storage::{
+    ChangeEntry, EventDisposition, EventRecord, OutboxMessage, PaymentRecord, PaymentWrite, Store, StoreError, StoreTx,
+};
+use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, StripeClient, WebhookSecrets};
+use serde_json::json;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Settings of the billing rules.
+#[derive(Clone)]
+pub struct BillingConfig {
+    /// What the vendor sells.
+    pub plans: PlanCatalog,
+    /// How long a past-due subscription keeps its license working.
+    pub grace: time::Duration,
+    /// Accepted webhook signing secrets; `None` switches webhooks off.
+    pub webhook_secrets: Option<WebhookSecrets>,
+    /// The Stripe API, when a secret key is configured.
+    pub stripe: Option<StripeClient>,
+}
+
+/// The clock, injectable for tests of time-based rules.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The billing and licensing engine over a store.
+#[derive(Clone)]
+pub struct Billing<S: Store> {
+    store: S,
+    config: Arc<BillingConfig>,
+    clock: Clock,
+}
+
+/// What became of a webhook delivery that was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Its effects were applied.
+    Processed,
+    /// Already applied earlier; nothing changed.
+    Duplicate,
+    /// A type we do not act on; recorded.
+    Ignored,
+}
+
+impl WebhookOutcome {
+    /// Metric and log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// Why a webhook delivery was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// No webhook secret is configured.
+    #[error("webhooks are not configured")]
+    NotConfigured,
+    /// The signature does not check out; nothing was stored.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Signed, but not a Stripe event envelope; nothing was stored.
+    #[error("payload is not a Stripe event")]
+    Malformed(#[source] EventError),
+    /// Applying it failed; rolled back, failure recorded, Stripe should retry.
+    #[error("failed to process event")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Errors of the read use cases.
+pub type ReadError = StoreError;
+
+impl<S: Store> Billing<S> {
+    /// Builds the engine.
+    pub fn new(store: S, config: BillingConfig) -> Self {
+        Self { store, config: Arc::new(config), clock: Arc::new(time::OffsetDateTime::now_utc) }
+    }
+
+    /// Replaces the clock (tests of grace periods and expiry).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time by the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The plan catalog.
+    pub fn plans(&self) -> &PlanCatalog {
+        &self.config.plans
+    }
+
+    /// Whether webhook secrets are configured.
+    pub fn webhooks_enabled(&self) -> bool {
+        self.config.webhook_secrets.is_some()
+    }
+
+    /// Verifies, deduplicates and applies one Stripe webhook delivery.
+    pub async fn ingest_webhook(&self, body: &[u8], signature: Option<&str>) -> Result<WebhookOutcome, WebhookError> {
+        let secrets = self.config.webhook_secrets.as_ref().ok_or(WebhookError::NotConfigured)?;
+        secrets.verify(signature, body, self.now().unix_timestamp())?;
+        let event = match Event::parse(body) {
+            Ok(event) => event,
+            Err(e @ EventError::Envelope(_)) => return Err(WebhookError::Malformed(e)),
+            Err(e @ EventError::Object { .. }) => {
+                // A type we act on that we cannot read: keep it failed so
+                // Stripe retries and an operator sees it.
+                let record = envelope_record(body);
+                if let Some(record) = &record {
+                    self.record_failure(&record.as_ref(), &e).await;
+                }
+                return Err(WebhookError::Failed(Box::new(e)));
+            }
+        };
+        let record = EventRecord {
+            id: &event.id,
+            kind: &event.kind,
+            created: event.created,
+            api_version: event.api_version.as_deref(),
+        };
+        match self.apply_event(&event, &record).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                self.record_failure(&record, e.as_ref()).await;
+                Err(WebhookError::Failed(e))
+            }
+        }
+    }
+
+    async fn record_failure(&self, record: &EventRecord<'_>, error: &(dyn std::error::Error + 'static)) {
+        let message = error_chain(error);
+        tracing::warn!(event_id = record.id, event_type = record.kind, error = %message, "webhook processing failed");
+        if let Err(e) = self.store.record_event_failure(record, &message).await {
+            tracing::error!(event_id = record.id, error = %error_chain(&e), "could not record webhook failure");
+        }
+    }
+
+    async fn apply_event(
+        &self,
+        event: &Event,
+        record: &EventRecord<'_>,
+    ) -> Result<WebhookOutcome, Box<dyn std::error::Error + Send + Sync>> {
+        let actor = Actor::Stripe { event_id: event.id.clone() };
+        match &event.payload {
+            EventPayload::Subscription(snapshot) => {
+                // With an API key, an ambiguous same-second delivery is
+                // settled by asking Stripe for the current object.
+                let ambiguity =
+                    if self.config.stripe.is_some() { Ambiguity::Refuse } else { Ambiguity::ApplyLaterArrival };
+                match self.apply_subscription_event(record, &actor, snapshot, event.created, ambiguity).await? {
+                    Applied::Done(outcome) => Ok(outcome),
+                    Applied::Ambiguous => {
+                        let stripe = self.config.stripe.as_ref().expect("refused only when a client exists");
+                        let current = stripe.get_subscription(&snapshot.stripe_subscription_id).await?;
+                        tracing::info!(event_id = record.id, "same-second snapshot settled by re-fetching from Stripe");
+                        match self
+                            .apply_subscription_event(
+                                record,
+                                &actor,
+                                &current,
+                                event.created,
+                                Ambiguity::ApplyLaterArrival,
+                            )
+                            .await?
+                        {
+                            Applied::Done(outcome) => Ok(outcome),
+                            Applied::Ambiguous => unreachable!("ambiguity is accepted on the second pass"),
+                        }
+                    }
+                }
+            }
+            EventPayload::CheckoutCompleted(session) => Ok(self.apply_checkout(record, session).await?),
+            EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, payment).await?),
+            EventPayload::Ignored => {
+                let mut tx = self.store.begin().await?;
+                if !tx.claim_event(record).await? {
+                    return Ok(WebhookOutcome::Duplicate);
+                }
+                tx.finish_event(record.id, EventDisposition::Ignored, None).await?;
+                tx.commit().await?;
+                Ok(WebhookOutcome::Ignored)
+            }
+        }
+    }
+
+    async fn apply_subscription_event(
+        &self,
+        record: &EventRecord<'_>,
+        actor: &Actor,
+        snapshot: &SubscriptionSnapshot,
+        created: i64,
+        ambiguity: Ambiguity,
+    ) -> Result<Applied, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if !tx.claim_event(record).await? {
+            return Ok(Applied::Done(WebhookOutcome::Duplicate));
+        }
+        let note = match self.sync_subscription(&mut tx, actor, snapshot, created, ambiguity).await? {
+            Synced::Applied => None,
+            Synced::Stale => Some("stale snapshot: a newer one is held"),
+            Synced::Ambiguous => return Ok(Applied::Ambiguous),
+        };
+        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        tx.commit().await?;
+        Ok(Applied::Done(WebhookOutcome::Processed))
+    }
+
+    /// Brings our copy of one subscription (and its license) in line with a
+    /// snapshot, inside the caller's transaction.
+    async fn sync_subscription(
+        &self,
+        tx: &mut S::Tx,
+        actor: &Actor,
+        snapshot: &SubscriptionSnapshot,
+        created: i64,
+        ambiguity: Ambiguity,
+    ) -> Result<Synced, StoreError> {
+        let now = self.now();
+        let customer_id = tx.upsert_customer(&snapshot.stripe_customer_id, snapshot.user_id.as_deref()).await?;
+        let held = tx.lock_subscription(&snapshot.stripe_subscription_id).await?;
+        if let Some(held) = &held {
+            match (subscription::freshness(held, snapshot, created), ambiguity) {
+                (Freshness::Stale, _) => return Ok(Synced::Stale),
+                (Freshness::Ambiguous, Ambiguity::Refuse) => return Ok(Synced::Ambiguous),
+                (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => {}
+            }
+        }
+        let plan = snapshot.price_id.as_deref().and_then(|p| self.config.plans.by_price(p));
+        let next = Subscription {
+            id: held.as_ref().map_or_else(Uuid::new_v4, |h| h.id),
+            snapshot: snapshot.clone(),
+            plan_id: plan.map(|p| p.id.0.clone()),
+            past_due_since: subscription::past_due_since(held.as_ref(), snapshot, now),
+            source_created: held.as_ref().map_or(created, |h| h.source_created.max(created)),
+        };
+        tx.save_subscription(customer_id, &next).await?;
+        let changes = changes_between(held.as_ref().map(|h| &h.snapshot), &next.snapshot);
+        for change in &changes {
+            tx.record_change(next.id, actor, change).await?;
+        }
+
+        let license = tx.license_of_subscription(next.id).await?;
+        let decision = license::decide(&next, plan, license.as_ref().map(|l| &l.terms), self.config.grace);
+        let license_id = match (decision, license) {
+            (LicenseDecision::Issue(terms), _) => {
+                let issued =
+                    License { id: Uuid::new_v4(), subscription_id: next.id, key: LicenseKey::generate(), terms };
+                tx.insert_license(&issued).await?;
+                tracing::info!(license_id = %issued.id, subscription_id = %next.id, "license issued");
+                Some(issued.id)
+            }
+            (LicenseDecision::Update(terms), Some(held)) => {
+                tx.update_license_terms(held.id, &terms).await?;
+                let updated = License { terms, ..held };
+                tx.enqueue(&license_updated(&updated)).await?;
+                Some(updated.id)
+            }
+            (LicenseDecision::Update(_), None) => unreachable!("updates are decided only for held licenses"),
+            (LicenseDecision::Keep, held) => held.map(|l| l.id),
+        };
+        let client_visible = changes.iter().any(|c| !matches!(c, subscription::SubscriptionChange::Created { .. }));
+        if let (Some(license_id), true) = (license_id, client_visible) {
+            tx.enqueue(&subscription_updated(license_id, &next)).await?;
+        }
+        Ok(Synced::Applied)
+    }
+
+    async fn apply_checkout(
+        &self,
+        record: &EventRecord<'_>,
+        session: &CheckoutSession,
+    ) -> Result<WebhookOutcome, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if !tx.claim_event(record).await? {
+            return Ok(WebhookOutcome::Duplicate);
+        }
+        let note = match (session.customer.as_deref(), session.user_id()) {
+            (Some(customer), Some(user_id)) => {
+                // Links the customer, and with it any subscription that
+                // arrived before this checkout.
+                tx.upsert_customer(customer, Some(user_id)).await?;
+                None
+            }
+            (Some(customer), None) => {
+                tx.upsert_customer(customer, None).await?;
+                Some("checkout names no user")
+            }
+            (None, _) => Some("checkout has no customer"),
+        };
+        let note = if session.mode != "subscription" { Some("not a subscription checkout") } else { note };
+        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        tx.commit().await?;
+        Ok(WebhookOutcome::Processed)
+    }
+
+    async fn apply_invoice(&self, record: &EventRecord<'_>, payment: &Payment) -> Result<WebhookOutcome, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if !tx.claim_event(record).await? {
+            return Ok(WebhookOutcome::Duplicate);
+        }
+        let customer_id = tx.upsert_customer(&payment.stripe_customer_id, None).await?;
+        let written = tx.upsert_payment(customer_id, payment).await?;
+        let newsworthy =
+            !matches!(written, PaymentWrite::Unchanged) && payment.status != crate::domain::PaymentStatus::Paid;
+        if let (true, Some(sub)) = (newsworthy, payment.stripe_subscription_id.as_deref()) {
+            if let Some(license) = tx.license_of_stripe_subscription(sub).await? {
+                tx.enqueue(&OutboxMessage {
+                    license_id: Some(license.id),
+                    topic: "payment.updated",
+                    payload: json!({
+                        "license_id": license.id,
+                        "status": payment.status,
+                        "amount": payment.amount,
+                        "currency": payment.currency,
+                    }),
+                })
+                .await?;
+            }
+        }
+        let note = matches!(written, PaymentWrite::Unchanged).then_some("payment already recorded");
+        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        tx.commit().await?;
+        Ok(WebhookOutcome::Processed)
+    }
+
+    /// The subscription the dashboard shows for a user: the one that grants
+    /// access if any, else the most recently updated.
+    pub async fn current_subscription(&self, user_id: &str) -> Result<Option<Subscription>, ReadError> {
+        let subs = self.store.subscriptions_of_user(user_id).await?;
+        Ok(subs
+            .iter()
+            .find(|s| {
+                !s.snapshot.status.is_terminal()
+                    && s.snapshot.status != crate::domain::SubscriptionStatus::IncompleteExpired
+            })
+            .or(subs.first())
+            .cloned())
+    }
+
+    /// The user's audit trail, newest first.
+    pub async fn subscription_history(&self, user_id: &str) -> Result<Vec<ChangeEntry>, ReadError> {
+        self.store.changes_of_user(user_id, 500).await
+    }
+
+    /// The user's payments, newest first.
+    pub async fn payment_history(&self, user_id: &str) -> Result<Vec<PaymentRecord>, ReadError> {
+        self.store.payments_of_user(user_id, 500).await
+    }
+
+    /// The user's licenses.
+    pub async fn licenses(&self, user_id: &str) -> Result<Vec<License>, ReadError> {
+        self.store.licenses_of_user(user_id).await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ambiguity {
+    Refuse,
+    ApplyLaterArrival,
+}
+
+enum Applied {
+    Done(WebhookOutcome),
+    Ambiguous,
+}
+
+enum Synced {
+    Applied,
+    Stale,
+    Ambiguous,
+}
+
+fn license_updated(license: &License) -> OutboxMessage {
+    let t = &license.terms;
+    OutboxMessage {
+        license_id: Some(license.id),
+        topic: "license.updated",
+        payload: json!({
+            "license_id": license.id,
+            "status": t.status,
+            "max_devices": t.max_devices,
+            "plan": t.plan_id,
+            "expires_at": t.expires_at.map(rfc3339),
+            "grace_ends_at": t.grace_ends_at.map(rfc3339),
+        }),
+    }
+}
+
+fn subscription_updated(license_id: Uuid, sub: &Subscription) -> OutboxMessage {
+    let s = &sub.snapshot;
+    OutboxMessage {
+        license_id: Some(license_id),
+        topic: "subscription.updated",
+        payload: json!({
+            "license_id": license_id,
+            "status": s.status,
+            "cancel_at_period_end": s.cancel_at_period_end,
+            "current_period_end": s.current_period_end.map(rfc3339),
+            "plan": sub.plan_id,
+        }),
+    }
+}
+
+/// Formats a timestamp as RFC 3339.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).expect("UTC timestamps always format")
+}
+
+/// `error: cause: cause`, for logs and the failed-delivery record.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+struct OwnedRecord {
+    id: String,
+    kind: String,
+    created: i64,
+    api_version: Option<String>,
+}
+
+impl OwnedRecord {
+    fn as_ref(&self) -> EventRecord<'_> {
+        EventRecord { id: &self.id, kind: &self.kind, created: self.created, api_version: self.api_version.as_deref() }
+    }
+}
+
+/// The envelope of a payload whose object could not be read, so the failure
+/// can still be recorded against its event id.
+fn envelope_record(body: &[u8]) -> Option<OwnedRecord> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: String,
+        #[serde(rename = "type")]
+        kind: String,
+        created: i64,
+        api_version: Option<String>,
+    }
+    let head: Head = serde_json::from_slice(body).ok()?;
+    Some(OwnedRecord { id: head.id, kind: head.kind, created: head.created, api_version: head.api_version })
+}

@@ -1,0 +1,356 @@
+//! License keys and the rule that derives a license's terms from its
+//! subscription.
+
+use super::{Plan, Subscription, SubscriptionStatus, Timestamp};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Crockford's base32 alphabet: no I, L, O or U, so keys read aloud and typed
+/// from paper survive.
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// 160 random bits: 32 characters of 5 bits each.
+const KEY_BYTES: usize = 20;
+const KEY_CHARS: usize = 32;
+const GROUP: usize = 4;
+
+/// A license key such as `7KQ2-M9XD-…` (8 groups of 4). Its `Debug` output is
+/// redacted so it cannot leak through logs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LicenseKey(String);
+
+impl std::fmt::Debug for LicenseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LicenseKey(<redacted>)")
+    }
+}
+
+impl LicenseKey {
+    /// A fresh key with 160 bits from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; KEY_BYTES];
+        SystemRandom::new().fill(&mut bytes).expect("the operating system RNG is available");
+        let mut chars = String::with_capacity(KEY_CHARS + KEY_CHARS / GROUP);
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        for byte in bytes {
+            acc = (acc << 8) | u32::from(byte);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                push_grouped(&mut chars, ALPHABET[((acc >> bits) & 31) as usize]);
+            }
+        }
+        Self(chars)
+    }
+
+    /// Accepts what a user types: any case, with or without dashes or spaces,
+    /// and Crockford's look-alikes (O→0, I/L→1).
+    pub fn parse(input: &str) -> Option<Self> {
+        let mut chars = String::with_capacity(KEY_CHARS + KEY_CHARS / GROUP);
+        let mut count = 0;
+        for c in input.chars() {
+            let c = match c.to_ascii_uppercase() {
+                '-' | ' ' => continue,
+                'O' => '0',
+                'I' | 'L' => '1',
+                c if c.is_ascii() && ALPHABET.contains(&(c as u8)) => c,
+                _ => return None,
+            };
+            count += 1;
+            if count > KEY_CHARS {
+                return None;
+            }
+            push_grouped(&mut chars, c as u8);
+        }
+        (count == KEY_CHARS).then_some(Self(chars))
+    }
+
+    /// The canonical grouped form, for showing to the key's owner only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the canonical form: what lookups use, so comparing keys
+    /// never depends on how many leading characters match.
+    pub fn lookup_hash(&self) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes()).as_ref().to_vec()
+    }
+}
+
+fn push_grouped(out: &mut String, c: u8) {
+    let written = out.len() - out.len() / (GROUP + 1);
+    if written > 0 && written % GROUP == 0 {
+        out.push('-');
+    }
+    out.push(c as char);
+}
+
+/// Whether a license currently entitles its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseStatus {
+    /// Usable.
+    Active,
+    /// Temporarily unusable: payment trouble or a paused subscription.
+    Suspended,
+    /// The subscription ended.
+    Expired,
+    /// Withdrawn by the vendor; never restored by Stripe events.
+    Revoked,
+}
+
+impl LicenseStatus {
+    /// Storage and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => Self::Active,
+            "suspended" => Self::Suspended,
+            "expired" => Self::Expired,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// What a license allows, derived from its subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseTerms {
+    /// Stored status (before grace expiry is taken into account).
+    pub status: LicenseStatus,
+    /// Device slots.
+    pub max_devices: u32,
+    /// The paid-through date.
+    pub expires_at: Option<Timestamp>,
+    /// While past due, the moment the license stops working.
+    pub grace_ends_at: Option<Timestamp>,
+    /// Plan the terms come from.
+    pub plan_id: Option<String>,
+}
+
+/// A license as we hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct License {
+    /// Our id.
+    pub id: Uuid,
+    /// The subscription it belongs to.
+    pub subscription_id: Uuid,
+    /// The key itself.
+    pub key: LicenseKey,
+    /// Current terms.
+    pub terms: LicenseTerms,
+}
+
+impl License {
+    /// The status at `now`: a past-due license whose grace has run out is
+    /// suspended even before any event says so.
+    pub fn effective_status(&self, now: Timestamp) -> LicenseStatus {
+        effective_status(&self.terms, now)
+    }
+}
+
+/// See [`License::effective_status`].
+pub fn effective_status(terms: &LicenseTerms, now: Timestamp) -> LicenseStatus {
+    match (terms.status, terms.grace_ends_at) {
+        (LicenseStatus::Active, Some(end)) if now >= end => LicenseStatus::Suspended,
+        (status, _) => status,
+    }
+}
+
+/// The terms a subscription gives its license.
+///
+/// `held` keeps what Stripe events cannot change: a revoked license stays
+/// revoked, and an unknown price keeps the device limit it had.
+pub fn terms_for(
+    sub: &Subscription,
+    plan: Option<&Plan>,
+    held: Option<&LicenseTerms>,
+    grace: time::Duration,
+) -> LicenseTerms {
+    use SubscriptionStatus::*;
+    let snap = &sub.snapshot;
+    let mut grace_ends_at = None;
+    let status = match snap.status {
+        Active | Trialing => LicenseStatus::Active,
+        PastDue => {
+            grace_ends_at = sub.past_due_since.map(|t| t + grace);
+            LicenseStatus::Active
+        }
+        Paused | Unpaid | Incomplete => LicenseStatus::Suspended,
+        Canceled | IncompleteExpired => LicenseStatus::Expired,
+    };
+    let status = match held {
+        Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
+        _ => status,
+    };
+    LicenseTerms {
+        status,
+        max_devices: plan.map(|p| p.max_devices).or(held.map(|h| h.max_devices)).unwrap_or(1),
+        expires_at: snap.current_period_end.or(snap.trial_end),
+        grace_ends_at,
+        plan_id: plan.map(|p| p.id.0.clone()).or_else(|| held.and_then(|h| h.plan_id.clone())),
+    }
+}
+
+/// What to do with a subscription's license after the subscription changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LicenseDecision {
+    /// Nothing changes.
+    Keep,
+    /// Issue the subscription's first license with these terms.
+    Issue(LicenseTerms),
+    /// Replace the terms of the existing license.
+    Update(LicenseTerms),
+}
+
+/// A license is issued once, when its subscription first becomes trialing or
+/// active; afterwards its terms follow the subscription.
+pub fn decide(
+    sub: &Subscription,
+    plan: Option<&Plan>,
+    held: Option<&LicenseTerms>,
+    grace: time::Duration,
+) -> LicenseDecision {
+    match held {
+        None if sub.snapshot.status.grants_license() => LicenseDecision::Issue(terms_for(sub, plan, None, grace)),
+        None => LicenseDecision::Keep,
+        Some(h) => {
+            let next = terms_for(sub, plan, Some(h), grace);
+            if &next == h {
+                LicenseDecision::Keep
+            } else {
+                LicenseDecision::Update(next)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::subscription::tests::snapshot;
+    use crate::domain::PlanId;
+    use time::macros::datetime;
+    use time::Duration;
+
+    fn sub(status: SubscriptionStatus) -> Subscription {
+        Subscription {
+            id: Uuid::nil(),
+            snapshot: snapshot(status),
+            plan_id: None,
+            past_due_since: None,
+            source_created: 0,
+        }
+    }
+
+    fn pro() -> Plan {
+        Plan {
+            id: PlanId("pro".into()),
+            name: "Pro".into(),
+            stripe_price_id: "price_pro".into(),
+            max_devices: 3,
+            amount: None,
+            currency: None,
+            interval: None,
+            features: vec![],
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_grouped_unique_and_parse_back() {
+        let a = LicenseKey::generate();
+        let b = LicenseKey::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 32 + 7);
+        assert!(a.expose().split('-').all(|g| g.len() == 4));
+        assert_eq!(LicenseKey::parse(a.expose()), Some(a.clone()));
+        let sloppy = a.expose().to_lowercase().replace('-', " ");
+        assert_eq!(LicenseKey::parse(&sloppy), Some(a.clone()));
+        assert_eq!(format!("{a:?}"), "LicenseKey(<redacted>)");
+    }
+
+    #[test]
+    fn parse_refuses_wrong_length_and_alphabet() {
+        assert_eq!(LicenseKey::parse(""), None);
+        assert_eq!(LicenseKey::parse("ABCD-EFGH"), None);
+        assert_eq!(LicenseKey::parse(&"A".repeat(33)), None);
+        assert_eq!(LicenseKey::parse(&format!("{}U", "A".repeat(31))), None);
+        assert_eq!(LicenseKey::parse(&format!("{}é", "A".repeat(31))), None);
+        assert_eq!(
+            LicenseKey::parse("o".repeat(32).as_str()).unwrap().expose(),
+            "0000-0000-0000-0000-0000-0000-0000-0000"
+        );
+    }
+
+    #[test]
+    fn license_status_follows_subscription_status() {
+        use LicenseStatus as L;
+        use SubscriptionStatus::*;
+        let grace = Duration::days(7);
+        for (status, expected) in [
+            (Active, L::Active),
+            (Trialing, L::Active),
+            (PastDue, L::Active),
+            (Paused, L::Suspended),
+            (Unpaid, L::Suspended),
+            (Incomplete, L::Suspended),
+            (Canceled, L::Expired),
+            (IncompleteExpired, L::Expired),
+        ] {
+            assert_eq!(terms_for(&sub(status), Some(&pro()), None, grace).status, expected, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn past_due_is_active_until_grace_runs_out() {
+        let mut s = sub(SubscriptionStatus::PastDue);
+        s.past_due_since = Some(datetime!(2026-11-01 0:00 UTC));
+        let terms = terms_for(&s, Some(&pro()), None, Duration::days(7));
+        assert_eq!(terms.grace_ends_at, Some(datetime!(2026-11-08 0:00 UTC)));
+        assert_eq!(effective_status(&terms, datetime!(2026-11-07 23:59 UTC)), LicenseStatus::Active);
+        assert_eq!(effective_status(&terms, datetime!(2026-11-08 0:00 UTC)), LicenseStatus::Suspended);
+    }
+
+    #[test]
+    fn issued_once_when_first_active_then_follows() {
+        let grace = Duration::days(7);
+        assert_eq!(decide(&sub(SubscriptionStatus::Incomplete), Some(&pro()), None, grace), LicenseDecision::Keep);
+        let LicenseDecision::Issue(terms) = decide(&sub(SubscriptionStatus::Active), Some(&pro()), None, grace) else {
+            panic!("active subscription without license must issue one");
+        };
+        assert_eq!(terms.max_devices, 3);
+        assert_eq!(decide(&sub(SubscriptionStatus::Active), Some(&pro()), Some(&terms), grace), LicenseDecision::Keep);
+        let LicenseDecision::Update(next) =
+            decide(&sub(SubscriptionStatus::Canceled), Some(&pro()), Some(&terms), grace)
+        else {
+            panic!("cancel must update");
+        };
+        assert_eq!(next.status, LicenseStatus::Expired);
+    }
+
+    #[test]
+    fn revoked_stays_revoked_and_unknown_price_keeps_limit() {
+        let grace = Duration::days(7);
+        let held = LicenseTerms {
+            status: LicenseStatus::Revoked,
+            max_devices: 5,
+            expires_at: None,
+            grace_ends_at: None,
+            plan_id: Some("team".into()),
+        };
+        let next = terms_for(&sub(SubscriptionStatus::Active), None, Some(&held), grace);
+        assert_eq!(next.status, LicenseStatus::Revoked);
+        assert_eq!(next.max_devices, 5);
+        assert_eq!(next.plan_id.as_deref(), Some("team"));
+    }
+}

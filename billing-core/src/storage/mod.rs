@@ -1,0 +1,269 @@
+//! Persistence. The only module that knows SQL.
+//!
+//! A [`Store`] hands out transactions ([`StoreTx`]) offering typed reads and
+//! writes; the use cases in [`crate::billing`] compose them into units of
+//! work (begin, read, apply a pure rule, write state + audit + outbox,
+//! commit). A transaction dropped without `commit` rolls back.
+
+pub mod postgres;
+
+use crate::domain::subscription::SubscriptionChange;
+use crate::domain::{Actor, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp};
+use serde_json::Value;
+use std::future::Future;
+use uuid::Uuid;
+
+/// A storage failure. Messages name what failed, never row contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or a connection could not be had.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A query failed.
+    #[error("database query failed")]
+    Query(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored value cannot be read back into the domain (e.g. an unknown status).
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    /// Migrations could not be applied.
+    #[error("migrations failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The envelope facts of a webhook delivery, recorded for deduplication.
+#[derive(Debug, Clone)]
+pub struct EventRecord<'a> {
+    /// `evt_…`
+    pub id: &'a str,
+    /// Event type.
+    pub kind: &'a str,
+    /// Stripe's `created`.
+    pub created: i64,
+    /// Payload API version.
+    pub api_version: Option<&'a str>,
+}
+
+/// How an event was disposed of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDisposition {
+    /// Its effects were applied (possibly none, e.g. a stale snapshot).
+    Processed,
+    /// A type we do not act on.
+    Ignored,
+}
+
+/// An audit-trail row, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEntry {
+    /// Monotonic id.
+    pub id: i64,
+    /// Our subscription id.
+    pub subscription_id: Uuid,
+    /// Change kind (see [`SubscriptionChange::kind`]).
+    pub kind: String,
+    /// Status before, for status changes.
+    pub from_status: Option<String>,
+    /// Status after.
+    pub to_status: Option<String>,
+    /// Details.
+    pub detail: Value,
+    /// `stripe`, `user:<id>` or `system`.
+    pub actor: String,
+    /// The Stripe event that caused it, if any.
+    pub stripe_event_id: Option<String>,
+    /// When it was recorded.
+    pub created_at: Timestamp,
+}
+
+/// A stored payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentRecord {
+    /// Our id.
+    pub id: Uuid,
+    /// What Stripe reported.
+    pub payment: Payment,
+    /// First recorded.
+    pub created_at: Timestamp,
+}
+
+/// A client-visible change to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// The license whose clients should hear it (None: operators only).
+    pub license_id: Option<Uuid>,
+    /// Event name, e.g. `license.updated`.
+    pub topic: &'static str,
+    /// JSON body.
+    pub payload: Value,
+}
+
+/// A published outbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Monotonic id, the SSE `id:`.
+    pub id: i64,
+    /// Target license.
+    pub license_id: Option<Uuid>,
+    /// Event name.
+    pub topic: String,
+    /// JSON body.
+    pub payload: Value,
+    /// When it was committed.
+    pub created_at: Timestamp,
+}
+
+/// What became of a payment upsert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentWrite {
+    /// First time we see this invoice.
+    Inserted,
+    /// Status moved (e.g. failed → paid).
+    Updated {
+        /// The status it had.
+        from: PaymentStatus,
+    },
+    /// Already recorded in this or a final status.
+    Unchanged,
+}
+
+/// A storage backend.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Its transaction type.
+    type Tx: StoreTx;
+
+    /// Starts a unit of work.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checks the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records a failed delivery outside any transaction, so the failure
+    /// survives the rollback of the attempt.
+    fn record_event_failure(
+        &self,
+        event: &EventRecord<'_>,
+        error: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Subscriptions whose customer belongs to `user_id`, most recently updated first.
+    fn subscriptions_of_user(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<Subscription>, StoreError>> + Send;
+
+    /// The audit trail of the user's subscriptions, newest first.
+    fn changes_of_user(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ChangeEntry>, StoreError>> + Send;
+
+    /// The user's payments, newest first.
+    fn payments_of_user(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send;
+
+    /// The user's licenses, oldest first.
+    fn licenses_of_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<License>, StoreError>> + Send;
+
+    /// Outbox rows after `after_id`, optionally for one license, in id order.
+    fn outbox_after(
+        &self,
+        after_id: i64,
+        license_id: Option<Uuid>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
+
+    /// Status of a recorded delivery (`processed`, `ignored`, `failed`), for operators and tests.
+    fn webhook_event_status(
+        &self,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<(String, i32, Option<String>)>, StoreError>> + Send;
+}
+
+/// One open transaction.
+pub trait StoreTx: Send {
+    /// Records the delivery as being applied in this transaction. Returns
+    /// `false` when it was already applied (a duplicate); a delivery that
+    /// failed before is claimed again.
+    fn claim_event(&mut self, event: &EventRecord<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Marks the claimed delivery done.
+    fn finish_event(
+        &mut self,
+        event_id: &str,
+        disposition: EventDisposition,
+        note: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Finds or creates the customer for a Stripe customer id; sets its user
+    /// when one is given and none was known. Returns our customer id.
+    fn upsert_customer(
+        &mut self,
+        stripe_customer_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
+
+    /// Locks the subscription's identity for this transaction (even when no
+    /// row exists yet, so parallel first deliveries cannot both insert) and
+    /// returns what we hold.
+    fn lock_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+
+    /// Inserts or updates the subscription.
+    fn save_subscription(
+        &mut self,
+        customer_id: Uuid,
+        subscription: &Subscription,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The license of a subscription, locked for update.
+    fn license_of_subscription(
+        &mut self,
+        subscription_id: Uuid,
+    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// Stores a newly issued license.
+    fn insert_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces a license's terms.
+    fn update_license_terms(
+        &mut self,
+        license_id: Uuid,
+        terms: &LicenseTerms,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends an audit row.
+    fn record_change(
+        &mut self,
+        subscription_id: Uuid,
+        actor: &Actor,
+        change: &SubscriptionChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Inserts or advances a payment (a paid invoice is never downgraded).
+    fn upsert_payment(
+        &mut self,
+        customer_id: Uuid,
+        payment: &Payment,
+    ) -> impl Future<Output = Result<PaymentWrite, StoreError>> + Send;
+
+    /// The license of a Stripe subscription, if both exist.
+    fn license_of_stripe_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// Appends to the outbox; visible to readers once committed.
+    fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Makes everything durable.
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

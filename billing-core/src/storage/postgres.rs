@@ -1,0 +1,598 @@
+//! The PostgreSQL store (tokio-postgres through a deadpool pool).
+
+use super::*;
+use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations/postgres");
+}
+
+/// Advisory lock (two-key space) serialising outbox id assignment, so ids
+/// commit in order. The one-key space is used for per-subscription locks;
+/// PostgreSQL keeps the two spaces apart.
+const OUTBOX_LOCK: (i32, i32) = (0x6269_6c6c, 1);
+/// Advisory lock serialising migration runs of several starting instances.
+const MIGRATION_LOCK: (i32, i32) = (0x6269_6c6c, 2);
+/// The channel every committed outbox write notifies.
+pub const OUTBOX_CHANNEL: &str = "billing_outbox";
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
+    }
+}
+
+fn query_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Query(Box::new(e))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+impl PgStore {
+    /// Connects lazily: the pool opens connections when first needed.
+    /// `url` is a `postgres://` URL; `max_connections` bounds the pool.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { pool, config })
+    }
+
+    /// The connection settings, for opening a dedicated `LISTEN` connection.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Pool usage: (connections open, connections idle, max size).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available, s.max_size)
+    }
+
+    async fn conn(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+async fn query(conn: &ClientWrapper, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
+    conn.query(&statement, params).await.map_err(query_error)
+}
+
+async fn query_opt(conn: &ClientWrapper, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+    let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
+    conn.query_opt(&statement, params).await.map_err(query_error)
+}
+
+async fn execute(conn: &ClientWrapper, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
+    conn.execute(&statement, params).await.map_err(query_error)
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "s.id, s.stripe_subscription_id, c.stripe_customer_id, s.status, s.plan_id, \
+    s.price_id, s.item_id, s.cancel_at_period_end, s.cancel_at, s.canceled_at, s.ended_at, s.current_period_start, \
+    s.current_period_end, s.trial_end, s.metadata_user_id, s.past_due_since, s.source_created";
+
+fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
+    let status: String = row.get(3);
+    Ok(Subscription {
+        id: row.get(0),
+        snapshot: SubscriptionSnapshot {
+            stripe_subscription_id: row.get(1),
+            stripe_customer_id: row.get(2),
+            status: SubscriptionStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown subscription status {status:?}")))?,
+            price_id: row.get(5),
+            item_id: row.get(6),
+            cancel_at_period_end: row.get(7),
+            cancel_at: row.get(8),
+            canceled_at: row.get(9),
+            ended_at: row.get(10),
+            current_period_start: row.get(11),
+            current_period_end: row.get(12),
+            trial_end: row.get(13),
+            user_id: row.get(14),
+        },
+        plan_id: row.get(4),
+        past_due_since: row.get(15),
+        source_created: row.get(16),
+    })
+}
+
+const LICENSE_COLUMNS: &str =
+    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, l.plan_id";
+
+fn license_from_row(row: &Row) -> Result<License, StoreError> {
+    let key: String = row.get(2);
+    let status: String = row.get(3);
+    let max_devices: i32 = row.get(4);
+    Ok(License {
+        id: row.get(0),
+        subscription_id: row.get(1),
+        key: LicenseKey::parse(&key).ok_or_else(|| StoreError::Corrupt("malformed license key".into()))?,
+        terms: LicenseTerms {
+            status: LicenseStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown license status {status:?}")))?,
+            max_devices: u32::try_from(max_devices).map_err(|_| StoreError::Corrupt("negative max_devices".into()))?,
+            expires_at: row.get(5),
+            grace_ends_at: row.get(6),
+            plan_id: row.get(7),
+        },
+    })
+}
+
+fn payment_from_row(row: &Row) -> Result<PaymentRecord, StoreError> {
+    let status: String = row.get(6);
+    Ok(PaymentRecord {
+        id: row.get(0),
+        payment: Payment {
+            stripe_invoice_id: row.get(1),
+            stripe_customer_id: row.get(2),
+            stripe_subscription_id: row.get(3),
+            amount: row.get(4),
+            currency: row.get(5),
+            status: PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?,
+            paid_at: row.get(7),
+        },
+        created_at: row.get(8),
+    })
+}
+
+fn max_devices_param(terms: &LicenseTerms) -> i32 {
+    i32::try_from(terms.max_devices).unwrap_or(i32::MAX)
+}
+
+impl Store for PgStore {
+    type Tx = PgTx;
+
+    async fn begin(&self) -> Result<PgTx, StoreError> {
+        let conn = self.conn().await?;
+        conn.batch_execute("BEGIN").await.map_err(query_error)?;
+        Ok(PgTx { conn: Some(conn), outbox_locked: false })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let lock = format!("SELECT pg_advisory_lock({}, {})", MIGRATION_LOCK.0, MIGRATION_LOCK.1);
+        conn.batch_execute(&lock).await.map_err(query_error)?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let result = embedded::migrations::runner().run_async(client).await;
+        let unlock = format!("SELECT pg_advisory_unlock({}, {})", MIGRATION_LOCK.0, MIGRATION_LOCK.1);
+        conn.batch_execute(&unlock).await.map_err(query_error)?;
+        result.map(drop).map_err(|e| StoreError::Migration(Box::new(e)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.simple_query("SELECT 1").await.map_err(query_error)?;
+        Ok(())
+    }
+
+    async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(
+            &conn,
+            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error)
+             VALUES ($1, $2, $3, $4, 'failed', $5)
+             ON CONFLICT (id) DO UPDATE
+                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1
+              WHERE webhook_events.status = 'failed'",
+            &[&event.id, &event.kind, &event.created, &event.api_version, &error],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn subscriptions_of_user(&self, user_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+              WHERE c.user_id = $1 ORDER BY s.updated_at DESC, s.id"
+        );
+        query(&conn, &sql, &[&user_id]).await?.iter().map(subscription_from_row).collect()
+    }
+
+    async fn changes_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT h.id, h.subscription_id, h.kind, h.from_status, h.to_status, h.detail, h.actor,
+                    h.stripe_event_id, h.created_at
+               FROM subscription_changes h
+               JOIN subscriptions s ON s.id = h.subscription_id
+               JOIN customers c ON c.id = s.customer_id
+              WHERE c.user_id = $1
+              ORDER BY h.id DESC LIMIT $2",
+            &[&user_id, &limit],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ChangeEntry {
+                id: r.get(0),
+                subscription_id: r.get(1),
+                kind: r.get(2),
+                from_status: r.get(3),
+                to_status: r.get(4),
+                detail: r.get(5),
+                actor: r.get(6),
+                stripe_event_id: r.get(7),
+                created_at: r.get(8),
+            })
+            .collect())
+    }
+
+    async fn payments_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT p.id, p.stripe_invoice_id, c.stripe_customer_id, p.stripe_subscription_id, p.amount,
+                    p.currency, p.status, p.paid_at, p.created_at
+               FROM payments p JOIN customers c ON c.id = p.customer_id
+              WHERE c.user_id = $1
+              ORDER BY COALESCE(p.paid_at, p.created_at) DESC, p.id LIMIT $2",
+            &[&user_id, &limit],
+        )
+        .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {LICENSE_COLUMNS} FROM licenses l
+               JOIN subscriptions s ON s.id = l.subscription_id
+               JOIN customers c ON c.id = s.customer_id
+              WHERE c.user_id = $1 ORDER BY l.created_at, l.id"
+        );
+        query(&conn, &sql, &[&user_id]).await?.iter().map(license_from_row).collect()
+    }
+
+    async fn outbox_after(
+        &self,
+        after_id: i64,
+        license_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT id, license_id, topic, payload, created_at FROM outbox_events
+              WHERE id > $1 AND ($2::uuid IS NULL OR license_id = $2)
+              ORDER BY id LIMIT $3",
+            &[&after_id, &license_id, &limit],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxEvent {
+                id: r.get(0),
+                license_id: r.get(1),
+                topic: r.get(2),
+                payload: r.get(3),
+                created_at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
+        let conn = self.conn().await?;
+        let row =
+            query_opt(&conn, "SELECT status, attempts, last_error FROM webhook_events WHERE id = $1", &[&event_id])
+                .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+}
+
+/// An open PostgreSQL transaction on a pooled connection.
+pub struct PgTx {
+    conn: Option<Object>,
+    outbox_locked: bool,
+}
+
+impl PgTx {
+    fn conn(&self) -> &ClientWrapper {
+        self.conn.as_ref().expect("a transaction is used only until it is committed or dropped")
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        // Roll back before the connection goes back to the pool; if that is
+        // impossible, detach the connection so the server aborts the
+        // transaction when it closes.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if conn.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(conn));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(conn)),
+        }
+    }
+}
+
+impl StoreTx for PgTx {
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
+        let claimed = query_opt(
+            self.conn(),
+            "INSERT INTO webhook_events (id, type, created, api_version, status)
+             VALUES ($1, $2, $3, $4, 'processing')
+             ON CONFLICT (id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1
+              WHERE webhook_events.status = 'failed'
+             RETURNING id",
+            &[&event.id, &event.kind, &event.created, &event.api_version],
+        )
+        .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn finish_event(
+        &mut self,
+        event_id: &str,
+        disposition: EventDisposition,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let status = match disposition {
+            EventDisposition::Processed => "processed",
+            EventDisposition::Ignored => "ignored",
+        };
+        execute(
+            self.conn(),
+            "UPDATE webhook_events SET status = $2, note = $3, last_error = NULL, processed_at = now() WHERE id = $1",
+            &[&event_id, &status, &note],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
+        let conn = self.conn();
+        let select = "SELECT id, user_id FROM customers WHERE stripe_customer_id = $1";
+        let existing = match query_opt(conn, select, &[&stripe_customer_id]).await? {
+            Some(row) => Some(row),
+            None => {
+                let inserted = query_opt(
+                    conn,
+                    "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING id",
+                    &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
+                )
+                .await?;
+                match inserted {
+                    Some(row) => return Ok(row.get(0)),
+                    // Inserted concurrently: this new statement sees it.
+                    None => query_opt(conn, select, &[&stripe_customer_id]).await?,
+                }
+            }
+        };
+        let row = existing.ok_or_else(|| StoreError::Corrupt("customer vanished during upsert".into()))?;
+        let id: Uuid = row.get(0);
+        let known_user: Option<String> = row.get(1);
+        if let (None, Some(user_id)) = (known_user, user_id) {
+            execute(
+                conn,
+                "UPDATE customers SET user_id = $2, updated_at = now() WHERE id = $1 AND user_id IS NULL",
+                &[&id, &user_id],
+            )
+            .await?;
+        }
+        Ok(id)
+    }
+
+    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
+        let conn = self.conn();
+        query(conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&stripe_subscription_id]).await?;
+        let sql = format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+              WHERE s.stripe_subscription_id = $1"
+        );
+        query_opt(conn, &sql, &[&stripe_subscription_id]).await?.as_ref().map(subscription_from_row).transpose()
+    }
+
+    async fn save_subscription(&mut self, customer_id: Uuid, sub: &Subscription) -> Result<(), StoreError> {
+        let s = &sub.snapshot;
+        execute(
+            self.conn(),
+            "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+                    cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
+                    trial_end, metadata_user_id, past_due_since, source_created)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT (id) DO UPDATE SET
+                    customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
+                    price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
+                    cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+                    canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+                    current_period_start = EXCLUDED.current_period_start,
+                    current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
+                    metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
+                    source_created = EXCLUDED.source_created, updated_at = now()",
+            &[
+                &sub.id,
+                &s.stripe_subscription_id,
+                &customer_id,
+                &s.status.as_str(),
+                &sub.plan_id,
+                &s.price_id,
+                &s.item_id,
+                &s.cancel_at_period_end,
+                &s.cancel_at,
+                &s.canceled_at,
+                &s.ended_at,
+                &s.current_period_start,
+                &s.current_period_end,
+                &s.trial_end,
+                &s.user_id,
+                &sub.past_due_since,
+                &sub.source_created,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = $1 FOR UPDATE");
+        query_opt(self.conn(), &sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
+    }
+
+    async fn license_of_stripe_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<License>, StoreError> {
+        let sql = format!(
+            "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
+              WHERE s.stripe_subscription_id = $1"
+        );
+        query_opt(self.conn(), &sql, &[&stripe_subscription_id]).await?.as_ref().map(license_from_row).transpose()
+    }
+
+    async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
+        let t = &license.terms;
+        execute(
+            self.conn(),
+            "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at, grace_ends_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &license.id,
+                &license.subscription_id,
+                &license.key.expose(),
+                &license.key.lookup_hash(),
+                &t.status.as_str(),
+                &t.plan_id,
+                &max_devices_param(t),
+                &t.expires_at,
+                &t.grace_ends_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn update_license_terms(&mut self, license_id: Uuid, t: &LicenseTerms) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "UPDATE licenses SET status = $2, plan_id = $3, max_devices = $4, expires_at = $5, grace_ends_at = $6,
+                    updated_at = now()
+              WHERE id = $1",
+            &[&license_id, &t.status.as_str(), &t.plan_id, &max_devices_param(t), &t.expires_at, &t.grace_ends_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record_change(
+        &mut self,
+        subscription_id: Uuid,
+        actor: &Actor,
+        change: &SubscriptionChange,
+    ) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &subscription_id,
+                &change.kind(),
+                &change.from_status().map(SubscriptionStatus::as_str),
+                &change.to_status().map(SubscriptionStatus::as_str),
+                &change.detail(),
+                &actor.label(),
+                &actor.stripe_event_id(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_payment(&mut self, customer_id: Uuid, p: &Payment) -> Result<PaymentWrite, StoreError> {
+        let conn = self.conn();
+        let inserted = query_opt(
+            conn,
+            "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency, status, paid_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (stripe_invoice_id) DO NOTHING RETURNING id",
+            &[
+                &Uuid::new_v4(),
+                &p.stripe_invoice_id,
+                &customer_id,
+                &p.stripe_subscription_id,
+                &p.amount,
+                &p.currency,
+                &p.status.as_str(),
+                &p.paid_at,
+            ],
+        )
+        .await?;
+        if inserted.is_some() {
+            return Ok(PaymentWrite::Inserted);
+        }
+        let row = query_opt(
+            conn,
+            "SELECT status FROM payments WHERE stripe_invoice_id = $1 FOR UPDATE",
+            &[&p.stripe_invoice_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("payment vanished during upsert".into()))?;
+        let status: String = row.get(0);
+        let held = PaymentStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
+        if !held.may_become(p.status) {
+            return Ok(PaymentWrite::Unchanged);
+        }
+        execute(
+            conn,
+            "UPDATE payments SET status = $2, amount = $3, paid_at = $4, updated_at = now() WHERE stripe_invoice_id = $1",
+            &[&p.stripe_invoice_id, &p.status.as_str(), &p.amount, &p.paid_at],
+        )
+        .await?;
+        Ok(PaymentWrite::Updated { from: held })
+    }
+
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
+        if !self.outbox_locked {
+            let (a, b) = OUTBOX_LOCK;
+            self.conn()
+                .batch_execute(&format!("SELECT pg_advisory_xact_lock({a}, {b}); NOTIFY {OUTBOX_CHANNEL}"))
+                .await
+                .map_err(query_error)?;
+            self.outbox_locked = true;
+        }
+        let row = query_opt(
+            self.conn(),
+            "INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3) RETURNING id",
+            &[&message.license_id, &message.topic, &message.payload],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("outbox insert returned nothing".into()))?;
+        Ok(row.get(0))
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        let conn = self.conn.take().expect("commit is called once");
+        conn.batch_execute("COMMIT").await.map_err(query_error)
+    }
+}

@@ -1,0 +1,175 @@
+//! A thin Stripe API client over reqwest: form-encoded parameters, a pinned
+//! API version, idempotency keys on writes, retries with backoff.
+//!
+//! We call a dozen endpoints; a full SDK (async-stripe) would cost minutes of
+//! compile time and bring its own HTTP stack for that (see ARCHITECTURE.md).
+
+use crate::domain::SubscriptionSnapshot;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The API version every request pins, so payload shapes do not drift with
+/// the account's default version.
+pub const STRIPE_VERSION: &str = "2025-03-31.basil";
+/// Stripe's production API.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+
+/// Talks to the Stripe API.
+#[derive(Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: String,
+    secret_key: String,
+    max_retries: u32,
+    initial_backoff: Duration,
+}
+
+impl std::fmt::Debug for StripeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// A failed Stripe call. Messages carry what Stripe said for the user (e.g.
+/// "Your card was declined."), never our key.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// Stripe refused the request (4xx) with its error object.
+    #[error("stripe refused the request: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stripe's `error.type`, e.g. `card_error`.
+        kind: String,
+        /// Stripe's `error.code`, e.g. `card_declined`.
+        code: Option<String>,
+        /// Stripe's user-facing message.
+        message: String,
+    },
+    /// Stripe could not be reached or kept failing (network, 5xx, 429).
+    #[error("stripe is unavailable: {0}")]
+    Unavailable(String),
+    /// Stripe answered something we could not read.
+    #[error("unexpected response from stripe: {0}")]
+    Protocol(String),
+}
+
+impl StripeClient {
+    /// A client for `base` (normally [`DEFAULT_API_BASE`]; tests use a local server).
+    pub fn new(secret_key: impl Into<String>, base: impl Into<String>) -> Self {
+        // reqwest is built without a bundled crypto provider so that the
+        // process has one TLS stack (ring); install it once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("a TLS client with the ring provider can be built");
+        Self {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            secret_key: secret_key.into(),
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(250),
+        }
+    }
+
+    /// Sets how many times a failed call is retried and the first backoff
+    /// (doubled on each retry).
+    pub fn with_retries(mut self, max_retries: u32, initial_backoff: Duration) -> Self {
+        self.max_retries = max_retries;
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .expect("a TLS client with the ring provider can be built");
+        self
+    }
+
+    /// `GET /v1/subscriptions/{id}`
+    pub async fn get_subscription(&self, id: &str) -> Result<SubscriptionSnapshot, StripeError> {
+        let body = self.send(Method::GET, &format!("/v1/subscriptions/{id}"), &[], None).await?;
+        super::event::parse_subscription(&body).map_err(StripeError::Protocol)
+    }
+
+    /// Sends one request, retrying network errors, 409, 429 and 5xx with
+    /// exponential backoff unless Stripe says `Stripe-Should-Retry: false`.
+    /// Writes must pass an idempotency key; it stays the same across retries.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, StripeError> {
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(&self.secret_key)
+                .header("Stripe-Version", STRIPE_VERSION);
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            if !form.is_empty() {
+                request = if method == Method::GET { request.query(form) } else { request.form(form) };
+            }
+            let failure = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let should_retry = response
+                        .headers()
+                        .get("stripe-should-retry")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| v == "true");
+                    let body =
+                        response.bytes().await.map_err(|e| StripeError::Unavailable(e.without_url().to_string()))?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&body).map_err(|e| StripeError::Protocol(e.to_string()));
+                    }
+                    let error = api_error(status, &body);
+                    let retryable = should_retry.unwrap_or(
+                        status == StatusCode::CONFLICT
+                            || status == StatusCode::TOO_MANY_REQUESTS
+                            || status.is_server_error(),
+                    );
+                    if !retryable {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(e) => StripeError::Unavailable(e.without_url().to_string()),
+            };
+            if attempt >= self.max_retries {
+                return Err(match failure {
+                    StripeError::Api { status, message, .. } if status >= 500 || status == 429 => {
+                        StripeError::Unavailable(message)
+                    }
+                    other => other,
+                });
+            }
+            tokio::time::sleep(self.initial_backoff * 2u32.pow(attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> StripeError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_owned);
+    StripeError::Api {
+        status: status.as_u16(),
+        kind: field("type").unwrap_or_else(|| "api_error".to_owned()),
+        code: field("code"),
+        message: field("message").unwrap_or_else(|| format!("stripe answered {status}")),
+    }
+}

@@ -1,0 +1,403 @@
+//! Stripe event envelopes and the objects we act on, in both payload shapes:
+//! before API version 2025-03-31 ("basil") the period sits on the
+//! subscription and an invoice names its `subscription`; from basil on the
+//! period sits on each item and the invoice names it under
+//! `parent.subscription_details.subscription`.
+
+use crate::domain::{from_unix, Payment, PaymentStatus, SubscriptionSnapshot, SubscriptionStatus, Timestamp};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// A verified event envelope.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `evt_…`
+    pub id: String,
+    /// e.g. `customer.subscription.updated`
+    pub kind: String,
+    /// When Stripe created the event (Unix seconds): the version of the
+    /// snapshot it carries.
+    pub created: i64,
+    /// The API version the payload is shaped by.
+    pub api_version: Option<String>,
+    /// What the event says, for the types we act on.
+    pub payload: EventPayload,
+}
+
+/// The part of an event we act on.
+#[derive(Debug, Clone)]
+pub enum EventPayload {
+    /// `checkout.session.completed`
+    CheckoutCompleted(CheckoutSession),
+    /// `customer.subscription.*`
+    Subscription(SubscriptionSnapshot),
+    /// `invoice.paid`, `invoice.payment_succeeded`, `invoice.payment_failed`,
+    /// `invoice.payment_action_required`
+    Invoice(Payment),
+    /// Any other type: acknowledged and recorded as ignored.
+    Ignored,
+}
+
+/// A completed Checkout Session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSession {
+    /// `cs_…`
+    pub id: String,
+    /// `subscription`, `payment` or `setup`.
+    pub mode: String,
+    /// Our dashboard's user id, passed when the session was created.
+    pub client_reference_id: Option<String>,
+    /// `metadata.user_id`, the other place a user id may travel.
+    pub metadata_user_id: Option<String>,
+    /// `cus_…`
+    pub customer: Option<String>,
+    /// `sub_…` (subscription mode only).
+    pub subscription: Option<String>,
+}
+
+impl CheckoutSession {
+    /// The user this checkout belongs to.
+    pub fn user_id(&self) -> Option<&str> {
+        self.client_reference_id.as_deref().or(self.metadata_user_id.as_deref())
+    }
+}
+
+/// A payload that could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Not a Stripe event envelope.
+    #[error("malformed event envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
+    /// An event type we act on, with an object we cannot read.
+    #[error("malformed {kind} object: {reason}")]
+    Object {
+        /// The event type.
+        kind: String,
+        /// What was wrong (field names only; never values).
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created: i64,
+    api_version: Option<String>,
+    data: EnvelopeData,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeData {
+    object: Value,
+}
+
+impl Event {
+    /// Parses a raw, already verified, webhook body.
+    pub fn parse(body: &[u8]) -> Result<Self, EventError> {
+        let envelope: Envelope = serde_json::from_slice(body).map_err(EventError::Envelope)?;
+        let object_error = |reason: String| EventError::Object { kind: envelope.kind.clone(), reason };
+        let payload = match envelope.kind.as_str() {
+            "checkout.session.completed" => {
+                EventPayload::CheckoutCompleted(parse_checkout(&envelope.data.object).map_err(object_error)?)
+            }
+            "customer.subscription.created"
+            | "customer.subscription.updated"
+            | "customer.subscription.deleted"
+            | "customer.subscription.paused"
+            | "customer.subscription.resumed"
+            | "customer.subscription.trial_will_end" => {
+                EventPayload::Subscription(parse_subscription(&envelope.data.object).map_err(object_error)?)
+            }
+            "invoice.paid" | "invoice.payment_succeeded" => {
+                invoice(&envelope, PaymentStatus::Paid).map_err(object_error)?
+            }
+            "invoice.payment_failed" => invoice(&envelope, PaymentStatus::Failed).map_err(object_error)?,
+            "invoice.payment_action_required" => {
+                invoice(&envelope, PaymentStatus::ActionRequired).map_err(object_error)?
+            }
+            _ => EventPayload::Ignored,
+        };
+        Ok(Self {
+            id: envelope.id,
+            kind: envelope.kind,
+            created: envelope.created,
+            api_version: envelope.api_version,
+            payload,
+        })
+    }
+}
+
+fn invoice(envelope: &Envelope, status: PaymentStatus) -> Result<EventPayload, String> {
+    Ok(EventPayload::Invoice(parse_invoice(&envelope.data.object, status, envelope.created)?))
+}
+
+/// A reference Stripe either leaves as an id or expands into an object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Expandable {
+    Id(String),
+    Object { id: String },
+}
+
+impl Expandable {
+    fn into_id(self) -> String {
+        match self {
+            Expandable::Id(id) | Expandable::Object { id } => id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSubscription {
+    id: String,
+    customer: Expandable,
+    status: String,
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    cancel_at: Option<i64>,
+    canceled_at: Option<i64>,
+    ended_at: Option<i64>,
+    current_period_start: Option<i64>,
+    current_period_end: Option<i64>,
+    trial_end: Option<i64>,
+    items: Option<RawList<RawItem>>,
+    #[serde(default)]
+    metadata: HashMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RawList<T> {
+    data: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct RawItem {
+    id: String,
+    price: Option<RawPrice>,
+    plan: Option<RawPrice>,
+    current_period_start: Option<i64>,
+    current_period_end: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawPrice {
+    id: String,
+}
+
+fn time_field(name: &str, seconds: Option<i64>) -> Result<Option<Timestamp>, String> {
+    seconds.map(|s| from_unix(s).ok_or_else(|| format!("`{name}` is out of range"))).transpose()
+}
+
+/// Parses a subscription object of any supported API version (webhook
+/// payloads and API responses share the shape).
+pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String> {
+    let raw = RawSubscription::deserialize(object).map_err(|e| e.to_string())?;
+    let status = SubscriptionStatus::parse(&raw.status).ok_or_else(|| "unknown `status`".to_owned())?;
+    let first_item = raw.items.and_then(|items| items.data.into_iter().next());
+    // Basil moved the period onto items; older versions have it at the top.
+    let (period_start, period_end) = match &first_item {
+        Some(item) if raw.current_period_end.is_none() => (item.current_period_start, item.current_period_end),
+        _ => (raw.current_period_start, raw.current_period_end),
+    };
+    let price_id = first_item.as_ref().and_then(|i| i.price.as_ref().or(i.plan.as_ref())).map(|p| p.id.clone());
+    Ok(SubscriptionSnapshot {
+        stripe_subscription_id: raw.id,
+        stripe_customer_id: raw.customer.into_id(),
+        status,
+        price_id,
+        item_id: first_item.map(|i| i.id),
+        cancel_at_period_end: raw.cancel_at_period_end,
+        cancel_at: time_field("cancel_at", raw.cancel_at)?,
+        canceled_at: time_field("canceled_at", raw.canceled_at)?,
+        ended_at: time_field("ended_at", raw.ended_at)?,
+        current_period_start: time_field("current_period_start", period_start)?,
+        current_period_end: time_field("current_period_end", period_end)?,
+        trial_end: time_field("trial_end", raw.trial_end)?,
+        user_id: metadata_user_id(&raw.metadata),
+    })
+}
+
+fn metadata_user_id(metadata: &HashMap<String, Value>) -> Option<String> {
+    metadata.get("user_id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct RawCheckout {
+    id: String,
+    mode: String,
+    client_reference_id: Option<String>,
+    customer: Option<Expandable>,
+    subscription: Option<Expandable>,
+    #[serde(default)]
+    metadata: HashMap<String, Value>,
+}
+
+fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
+    let raw = RawCheckout::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(CheckoutSession {
+        id: raw.id,
+        mode: raw.mode,
+        client_reference_id: raw.client_reference_id.filter(|s| !s.is_empty()),
+        metadata_user_id: metadata_user_id(&raw.metadata),
+        customer: raw.customer.map(Expandable::into_id),
+        subscription: raw.subscription.map(Expandable::into_id),
+    })
+}
+
+#[derive(Deserialize)]
+struct RawInvoice {
+    id: Option<String>,
+    customer: Expandable,
+    subscription: Option<Expandable>,
+    parent: Option<RawInvoiceParent>,
+    #[serde(default)]
+    amount_paid: i64,
+    #[serde(default)]
+    amount_due: i64,
+    currency: String,
+    status_transitions: Option<RawStatusTransitions>,
+}
+
+#[derive(Deserialize)]
+struct RawInvoiceParent {
+    subscription_details: Option<RawSubscriptionDetails>,
+}
+
+#[derive(Deserialize)]
+struct RawSubscriptionDetails {
+    subscription: Option<Expandable>,
+}
+
+#[derive(Deserialize)]
+struct RawStatusTransitions {
+    paid_at: Option<i64>,
+}
+
+fn parse_invoice(object: &Value, status: PaymentStatus, event_created: i64) -> Result<Payment, String> {
+    let raw = RawInvoice::deserialize(object).map_err(|e| e.to_string())?;
+    let id = raw.id.ok_or_else(|| "missing field `id`".to_owned())?;
+    let subscription = raw
+        .subscription
+        .or_else(|| raw.parent.and_then(|p| p.subscription_details).and_then(|d| d.subscription))
+        .map(Expandable::into_id);
+    let paid_at = match status {
+        PaymentStatus::Paid => {
+            time_field("paid_at", raw.status_transitions.and_then(|t| t.paid_at).or(Some(event_created)))?
+        }
+        _ => None,
+    };
+    Ok(Payment {
+        stripe_invoice_id: id,
+        stripe_customer_id: raw.customer.into_id(),
+        stripe_subscription_id: subscription,
+        amount: if status == PaymentStatus::Paid { raw.amount_paid } else { raw.amount_due },
+        currency: raw.currency,
+        status,
+        paid_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tests/fixtures/stripe-events/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn envelope(kind: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"id": "evt_1", "type": kind, "created": 1_700_000_000, "data": {"object": object}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn pre_basil_subscription_fixture_reads_period_from_the_top() {
+        let event = Event::parse(&fixture("subscription_created.json")).unwrap();
+        let EventPayload::Subscription(s) = event.payload else { panic!("not a subscription") };
+        assert_eq!(s.stripe_subscription_id, "sub_JdIzvfy6o5GZRd");
+        assert_eq!(s.stripe_customer_id, "cus_IhGfebO16cMIGN");
+        assert_eq!(s.current_period_end, from_unix(1_625_740_918));
+        assert_eq!(s.price_id.as_deref(), Some("price_1IDQm5JDPojXS6LNM31hxKzp"));
+        assert_eq!(s.user_id, None);
+    }
+
+    #[test]
+    fn basil_subscription_reads_period_from_items() {
+        let body = envelope(
+            "customer.subscription.updated",
+            json!({"id": "sub_1", "customer": {"id": "cus_1"}, "status": "past_due", "cancel_at_period_end": true,
+                   "metadata": {"user_id": "u1"},
+                   "items": {"data": [{"id": "si_1", "price": {"id": "price_pro"},
+                                       "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}}),
+        );
+        let EventPayload::Subscription(s) = Event::parse(&body).unwrap().payload else { panic!() };
+        assert_eq!(s.status, SubscriptionStatus::PastDue);
+        assert_eq!(s.current_period_end, from_unix(1_702_592_000));
+        assert_eq!(s.stripe_customer_id, "cus_1");
+        assert_eq!(s.user_id.as_deref(), Some("u1"));
+        assert!(s.cancel_at_period_end);
+    }
+
+    #[test]
+    fn invoices_find_their_subscription_in_both_shapes() {
+        let old = envelope(
+            "invoice.paid",
+            json!({"id": "in_1", "customer": "cus_1", "subscription": "sub_1", "amount_paid": 1900,
+                   "amount_due": 1900, "currency": "eur", "status_transitions": {"paid_at": 1_700_000_100}}),
+        );
+        let basil = envelope(
+            "invoice.payment_failed",
+            json!({"id": "in_2", "customer": "cus_1", "amount_paid": 0, "amount_due": 1900, "currency": "eur",
+                   "parent": {"subscription_details": {"subscription": "sub_1"}}}),
+        );
+        let EventPayload::Invoice(p) = Event::parse(&old).unwrap().payload else { panic!() };
+        assert_eq!(
+            (p.stripe_subscription_id.as_deref(), p.amount, p.status),
+            (Some("sub_1"), 1900, PaymentStatus::Paid)
+        );
+        assert_eq!(p.paid_at, from_unix(1_700_000_100));
+        let EventPayload::Invoice(p) = Event::parse(&basil).unwrap().payload else { panic!() };
+        assert_eq!(
+            (p.stripe_subscription_id.as_deref(), p.amount, p.status),
+            (Some("sub_1"), 1900, PaymentStatus::Failed)
+        );
+        assert_eq!(p.paid_at, None);
+    }
+
+    #[test]
+    fn payment_mode_checkout_fixture_has_no_subscription() {
+        let EventPayload::CheckoutCompleted(c) =
+            Event::parse(&fixture("checkout_session_completed.json")).unwrap().payload
+        else {
+            panic!()
+        };
+        assert_eq!((c.mode.as_str(), c.subscription.as_deref(), c.user_id()), ("payment", None, None));
+    }
+
+    #[test]
+    fn upcoming_invoice_fixture_without_id_is_ignored() {
+        let event = Event::parse(&fixture("invoice_upcoming.json")).unwrap();
+        assert_eq!(event.kind, "invoice.upcoming");
+        assert!(matches!(event.payload, EventPayload::Ignored));
+    }
+
+    #[test]
+    fn known_type_with_unreadable_object_is_an_error_naming_no_values() {
+        let err =
+            Event::parse(&envelope("invoice.paid", json!({"customer": "cus_secret", "currency": "eur"}))).unwrap_err();
+        assert!(err.to_string().contains("`id`"), "{err}");
+        assert!(!err.to_string().contains("cus_secret"));
+        let err = Event::parse(&envelope(
+            "customer.subscription.updated",
+            json!({"id": "sub_1", "customer": "c", "status": "weird"}),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("status"));
+        assert!(matches!(Event::parse(b"not json"), Err(EventError::Envelope(_))));
+    }
+}

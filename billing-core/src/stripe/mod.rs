@@ -1,0 +1,10 @@
+//! Everything that speaks Stripe: webhook signatures, event payloads of every
+//! API version we accept, and the API client.
+
+pub mod client;
+pub mod event;
+pub mod signature;
+
+pub use client::{StripeClient, StripeError};
+pub use event::{CheckoutSession, Event, EventError, EventPayload};
+pub use signature::{SignatureError, WebhookSecrets};

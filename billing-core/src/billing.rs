@@ -143,7 +143,7 @@ impl<S: Store> Billing<S> {
         }
     }
 
-    async fn record_failure(&self, record: &EventRecord<'_>, error: &(dyn std::error::Error + 'static)) {
+    async fn record_failure(&self, record: &EventRecord<'_>, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let message = error_chain(error);
         tracing::warn!(event_id = record.id, event_type = record.kind, error = %message, "webhook processing failed");
         if let Err(e) = self.store.record_event_failure(record, &message).await {

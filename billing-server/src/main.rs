@@ -1,1 +1,75 @@
-fn main() {}
+//! The `billing-server` binary: `serve` (default) and `migrate`.
+
+use anyhow::Context;
+use billing_core::storage::postgres::PgStore;
+use billing_core::storage::Store;
+use billing_server::config::Config;
+use billing_server::AppState;
+use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(version, about = "Stripe-synced billing and desktop licensing server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations and serve HTTP (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let store = PgStore::connect(&config.database_url, 1)?;
+            store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let state = Arc::new(AppState::build(&config).await.context("failed to start")?);
+            let listener = tokio::net::TcpListener::bind(config.addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.addr))?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                webhooks = state.billing.webhooks_enabled(),
+                dashboard = state.jwt.is_some(),
+                plans = state.billing.plans().all().len(),
+                "billing-server listening"
+            );
+            billing_server::serve(listener, state, shutdown_signal()).await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -80,7 +80,7 @@ impl LicenseKey {
 
 fn push_grouped(out: &mut String, c: u8) {
     let written = out.len() - out.len() / (GROUP + 1);
-    if written > 0 && written % GROUP == 0 {
+    if written > 0 && written.is_multiple_of(GROUP) {
         out.push('-');
     }
     out.push(c as char);

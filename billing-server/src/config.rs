@@ -1,0 +1,143 @@
+//! Configuration, read once from the environment at start-up and validated.
+
+use anyhow::{bail, Context};
+use billing_core::domain::{Plan, PlanCatalog};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Every environment variable the server reads, with its meaning. The README's
+/// configuration reference is checked against this list by a test.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/billing"),
+    ("BILLING_ADDR", "listen address (default 127.0.0.1:8080)"),
+    ("BILLING_DB_POOL_SIZE", "maximum PostgreSQL connections (default 16)"),
+    ("STRIPE_WEBHOOK_SECRET", "webhook signing secret(s), comma-separated while rotating"),
+    ("STRIPE_SECRET_KEY", "Stripe API key, used to re-fetch ambiguous subscription snapshots"),
+    ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
+    ("BILLING_JWT_SECRET", "HS256 secret of the dashboard's JWTs"),
+    ("BILLING_PLANS", "path to the plans TOML file"),
+    ("BILLING_GRACE_DAYS", "days a past-due subscription keeps its license active (default 7)"),
+    ("BILLING_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
+    ("RUST_LOG", "log filter (default info)"),
+];
+
+/// The server's settings.
+#[derive(Debug)]
+pub struct Config {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// Webhook signing secrets (comma-separated); None disables the webhook route.
+    pub webhook_secret: Option<SecretString>,
+    /// Stripe API key.
+    pub stripe_secret_key: Option<SecretString>,
+    /// Stripe API base URL.
+    pub stripe_api_base: String,
+    /// Dashboard JWT secret; None disables the dashboard routes.
+    pub jwt_secret: Option<SecretString>,
+    /// The plans on sale.
+    pub plans: PlanCatalog,
+    /// Grace period for past-due subscriptions.
+    pub grace_days: u32,
+    /// Request body cap.
+    pub max_body_bytes: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct PlansFile {
+    #[serde(default)]
+    plans: Vec<Plan>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let secret = |name: &str| var(name).map(SecretString::from);
+        let database_url = var("DATABASE_URL").context(
+            "DATABASE_URL is not set: point it at PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/billing",
+        )?;
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            bail!("DATABASE_URL must be a postgres:// URL");
+        }
+        let addr = var("BILLING_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+            .context("BILLING_ADDR must be host:port, e.g. 127.0.0.1:8080")?;
+        let plans = match var("BILLING_PLANS") {
+            Some(path) => load_plans(&PathBuf::from(path))?,
+            None => PlanCatalog::default(),
+        };
+        Ok(Self {
+            database_url,
+            addr,
+            pool_size: parse_number(var("BILLING_DB_POOL_SIZE"), "BILLING_DB_POOL_SIZE", 16)?,
+            webhook_secret: secret("STRIPE_WEBHOOK_SECRET"),
+            stripe_secret_key: secret("STRIPE_SECRET_KEY"),
+            stripe_api_base: var("STRIPE_API_BASE")
+                .unwrap_or_else(|| billing_core::stripe::client::DEFAULT_API_BASE.into()),
+            jwt_secret: secret("BILLING_JWT_SECRET"),
+            plans,
+            grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,
+            max_body_bytes: parse_number(var("BILLING_MAX_BODY_BYTES"), "BILLING_MAX_BODY_BYTES", 1 << 20)?,
+        })
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(value: Option<String>, name: &str, default: T) -> anyhow::Result<T> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name} must be a non-negative integer")),
+    }
+}
+
+/// Loads and validates a plans file.
+pub fn load_plans(path: &std::path::Path) -> anyhow::Result<PlanCatalog> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plans file {}", path.display()))?;
+    let file: PlansFile = toml::from_str(&text).with_context(|| format!("invalid plans file {}", path.display()))?;
+    PlanCatalog::new(file.plans).with_context(|| format!("invalid plans file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_set() {
+        let c = config(&[("DATABASE_URL", "postgres://localhost/x")]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!((c.grace_days, c.max_body_bytes, c.pool_size), (7, 1 << 20, 16));
+        assert!(c.webhook_secret.is_none() && c.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_named() {
+        let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_GRACE_DAYS", "-1")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_GRACE_DAYS"));
+        let e = config(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert!(e.to_string().contains("DATABASE_URL"));
+        let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_ADDR", "nope")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_ADDR"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_JWT_SECRET", "hunter2")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,45 @@
+//! The dashboard's read routes (JWT bearer).
+
+use crate::auth::{dashboard_disabled, Caller};
+use crate::error::ApiError;
+use crate::http::{ok, Response};
+use crate::views::{ChangeView, LicenseView, PaymentView, PlanView, SubscriptionView};
+use crate::AppState;
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::json;
+
+fn caller(state: &AppState, request: &Request<Incoming>) -> Result<Caller, ApiError> {
+    state.jwt.as_ref().ok_or_else(dashboard_disabled)?.authenticate(request.headers())
+}
+
+pub async fn current_subscription(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, &request)?;
+    let current = state.billing.current_subscription(&caller.user_id).await?;
+    Ok(ok(&json!({ "subscription": current.as_ref().map(SubscriptionView::from) })))
+}
+
+pub async fn subscription_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, &request)?;
+    let changes = state.billing.subscription_history(&caller.user_id).await?;
+    Ok(ok(&json!({ "changes": changes.iter().map(ChangeView::from).collect::<Vec<_>>() })))
+}
+
+pub async fn payment_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, &request)?;
+    let payments = state.billing.payment_history(&caller.user_id).await?;
+    Ok(ok(&json!({ "payments": payments.iter().map(PaymentView::from).collect::<Vec<_>>() })))
+}
+
+pub async fn plans(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    caller(state, &request)?;
+    let plans: Vec<PlanView> = state.billing.plans().all().iter().map(PlanView::from).collect();
+    Ok(ok(&json!({ "plans": plans })))
+}
+
+pub async fn licenses(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, &request)?;
+    let now = state.billing.now();
+    let licenses = state.billing.licenses(&caller.user_id).await?;
+    Ok(ok(&json!({ "licenses": licenses.iter().map(|l| LicenseView::new(l, now)).collect::<Vec<_>>() })))
+}

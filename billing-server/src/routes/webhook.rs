@@ -1,0 +1,40 @@
+//! `POST /api/stripe/webhooks/handler`: the signature is the only auth.
+
+use crate::error::ApiError;
+use crate::http::{ok, read_body, Response};
+use crate::AppState;
+use billing_core::billing::error_chain;
+use billing_core::WebhookError;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+
+pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.max_body_bytes).await?;
+    let signature = parts.headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    match state.billing.ingest_webhook(&body, signature).await {
+        Ok(outcome) => {
+            tracing::debug!(outcome = outcome.as_str(), "webhook accepted");
+            Ok(ok(&json!({ "received": true, "outcome": outcome.as_str() })))
+        }
+        Err(WebhookError::NotConfigured) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "WEBHOOKS_DISABLED",
+            "webhooks are disabled: set STRIPE_WEBHOOK_SECRET to enable them",
+        )),
+        Err(WebhookError::Signature(e)) => {
+            tracing::warn!(reason = %e, "webhook signature refused");
+            Err(ApiError::bad_request("INVALID_SIGNATURE", e.to_string()))
+        }
+        Err(WebhookError::Malformed(e)) => {
+            tracing::warn!(error = %error_chain(&e), "signed webhook is not a Stripe event");
+            Err(ApiError::bad_request("MALFORMED_EVENT", "payload is not a Stripe event"))
+        }
+        Err(WebhookError::Failed(_)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PROCESSING_FAILED",
+            "the event could not be processed; Stripe will retry it",
+        )),
+    }
+}

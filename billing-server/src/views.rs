@@ -1,0 +1,166 @@
+//! Wire formats. Core types are not serialized directly: these DTOs are the
+//! public contract and change only by addition.
+
+use billing_core::billing::rfc3339;
+use billing_core::domain::{License, Plan, Subscription, Timestamp};
+use billing_core::storage::{ChangeEntry, PaymentRecord};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+fn ts(t: Option<Timestamp>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// A subscription as the dashboard sees it.
+#[derive(Serialize)]
+pub struct SubscriptionView {
+    id: Uuid,
+    stripe_subscription_id: String,
+    status: &'static str,
+    plan: Option<String>,
+    price_id: Option<String>,
+    cancel_at_period_end: bool,
+    cancel_at: Option<String>,
+    canceled_at: Option<String>,
+    current_period_start: Option<String>,
+    current_period_end: Option<String>,
+    trial_end: Option<String>,
+    past_due_since: Option<String>,
+}
+
+impl From<&Subscription> for SubscriptionView {
+    fn from(s: &Subscription) -> Self {
+        let snap = &s.snapshot;
+        Self {
+            id: s.id,
+            stripe_subscription_id: snap.stripe_subscription_id.clone(),
+            status: snap.status.as_str(),
+            plan: s.plan_id.clone(),
+            price_id: snap.price_id.clone(),
+            cancel_at_period_end: snap.cancel_at_period_end,
+            cancel_at: ts(snap.cancel_at),
+            canceled_at: ts(snap.canceled_at),
+            current_period_start: ts(snap.current_period_start),
+            current_period_end: ts(snap.current_period_end),
+            trial_end: ts(snap.trial_end),
+            past_due_since: ts(s.past_due_since),
+        }
+    }
+}
+
+/// An audit-trail entry.
+#[derive(Serialize)]
+pub struct ChangeView {
+    id: i64,
+    subscription_id: Uuid,
+    kind: String,
+    from_status: Option<String>,
+    to_status: Option<String>,
+    detail: Value,
+    actor: String,
+    stripe_event_id: Option<String>,
+    created_at: String,
+}
+
+impl From<&ChangeEntry> for ChangeView {
+    fn from(c: &ChangeEntry) -> Self {
+        Self {
+            id: c.id,
+            subscription_id: c.subscription_id,
+            kind: c.kind.clone(),
+            from_status: c.from_status.clone(),
+            to_status: c.to_status.clone(),
+            detail: c.detail.clone(),
+            actor: c.actor.clone(),
+            stripe_event_id: c.stripe_event_id.clone(),
+            created_at: rfc3339(c.created_at),
+        }
+    }
+}
+
+/// A payment.
+#[derive(Serialize)]
+pub struct PaymentView {
+    id: Uuid,
+    amount: i64,
+    currency: String,
+    status: &'static str,
+    stripe_invoice_id: String,
+    stripe_subscription_id: Option<String>,
+    paid_at: Option<String>,
+    created_at: String,
+}
+
+impl From<&PaymentRecord> for PaymentView {
+    fn from(p: &PaymentRecord) -> Self {
+        Self {
+            id: p.id,
+            amount: p.payment.amount,
+            currency: p.payment.currency.clone(),
+            status: p.payment.status.as_str(),
+            stripe_invoice_id: p.payment.stripe_invoice_id.clone(),
+            stripe_subscription_id: p.payment.stripe_subscription_id.clone(),
+            paid_at: ts(p.payment.paid_at),
+            created_at: rfc3339(p.created_at),
+        }
+    }
+}
+
+/// A license, shown to its owner with its key.
+#[derive(Serialize)]
+pub struct LicenseView {
+    id: Uuid,
+    key: String,
+    status: &'static str,
+    plan: Option<String>,
+    max_devices: u32,
+    expires_at: Option<String>,
+    grace_ends_at: Option<String>,
+    devices: Vec<Value>,
+}
+
+impl LicenseView {
+    /// The view at `now` (grace expiry shows as `suspended`).
+    pub fn new(license: &License, now: Timestamp) -> Self {
+        let t = &license.terms;
+        Self {
+            id: license.id,
+            key: license.key.expose().to_owned(),
+            status: license.effective_status(now).as_str(),
+            plan: t.plan_id.clone(),
+            max_devices: t.max_devices,
+            expires_at: ts(t.expires_at),
+            grace_ends_at: ts(t.grace_ends_at),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// A plan on sale.
+#[derive(Serialize)]
+pub struct PlanView<'a> {
+    id: &'a str,
+    name: &'a str,
+    stripe_price_id: &'a str,
+    max_devices: u32,
+    amount: Option<i64>,
+    currency: Option<&'a str>,
+    interval: Option<&'a str>,
+    features: &'a [String],
+}
+
+impl<'a> From<&'a Plan> for PlanView<'a> {
+    fn from(p: &'a Plan) -> Self {
+        Self {
+            id: p.id.as_str(),
+            name: &p.name,
+            stripe_price_id: &p.stripe_price_id,
+            max_devices: p.max_devices,
+            amount: p.amount,
+            currency: p.currency.as_deref(),
+            interval: p.interval.as_deref(),
+            features: &p.features,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `spawn_app()`: a server on a fresh PostgreSQL database, and verb_noun
+//! helpers to talk to it.
+
+use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::storage::postgres::PgStore;
+use billing_core::storage::Store;
+use billing_core::stripe::{StripeClient, WebhookSecrets};
+use billing_core::{Billing, BillingConfig};
+use billing_server::AppState;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";
+pub const PRICE_PRO: &str = "price_pro_monthly";
+pub const PRICE_BASIC: &str = "price_basic_monthly";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A database created for one test and dropped after it.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("billing_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&format!("{}/postgres", admin_url())).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let url = format!("{}/{name}", admin_url());
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let admin = connect(&format!("{}/postgres", admin_url())).await;
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+pub fn plans() -> PlanCatalog {
+    let plan = |id: &str, price: &str, max_devices| Plan {
+        id: PlanId(id.into()),
+        name: id.to_uppercase(),
+        stripe_price_id: price.into(),
+        max_devices,
+        amount: Some(1900),
+        currency: Some("usd".into()),
+        interval: Some("month".into()),
+        features: vec!["export".into()],
+    };
+    PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).unwrap()
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub stripe_api_base: Option<String>,
+    pub grace_days: Option<i64>,
+    pub clock: Option<billing_core::billing::Clock>,
+    pub max_body_bytes: Option<usize>,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub db: tokio_postgres::Client,
+    pub billing: Billing<PgStore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    // Last: the database is dropped after the server stopped using it.
+    _database: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let database = TestDatabase::create().await;
+    let store = PgStore::connect(&database.url, 8).unwrap();
+    store.migrate().await.expect("migrations apply");
+    let stripe = options
+        .stripe_api_base
+        .map(|base| StripeClient::new("sk_test_123", base).with_retries(2, Duration::from_millis(10)));
+    let mut billing = Billing::new(
+        store,
+        BillingConfig {
+            plans: plans(),
+            grace: time::Duration::days(options.grace_days.unwrap_or(7)),
+            webhook_secrets: WebhookSecrets::parse(WEBHOOK_SECRET),
+            stripe,
+        },
+    );
+    if let Some(clock) = options.clock {
+        billing = billing.with_clock(clock);
+    }
+    let state =
+        AppState::new(billing.clone(), Some(JWT_SECRET.as_bytes().to_vec()), options.max_body_bytes.unwrap_or(1 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(billing_server::serve(listener, Arc::new(state), async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        db: connect(&database.url).await,
+        billing,
+        shutdown: Some(tx),
+        _database: database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+pub fn sign(body: &[u8]) -> String {
+    WebhookSecrets::parse(WEBHOOK_SECRET).unwrap().sign(body, now())
+}
+
+pub fn jwt_for(user_id: &str) -> String {
+    token(&json!({ "sub": user_id, "exp": now() + 600 }), JWT_SECRET)
+}
+
+pub fn token(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A Stripe event envelope.
+pub fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    json!({
+        "id": id, "object": "event", "type": kind, "created": created, "api_version": "2025-03-31.basil",
+        "livemode": false, "pending_webhooks": 1, "data": { "object": object }
+    })
+}
+
+/// A subscription object in the basil shape (period on the item).
+pub fn subscription(id: &str, customer: &str, status: &str, price: &str, user_id: Option<&str>) -> Value {
+    let metadata = match user_id {
+        Some(u) => json!({ "user_id": u }),
+        None => json!({}),
+    };
+    json!({
+        "id": id, "object": "subscription", "customer": customer, "status": status,
+        "cancel_at_period_end": false, "cancel_at": null, "canceled_at": null, "ended_at": null,
+        "trial_end": null, "metadata": metadata, "created": 1_764_000_000,
+        "items": { "object": "list", "data": [{
+            "id": format!("si_{id}"), "object": "subscription_item",
+            "price": { "id": price, "object": "price" },
+            "current_period_start": 1_764_000_000, "current_period_end": 1_766_592_000
+        }]}
+    })
+}
+
+pub fn checkout(id: &str, customer: &str, subscription: &str, user_id: &str) -> Value {
+    json!({
+        "id": id, "object": "checkout.session", "mode": "subscription", "client_reference_id": user_id,
+        "customer": customer, "subscription": subscription, "metadata": {}, "payment_status": "paid"
+    })
+}
+
+pub fn invoice(id: &str, customer: &str, subscription: &str, amount: i64) -> Value {
+    json!({
+        "id": id, "object": "invoice", "customer": customer, "currency": "usd",
+        "amount_paid": amount, "amount_due": amount,
+        "parent": { "subscription_details": { "subscription": subscription } },
+        "status_transitions": { "paid_at": 1_764_000_100 }
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_stripe_webhook(&self, event: &Value) -> reqwest::Response {
+        let body = serde_json::to_vec(event).unwrap();
+        let signature = sign(&body);
+        self.post_raw_webhook(body, Some(&signature)).await
+    }
+
+    pub async fn post_raw_webhook(&self, body: Vec<u8>, signature: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.post(self.url("/api/stripe/webhooks/handler")).body(body);
+        if let Some(signature) = signature {
+            request = request.header("Stripe-Signature", signature);
+        }
+        request.send().await.expect("server answers")
+    }
+
+    /// Posts and asserts a 200, returning the outcome.
+    pub async fn deliver(&self, event: &Value) -> String {
+        let response = self.post_stripe_webhook(event).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "delivery of {} failed: {body}", event["id"]);
+        body["outcome"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_as(&self, path: &str, user_id: &str) -> Value {
+        let response = self.http.get(self.url(path)).bearer_auth(jwt_for(user_id)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_current_subscription(&self, user_id: &str) -> Value {
+        self.get_as("/api/subscriptions/current", user_id).await["subscription"].clone()
+    }
+
+    pub async fn get_licenses(&self, user_id: &str) -> Vec<Value> {
+        self.get_as("/api/licenses", user_id).await["licenses"].as_array().unwrap().clone()
+    }
+
+    pub async fn get_history(&self, user_id: &str) -> Vec<Value> {
+        self.get_as("/api/subscriptions/history", user_id).await["changes"].as_array().unwrap().clone()
+    }
+
+    pub async fn get_payments(&self, user_id: &str) -> Vec<Value> {
+        self.get_as("/api/payments/history", user_id).await["payments"].as_array().unwrap().clone()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+    }
+
+    pub async fn webhook_status(&self, event_id: &str) -> Option<(String, i32, Option<String>)> {
+        self.billing.store().webhook_event_status(event_id).await.unwrap()
+    }
+}

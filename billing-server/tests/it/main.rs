@@ -1,0 +1,7 @@
+//! Integration tests of billing-server against a real PostgreSQL: one test
+//! binary, one module per feature, a fresh database per test.
+
+mod auth;
+mod dashboard;
+mod helpers;
+mod webhooks;

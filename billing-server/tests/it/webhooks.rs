@@ -1,0 +1,404 @@
+//! `POST /api/stripe/webhooks/handler`: signatures, idempotency, ordering,
+//! both payload shapes, failures and retries.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+const T: i64 = 1_764_000_000;
+
+#[tokio::test]
+async fn subscription_created_issues_a_license_visible_to_its_user() {
+    let app = spawn_app().await;
+    let sub = subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("user_1"));
+    assert_eq!(app.deliver(&event("evt_1", "customer.subscription.created", T, sub)).await, "processed");
+
+    let current = app.get_current_subscription("user_1").await;
+    assert_eq!(current["status"], "active");
+    assert_eq!(current["plan"], "pro");
+    assert_eq!(current["cancel_at_period_end"], false);
+    assert_eq!(current["current_period_end"], "2025-12-24T16:00:00Z");
+
+    let licenses = app.get_licenses("user_1").await;
+    assert_eq!(licenses.len(), 1);
+    assert_eq!(licenses[0]["status"], "active");
+    assert_eq!(licenses[0]["max_devices"], 3);
+    let key = licenses[0]["key"].as_str().unwrap();
+    assert!(billing_core::domain::LicenseKey::parse(key).is_some(), "grouped license key");
+    assert_eq!(app.get_current_subscription("someone_else").await, Value::Null);
+}
+
+#[tokio::test]
+async fn subscription_before_checkout_is_kept_and_linked_when_checkout_arrives() {
+    let app = spawn_app().await;
+    let sub = subscription("sub_1", "cus_1", "active", PRICE_PRO, None);
+    app.deliver(&event("evt_sub", "customer.subscription.created", T, sub)).await;
+    assert_eq!(app.get_current_subscription("user_1").await, Value::Null);
+    assert_eq!(app.count("subscriptions").await, 1);
+
+    app.deliver(&event("evt_co", "checkout.session.completed", T + 1, checkout("cs_1", "cus_1", "sub_1", "user_1")))
+        .await;
+    assert_eq!(app.get_current_subscription("user_1").await["status"], "active");
+    assert_eq!(app.get_licenses("user_1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn stale_update_arriving_last_does_not_overwrite_newer_state() {
+    let app = spawn_app().await;
+    let user = Some("user_1");
+    app.deliver(&event(
+        "evt_new",
+        "customer.subscription.updated",
+        T + 10,
+        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, user),
+    ))
+    .await;
+    let outcome = app
+        .deliver(&event(
+            "evt_old",
+            "customer.subscription.updated",
+            T + 5,
+            subscription("sub_1", "cus_1", "active", PRICE_PRO, user),
+        ))
+        .await;
+    assert_eq!(outcome, "processed");
+    assert_eq!(app.get_current_subscription("user_1").await["status"], "past_due");
+    assert_eq!(app.webhook_status("evt_old").await.unwrap().0, "processed");
+}
+
+#[tokio::test]
+async fn same_second_ambiguity_without_api_key_applies_the_later_arrival() {
+    let app = spawn_app().await;
+    let user = Some("user_1");
+    app.deliver(&event(
+        "evt_a",
+        "customer.subscription.updated",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, user),
+    ))
+    .await;
+    let mut scheduled = subscription("sub_1", "cus_1", "active", PRICE_PRO, user);
+    scheduled["cancel_at_period_end"] = json!(true);
+    app.deliver(&event("evt_b", "customer.subscription.updated", T, scheduled)).await;
+    assert_eq!(app.get_current_subscription("user_1").await["cancel_at_period_end"], true);
+}
+
+#[tokio::test]
+async fn same_second_ambiguity_with_api_key_refetches_from_stripe() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let stripe = MockServer::start().await;
+    let mut truth = subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("user_1"));
+    truth["cancel_at_period_end"] = json!(true);
+    Mock::given(method("GET"))
+        .and(path("/v1/subscriptions/sub_1"))
+        .and(header("authorization", "Bearer sk_test_123"))
+        .and(header("stripe-version", billing_core::stripe::client::STRIPE_VERSION))
+        .respond_with(ResponseTemplate::new(200).set_body_json(&truth))
+        .expect(1)
+        .mount(&stripe)
+        .await;
+    let app = spawn_app_with(Options { stripe_api_base: Some(stripe.uri()), ..Default::default() }).await;
+    let user = Some("user_1");
+    app.deliver(&event(
+        "evt_a",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, user),
+    ))
+    .await;
+    app.deliver(&event(
+        "evt_b",
+        "customer.subscription.updated",
+        T,
+        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, user),
+    ))
+    .await;
+    let current = app.get_current_subscription("user_1").await;
+    assert_eq!((current["status"].as_str(), current["cancel_at_period_end"].as_bool()), (Some("past_due"), Some(true)));
+}
+
+#[tokio::test]
+async fn duplicate_event_is_acknowledged_and_changes_nothing() {
+    let app = spawn_app().await;
+    let e = event(
+        "evt_1",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    );
+    assert_eq!(app.deliver(&e).await, "processed");
+    let history = app.get_history("u").await;
+    assert_eq!(app.deliver(&e).await, "duplicate");
+    assert_eq!(app.get_history("u").await, history);
+    assert_eq!((app.count("subscriptions").await, app.count("licenses").await), (1, 1));
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_for_one_subscription_create_one_row() {
+    let app = spawn_app().await;
+    let statuses = ["incomplete", "active", "active", "past_due", "active", "trialing", "active", "active"];
+    let deliveries = statuses.iter().enumerate().map(|(i, status)| {
+        let mut sub = subscription("sub_1", "cus_1", status, PRICE_PRO, Some("u"));
+        sub["cancel_at_period_end"] = json!(i % 2 == 0);
+        let e = event(&format!("evt_{i}"), "customer.subscription.updated", T + i as i64, sub);
+        let app = &app;
+        async move { app.post_stripe_webhook(&e).await.status() }
+    });
+    let results = futures_util::future::join_all(deliveries).await;
+    assert!(results.iter().all(|s| *s == 200), "{results:?}");
+    assert_eq!(app.count("customers").await, 1);
+    assert_eq!(app.count("subscriptions").await, 1);
+    assert_eq!(app.count("licenses").await, 1);
+    // The newest event (created T+7) wins whatever the arrival order.
+    let current = app.get_current_subscription("u").await;
+    assert_eq!((current["status"].as_str(), current["cancel_at_period_end"].as_bool()), (Some("active"), Some(false)));
+}
+
+#[tokio::test]
+async fn pre_basil_payloads_are_read_like_basil_ones() {
+    let app = spawn_app().await;
+    let old = json!({
+        "id": "sub_old", "object": "subscription", "customer": "cus_old", "status": "active",
+        "cancel_at_period_end": false, "current_period_start": T, "current_period_end": T + 2_592_000,
+        "metadata": { "user_id": "u" },
+        "items": { "data": [{ "id": "si_1", "price": { "id": PRICE_BASIC }, "plan": { "id": PRICE_BASIC } }] }
+    });
+    let mut envelope = event("evt_old", "customer.subscription.created", T, old);
+    envelope["api_version"] = json!("2020-03-02");
+    app.deliver(&envelope).await;
+    let old_invoice = json!({ "id": "in_old", "customer": "cus_old", "subscription": "sub_old", "currency": "usd",
+                              "amount_paid": 900, "amount_due": 900 });
+    app.deliver(&event("evt_inv_old", "invoice.paid", T, old_invoice)).await;
+    app.deliver(&event("evt_inv_new", "invoice.paid", T, invoice("in_new", "cus_old", "sub_old", 1900))).await;
+
+    let current = app.get_current_subscription("u").await;
+    assert_eq!(current["plan"], "basic");
+    assert_eq!(current["current_period_end"], "2025-12-24T16:00:00Z");
+    let payments = app.get_payments("u").await;
+    let subs: Vec<_> = payments.iter().map(|p| p["stripe_subscription_id"].as_str().unwrap()).collect();
+    assert_eq!(subs, ["sub_old", "sub_old"]);
+}
+
+#[tokio::test]
+async fn every_signature_failure_is_refused_and_stores_nothing() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&event(
+        "evt_1",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, None),
+    ))
+    .unwrap();
+    let good = sign(&body);
+    let v1 = good.split_once(",v1=").unwrap().1.to_owned();
+    let other_secret = billing_core::stripe::WebhookSecrets::parse("whsec_other").unwrap().sign(&body, now());
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing header", None),
+        ("empty header", Some(String::new())),
+        ("no timestamp", Some(format!("v1={v1}"))),
+        ("no v1", Some(format!("t={}", now()))),
+        ("only v0", Some(format!("t={},v0={v1}", now()))),
+        ("too old", Some(format!("t={},v1={v1}", now() - 301))),
+        ("from the future", Some(format!("t={},v1={v1}", now() + 301))),
+        ("wrong secret", Some(other_secret)),
+        ("tampered signature", Some(format!("t={},v1={}", now(), "0".repeat(64)))),
+    ];
+    for (case, header) in cases {
+        let response = app.post_raw_webhook(body.clone(), header.as_deref()).await;
+        assert_eq!(response.status(), 400, "{case}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "INVALID_SIGNATURE", "{case}");
+    }
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    assert_eq!(app.post_raw_webhook(tampered, Some(&good)).await.status(), 400, "tampered body");
+    assert_eq!(app.count("webhook_events").await, 0);
+    assert_eq!(app.count("subscriptions").await, 0);
+}
+
+#[tokio::test]
+async fn rotated_secrets_sign_with_several_v1_and_any_may_match() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&event("evt_1", "ping", T, json!({}))).unwrap();
+    let good = sign(&body);
+    let (t, v1) = good.split_once(",v1=").unwrap();
+    let header = format!("{t},v1={},v1={v1}", "ab".repeat(32));
+    assert_eq!(app.post_raw_webhook(body, Some(&header)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies_are_refused() {
+    let app = spawn_app_with(Options { max_body_bytes: Some(4096), ..Default::default() }).await;
+    let big = vec![b' '; 8192];
+    let response = app.post_raw_webhook(big.clone(), Some(&sign(&big))).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "PAYLOAD_TOO_LARGE");
+    let garbage = b"{not json".to_vec();
+    let response = app.post_raw_webhook(garbage.clone(), Some(&sign(&garbage))).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "MALFORMED_EVENT");
+    assert_eq!(app.count("webhook_events").await, 0);
+}
+
+#[tokio::test]
+async fn unknown_types_and_real_fixtures_are_acknowledged() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&event("evt_x", "customer.created", T, json!({"id": "cus_1"}))).await, "ignored");
+    for name in ["checkout_session_completed.json", "invoice_upcoming.json", "subscription_created.json"] {
+        let path = format!("{}/../tests/fixtures/stripe-events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let body = std::fs::read(&path).unwrap();
+        let response = app.post_raw_webhook(body.clone(), Some(&sign(&body))).await;
+        assert_eq!(response.status(), 200, "{name}: {}", response.text().await.unwrap());
+    }
+    assert_eq!(app.webhook_status("evt_x").await.unwrap().0, "ignored");
+    // The payment-mode checkout creates no subscription; the subscription
+    // fixture creates one (with no user yet).
+    assert_eq!(app.count("subscriptions").await, 1);
+    assert_eq!(app.count("webhook_events").await, 4);
+}
+
+#[tokio::test]
+async fn a_failed_delivery_rolls_back_and_succeeds_when_retried() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'licenses are refused by the test'; END $$;
+             CREATE TRIGGER refuse_licenses BEFORE INSERT ON licenses FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let e = event(
+        "evt_1",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    );
+    let response = app.post_stripe_webhook(&e).await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "PROCESSING_FAILED");
+    let (status, attempts, error) = app.webhook_status("evt_1").await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("failed", 1));
+    assert!(error.unwrap().contains("database query failed"));
+    assert_eq!((app.count("subscriptions").await, app.count("customers").await), (0, 0), "rolled back");
+
+    app.db.batch_execute("DROP TRIGGER refuse_licenses ON licenses").await.unwrap();
+    assert_eq!(app.deliver(&e).await, "processed");
+    let (status, attempts, error) = app.webhook_status("evt_1").await.unwrap();
+    assert_eq!((status.as_str(), attempts, error), ("processed", 2, None));
+    assert_eq!(app.get_licenses("u").await.len(), 1);
+    assert_eq!(app.deliver(&e).await, "duplicate");
+}
+
+#[tokio::test]
+async fn invoices_become_one_payment_each_and_paid_is_final() {
+    let app = spawn_app().await;
+    app.deliver(&event(
+        "evt_s",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    let inv = invoice("in_1", "cus_1", "sub_1", 1900);
+    app.deliver(&event("evt_paid", "invoice.paid", T + 1, inv.clone())).await;
+    app.deliver(&event("evt_succeeded", "invoice.payment_succeeded", T + 1, inv.clone())).await;
+    app.deliver(&event("evt_late_fail", "invoice.payment_failed", T, inv)).await;
+    app.deliver(&event("evt_f2", "invoice.payment_failed", T + 2, invoice("in_2", "cus_1", "sub_1", 2900))).await;
+    app.deliver(&event("evt_p2", "invoice.paid", T + 3, invoice("in_2", "cus_1", "sub_1", 2900))).await;
+    app.deliver(&event("evt_a3", "invoice.payment_action_required", T + 4, invoice("in_3", "cus_1", "sub_1", 900)))
+        .await;
+
+    let payments = app.get_payments("u").await;
+    let summary: Vec<_> = payments
+        .iter()
+        .map(|p| {
+            (p["stripe_invoice_id"].as_str().unwrap(), p["status"].as_str().unwrap(), p["amount"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(summary.len(), 3);
+    assert!(summary.contains(&("in_1", "paid", 1900)));
+    assert!(summary.contains(&("in_2", "paid", 2900)));
+    assert!(summary.contains(&("in_3", "action_required", 900)));
+    assert_eq!(app.get_as("/api/subscriptions/billing-history", "u").await["payments"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn license_status_follows_the_subscription_through_its_life() {
+    let app = spawn_app().await;
+    let step = |n: i64, status: &str| {
+        event(
+            &format!("evt_{n}"),
+            "customer.subscription.updated",
+            T + n,
+            subscription("sub_1", "cus_1", status, PRICE_PRO, Some("u")),
+        )
+    };
+    app.deliver(&step(0, "incomplete")).await;
+    assert!(app.get_licenses("u").await.is_empty(), "no license before first payment");
+    app.deliver(&step(1, "active")).await;
+    assert_eq!(license_status(&app).await, "active");
+    app.deliver(&step(2, "past_due")).await;
+    assert_eq!(license_status(&app).await, "active", "grace period");
+    assert!(app.get_licenses("u").await[0]["grace_ends_at"].is_string());
+    app.deliver(&step(3, "unpaid")).await;
+    assert_eq!(license_status(&app).await, "suspended");
+    app.deliver(&step(4, "active")).await;
+    assert_eq!(license_status(&app).await, "active");
+    app.deliver(&step(5, "canceled")).await;
+    assert_eq!(license_status(&app).await, "expired");
+    assert_eq!(app.count("licenses").await, 1, "issued once");
+
+    let kinds: Vec<_> = app.get_history("u").await.iter().map(|c| c["to_status"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [json!("canceled"), json!("active"), json!("unpaid"), json!("past_due"), json!("active"), json!("incomplete")]
+    );
+    // Every license change was published for desktop clients.
+    let topics: Vec<String> = app
+        .db
+        .query("SELECT topic FROM outbox_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(topics.iter().filter(|t| *t == "license.updated").count() >= 3, "{topics:?}");
+}
+
+#[tokio::test]
+async fn past_due_license_is_suspended_once_grace_runs_out() {
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(8);
+    let app = spawn_app_with(Options { grace_days: Some(7), ..Default::default() }).await;
+    app.deliver(&event(
+        "evt_1",
+        "customer.subscription.updated",
+        T,
+        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    assert_eq!(app.get_licenses("u").await, Vec::<Value>::new(), "a subscription first seen past due was never paid");
+
+    let app = spawn_app_with(Options { grace_days: Some(7), ..Default::default() }).await;
+    app.deliver(&event(
+        "evt_1",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    app.deliver(&event(
+        "evt_2",
+        "customer.subscription.updated",
+        T + 1,
+        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    let licenses = app.billing.licenses("u").await.unwrap();
+    assert_eq!(licenses[0].effective_status(time::OffsetDateTime::now_utc()).as_str(), "active");
+    assert_eq!(licenses[0].effective_status(later).as_str(), "suspended");
+}
+
+async fn license_status(app: &TestApp) -> String {
+    app.get_licenses("u").await[0]["status"].as_str().unwrap().to_owned()
+}

@@ -24,6 +24,8 @@ pub struct BillingConfig {
     pub webhook_secrets: Option<WebhookSecrets>,
     /// The Stripe API, when a secret key is configured.
     pub stripe: Option<StripeClient>,
+    /// Devices, heartbeats and certificates.
+    pub licensing: crate::licensing::LicensingConfig,
 }
 
 /// The clock, injectable for tests of time-based rules.
@@ -94,6 +96,11 @@ impl<S: Store> Billing<S> {
     /// The current time by the engine's clock.
     pub fn now(&self) -> Timestamp {
         (self.clock)()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BillingConfig {
+        &self.config
     }
 
     /// The store.

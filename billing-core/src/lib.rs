@@ -5,7 +5,10 @@
 //! HTTP front over exactly these calls.
 
 pub mod billing;
+pub mod certificate;
 pub mod domain;
+pub mod events;
+pub mod licensing;
 pub mod storage;
 pub mod stripe;
 

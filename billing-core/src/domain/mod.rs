@@ -1,11 +1,13 @@
 //! Domain types and pure business rules: no I/O, no clock, no randomness
 //! except where a value is generated on purpose (license keys).
 
+pub mod device;
 pub mod license;
 pub mod payment;
 pub mod plan;
 pub mod subscription;
 
+pub use device::{ActivationToken, Device, DeviceStatus, ValidationCode};
 pub use license::{License, LicenseKey, LicenseStatus, LicenseTerms};
 pub use payment::{Payment, PaymentStatus};
 pub use plan::{Plan, PlanCatalog, PlanId};

@@ -8,7 +8,9 @@
 pub mod postgres;
 
 use crate::domain::subscription::SubscriptionChange;
-use crate::domain::{Actor, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp};
+use crate::domain::{
+    Actor, Device, DeviceStatus, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
+};
 use serde_json::Value;
 use std::future::Future;
 use uuid::Uuid;
@@ -179,6 +181,43 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
 
+    /// The license with this key hash (see [`crate::domain::LicenseKey::lookup_hash`]).
+    fn license_by_key_hash(&self, key_hash: &[u8]) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// The device of a license with this fingerprint.
+    fn device_by_fingerprint(
+        &self,
+        license_id: Uuid,
+        fingerprint: &str,
+    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
+
+    /// The active device holding this activation-token hash, with its license.
+    fn device_by_token_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
+
+    /// Every device on the user's licenses, most recently seen first.
+    fn devices_of_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+
+    /// Whether `license_id` belongs to `user_id`.
+    fn license_belongs_to(
+        &self,
+        license_id: Uuid,
+        user_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The highest outbox id (0 when empty).
+    fn latest_outbox_id(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Deletes outbox rows created before `before`; returns how many.
+    fn prune_outbox(&self, before: Timestamp) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A signal for every committed outbox write, from any instance sharing
+    /// the database. The receiver also gets a signal after a reconnect, when
+    /// notifications may have been missed.
+    fn watch_outbox(&self) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<()>, StoreError>> + Send;
+
     /// Status of a recorded delivery (`processed`, `ignored`, `failed`), for operators and tests.
     fn webhook_event_status(
         &self,
@@ -260,6 +299,78 @@ pub trait StoreTx: Send {
         &mut self,
         stripe_subscription_id: &str,
     ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// The license with this key hash, locked for update (serialises
+    /// activations of one license).
+    fn lock_license_by_key_hash(
+        &mut self,
+        key_hash: &[u8],
+    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// The license with this id, locked for update.
+    fn lock_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
+    /// All devices of a license, locked for update.
+    fn devices_of_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+
+    /// Stores a new device with its token hash.
+    fn insert_device(
+        &mut self,
+        device: &Device,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reactivates a device: new token, new details, heartbeat now.
+    fn reactivate_device(
+        &mut self,
+        device: &Device,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The device holding this token hash (any status), locked for update.
+    fn lock_device_by_token_hash(
+        &mut self,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
+
+    /// The device with this id, if it is on one of the user's licenses
+    /// (any user's when `user_id` is None), locked for update.
+    fn lock_device_of_user(
+        &mut self,
+        device_id: Uuid,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
+
+    /// Records a heartbeat.
+    fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves a device to `status` (deactivated or dead) at `at`.
+    fn set_device_status(
+        &mut self,
+        device_id: Uuid,
+        status: DeviceStatus,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Renames a device.
+    fn rename_device(&mut self, device_id: Uuid, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Active devices silent since before `cutoff`, locked (skipping rows
+    /// another reaper holds).
+    fn lock_overdue_devices(
+        &mut self,
+        cutoff: Timestamp,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+
+    /// Appends a device audit row.
+    fn record_device_change(
+        &mut self,
+        device: &Device,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends to the outbox; visible to readers once committed.
     fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<i64, StoreError>> + Send;

@@ -3,6 +3,7 @@
 use super::*;
 use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -38,6 +39,32 @@ fn query_error(e: tokio_postgres::Error) -> StoreError {
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(Box::new(e))
+}
+
+/// Opens a dedicated connection that `LISTEN`s on the outbox channel and
+/// forwards each notification.
+async fn listen(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>), StoreError> {
+    use futures_util::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}")).await.map_err(query_error)?;
+    Ok((client, rx))
 }
 
 impl PgStore {
@@ -155,6 +182,26 @@ fn payment_from_row(row: &Row) -> Result<PaymentRecord, StoreError> {
             paid_at: row.get(7),
         },
         created_at: row.get(8),
+    })
+}
+
+const DEVICE_COLUMNS: &str = "d.id, d.license_id, d.fingerprint, d.name, d.platform, d.app_version, d.status, \
+    d.activated_at, d.last_heartbeat_at, d.deactivated_at";
+
+fn device_from_row(row: &Row) -> Result<Device, StoreError> {
+    let status: String = row.get(6);
+    Ok(Device {
+        id: row.get(0),
+        license_id: row.get(1),
+        fingerprint: row.get(2),
+        name: row.get(3),
+        platform: row.get(4),
+        app_version: row.get(5),
+        status: DeviceStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown device status {status:?}")))?,
+        activated_at: row.get(7),
+        last_heartbeat_at: row.get(8),
+        deactivated_at: row.get(9),
     })
 }
 
@@ -293,6 +340,102 @@ impl Store for PgStore {
                 created_at: r.get(4),
             })
             .collect())
+    }
+
+    async fn license_by_key_hash(&self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1");
+        query_opt(&conn, &sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
+    }
+
+    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 AND d.fingerprint = $2");
+        query_opt(&conn, &sql, &[&license_id, &fingerprint]).await?.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1");
+        query_opt(&conn, &sql, &[&token_hash]).await?.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d
+               JOIN licenses l ON l.id = d.license_id
+               JOIN subscriptions s ON s.id = l.subscription_id
+               JOIN customers c ON c.id = s.customer_id
+              WHERE c.user_id = $1 ORDER BY d.last_heartbeat_at DESC, d.id"
+        );
+        query(&conn, &sql, &[&user_id]).await?.iter().map(device_from_row).collect()
+    }
+
+    async fn license_belongs_to(&self, license_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(
+            &conn,
+            "SELECT 1 FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
+               JOIN customers c ON c.id = s.customer_id WHERE l.id = $1 AND c.user_id = $2",
+            &[&license_id, &user_id],
+        )
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn latest_outbox_id(&self) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(&conn, "SELECT COALESCE(max(id), 0) FROM outbox_events", &[]).await?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        execute(&conn, "DELETE FROM outbox_events WHERE created_at < $1", &[&before]).await
+    }
+
+    async fn watch_outbox(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let config = self.config.clone();
+        // Fail fast when the database cannot be reached at all.
+        let first = listen(&config).await?;
+        tokio::spawn(async move {
+            let mut connection = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let (client, stream) = match connection.take() {
+                    Some(c) => c,
+                    None => match listen(&config).await {
+                        Ok(c) => {
+                            backoff = Duration::from_millis(100);
+                            c
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %crate::billing::error_chain(&e), "outbox LISTEN reconnect failed");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    },
+                };
+                // Anything may have been committed while we were not listening.
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+                let mut stream = stream;
+                while let Some(()) = stream.recv().await {
+                    // A full channel already holds a wake-up; one is enough.
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let _ = tx.try_send(());
+                }
+                drop(client);
+                tracing::warn!("outbox LISTEN connection lost; reconnecting");
+            }
+        });
+        Ok(rx)
     }
 
     async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
@@ -570,6 +713,130 @@ impl StoreTx for PgTx {
         )
         .await?;
         Ok(PaymentWrite::Updated { from: held })
+    }
+
+    async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1 FOR UPDATE");
+        query_opt(self.conn(), &sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
+    }
+
+    async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1 FOR UPDATE");
+        query_opt(self.conn(), &sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()
+    }
+
+    async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 ORDER BY d.activated_at FOR UPDATE"
+        );
+        query(self.conn(), &sql, &[&license_id]).await?.iter().map(device_from_row).collect()
+    }
+
+    async fn insert_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
+                    activated_at, last_heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &d.id,
+                &d.license_id,
+                &d.fingerprint,
+                &d.name,
+                &d.platform,
+                &d.app_version,
+                &token_hash,
+                &d.status.as_str(),
+                &d.activated_at,
+                &d.last_heartbeat_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reactivate_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "UPDATE devices SET name = $2, platform = $3, app_version = $4, token_hash = $5, status = 'active',
+                    activated_at = $6, last_heartbeat_at = $7, deactivated_at = NULL, updated_at = now()
+              WHERE id = $1",
+            &[&d.id, &d.name, &d.platform, &d.app_version, &token_hash, &d.activated_at, &d.last_heartbeat_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1 FOR UPDATE");
+        query_opt(self.conn(), &sql, &[&token_hash]).await?.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn lock_device_of_user(
+        &mut self,
+        device_id: Uuid,
+        user_id: Option<&str>,
+    ) -> Result<Option<Device>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d
+               JOIN licenses l ON l.id = d.license_id
+               JOIN subscriptions s ON s.id = l.subscription_id
+               JOIN customers c ON c.id = s.customer_id
+              WHERE d.id = $1 AND ($2::text IS NULL OR c.user_id = $2)
+              FOR UPDATE OF d"
+        );
+        query_opt(self.conn(), &sql, &[&device_id, &user_id]).await?.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        execute(self.conn(), "UPDATE devices SET last_heartbeat_at = $2 WHERE id = $1", &[&device_id, &at]).await?;
+        Ok(())
+    }
+
+    async fn set_device_status(
+        &mut self,
+        device_id: Uuid,
+        status: DeviceStatus,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "UPDATE devices SET status = $2, deactivated_at = $3, updated_at = now() WHERE id = $1",
+            &[&device_id, &status.as_str(), &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
+        execute(self.conn(), "UPDATE devices SET name = $2, updated_at = now() WHERE id = $1", &[&device_id, &name])
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_overdue_devices(&mut self, cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d
+              WHERE d.status = 'active' AND d.last_heartbeat_at < $1
+              ORDER BY d.last_heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        );
+        query(self.conn(), &sql, &[&cutoff, &limit]).await?.iter().map(device_from_row).collect()
+    }
+
+    async fn record_device_change(
+        &mut self,
+        device: &Device,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        execute(
+            self.conn(),
+            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&device.id, &device.license_id, &kind, &actor.label(), &detail],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {

@@ -1,0 +1,258 @@
+//! Fan-out of committed outbox events to live subscribers (the SSE streams).
+//!
+//! One [`EventHub`] per process reads the outbox in id order whenever the
+//! store signals a commit (PostgreSQL `LISTEN/NOTIFY`, so commits made by
+//! other instances arrive too) and hands each event to the subscribers of
+//! its license. The outbox is the source of truth: a subscriber resuming
+//! from `Last-Event-ID` replays from it, then continues live with neither a
+//! gap nor a duplicate. A subscriber too slow to drain its bounded buffer is
+//! dropped (its stream ends) and resumes with `Last-Event-ID`; it never
+//! slows the others.
+
+use crate::billing::error_chain;
+use crate::storage::{OutboxEvent, Store, StoreError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const PAGE: i64 = 500;
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events buffered per subscriber before it counts as too slow.
+    pub buffer: usize,
+    /// How long outbox rows are kept for replay.
+    pub retention: time::Duration,
+    /// How often the outbox is re-read even without a notification.
+    pub poll_interval: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { buffer: 64, retention: time::Duration::days(7), poll_interval: Duration::from_secs(5) }
+    }
+}
+
+type Sender = mpsc::Sender<Arc<OutboxEvent>>;
+
+#[derive(Default)]
+struct Subscribers {
+    next_id: u64,
+    by_license: HashMap<Uuid, Vec<(u64, Sender)>>,
+}
+
+/// The per-process dispatcher.
+pub struct EventHub<S: Store> {
+    store: S,
+    config: HubConfig,
+    subscribers: Arc<Mutex<Subscribers>>,
+    cursor: AtomicI64,
+    open: Arc<AtomicUsize>,
+    dropped_slow: AtomicUsize,
+}
+
+impl<S: Store> EventHub<S> {
+    /// A hub starting after the newest committed event.
+    pub async fn start(store: S, config: HubConfig) -> Result<Arc<Self>, StoreError> {
+        let cursor = store.latest_outbox_id().await?;
+        Ok(Arc::new(Self {
+            store,
+            config,
+            subscribers: Arc::default(),
+            cursor: AtomicI64::new(cursor),
+            open: Arc::default(),
+            dropped_slow: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Dispatches until `shutdown` resolves. Also prunes the outbox hourly.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut wakeups = match self.store.watch_outbox().await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot watch the outbox; falling back to polling");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                woke = async { match &mut wakeups { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    if woke.is_none() {
+                        wakeups = None;
+                    }
+                }
+                _ = poll.tick() => {}
+                _ = prune.tick() => {
+                    let before = time::OffsetDateTime::now_utc() - self.config.retention;
+                    match self.store.prune_outbox(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "pruned outbox"),
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "outbox pruning failed"),
+                    }
+                    continue;
+                }
+            }
+            if let Err(e) = self.dispatch_new().await {
+                tracing::warn!(error = %error_chain(&e), "outbox dispatch failed; retrying on next wake-up");
+            }
+        }
+    }
+
+    /// Reads events committed since the last dispatch and delivers them.
+    pub async fn dispatch_new(&self) -> Result<(), StoreError> {
+        loop {
+            let cursor = self.cursor.load(Ordering::Acquire);
+            let events = self.store.outbox_after(cursor, None, PAGE).await?;
+            let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+            let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
+            for event in events.iter() {
+                let Some(license_id) = event.license_id else { continue };
+                let Some(list) = subscribers.by_license.get_mut(&license_id) else { continue };
+                let event = Arc::new(event.clone());
+                list.retain(|(_, tx)| match tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                if list.is_empty() {
+                    subscribers.by_license.remove(&license_id);
+                }
+            }
+            drop(subscribers);
+            self.cursor.store(last, Ordering::Release);
+            if (events.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Subscribes to a license's events; with `last_event_id`, first replays
+    /// everything after it.
+    pub async fn subscribe(&self, license_id: Uuid, last_event_id: Option<i64>) -> Result<EventStream<S>, StoreError> {
+        let (tx, rx) = mpsc::channel(self.config.buffer);
+        let id = {
+            let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
+            subscribers.next_id += 1;
+            let id = subscribers.next_id;
+            subscribers.by_license.entry(license_id).or_default().push((id, tx));
+            id
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let mut stream = EventStream {
+            store: self.store.clone(),
+            license_id,
+            replay: VecDeque::new(),
+            replay_cursor: last_event_id,
+            delivered: last_event_id.unwrap_or(0),
+            live: rx,
+            _registration: Registration {
+                id,
+                license_id,
+                subscribers: self.subscribers.clone(),
+                open: self.open.clone(),
+            },
+        };
+        // Registered before reading, so nothing committed from here on can
+        // be missed; duplicates are filtered by id.
+        stream.fill_replay().await?;
+        Ok(stream)
+    }
+
+    /// Open subscriptions.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Subscribers dropped for being too slow, since start.
+    pub fn dropped_slow(&self) -> usize {
+        self.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    /// The last outbox id dispatched.
+    pub fn cursor(&self) -> i64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+}
+
+struct Registration {
+    id: u64,
+    license_id: Uuid,
+    subscribers: Arc<Mutex<Subscribers>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
+        if let Some(list) = subscribers.by_license.get_mut(&self.license_id) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                subscribers.by_license.remove(&self.license_id);
+            }
+        }
+    }
+}
+
+/// One subscriber's ordered events: replay first, then live.
+pub struct EventStream<S: Store> {
+    store: S,
+    license_id: Uuid,
+    replay: VecDeque<OutboxEvent>,
+    replay_cursor: Option<i64>,
+    delivered: i64,
+    live: mpsc::Receiver<Arc<OutboxEvent>>,
+    _registration: Registration,
+}
+
+impl<S: Store> EventStream<S> {
+    async fn fill_replay(&mut self) -> Result<(), StoreError> {
+        if let Some(cursor) = self.replay_cursor {
+            let page = self.store.outbox_after(cursor, Some(self.license_id), PAGE).await?;
+            self.replay_cursor = match page.last() {
+                Some(last) if page.len() as i64 == PAGE => Some(last.id),
+                _ => None,
+            };
+            self.replay.extend(page);
+        }
+        Ok(())
+    }
+
+    /// The next event, or `None` when the stream ended (the subscriber was
+    /// too slow, or the hub stopped): reconnect with the last id.
+    pub async fn next(&mut self) -> Result<Option<Arc<OutboxEvent>>, StoreError> {
+        loop {
+            if self.replay.is_empty() && self.replay_cursor.is_some() {
+                self.fill_replay().await?;
+            }
+            if let Some(event) = self.replay.pop_front() {
+                self.delivered = event.id;
+                return Ok(Some(Arc::new(event)));
+            }
+            match self.live.recv().await {
+                Some(event) if event.id <= self.delivered => continue,
+                Some(event) => {
+                    self.delivered = event.id;
+                    return Ok(Some(event));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The id of the last event handed out.
+    pub fn last_delivered(&self) -> i64 {
+        self.delivered
+    }
+}

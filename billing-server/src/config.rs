@@ -19,6 +19,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_PLANS", "path to the plans TOML file"),
     ("BILLING_GRACE_DAYS", "days a past-due subscription keeps its license active (default 7)"),
     ("BILLING_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
+    ("BILLING_HEARTBEAT_WINDOW_SECS", "a device silent for longer is dead (default 600, minimum 1)"),
+    ("BILLING_OFFLINE_TTL_SECS", "lifetime of offline certificates (default 604800 = 7 days)"),
+    ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
+    ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
+    ("BILLING_OUTBOX_RETENTION_DAYS", "days outbox events are kept for SSE replay (default 7)"),
     ("RUST_LOG", "log filter (default info)"),
 ];
 
@@ -45,6 +50,16 @@ pub struct Config {
     pub grace_days: u32,
     /// Request body cap.
     pub max_body_bytes: usize,
+    /// Heartbeat window in seconds.
+    pub heartbeat_window_secs: u64,
+    /// Offline certificate lifetime in seconds.
+    pub offline_ttl_secs: u64,
+    /// PKCS#8 signing key file; None generates an ephemeral key.
+    pub license_signing_key: Option<PathBuf>,
+    /// Failed lookups per address and minute.
+    pub rate_limit_per_minute: u32,
+    /// Outbox retention in days.
+    pub outbox_retention_days: u32,
 }
 
 #[derive(serde::Deserialize)]
@@ -89,6 +104,23 @@ impl Config {
             plans,
             grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,
             max_body_bytes: parse_number(var("BILLING_MAX_BODY_BYTES"), "BILLING_MAX_BODY_BYTES", 1 << 20)?,
+            heartbeat_window_secs: at_least_one(
+                parse_number(var("BILLING_HEARTBEAT_WINDOW_SECS"), "BILLING_HEARTBEAT_WINDOW_SECS", 600)?,
+                "BILLING_HEARTBEAT_WINDOW_SECS",
+            )?,
+            offline_ttl_secs: at_least_one(
+                parse_number(var("BILLING_OFFLINE_TTL_SECS"), "BILLING_OFFLINE_TTL_SECS", 7 * 24 * 3600)?,
+                "BILLING_OFFLINE_TTL_SECS",
+            )?,
+            license_signing_key: var("BILLING_LICENSE_SIGNING_KEY").map(PathBuf::from),
+            rate_limit_per_minute: at_least_one(
+                parse_number(var("BILLING_RATE_LIMIT_PER_MINUTE"), "BILLING_RATE_LIMIT_PER_MINUTE", 60)?,
+                "BILLING_RATE_LIMIT_PER_MINUTE",
+            )?,
+            outbox_retention_days: at_least_one(
+                parse_number(var("BILLING_OUTBOX_RETENTION_DAYS"), "BILLING_OUTBOX_RETENTION_DAYS", 7)?,
+                "BILLING_OUTBOX_RETENTION_DAYS",
+            )?,
         })
     }
 }
@@ -98,6 +130,13 @@ fn parse_number<T: std::str::FromStr>(value: Option<String>, name: &str, default
         None => Ok(default),
         Some(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name} must be a non-negative integer")),
     }
+}
+
+fn at_least_one<T: PartialOrd + From<u8>>(value: T, name: &str) -> anyhow::Result<T> {
+    if value < T::from(1) {
+        bail!("{name} must be at least 1");
+    }
+    Ok(value)
 }
 
 /// Loads and validates a plans file.
@@ -131,6 +170,8 @@ mod tests {
         assert!(e.to_string().contains("BILLING_GRACE_DAYS"));
         let e = config(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
         assert!(e.to_string().contains("DATABASE_URL"));
+        let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_HEARTBEAT_WINDOW_SECS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_HEARTBEAT_WINDOW_SECS"));
         let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_ADDR", "nope")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_ADDR"));
     }

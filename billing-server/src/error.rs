@@ -16,12 +16,14 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with its status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
     }
 
     /// 400 with a code.
@@ -47,7 +49,11 @@ impl ApiError {
 
     /// Renders the error.
     pub fn into_response(self) -> Response {
-        json(self.status, &json!({ "error": { "code": self.code, "message": self.message } }))
+        let mut response = json(self.status, &json!({ "error": { "code": self.code, "message": self.message } }));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -2,14 +2,14 @@
 
 use crate::error::ApiError;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use std::convert::Infallible;
 
 /// Every response body: a buffer or a stream (SSE).
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// A response.
 pub type Response = hyper::Response<Body>;
 
@@ -20,7 +20,7 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(bytes)).boxed())
+        .body(Full::new(Bytes::from(bytes)).boxed_unsync())
         .expect("static headers are valid")
 }
 

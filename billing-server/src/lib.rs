@@ -5,37 +5,77 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod ratelimit;
 pub mod routes;
+pub mod sse;
 pub mod views;
 
+use anyhow::Context;
 use auth::JwtVerifier;
+use billing_core::certificate::SigningKey;
+use billing_core::events::{EventHub, HubConfig};
+use billing_core::licensing::LicensingConfig;
 use billing_core::storage::postgres::PgStore;
 use billing_core::storage::Store;
+use billing_core::storage::StoreError;
 use billing_core::stripe::{StripeClient, WebhookSecrets};
 use billing_core::{Billing, BillingConfig};
 use config::Config;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use ratelimit::FailureLimiter;
 use secrecy::ExposeSecret;
 use std::future::Future;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Everything a request handler needs.
 pub struct AppState {
     /// The engine.
     pub billing: Billing<PgStore>,
+    /// Live event fan-out.
+    pub hub: Arc<EventHub<PgStore>>,
     /// Dashboard token verification; None while `BILLING_JWT_SECRET` is unset.
     pub jwt: Option<JwtVerifier>,
     /// Request body cap.
     pub max_body_bytes: usize,
     /// The route table.
     pub router: routes::Router,
+    /// Failed lookups per client address.
+    pub failures_by_addr: FailureLimiter<IpAddr>,
+    /// Failed activations per license key (hash).
+    pub failures_by_key: FailureLimiter<Vec<u8>>,
+    /// How often the reaper looks for dead devices.
+    pub reaper_interval: Duration,
+    /// Flips to true when the server shuts down (ends SSE streams).
+    pub shutdown: watch::Sender<bool>,
     next_request_id: AtomicU64,
+}
+
+/// Server settings beyond the engine's.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Dashboard JWT secret.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Request body cap.
+    pub max_body_bytes: usize,
+    /// Failed lookups per address (and per key) and minute.
+    pub rate_limit_per_minute: u32,
+    /// Event hub settings.
+    pub hub: HubConfig,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { jwt_secret: None, max_body_bytes: 1 << 20, rate_limit_per_minute: 60, hub: HubConfig::default() }
+    }
 }
 
 impl AppState {
@@ -47,6 +87,10 @@ impl AppState {
             .stripe_secret_key
             .as_ref()
             .map(|key| StripeClient::new(key.expose_secret(), config.stripe_api_base.clone()));
+        let signing_key = load_signing_key(config.license_signing_key.as_deref())?;
+        let mut licensing = LicensingConfig::new(Arc::new(signing_key));
+        licensing.heartbeat_window = time::Duration::seconds(config.heartbeat_window_secs as i64);
+        licensing.offline_ttl = time::Duration::seconds(config.offline_ttl_secs as i64);
         let billing = Billing::new(
             store,
             BillingConfig {
@@ -54,26 +98,94 @@ impl AppState {
                 grace: time::Duration::days(i64::from(config.grace_days)),
                 webhook_secrets: config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())),
                 stripe,
+                licensing,
             },
         );
-        Ok(Self::new(
-            billing,
-            config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
-            config.max_body_bytes,
-        ))
+        let options = ServerOptions {
+            jwt_secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
+            max_body_bytes: config.max_body_bytes,
+            rate_limit_per_minute: config.rate_limit_per_minute,
+            hub: HubConfig {
+                retention: time::Duration::days(i64::from(config.outbox_retention_days)),
+                ..HubConfig::default()
+            },
+        };
+        Ok(Self::new(billing, options).await?)
     }
 
     /// Wires an already-built engine.
-    pub fn new(billing: Billing<PgStore>, jwt_secret: Option<Vec<u8>>, max_body_bytes: usize) -> Self {
-        Self {
+    pub async fn new(billing: Billing<PgStore>, options: ServerOptions) -> Result<Self, StoreError> {
+        let hub = EventHub::start(billing.store().clone(), options.hub).await?;
+        let per_minute = NonZeroU32::new(options.rate_limit_per_minute.max(1)).expect("at least one");
+        let window = billing.config().licensing.heartbeat_window;
+        let reaper_interval = Duration::from_secs_f64((window.as_seconds_f64() / 4.0).clamp(0.25, 60.0));
+        Ok(Self {
             billing,
-            jwt: jwt_secret.map(|s| JwtVerifier::new(&s)),
-            max_body_bytes,
+            hub,
+            jwt: options.jwt_secret.map(|s| JwtVerifier::new(&s)),
+            max_body_bytes: options.max_body_bytes,
             router: routes::Router::new(),
+            failures_by_addr: FailureLimiter::per_minute(per_minute),
+            failures_by_key: FailureLimiter::per_minute(per_minute),
+            reaper_interval,
+            shutdown: watch::channel(false).0,
             next_request_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// Reads the license-signing key, or makes an ephemeral one (with a warning:
+/// certificates it signs stop verifying after a restart).
+pub fn load_signing_key(path: Option<&std::path::Path>) -> anyhow::Result<SigningKey> {
+    match path {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read BILLING_LICENSE_SIGNING_KEY file {}", path.display()))?;
+            SigningKey::from_pkcs8(&bytes).with_context(|| {
+                format!("{} is not an Ed25519 PKCS#8 key; create one with `billing-server keygen`", path.display())
+            })
+        }
+        None => {
+            tracing::warn!(
+                "BILLING_LICENSE_SIGNING_KEY is not set: using an ephemeral signing key; offline certificates \
+                 will not verify after a restart (create a key with `billing-server keygen`)"
+            );
+            Ok(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).expect("a generated key loads"))
         }
     }
 }
+
+/// Starts the event hub and the dead-device reaper; both stop on shutdown.
+fn spawn_background(state: &Arc<AppState>) {
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(state.hub.clone().run(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut stop = state.shutdown.subscribe();
+        let mut tick = tokio::time::interval(state.reaper_interval);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            match state.billing.reap_dead_devices().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(devices = n, "declared devices dead after missed heartbeats"),
+                Err(e) => {
+                    tracing::warn!(error = %billing_core::billing::error_chain(&e), "reaping dead devices failed")
+                }
+            }
+            state.failures_by_addr.prune();
+            state.failures_by_key.prune();
+        }
+    });
+}
+
+/// The peer address of a request's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
 
 /// How long in-flight requests may run after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -81,6 +193,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Serves on an already-bound listener until `shutdown` resolves, then stops
 /// accepting and lets in-flight requests finish (up to [`SHUTDOWN_GRACE`]).
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    spawn_background(&state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
@@ -88,7 +201,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -98,7 +211,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let service = service_fn(move |request| handle(state.clone(), request));
+                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ClientAddr(peer.ip()));
+                    handle(state.clone(), request)
+                });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -110,6 +226,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         }
     }
     drop(listener);
+    // Ends SSE streams (with a final `retry:`) so the connections can close.
+    state.shutdown.send_replace(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the shutdown grace period");
     }

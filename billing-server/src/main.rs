@@ -21,6 +21,12 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Write a new Ed25519 license-signing key (PKCS#8 PEM) for BILLING_LICENSE_SIGNING_KEY.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long, default_value = "license-signing-key.pem")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -29,8 +35,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Keygen { out }) = &cli.command {
+        return keygen(out);
+    }
     let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Keygen { .. } => unreachable!("handled above"),
         Command::Migrate => {
             let store = PgStore::connect(&config.database_url, 1)?;
             store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
@@ -72,4 +82,22 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    use billing_core::certificate::SigningKey;
+    use std::io::Write;
+    let der = SigningKey::generate_pkcs8();
+    let key = SigningKey::from_pkcs8(&der).expect("a generated key loads");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file =
+        options.open(out).with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    file.write_all(SigningKey::to_pem(&der).as_bytes())?;
+    println!("wrote {} (kid {})", out.display(), key.kid());
+    println!("set BILLING_LICENSE_SIGNING_KEY={} and embed this public key in your app:", out.display());
+    println!("{}", key.public_jwk());
+    Ok(())
 }

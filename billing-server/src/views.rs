@@ -2,7 +2,7 @@
 //! public contract and change only by addition.
 
 use billing_core::billing::rfc3339;
-use billing_core::domain::{License, Plan, Subscription, Timestamp};
+use billing_core::domain::{Device, DeviceStatus, License, Plan, Subscription, Timestamp};
 use billing_core::storage::{ChangeEntry, PaymentRecord};
 use serde::Serialize;
 use serde_json::Value;
@@ -117,12 +117,13 @@ pub struct LicenseView {
     max_devices: u32,
     expires_at: Option<String>,
     grace_ends_at: Option<String>,
-    devices: Vec<Value>,
+    devices: Vec<DeviceView>,
 }
 
 impl LicenseView {
-    /// The view at `now` (grace expiry shows as `suspended`).
-    pub fn new(license: &License, now: Timestamp) -> Self {
+    /// The view at `now` (grace expiry shows as `suspended`), with the
+    /// license's devices.
+    pub fn new(license: &License, devices: Vec<DeviceView>, now: Timestamp) -> Self {
         let t = &license.terms;
         Self {
             id: license.id,
@@ -132,7 +133,7 @@ impl LicenseView {
             max_devices: t.max_devices,
             expires_at: ts(t.expires_at),
             grace_ends_at: ts(t.grace_ends_at),
-            devices: Vec::new(),
+            devices,
         }
     }
 }
@@ -161,6 +162,70 @@ impl<'a> From<&'a Plan> for PlanView<'a> {
             currency: p.currency.as_deref(),
             interval: p.interval.as_deref(),
             features: &p.features,
+        }
+    }
+}
+
+/// A device, for its app and for the dashboard's terminals.
+#[derive(Serialize)]
+pub struct DeviceView {
+    id: Uuid,
+    license_id: Uuid,
+    fingerprint: String,
+    name: Option<String>,
+    platform: Option<String>,
+    app_version: Option<String>,
+    status: &'static str,
+    alive: bool,
+    activated_at: String,
+    last_seen_at: String,
+    deactivated_at: Option<String>,
+}
+
+impl DeviceView {
+    /// The view at `now` given the heartbeat window.
+    pub fn new(d: &Device, now: Timestamp, window: time::Duration) -> Self {
+        let status = if d.is_overdue(now, window) { DeviceStatus::Dead } else { d.status };
+        Self {
+            id: d.id,
+            license_id: d.license_id,
+            fingerprint: d.fingerprint.clone(),
+            name: d.name.clone(),
+            platform: d.platform.clone(),
+            app_version: d.app_version.clone(),
+            status: status.as_str(),
+            alive: d.is_alive(now, window),
+            activated_at: rfc3339(d.activated_at),
+            last_seen_at: rfc3339(d.last_heartbeat_at),
+            deactivated_at: ts(d.deactivated_at),
+        }
+    }
+}
+
+/// A license as its desktop app sees it (no key: the app has it).
+#[derive(Serialize)]
+pub struct LicenseInfo {
+    id: Uuid,
+    status: &'static str,
+    plan: Option<String>,
+    max_devices: u32,
+    expires_at: Option<String>,
+    grace_ends_at: Option<String>,
+    entitlements: Vec<String>,
+}
+
+impl LicenseInfo {
+    /// The view at `now`.
+    pub fn new(license: &License, entitlements: Vec<String>, now: Timestamp) -> Self {
+        let t = &license.terms;
+        Self {
+            id: license.id,
+            status: license.effective_status(now).as_str(),
+            plan: t.plan_id.clone(),
+            max_devices: t.max_devices,
+            expires_at: ts(t.expires_at),
+            grace_ends_at: ts(t.grace_ends_at),
+            entitlements,
         }
     }
 }

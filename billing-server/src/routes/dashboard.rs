@@ -3,13 +3,13 @@
 use crate::auth::{dashboard_disabled, Caller};
 use crate::error::ApiError;
 use crate::http::{ok, Response};
-use crate::views::{ChangeView, LicenseView, PaymentView, PlanView, SubscriptionView};
+use crate::views::{ChangeView, DeviceView, LicenseView, PaymentView, PlanView, SubscriptionView};
 use crate::AppState;
 use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::json;
 
-fn caller(state: &AppState, request: &Request<Incoming>) -> Result<Caller, ApiError> {
+pub(super) fn caller(state: &AppState, request: &Request<Incoming>) -> Result<Caller, ApiError> {
     state.jwt.as_ref().ok_or_else(dashboard_disabled)?.authenticate(request.headers())
 }
 
@@ -40,6 +40,15 @@ pub async fn plans(state: &AppState, request: Request<Incoming>) -> Result<Respo
 pub async fn licenses(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
     let caller = caller(state, &request)?;
     let now = state.billing.now();
+    let window = state.billing.config().licensing.heartbeat_window;
     let licenses = state.billing.licenses(&caller.user_id).await?;
-    Ok(ok(&json!({ "licenses": licenses.iter().map(|l| LicenseView::new(l, now)).collect::<Vec<_>>() })))
+    let devices = state.billing.devices_of_user(&caller.user_id).await?;
+    let views: Vec<_> = licenses
+        .iter()
+        .map(|l| {
+            let own = devices.iter().filter(|d| d.license_id == l.id).map(|d| DeviceView::new(d, now, window));
+            LicenseView::new(l, own.collect(), now)
+        })
+        .collect();
+    Ok(ok(&json!({ "licenses": views })))
 }

@@ -1,7 +1,9 @@
 //! The route table and dispatch.
 
 mod dashboard;
+mod license;
 mod ops;
+mod terminals;
 mod webhook;
 
 use crate::error::ApiError;
@@ -22,6 +24,15 @@ pub enum Route {
     PaymentHistory,
     Plans,
     Licenses,
+    Activate,
+    Validate,
+    Heartbeat,
+    Deactivate,
+    PublicKey,
+    Terminals,
+    DeleteTerminal,
+    RenameTerminal,
+    Events,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -34,6 +45,15 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::GET, "/api/payments/history", Route::PaymentHistory),
     (Method::GET, "/api/subscriptions/plans", Route::Plans),
     (Method::GET, "/api/licenses", Route::Licenses),
+    (Method::POST, "/api/license/activate", Route::Activate),
+    (Method::POST, "/api/license/validate", Route::Validate),
+    (Method::POST, "/api/license/heartbeat", Route::Heartbeat),
+    (Method::POST, "/api/license/deactivate", Route::Deactivate),
+    (Method::GET, "/api/license/public-key", Route::PublicKey),
+    (Method::GET, "/api/terminals", Route::Terminals),
+    (Method::DELETE, "/api/terminals/{id}", Route::DeleteTerminal),
+    (Method::PATCH, "/api/terminals/{id}", Route::RenameTerminal),
+    (Method::GET, "/api/events/{licenseKey}", Route::Events),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -87,7 +107,8 @@ pub fn route_label(state: &AppState, method: &Method, path: &str) -> &'static st
 /// Answers one request.
 pub async fn dispatch(state: Arc<AppState>, request: Request<Incoming>) -> Response {
     let result = async {
-        let (route, _params) = state.router.find(request.method(), request.uri().path())?;
+        let (route, params) = state.router.find(request.method(), request.uri().path())?;
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
         match route {
             Route::Healthz => ops::healthz(&state).await,
             Route::StripeWebhook => webhook::handle(&state, request).await,
@@ -96,6 +117,15 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<Incoming>) -> Respo
             Route::BillingHistory | Route::PaymentHistory => dashboard::payment_history(&state, request).await,
             Route::Plans => dashboard::plans(&state, request).await,
             Route::Licenses => dashboard::licenses(&state, request).await,
+            Route::Activate => license::activate(&state, request).await,
+            Route::Validate => license::validate(&state, request).await,
+            Route::Heartbeat => license::heartbeat(&state, request).await,
+            Route::Deactivate => license::deactivate(&state, request).await,
+            Route::PublicKey => license::public_key(&state).await,
+            Route::Terminals => terminals::list(&state, request).await,
+            Route::DeleteTerminal => terminals::delete(&state, request, &param("id")).await,
+            Route::RenameTerminal => terminals::rename(&state, request, &param("id")).await,
+            Route::Events => terminals::events(&state, request, &param("licenseKey")).await,
         }
     }
     .await;

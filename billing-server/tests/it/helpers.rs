@@ -1,12 +1,15 @@
 //! `spawn_app()`: a server on a fresh PostgreSQL database, and verb_noun
 //! helpers to talk to it.
 
+use billing_core::certificate::SigningKey;
 use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::events::HubConfig;
+use billing_core::licensing::LicensingConfig;
 use billing_core::storage::postgres::PgStore;
 use billing_core::storage::Store;
 use billing_core::stripe::{StripeClient, WebhookSecrets};
 use billing_core::{Billing, BillingConfig};
-use billing_server::AppState;
+use billing_server::{AppState, ServerOptions};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +42,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return; // borrowed from another TestApp
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
@@ -57,6 +63,12 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
     tokio::spawn(connection);
     client
+}
+
+/// One signing key for the whole test run (so two instances agree).
+pub fn signing_key() -> Arc<SigningKey> {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    Arc::new(SigningKey::from_pkcs8(KEY.get_or_init(SigningKey::generate_pkcs8)).unwrap())
 }
 
 pub fn plans() -> PlanCatalog {
@@ -79,6 +91,9 @@ pub struct Options {
     pub grace_days: Option<i64>,
     pub clock: Option<billing_core::billing::Clock>,
     pub max_body_bytes: Option<usize>,
+    pub heartbeat_window_secs: Option<i64>,
+    pub rate_limit_per_minute: Option<u32>,
+    pub database: Option<String>,
 }
 
 pub struct TestApp {
@@ -86,6 +101,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub db: tokio_postgres::Client,
     pub billing: Billing<PgStore>,
+    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     // Last: the database is dropped after the server stopped using it.
     _database: TestDatabase,
@@ -97,7 +113,10 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let database = TestDatabase::create().await;
+    let database = match options.database {
+        Some(url) => TestDatabase { name: String::new(), url },
+        None => TestDatabase::create().await,
+    };
     let store = PgStore::connect(&database.url, 8).unwrap();
     store.migrate().await.expect("migrations apply");
     let stripe = options
@@ -110,13 +129,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             grace: time::Duration::days(options.grace_days.unwrap_or(7)),
             webhook_secrets: WebhookSecrets::parse(WEBHOOK_SECRET),
             stripe,
+            licensing: LicensingConfig {
+                heartbeat_window: time::Duration::seconds(options.heartbeat_window_secs.unwrap_or(600)),
+                ..LicensingConfig::new(signing_key())
+            },
         },
     );
     if let Some(clock) = options.clock {
         billing = billing.with_clock(clock);
     }
-    let state =
-        AppState::new(billing.clone(), Some(JWT_SECRET.as_bytes().to_vec()), options.max_body_bytes.unwrap_or(1 << 20));
+    let server_options = ServerOptions {
+        jwt_secret: Some(JWT_SECRET.as_bytes().to_vec()),
+        max_body_bytes: options.max_body_bytes.unwrap_or(1 << 20),
+        rate_limit_per_minute: options.rate_limit_per_minute.unwrap_or(60),
+        hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
+    };
+    let state = AppState::new(billing.clone(), server_options).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel();
@@ -127,6 +155,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         address,
         http: reqwest::Client::new(),
         db: connect(&database.url).await,
+        database_url: database.url.clone(),
         billing,
         shutdown: Some(tx),
         _database: database,

@@ -1,0 +1,172 @@
+//! Desktop-app routes: activate, validate, heartbeat, deactivate, public key.
+
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::http::{json, ok, parse_json, read_body, Response};
+use crate::views::{DeviceView, LicenseInfo};
+use crate::{AppState, ClientAddr};
+use billing_core::domain::LicenseKey;
+use billing_core::licensing::{ActivationRequest, LicensingError};
+use hyper::body::Incoming;
+use hyper::{header, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    license_key: String,
+    fingerprint: String,
+    name: Option<String>,
+    platform: Option<String>,
+    app_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidateBody {
+    license_key: Option<String>,
+    fingerprint: Option<String>,
+}
+
+fn client_addr(request: &Request<Incoming>) -> IpAddr {
+    request.extensions().get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0)
+}
+
+fn too_many_requests(retry_after: Duration) -> ApiError {
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "too many failed attempts; retry later");
+    e.retry_after = Some(retry_after.as_secs().max(1));
+    e
+}
+
+/// Maps licensing refusals to HTTP.
+pub fn licensing_error(e: LicensingError) -> ApiError {
+    use LicensingError::*;
+    match e {
+        LicenseNotFound => ApiError::new(StatusCode::NOT_FOUND, "LICENSE_NOT_FOUND", "no license has this key"),
+        LicenseNotActive(status) => {
+            let code = match status {
+                billing_core::domain::LicenseStatus::Revoked => "REVOKED",
+                billing_core::domain::LicenseStatus::Expired => "EXPIRED",
+                _ => "SUSPENDED",
+            };
+            ApiError::new(StatusCode::FORBIDDEN, code, format!("the license is {}", status.as_str()))
+        }
+        TooManyDevices { max_devices } => ApiError::new(
+            StatusCode::CONFLICT,
+            "TOO_MANY_DEVICES",
+            format!("all {max_devices} device slots of this license are in use; deactivate a device first"),
+        ),
+        InvalidToken => ApiError::unauthorized("activation token is not valid; activate again"),
+        DeviceDeactivated => {
+            ApiError::new(StatusCode::GONE, "DEVICE_DEACTIVATED", "this device was deactivated; activate again")
+        }
+        HeartbeatDead => ApiError::new(
+            StatusCode::GONE,
+            "HEARTBEAT_DEAD",
+            "this device missed its heartbeat window and lost its slot; activate again",
+        ),
+        DeviceNotFound => ApiError::not_found("no such device"),
+        Invalid(message) => ApiError::bad_request("INVALID_REQUEST", message),
+        Store(e) => e.into(),
+    }
+}
+
+pub async fn activate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let addr = client_addr(&request);
+    state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
+    let (parts, body) = request.into_parts();
+    let body: ActivateBody = parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)?;
+    let key_hash = LicenseKey::parse(&body.license_key).map(|k| k.lookup_hash());
+    if let Some(hash) = &key_hash {
+        state.failures_by_key.check(hash).map_err(too_many_requests)?;
+    }
+    let result = state
+        .billing
+        .activate(&ActivationRequest {
+            license_key: &body.license_key,
+            fingerprint: &body.fingerprint,
+            name: body.name.as_deref(),
+            platform: body.platform.as_deref(),
+            app_version: body.app_version.as_deref(),
+        })
+        .await;
+    let activation = match result {
+        Ok(a) => a,
+        Err(e @ (LicensingError::LicenseNotFound | LicensingError::TooManyDevices { .. })) => {
+            state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
+            if let Some(hash) = &key_hash {
+                state.failures_by_key.record_failure(hash).map_err(too_many_requests)?;
+            }
+            return Err(licensing_error(e));
+        }
+        Err(e) => return Err(licensing_error(e)),
+    };
+    let now = state.billing.now();
+    let window = state.billing.config().licensing.heartbeat_window;
+    let status = if activation.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json(
+        status,
+        &json!({
+            "activation_token": activation.token.expose(),
+            "device": DeviceView::new(&activation.device, now, window),
+            "license": LicenseInfo::new(&activation.license, state.billing.entitlements(&activation.license), now),
+            "certificate": activation.certificate,
+            "heartbeat_window_secs": window.whole_seconds(),
+        }),
+    ))
+}
+
+pub async fn validate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let addr = client_addr(&request);
+    state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
+    let (parts, body) = request.into_parts();
+    let body: ValidateBody = parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)?;
+    let key = body
+        .license_key
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("INVALID_REQUEST", "license_key is required"))?;
+    let validation = state.billing.validate(&key, body.fingerprint.as_deref()).await.map_err(licensing_error)?;
+    if validation.license.is_none() {
+        state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
+    }
+    let now = state.billing.now();
+    let license = validation.license.as_ref().map(|l| LicenseInfo::new(l, state.billing.entitlements(l), now));
+    Ok(ok(&json!({
+        "valid": validation.code == billing_core::domain::ValidationCode::Valid,
+        "code": validation.code.as_str(),
+        "license": license,
+    })))
+}
+
+fn activation_token(request: &Request<Incoming>) -> Result<String, ApiError> {
+    bearer(request.headers()).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("missing activation token"))
+}
+
+pub async fn heartbeat(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let token = activation_token(&request)?;
+    let beat = state.billing.heartbeat(&token).await.map_err(licensing_error)?;
+    let now = state.billing.now();
+    let window = state.billing.config().licensing.heartbeat_window;
+    Ok(ok(&json!({
+        "device": DeviceView::new(&beat.device, now, window),
+        "license": LicenseInfo::new(&beat.license, state.billing.entitlements(&beat.license), now),
+        "certificate": beat.certificate,
+        "heartbeat_window_secs": window.whole_seconds(),
+    })))
+}
+
+pub async fn deactivate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let token = activation_token(&request)?;
+    let device = state.billing.deactivate(&token).await.map_err(licensing_error)?;
+    let window = state.billing.config().licensing.heartbeat_window;
+    Ok(ok(&json!({ "device": DeviceView::new(&device, state.billing.now(), window) })))
+}
+
+pub async fn public_key(state: &AppState) -> Result<Response, ApiError> {
+    let mut response = ok(&json!({ "jwk": state.billing.public_jwk() }));
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
+    Ok(response)
+}

@@ -96,6 +96,12 @@ pub struct Options {
     pub database: Option<String>,
 }
 
+impl Options {
+    pub fn on_database(url: &str) -> Self {
+        Self { database: Some(url.to_owned()), ..Self::default() }
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
@@ -289,5 +295,143 @@ impl TestApp {
 
     pub async fn webhook_status(&self, event_id: &str) -> Option<(String, i32, Option<String>)> {
         self.billing.store().webhook_event_status(event_id).await.unwrap()
+    }
+}
+
+/// A clock tests can move forward.
+#[derive(Clone, Default)]
+pub struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl TestClock {
+    pub fn advance(&self, seconds: i64) {
+        self.0.fetch_add(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn clock(&self) -> billing_core::billing::Clock {
+        let offset = self.0.clone();
+        Arc::new(move || {
+            time::OffsetDateTime::now_utc() + time::Duration::seconds(offset.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    }
+}
+
+/// One parsed SSE message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseMessage {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads an SSE response message by message.
+pub struct EventReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    pub retry_seen: bool,
+}
+
+impl EventReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self { body: Box::pin(response.bytes_stream()), buffer: String::new(), retry_seen: false }
+    }
+
+    /// The next message with data, or None when the server closed the stream.
+    pub async fn next(&mut self) -> Option<SseMessage> {
+        use futures_util::StreamExt;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    } else if line.starts_with("retry: ") {
+                        self.retry_seen = true;
+                    }
+                }
+                if let Some(data) = data {
+                    return Some(SseMessage { id, event, data });
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Err(_))) | Ok(None) => return None,
+                Err(_) => panic!("no SSE message within 10 s"),
+            }
+        }
+    }
+
+    /// The next message of a given type, skipping others.
+    pub async fn next_of(&mut self, event: &str) -> SseMessage {
+        loop {
+            let message = self.next().await.unwrap_or_else(|| panic!("stream ended before a {event} message"));
+            if message.event == event {
+                return message;
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// Creates an active subscription for `user` on `price` and returns its license key.
+    pub async fn issue_license(&self, user: &str, price: &str) -> String {
+        let sub = format!("sub_{user}");
+        let cus = format!("cus_{user}");
+        let mut object = subscription(&sub, &cus, "active", price, Some(user));
+        object["items"]["data"][0]["current_period_start"] = json!(now() - 60);
+        object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+        self.deliver(&event(&format!("evt_create_{user}"), "customer.subscription.created", now() - 60, object)).await;
+        self.get_licenses(user).await[0]["key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    pub async fn activate(&self, key: &str, fingerprint: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/license/activate",
+            &json!({ "license_key": key, "fingerprint": fingerprint, "name": fingerprint, "platform": "linux" }),
+        )
+        .await
+    }
+
+    /// Activates and returns (status, body); asserts success.
+    pub async fn activate_ok(&self, key: &str, fingerprint: &str) -> Value {
+        let response = self.activate(key, fingerprint).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status == 200 || status == 201, "activation failed: {status} {body}");
+        body
+    }
+
+    pub async fn validate(&self, key: &str, fingerprint: Option<&str>) -> Value {
+        let response =
+            self.post_json("/api/license/validate", &json!({ "license_key": key, "fingerprint": fingerprint })).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn heartbeat(&self, token: &str) -> reqwest::Response {
+        self.http.post(self.url("/api/license/heartbeat")).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn open_event_stream(&self, key: &str, token: &str, last_event_id: Option<i64>) -> reqwest::Response {
+        let mut request = self.http.get(self.url(&format!("/api/events/{key}"))).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Stops the server (as a crash would end its streams).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
     }
 }

@@ -4,4 +4,5 @@
 mod auth;
 mod dashboard;
 mod helpers;
+mod licensing;
 mod webhooks;

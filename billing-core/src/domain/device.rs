@@ -232,11 +232,6 @@ pub fn validate(
     }
 }
 
-/// Devices that should be declared dead at `now`.
-pub fn overdue<'a>(devices: &'a [Device], now: Timestamp, window: time::Duration) -> impl Iterator<Item = &'a Device> {
-    devices.iter().filter(move |d| d.is_overdue(now, window))
-}
-
 /// On a downgrade, which live devices lose their slot: the least recently
 /// seen beyond the new limit.
 pub fn evicted_by_limit(devices: &[Device], max_devices: u32, now: Timestamp, window: time::Duration) -> Vec<Uuid> {

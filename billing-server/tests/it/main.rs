@@ -3,6 +3,7 @@
 
 mod auth;
 mod dashboard;
+mod events;
 mod helpers;
 mod licensing;
 mod webhooks;

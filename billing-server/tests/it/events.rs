@@ -1,0 +1,209 @@
+//! `GET /api/events/{licenseKey}`: authorisation, live delivery, replay with
+//! `Last-Event-ID`, restarts and two instances on one database.
+
+use crate::helpers::*;
+use serde_json::json;
+
+async fn cancel_at_period_end(app: &TestApp, user: &str, event_id: &str, created: i64, cancel: bool) {
+    let mut object = subscription(&format!("sub_{user}"), &format!("cus_{user}"), "active", PRICE_PRO, Some(user));
+    object["cancel_at_period_end"] = json!(cancel);
+    object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+    app.deliver(&event(event_id, "customer.subscription.updated", created, object)).await;
+}
+
+#[tokio::test]
+async fn stream_is_refused_without_proper_authorisation() {
+    let app = spawn_app().await;
+    let key = app.issue_license("alice", PRICE_PRO).await;
+    let bob_key = app.issue_license("bob", PRICE_PRO).await;
+    let bob_token = app.activate_ok(&bob_key, "fp-b").await["activation_token"].as_str().unwrap().to_owned();
+    let cases = [
+        ("no token", None),
+        ("unknown activation token", Some("act_nope".to_owned())),
+        ("another license's device", Some(bob_token)),
+        ("another user's JWT", Some(jwt_for("bob"))),
+        ("forged JWT", Some(token(&json!({"sub": "alice", "exp": now() + 60}), "wrong"))),
+    ];
+    for (case, token) in cases {
+        let mut request = app.http.get(app.url(&format!("/api/events/{key}")));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{case}");
+        assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"]["code"], "UNAUTHORIZED", "{case}");
+    }
+    let unknown = app.open_event_stream("AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", &jwt_for("alice"), None).await;
+    assert_eq!(unknown.status(), 401);
+    let bad_resume = app.open_event_stream(&key, &jwt_for("alice"), None).await;
+    assert_eq!(bad_resume.status(), 200, "the owner's JWT is accepted");
+    let response = app
+        .http
+        .get(app.url(&format!("/api/events/{key}")))
+        .bearer_auth(jwt_for("alice"))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn changes_reach_the_device_live_with_ids_and_types() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let response = app.open_event_stream(&key, &token, None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = EventReader::new(response);
+
+    cancel_at_period_end(&app, "u", "evt_cancel", now(), true).await;
+    let message = events.next_of("subscription.updated").await;
+    assert!(message.id.unwrap() > 0);
+    assert_eq!(message.data["cancel_at_period_end"], true);
+    assert!(events.retry_seen, "a retry hint opens the stream");
+
+    // Plan change: device limit follows, announced as license.updated.
+    let mut object = subscription("sub_u", "cus_u", "active", PRICE_BASIC, Some("u"));
+    object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+    app.deliver(&event("evt_plan", "customer.subscription.updated", now() + 1, object)).await;
+    let license = events.next_of("license.updated").await;
+    assert_eq!((license.data["max_devices"].as_i64(), license.data["plan"].as_str()), (Some(1), Some("basic")));
+
+    let second = app.activate_ok(&key, "fp-1").await;
+    assert_eq!(events.next_of("device.activated").await.data["device_id"], second["device"]["id"]);
+}
+
+#[tokio::test]
+async fn resuming_with_last_event_id_replays_exactly_the_missed_events() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let mut events = EventReader::new(app.open_event_stream(&key, &token, None).await);
+    cancel_at_period_end(&app, "u", "e1", now(), true).await;
+    let first = events.next_of("subscription.updated").await;
+    drop(events);
+
+    // Missed while disconnected.
+    cancel_at_period_end(&app, "u", "e2", now() + 1, false).await;
+    cancel_at_period_end(&app, "u", "e3", now() + 2, true).await;
+    let mut resumed = EventReader::new(app.open_event_stream(&key, &token, first.id).await);
+    let a = resumed.next().await.unwrap();
+    let b = resumed.next().await.unwrap();
+    assert!(a.id > first.id && b.id > a.id);
+    assert_eq!(
+        (a.data["cancel_at_period_end"].as_bool(), b.data["cancel_at_period_end"].as_bool()),
+        (Some(false), Some(true))
+    );
+
+    // Then live, with no duplicate of the replayed ones.
+    cancel_at_period_end(&app, "u", "e4", now() + 3, false).await;
+    let live = resumed.next().await.unwrap();
+    assert!(live.id > b.id);
+    assert_eq!(live.data["cancel_at_period_end"], false);
+}
+
+#[tokio::test]
+async fn a_change_made_through_one_instance_reaches_a_stream_held_by_another() {
+    let one = spawn_app().await;
+    let two = spawn_app_with(Options::on_database(&one.database_url)).await;
+    let key = one.issue_license("u", PRICE_PRO).await;
+    let token = one.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let mut on_two = EventReader::new(two.open_event_stream(&key, &token, None).await);
+    cancel_at_period_end(&one, "u", "e1", now(), true).await;
+    let message = on_two.next_of("subscription.updated").await;
+    assert_eq!(message.data["cancel_at_period_end"], true);
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_stream_loses_nothing_on_resume() {
+    let mut first = spawn_app().await;
+    let key = first.issue_license("u", PRICE_PRO).await;
+    let token = first.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let mut events = EventReader::new(first.open_event_stream(&key, &token, None).await);
+    cancel_at_period_end(&first, "u", "e1", now(), true).await;
+    let seen = events.next_of("subscription.updated").await;
+
+    first.stop();
+    assert!(events.next().await.is_none(), "the stream ends when the server goes away");
+    assert!(events.retry_seen);
+
+    // Changes land while the client is disconnected (through another instance).
+    let second = spawn_app_with(Options::on_database(&first.database_url)).await;
+    cancel_at_period_end(&second, "u", "e2", now() + 1, false).await;
+    cancel_at_period_end(&second, "u", "e3", now() + 2, true).await;
+    let mut resumed = EventReader::new(second.open_event_stream(&key, &token, seen.id).await);
+    let ids = [resumed.next().await.unwrap(), resumed.next().await.unwrap()];
+    assert_eq!(
+        ids.iter().map(|m| m.data["cancel_at_period_end"].as_bool().unwrap()).collect::<Vec<_>>(),
+        [false, true]
+    );
+    let expected: Vec<i64> = second
+        .db
+        .query(
+            "SELECT id FROM outbox_events WHERE id > $1 AND topic = 'subscription.updated' ORDER BY id",
+            &[&seen.id.unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test]
+async fn deactivated_devices_hear_it_on_their_stream() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let device = app.activate_ok(&key, "fp-1").await;
+    let mut events = EventReader::new(app.open_event_stream(&key, &jwt_for("u"), None).await);
+    let id = device["device"]["id"].as_str().unwrap();
+    app.http.delete(app.url(&format!("/api/terminals/{id}"))).bearer_auth(jwt_for("u")).send().await.unwrap();
+    let message = events.next_of("device.deactivated").await;
+    assert_eq!((message.data["device_id"].as_str(), message.data["reason"].as_str()), (Some(id), Some("dashboard")));
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_dropped_without_holding_back_others() {
+    use billing_core::events::{EventHub, HubConfig};
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let license = app.billing.license_by_key(&key).await.unwrap().unwrap();
+    let hub =
+        EventHub::start(app.billing.store().clone(), HubConfig { buffer: 2, ..HubConfig::default() }).await.unwrap();
+    let mut slow = hub.subscribe(license.id, None).await.unwrap();
+    let mut fast = hub.subscribe(license.id, None).await.unwrap();
+    let mut fast_seen = Vec::new();
+    for i in 0..4 {
+        cancel_at_period_end(&app, "u", &format!("e{i}"), now() + i, i % 2 == 0).await;
+        hub.dispatch_new().await.unwrap();
+        fast_seen.push(fast.next().await.unwrap().unwrap().id);
+    }
+    assert_eq!(hub.dropped_slow(), 1);
+    let mut slow_seen = Vec::new();
+    while let Some(event) = slow.next().await.unwrap() {
+        slow_seen.push(event.id);
+    }
+    assert_eq!(slow_seen, fast_seen[..2], "the slow one got what fit, then its stream ended");
+    assert_eq!(fast_seen.len(), 4);
+    // It resumes from its last id and loses nothing.
+    let mut resumed = hub.subscribe(license.id, slow_seen.last().copied()).await.unwrap();
+    let rest = [resumed.next().await.unwrap().unwrap().id, resumed.next().await.unwrap().unwrap().id];
+    assert_eq!(rest, fast_seen[2..]);
+}
+
+#[tokio::test]
+async fn the_outbox_is_pruned_after_its_retention() {
+    use billing_core::storage::Store;
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    app.activate_ok(&key, "fp").await;
+    app.db.batch_execute("UPDATE outbox_events SET created_at = now() - interval '8 days' WHERE id = (SELECT min(id) FROM outbox_events)").await.unwrap();
+    let before = app.count("outbox_events").await;
+    let deleted =
+        app.billing.store().prune_outbox(time::OffsetDateTime::now_utc() - time::Duration::days(7)).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(app.count("outbox_events").await, before - 1);
+}

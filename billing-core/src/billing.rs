@@ -230,7 +230,7 @@ impl<S: Store> Billing<S> {
 
     /// Brings our copy of one subscription (and its license) in line with a
     /// snapshot, inside the caller's transaction.
-    async fn sync_subscription(
+    pub(crate) async fn sync_subscription(
         &self,
         tx: &mut S::Tx,
         actor: &Actor,
@@ -243,7 +243,9 @@ impl<S: Store> Billing<S> {
         let held = tx.lock_subscription(&snapshot.stripe_subscription_id).await?;
         if let Some(held) = &held {
             match (subscription::freshness(held, snapshot, created), ambiguity) {
-                (Freshness::Stale, _) => return Ok(Synced::Stale),
+                // Fresh from the API: the current truth, whatever the clocks say.
+                (_, Ambiguity::Authoritative) if held.snapshot != *snapshot => {}
+                (Freshness::Stale, _) | (_, Ambiguity::Authoritative) => return Ok(Synced::Stale),
                 (Freshness::Ambiguous, Ambiguity::Refuse) => return Ok(Synced::Ambiguous),
                 (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => {}
             }
@@ -274,8 +276,12 @@ impl<S: Store> Billing<S> {
             }
             (LicenseDecision::Update(terms), Some(held)) => {
                 tx.update_license_terms(held.id, &terms).await?;
+                let shrunk = terms.max_devices < held.terms.max_devices;
                 let updated = License { terms, ..held };
                 tx.enqueue(&license_updated(&updated)).await?;
+                if shrunk {
+                    self.evict_beyond_limit(tx, &updated, actor, now).await?;
+                }
                 Some(updated.id)
             }
             (LicenseDecision::Update(_), None) => unreachable!("updates are decided only for held licenses"),
@@ -286,6 +292,25 @@ impl<S: Store> Billing<S> {
             tx.enqueue(&subscription_updated(license_id, &next)).await?;
         }
         Ok(Synced::Applied)
+    }
+
+    /// After a downgrade, the least recently seen live devices beyond the
+    /// new limit lose their slot and are told so.
+    async fn evict_beyond_limit(
+        &self,
+        tx: &mut S::Tx,
+        license: &License,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let window = self.config.licensing.heartbeat_window;
+        let devices = tx.devices_of_license(license.id).await?;
+        for id in crate::domain::device::evicted_by_limit(&devices, license.terms.max_devices, now, window) {
+            let device = devices.iter().find(|d| d.id == id).expect("evicted devices come from the list").clone();
+            crate::licensing::deactivate_in(tx, device, crate::licensing::DeactivationReason::Downgrade, actor, now)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn apply_checkout(
@@ -377,9 +402,13 @@ impl<S: Store> Billing<S> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Ambiguity {
+pub(crate) enum Ambiguity {
+    /// Report same-second ambiguity so the caller can re-fetch.
     Refuse,
+    /// Settle it by applying the snapshot at hand (the later arrival).
     ApplyLaterArrival,
+    /// The snapshot was just read from the Stripe API: apply it unless identical.
+    Authoritative,
 }
 
 enum Applied {
@@ -387,7 +416,7 @@ enum Applied {
     Ambiguous,
 }
 
-enum Synced {
+pub(crate) enum Synced {
     Applied,
     Stale,
     Ambiguous,

@@ -4,6 +4,7 @@
 //! [`storage::Store`], then call its use cases. `billing-server` is a thin
 //! HTTP front over exactly these calls.
 
+pub mod actions;
 pub mod billing;
 pub mod certificate;
 pub mod domain;

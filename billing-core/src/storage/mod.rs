@@ -170,6 +170,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send;
 
+    /// The Stripe customer ids linked to the user, oldest first.
+    fn stripe_customers_of_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// The user's licenses, oldest first.
     fn licenses_of_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<License>, StoreError>> + Send;
 

@@ -304,6 +304,17 @@ impl Store for PgStore {
         rows.iter().map(payment_from_row).collect()
     }
 
+    async fn stripe_customers_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT stripe_customer_id FROM customers WHERE user_id = $1 ORDER BY created_at, id",
+            &[&user_id],
+        )
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(

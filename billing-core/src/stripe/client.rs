@@ -99,6 +99,94 @@ impl StripeClient {
         super::event::parse_subscription(&body).map_err(StripeError::Protocol)
     }
 
+    /// `POST /v1/subscriptions/{id}` with form parameters (an update).
+    pub async fn update_subscription(
+        &self,
+        id: &str,
+        params: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<SubscriptionSnapshot, StripeError> {
+        let body = self.send(Method::POST, &format!("/v1/subscriptions/{id}"), params, Some(idempotency_key)).await?;
+        super::event::parse_subscription(&body).map_err(StripeError::Protocol)
+    }
+
+    /// `DELETE /v1/subscriptions/{id}`: cancels at once.
+    pub async fn cancel_subscription(
+        &self,
+        id: &str,
+        idempotency_key: &str,
+    ) -> Result<SubscriptionSnapshot, StripeError> {
+        let body = self.send(Method::DELETE, &format!("/v1/subscriptions/{id}"), &[], Some(idempotency_key)).await?;
+        super::event::parse_subscription(&body).map_err(StripeError::Protocol)
+    }
+
+    /// `GET /v1/subscriptions?customer=…&status=all`: every subscription of a customer.
+    pub async fn list_subscriptions(&self, customer: &str) -> Result<Vec<SubscriptionSnapshot>, StripeError> {
+        let mut all = Vec::new();
+        let mut starting_after: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("customer".to_owned(), customer.to_owned()),
+                ("status".to_owned(), "all".to_owned()),
+                ("limit".to_owned(), "100".to_owned()),
+            ];
+            if let Some(after) = &starting_after {
+                query.push(("starting_after".to_owned(), after.clone()));
+            }
+            let body = self.send(Method::GET, "/v1/subscriptions", &query, None).await?;
+            let data = body
+                .get("data")
+                .and_then(Value::as_array)
+                .ok_or_else(|| StripeError::Protocol("list without data".into()))?;
+            for object in data {
+                all.push(super::event::parse_subscription(object).map_err(StripeError::Protocol)?);
+            }
+            let has_more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+            match (has_more, all.last()) {
+                (true, Some(last)) => starting_after = Some(last.stripe_subscription_id.clone()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// `POST /v1/checkout/sessions` → (id, url).
+    pub async fn create_checkout_session(
+        &self,
+        params: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<(String, String), StripeError> {
+        let body = self.send(Method::POST, "/v1/checkout/sessions", params, Some(idempotency_key)).await?;
+        Ok((string_field(&body, "id")?, string_field(&body, "url")?))
+    }
+
+    /// `POST /v1/billing_portal/sessions` → url.
+    pub async fn create_portal_session(
+        &self,
+        customer: &str,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String, StripeError> {
+        let params = [("customer".to_owned(), customer.to_owned()), ("return_url".to_owned(), return_url.to_owned())];
+        let body = self.send(Method::POST, "/v1/billing_portal/sessions", &params, Some(idempotency_key)).await?;
+        string_field(&body, "url")
+    }
+
+    /// The customer's default card, from
+    /// `GET /v1/customers/{id}?expand[]=invoice_settings.default_payment_method`.
+    pub async fn default_card(&self, customer: &str) -> Result<Option<Card>, StripeError> {
+        let query = [("expand[]".to_owned(), "invoice_settings.default_payment_method".to_owned())];
+        let body = self.send(Method::GET, &format!("/v1/customers/{customer}"), &query, None).await?;
+        let card = body.pointer("/invoice_settings/default_payment_method/card");
+        Ok(card.and_then(|c| {
+            Some(Card {
+                brand: c.get("brand")?.as_str()?.to_owned(),
+                last4: c.get("last4")?.as_str()?.to_owned(),
+                exp_month: c.get("exp_month")?.as_i64()?,
+                exp_year: c.get("exp_year")?.as_i64()?,
+            })
+        }))
+    }
+
     /// Sends one request, retrying network errors, 409, 429 and 5xx with
     /// exponential backoff unless Stripe says `Stripe-Should-Retry: false`.
     /// Writes must pass an idempotency key; it stays the same across retries.
@@ -160,6 +248,26 @@ impl StripeClient {
             attempt += 1;
         }
     }
+}
+
+/// A card, as shown to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    /// e.g. `visa`.
+    pub brand: String,
+    /// Last four digits.
+    pub last4: String,
+    /// Expiry month.
+    pub exp_month: i64,
+    /// Expiry year.
+    pub exp_year: i64,
+}
+
+fn string_field(body: &Value, name: &str) -> Result<String, StripeError> {
+    body.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| StripeError::Protocol(format!("response without `{name}`")))
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> StripeError {

@@ -6,28 +6,49 @@ use crate::http::{ok, Response};
 use crate::views::{ChangeView, DeviceView, LicenseView, PaymentView, PlanView, SubscriptionView};
 use crate::AppState;
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use serde_json::json;
 
 pub(super) fn caller(state: &AppState, request: &Request<Incoming>) -> Result<Caller, ApiError> {
     state.jwt.as_ref().ok_or_else(dashboard_disabled)?.authenticate(request.headers())
 }
 
+/// The caller and the user whose records the request is about: the caller
+/// themself, or, for an admin, the user named by `?user_id=`.
+pub(super) fn target(state: &AppState, request: &Request<Incoming>) -> Result<(Caller, String), ApiError> {
+    let caller = caller(state, request)?;
+    let named = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("user_id="))
+        .map(|v| v.to_owned());
+    match named {
+        None => {
+            let user = caller.user_id.clone();
+            Ok((caller, user))
+        }
+        Some(user) if user == caller.user_id || caller.is_admin => Ok((caller, user)),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", "only admins may act on other users")),
+    }
+}
+
 pub async fn current_subscription(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, &request)?;
-    let current = state.billing.current_subscription(&caller.user_id).await?;
+    let (_, user) = target(state, &request)?;
+    let current = state.billing.current_subscription(&user).await?;
     Ok(ok(&json!({ "subscription": current.as_ref().map(SubscriptionView::from) })))
 }
 
 pub async fn subscription_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, &request)?;
-    let changes = state.billing.subscription_history(&caller.user_id).await?;
+    let (_, user) = target(state, &request)?;
+    let changes = state.billing.subscription_history(&user).await?;
     Ok(ok(&json!({ "changes": changes.iter().map(ChangeView::from).collect::<Vec<_>>() })))
 }
 
 pub async fn payment_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, &request)?;
-    let payments = state.billing.payment_history(&caller.user_id).await?;
+    let (_, user) = target(state, &request)?;
+    let payments = state.billing.payment_history(&user).await?;
     Ok(ok(&json!({ "payments": payments.iter().map(PaymentView::from).collect::<Vec<_>>() })))
 }
 
@@ -38,11 +59,11 @@ pub async fn plans(state: &AppState, request: Request<Incoming>) -> Result<Respo
 }
 
 pub async fn licenses(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, &request)?;
+    let (_, user) = target(state, &request)?;
     let now = state.billing.now();
     let window = state.billing.config().licensing.heartbeat_window;
-    let licenses = state.billing.licenses(&caller.user_id).await?;
-    let devices = state.billing.devices_of_user(&caller.user_id).await?;
+    let licenses = state.billing.licenses(&user).await?;
+    let devices = state.billing.devices_of_user(&user).await?;
     let views: Vec<_> = licenses
         .iter()
         .map(|l| {

@@ -1,5 +1,6 @@
 //! The route table and dispatch.
 
+mod actions;
 mod dashboard;
 mod license;
 mod ops;
@@ -33,6 +34,13 @@ pub enum Route {
     DeleteTerminal,
     RenameTerminal,
     Events,
+    Cancel,
+    Reactivate,
+    ChangePlan,
+    Checkout,
+    BillingPortal,
+    PaymentMethod,
+    SyncSubscriptions,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -54,6 +62,13 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::DELETE, "/api/terminals/{id}", Route::DeleteTerminal),
     (Method::PATCH, "/api/terminals/{id}", Route::RenameTerminal),
     (Method::GET, "/api/events/{licenseKey}", Route::Events),
+    (Method::POST, "/api/subscriptions/cancel", Route::Cancel),
+    (Method::POST, "/api/subscriptions/reactivate", Route::Reactivate),
+    (Method::POST, "/api/subscriptions/change-plan", Route::ChangePlan),
+    (Method::POST, "/api/stripe/checkout/create", Route::Checkout),
+    (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
+    (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
+    (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -126,6 +141,13 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<Incoming>) -> Respo
             Route::DeleteTerminal => terminals::delete(&state, request, &param("id")).await,
             Route::RenameTerminal => terminals::rename(&state, request, &param("id")).await,
             Route::Events => terminals::events(&state, request, &param("licenseKey")).await,
+            Route::Cancel => actions::cancel(&state, request).await,
+            Route::Reactivate => actions::reactivate(&state, request).await,
+            Route::ChangePlan => actions::change_plan(&state, request).await,
+            Route::Checkout => actions::checkout(&state, request).await,
+            Route::BillingPortal => actions::portal(&state, request).await,
+            Route::PaymentMethod => actions::payment_method(&state, request).await,
+            Route::SyncSubscriptions => actions::sync(&state, request).await,
         }
     }
     .await;

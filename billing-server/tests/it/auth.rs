@@ -3,17 +3,28 @@
 use crate::helpers::*;
 use serde_json::{json, Value};
 
-const READ_ROUTES: &[&str] = &[
-    "/api/subscriptions/current",
-    "/api/subscriptions/history",
-    "/api/subscriptions/billing-history",
-    "/api/payments/history",
-    "/api/subscriptions/plans",
-    "/api/licenses",
+/// Every route authenticated by the dashboard JWT.
+const DASHBOARD_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/subscriptions/current"),
+    ("GET", "/api/subscriptions/history"),
+    ("GET", "/api/subscriptions/billing-history"),
+    ("GET", "/api/payments/history"),
+    ("GET", "/api/subscriptions/plans"),
+    ("GET", "/api/licenses"),
+    ("GET", "/api/terminals"),
+    ("DELETE", "/api/terminals/00000000-0000-0000-0000-000000000001"),
+    ("PATCH", "/api/terminals/00000000-0000-0000-0000-000000000001"),
+    ("POST", "/api/subscriptions/cancel"),
+    ("POST", "/api/subscriptions/reactivate"),
+    ("POST", "/api/subscriptions/change-plan"),
+    ("POST", "/api/stripe/checkout/create"),
+    ("POST", "/api/stripe/billing/portal"),
+    ("GET", "/api/stripe/billing/payment-method"),
+    ("POST", "/api/stripe/subscriptions/sync"),
 ];
 
 #[tokio::test]
-async fn every_read_route_refuses_bad_tokens_with_401_json() {
+async fn every_dashboard_route_refuses_bad_tokens_with_401_json() {
     let app = spawn_app().await;
     let bad_tokens: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
@@ -32,9 +43,9 @@ async fn every_read_route_refuses_bad_tokens_with_401_json() {
             )),
         ),
     ];
-    for route in READ_ROUTES {
+    for (method, route) in DASHBOARD_ROUTES {
         for (case, token) in &bad_tokens {
-            let mut request = app.http.get(app.url(route));
+            let mut request = app.http.request(method.parse().unwrap(), app.url(route)).json(&json!({}));
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -43,6 +54,8 @@ async fn every_read_route_refuses_bad_tokens_with_401_json() {
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{route} with {case}");
             assert!(body["error"]["message"].is_string());
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(!message.contains(JWT_SECRET) && !message.contains("another-secret"), "{message}");
         }
     }
 }

@@ -125,9 +125,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let store = PgStore::connect(&database.url, 8).unwrap();
     store.migrate().await.expect("migrations apply");
-    let stripe = options
-        .stripe_api_base
-        .map(|base| StripeClient::new("sk_test_123", base).with_retries(2, Duration::from_millis(10)));
+    let stripe = options.stripe_api_base.map(|base| {
+        StripeClient::new("sk_test_123", base)
+            .with_timeout(Duration::from_millis(500))
+            .with_retries(2, Duration::from_millis(10))
+    });
     let mut billing = Billing::new(
         store,
         BillingConfig {
@@ -433,5 +435,56 @@ impl TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body into ordered pairs.
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+    let text = std::str::from_utf8(body).unwrap();
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A wiremock matcher: the form body holds exactly these pairs (any order).
+pub struct FormIs(pub Vec<(&'static str, String)>);
+
+impl wiremock::Match for FormIs {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        let mut got = form_pairs(&request.body);
+        let mut want: Vec<(String, String)> = self.0.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        got.sort();
+        want.sort();
+        got == want
+    }
+}
+
+/// A wiremock matcher: an `Idempotency-Key` made by us is present.
+pub struct HasIdempotencyKey;
+
+impl wiremock::Match for HasIdempotencyKey {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).is_some_and(|k| k.starts_with("billing-"))
     }
 }

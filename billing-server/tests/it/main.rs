@@ -1,6 +1,7 @@
 //! Integration tests of billing-server against a real PostgreSQL: one test
 //! binary, one module per feature, a fresh database per test.
 
+mod actions;
 mod auth;
 mod dashboard;
 mod events;

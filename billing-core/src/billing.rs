@@ -75,7 +75,22 @@ pub enum WebhookError {
     Malformed(#[source] EventError),
     /// Applying it failed; rolled back, failure recorded, Stripe should retry.
     #[error("failed to process event")]
-    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Failed {
+        /// The event type, when the envelope could be read.
+        event_type: Option<String>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// An accepted delivery: what it was and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReceipt {
+    /// The event type, e.g. `customer.subscription.updated`.
+    pub event_type: String,
+    /// Processed, duplicate or ignored.
+    pub outcome: WebhookOutcome,
 }
 
 /// Errors of the read use cases.
@@ -119,7 +134,7 @@ impl<S: Store> Billing<S> {
     }
 
     /// Verifies, deduplicates and applies one Stripe webhook delivery.
-    pub async fn ingest_webhook(&self, body: &[u8], signature: Option<&str>) -> Result<WebhookOutcome, WebhookError> {
+    pub async fn ingest_webhook(&self, body: &[u8], signature: Option<&str>) -> Result<WebhookReceipt, WebhookError> {
         let secrets = self.config.webhook_secrets.as_ref().ok_or(WebhookError::NotConfigured)?;
         secrets.verify(signature, body, self.now().unix_timestamp())?;
         let event = match Event::parse(body) {
@@ -132,7 +147,7 @@ impl<S: Store> Billing<S> {
                 if let Some(record) = &record {
                     self.record_failure(&record.as_ref(), &e).await;
                 }
-                return Err(WebhookError::Failed(Box::new(e)));
+                return Err(WebhookError::Failed { event_type: record.map(|r| r.kind), source: Box::new(e) });
             }
         };
         let record = EventRecord {
@@ -142,10 +157,10 @@ impl<S: Store> Billing<S> {
             api_version: event.api_version.as_deref(),
         };
         match self.apply_event(&event, &record).await {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => Ok(WebhookReceipt { event_type: event.kind.clone(), outcome }),
             Err(e) => {
                 self.record_failure(&record, e.as_ref()).await;
-                Err(WebhookError::Failed(e))
+                Err(WebhookError::Failed { event_type: Some(event.kind.clone()), source: e })
             }
         }
     }

@@ -13,4 +13,4 @@ pub mod licensing;
 pub mod storage;
 pub mod stripe;
 
-pub use billing::{Billing, BillingConfig, WebhookError, WebhookOutcome};
+pub use billing::{Billing, BillingConfig, WebhookError, WebhookOutcome, WebhookReceipt};

@@ -6,8 +6,13 @@ use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Every environment variable the server reads, with its meaning. The README's
-/// configuration reference is checked against this list by a test.
+/// Secrets: each may also be given as a file path in `<NAME>_FILE` (for
+/// Docker/Kubernetes secrets), read once at start.
+pub const SECRETS: &[&str] = &["DATABASE_URL", "STRIPE_WEBHOOK_SECRET", "STRIPE_SECRET_KEY", "BILLING_JWT_SECRET"];
+
+/// Every environment variable the server reads (besides the `_FILE` variants
+/// of [`SECRETS`]), with its meaning. The README's configuration reference is
+/// checked against this list and against the source by tests.
 pub const VARIABLES: &[(&str, &str)] = &[
     ("DATABASE_URL", "PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/billing"),
     ("BILLING_ADDR", "listen address (default 127.0.0.1:8080)"),
@@ -24,6 +29,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
     ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
     ("BILLING_OUTBOX_RETENTION_DAYS", "days outbox events are kept for SSE replay (default 7)"),
+    ("BILLING_LOG_FORMAT", "`text` (default) or `json` (one JSON object per line)"),
     ("RUST_LOG", "log filter (default info)"),
 ];
 
@@ -60,6 +66,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Outbox retention in days.
     pub outbox_retention_days: u32,
+    /// JSON log lines instead of text.
+    pub log_json: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -77,8 +85,28 @@ impl Config {
     /// Reads settings through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let secret = |name: &str| var(name).map(SecretString::from);
-        let database_url = var("DATABASE_URL").context(
+        let secret_text = |name: &str| -> anyhow::Result<Option<String>> {
+            if let Some(value) = var(name) {
+                return Ok(Some(value));
+            }
+            let file_var = format!("{name}_FILE");
+            match var(&file_var) {
+                None => Ok(None),
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {file_var} ({path})"))?;
+                    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()).filter(|v| !v.is_empty()))
+                }
+            }
+        };
+        let secret =
+            |name: &str| -> anyhow::Result<Option<SecretString>> { Ok(secret_text(name)?.map(SecretString::from)) };
+        let log_json = match var("BILLING_LOG_FORMAT").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(_) => bail!("BILLING_LOG_FORMAT must be `text` or `json`"),
+        };
+        let database_url = secret_text("DATABASE_URL")?.context(
             "DATABASE_URL is not set: point it at PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/billing",
         )?;
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
@@ -96,11 +124,11 @@ impl Config {
             database_url,
             addr,
             pool_size: parse_number(var("BILLING_DB_POOL_SIZE"), "BILLING_DB_POOL_SIZE", 16)?,
-            webhook_secret: secret("STRIPE_WEBHOOK_SECRET"),
-            stripe_secret_key: secret("STRIPE_SECRET_KEY"),
+            webhook_secret: secret("STRIPE_WEBHOOK_SECRET")?,
+            stripe_secret_key: secret("STRIPE_SECRET_KEY")?,
             stripe_api_base: var("STRIPE_API_BASE")
                 .unwrap_or_else(|| billing_core::stripe::client::DEFAULT_API_BASE.into()),
-            jwt_secret: secret("BILLING_JWT_SECRET"),
+            jwt_secret: secret("BILLING_JWT_SECRET")?,
             plans,
             grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,
             max_body_bytes: parse_number(var("BILLING_MAX_BODY_BYTES"), "BILLING_MAX_BODY_BYTES", 1 << 20)?,
@@ -121,6 +149,7 @@ impl Config {
                 parse_number(var("BILLING_OUTBOX_RETENTION_DAYS"), "BILLING_OUTBOX_RETENTION_DAYS", 7)?,
                 "BILLING_OUTBOX_RETENTION_DAYS",
             )?,
+            log_json,
         })
     }
 }
@@ -174,6 +203,58 @@ mod tests {
         assert!(e.to_string().contains("BILLING_HEARTBEAT_WINDOW_SECS"));
         let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_ADDR", "nope")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_ADDR"));
+    }
+
+    #[test]
+    fn secrets_may_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("billing-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwt");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let c =
+            config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_JWT_SECRET_FILE", path.to_str().unwrap())]).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(c.jwt_secret.unwrap().expose_secret(), "from-a-file");
+        let missing = config(&[("DATABASE_URL", "postgres://x/y"), ("STRIPE_SECRET_KEY_FILE", "/nonexistent/key")]);
+        assert!(missing.unwrap_err().to_string().contains("STRIPE_SECRET_KEY_FILE"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every `var("…")`/`secret("…")` this file reads is documented in
+    /// [`VARIABLES`] or [`SECRETS`], and nothing listed is unread.
+    #[test]
+    fn the_variable_list_matches_what_the_code_reads() {
+        let source = include_str!("config.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut read = std::collections::BTreeSet::new();
+        for call in ["var(\"", "secret(\"", "secret_text(\""] {
+            for (i, _) in code.match_indices(call) {
+                let rest = &code[i + call.len()..];
+                read.insert(rest[..rest.find('"').unwrap()].to_owned());
+            }
+        }
+        let mut listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
+        listed.remove("RUST_LOG"); // read by tracing-subscriber's EnvFilter
+        assert_eq!(read, listed);
+        for secret in SECRETS {
+            assert!(listed.contains(*secret), "{secret}");
+        }
+    }
+
+    /// The README's configuration table lists exactly what the code reads.
+    #[test]
+    fn the_readme_reference_matches_the_code() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let documented: std::collections::BTreeSet<String> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .map(|rest| rest[..rest.find('`').unwrap()].to_owned())
+            .collect();
+        let mut expected: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
+        expected.extend(SECRETS.iter().map(|s| format!("{s}_FILE")));
+        assert_eq!(documented, expected, "README configuration table vs config.rs");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod sse;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub reaper_interval: Duration,
     /// Flips to true when the server shuts down (ends SSE streams).
     pub shutdown: watch::Sender<bool>,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
     next_request_id: AtomicU64,
 }
 
@@ -129,6 +132,7 @@ impl AppState {
             failures_by_key: FailureLimiter::per_minute(per_minute),
             reaper_interval,
             shutdown: watch::channel(false).0,
+            metrics: metrics::Metrics::new(),
             next_request_id: AtomicU64::new(1),
         })
     }
@@ -245,11 +249,14 @@ async fn handle(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req-{}", state.next_request_id.fetch_add(1, Ordering::Relaxed)));
     let route = routes::route_label(&state, request.method(), request.uri().path());
-    let span = tracing::info_span!("request", id = %request_id, method = %request.method(), route);
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", id = %request_id, method = %method, route);
     let started = std::time::Instant::now();
-    let mut response = routes::dispatch(state, request).instrument(span.clone()).await;
+    let mut response = routes::dispatch(state.clone(), request).instrument(span.clone()).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    state.metrics.observe_request(route, method.as_str(), response.status().as_u16(), elapsed);
     span.in_scope(|| {
-        tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "done");
+        tracing::info!(status = response.status().as_u16(), elapsed_ms = elapsed * 1e3, "done");
     });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

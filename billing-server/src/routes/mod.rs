@@ -18,6 +18,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Healthz,
+    Readyz,
+    Metrics,
     StripeWebhook,
     CurrentSubscription,
     SubscriptionHistory,
@@ -46,6 +48,8 @@ pub enum Route {
 /// The route table; the OpenAPI document is checked against it.
 pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::GET, "/healthz", Route::Healthz),
+    (Method::GET, "/readyz", Route::Readyz),
+    (Method::GET, "/metrics", Route::Metrics),
     (Method::POST, "/api/stripe/webhooks/handler", Route::StripeWebhook),
     (Method::GET, "/api/subscriptions/current", Route::CurrentSubscription),
     (Method::GET, "/api/subscriptions/history", Route::SubscriptionHistory),
@@ -126,6 +130,8 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<Incoming>) -> Respo
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
         match route {
             Route::Healthz => ops::healthz(&state).await,
+            Route::Readyz => ops::readyz(&state).await,
+            Route::Metrics => ops::metrics(&state).await,
             Route::StripeWebhook => webhook::handle(&state, request).await,
             Route::CurrentSubscription => dashboard::current_subscription(&state, request).await,
             Route::SubscriptionHistory => dashboard::subscription_history(&state, request).await,

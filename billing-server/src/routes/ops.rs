@@ -11,3 +11,38 @@ pub async fn healthz(state: &AppState) -> Result<Response, ApiError> {
     state.billing.store().ping().await?;
     Ok(ok(&json!({ "status": "ok" })))
 }
+
+/// Ready to take traffic: migrations applied (they run before serving), the
+/// database answers, the signing key is loaded and we are not shutting down.
+pub async fn readyz(state: &AppState) -> Result<Response, ApiError> {
+    let database = state.billing.store().ping().await.is_ok();
+    let shutting_down = *state.shutdown.borrow();
+    let checks = json!({
+        "migrations": true,
+        "database": database,
+        "signing_key": !state.billing.public_jwk()["x"].is_null(),
+        "accepting": !shutting_down,
+    });
+    let ready = database && !shutting_down;
+    let status = if ready { hyper::StatusCode::OK } else { hyper::StatusCode::SERVICE_UNAVAILABLE };
+    Ok(crate::http::json(status, &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks })))
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(state: &AppState) -> Result<Response, ApiError> {
+    let m = &state.metrics;
+    m.sse_streams.set(state.hub.open_streams() as i64);
+    m.sse_slow_disconnects.set(state.hub.dropped_slow() as i64);
+    if let Ok(latest) = state.billing.store().latest_outbox_id().await {
+        m.outbox_lag.set((latest - state.hub.cursor()).max(0));
+    }
+    let (open, idle, max) = state.billing.store().pool_status();
+    m.db_pool.with_label_values(&["open"]).set(open as i64);
+    m.db_pool.with_label_values(&["idle"]).set(idle as i64);
+    m.db_pool.with_label_values(&["max"]).set(max as i64);
+    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::Full::new(bytes::Bytes::from(m.render())));
+    Ok(hyper::Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
+        .expect("static headers are valid"))
+}

@@ -14,9 +14,11 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Resp
     let body = read_body(&parts.headers, body, state.max_body_bytes).await?;
     let signature = parts.headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     match state.billing.ingest_webhook(&body, signature).await {
-        Ok(outcome) => {
-            tracing::debug!(outcome = outcome.as_str(), "webhook accepted");
-            Ok(ok(&json!({ "received": true, "outcome": outcome.as_str() })))
+        Ok(receipt) => {
+            let outcome = receipt.outcome.as_str();
+            state.metrics.observe_webhook(&receipt.event_type, outcome);
+            tracing::debug!(outcome, event_type = %receipt.event_type, "webhook accepted");
+            Ok(ok(&json!({ "received": true, "outcome": outcome })))
         }
         Err(WebhookError::NotConfigured) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -24,6 +26,7 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Resp
             "webhooks are disabled: set STRIPE_WEBHOOK_SECRET to enable them",
         )),
         Err(WebhookError::Signature(e)) => {
+            state.metrics.observe_webhook("unverified", "rejected");
             tracing::warn!(reason = %e, "webhook signature refused");
             Err(ApiError::bad_request("INVALID_SIGNATURE", e.to_string()))
         }
@@ -31,10 +34,13 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Resp
             tracing::warn!(error = %error_chain(&e), "signed webhook is not a Stripe event");
             Err(ApiError::bad_request("MALFORMED_EVENT", "payload is not a Stripe event"))
         }
-        Err(WebhookError::Failed(_)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "PROCESSING_FAILED",
-            "the event could not be processed; Stripe will retry it",
-        )),
+        Err(WebhookError::Failed { event_type, .. }) => {
+            state.metrics.observe_webhook(event_type.as_deref().unwrap_or("unknown"), "failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "PROCESSING_FAILED",
+                "the event could not be processed; Stripe will retry it",
+            ))
+        }
     }
 }

@@ -12,15 +12,11 @@ struct Setup {
     stripe: MockServer,
 }
 
-fn period_end() -> i64 {
-    now() + 20 * 24 * 3600
-}
-
 /// The Stripe object for user `u` in a given state.
 fn stripe_subscription(status: &str, price: &str, cancel_at_period_end: bool) -> Value {
     let mut object = subscription("sub_u", "cus_u", status, price, Some("u"));
     object["cancel_at_period_end"] = json!(cancel_at_period_end);
-    object["items"]["data"][0]["current_period_start"] = json!(now() - 10 * 24 * 3600);
+    object["items"]["data"][0]["current_period_start"] = json!(period_start());
     object["items"]["data"][0]["current_period_end"] = json!(period_end());
     object
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 async fn cancel_at_period_end(app: &TestApp, user: &str, event_id: &str, created: i64, cancel: bool) {
     let mut object = subscription(&format!("sub_{user}"), &format!("cus_{user}"), "active", PRICE_PRO, Some(user));
     object["cancel_at_period_end"] = json!(cancel);
-    object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+    object["items"]["data"][0]["current_period_end"] = json!(period_end());
     app.deliver(&event(event_id, "customer.subscription.updated", created, object)).await;
 }
 
@@ -66,7 +66,7 @@ async fn changes_reach_the_device_live_with_ids_and_types() {
 
     // Plan change: device limit follows, announced as license.updated.
     let mut object = subscription("sub_u", "cus_u", "active", PRICE_BASIC, Some("u"));
-    object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+    object["items"]["data"][0]["current_period_end"] = json!(period_end());
     app.deliver(&event("evt_plan", "customer.subscription.updated", now() + 1, object)).await;
     let license = events.next_of("license.updated").await;
     assert_eq!((license.data["max_devices"].as_i64(), license.data["plan"].as_str()), (Some(1), Some("basic")));

@@ -178,6 +178,21 @@ impl Drop for TestApp {
     }
 }
 
+/// The current period of every "live" test subscription: fixed for the whole
+/// run, so two snapshots built a second apart do not differ by a renewal.
+pub fn period_start() -> i64 {
+    period_bounds().0
+}
+
+pub fn period_end() -> i64 {
+    period_bounds().1
+}
+
+fn period_bounds() -> (i64, i64) {
+    static BOUNDS: std::sync::OnceLock<(i64, i64)> = std::sync::OnceLock::new();
+    *BOUNDS.get_or_init(|| (now() - 10 * 24 * 3600, now() + 20 * 24 * 3600))
+}
+
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -384,8 +399,8 @@ impl TestApp {
         let sub = format!("sub_{user}");
         let cus = format!("cus_{user}");
         let mut object = subscription(&sub, &cus, "active", price, Some(user));
-        object["items"]["data"][0]["current_period_start"] = json!(now() - 60);
-        object["items"]["data"][0]["current_period_end"] = json!(now() + 30 * 24 * 3600);
+        object["items"]["data"][0]["current_period_start"] = json!(period_start());
+        object["items"]["data"][0]["current_period_end"] = json!(period_end());
         self.deliver(&event(&format!("evt_create_{user}"), "customer.subscription.created", now() - 60, object)).await;
         self.get_licenses(user).await[0]["key"].as_str().unwrap().to_owned()
     }

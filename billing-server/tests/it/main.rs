@@ -7,4 +7,6 @@ mod dashboard;
 mod events;
 mod helpers;
 mod licensing;
+mod openapi;
+mod ops;
 mod webhooks;

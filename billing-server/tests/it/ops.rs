@@ -1,0 +1,162 @@
+//! Operations: metrics, readiness, request ids, graceful shutdown.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn metrics_count_requests_webhooks_and_streams() {
+    let app = spawn_app().await;
+    app.http.get(app.url("/healthz")).send().await.unwrap();
+    app.http.get(app.url("/healthz")).send().await.unwrap();
+    app.http.get(app.url("/nope")).send().await.unwrap();
+    let key = app.issue_license("u", PRICE_PRO).await;
+    app.post_raw_webhook(b"{}".to_vec(), Some("t=1,v1=00")).await;
+    let token = app.activate_ok(&key, "fp").await["activation_token"].as_str().unwrap().to_owned();
+    let _stream = EventReader::new(app.open_event_stream(&key, &token, None).await);
+
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"billing_http_requests_total{method="GET",route="/healthz",status="200"} 2"#,
+        r#"billing_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"billing_webhook_events_total{outcome="processed",type="customer.subscription.created"} 1"#,
+        r#"billing_webhook_events_total{outcome="rejected",type="unverified"} 1"#,
+        r#"billing_http_request_duration_seconds_count{method="POST",route="/api/license/activate"} 1"#,
+        "billing_sse_streams_open 1",
+        "billing_outbox_lag_events 0",
+        r#"billing_db_pool_connections{state="max"} 8"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(!text.contains(&key), "no license key in metrics");
+}
+
+#[tokio::test]
+async fn readyz_reports_its_checks_and_request_ids_are_echoed() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/readyz")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"], json!({ "migrations": true, "database": true, "signing_key": true, "accepting": true }));
+    let generated =
+        app.http.get(app.url("/healthz")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    assert!(generated.headers()["x-request-id"].to_str().unwrap().starts_with("req-"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections() {
+    let mut app = spawn_app().await;
+    // Hold the dedup table so the delivery is provably in flight, blocked in
+    // its transaction, when shutdown begins.
+    let blocker = connect(&app.database_url).await;
+    blocker.batch_execute("BEGIN; LOCK TABLE webhook_events IN EXCLUSIVE MODE").await.unwrap();
+    let delivery = {
+        let e = event(
+            "evt_inflight",
+            "customer.subscription.created",
+            now(),
+            subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+        );
+        let body = serde_json::to_vec(&e).unwrap();
+        let signature = sign(&body);
+        let http = app.http.clone();
+        let url = app.url("/api/stripe/webhooks/handler");
+        tokio::spawn(async move { http.post(url).header("Stripe-Signature", signature).body(body).send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the delivery never reached the database");
+        tokio::task::yield_now().await;
+    }
+
+    let address = app.address.clone();
+    app.stop();
+    // New connections are refused once the listener is closed.
+    let refused_deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match reqwest::Client::new().get(format!("{address}/healthz")).send().await {
+            Err(e) if e.is_connect() => break,
+            _ => assert!(Instant::now() < refused_deadline, "still accepting after shutdown"),
+        }
+        tokio::task::yield_now().await;
+    }
+
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let response = delivery.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "processed");
+    assert_eq!(app.count("subscriptions").await, 1);
+}
+
+#[tokio::test]
+async fn the_binary_exits_cleanly_on_sigterm() {
+    let database = TestDatabase::create().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &database.url)
+        .env("BILLING_ADDR", "127.0.0.1:0")
+        .env("BILLING_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            let entry: Value = serde_json::from_str(&line).ok()?;
+            (entry["fields"]["message"] == "billing-server listening")
+                .then(|| entry["fields"]["addr"].as_str().map(str::to_owned))?
+        });
+        let _ = tx.send(addr);
+        lines.for_each(drop); // keep draining so the server never blocks on a full pipe
+    });
+    let addr = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(Some(addr))) => addr,
+        other => {
+            let _ = child.kill();
+            panic!("the server never said (in JSON) that it was listening: {other:?}");
+        }
+    };
+    let response = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("no exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}

@@ -6,6 +6,7 @@
 //! commit). A transaction dropped without `commit` rolls back.
 
 pub mod postgres;
+pub mod sqlite;
 
 use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{

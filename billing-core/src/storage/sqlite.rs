@@ -1,0 +1,1270 @@
+//! The embedded SQLite store: one database file, the same semantics as
+//! [`super::postgres::PgStore`].
+//!
+//! SQLite lets one connection write at a time, so this store has exactly one
+//! writer connection, behind an async mutex. A [`SqliteTx`] holds that mutex
+//! from `begin` until it commits or is dropped, and opens its transaction
+//! with `BEGIN IMMEDIATE`, taking SQLite's write lock at once (which also
+//! keeps other processes out of the file, within `busy_timeout`). Write
+//! transactions are therefore serialised, and every lock the PostgreSQL
+//! store takes holds trivially: the per-subscription advisory lock, `FOR
+//! UPDATE`, `FOR UPDATE SKIP LOCKED` (nothing is ever held by another
+//! transaction) and the outbox lock (ids are committed in id order). Reads
+//! outside transactions go through a small pool of reader connections,
+//! which WAL lets run alongside the writer on the last committed state.
+//!
+//! rusqlite is synchronous: every statement runs on tokio's blocking pool
+//! (`spawn_blocking` for the writer, deadpool's `interact` for readers),
+//! never on an async worker.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a transaction whose
+//! `commit` returned is in the fsynced log and survives the process being
+//! killed or the machine losing power.
+//!
+//! Encodings (see `migrations/sqlite`): uuids as lower-case hyphenated TEXT,
+//! timestamps as INTEGER Unix microseconds, truncated the way PostgreSQL's
+//! `timestamptz` truncates, JSON as TEXT. Where PostgreSQL writes `now()` (the
+//! transaction's start), the store binds the time its transaction began.
+//!
+//! Outbox signals ([`Store::watch_outbox`]) are delivered within this process
+//! only, to watchers of this store and its clones.
+
+use super::*;
+use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
+use deadpool_sqlite::rusqlite::types::FromSql;
+use deadpool_sqlite::rusqlite::{self, params, Connection, ErrorCode, OpenFlags, Params, Row};
+use deadpool_sqlite::{Hook, HookError, Pool, Runtime};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations/sqlite");
+}
+
+/// How long a statement waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reader connections; reads are short and the machine is small.
+const READERS: usize = 4;
+/// Distinct statements are few; keep them all prepared.
+const STATEMENT_CACHE: usize = 64;
+/// PostgreSQL's epoch (2000-01-01T00:00:00Z) in Unix microseconds.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// SQLite-backed [`Store`] on one database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    /// The one connection that writes; held by a transaction for its whole life.
+    writer: Arc<Mutex<Connection>>,
+    readers: Pool,
+    /// Receivers handed out by `watch_outbox`.
+    watchers: std::sync::Mutex<Vec<mpsc::Sender<()>>>,
+}
+
+impl Shared {
+    /// Wakes every watcher; a full channel already holds a wake-up.
+    fn signal_outbox(&self) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        watchers.retain(|tx| !matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(()))));
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .field("readers", &self.shared.readers.status())
+            .finish()
+    }
+}
+
+/// Classifies a SQLite error: lock contention and unopenable files mean the
+/// database is unavailable; anything else is a failed query.
+fn query_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
+            StoreError::Unavailable(Box::new(e))
+        }
+        _ => StoreError::Query(Box::new(e)),
+    }
+}
+
+fn pool_error(e: deadpool_sqlite::PoolError) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+/// A blocking task that panicked or was cancelled with the runtime.
+fn worker_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn interact_error(e: deadpool_sqlite::InteractError) -> StoreError {
+    StoreError::Unavailable(format!("sqlite reader task failed: {e}").into())
+}
+
+fn aborted() -> StoreError {
+    StoreError::Query("current transaction is aborted by an earlier error; it will be rolled back".into())
+}
+
+fn interrupted() -> StoreError {
+    StoreError::Query("transaction was interrupted while a statement ran; it has been rolled back".into())
+}
+
+/// PostgreSQL refuses a negative LIMIT (SQLite would read it as "no limit").
+fn checked_limit(limit: i64) -> Result<i64, StoreError> {
+    if limit < 0 {
+        return Err(StoreError::Query("LIMIT must not be negative".into()));
+    }
+    Ok(limit)
+}
+
+/// A timestamp as stored: Unix microseconds. Sub-microsecond digits are
+/// truncated toward 2000-01-01, as PostgreSQL's binary protocol does, so
+/// both stores keep the same instant.
+fn micros(t: Timestamp) -> Result<i64, StoreError> {
+    let since_pg_epoch = (t - time::macros::datetime!(2000-01-01 0:00 UTC)).whole_microseconds();
+    i64::try_from(since_pg_epoch)
+        .ok()
+        .and_then(|m| m.checked_add(PG_EPOCH_MICROS))
+        .ok_or_else(|| StoreError::Query("timestamp out of range".into()))
+}
+
+fn opt_micros(t: Option<Timestamp>) -> Result<Option<i64>, StoreError> {
+    t.map(micros).transpose()
+}
+
+fn now_micros() -> Result<i64, StoreError> {
+    micros(Timestamp::now_utc())
+}
+
+fn max_devices_param(terms: &LicenseTerms) -> i32 {
+    i32::try_from(terms.max_devices).unwrap_or(i32::MAX)
+}
+
+fn json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// Reads a column. Conversion failures name the column, never its value.
+fn get<T: FromSql>(row: &Row<'_>, idx: usize) -> Result<T, StoreError> {
+    row.get(idx).map_err(|e| match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::FromSqlConversionFailure(..) => {
+            StoreError::Corrupt(format!("column {idx} holds a value of an unexpected type"))
+        }
+        e => query_error(e),
+    })
+}
+
+fn uuid(row: &Row<'_>, idx: usize) -> Result<Uuid, StoreError> {
+    let text: String = get(row, idx)?;
+    Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt(format!("column {idx} holds a malformed uuid")))
+}
+
+fn opt_uuid(row: &Row<'_>, idx: usize) -> Result<Option<Uuid>, StoreError> {
+    let text: Option<String> = get(row, idx)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|_| StoreError::Corrupt(format!("column {idx} holds a malformed uuid"))))
+        .transpose()
+}
+
+fn time_from_micros(m: i64, idx: usize) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_timestamp_nanos(i128::from(m) * 1000)
+        .map_err(|_| StoreError::Corrupt(format!("column {idx} holds a timestamp out of range")))
+}
+
+fn time(row: &Row<'_>, idx: usize) -> Result<Timestamp, StoreError> {
+    time_from_micros(get(row, idx)?, idx)
+}
+
+fn opt_time(row: &Row<'_>, idx: usize) -> Result<Option<Timestamp>, StoreError> {
+    get::<Option<i64>>(row, idx)?.map(|m| time_from_micros(m, idx)).transpose()
+}
+
+fn json(row: &Row<'_>, idx: usize) -> Result<Value, StoreError> {
+    let text: String = get(row, idx)?;
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt(format!("column {idx} holds malformed JSON")))
+}
+
+fn query<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(query_error)?;
+    let mut rows = statement.query(params).map_err(query_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(query_error)? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// At most one row, like tokio-postgres' `query_opt` (more is an error).
+/// The statement always runs to completion, so `… RETURNING` writes are done.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(query_error)?;
+    let mut rows = statement.query(params).map_err(query_error)?;
+    let Some(row) = rows.next().map_err(query_error)? else { return Ok(None) };
+    let value = map(row)?;
+    if rows.next().map_err(query_error)?.is_some() {
+        return Err(StoreError::Query("query returned more than one row".into()));
+    }
+    Ok(Some(value))
+}
+
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> Result<u64, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(query_error)?;
+    let changed = statement.execute(params).map_err(query_error)?;
+    Ok(changed as u64)
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "s.id, s.stripe_subscription_id, c.stripe_customer_id, s.status, s.plan_id, \
+    s.price_id, s.item_id, s.cancel_at_period_end, s.cancel_at, s.canceled_at, s.ended_at, s.current_period_start, \
+    s.current_period_end, s.trial_end, s.metadata_user_id, s.past_due_since, s.source_created";
+
+fn subscription_from_row(row: &Row<'_>) -> Result<Subscription, StoreError> {
+    let status: String = get(row, 3)?;
+    Ok(Subscription {
+        id: uuid(row, 0)?,
+        snapshot: SubscriptionSnapshot {
+            stripe_subscription_id: get(row, 1)?,
+            stripe_customer_id: get(row, 2)?,
+            status: SubscriptionStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("unknown subscription status".into()))?,
+            price_id: get(row, 5)?,
+            item_id: get(row, 6)?,
+            cancel_at_period_end: get(row, 7)?,
+            cancel_at: opt_time(row, 8)?,
+            canceled_at: opt_time(row, 9)?,
+            ended_at: opt_time(row, 10)?,
+            current_period_start: opt_time(row, 11)?,
+            current_period_end: opt_time(row, 12)?,
+            trial_end: opt_time(row, 13)?,
+            user_id: get(row, 14)?,
+        },
+        plan_id: get(row, 4)?,
+        past_due_since: opt_time(row, 15)?,
+        source_created: get(row, 16)?,
+    })
+}
+
+const LICENSE_COLUMNS: &str =
+    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, l.plan_id";
+
+fn license_from_row(row: &Row<'_>) -> Result<License, StoreError> {
+    let key: String = get(row, 2)?;
+    let status: String = get(row, 3)?;
+    let max_devices: i32 = get(row, 4)?;
+    Ok(License {
+        id: uuid(row, 0)?,
+        subscription_id: uuid(row, 1)?,
+        key: LicenseKey::parse(&key).ok_or_else(|| StoreError::Corrupt("malformed license key".into()))?,
+        terms: LicenseTerms {
+            status: LicenseStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("unknown license status".into()))?,
+            max_devices: u32::try_from(max_devices).map_err(|_| StoreError::Corrupt("negative max_devices".into()))?,
+            expires_at: opt_time(row, 5)?,
+            grace_ends_at: opt_time(row, 6)?,
+            plan_id: get(row, 7)?,
+        },
+    })
+}
+
+fn payment_from_row(row: &Row<'_>) -> Result<PaymentRecord, StoreError> {
+    let status: String = get(row, 6)?;
+    Ok(PaymentRecord {
+        id: uuid(row, 0)?,
+        payment: Payment {
+            stripe_invoice_id: get(row, 1)?,
+            stripe_customer_id: get(row, 2)?,
+            stripe_subscription_id: get(row, 3)?,
+            amount: get(row, 4)?,
+            currency: get(row, 5)?,
+            status: PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("unknown payment status".into()))?,
+            paid_at: opt_time(row, 7)?,
+        },
+        created_at: time(row, 8)?,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "d.id, d.license_id, d.fingerprint, d.name, d.platform, d.app_version, d.status, \
+    d.activated_at, d.last_heartbeat_at, d.deactivated_at";
+
+fn device_from_row(row: &Row<'_>) -> Result<Device, StoreError> {
+    let status: String = get(row, 6)?;
+    Ok(Device {
+        id: uuid(row, 0)?,
+        license_id: uuid(row, 1)?,
+        fingerprint: get(row, 2)?,
+        name: get(row, 3)?,
+        platform: get(row, 4)?,
+        app_version: get(row, 5)?,
+        status: DeviceStatus::parse(&status).ok_or_else(|| StoreError::Corrupt("unknown device status".into()))?,
+        activated_at: time(row, 7)?,
+        last_heartbeat_at: time(row, 8)?,
+        deactivated_at: opt_time(row, 9)?,
+    })
+}
+
+fn change_from_row(row: &Row<'_>) -> Result<ChangeEntry, StoreError> {
+    Ok(ChangeEntry {
+        id: get(row, 0)?,
+        subscription_id: uuid(row, 1)?,
+        kind: get(row, 2)?,
+        from_status: get(row, 3)?,
+        to_status: get(row, 4)?,
+        detail: json(row, 5)?,
+        actor: get(row, 6)?,
+        stripe_event_id: get(row, 7)?,
+        created_at: time(row, 8)?,
+    })
+}
+
+fn outbox_from_row(row: &Row<'_>) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: get(row, 0)?,
+        license_id: opt_uuid(row, 1)?,
+        topic: get(row, 2)?,
+        payload: json(row, 3)?,
+        created_at: time(row, 4)?,
+    })
+}
+
+/// Settings every connection gets.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// Opens the writer, creating the file, and switches the database to WAL.
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let unavailable = |e: rusqlite::Error| StoreError::Unavailable(Box::new(e));
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    configure(&conn).map_err(unavailable)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // E.g. an in-memory database, or a file system without shared memory.
+        return Err(StoreError::Unavailable("the database cannot use a write-ahead log".into()));
+    }
+    // FULL: the log is fsynced at every commit (NORMAL would only survive a
+    // crash of the process, not of the machine). fullfsync matters on macOS.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+    conn.pragma_update(None, "fullfsync", true).map_err(unavailable)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`. The directory
+    /// must exist. Call [`Store::migrate`] before use.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let writer = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || open_writer(&path)).await.map_err(worker_error)??
+        };
+        let readers = deadpool_sqlite::Config::new(path.clone())
+            .builder(Runtime::Tokio1)
+            .map_err(|e| match e {})?
+            .max_size(READERS)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .post_create(Hook::async_fn(|conn, _| {
+                Box::pin(async move {
+                    conn.interact(|c| {
+                        configure(c)?;
+                        // Readers never write: writes go through the writer's lock.
+                        c.pragma_update(None, "query_only", true)
+                    })
+                    .await
+                    .map_err(|e| HookError::message(format!("sqlite reader set-up failed: {e}")))?
+                    .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                writer: Arc::new(Mutex::new(writer)),
+                readers,
+                watchers: std::sync::Mutex::default(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `f` on a reader connection, off the async threads.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let conn = self.shared.readers.get().await.map_err(pool_error)?;
+        conn.interact(move |c| f(c)).await.map_err(interact_error)?
+    }
+
+    /// Runs `f` on the writer, outside any transaction (each statement
+    /// commits by itself), with the current time.
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<R, StoreError> + Send + 'static,
+    {
+        let writer = Writer(self.shared.writer.clone().lock_owned().await);
+        let now = now_micros()?;
+        tokio::task::spawn_blocking(move || f(&writer, now)).await.map_err(worker_error)?
+    }
+}
+
+/// The writer connection, held exclusively. However it is let go (commit,
+/// drop, a cancelled or panicking task), it is left outside any transaction,
+/// so the next holder starts clean.
+struct Writer(OwnedMutexGuard<Connection>);
+
+impl std::ops::Deref for Writer {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            if let Err(e) = self.0.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "sqlite rollback failed");
+            }
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        let writer = Writer(self.shared.writer.clone().lock_owned().await);
+        // Taken once the lock is held: the transaction's start, as `now()` is.
+        let now = now_micros()?;
+        // `IMMEDIATE` takes SQLite's write lock now, so reads in the
+        // transaction never need upgrading (and never meet SQLITE_BUSY later).
+        let writer = tokio::task::spawn_blocking(move || {
+            writer.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
+            Ok::<_, StoreError>(writer)
+        })
+        .await
+        .map_err(worker_error)??;
+        Ok(SqliteTx { conn: Some(writer), shared: self.shared.clone(), now, enqueued: false, aborted: false })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut writer = Writer(self.shared.writer.clone().lock_owned().await);
+        tokio::task::spawn_blocking(move || {
+            let conn: &mut Connection = &mut writer.0;
+            embedded::migrations::runner().run(conn).map(drop).map_err(|e| StoreError::Migration(Box::new(e)))
+        })
+        .await
+        .map_err(worker_error)?
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| query_opt(conn, "SELECT 1", [], |_| Ok(())).map(drop)).await
+    }
+
+    async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
+        let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
+        let (api_version, error) = (event.api_version.map(str::to_owned), error.to_owned());
+        self.write(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, received_at)
+                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE
+                    SET last_error = excluded.last_error, attempts = webhook_events.attempts + 1
+                  WHERE webhook_events.status = 'failed'",
+                params![id, kind, created, api_version, error, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn subscriptions_of_user(&self, user_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                  WHERE c.user_id = ?1 ORDER BY s.updated_at DESC, s.id"
+            );
+            query(conn, &sql, [user_id], subscription_from_row)
+        })
+        .await
+    }
+
+    async fn changes_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError> {
+        let (user_id, limit) = (user_id.to_owned(), checked_limit(limit)?);
+        self.read(move |conn| {
+            query(
+                conn,
+                "SELECT h.id, h.subscription_id, h.kind, h.from_status, h.to_status, h.detail, h.actor,
+                        h.stripe_event_id, h.created_at
+                   FROM subscription_changes h
+                   JOIN subscriptions s ON s.id = h.subscription_id
+                   JOIN customers c ON c.id = s.customer_id
+                  WHERE c.user_id = ?1
+                  ORDER BY h.id DESC LIMIT ?2",
+                params![user_id, limit],
+                change_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn payments_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError> {
+        let (user_id, limit) = (user_id.to_owned(), checked_limit(limit)?);
+        self.read(move |conn| {
+            query(
+                conn,
+                "SELECT p.id, p.stripe_invoice_id, c.stripe_customer_id, p.stripe_subscription_id, p.amount,
+                        p.currency, p.status, p.paid_at, p.created_at
+                   FROM payments p JOIN customers c ON c.id = p.customer_id
+                  WHERE c.user_id = ?1
+                  ORDER BY COALESCE(p.paid_at, p.created_at) DESC, p.id LIMIT ?2",
+                params![user_id, limit],
+                payment_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn stripe_customers_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            query(
+                conn,
+                "SELECT stripe_customer_id FROM customers WHERE user_id = ?1 ORDER BY created_at, id",
+                [user_id],
+                |row| get(row, 0),
+            )
+        })
+        .await
+    }
+
+    async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS} FROM licenses l
+                   JOIN subscriptions s ON s.id = l.subscription_id
+                   JOIN customers c ON c.id = s.customer_id
+                  WHERE c.user_id = ?1 ORDER BY l.created_at, l.id"
+            );
+            query(conn, &sql, [user_id], license_from_row)
+        })
+        .await
+    }
+
+    async fn outbox_after(
+        &self,
+        after_id: i64,
+        license_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let (license_id, limit) = (license_id.map(|l| l.to_string()), checked_limit(limit)?);
+        self.read(move |conn| {
+            query(
+                conn,
+                "SELECT id, license_id, topic, payload, created_at FROM outbox_events
+                  WHERE id > ?1 AND (?2 IS NULL OR license_id = ?2)
+                  ORDER BY id LIMIT ?3",
+                params![after_id, license_id, limit],
+                outbox_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn license_by_key_hash(&self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        let key_hash = key_hash.to_vec();
+        self.read(move |conn| {
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = ?1");
+            query_opt(conn, &sql, [key_hash], license_from_row)
+        })
+        .await
+    }
+
+    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
+        let (license_id, fingerprint) = (license_id.to_string(), fingerprint.to_owned());
+        self.read(move |conn| {
+            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 AND d.fingerprint = ?2");
+            query_opt(conn, &sql, [license_id, fingerprint], device_from_row)
+        })
+        .await
+    }
+
+    async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        let token_hash = token_hash.to_vec();
+        self.read(move |conn| {
+            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = ?1");
+            query_opt(conn, &sql, [token_hash], device_from_row)
+        })
+        .await
+    }
+
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d
+                   JOIN licenses l ON l.id = d.license_id
+                   JOIN subscriptions s ON s.id = l.subscription_id
+                   JOIN customers c ON c.id = s.customer_id
+                  WHERE c.user_id = ?1 ORDER BY d.last_heartbeat_at DESC, d.id"
+            );
+            query(conn, &sql, [user_id], device_from_row)
+        })
+        .await
+    }
+
+    async fn license_belongs_to(&self, license_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
+        let (license_id, user_id) = (license_id.to_string(), user_id.to_owned());
+        self.read(move |conn| {
+            let row = query_opt(
+                conn,
+                "SELECT 1 FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
+                   JOIN customers c ON c.id = s.customer_id WHERE l.id = ?1 AND c.user_id = ?2",
+                [license_id, user_id],
+                |_| Ok(()),
+            )?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    async fn latest_outbox_id(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            let row = query_opt(conn, "SELECT COALESCE(max(id), 0) FROM outbox_events", [], |row| get(row, 0))?;
+            Ok(row.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let before = micros(before)?;
+        self.write(move |conn, _| execute(conn, "DELETE FROM outbox_events WHERE created_at < ?1", [before])).await
+    }
+
+    async fn watch_outbox(&self) -> Result<mpsc::Receiver<()>, StoreError> {
+        let (tx, rx) = mpsc::channel(1);
+        // Like a fresh LISTEN: anything may have been committed before this
+        // call, so the watcher starts with one wake-up.
+        let _ = tx.try_send(());
+        self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner).push(tx);
+        Ok(rx)
+    }
+
+    async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
+        let event_id = event_id.to_owned();
+        self.read(move |conn| {
+            query_opt(conn, "SELECT status, attempts, last_error FROM webhook_events WHERE id = ?1", [event_id], |r| {
+                Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?))
+            })
+        })
+        .await
+    }
+}
+
+/// An open SQLite transaction on the writer connection. It holds the
+/// store's write lock until it is committed or dropped; dropping it rolls
+/// back.
+pub struct SqliteTx {
+    /// None once committed, or while (or after) a statement was interrupted.
+    conn: Option<Writer>,
+    shared: Arc<Shared>,
+    /// The transaction's start (Unix µs): PostgreSQL's `now()`.
+    now: i64,
+    /// Whether the outbox was written, so commit signals watchers.
+    enqueued: bool,
+    /// A statement failed: like PostgreSQL, refuse everything but rollback.
+    aborted: bool,
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx").field("enqueued", &self.enqueued).field("aborted", &self.aborted).finish()
+    }
+}
+
+impl SqliteTx {
+    /// Runs `f` on the writer inside this transaction, off the async threads,
+    /// with the transaction's start time.
+    async fn run<R, F>(&mut self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<R, StoreError> + Send + 'static,
+    {
+        if self.aborted {
+            return Err(aborted());
+        }
+        // If this future is dropped mid-statement, the writer stays with the
+        // blocking task, which rolls back and releases it when done.
+        let writer = self.conn.take().ok_or_else(interrupted)?;
+        let now = self.now;
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&writer, now);
+            (writer, result)
+        })
+        .await
+        .map_err(worker_error)?;
+        self.conn = Some(writer);
+        if let Err(StoreError::Query(_) | StoreError::Unavailable(_)) = &result {
+            self.aborted = true;
+        }
+        result
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        let Some(writer) = self.conn.take() else { return };
+        // Rolling back is blocking work: keep it off the async threads. The
+        // write lock is released only once the rollback is done.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(writer))),
+            Err(_) => drop(writer),
+        }
+    }
+}
+
+impl StoreTx for SqliteTx {
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
+        let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
+        let api_version = event.api_version.map(str::to_owned);
+        self.run(move |conn, now| {
+            let claimed = query_opt(
+                conn,
+                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at)
+                 VALUES (?1, ?2, ?3, ?4, 'processing', ?5)
+                 ON CONFLICT (id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1
+                  WHERE webhook_events.status = 'failed'
+                 RETURNING id",
+                params![id, kind, created, api_version, now],
+                |_| Ok(()),
+            )?;
+            Ok(claimed.is_some())
+        })
+        .await
+    }
+
+    async fn finish_event(
+        &mut self,
+        event_id: &str,
+        disposition: EventDisposition,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let status = match disposition {
+            EventDisposition::Processed => "processed",
+            EventDisposition::Ignored => "ignored",
+        };
+        let (event_id, note) = (event_id.to_owned(), note.map(str::to_owned));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE webhook_events SET status = ?2, note = ?3, last_error = NULL, processed_at = ?4 WHERE id = ?1",
+                params![event_id, status, note, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
+        let (stripe_customer_id, user_id) = (stripe_customer_id.to_owned(), user_id.map(str::to_owned));
+        let new_id = Uuid::new_v4().to_string();
+        self.run(move |conn, now| {
+            let select = "SELECT id, user_id FROM customers WHERE stripe_customer_id = ?1";
+            let read = |row: &Row<'_>| Ok((uuid(row, 0)?, get::<Option<String>>(row, 1)?));
+            let existing = match query_opt(conn, select, [&stripe_customer_id], read)? {
+                Some(row) => Some(row),
+                None => {
+                    let inserted = query_opt(
+                        conn,
+                        "INSERT INTO customers (id, stripe_customer_id, user_id, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?4)
+                         ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING id",
+                        params![new_id, stripe_customer_id, user_id, now],
+                        |row| uuid(row, 0),
+                    )?;
+                    match inserted {
+                        Some(id) => return Ok(id),
+                        // Kept from the PostgreSQL store; with one writer the
+                        // row cannot appear in between.
+                        None => query_opt(conn, select, [&stripe_customer_id], read)?,
+                    }
+                }
+            };
+            let (id, known_user) =
+                existing.ok_or_else(|| StoreError::Corrupt("customer vanished during upsert".into()))?;
+            if let (None, Some(user_id)) = (known_user, user_id) {
+                execute(
+                    conn,
+                    "UPDATE customers SET user_id = ?2, updated_at = ?3 WHERE id = ?1 AND user_id IS NULL",
+                    params![id.to_string(), user_id, now],
+                )?;
+            }
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
+        // The identity lock is the write lock this transaction already holds.
+        let stripe_subscription_id = stripe_subscription_id.to_owned();
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                  WHERE s.stripe_subscription_id = ?1"
+            );
+            query_opt(conn, &sql, [stripe_subscription_id], subscription_from_row)
+        })
+        .await
+    }
+
+    async fn save_subscription(&mut self, customer_id: Uuid, sub: &Subscription) -> Result<(), StoreError> {
+        let s = &sub.snapshot;
+        let (id, stripe_id, customer_id) =
+            (sub.id.to_string(), s.stripe_subscription_id.clone(), customer_id.to_string());
+        let (status, plan_id, price_id, item_id) =
+            (s.status.as_str(), sub.plan_id.clone(), s.price_id.clone(), s.item_id.clone());
+        let (cancel_at_period_end, cancel_at) = (s.cancel_at_period_end, opt_micros(s.cancel_at)?);
+        let (canceled_at, ended_at) = (opt_micros(s.canceled_at)?, opt_micros(s.ended_at)?);
+        let (period_start, period_end) = (opt_micros(s.current_period_start)?, opt_micros(s.current_period_end)?);
+        let (trial_end, user_id) = (opt_micros(s.trial_end)?, s.user_id.clone());
+        let (past_due_since, source_created) = (opt_micros(sub.past_due_since)?, sub.source_created);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+                        cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
+                        current_period_end, trial_end, metadata_user_id, past_due_since, source_created, created_at,
+                        updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18)
+                 ON CONFLICT (id) DO UPDATE SET
+                        customer_id = excluded.customer_id, status = excluded.status, plan_id = excluded.plan_id,
+                        price_id = excluded.price_id, item_id = excluded.item_id,
+                        cancel_at_period_end = excluded.cancel_at_period_end, cancel_at = excluded.cancel_at,
+                        canceled_at = excluded.canceled_at, ended_at = excluded.ended_at,
+                        current_period_start = excluded.current_period_start,
+                        current_period_end = excluded.current_period_end, trial_end = excluded.trial_end,
+                        metadata_user_id = excluded.metadata_user_id, past_due_since = excluded.past_due_since,
+                        source_created = excluded.source_created, updated_at = excluded.updated_at",
+                params![
+                    id,
+                    stripe_id,
+                    customer_id,
+                    status,
+                    plan_id,
+                    price_id,
+                    item_id,
+                    cancel_at_period_end,
+                    cancel_at,
+                    canceled_at,
+                    ended_at,
+                    period_start,
+                    period_end,
+                    trial_end,
+                    user_id,
+                    past_due_since,
+                    source_created,
+                    now,
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
+        let subscription_id = subscription_id.to_string();
+        self.run(move |conn, _| {
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+            query_opt(conn, &sql, [subscription_id], license_from_row)
+        })
+        .await
+    }
+
+    async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
+        let t = &license.terms;
+        let (id, subscription_id) = (license.id.to_string(), license.subscription_id.to_string());
+        let (key, key_hash) = (license.key.expose().to_owned(), license.key.lookup_hash());
+        let (status, plan_id, max_devices) = (t.status.as_str(), t.plan_id.clone(), max_devices_param(t));
+        let (expires_at, grace_ends_at) = (opt_micros(t.expires_at)?, opt_micros(t.grace_ends_at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
+                        grace_ends_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                params![
+                    id,
+                    subscription_id,
+                    key,
+                    key_hash,
+                    status,
+                    plan_id,
+                    max_devices,
+                    expires_at,
+                    grace_ends_at,
+                    now
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn update_license_terms(&mut self, license_id: Uuid, t: &LicenseTerms) -> Result<(), StoreError> {
+        let (license_id, status, plan_id) = (license_id.to_string(), t.status.as_str(), t.plan_id.clone());
+        let max_devices = max_devices_param(t);
+        let (expires_at, grace_ends_at) = (opt_micros(t.expires_at)?, opt_micros(t.grace_ends_at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
+                        updated_at = ?7
+                  WHERE id = ?1",
+                params![license_id, status, plan_id, max_devices, expires_at, grace_ends_at, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record_change(
+        &mut self,
+        subscription_id: Uuid,
+        actor: &Actor,
+        change: &SubscriptionChange,
+    ) -> Result<(), StoreError> {
+        let subscription_id = subscription_id.to_string();
+        let (kind, detail) = (change.kind(), json_text(&change.detail()));
+        let from_status = change.from_status().map(SubscriptionStatus::as_str);
+        let to_status = change.to_status().map(SubscriptionStatus::as_str);
+        let (actor_label, stripe_event_id) = (actor.label(), actor.stripe_event_id().map(str::to_owned));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
+                        stripe_event_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![subscription_id, kind, from_status, to_status, detail, actor_label, stripe_event_id, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_payment(&mut self, customer_id: Uuid, p: &Payment) -> Result<PaymentWrite, StoreError> {
+        let (new_id, customer_id) = (Uuid::new_v4().to_string(), customer_id.to_string());
+        let (invoice_id, subscription_id) = (p.stripe_invoice_id.clone(), p.stripe_subscription_id.clone());
+        let (amount, currency, status, paid_at) = (p.amount, p.currency.clone(), p.status, opt_micros(p.paid_at)?);
+        self.run(move |conn, now| {
+            let inserted = query_opt(
+                conn,
+                "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency,
+                        status, paid_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                 ON CONFLICT (stripe_invoice_id) DO NOTHING RETURNING id",
+                params![
+                    new_id,
+                    invoice_id,
+                    customer_id,
+                    subscription_id,
+                    amount,
+                    currency,
+                    status.as_str(),
+                    paid_at,
+                    now
+                ],
+                |_| Ok(()),
+            )?;
+            if inserted.is_some() {
+                return Ok(PaymentWrite::Inserted);
+            }
+            let held: String =
+                query_opt(conn, "SELECT status FROM payments WHERE stripe_invoice_id = ?1", [&invoice_id], |row| {
+                    get(row, 0)
+                })?
+                .ok_or_else(|| StoreError::Corrupt("payment vanished during upsert".into()))?;
+            let held =
+                PaymentStatus::parse(&held).ok_or_else(|| StoreError::Corrupt("unknown payment status".into()))?;
+            if !held.may_become(status) {
+                return Ok(PaymentWrite::Unchanged);
+            }
+            execute(
+                conn,
+                "UPDATE payments SET status = ?2, amount = ?3, paid_at = ?4, updated_at = ?5
+                  WHERE stripe_invoice_id = ?1",
+                params![invoice_id, status.as_str(), amount, paid_at, now],
+            )?;
+            Ok(PaymentWrite::Updated { from: held })
+        })
+        .await
+    }
+
+    async fn license_of_stripe_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<License>, StoreError> {
+        let stripe_subscription_id = stripe_subscription_id.to_owned();
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
+                  WHERE s.stripe_subscription_id = ?1"
+            );
+            query_opt(conn, &sql, [stripe_subscription_id], license_from_row)
+        })
+        .await
+    }
+
+    async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        let key_hash = key_hash.to_vec();
+        self.run(move |conn, _| {
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = ?1");
+            query_opt(conn, &sql, [key_hash], license_from_row)
+        })
+        .await
+    }
+
+    async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        let license_id = license_id.to_string();
+        self.run(move |conn, _| {
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = ?1");
+            query_opt(conn, &sql, [license_id], license_from_row)
+        })
+        .await
+    }
+
+    async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
+        let license_id = license_id.to_string();
+        self.run(move |conn, _| {
+            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at");
+            query(conn, &sql, [license_id], device_from_row)
+        })
+        .await
+    }
+
+    async fn insert_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        let (id, license_id, fingerprint) = (d.id.to_string(), d.license_id.to_string(), d.fingerprint.clone());
+        let (name, platform, app_version) = (d.name.clone(), d.platform.clone(), d.app_version.clone());
+        let (token_hash, status) = (token_hash.to_vec(), d.status.as_str());
+        let (activated_at, last_heartbeat_at) = (micros(d.activated_at)?, micros(d.last_heartbeat_at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
+                        activated_at, last_heartbeat_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    id,
+                    license_id,
+                    fingerprint,
+                    name,
+                    platform,
+                    app_version,
+                    token_hash,
+                    status,
+                    activated_at,
+                    last_heartbeat_at,
+                    now
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn reactivate_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        let (id, name, platform, app_version) =
+            (d.id.to_string(), d.name.clone(), d.platform.clone(), d.app_version.clone());
+        let token_hash = token_hash.to_vec();
+        let (activated_at, last_heartbeat_at) = (micros(d.activated_at)?, micros(d.last_heartbeat_at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE devices SET name = ?2, platform = ?3, app_version = ?4, token_hash = ?5, status = 'active',
+                        activated_at = ?6, last_heartbeat_at = ?7, deactivated_at = NULL, updated_at = ?8
+                  WHERE id = ?1",
+                params![id, name, platform, app_version, token_hash, activated_at, last_heartbeat_at, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        let token_hash = token_hash.to_vec();
+        self.run(move |conn, _| {
+            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = ?1");
+            query_opt(conn, &sql, [token_hash], device_from_row)
+        })
+        .await
+    }
+
+    async fn lock_device_of_user(
+        &mut self,
+        device_id: Uuid,
+        user_id: Option<&str>,
+    ) -> Result<Option<Device>, StoreError> {
+        let (device_id, user_id) = (device_id.to_string(), user_id.map(str::to_owned));
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d
+                   JOIN licenses l ON l.id = d.license_id
+                   JOIN subscriptions s ON s.id = l.subscription_id
+                   JOIN customers c ON c.id = s.customer_id
+                  WHERE d.id = ?1 AND (?2 IS NULL OR c.user_id = ?2)"
+            );
+            query_opt(conn, &sql, params![device_id, user_id], device_from_row)
+        })
+        .await
+    }
+
+    async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let (device_id, at) = (device_id.to_string(), micros(at)?);
+        self.run(move |conn, _| {
+            execute(conn, "UPDATE devices SET last_heartbeat_at = ?2 WHERE id = ?1", params![device_id, at])
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn set_device_status(
+        &mut self,
+        device_id: Uuid,
+        status: DeviceStatus,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (device_id, at) = (device_id.to_string(), micros(at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE devices SET status = ?2, deactivated_at = ?3, updated_at = ?4 WHERE id = ?1",
+                params![device_id, status.as_str(), at, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
+        let (device_id, name) = (device_id.to_string(), name.to_owned());
+        self.run(move |conn, now| {
+            execute(conn, "UPDATE devices SET name = ?2, updated_at = ?3 WHERE id = ?1", params![device_id, name, now])
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_overdue_devices(&mut self, cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError> {
+        // No other transaction can hold a device: nothing to skip.
+        let (cutoff, limit) = (micros(cutoff)?, checked_limit(limit)?);
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d
+                  WHERE d.status = 'active' AND d.last_heartbeat_at < ?1
+                  ORDER BY d.last_heartbeat_at LIMIT ?2"
+            );
+            query(conn, &sql, [cutoff, limit], device_from_row)
+        })
+        .await
+    }
+
+    async fn record_device_change(
+        &mut self,
+        device: &Device,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let (device_id, license_id) = (device.id.to_string(), device.license_id.to_string());
+        let (kind, actor_label, detail) = (kind.to_owned(), actor.label(), json_text(&detail));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![device_id, license_id, kind, actor_label, detail, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
+        // Ids are handed out by the one writer, so they commit in id order.
+        let license_id = message.license_id.map(|l| l.to_string());
+        let (topic, payload) = (message.topic, json_text(&message.payload));
+        let id = self
+            .run(move |conn, now| {
+                query_opt(
+                    conn,
+                    "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)
+                     RETURNING id",
+                    params![license_id, topic, payload, now],
+                    |row| get(row, 0),
+                )?
+                .ok_or_else(|| StoreError::Corrupt("outbox insert returned nothing".into()))
+            })
+            .await?;
+        self.enqueued = true;
+        Ok(id)
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        if self.aborted {
+            // Dropping `self` rolls back.
+            return Err(aborted());
+        }
+        let writer = self.conn.take().ok_or_else(interrupted)?;
+        let shared = self.enqueued.then(|| self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            // On failure the writer is dropped here, which rolls back.
+            writer.execute_batch("COMMIT").map_err(query_error)?;
+            drop(writer);
+            // Signalled from here, so a commit whose caller went away is
+            // still announced.
+            if let Some(shared) = shared {
+                shared.signal_outbox();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(worker_error)?
+    }
+}

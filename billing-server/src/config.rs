@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use billing_core::domain::{Plan, PlanCatalog};
+use billing_core::storage::any::StoreLocation;
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +15,10 @@ pub const SECRETS: &[&str] = &["DATABASE_URL", "STRIPE_WEBHOOK_SECRET", "STRIPE_
 /// of [`SECRETS`]), with its meaning. The README's configuration reference is
 /// checked against this list and against the source by tests.
 pub const VARIABLES: &[(&str, &str)] = &[
-    ("DATABASE_URL", "PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/billing"),
+    ("DATABASE_URL", "postgres://… for PostgreSQL, sqlite://path for an SQLite file; unset: the embedded store"),
+    ("BILLING_DATA_DIR", "where the embedded store and the generated signing key live (default ./billing-data)"),
     ("BILLING_ADDR", "listen address (default 127.0.0.1:8080)"),
-    ("BILLING_DB_POOL_SIZE", "maximum PostgreSQL connections (default 16)"),
+    ("BILLING_DB_POOL_SIZE", "maximum PostgreSQL connections (default 16; PostgreSQL only)"),
     ("STRIPE_WEBHOOK_SECRET", "webhook signing secret(s), comma-separated while rotating"),
     ("STRIPE_SECRET_KEY", "Stripe API key, used to re-fetch ambiguous subscription snapshots"),
     ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
@@ -36,8 +38,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
 /// The server's settings.
 #[derive(Debug)]
 pub struct Config {
-    /// PostgreSQL URL.
-    pub database_url: String,
+    /// Where the data lives.
+    pub store: StoreLocation,
+    /// Data directory (embedded store, generated signing key).
+    pub data_dir: PathBuf,
     /// Listen address.
     pub addr: SocketAddr,
     /// Maximum pooled connections.
@@ -106,12 +110,9 @@ impl Config {
             Some("json") => true,
             Some(_) => bail!("BILLING_LOG_FORMAT must be `text` or `json`"),
         };
-        let database_url = secret_text("DATABASE_URL")?.context(
-            "DATABASE_URL is not set: point it at PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/billing",
-        )?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            bail!("DATABASE_URL must be a postgres:// URL");
-        }
+        let data_dir = PathBuf::from(var("BILLING_DATA_DIR").unwrap_or_else(|| "billing-data".into()));
+        let store = StoreLocation::from_url(secret_text("DATABASE_URL")?.as_deref(), &data_dir)
+            .map_err(|message| anyhow::anyhow!(message))?;
         let addr = var("BILLING_ADDR")
             .unwrap_or_else(|| "127.0.0.1:8080".into())
             .parse()
@@ -121,7 +122,8 @@ impl Config {
             None => PlanCatalog::default(),
         };
         Ok(Self {
-            database_url,
+            store,
+            data_dir,
             addr,
             pool_size: parse_number(var("BILLING_DB_POOL_SIZE"), "BILLING_DB_POOL_SIZE", 16)?,
             webhook_secret: secret("STRIPE_WEBHOOK_SECRET")?,
@@ -186,8 +188,17 @@ mod tests {
     }
 
     #[test]
+    fn nothing_configured_means_the_embedded_store() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("billing-data/billing.sqlite3")));
+        let c = config(&[("BILLING_DATA_DIR", "/srv/billing")]).unwrap();
+        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("/srv/billing/billing.sqlite3")));
+    }
+
+    #[test]
     fn defaults_apply_when_only_the_database_is_set() {
         let c = config(&[("DATABASE_URL", "postgres://localhost/x")]).unwrap();
+        assert_eq!(c.store, StoreLocation::Postgres("postgres://localhost/x".into()));
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
         assert_eq!((c.grace_days, c.max_body_bytes, c.pool_size), (7, 1 << 20, 16));
         assert!(c.webhook_secret.is_none() && c.jwt_secret.is_none());

@@ -16,7 +16,7 @@ use auth::JwtVerifier;
 use billing_core::certificate::SigningKey;
 use billing_core::events::{EventHub, HubConfig};
 use billing_core::licensing::LicensingConfig;
-use billing_core::storage::postgres::PgStore;
+use billing_core::storage::any::AnyStore;
 use billing_core::storage::Store;
 use billing_core::storage::StoreError;
 use billing_core::stripe::{StripeClient, WebhookSecrets};
@@ -40,9 +40,9 @@ use tracing::Instrument;
 /// Everything a request handler needs.
 pub struct AppState {
     /// The engine.
-    pub billing: Billing<PgStore>,
+    pub billing: Billing<AnyStore>,
     /// Live event fan-out.
-    pub hub: Arc<EventHub<PgStore>>,
+    pub hub: Arc<EventHub<AnyStore>>,
     /// Dashboard token verification; None while `BILLING_JWT_SECRET` is unset.
     pub jwt: Option<JwtVerifier>,
     /// Request body cap.
@@ -84,13 +84,19 @@ impl Default for ServerOptions {
 impl AppState {
     /// Connects the store, applies migrations and wires the engine.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = PgStore::connect(&config.database_url, config.pool_size)?;
+        let store = AnyStore::open(&config.store, config.pool_size)
+            .await
+            .map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))
+            .context("cannot open the store")?;
         store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
         let stripe = config
             .stripe_secret_key
             .as_ref()
             .map(|key| StripeClient::new(key.expose_secret(), config.stripe_api_base.clone()));
-        let signing_key = load_signing_key(config.license_signing_key.as_deref())?;
+        let signing_key = match &config.license_signing_key {
+            Some(path) => load_signing_key(path)?,
+            None => load_or_create_signing_key(&config.data_dir.join("license-signing-key.pem"))?,
+        };
         let mut licensing = LicensingConfig::new(Arc::new(signing_key));
         licensing.heartbeat_window = time::Duration::seconds(config.heartbeat_window_secs as i64);
         licensing.offline_ttl = time::Duration::seconds(config.offline_ttl_secs as i64);
@@ -117,7 +123,7 @@ impl AppState {
     }
 
     /// Wires an already-built engine.
-    pub async fn new(billing: Billing<PgStore>, options: ServerOptions) -> Result<Self, StoreError> {
+    pub async fn new(billing: Billing<AnyStore>, options: ServerOptions) -> Result<Self, StoreError> {
         let hub = EventHub::start(billing.store().clone(), options.hub).await?;
         let per_minute = NonZeroU32::new(options.rate_limit_per_minute.max(1)).expect("at least one");
         let window = billing.config().licensing.heartbeat_window;
@@ -138,25 +144,42 @@ impl AppState {
     }
 }
 
-/// Reads the license-signing key, or makes an ephemeral one (with a warning:
-/// certificates it signs stop verifying after a restart).
-pub fn load_signing_key(path: Option<&std::path::Path>) -> anyhow::Result<SigningKey> {
-    match path {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read BILLING_LICENSE_SIGNING_KEY file {}", path.display()))?;
-            SigningKey::from_pkcs8(&bytes).with_context(|| {
-                format!("{} is not an Ed25519 PKCS#8 key; create one with `billing-server keygen`", path.display())
-            })
+/// Reads the license-signing key from `path` (PKCS#8, PEM or DER).
+pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read the license signing key {}", path.display()))?;
+    SigningKey::from_pkcs8(&bytes).with_context(|| {
+        format!("{} is not an Ed25519 PKCS#8 key; create one with `billing-server keygen`", path.display())
+    })
+}
+
+/// The key kept in the data directory, created on first start. Several
+/// instances on one PostgreSQL must share one key: set
+/// `BILLING_LICENSE_SIGNING_KEY` for them instead.
+pub fn load_or_create_signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
+    if !path.exists() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        None => {
-            tracing::warn!(
-                "BILLING_LICENSE_SIGNING_KEY is not set: using an ephemeral signing key; offline certificates \
-                 will not verify after a restart (create a key with `billing-server keygen`)"
-            );
-            Ok(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).expect("a generated key loads"))
-        }
+        write_new_key(path)?;
+        tracing::info!(path = %path.display(), "generated a license signing key");
     }
+    load_signing_key(path)
+}
+
+/// Writes a new PKCS#8 PEM key to `path`, which must not exist (mode 0600).
+pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
+    use std::io::Write;
+    let der = SigningKey::generate_pkcs8();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file =
+        options.open(path).with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(SigningKey::to_pem(&der).as_bytes())?;
+    file.sync_all()?;
+    Ok(SigningKey::from_pkcs8(&der).expect("a generated key loads"))
 }
 
 /// Starts the event hub and the dead-device reaper; both stop on shutdown.
@@ -252,7 +275,9 @@ async fn handle(
     let method = request.method().clone();
     let span = tracing::info_span!("request", id = %request_id, method = %method, route);
     let started = std::time::Instant::now();
+    state.metrics.in_flight.inc();
     let mut response = routes::dispatch(state.clone(), request).instrument(span.clone()).await;
+    state.metrics.in_flight.dec();
     let elapsed = started.elapsed().as_secs_f64();
     state.metrics.observe_request(route, method.as_str(), response.status().as_u16(), elapsed);
     span.in_scope(|| {

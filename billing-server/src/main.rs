@@ -1,7 +1,7 @@
 //! The `billing-server` binary: `serve` (default) and `migrate`.
 
 use anyhow::Context;
-use billing_core::storage::postgres::PgStore;
+use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
 use billing_server::config::Config;
 use billing_server::AppState;
@@ -45,7 +45,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen { .. } => unreachable!("handled above"),
         Command::Migrate => {
-            let store = PgStore::connect(&config.database_url, 1)?;
+            let store = AnyStore::open(&config.store, 1)
+                .await
+                .map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
             store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
             tracing::info!("migrations applied");
             Ok(())
@@ -55,12 +57,34 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.addr))?;
+            let store = match &config.store {
+                StoreLocation::Postgres(_) => "postgresql".to_owned(),
+                StoreLocation::Sqlite(path) => format!("embedded sqlite at {}", path.display()),
+            };
+            if !state.billing.webhooks_enabled() {
+                tracing::warn!("Stripe webhooks are off (503) until STRIPE_WEBHOOK_SECRET is set");
+            }
+            if state.jwt.is_none() {
+                tracing::warn!("dashboard routes are off (503) until BILLING_JWT_SECRET is set");
+            }
+            if state.billing.config().stripe.is_none() {
+                tracing::warn!("dashboard actions through Stripe are off (503) until STRIPE_SECRET_KEY is set");
+            }
             tracing::info!(
                 addr = %listener.local_addr()?,
+                store = %store,
                 webhooks = state.billing.webhooks_enabled(),
                 dashboard = state.jwt.is_some(),
+                stripe_actions = state.billing.config().stripe.is_some(),
                 plans = state.billing.plans().all().len(),
                 "billing-server listening"
+            );
+            println!(
+                "billing-server listening on http://{} · store: {store} · webhooks: {} · dashboard: {} · stripe actions: {}",
+                listener.local_addr()?,
+                on_off(state.billing.webhooks_enabled()),
+                on_off(state.jwt.is_some()),
+                on_off(state.billing.config().stripe.is_some()),
             );
             billing_server::serve(listener, state, shutdown_signal()).await;
             tracing::info!("stopped");
@@ -88,19 +112,17 @@ async fn shutdown_signal() {
 }
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
-    use billing_core::certificate::SigningKey;
-    use std::io::Write;
-    let der = SigningKey::generate_pkcs8();
-    let key = SigningKey::from_pkcs8(&der).expect("a generated key loads");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file =
-        options.open(out).with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
-    file.write_all(SigningKey::to_pem(&der).as_bytes())?;
+    let key = billing_server::write_new_key(out)?;
     println!("wrote {} (kid {})", out.display(), key.kid());
     println!("set BILLING_LICENSE_SIGNING_KEY={} and embed this public key in your app:", out.display());
     println!("{}", key.public_jwk());
     Ok(())
+}
+
+fn on_off(enabled: bool) -> &'static str {
+    if enabled {
+        "on"
+    } else {
+        "off"
+    }
 }

@@ -12,6 +12,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     webhooks: IntCounterVec,
+    /// Requests being handled right now (SSE streams count until their head is sent).
+    pub in_flight: IntGauge,
     /// Open SSE streams.
     pub sse_streams: IntGauge,
     /// Outbox events committed but not yet dispatched by this instance.
@@ -48,6 +50,8 @@ impl Metrics {
             &["type", "outcome"],
         )
         .expect("valid metric");
+        let in_flight =
+            IntGauge::new("http_requests_in_flight", "Requests being handled right now").expect("valid metric");
         let sse_streams = IntGauge::new("sse_streams_open", "Open Server-Sent-Events streams").expect("valid metric");
         let outbox_lag =
             IntGauge::new("outbox_lag_events", "Committed outbox events not yet dispatched").expect("valid metric");
@@ -60,6 +64,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(webhooks.clone()),
+            Box::new(in_flight.clone()),
             Box::new(sse_streams.clone()),
             Box::new(outbox_lag.clone()),
             Box::new(sse_slow_disconnects.clone()),
@@ -67,7 +72,17 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, requests, latency, webhooks, sse_streams, outbox_lag, sse_slow_disconnects, db_pool }
+        Self {
+            registry,
+            requests,
+            latency,
+            webhooks,
+            in_flight,
+            sse_streams,
+            outbox_lag,
+            sse_slow_disconnects,
+            db_pool,
+        }
     }
 
     /// Records one answered request.

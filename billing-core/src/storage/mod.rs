@@ -5,6 +5,7 @@
 //! work (begin, read, apply a pure rule, write state + audit + outbox,
 //! commit). A transaction dropped without `commit` rolls back.
 
+pub mod any;
 pub mod postgres;
 pub mod sqlite;
 

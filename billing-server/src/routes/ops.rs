@@ -36,10 +36,11 @@ pub async fn metrics(state: &AppState) -> Result<Response, ApiError> {
     if let Ok(latest) = state.billing.store().latest_outbox_id().await {
         m.outbox_lag.set((latest - state.hub.cursor()).max(0));
     }
-    let (open, idle, max) = state.billing.store().pool_status();
-    m.db_pool.with_label_values(&["open"]).set(open as i64);
-    m.db_pool.with_label_values(&["idle"]).set(idle as i64);
-    m.db_pool.with_label_values(&["max"]).set(max as i64);
+    if let Some((open, idle, max)) = state.billing.store().pool_status() {
+        m.db_pool.with_label_values(&["open"]).set(open as i64);
+        m.db_pool.with_label_values(&["idle"]).set(idle as i64);
+        m.db_pool.with_label_values(&["max"]).set(max as i64);
+    }
     let body = http_body_util::BodyExt::boxed_unsync(http_body_util::Full::new(bytes::Bytes::from(m.render())));
     Ok(hyper::Response::builder()
         .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")

@@ -69,8 +69,7 @@ async fn cancel_at_period_end_shows_at_once_and_its_webhook_changes_nothing() {
         (history[0]["kind"].as_str(), history[0]["actor"].as_str()),
         (Some("cancel_at_period_end_changed"), Some("user:u"))
     );
-    let topics: Vec<String> =
-        app.db.query("SELECT topic FROM outbox_events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let topics: Vec<String> = app.db.strings("SELECT topic FROM outbox_events").await;
     assert!(topics.contains(&"subscription.updated".to_owned()));
 
     // Stripe's webhook for the same change, a moment later: converges.

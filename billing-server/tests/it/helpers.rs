@@ -1,11 +1,13 @@
-//! `spawn_app()`: a server on a fresh PostgreSQL database, and verb_noun
-//! helpers to talk to it.
+//! `spawn_app()`: a server on a fresh store, and verb_noun helpers to talk
+//! to it. The store is PostgreSQL (a fresh database per test) or, with
+//! `TEST_STORE=sqlite`, the embedded store (a fresh file per test): every
+//! test runs against both in CI.
 
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{Plan, PlanCatalog, PlanId};
 use billing_core::events::HubConfig;
 use billing_core::licensing::LicensingConfig;
-use billing_core::storage::postgres::PgStore;
+use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
 use billing_core::stripe::{StripeClient, WebhookSecrets};
 use billing_core::{Billing, BillingConfig};
@@ -24,37 +26,168 @@ pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-/// A database created for one test and dropped after it.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
+/// Which backend the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
 }
 
-impl TestDatabase {
-    pub async fn create() -> Self {
-        let name = format!("billing_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = connect(&format!("{}/postgres", admin_url())).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-        let url = format!("{}/{name}", admin_url());
-        Self { name, url }
+pub fn backend() -> Backend {
+    match std::env::var("TEST_STORE").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") | Err(_) => Backend::Postgres,
+        Ok(other) => panic!("TEST_STORE must be postgres or sqlite, not {other:?}"),
     }
 }
 
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if self.name.is_empty() {
-            return; // borrowed from another TestApp
-        }
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
+/// A store created for one test and removed after it.
+pub struct TestStore {
+    pub location: StoreLocation,
+    owned: bool,
+}
+
+impl TestStore {
+    pub async fn create() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let location = match backend() {
+            Backend::Postgres => {
+                let name = format!("billing_test_{id}");
                 let admin = connect(&format!("{}/postgres", admin_url())).await;
-                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-            });
-        })
-        .join();
+                admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+                StoreLocation::Postgres(format!("{}/{name}", admin_url()))
+            }
+            Backend::Sqlite => {
+                StoreLocation::Sqlite(std::env::temp_dir().join(format!("billing_test_{id}")).join("billing.sqlite3"))
+            }
+        };
+        Self { location, owned: true }
+    }
+
+    /// Another handle on a store some other test app owns.
+    pub fn shared(location: &StoreLocation) -> Self {
+        Self { location: location.clone(), owned: false }
+    }
+
+    /// The `DATABASE_URL` that selects this store.
+    pub fn url(&self) -> String {
+        match &self.location {
+            StoreLocation::Postgres(url) => url.clone(),
+            StoreLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        match &self.location {
+            StoreLocation::Sqlite(path) => {
+                let _ = std::fs::remove_dir_all(path.parent().expect("a per-test directory"));
+            }
+            StoreLocation::Postgres(url) => {
+                let name = url.rsplit('/').next().unwrap().to_owned();
+                // Drop runs inside the test's runtime; use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        let admin = connect(&format!("{}/postgres", admin_url())).await;
+                        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Direct access to the test's database for assertions, on either backend.
+pub enum TestDb {
+    Postgres(tokio_postgres::Client),
+    Sqlite(std::path::PathBuf),
+}
+
+impl TestDb {
+    pub async fn open(location: &StoreLocation) -> Self {
+        match location {
+            StoreLocation::Postgres(url) => TestDb::Postgres(connect(url).await),
+            StoreLocation::Sqlite(path) => TestDb::Sqlite(path.clone()),
+        }
+    }
+
+    fn sqlite<T: Send + 'static>(
+        path: &std::path::Path,
+        f: impl FnOnce(&deadpool_sqlite::rusqlite::Connection) -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = T> {
+        let path = path.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = deadpool_sqlite::rusqlite::Connection::open(&path).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                f(&conn)
+            })
+            .await
+            .unwrap()
+        }
+    }
+
+    /// Runs statements (no results).
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            TestDb::Postgres(c) => c.batch_execute(sql).await.unwrap(),
+            TestDb::Sqlite(path) => {
+                let sql = sql.to_owned();
+                Self::sqlite(path, move |c| c.execute_batch(&sql).unwrap()).await
+            }
+        }
+    }
+
+    /// The first column of every row, as text.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        match self {
+            TestDb::Postgres(c) => c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect(),
+            TestDb::Sqlite(path) => {
+                let sql = sql.to_owned();
+                Self::sqlite(path, move |c| {
+                    let mut statement = c.prepare(&sql).unwrap();
+                    statement.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// The first column of every row, as integers.
+    pub async fn ints(&self, sql: &str) -> Vec<i64> {
+        match self {
+            TestDb::Postgres(c) => c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect(),
+            TestDb::Sqlite(path) => {
+                let sql = sql.to_owned();
+                Self::sqlite(path, move |c| {
+                    let mut statement = c.prepare(&sql).unwrap();
+                    statement.query_map([], |r| r.get::<_, i64>(0)).unwrap().map(Result::unwrap).collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// A single integer.
+    pub async fn int(&self, sql: &str) -> i64 {
+        self.ints(sql).await[0]
+    }
+
+    /// A single blob.
+    pub async fn bytes(&self, sql: &str) -> Vec<u8> {
+        match self {
+            TestDb::Postgres(c) => c.query_one(sql, &[]).await.unwrap().get(0),
+            TestDb::Sqlite(path) => {
+                let sql = sql.to_owned();
+                Self::sqlite(path, move |c| c.query_row(&sql, [], |r| r.get(0)).unwrap()).await
+            }
+        }
     }
 }
 
@@ -93,24 +226,25 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
-    pub database: Option<String>,
+    pub store: Option<StoreLocation>,
 }
 
 impl Options {
-    pub fn on_database(url: &str) -> Self {
-        Self { database: Some(url.to_owned()), ..Self::default() }
+    /// A second instance on another app's store.
+    pub fn sharing(app: &TestApp) -> Self {
+        Self { store: Some(app.store.clone()), ..Self::default() }
     }
 }
 
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
-    pub db: tokio_postgres::Client,
-    pub billing: Billing<PgStore>,
-    pub database_url: String,
+    pub db: TestDb,
+    pub billing: Billing<AnyStore>,
+    pub store: StoreLocation,
     shutdown: Option<oneshot::Sender<()>>,
-    // Last: the database is dropped after the server stopped using it.
-    _database: TestDatabase,
+    // Last: the store is removed after the server stopped using it.
+    _store: TestStore,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -119,11 +253,11 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let database = match options.database {
-        Some(url) => TestDatabase { name: String::new(), url },
-        None => TestDatabase::create().await,
+    let test_store = match &options.store {
+        Some(location) => TestStore::shared(location),
+        None => TestStore::create().await,
     };
-    let store = PgStore::connect(&database.url, 8).unwrap();
+    let store = AnyStore::open(&test_store.location, 8).await.unwrap();
     store.migrate().await.expect("migrations apply");
     let stripe = options.stripe_api_base.map(|base| {
         StripeClient::new("sk_test_123", base)
@@ -162,11 +296,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     TestApp {
         address,
         http: reqwest::Client::new(),
-        db: connect(&database.url).await,
-        database_url: database.url.clone(),
+        db: TestDb::open(&test_store.location).await,
+        store: test_store.location.clone(),
         billing,
         shutdown: Some(tx),
-        _database: database,
+        _store: test_store,
     }
 }
 
@@ -307,7 +441,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        self.db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+        self.db.int(&format!("SELECT count(*) FROM {table}")).await
     }
 
     pub async fn webhook_status(&self, event_id: &str) -> Option<(String, i32, Option<String>)> {

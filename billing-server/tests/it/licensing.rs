@@ -18,7 +18,7 @@ async fn activation_returns_a_token_device_license_and_certificate() {
     assert_eq!(body["license"]["entitlements"], json!(["export"]));
     assert_eq!(body["certificate"].as_str().unwrap().split('.').count(), 3);
     // Only the hash is stored.
-    let stored: Vec<u8> = app.db.query_one("SELECT token_hash FROM devices", &[]).await.unwrap().get(0);
+    let stored = app.db.bytes("SELECT token_hash FROM devices").await;
     assert_eq!(stored.len(), 32);
 }
 
@@ -57,8 +57,7 @@ async fn concurrent_activations_never_exceed_the_limit() {
     let statuses = futures_util::future::join_all(attempts).await;
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
-    let active: i64 =
-        app.db.query_one("SELECT count(*) FROM devices WHERE status = 'active'", &[]).await.unwrap().get(0);
+    let active = app.db.int("SELECT count(*) FROM devices WHERE status = 'active'").await;
     assert_eq!(active, 3);
 }
 
@@ -125,7 +124,7 @@ async fn validation_answers_each_code_in_order() {
     ))
     .await;
     assert_eq!(code(app.validate(&key, Some("fp-1")).await), (false, "EXPIRED".into()));
-    app.db.batch_execute("UPDATE licenses SET status = 'revoked'").await.unwrap();
+    app.db.execute("UPDATE licenses SET status = 'revoked'").await;
     assert_eq!(code(app.validate(&key, Some("fp-1")).await), (false, "REVOKED".into()));
 
     let missing = app.post_json("/api/license/validate", &json!({ "fingerprint": "fp" })).await;
@@ -156,23 +155,10 @@ async fn a_silent_device_dies_frees_its_slot_and_must_activate_again() {
     let error: Value = late.json().await.unwrap();
     assert_eq!(error["error"]["code"], "HEARTBEAT_DEAD");
     assert!(error["error"]["message"].as_str().unwrap().contains("activate again"));
-    let kinds: Vec<String> = app
-        .db
-        .query("SELECT kind FROM device_changes ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let kinds: Vec<String> = app.db.strings("SELECT kind FROM device_changes ORDER BY id").await;
     assert_eq!(kinds, ["activated", "dead", "activated"]);
-    let topics: Vec<String> = app
-        .db
-        .query("SELECT topic FROM outbox_events WHERE topic LIKE 'device.%' ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let topics: Vec<String> =
+        app.db.strings("SELECT topic FROM outbox_events WHERE topic LIKE 'device.%' ORDER BY id").await;
     assert_eq!(topics, ["device.activated", "device.dead", "device.activated"]);
 }
 
@@ -328,8 +314,7 @@ async fn terminals_list_rename_and_remote_deactivation_stay_within_the_owner() {
     assert_eq!(deleted.json::<Value>().await.unwrap()["terminal"]["status"], "deactivated");
     assert_eq!(app.heartbeat(device["activation_token"].as_str().unwrap()).await.status(), 410);
     assert_eq!(app.heartbeat(bob_device["activation_token"].as_str().unwrap()).await.status(), 200, "bob untouched");
-    let actor: String =
-        app.db.query_one("SELECT actor FROM device_changes WHERE kind = 'deactivated'", &[]).await.unwrap().get(0);
+    let actor = app.db.strings("SELECT actor FROM device_changes WHERE kind = 'deactivated'").await.remove(0);
     assert_eq!(actor, "user:alice");
 }
 

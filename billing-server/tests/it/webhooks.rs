@@ -260,14 +260,21 @@ async fn unknown_types_and_real_fixtures_are_acknowledged() {
 #[tokio::test]
 async fn a_failed_delivery_rolls_back_and_succeeds_when_retried() {
     let app = spawn_app().await;
-    app.db
-        .batch_execute(
+    // A real failure inside the transaction, after several rows were written.
+    let (refuse, allow) = match backend() {
+        Backend::Postgres => (
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN RAISE EXCEPTION 'licenses are refused by the test'; END $$;
              CREATE TRIGGER refuse_licenses BEFORE INSERT ON licenses FOR EACH ROW EXECUTE FUNCTION refuse();",
-        )
-        .await
-        .unwrap();
+            "DROP TRIGGER refuse_licenses ON licenses",
+        ),
+        Backend::Sqlite => (
+            "CREATE TRIGGER refuse_licenses BEFORE INSERT ON licenses
+             BEGIN SELECT RAISE(ABORT, 'licenses are refused by the test'); END;",
+            "DROP TRIGGER refuse_licenses",
+        ),
+    };
+    app.db.execute(refuse).await;
     let e = event(
         "evt_1",
         "customer.subscription.created",
@@ -282,7 +289,7 @@ async fn a_failed_delivery_rolls_back_and_succeeds_when_retried() {
     assert!(error.unwrap().contains("database query failed"));
     assert_eq!((app.count("subscriptions").await, app.count("customers").await), (0, 0), "rolled back");
 
-    app.db.batch_execute("DROP TRIGGER refuse_licenses ON licenses").await.unwrap();
+    app.db.execute(allow).await;
     assert_eq!(app.deliver(&e).await, "processed");
     let (status, attempts, error) = app.webhook_status("evt_1").await.unwrap();
     assert_eq!((status.as_str(), attempts, error), ("processed", 2, None));
@@ -355,14 +362,7 @@ async fn license_status_follows_the_subscription_through_its_life() {
         [json!("canceled"), json!("active"), json!("unpaid"), json!("past_due"), json!("active"), json!("incomplete")]
     );
     // Every license change was published for desktop clients.
-    let topics: Vec<String> = app
-        .db
-        .query("SELECT topic FROM outbox_events ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let topics: Vec<String> = app.db.strings("SELECT topic FROM outbox_events ORDER BY id").await;
     assert!(topics.iter().filter(|t| *t == "license.updated").count() >= 3, "{topics:?}");
 }
 

@@ -1,0 +1,471 @@
+//! Either store behind one type, chosen at start-up from configuration, so
+//! the server and embedders need not be generic over the backend.
+
+use super::postgres::{PgStore, PgTx};
+use super::sqlite::{SqliteStore, SqliteTx};
+use super::*;
+
+/// PostgreSQL or the embedded SQLite store.
+// One value per process (cloned by reference-counted handles inside): the
+// size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// PostgreSQL (several instances may share it).
+    Postgres(PgStore),
+    /// Embedded SQLite file (one instance).
+    Sqlite(SqliteStore),
+}
+
+/// A transaction of an [`AnyStore`].
+// Lives on the stack of one unit of work; not worth a heap allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyTx {
+    /// PostgreSQL transaction.
+    Postgres(PgTx),
+    /// SQLite transaction.
+    Sqlite(SqliteTx),
+}
+
+impl AnyStore {
+    /// `postgres` or `sqlite`, for logs and banners.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+impl From<PgStore> for AnyStore {
+    fn from(store: PgStore) -> Self {
+        Self::Postgres(store)
+    }
+}
+
+impl From<SqliteStore> for AnyStore {
+    fn from(store: SqliteStore) -> Self {
+        Self::Sqlite(store)
+    }
+}
+
+impl Store for AnyStore {
+    type Tx = AnyTx;
+
+    async fn begin(&self) -> Result<AnyTx, StoreError> {
+        Ok(match self {
+            Self::Postgres(s) => AnyTx::Postgres(s.begin().await?),
+            Self::Sqlite(s) => AnyTx::Sqlite(s.begin().await?),
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(s) => s.migrate().await,
+            Self::Sqlite(s) => s.migrate().await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(s) => s.ping().await,
+            Self::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(s) => s.record_event_failure(event, error).await,
+            Self::Sqlite(s) => s.record_event_failure(event, error).await,
+        }
+    }
+
+    async fn subscriptions_of_user(&self, user_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.subscriptions_of_user(user_id).await,
+            Self::Sqlite(s) => s.subscriptions_of_user(user_id).await,
+        }
+    }
+
+    async fn changes_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.changes_of_user(user_id, limit).await,
+            Self::Sqlite(s) => s.changes_of_user(user_id, limit).await,
+        }
+    }
+
+    async fn payments_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.payments_of_user(user_id, limit).await,
+            Self::Sqlite(s) => s.payments_of_user(user_id, limit).await,
+        }
+    }
+
+    async fn stripe_customers_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.stripe_customers_of_user(user_id).await,
+            Self::Sqlite(s) => s.stripe_customers_of_user(user_id).await,
+        }
+    }
+
+    async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.licenses_of_user(user_id).await,
+            Self::Sqlite(s) => s.licenses_of_user(user_id).await,
+        }
+    }
+
+    async fn outbox_after(
+        &self,
+        after_id: i64,
+        license_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.outbox_after(after_id, license_id, limit).await,
+            Self::Sqlite(s) => s.outbox_after(after_id, license_id, limit).await,
+        }
+    }
+
+    async fn license_by_key_hash(&self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.license_by_key_hash(key_hash).await,
+            Self::Sqlite(s) => s.license_by_key_hash(key_hash).await,
+        }
+    }
+
+    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.device_by_fingerprint(license_id, fingerprint).await,
+            Self::Sqlite(s) => s.device_by_fingerprint(license_id, fingerprint).await,
+        }
+    }
+
+    async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.device_by_token_hash(token_hash).await,
+            Self::Sqlite(s) => s.device_by_token_hash(token_hash).await,
+        }
+    }
+
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.devices_of_user(user_id).await,
+            Self::Sqlite(s) => s.devices_of_user(user_id).await,
+        }
+    }
+
+    async fn license_belongs_to(&self, license_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Postgres(s) => s.license_belongs_to(license_id, user_id).await,
+            Self::Sqlite(s) => s.license_belongs_to(license_id, user_id).await,
+        }
+    }
+
+    async fn latest_outbox_id(&self) -> Result<i64, StoreError> {
+        match self {
+            Self::Postgres(s) => s.latest_outbox_id().await,
+            Self::Sqlite(s) => s.latest_outbox_id().await,
+        }
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(s) => s.prune_outbox(before).await,
+            Self::Sqlite(s) => s.prune_outbox(before).await,
+        }
+    }
+
+    async fn watch_outbox(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.watch_outbox().await,
+            Self::Sqlite(s) => s.watch_outbox().await,
+        }
+    }
+
+    async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.webhook_event_status(event_id).await,
+            Self::Sqlite(s) => s.webhook_event_status(event_id).await,
+        }
+    }
+}
+
+impl StoreTx for AnyTx {
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
+        match self {
+            Self::Postgres(t) => t.claim_event(event).await,
+            Self::Sqlite(t) => t.claim_event(event).await,
+        }
+    }
+
+    async fn finish_event(
+        &mut self,
+        event_id: &str,
+        disposition: EventDisposition,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.finish_event(event_id, disposition, note).await,
+            Self::Sqlite(t) => t.finish_event(event_id, disposition, note).await,
+        }
+    }
+
+    async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
+        match self {
+            Self::Postgres(t) => t.upsert_customer(stripe_customer_id, user_id).await,
+            Self::Sqlite(t) => t.upsert_customer(stripe_customer_id, user_id).await,
+        }
+    }
+
+    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_subscription(stripe_subscription_id).await,
+            Self::Sqlite(t) => t.lock_subscription(stripe_subscription_id).await,
+        }
+    }
+
+    async fn save_subscription(&mut self, customer_id: Uuid, subscription: &Subscription) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.save_subscription(customer_id, subscription).await,
+            Self::Sqlite(t) => t.save_subscription(customer_id, subscription).await,
+        }
+    }
+
+    async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.license_of_subscription(subscription_id).await,
+            Self::Sqlite(t) => t.license_of_subscription(subscription_id).await,
+        }
+    }
+
+    async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.insert_license(license).await,
+            Self::Sqlite(t) => t.insert_license(license).await,
+        }
+    }
+
+    async fn update_license_terms(&mut self, license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.update_license_terms(license_id, terms).await,
+            Self::Sqlite(t) => t.update_license_terms(license_id, terms).await,
+        }
+    }
+
+    async fn record_change(
+        &mut self,
+        subscription_id: Uuid,
+        actor: &Actor,
+        change: &SubscriptionChange,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.record_change(subscription_id, actor, change).await,
+            Self::Sqlite(t) => t.record_change(subscription_id, actor, change).await,
+        }
+    }
+
+    async fn upsert_payment(&mut self, customer_id: Uuid, payment: &Payment) -> Result<PaymentWrite, StoreError> {
+        match self {
+            Self::Postgres(t) => t.upsert_payment(customer_id, payment).await,
+            Self::Sqlite(t) => t.upsert_payment(customer_id, payment).await,
+        }
+    }
+
+    async fn license_of_stripe_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<License>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
+            Self::Sqlite(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
+        }
+    }
+
+    async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_license_by_key_hash(key_hash).await,
+            Self::Sqlite(t) => t.lock_license_by_key_hash(key_hash).await,
+        }
+    }
+
+    async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_license(license_id).await,
+            Self::Sqlite(t) => t.lock_license(license_id).await,
+        }
+    }
+
+    async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.devices_of_license(license_id).await,
+            Self::Sqlite(t) => t.devices_of_license(license_id).await,
+        }
+    }
+
+    async fn insert_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.insert_device(device, token_hash).await,
+            Self::Sqlite(t) => t.insert_device(device, token_hash).await,
+        }
+    }
+
+    async fn reactivate_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.reactivate_device(device, token_hash).await,
+            Self::Sqlite(t) => t.reactivate_device(device, token_hash).await,
+        }
+    }
+
+    async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_device_by_token_hash(token_hash).await,
+            Self::Sqlite(t) => t.lock_device_by_token_hash(token_hash).await,
+        }
+    }
+
+    async fn lock_device_of_user(
+        &mut self,
+        device_id: Uuid,
+        user_id: Option<&str>,
+    ) -> Result<Option<Device>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_device_of_user(device_id, user_id).await,
+            Self::Sqlite(t) => t.lock_device_of_user(device_id, user_id).await,
+        }
+    }
+
+    async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.touch_device(device_id, at).await,
+            Self::Sqlite(t) => t.touch_device(device_id, at).await,
+        }
+    }
+
+    async fn set_device_status(
+        &mut self,
+        device_id: Uuid,
+        status: DeviceStatus,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.set_device_status(device_id, status, at).await,
+            Self::Sqlite(t) => t.set_device_status(device_id, status, at).await,
+        }
+    }
+
+    async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.rename_device(device_id, name).await,
+            Self::Sqlite(t) => t.rename_device(device_id, name).await,
+        }
+    }
+
+    async fn lock_overdue_devices(&mut self, cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError> {
+        match self {
+            Self::Postgres(t) => t.lock_overdue_devices(cutoff, limit).await,
+            Self::Sqlite(t) => t.lock_overdue_devices(cutoff, limit).await,
+        }
+    }
+
+    async fn record_device_change(
+        &mut self,
+        device: &Device,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.record_device_change(device, kind, actor, detail).await,
+            Self::Sqlite(t) => t.record_device_change(device, kind, actor, detail).await,
+        }
+    }
+
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
+        match self {
+            Self::Postgres(t) => t.enqueue(message).await,
+            Self::Sqlite(t) => t.enqueue(message).await,
+        }
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(t) => t.commit().await,
+            Self::Sqlite(t) => t.commit().await,
+        }
+    }
+}
+
+/// Where the data lives, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+    /// An SQLite database file.
+    Sqlite(std::path::PathBuf),
+}
+
+impl StoreLocation {
+    /// Reads `DATABASE_URL`-style configuration: `postgres://…` selects
+    /// PostgreSQL, `sqlite://path` an SQLite file, nothing the embedded
+    /// default `<data_dir>/billing.sqlite3`.
+    pub fn from_url(url: Option<&str>, data_dir: &std::path::Path) -> Result<Self, String> {
+        match url.map(str::trim).filter(|u| !u.is_empty()) {
+            None => Ok(Self::Sqlite(data_dir.join("billing.sqlite3"))),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Self::Postgres(u.to_owned()))
+            }
+            Some(u) => match u.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => Ok(Self::Sqlite(std::path::PathBuf::from(path))),
+                _ => Err("DATABASE_URL must start with postgres://, postgresql:// or sqlite://".to_owned()),
+            },
+        }
+    }
+}
+
+impl AnyStore {
+    /// Opens the store at `location` (creating an SQLite file and its
+    /// directory if needed). PostgreSQL connections open lazily.
+    pub async fn open(location: &StoreLocation, max_connections: usize) -> Result<Self, StoreError> {
+        match location {
+            StoreLocation::Postgres(url) => Ok(Self::Postgres(PgStore::connect(url, max_connections)?)),
+            StoreLocation::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+                }
+                Ok(Self::Sqlite(SqliteStore::open(path).await?))
+            }
+        }
+    }
+
+    /// Connection pool usage (open, idle, max) where there is a pool.
+    pub fn pool_status(&self) -> Option<(usize, usize, usize)> {
+        match self {
+            Self::Postgres(s) => Some(s.pool_status()),
+            Self::Sqlite(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreLocation;
+    use std::path::Path;
+
+    #[test]
+    fn urls_select_the_backend() {
+        let dir = Path::new("data");
+        assert_eq!(StoreLocation::from_url(None, dir), Ok(StoreLocation::Sqlite(dir.join("billing.sqlite3"))));
+        assert_eq!(StoreLocation::from_url(Some(" "), dir), Ok(StoreLocation::Sqlite(dir.join("billing.sqlite3"))));
+        assert_eq!(
+            StoreLocation::from_url(Some("postgres://u@h/db"), dir),
+            Ok(StoreLocation::Postgres("postgres://u@h/db".into()))
+        );
+        assert_eq!(
+            StoreLocation::from_url(Some("sqlite:///var/lib/billing.db"), dir),
+            Ok(StoreLocation::Sqlite("/var/lib/billing.db".into()))
+        );
+        assert!(StoreLocation::from_url(Some("mysql://x"), dir).is_err());
+        assert!(StoreLocation::from_url(Some("sqlite://"), dir).is_err());
+    }
+}

@@ -8,13 +8,18 @@ use crate::domain::{Actor, License, LicenseKey, Payment, PlanCatalog, Subscripti
 use crate::storage::{
     ChangeEntry, EventDisposition, EventRecord, OutboxMessage, PaymentRecord, PaymentWrite, Store, StoreError, StoreTx,
 };
-use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, StripeClient, WebhookSecrets};
+#[cfg(feature = "stripe-api")]
+use crate::stripe::StripeClient;
+use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, WebhookSecrets};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Settings of the billing rules.
+/// Settings of the billing rules. Build with [`BillingConfig::new`]: the
+/// fields depend on Cargo features, so literals would break embedders when
+/// features are unified.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct BillingConfig {
     /// What the vendor sells.
     pub plans: PlanCatalog,
@@ -23,9 +28,43 @@ pub struct BillingConfig {
     /// Accepted webhook signing secrets; `None` switches webhooks off.
     pub webhook_secrets: Option<WebhookSecrets>,
     /// The Stripe API, when a secret key is configured.
+    #[cfg(feature = "stripe-api")]
     pub stripe: Option<StripeClient>,
     /// Devices, heartbeats and certificates.
     pub licensing: crate::licensing::LicensingConfig,
+}
+
+impl BillingConfig {
+    /// Defaults: 7 days of grace, webhooks off, no Stripe API.
+    pub fn new(plans: PlanCatalog, licensing: crate::licensing::LicensingConfig) -> Self {
+        Self {
+            plans,
+            grace: time::Duration::days(7),
+            webhook_secrets: None,
+            #[cfg(feature = "stripe-api")]
+            stripe: None,
+            licensing,
+        }
+    }
+
+    /// How long a past-due subscription keeps its license working.
+    pub fn with_grace(mut self, grace: time::Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Accepted webhook signing secrets (None: webhooks off).
+    pub fn with_webhook_secrets(mut self, secrets: Option<WebhookSecrets>) -> Self {
+        self.webhook_secrets = secrets;
+        self
+    }
+
+    /// The Stripe API client (None: actions off, ambiguity settled by arrival order).
+    #[cfg(feature = "stripe-api")]
+    pub fn with_stripe(mut self, stripe: Option<StripeClient>) -> Self {
+        self.stripe = stripe;
+        self
+    }
 }
 
 /// The clock, injectable for tests of time-based rules.
@@ -181,26 +220,13 @@ impl<S: Store> Billing<S> {
         let actor = Actor::Stripe { event_id: event.id.clone() };
         match &event.payload {
             EventPayload::Subscription(snapshot) => {
-                // With an API key, an ambiguous same-second delivery is
-                // settled by asking Stripe for the current object.
-                let ambiguity =
-                    if self.config.stripe.is_some() { Ambiguity::Refuse } else { Ambiguity::ApplyLaterArrival };
-                match self.apply_subscription_event(record, &actor, snapshot, event.created, ambiguity).await? {
+                match self.apply_subscription_event(record, &actor, snapshot, event.created, self.ambiguity()).await? {
                     Applied::Done(outcome) => Ok(outcome),
                     Applied::Ambiguous => {
-                        let stripe = self.config.stripe.as_ref().expect("refused only when a client exists");
-                        let current = stripe.get_subscription(&snapshot.stripe_subscription_id).await?;
+                        let current = self.refetch(&snapshot.stripe_subscription_id).await?;
                         tracing::info!(event_id = record.id, "same-second snapshot settled by re-fetching from Stripe");
-                        match self
-                            .apply_subscription_event(
-                                record,
-                                &actor,
-                                &current,
-                                event.created,
-                                Ambiguity::ApplyLaterArrival,
-                            )
-                            .await?
-                        {
+                        let ambiguity = Ambiguity::ApplyLaterArrival;
+                        match self.apply_subscription_event(record, &actor, &current, event.created, ambiguity).await? {
                             Applied::Done(outcome) => Ok(outcome),
                             Applied::Ambiguous => unreachable!("ambiguity is accepted on the second pass"),
                         }
@@ -219,6 +245,33 @@ impl<S: Store> Billing<S> {
                 Ok(WebhookOutcome::Ignored)
             }
         }
+    }
+
+    /// With an API key, an ambiguous same-second delivery is settled by
+    /// asking Stripe for the current object; without one, the later arrival wins.
+    fn ambiguity(&self) -> Ambiguity {
+        #[cfg(feature = "stripe-api")]
+        if self.config.stripe.is_some() {
+            return Ambiguity::Refuse;
+        }
+        Ambiguity::ApplyLaterArrival
+    }
+
+    #[cfg(feature = "stripe-api")]
+    async fn refetch(
+        &self,
+        subscription_id: &str,
+    ) -> Result<SubscriptionSnapshot, Box<dyn std::error::Error + Send + Sync>> {
+        let stripe = self.config.stripe.as_ref().expect("ambiguity is refused only when a client exists");
+        Ok(stripe.get_subscription(subscription_id).await?)
+    }
+
+    #[cfg(not(feature = "stripe-api"))]
+    async fn refetch(
+        &self,
+        _subscription_id: &str,
+    ) -> Result<SubscriptionSnapshot, Box<dyn std::error::Error + Send + Sync>> {
+        unreachable!("ambiguity is refused only when a Stripe client exists")
     }
 
     async fn apply_subscription_event(
@@ -417,6 +470,7 @@ impl<S: Store> Billing<S> {
 }
 
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
 pub(crate) enum Ambiguity {
     /// Report same-second ambiguity so the caller can re-fetch.
     Refuse,

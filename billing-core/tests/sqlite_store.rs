@@ -1,6 +1,7 @@
 //! The SQLite store: units of work against a temporary database file, a
 //! crash test in a child process, and the billing and licensing use cases
 //! run over both stores with their results compared.
+#![cfg(all(feature = "sqlite", feature = "postgres", feature = "stripe-api"))]
 
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
@@ -799,13 +800,8 @@ fn billing<S: Store>(store: S, clock: &TestClock) -> Billing<S> {
     let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap();
     Billing::new(
         store,
-        BillingConfig {
-            plans: plans(),
-            grace: time::Duration::days(7),
-            webhook_secrets: WebhookSecrets::parse(WEBHOOK_SECRET),
-            stripe: None,
-            licensing: LicensingConfig::new(Arc::new(key)),
-        },
+        BillingConfig::new(plans(), LicensingConfig::new(Arc::new(key)))
+            .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET)),
     )
     .with_clock(clock.clock())
 }

@@ -102,13 +102,12 @@ impl AppState {
         licensing.offline_ttl = time::Duration::seconds(config.offline_ttl_secs as i64);
         let billing = Billing::new(
             store,
-            BillingConfig {
-                plans: config.plans.clone(),
-                grace: time::Duration::days(i64::from(config.grace_days)),
-                webhook_secrets: config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())),
-                stripe,
-                licensing,
-            },
+            BillingConfig::new(config.plans.clone(), licensing)
+                .with_grace(time::Duration::days(i64::from(config.grace_days)))
+                .with_webhook_secrets(
+                    config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())),
+                )
+                .with_stripe(stripe),
         );
         let options = ServerOptions {
             jwt_secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),

@@ -26,9 +26,15 @@ pub fn from_unix(seconds: i64) -> Option<Timestamp> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     /// A Stripe webhook delivery, by event id.
-    Stripe { event_id: String },
+    Stripe {
+        /// `evt_…`
+        event_id: String,
+    },
     /// A dashboard user acting on their own (or, as an admin, another) account.
-    User { user_id: String },
+    User {
+        /// The acting user (the admin, when an admin acts for someone).
+        user_id: String,
+    },
     /// Background work of the server itself (grace expiry, heartbeat reaper).
     System,
 }

@@ -170,15 +170,34 @@ pub fn freshness(held: &Subscription, incoming: &SubscriptionSnapshot, incoming_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscriptionChange {
     /// First time we see the subscription.
-    Created { status: SubscriptionStatus },
+    Created {
+        /// Its first status.
+        status: SubscriptionStatus,
+    },
     /// Status moved.
-    StatusChanged { from: SubscriptionStatus, to: SubscriptionStatus },
+    StatusChanged {
+        /// Before.
+        from: SubscriptionStatus,
+        /// After.
+        to: SubscriptionStatus,
+    },
     /// Cancellation at period end was scheduled or withdrawn.
-    CancelAtPeriodEndChanged { cancel_at_period_end: bool },
+    CancelAtPeriodEndChanged {
+        /// The new setting.
+        cancel_at_period_end: bool,
+    },
     /// The plan (price) changed.
-    PlanChanged { from: Option<String>, to: Option<String> },
+    PlanChanged {
+        /// Previous price id.
+        from: Option<String>,
+        /// New price id.
+        to: Option<String>,
+    },
     /// A new period started (renewal).
-    Renewed { current_period_end: Option<Timestamp> },
+    Renewed {
+        /// End of the new period.
+        current_period_end: Option<Timestamp>,
+    },
 }
 
 impl SubscriptionChange {

@@ -1,7 +1,9 @@
 //! Either store behind one type, chosen at start-up from configuration, so
 //! the server and embedders need not be generic over the backend.
 
+#[cfg(feature = "postgres")]
 use super::postgres::{PgStore, PgTx};
+#[cfg(feature = "sqlite")]
 use super::sqlite::{SqliteStore, SqliteTx};
 use super::*;
 
@@ -12,8 +14,10 @@ use super::*;
 #[derive(Clone, Debug)]
 pub enum AnyStore {
     /// PostgreSQL (several instances may share it).
+    #[cfg(feature = "postgres")]
     Postgres(PgStore),
     /// Embedded SQLite file (one instance).
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
 }
 
@@ -22,8 +26,10 @@ pub enum AnyStore {
 #[allow(clippy::large_enum_variant)]
 pub enum AnyTx {
     /// PostgreSQL transaction.
+    #[cfg(feature = "postgres")]
     Postgres(PgTx),
     /// SQLite transaction.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteTx),
 }
 
@@ -31,18 +37,22 @@ impl AnyStore {
     /// `postgres` or `sqlite`, for logs and banners.
     pub fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => "sqlite",
         }
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<PgStore> for AnyStore {
     fn from(store: PgStore) -> Self {
         Self::Postgres(store)
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<SqliteStore> for AnyStore {
     fn from(store: SqliteStore) -> Self {
         Self::Sqlite(store)
@@ -54,63 +64,81 @@ impl Store for AnyStore {
 
     async fn begin(&self) -> Result<AnyTx, StoreError> {
         Ok(match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => AnyTx::Postgres(s.begin().await?),
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => AnyTx::Sqlite(s.begin().await?),
         })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.migrate().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.migrate().await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.ping().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.ping().await,
         }
     }
 
     async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.record_event_failure(event, error).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.record_event_failure(event, error).await,
         }
     }
 
     async fn subscriptions_of_user(&self, user_id: &str) -> Result<Vec<Subscription>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.subscriptions_of_user(user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.subscriptions_of_user(user_id).await,
         }
     }
 
     async fn changes_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.changes_of_user(user_id, limit).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.changes_of_user(user_id, limit).await,
         }
     }
 
     async fn payments_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.payments_of_user(user_id, limit).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.payments_of_user(user_id, limit).await,
         }
     }
 
     async fn stripe_customers_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.stripe_customers_of_user(user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.stripe_customers_of_user(user_id).await,
         }
     }
 
     async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.licenses_of_user(user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.licenses_of_user(user_id).await,
         }
     }
@@ -122,70 +150,90 @@ impl Store for AnyStore {
         limit: i64,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.outbox_after(after_id, license_id, limit).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.outbox_after(after_id, license_id, limit).await,
         }
     }
 
     async fn license_by_key_hash(&self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.license_by_key_hash(key_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.license_by_key_hash(key_hash).await,
         }
     }
 
     async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.device_by_fingerprint(license_id, fingerprint).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.device_by_fingerprint(license_id, fingerprint).await,
         }
     }
 
     async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.device_by_token_hash(token_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.device_by_token_hash(token_hash).await,
         }
     }
 
     async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.devices_of_user(user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.devices_of_user(user_id).await,
         }
     }
 
     async fn license_belongs_to(&self, license_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.license_belongs_to(license_id, user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.license_belongs_to(license_id, user_id).await,
         }
     }
 
     async fn latest_outbox_id(&self) -> Result<i64, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.latest_outbox_id().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.latest_outbox_id().await,
         }
     }
 
     async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.prune_outbox(before).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.prune_outbox(before).await,
         }
     }
 
     async fn watch_outbox(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.watch_outbox().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.watch_outbox().await,
         }
     }
 
     async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.webhook_event_status(event_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.webhook_event_status(event_id).await,
         }
     }
@@ -194,7 +242,9 @@ impl Store for AnyStore {
 impl StoreTx for AnyTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.claim_event(event).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.claim_event(event).await,
         }
     }
@@ -206,49 +256,63 @@ impl StoreTx for AnyTx {
         note: Option<&str>,
     ) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.finish_event(event_id, disposition, note).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.finish_event(event_id, disposition, note).await,
         }
     }
 
     async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.upsert_customer(stripe_customer_id, user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.upsert_customer(stripe_customer_id, user_id).await,
         }
     }
 
     async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_subscription(stripe_subscription_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_subscription(stripe_subscription_id).await,
         }
     }
 
     async fn save_subscription(&mut self, customer_id: Uuid, subscription: &Subscription) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.save_subscription(customer_id, subscription).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.save_subscription(customer_id, subscription).await,
         }
     }
 
     async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.license_of_subscription(subscription_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.license_of_subscription(subscription_id).await,
         }
     }
 
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.insert_license(license).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.insert_license(license).await,
         }
     }
 
     async fn update_license_terms(&mut self, license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.update_license_terms(license_id, terms).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.update_license_terms(license_id, terms).await,
         }
     }
@@ -260,14 +324,18 @@ impl StoreTx for AnyTx {
         change: &SubscriptionChange,
     ) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.record_change(subscription_id, actor, change).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.record_change(subscription_id, actor, change).await,
         }
     }
 
     async fn upsert_payment(&mut self, customer_id: Uuid, payment: &Payment) -> Result<PaymentWrite, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.upsert_payment(customer_id, payment).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.upsert_payment(customer_id, payment).await,
         }
     }
@@ -277,49 +345,63 @@ impl StoreTx for AnyTx {
         stripe_subscription_id: &str,
     ) -> Result<Option<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
         }
     }
 
     async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_license_by_key_hash(key_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_license_by_key_hash(key_hash).await,
         }
     }
 
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_license(license_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_license(license_id).await,
         }
     }
 
     async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.devices_of_license(license_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.devices_of_license(license_id).await,
         }
     }
 
     async fn insert_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.insert_device(device, token_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.insert_device(device, token_hash).await,
         }
     }
 
     async fn reactivate_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.reactivate_device(device, token_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.reactivate_device(device, token_hash).await,
         }
     }
 
     async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_device_by_token_hash(token_hash).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_device_by_token_hash(token_hash).await,
         }
     }
@@ -330,14 +412,18 @@ impl StoreTx for AnyTx {
         user_id: Option<&str>,
     ) -> Result<Option<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_device_of_user(device_id, user_id).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_device_of_user(device_id, user_id).await,
         }
     }
 
     async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.touch_device(device_id, at).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.touch_device(device_id, at).await,
         }
     }
@@ -349,21 +435,27 @@ impl StoreTx for AnyTx {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.set_device_status(device_id, status, at).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.set_device_status(device_id, status, at).await,
         }
     }
 
     async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.rename_device(device_id, name).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.rename_device(device_id, name).await,
         }
     }
 
     async fn lock_overdue_devices(&mut self, cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_overdue_devices(cutoff, limit).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.lock_overdue_devices(cutoff, limit).await,
         }
     }
@@ -376,24 +468,35 @@ impl StoreTx for AnyTx {
         detail: Value,
     ) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.record_device_change(device, kind, actor, detail).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.record_device_change(device, kind, actor, detail).await,
         }
     }
 
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.enqueue(message).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.enqueue(message).await,
         }
     }
 
     async fn commit(self) -> Result<(), StoreError> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.commit().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.commit().await,
         }
     }
+}
+
+#[cfg(not(all(feature = "postgres", feature = "sqlite")))]
+fn compiled_out(feature: &str) -> StoreError {
+    StoreError::Unavailable(format!("billing-core was built without the `{feature}` feature").into())
 }
 
 /// Where the data lives, as configured.
@@ -427,8 +530,16 @@ impl AnyStore {
     /// Opens the store at `location` (creating an SQLite file and its
     /// directory if needed). PostgreSQL connections open lazily.
     pub async fn open(location: &StoreLocation, max_connections: usize) -> Result<Self, StoreError> {
+        #[cfg(not(feature = "postgres"))]
+        let _ = max_connections;
         match location {
+            #[cfg(feature = "postgres")]
             StoreLocation::Postgres(url) => Ok(Self::Postgres(PgStore::connect(url, max_connections)?)),
+            #[cfg(not(feature = "postgres"))]
+            StoreLocation::Postgres(_) => Err(compiled_out("postgres")),
+            #[cfg(not(feature = "sqlite"))]
+            StoreLocation::Sqlite(_) => Err(compiled_out("sqlite")),
+            #[cfg(feature = "sqlite")]
             StoreLocation::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
@@ -441,7 +552,9 @@ impl AnyStore {
     /// Connection pool usage (open, idle, max) where there is a pool.
     pub fn pool_status(&self) -> Option<(usize, usize, usize)> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(s) => Some(s.pool_status()),
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => None,
         }
     }

@@ -5,8 +5,11 @@
 //! work (begin, read, apply a pure rule, write state + audit + outbox,
 //! commit). A transaction dropped without `commit` rolls back.
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use crate::domain::subscription::SubscriptionChange;

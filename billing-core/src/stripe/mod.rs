@@ -1,10 +1,12 @@
 //! Everything that speaks Stripe: webhook signatures, event payloads of every
 //! API version we accept, and the API client.
 
+#[cfg(feature = "stripe-api")]
 pub mod client;
 pub mod event;
 pub mod signature;
 
+#[cfg(feature = "stripe-api")]
 pub use client::{StripeClient, StripeError};
 pub use event::{CheckoutSession, Event, EventError, EventPayload};
 pub use signature::{SignatureError, WebhookSecrets};

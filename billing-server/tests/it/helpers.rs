@@ -264,19 +264,15 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .with_timeout(Duration::from_millis(500))
             .with_retries(2, Duration::from_millis(10))
     });
-    let mut billing = Billing::new(
-        store,
-        BillingConfig {
-            plans: plans(),
-            grace: time::Duration::days(options.grace_days.unwrap_or(7)),
-            webhook_secrets: WebhookSecrets::parse(WEBHOOK_SECRET),
-            stripe,
-            licensing: LicensingConfig {
-                heartbeat_window: time::Duration::seconds(options.heartbeat_window_secs.unwrap_or(600)),
-                ..LicensingConfig::new(signing_key())
-            },
-        },
-    );
+    let licensing = LicensingConfig {
+        heartbeat_window: time::Duration::seconds(options.heartbeat_window_secs.unwrap_or(600)),
+        ..LicensingConfig::new(signing_key())
+    };
+    let config = BillingConfig::new(plans(), licensing)
+        .with_grace(time::Duration::days(options.grace_days.unwrap_or(7)))
+        .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))
+        .with_stripe(stripe);
+    let mut billing = Billing::new(store, config);
     if let Some(clock) = options.clock {
         billing = billing.with_clock(clock);
     }

@@ -1,0 +1,124 @@
+'use strict'
+
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const { isMainThread } = require('node:worker_threads')
+const { LicenseClient, Subscription } = require('..')
+const { TestServer, Inbox } = require('./harness.js')
+
+const server = new TestServer()
+let key
+
+before(async () => {
+  await server.setUp()
+  key = await server.issueLicense('alice')
+})
+
+after(async () => {
+  await server.tearDown()
+})
+
+const client = (name, options = {}) =>
+  new LicenseClient({ serverUrl: server.url, storePath: server.storePath(name), appSalt: `node-tests/${name}`, ...options })
+
+test('activates, validates, beats and deactivates online, pinning the server key', async () => {
+  const c = client('laptop', { appVersion: '2.0.0' })
+  assert.equal(c.activated, false)
+  assert.equal(c.license, null)
+  const pending = c.activate(key, { name: 'Work laptop' })
+  assert.ok(pending instanceof Promise, 'async work returns a Promise at once')
+  const activation = await pending
+  assert.equal(activation.created, true)
+  assert.equal(activation.deviceId, activation.device.id)
+  assert.equal(activation.device.name, 'Work laptop')
+  assert.equal(activation.device.appVersion, '2.0.0')
+  assert.equal(activation.device.fingerprint, c.fingerprint)
+  assert.deepEqual(
+    [activation.license.plan, activation.license.maxDevices, activation.license.entitlements],
+    ['pro', 2, ['export']],
+  )
+  assert.equal(c.activated, true)
+
+  const verdict = await c.validate()
+  assert.deepEqual([verdict.valid, verdict.code, verdict.offline], [true, 'VALID', false])
+  const beat = await c.heartbeat()
+  assert.equal(beat.device.alive, true)
+  assert.equal(beat.heartbeatWindowSecs, 600)
+
+  // A client with the key built in verifies the same certificates.
+  const pinned = client('laptop', { publicKey: await server.publicKeyJson() })
+  assert.equal(pinned.validateOffline().valid, true)
+
+  const device = await c.deactivate()
+  assert.equal(device.status, 'deactivated')
+  assert.equal(c.activated, false)
+  assert.equal((await c.validate()).code, 'NOT_ACTIVATED')
+  await assert.rejects(c.heartbeat(), { code: 'NOT_ACTIVATED' })
+  assert.equal(await c.deactivate(), null)
+})
+
+test('refusals reject with an Error carrying the server code', async () => {
+  const c = client('refusals')
+  await assert.rejects(c.activate('AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA'), (error) => {
+    assert.ok(error instanceof Error)
+    assert.equal(error.code, 'LICENSE_NOT_FOUND')
+    return true
+  })
+  assert.throws(() => new LicenseClient({ serverUrl: 'ftp://nope', storePath: server.storePath('bad') }), {
+    code: 'INVALID_SERVER_URL',
+  })
+  assert.throws(() => c.startHeartbeat(), { code: 'NOT_ACTIVATED' })
+})
+
+test('events arrive on the JS thread with refreshed state, and a refused stream stops', async () => {
+  const c = client('desktop')
+  const { deviceId } = await c.activate(key, { name: 'Desktop' })
+  const inbox = new Inbox()
+  const sub = c.subscribe((event) => {
+    assert.ok(isMainThread, 'callbacks run on the JS thread')
+    inbox.push(event)
+  })
+  assert.ok(sub instanceof Subscription)
+  await inbox.next('connection', (e) => e.type === 'connected')
+
+  await server.setCancelAtPeriodEnd('alice', true)
+  const event = await inbox.next('subscription.updated', (e) => e.type === 'subscription.updated')
+  assert.match(event.id, /^\d+$/)
+  assert.equal(event.data.cancel_at_period_end, true)
+  assert.deepEqual([event.state.valid, event.state.code, event.state.offline], [true, 'VALID', false])
+  sub.close()
+  assert.equal(sub.closed, true)
+
+  // Removed from the dashboard: the next stream is refused and stops by itself.
+  await server.deleteTerminal('alice', deviceId)
+  const refused = c.subscribe(inbox.push)
+  const stop = await inbox.next('stop', (e) => e.type === 'stopped')
+  assert.equal(stop.code, 'UNAUTHORIZED')
+  assert.equal(stop.state.code, 'NOT_ACTIVATED')
+  assert.equal(refused.closed, true)
+})
+
+test('background heartbeats start and stop', async () => {
+  const c = client('heartbeats')
+  await c.activate(key)
+  c.startHeartbeat()
+  assert.equal(c.heartbeatRunning, true)
+  c.stopHeartbeat()
+  assert.equal(c.heartbeatRunning, false)
+  await c.deactivate()
+})
+
+test('validation falls back to the stored certificate when the server is down', async () => {
+  const c = client('offline')
+  await c.activate(key)
+  await server.stop()
+  try {
+    const verdict = await c.validate()
+    assert.deepEqual([verdict.valid, verdict.code, verdict.offline], [true, 'VALID', true])
+    assert.equal(verdict.license.plan, 'pro')
+    await assert.rejects(c.heartbeat(), { code: 'NETWORK' })
+  } finally {
+    await server.start()
+  }
+  assert.equal((await c.validate()).offline, false, 'online again once the server is back')
+})

@@ -291,7 +291,9 @@ impl<S: Store> Billing<S> {
             Synced::Stale => Some("stale snapshot: a newer one is held"),
             Synced::Ambiguous => return Ok(Applied::Ambiguous),
         };
-        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        if let Some(note) = note {
+            tx.finish_event(record.id, EventDisposition::Processed, Some(note)).await?;
+        }
         tx.commit().await?;
         Ok(Applied::Done(WebhookOutcome::Processed))
     }
@@ -404,7 +406,9 @@ impl<S: Store> Billing<S> {
             (None, _) => Some("checkout has no customer"),
         };
         let note = if session.mode != "subscription" { Some("not a subscription checkout") } else { note };
-        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        if let Some(note) = note {
+            tx.finish_event(record.id, EventDisposition::Processed, Some(note)).await?;
+        }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed)
     }
@@ -434,7 +438,9 @@ impl<S: Store> Billing<S> {
             }
         }
         let note = matches!(written, PaymentWrite::Unchanged).then_some("payment already recorded");
-        tx.finish_event(record.id, EventDisposition::Processed, note).await?;
+        if let Some(note) = note {
+            tx.finish_event(record.id, EventDisposition::Processed, Some(note)).await?;
+        }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed)
     }

@@ -1,1 +1,898 @@
-fn main() {}
+//! # `webhook_ingest`: how fast signed Stripe webhooks are acknowledged
+//!
+//! One run, on a fresh PostgreSQL database `billing_bench_<uuid>` (dropped
+//! `WITH (FORCE)` at the end), measures:
+//!
+//! 1. **Baseline**: `pgbench` against that same database with a custom
+//!    script of one single-row `INSERT` per transaction, `-n -c <concurrency>
+//!    -j 2 -T <secs>`: what PostgreSQL on this machine commits with as many
+//!    clients as the HTTP load has requests in flight. Its tps and average
+//!    latency (and p50/p99/max from its per-transaction log) are printed.
+//! 2. **`POST /api/stripe/webhooks/handler`** on `billing-server` started
+//!    in-process as the integration tests start it (`PgStore::connect` with
+//!    the pool size, migrations, `Billing` over `AnyStore::Postgres`,
+//!    `AppState`, `billing_server::serve` on
+//!    `127.0.0.1:0`). N events are built and signed beforehand
+//!    (`WebhookSecrets::sign`) in the shapes of `tests/it/helpers.rs`: for
+//!    each of N/4 distinct subscriptions (each with its own customer and
+//!    `metadata.user_id`), in Stripe's order,
+//!    * `customer.subscription.created` (basic plan: customer, subscription,
+//!      audit row, license issued; no client-visible change),
+//!    * `invoice.paid` (a payment row),
+//!    * `customer.subscription.updated` upgrading to pro (license terms
+//!      updated; `license.updated` + `subscription.updated` go to the outbox),
+//!    * `customer.subscription.updated` scheduling cancellation at period end
+//!      (`subscription.updated` goes to the outbox),
+//!
+//!    so half of the events write to the outbox (and so take its global
+//!    advisory lock). The lifecycles are interleaved so that the events of
+//!    one subscription are 1,024 positions apart in the stream (or 64 x
+//!    concurrency, when more) and so never in flight together. After a
+//!    warm-up with separate subscriptions, the events are posted by a
+//!    closed-loop load generator: `concurrency` tasks sharing one keep-alive
+//!    `reqwest` client, each with one request in flight. The acknowledgement
+//!    latency of a delivery runs from sending the request to having read the
+//!    whole response. Every response must be a 200; anything else counts as
+//!    a failure.
+//!
+//! While the measured events are posted, the server's PostgreSQL sessions
+//! are sampled every 50 ms (`pg_stat_activity`, `pg_locks`): the mean number
+//! in each state and wait event, and how many wait for the outbox's global
+//! advisory lock or for a per-subscription lock, show where the time goes.
+//!
+//! The table at the end shows events/s, average/p50/p99/max latency and
+//! failures beside the `pgbench` figures and the targets, with the cores
+//! used during each measurement: `app` (pgbench itself, or this process,
+//! which is the server *and* the load generator), `pg` (all PostgreSQL
+//! processes), `other` (the rest of the machine: anything above ~0.1 means
+//! something else ran and the figures are pessimistic) and the CPU time
+//! (app + pg) per operation, whence the most the machine's cores could do.
+//! No timing is asserted. Server logs are not collected (no `tracing`
+//! subscriber is installed).
+//!
+//! ## Running
+//!
+//! ```text
+//! cargo bench -p billing-server --bench webhook_ingest
+//! ```
+//!
+//! ## Prerequisites
+//!
+//! * PostgreSQL at `postgres://postgres@127.0.0.1:5432` with trust
+//!   authentication (override with `TEST_DATABASE_URL`, without a database
+//!   name, as for the integration tests).
+//! * `pgbench` on `PATH` or in `/usr/lib/postgresql/<version>/bin` (or named
+//!   by `BENCH_PGBENCH`); without it the baseline is skipped.
+//! * Linux (`/proc` is read for the CPU figures).
+//!
+//! ## Knobs (environment variables)
+//!
+//! `BENCH_CONCURRENCY` (16: requests in flight and `pgbench` clients),
+//! `BENCH_EVENTS` (20000, rounded up to a multiple of 4),
+//! `BENCH_WARMUP_EVENTS` (1000), `BENCH_PGBENCH_SECS` (5),
+//! `BENCH_DB_POOL_SIZE` (16, the server's default `BILLING_DB_POOL_SIZE`),
+//! `BENCH_SYNCHRONOUS_COMMIT` (unset: the server's setting; e.g. `off` sets
+//! it on the bench database, for `pgbench` and the server alike),
+//! `BENCH_PGBENCH`, `TEST_DATABASE_URL`.
+
+use anyhow::{ensure, Context};
+use billing_core::certificate::SigningKey;
+use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::licensing::LicensingConfig;
+use billing_core::storage::any::AnyStore;
+use billing_core::storage::postgres::PgStore;
+use billing_core::storage::Store;
+use billing_core::stripe::WebhookSecrets;
+use billing_core::{Billing, BillingConfig};
+use billing_server::{AppState, ServerOptions};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WEBHOOK_SECRET: &str = "whsec_bench_0123456789abcdef";
+const PRICE_BASIC: &str = "price_basic_monthly";
+const PRICE_PRO: &str = "price_pro_monthly";
+const WEBHOOK_PATH: &str = "/api/stripe/webhooks/handler";
+
+/// Targets, printed beside the figures (never asserted).
+const TARGET_EVENTS_PER_SEC: f64 = 2_000.0;
+const TARGET_P99_MS: f64 = 25.0;
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = Settings::from_env()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(settings))
+}
+
+// ---------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Settings {
+    concurrency: usize,
+    events: usize,
+    warmup_events: usize,
+    pgbench_secs: u64,
+    pool_size: usize,
+    synchronous_commit: Option<String>,
+    admin_url: String,
+}
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name} must be a number")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let synchronous_commit = std::env::var("BENCH_SYNCHRONOUS_COMMIT").ok().filter(|v| !v.trim().is_empty());
+        if let Some(value) = &synchronous_commit {
+            ensure!(
+                ["on", "off", "local", "remote_write", "remote_apply"].contains(&value.as_str()),
+                "BENCH_SYNCHRONOUS_COMMIT must be on, off, local, remote_write or remote_apply"
+            );
+        }
+        Ok(Self {
+            concurrency: env_number("BENCH_CONCURRENCY", 16)?.max(1) as usize,
+            events: (env_number("BENCH_EVENTS", 20_000)?.max(1) as usize).next_multiple_of(STEPS.len()),
+            warmup_events: (env_number("BENCH_WARMUP_EVENTS", 1_000)? as usize).next_multiple_of(STEPS.len()),
+            pgbench_secs: env_number("BENCH_PGBENCH_SECS", 5)?,
+            pool_size: env_number("BENCH_DB_POOL_SIZE", 16)?.max(1) as usize,
+            synchronous_commit,
+            admin_url: std::env::var("TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The database and temporary files
+// ---------------------------------------------------------------------------
+
+/// The run's database, dropped `WITH (FORCE)` when this is dropped.
+struct BenchDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl BenchDatabase {
+    async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("billing_bench_{}", uuid::Uuid::new_v4().simple());
+        let admin = pg_connect(&format!("{admin_url}/postgres")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.context("CREATE DATABASE")?;
+        Ok(Self { admin_url: admin_url.to_owned(), name })
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.admin_url, self.name)
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Runs inside the bench's runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let admin = pg_connect(&format!("{admin_url}/postgres")).await?;
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+                Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => eprintln!("dropped database {}", self.name),
+            _ => eprintln!("WARNING: could not drop database {}; drop it by hand", self.name),
+        }
+    }
+}
+
+async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {url} (see TEST_DATABASE_URL)"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A temporary directory (the `pgbench` script and logs), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("billing_bench_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Baseline: pgbench, one single-row INSERT per transaction
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct PgbenchResult {
+    tps: f64,
+    latency_avg_ms: f64,
+    /// From the per-transaction log.
+    latency: Percentiles,
+    cpu: CpuSplit,
+}
+
+fn find_pgbench() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("BENCH_PGBENCH") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("pgbench")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.flatten().map(|d| d.path().join("bin/pgbench")).collect())
+        .unwrap_or_default();
+    versioned.sort();
+    versioned.reverse(); // the newest major version first
+    on_path.into_iter().chain(versioned).find(|p| p.is_file())
+}
+
+async fn run_pgbench(
+    pgbench: &Path,
+    database_url: &str,
+    settings: &Settings,
+    files: &Path,
+) -> anyhow::Result<PgbenchResult> {
+    let db = pg_connect(database_url).await?;
+    db.batch_execute(
+        "CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())",
+    )
+    .await
+    .context("create the pgbench table")?;
+    let script = files.join("insert_one_row.sql");
+    std::fs::write(&script, "INSERT INTO bench_baseline (payload) VALUES ('x');\n")?;
+    let log_prefix = files.join("pgbench_log");
+    let mut command = std::process::Command::new(pgbench);
+    command
+        .args(["-n", "-c", &settings.concurrency.to_string(), "-j", "2", "-T", &settings.pgbench_secs.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .arg("-l")
+        .arg(format!("--log-prefix={}", log_prefix.display()))
+        .arg(database_url);
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", pgbench.display()))?;
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    // pgbench's backends exit with it, taking their CPU counters along: sample
+    // inside the run, skipping connection set-up and tear-down.
+    let margin = Duration::from_millis(500);
+    tokio::time::sleep(margin).await;
+    let before = CpuSample::take(pid);
+    tokio::time::sleep(Duration::from_secs(settings.pgbench_secs).saturating_sub(2 * margin).max(margin)).await;
+    let cpu = CpuSplit::between(&before, &CpuSample::take(pid));
+    let output = output.await?.context("pgbench did not finish")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "pgbench failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr));
+    let figure = |prefix: &str| -> anyhow::Result<f64> {
+        let line =
+            stdout.lines().find(|l| l.starts_with(prefix)).with_context(|| format!("no `{prefix}` in {stdout}"))?;
+        let value = line[prefix.len()..].split_whitespace().next().unwrap_or_default();
+        value.parse().with_context(|| format!("cannot read `{line}`"))
+    };
+    // Per-transaction log lines: `client_id transaction_no time_us script_no epoch epoch_us`.
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(files)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("pgbench_log") {
+            let log = std::fs::read_to_string(entry.path())?;
+            latencies.extend(
+                log.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).map(Duration::from_micros),
+            );
+        }
+    }
+    Ok(PgbenchResult {
+        tps: figure("tps = ")?,
+        latency_avg_ms: figure("latency average = ")?,
+        latency: Percentiles::of(&mut latencies),
+        cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The server, in-process as in tests/it/helpers.rs
+// ---------------------------------------------------------------------------
+
+fn plans() -> PlanCatalog {
+    let plan = |id: &str, price: &str, max_devices| Plan {
+        id: PlanId(id.into()),
+        name: id.to_uppercase(),
+        stripe_price_id: price.into(),
+        max_devices,
+        amount: Some(1900),
+        currency: Some("usd".into()),
+        interval: Some("month".into()),
+        features: vec!["export".into()],
+    };
+    PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).expect("a valid catalog")
+}
+
+struct Server {
+    address: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(database_url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let store = PgStore::connect(database_url, pool_size)?;
+        store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
+        let signing_key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).expect("a generated key loads");
+        let config = BillingConfig::new(plans(), LicensingConfig::new(Arc::new(signing_key)))
+            .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET));
+        let billing = Billing::new(AnyStore::from(store), config);
+        let state = AppState::new(billing, ServerOptions::default()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = format!("http://{}", listener.local_addr()?);
+        let (shutdown, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(billing_server::serve(listener, Arc::new(state), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, shutdown, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Events: realistic subscription lifecycles, pre-built and signed
+// ---------------------------------------------------------------------------
+
+/// One step of a subscription's lifecycle, in the order Stripe sends them.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Created,
+    InvoicePaid,
+    Upgraded,
+    CancelScheduled,
+}
+
+const STEPS: [Step; 4] = [Step::Created, Step::InvoicePaid, Step::Upgraded, Step::CancelScheduled];
+
+/// A signed delivery, ready to post.
+struct Delivery {
+    body: Bytes,
+    signature: String,
+}
+
+/// A subscription object in the basil shape (period on the item).
+fn subscription_object(sub: &str, customer: &str, user: &str, price: &str, cancel: bool, period: (i64, i64)) -> Value {
+    json!({
+        "id": sub, "object": "subscription", "customer": customer, "status": "active",
+        "cancel_at_period_end": cancel, "cancel_at": if cancel { json!(period.1) } else { Value::Null },
+        "canceled_at": null, "ended_at": null, "trial_end": null,
+        "metadata": { "user_id": user }, "created": period.0,
+        "items": { "object": "list", "data": [{
+            "id": format!("si_{sub}"), "object": "subscription_item",
+            "price": { "id": price, "object": "price" },
+            "current_period_start": period.0, "current_period_end": period.1
+        }]}
+    })
+}
+
+fn invoice_object(invoice: &str, customer: &str, sub: &str, paid_at: i64) -> Value {
+    json!({
+        "id": invoice, "object": "invoice", "customer": customer, "currency": "usd",
+        "amount_paid": 1900, "amount_due": 1900,
+        "parent": { "subscription_details": { "subscription": sub } },
+        "status_transitions": { "paid_at": paid_at }
+    })
+}
+
+/// The event of `step` for subscription `n` (named with `prefix`).
+fn lifecycle_event(prefix: &str, n: usize, step: Step, start: i64) -> Value {
+    let (sub, customer, user) =
+        (format!("sub_{prefix}_{n}"), format!("cus_{prefix}_{n}"), format!("user_{prefix}_{n}"));
+    let period = (start, start + 30 * 24 * 3600);
+    // A second apart, so every event is newer than the one before it.
+    let (kind, created, object) = match step {
+        Step::Created => (
+            "customer.subscription.created",
+            start,
+            subscription_object(&sub, &customer, &user, PRICE_BASIC, false, period),
+        ),
+        Step::InvoicePaid => {
+            ("invoice.paid", start + 1, invoice_object(&format!("in_{prefix}_{n}"), &customer, &sub, start))
+        }
+        Step::Upgraded => (
+            "customer.subscription.updated",
+            start + 2,
+            subscription_object(&sub, &customer, &user, PRICE_PRO, false, period),
+        ),
+        Step::CancelScheduled => (
+            "customer.subscription.updated",
+            start + 3,
+            subscription_object(&sub, &customer, &user, PRICE_PRO, true, period),
+        ),
+    };
+    json!({
+        "id": format!("evt_{prefix}_{n}_{}", format!("{step:?}").to_lowercase()), "object": "event",
+        "type": kind, "created": created, "api_version": "2025-03-31.basil",
+        "livemode": false, "pending_webhooks": 1, "data": { "object": object }
+    })
+}
+
+/// `events` deliveries (a multiple of 4): the lifecycles of `events / 4`
+/// subscriptions, interleaved in lanes of `lag` subscriptions so that one
+/// subscription's consecutive events are about `4 * lag` positions apart.
+fn build_deliveries(prefix: &str, events: usize, lag: usize, secrets: &WebhookSecrets) -> Vec<Delivery> {
+    let subscriptions = events / STEPS.len();
+    let chunks = subscriptions.div_ceil(lag);
+    let now = unix_now();
+    let start = now - 24 * 3600;
+    let mut deliveries = Vec::with_capacity(events);
+    for slot in 0..chunks + STEPS.len() - 1 {
+        for lane in 0..lag {
+            for (offset, &step) in STEPS.iter().enumerate() {
+                let Some(chunk) = slot.checked_sub(offset).filter(|c| *c < chunks) else { continue };
+                let n = chunk * lag + lane;
+                if n < subscriptions {
+                    let body = serde_json::to_vec(&lifecycle_event(prefix, n, step, start)).expect("JSON encodes");
+                    let signature = secrets.sign(&body, now);
+                    deliveries.push(Delivery { body: body.into(), signature });
+                }
+            }
+        }
+    }
+    debug_assert_eq!(deliveries.len(), events);
+    deliveries
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+// ---------------------------------------------------------------------------
+// The load generator: closed loop, fixed concurrency, keep-alive
+// ---------------------------------------------------------------------------
+
+/// What one run of deliveries produced.
+#[derive(Default)]
+struct LoadResult {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    failures: usize,
+    first_failure: Option<String>,
+    outcomes: BTreeMap<String, usize>,
+}
+
+impl LoadResult {
+    fn merge(&mut self, other: LoadResult) {
+        self.latencies.extend(other.latencies);
+        self.failures += other.failures;
+        self.first_failure = self.first_failure.take().or(other.first_failure);
+        for (outcome, count) in other.outcomes {
+            *self.outcomes.entry(outcome).or_default() += count;
+        }
+    }
+
+    fn events_per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+async fn post_all(http: &reqwest::Client, url: &str, deliveries: Arc<Vec<Delivery>>, concurrency: usize) -> LoadResult {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(post_some(http.clone(), url.to_owned(), deliveries.clone(), next.clone())))
+        .collect();
+    let mut result = LoadResult::default();
+    for worker in workers {
+        result.merge(worker.await.expect("a load worker panicked"));
+    }
+    result.elapsed = started.elapsed();
+    result
+}
+
+/// One closed-loop worker: takes the next delivery until none are left.
+async fn post_some(
+    http: reqwest::Client,
+    url: String,
+    deliveries: Arc<Vec<Delivery>>,
+    next: Arc<AtomicUsize>,
+) -> LoadResult {
+    let mut result = LoadResult::default();
+    loop {
+        let Some(delivery) = deliveries.get(next.fetch_add(1, Ordering::Relaxed)) else { return result };
+        let sent = Instant::now();
+        let response = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Stripe-Signature", &delivery.signature)
+            .body(delivery.body.clone())
+            .send()
+            .await;
+        let answer = match response {
+            Ok(response) => {
+                let status = response.status();
+                response.bytes().await.map(|body| (status, body))
+            }
+            Err(e) => Err(e),
+        };
+        result.latencies.push(sent.elapsed());
+        match answer {
+            Ok((status, body)) if status == reqwest::StatusCode::OK => {
+                let outcome =
+                    serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["outcome"].as_str().map(str::to_owned));
+                *result.outcomes.entry(outcome.unwrap_or_else(|| "?".into())).or_default() += 1;
+            }
+            Ok((status, body)) => {
+                result.failures += 1;
+                result.first_failure.get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Err(e) => {
+                result.failures += 1;
+                result.first_failure.get_or_insert_with(|| format!("request failed: {e}"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Figures: percentiles and the CPU split
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Percentiles {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(latencies: &mut [Duration]) -> Self {
+        if latencies.is_empty() {
+            return Self::default();
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+            latencies[rank - 1].as_secs_f64() * 1e3
+        };
+        Self { p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+}
+
+/// CPU time of every thread of a process, in ns (from schedstat).
+fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// CPU time of every `postgres` process of the machine, in ns.
+fn postgres_cpu_ns() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(process_cpu_ns)
+        .sum()
+}
+
+/// (busy, total) jiffies of the whole machine.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    app: u64,
+    postgres: u64,
+    machine: (u64, u64),
+}
+
+impl CpuSample {
+    /// `app`: the process driving PostgreSQL (pgbench, or this one).
+    fn take(app: u32) -> Self {
+        Self { at: Instant::now(), app: process_cpu_ns(app), postgres: postgres_cpu_ns(), machine: machine_jiffies() }
+    }
+}
+
+/// Cores used on average between two samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSplit {
+    app: f64,
+    postgres: f64,
+    machine: f64,
+}
+
+impl CpuSplit {
+    fn between(a: &CpuSample, b: &CpuSample) -> Self {
+        let wall = b.at.duration_since(a.at).as_nanos().max(1) as f64;
+        let (busy, total) = (b.machine.0.saturating_sub(a.machine.0), b.machine.1.saturating_sub(a.machine.1));
+        Self {
+            app: b.app.saturating_sub(a.app) as f64 / wall,
+            postgres: b.postgres.saturating_sub(a.postgres) as f64 / wall,
+            machine: busy as f64 / total.max(1) as f64 * cpu_count() as f64,
+        }
+    }
+
+    /// Busy cores outside the app and PostgreSQL: other work on the
+    /// machine, which makes the run's figures pessimistic.
+    fn other(&self) -> f64 {
+        (self.machine - self.app - self.postgres).max(0.0)
+    }
+
+    /// CPU time of the app and PostgreSQL per operation, in ms.
+    fn ms_per_op(&self, ops_per_sec: f64) -> f64 {
+        (self.app + self.postgres) / ops_per_sec.max(1e-9) * 1e3
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the server's PostgreSQL sessions wait for
+// ---------------------------------------------------------------------------
+
+/// Mean number of the bench database's client sessions in each state (and
+/// wait event) over the measured run, sampled from `pg_stat_activity`, and
+/// of sessions waiting for an advisory lock, by key space, from `pg_locks`:
+/// two-key advisory locks are the outbox lock (billing-core's `OUTBOX_LOCK`),
+/// one-key ones the per-subscription locks.
+#[derive(Debug, Default)]
+struct Activity {
+    samples: u64,
+    states: BTreeMap<String, u64>,
+    outbox_lock_waiters: u64,
+    subscription_lock_waiters: u64,
+}
+
+const ACTIVITY_SQL: &str =
+    "SELECT state || coalesce(' (' || wait_event_type || ': ' || wait_event || ')', ''), count(*)
+      FROM pg_stat_activity
+     WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+     GROUP BY 1";
+const ADVISORY_WAITERS_SQL: &str = "SELECT count(*) FILTER (WHERE objsubid = 2), count(*) FILTER (WHERE objsubid = 1)
+      FROM pg_locks
+     WHERE locktype = 'advisory' AND NOT granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+/// Samples every 50 ms until `stop` flips.
+async fn sample_activity(
+    database_url: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Activity> {
+    let db = pg_connect(&database_url).await?;
+    let mut activity = Activity::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(activity),
+            _ = tick.tick() => {}
+        }
+        for row in db.query(ACTIVITY_SQL, &[]).await? {
+            let state: Option<String> = row.get(0);
+            *activity.states.entry(state.unwrap_or_else(|| "?".into())).or_default() += row.get::<_, i64>(1) as u64;
+        }
+        let waiters = db.query_one(ADVISORY_WAITERS_SQL, &[]).await?;
+        activity.outbox_lock_waiters += waiters.get::<_, i64>(0) as u64;
+        activity.subscription_lock_waiters += waiters.get::<_, i64>(1) as u64;
+        activity.samples += 1;
+    }
+}
+
+impl Activity {
+    fn print(&self) {
+        let mean = |total: u64| total as f64 / self.samples.max(1) as f64;
+        println!("  PostgreSQL sessions of the bench database, mean over {} samples of the run:", self.samples);
+        let mut states: Vec<_> = self.states.iter().collect();
+        states.sort_by(|a, b| b.1.cmp(a.1));
+        for (state, total) in states {
+            println!("    {:>6.2}  {state}", mean(*total));
+        }
+        println!(
+            "    waiting for an advisory lock: {:.2} for the outbox lock, {:.2} for a subscription lock",
+            mean(self.outbox_lock_waiters),
+            mean(self.subscription_lock_waiters)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let files = TempDir::create()?;
+    let database = BenchDatabase::create(&settings.admin_url).await?;
+    let database_url = database.url();
+    let admin = pg_connect(&database_url).await?;
+    if let Some(value) = &settings.synchronous_commit {
+        admin.batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = {value}", database.name)).await?;
+    }
+    let session = pg_connect(&database_url).await?; // a new session sees the database's settings
+    let synchronous_commit: String = session.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+    let version: String = session.query_one("SHOW server_version", &[]).await?.get(0);
+    println!(
+        "webhook_ingest: {} cores, PostgreSQL {version} (synchronous_commit = {synchronous_commit}), database {}",
+        cpu_count(),
+        database.name
+    );
+    println!(
+        "  concurrency {}, N = {} events (+{} warm-up), server pool {} connections",
+        settings.concurrency, settings.events, settings.warmup_events, settings.pool_size
+    );
+
+    println!("[1/2] baseline: pgbench, one single-row INSERT per transaction, {} s", settings.pgbench_secs);
+    let pgbench = match find_pgbench() {
+        Some(path) => Some(run_pgbench(&path, &database_url, &settings, &files.0).await?),
+        None => {
+            println!("  WARNING: pgbench not found (set BENCH_PGBENCH); baseline skipped");
+            None
+        }
+    };
+
+    println!("[2/2] POST {WEBHOOK_PATH}: in-process server, signing events");
+    let server = Server::start(&database_url, settings.pool_size).await?;
+    let url = format!("{}{WEBHOOK_PATH}", server.address);
+    let secrets = WebhookSecrets::parse(WEBHOOK_SECRET).expect("a secret is configured");
+    let lag = (16 * settings.concurrency).max(256);
+    let warmup = Arc::new(build_deliveries("warm", settings.warmup_events, lag, &secrets));
+    let measured = Arc::new(build_deliveries("bench", settings.events, lag, &secrets));
+    let http = reqwest::Client::builder().pool_max_idle_per_host(settings.concurrency).tcp_nodelay(true).build()?;
+
+    let warm = post_all(&http, &url, warmup, settings.concurrency).await;
+    println!(
+        "  warm-up: {} events, {:.0} events/s, {} failures",
+        warm.latencies.len(),
+        warm.events_per_sec(),
+        warm.failures
+    );
+    let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_activity(database_url.clone(), stopped));
+    let me = std::process::id();
+    let before = CpuSample::take(me);
+    let mut load = post_all(&http, &url, measured, settings.concurrency).await;
+    let cpu = CpuSplit::between(&before, &CpuSample::take(me));
+    stop_sampling.send_replace(true);
+    let activity = sampler.await?;
+    let latency = Percentiles::of(&mut load.latencies);
+    let events_per_sec = load.events_per_sec();
+    server.stop().await;
+
+    let outcomes: Vec<String> = load.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+    println!(
+        "  {} events in {:.2} s; outcomes: {}",
+        load.latencies.len(),
+        load.elapsed.as_secs_f64(),
+        outcomes.join(", ")
+    );
+    if let Some(failure) = &load.first_failure.or(warm.first_failure) {
+        println!("  first failure: {failure}");
+    }
+    let mut rows = Vec::new();
+    for table in ["customers", "subscriptions", "licenses", "payments", "subscription_changes", "outbox_events"] {
+        let count: i64 = session.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+        rows.push(format!("{table} {count}"));
+    }
+    println!("  rows written (warm-up included): {}", rows.join(", "));
+    for row in session
+        .query("SELECT note, count(*) FROM webhook_events WHERE note IS NOT NULL GROUP BY note ORDER BY note", &[])
+        .await?
+    {
+        println!("  events processed with the note {:?}: {}", row.get::<_, String>(0), row.get::<_, i64>(1));
+    }
+    match activity {
+        Ok(activity) => activity.print(),
+        Err(e) => println!("  could not sample pg_stat_activity: {e:#}"),
+    }
+
+    let cores = |c: f64| format!("{c:.2}");
+    println!();
+    println!(
+        "{:<38} {:>13} {:>7} {:>7} {:>7} {:>7} {:>5} | {:>5} {:>5} {:>5} {:>7}",
+        "cores used / ms of CPU per op ->",
+        "throughput",
+        "avg ms",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "fail",
+        "app",
+        "pg",
+        "other",
+        "CPU ms"
+    );
+    match &pgbench {
+        Some(b) => println!(
+            "{:<38} {:>9.0} tps {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
+            format!("pgbench 1-row INSERT, -c {} -j 2", settings.concurrency),
+            b.tps,
+            b.latency_avg_ms,
+            b.latency.p50_ms,
+            b.latency.p99_ms,
+            b.latency.max_ms,
+            0,
+            cores(b.cpu.app),
+            cores(b.cpu.postgres),
+            cores(b.cpu.other()),
+            b.cpu.ms_per_op(b.tps)
+        ),
+        None => println!("{:<38} {:>13}", "pgbench", "skipped"),
+    }
+    println!(
+        "{:<38} {:>8.0} ev/s {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
+        format!("webhooks, {} in flight, N = {}", settings.concurrency, settings.events),
+        events_per_sec,
+        load.latencies.iter().sum::<Duration>().as_secs_f64() * 1e3 / load.latencies.len().max(1) as f64,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.max_ms,
+        load.failures,
+        cores(cpu.app),
+        cores(cpu.postgres),
+        cores(cpu.other()),
+        cpu.ms_per_op(events_per_sec)
+    );
+    println!(
+        "{:<38} {:>8.0} ev/s {:>7} {:>7} {:>7.2} {:>7} {:>5} |",
+        "target", TARGET_EVENTS_PER_SEC, "", "", TARGET_P99_MS, "", 0
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "events/s target {}, p99 target {}.",
+        verdict(events_per_sec >= TARGET_EVENTS_PER_SEC),
+        verdict(latency.p99_ms < TARGET_P99_MS)
+    );
+    println!(
+        "app: the process driving PostgreSQL (pgbench; for webhooks this process: server and load generator); \
+         pg: all PostgreSQL processes; other: the rest of the machine's busy CPU ({} cores; above ~0.1 the \
+         figures are pessimistic); CPU ms: (app + pg) CPU time per operation, so {} cores allow at most ~{:.0} \
+         webhook events/s.",
+        cpu_count(),
+        cpu_count(),
+        cpu_count() as f64 * 1e3 / cpu.ms_per_op(events_per_sec).max(1e-9)
+    );
+    drop((admin, session));
+    drop(database);
+    Ok(())
+}

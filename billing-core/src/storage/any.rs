@@ -475,7 +475,7 @@ impl StoreTx for AnyTx {
         }
     }
 
-    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.enqueue(message).await,

@@ -235,12 +235,13 @@ pub trait Store: Clone + Send + Sync + 'static {
 
 /// One open transaction.
 pub trait StoreTx: Send {
-    /// Records the delivery as being applied in this transaction. Returns
-    /// `false` when it was already applied (a duplicate); a delivery that
-    /// failed before is claimed again.
+    /// Records the delivery as processed by this transaction (so nothing
+    /// is recorded unless it commits). Returns `false` when it was already
+    /// applied (a duplicate); a delivery that failed before is claimed again.
     fn claim_event(&mut self, event: &EventRecord<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Marks the claimed delivery done.
+    /// Records the claimed delivery with another disposition or a note;
+    /// a plain `processed` needs no call.
     fn finish_event(
         &mut self,
         event_id: &str,
@@ -380,8 +381,9 @@ pub trait StoreTx: Send {
         detail: Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends to the outbox; visible to readers once committed.
-    fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Appends to the outbox; visible to readers once committed, in commit
+    /// order of ids.
+    fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes everything durable.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;

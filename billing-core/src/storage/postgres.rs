@@ -215,7 +215,7 @@ impl Store for PgStore {
     async fn begin(&self) -> Result<PgTx, StoreError> {
         let conn = self.conn().await?;
         conn.batch_execute("BEGIN").await.map_err(query_error)?;
-        Ok(PgTx { conn: Some(conn), outbox_locked: false })
+        Ok(PgTx { conn: Some(conn), outbox: Vec::new() })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -461,7 +461,8 @@ impl Store for PgStore {
 /// An open PostgreSQL transaction on a pooled connection.
 pub struct PgTx {
     conn: Option<Object>,
-    outbox_locked: bool,
+    /// Outbox rows to write at commit (see [`PgTx::commit`] for why).
+    outbox: Vec<OutboxMessage>,
 }
 
 impl PgTx {
@@ -493,9 +494,11 @@ impl StoreTx for PgTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
         let claimed = query_opt(
             self.conn(),
-            "INSERT INTO webhook_events (id, type, created, api_version, status)
-             VALUES ($1, $2, $3, $4, 'processing')
-             ON CONFLICT (id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1
+            "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
+             VALUES ($1, $2, $3, $4, 'processed', now())
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
+                    processed_at = now()
               WHERE webhook_events.status = 'failed'
              RETURNING id",
             &[&event.id, &event.kind, &event.created, &event.api_version],
@@ -850,27 +853,51 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
-        if !self.outbox_locked {
-            let (a, b) = OUTBOX_LOCK;
-            self.conn()
-                .batch_execute(&format!("SELECT pg_advisory_xact_lock({a}, {b}); NOTIFY {OUTBOX_CHANNEL}"))
-                .await
-                .map_err(query_error)?;
-            self.outbox_locked = true;
-        }
-        let row = query_opt(
-            self.conn(),
-            "INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3) RETURNING id",
-            &[&message.license_id, &message.topic, &message.payload],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("outbox insert returned nothing".into()))?;
-        Ok(row.get(0))
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
+        self.outbox.push(message.clone());
+        Ok(())
     }
 
+    /// Outbox ids must commit in id order (readers page by id), so the
+    /// rows are written under a global lock held until `COMMIT`. Taking it
+    /// mid-transaction would serialise every outbox-writing unit of work for
+    /// all of its remaining statements; instead the rows wait here and the
+    /// lock, the inserts and the `COMMIT` go out in one pipelined round trip,
+    /// so the lock is held for about one commit.
     async fn commit(mut self) -> Result<(), StoreError> {
         let conn = self.conn.take().expect("commit is called once");
-        conn.batch_execute("COMMIT").await.map_err(query_error)
+        if self.outbox.is_empty() {
+            return conn.batch_execute("COMMIT").await.map_err(query_error);
+        }
+        // Prepared before the lock is taken: preparing is a round trip of its own.
+        let insert = conn
+            .prepare_cached("INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3)")
+            .await
+            .map_err(query_error)?;
+        let (a, b) = OUTBOX_LOCK;
+        let lock = format!("SELECT pg_advisory_xact_lock({a}, {b}); NOTIFY {OUTBOX_CHANNEL}");
+        // tokio-postgres sends each request when first polled, and `join!`
+        // polls in order: lock, inserts, COMMIT, without waiting in between.
+        let (conn_ref, insert) = (&*conn, &insert);
+        let inserts = self
+            .outbox
+            .iter()
+            .map(|m| async move { conn_ref.execute(insert, &[&m.license_id, &m.topic, &m.payload]).await });
+        let (locked, inserted, committed) = futures_util::join!(
+            conn.batch_execute(&lock),
+            futures_util::future::join_all(inserts),
+            conn.batch_execute("COMMIT"),
+        );
+        let failure = locked.err().or_else(|| inserted.into_iter().find_map(Result::err)).or(committed.err());
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                // After a failed statement PostgreSQL turns the COMMIT into a
+                // rollback, but the session's state is not worth trusting:
+                // close it rather than return it to the pool.
+                drop(Object::take(conn));
+                Err(query_error(e))
+            }
+        }
     }
 }

@@ -768,9 +768,11 @@ impl StoreTx for SqliteTx {
         self.run(move |conn, now| {
             let claimed = query_opt(
                 conn,
-                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at)
-                 VALUES (?1, ?2, ?3, ?4, 'processing', ?5)
-                 ON CONFLICT (id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1
+                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at)
+                 VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5)
+                 ON CONFLICT (id) DO UPDATE
+                    SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
+                        processed_at = ?5
                   WHERE webhook_events.status = 'failed'
                  RETURNING id",
                 params![id, kind, created, api_version, now],
@@ -1226,24 +1228,20 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<i64, StoreError> {
+    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         // Ids are handed out by the one writer, so they commit in id order.
         let license_id = message.license_id.map(|l| l.to_string());
         let (topic, payload) = (message.topic, json_text(&message.payload));
-        let id = self
-            .run(move |conn, now| {
-                query_opt(
-                    conn,
-                    "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)
-                     RETURNING id",
-                    params![license_id, topic, payload, now],
-                    |row| get(row, 0),
-                )?
-                .ok_or_else(|| StoreError::Corrupt("outbox insert returned nothing".into()))
-            })
-            .await?;
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![license_id, topic, payload, now],
+            )
+        })
+        .await?;
         self.enqueued = true;
-        Ok(id)
+        Ok(())
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {

@@ -105,6 +105,45 @@ async fn resuming_with_last_event_id_replays_exactly_the_missed_events() {
 }
 
 #[tokio::test]
+async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
+    use billing_core::storage::{OutboxMessage, Store, StoreTx};
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let license_id = app.billing.license_by_key(&key).await.unwrap().unwrap().id;
+    let mut events = EventReader::new(app.open_event_stream(&key, &token, None).await);
+
+    // Transactions that commit in another order than they began, several at once.
+    const WRITERS: u64 = 40;
+    let writers = (0..WRITERS).map(|n| {
+        let store = app.billing.store().clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            let message =
+                OutboxMessage { license_id: Some(license_id), topic: "test.ping", payload: json!({ "n": n }) };
+            tx.enqueue(&message).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis((n * 7) % 23)).await;
+            tx.commit().await.unwrap();
+        })
+    });
+    for writer in futures_util::future::join_all(writers).await {
+        writer.unwrap();
+    }
+
+    let mut seen = Vec::new();
+    let mut last_id = 0;
+    while seen.len() < WRITERS as usize {
+        let message = events.next_of("test.ping").await;
+        let id = message.id.unwrap();
+        assert!(id > last_id, "ids only grow: {id} after {last_id}");
+        last_id = id;
+        seen.push(message.data["n"].as_u64().unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..WRITERS).collect::<Vec<_>>(), "each commit delivered exactly once");
+}
+
+#[tokio::test]
 async fn a_change_made_through_one_instance_reaches_a_stream_held_by_another() {
     if backend() == Backend::Sqlite {
         return; // The embedded store serves one instance; scaling out is PostgreSQL's job.

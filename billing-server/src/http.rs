@@ -2,12 +2,15 @@
 
 use crate::error::ApiError;
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use std::convert::Infallible;
 
+/// Every request body: hyper's, or none for an event stream served
+/// directly (see [`crate::stream_conn`]).
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 /// Every response body: a buffer or a stream (SSE).
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// A response.
@@ -30,7 +33,7 @@ pub fn ok(value: &impl serde::Serialize) -> Response {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("request body exceeds {limit} bytes"))
     };

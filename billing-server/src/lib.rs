@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod sse;
+pub mod stream_conn;
 pub mod views;
 
 use anyhow::Context;
@@ -236,17 +237,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ClientAddr(peer.ip()));
-                    handle(state.clone(), request)
-                });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection closed with error");
-                    }
-                });
+                let (state, http1, watcher) = (state.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(serve_connection(state, http1, watcher, stream, peer));
             }
             _ = &mut shutdown => break,
         }
@@ -259,9 +251,49 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
 }
 
-async fn handle(
+/// How long a new connection may take to send its first request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn serve_connection(
     state: Arc<AppState>,
-    request: hyper::Request<hyper::body::Incoming>,
+    http1: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    use stream_conn::FirstRequest;
+    let mut stopping = state.shutdown.subscribe();
+    let first = tokio::select! {
+        first = stream_conn::read_first_request(&mut stream, HEADER_READ_TIMEOUT) => first,
+        _ = stopping.wait_for(|stopping| *stopping) => return,
+    };
+    let prefix = match first {
+        Ok(FirstRequest::EventStream(head)) => {
+            // Holding the watcher makes shutdown wait for the stream's last frame.
+            let _watching = watcher;
+            return stream_conn::serve_event_stream(state, stream, peer, head).await;
+        }
+        Ok(FirstRequest::Other(prefix)) => prefix,
+        Ok(FirstRequest::Nothing) | Err(_) => return,
+    };
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut request = request.map(http_body_util::BodyExt::boxed);
+        request.extensions_mut().insert(ClientAddr(peer.ip()));
+        // Boxed so the connection's task does not reserve room for the
+        // largest handler future for as long as the connection lives.
+        Box::pin(handle(state.clone(), request))
+    });
+    let io = TokioIo::new(stream_conn::Rewind::new(prefix, stream));
+    if let Err(e) = watcher.watch(http1.serve_connection(io, service)).await {
+        tracing::debug!(error = %e, "connection closed with error");
+    }
+}
+
+/// Answers one request: request id, route label, metrics and the log line
+/// around [`routes::dispatch`].
+pub(crate) async fn handle(
+    state: Arc<AppState>,
+    request: hyper::Request<http::RequestBody>,
 ) -> Result<http::Response, std::convert::Infallible> {
     let request_id = request
         .headers()

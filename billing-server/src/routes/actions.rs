@@ -2,13 +2,13 @@
 
 use super::dashboard::target;
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::{ok, parse_json, read_body, Response};
 use crate::views::SubscriptionView;
 use crate::AppState;
 use billing_core::actions::ActionError;
 use billing_core::domain::Actor;
 use billing_core::stripe::StripeError;
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -44,7 +44,7 @@ fn action_error(e: ActionError) -> ApiError {
     }
 }
 
-async fn body<T: DeserializeOwned + Default>(state: &AppState, request: Request<Incoming>) -> Result<T, ApiError> {
+async fn body<T: DeserializeOwned + Default>(state: &AppState, request: Request<RequestBody>) -> Result<T, ApiError> {
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, state.max_body_bytes).await?;
     // An empty body (or JSON null) means "all defaults".
@@ -54,7 +54,7 @@ async fn body<T: DeserializeOwned + Default>(state: &AppState, request: Request<
     parse_json(&bytes)
 }
 
-async fn required_body<T: DeserializeOwned>(state: &AppState, request: Request<Incoming>) -> Result<T, ApiError> {
+async fn required_body<T: DeserializeOwned>(state: &AppState, request: Request<RequestBody>) -> Result<T, ApiError> {
     let (parts, body) = request.into_parts();
     parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)
 }
@@ -80,7 +80,7 @@ fn yes() -> bool {
     true
 }
 
-pub async fn cancel(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn cancel(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
     let body: CancelBody = body(state, request).await?;
     let actor = Actor::User { user_id: caller.user_id };
@@ -92,7 +92,7 @@ pub async fn cancel(state: &AppState, request: Request<Incoming>) -> Result<Resp
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
 
-pub async fn reactivate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn reactivate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
     let _: EmptyBody = body(state, request).await?;
     let actor = Actor::User { user_id: caller.user_id };
@@ -106,7 +106,7 @@ struct ChangePlanBody {
     plan: String,
 }
 
-pub async fn change_plan(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn change_plan(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
     let body: ChangePlanBody = required_body(state, request).await?;
     let actor = Actor::User { user_id: caller.user_id };
@@ -122,7 +122,7 @@ struct CheckoutBody {
     cancel_url: String,
 }
 
-pub async fn checkout(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn checkout(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let body: CheckoutBody = required_body(state, request).await?;
     let link = state
@@ -139,14 +139,14 @@ struct PortalBody {
     return_url: String,
 }
 
-pub async fn portal(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn portal(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let body: PortalBody = required_body(state, request).await?;
     let url = state.billing.create_billing_portal(&user, &body.return_url).await.map_err(action_error)?;
     Ok(ok(&json!({ "url": url })))
 }
 
-pub async fn payment_method(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn payment_method(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let card = state.billing.payment_method(&user).await.map_err(action_error)?;
     let card =
@@ -154,7 +154,7 @@ pub async fn payment_method(state: &AppState, request: Request<Incoming>) -> Res
     Ok(ok(&json!({ "payment_method": card })))
 }
 
-pub async fn sync(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn sync(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
     let _: EmptyBody = body(state, request).await?;
     let actor = Actor::User { user_id: caller.user_id };

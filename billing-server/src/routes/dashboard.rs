@@ -2,20 +2,20 @@
 
 use crate::auth::{dashboard_disabled, Caller};
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::{ok, Response};
 use crate::views::{ChangeView, DeviceView, LicenseView, PaymentView, PlanView, SubscriptionView};
 use crate::AppState;
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-pub(super) fn caller(state: &AppState, request: &Request<Incoming>) -> Result<Caller, ApiError> {
+pub(super) fn caller(state: &AppState, request: &Request<RequestBody>) -> Result<Caller, ApiError> {
     state.jwt.as_ref().ok_or_else(dashboard_disabled)?.authenticate(request.headers())
 }
 
 /// The caller and the user whose records the request is about: the caller
 /// themself, or, for an admin, the user named by `?user_id=`.
-pub(super) fn target(state: &AppState, request: &Request<Incoming>) -> Result<(Caller, String), ApiError> {
+pub(super) fn target(state: &AppState, request: &Request<RequestBody>) -> Result<(Caller, String), ApiError> {
     let caller = caller(state, request)?;
     let named = request
         .uri()
@@ -34,31 +34,31 @@ pub(super) fn target(state: &AppState, request: &Request<Incoming>) -> Result<(C
     }
 }
 
-pub async fn current_subscription(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn current_subscription(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let current = state.billing.current_subscription(&user).await?;
     Ok(ok(&json!({ "subscription": current.as_ref().map(SubscriptionView::from) })))
 }
 
-pub async fn subscription_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn subscription_history(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let changes = state.billing.subscription_history(&user).await?;
     Ok(ok(&json!({ "changes": changes.iter().map(ChangeView::from).collect::<Vec<_>>() })))
 }
 
-pub async fn payment_history(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn payment_history(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let payments = state.billing.payment_history(&user).await?;
     Ok(ok(&json!({ "payments": payments.iter().map(PaymentView::from).collect::<Vec<_>>() })))
 }
 
-pub async fn plans(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn plans(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     caller(state, &request)?;
     let plans: Vec<PlanView> = state.billing.plans().all().iter().map(PlanView::from).collect();
     Ok(ok(&json!({ "plans": plans })))
 }
 
-pub async fn licenses(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn licenses(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let now = state.billing.now();
     let window = state.billing.config().licensing.heartbeat_window;

@@ -2,12 +2,12 @@
 
 use crate::auth::bearer;
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::{json, ok, parse_json, read_body, Response};
 use crate::views::{DeviceView, LicenseInfo};
 use crate::{AppState, ClientAddr};
 use billing_core::domain::LicenseKey;
 use billing_core::licensing::{ActivationRequest, LicensingError};
-use hyper::body::Incoming;
 use hyper::{header, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -31,7 +31,7 @@ struct ValidateBody {
     fingerprint: Option<String>,
 }
 
-fn client_addr(request: &Request<Incoming>) -> IpAddr {
+fn client_addr(request: &Request<RequestBody>) -> IpAddr {
     request.extensions().get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0)
 }
 
@@ -74,7 +74,7 @@ pub fn licensing_error(e: LicensingError) -> ApiError {
     }
 }
 
-pub async fn activate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn activate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let addr = client_addr(&request);
     state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
     let (parts, body) = request.into_parts();
@@ -119,7 +119,7 @@ pub async fn activate(state: &AppState, request: Request<Incoming>) -> Result<Re
     ))
 }
 
-pub async fn validate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn validate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let addr = client_addr(&request);
     state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
     let (parts, body) = request.into_parts();
@@ -141,11 +141,11 @@ pub async fn validate(state: &AppState, request: Request<Incoming>) -> Result<Re
     })))
 }
 
-fn activation_token(request: &Request<Incoming>) -> Result<String, ApiError> {
+fn activation_token(request: &Request<RequestBody>) -> Result<String, ApiError> {
     bearer(request.headers()).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("missing activation token"))
 }
 
-pub async fn heartbeat(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn heartbeat(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let token = activation_token(&request)?;
     let beat = state.billing.heartbeat(&token).await.map_err(licensing_error)?;
     let now = state.billing.now();
@@ -158,7 +158,7 @@ pub async fn heartbeat(state: &AppState, request: Request<Incoming>) -> Result<R
     })))
 }
 
-pub async fn deactivate(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn deactivate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let token = activation_token(&request)?;
     let device = state.billing.deactivate(&token).await.map_err(licensing_error)?;
     let window = state.billing.config().licensing.heartbeat_window;

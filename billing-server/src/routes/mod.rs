@@ -8,9 +8,9 @@ mod terminals;
 mod webhook;
 
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::Response;
 use crate::AppState;
-use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use std::sync::Arc;
 
@@ -124,7 +124,7 @@ pub fn route_label(state: &AppState, method: &Method, path: &str) -> &'static st
 }
 
 /// Answers one request.
-pub async fn dispatch(state: Arc<AppState>, request: Request<Incoming>) -> Response {
+pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Response {
     let result = async {
         let (route, params) = state.router.find(request.method(), request.uri().path())?;
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();

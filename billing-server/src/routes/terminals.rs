@@ -4,12 +4,12 @@ use super::dashboard::caller;
 use super::license::licensing_error;
 use crate::auth::bearer;
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::{ok, parse_json, read_body, Response};
 use crate::views::DeviceView;
 use crate::AppState;
 use billing_core::domain::{ActivationToken, Actor};
 use billing_core::storage::Store;
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +19,7 @@ fn device_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("no such device"))
 }
 
-pub async fn list(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn list(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let caller = caller(state, &request)?;
     let now = state.billing.now();
     let window = state.billing.config().licensing.heartbeat_window;
@@ -27,7 +27,7 @@ pub async fn list(state: &AppState, request: Request<Incoming>) -> Result<Respon
     Ok(ok(&json!({ "terminals": devices.iter().map(|d| DeviceView::new(d, now, window)).collect::<Vec<_>>() })))
 }
 
-pub async fn delete(state: &AppState, request: Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+pub async fn delete(state: &AppState, request: Request<RequestBody>, id: &str) -> Result<Response, ApiError> {
     let caller = caller(state, &request)?;
     let id = device_id(id)?;
     let owner = (!caller.is_admin).then_some(caller.user_id.as_str());
@@ -43,7 +43,7 @@ struct RenameBody {
     name: String,
 }
 
-pub async fn rename(state: &AppState, request: Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+pub async fn rename(state: &AppState, request: Request<RequestBody>, id: &str) -> Result<Response, ApiError> {
     let caller = caller(state, &request)?;
     let id = device_id(id)?;
     let (parts, body) = request.into_parts();
@@ -57,7 +57,7 @@ pub async fn rename(state: &AppState, request: Request<Incoming>, id: &str) -> R
 
 /// `GET /api/events/{licenseKey}`: authorised by an activation token of a
 /// device on that license, or the owner's (or an admin's) dashboard JWT.
-pub async fn events(state: &AppState, request: Request<Incoming>, license_key: &str) -> Result<Response, ApiError> {
+pub async fn events(state: &AppState, request: Request<RequestBody>, license_key: &str) -> Result<Response, ApiError> {
     let refused = || ApiError::unauthorized("not allowed to listen to this license");
     let token = bearer(request.headers()).ok_or_else(refused)?.to_owned();
     let license = state.billing.license_by_key(license_key).await?.ok_or_else(refused)?;

@@ -1,15 +1,15 @@
 //! `POST /api/stripe/webhooks/handler`: the signature is the only auth.
 
 use crate::error::ApiError;
+use crate::http::RequestBody;
 use crate::http::{ok, read_body, Response};
 use crate::AppState;
 use billing_core::billing::error_chain;
 use billing_core::WebhookError;
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn handle(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, state.max_body_bytes).await?;
     let signature = parts.headers.get("stripe-signature").and_then(|v| v.to_str().ok());

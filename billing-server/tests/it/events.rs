@@ -250,3 +250,144 @@ async fn the_outbox_is_pruned_after_its_retention() {
     app.activate_ok(&key, "fp-2").await;
     assert!(app.db.int("SELECT min(id) FROM outbox_events").await > before.max(stored));
 }
+
+/// A raw HTTP/1.1 connection, to control what is sent first on it.
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    received: Vec<u8>,
+}
+
+impl RawConnection {
+    async fn open(app: &TestApp) -> Self {
+        let address = app.address.trim_start_matches("http://");
+        Self { stream: tokio::net::TcpStream::connect(address).await.unwrap(), received: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until `needle` has arrived; returns everything up to and including it.
+    async fn read_until(&mut self, needle: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let deadline = std::time::Duration::from_secs(10);
+        tokio::time::timeout(deadline, async {
+            loop {
+                if let Some(at) = self.received.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+                    let rest = self.received.split_off(at + needle.len());
+                    return String::from_utf8(std::mem::replace(&mut self.received, rest)).unwrap();
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "connection closed before {needle:?}; got {:?}",
+                    String::from_utf8_lossy(&self.received)
+                );
+                self.received.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} within {deadline:?}"))
+    }
+
+    async fn read_to_end(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        self.received.extend(rest);
+        String::from_utf8(std::mem::take(&mut self.received)).unwrap()
+    }
+}
+
+fn events_request(key: &str, token: &str) -> String {
+    format!("GET /api/events/{key} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_stream_opened_first_on_a_connection_or_after_other_requests_answers_alike() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+
+    // First request on its connection, trickled in pieces shorter than the request line.
+    let mut first = RawConnection::open(&app).await;
+    let request = events_request(&key, &token);
+    for piece in request.as_bytes().chunks(7) {
+        first.send(piece).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // After a request on a keep-alive connection.
+    let mut later = RawConnection::open(&app).await;
+    later.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert!(later.read_until("\r\n\r\n").await.starts_with("HTTP/1.1 200"));
+    later.read_until("}").await;
+    later.send(request.as_bytes()).await;
+
+    for connection in [&mut first, &mut later] {
+        let head = connection.read_until("\r\n\r\n").await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        for expected in ["content-type: text/event-stream", "transfer-encoding: chunked", "x-request-id: ", "date: "] {
+            assert!(head.contains(expected), "{expected} in {head}");
+        }
+        connection.read_until(": connected\n\n").await;
+    }
+    cancel_at_period_end(&app, "u", "e1", now(), true).await;
+    for connection in [&mut first, &mut later] {
+        let message = connection.read_until("\n\n").await;
+        let message = message.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace());
+        assert!(message.contains("event: subscription.updated\n"), "{message}");
+        assert!(message.contains("\"cancel_at_period_end\":true"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_or_malformed_first_stream_request_gets_an_error_and_the_connection_closes() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+
+    let mut refused = RawConnection::open(&app).await;
+    refused.send(events_request(&key, "act_nope").as_bytes()).await;
+    let reply = refused.read_to_end().await;
+    assert!(reply.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{reply}");
+    assert!(reply.contains("content-length: ") && reply.contains("connection: close"), "{reply}");
+    let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    assert!(!reply.contains(&key), "the key is not echoed");
+
+    let mut malformed = RawConnection::open(&app).await;
+    malformed.send(b"GET /api/events/x HTTP/1.1\r\nno colon here\r\n\r\n").await;
+    assert!(malformed.read_to_end().await.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+
+    let mut oversized = RawConnection::open(&app).await;
+    let huge = format!("GET /api/events/x HTTP/1.1\r\nx-padding: {}\r\n\r\n", "a".repeat(20_000));
+    oversized.send(huge.as_bytes()).await;
+    assert!(oversized.read_to_end().await.starts_with("HTTP/1.1 431"));
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_frees_its_stream() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let open_streams = || async {
+        let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line =
+            metrics.lines().find(|l| l.starts_with("billing_sse_streams_open ")).expect("gauge exposed").to_owned();
+        line["billing_sse_streams_open ".len()..].trim().parse::<i64>().unwrap()
+    };
+    let mut connection = RawConnection::open(&app).await;
+    connection.send(events_request(&key, &token).as_bytes()).await;
+    connection.read_until(": connected\n\n").await;
+    assert_eq!(open_streams().await, 1);
+    drop(connection);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open_streams().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the stream outlived its connection");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -234,7 +234,8 @@ impl<S: Store> EventStream<S> {
     pub async fn next(&mut self) -> Result<Option<Arc<OutboxEvent>>, StoreError> {
         loop {
             if self.replay.is_empty() && self.replay_cursor.is_some() {
-                self.fill_replay().await?;
+                // Boxed: rarely needed, and it would otherwise enlarge every waiting `next`.
+                Box::pin(self.fill_replay()).await?;
             }
             if let Some(event) = self.replay.pop_front() {
                 self.delivered = event.id;

@@ -271,7 +271,9 @@ async fn serve_connection(
         Ok(FirstRequest::EventStream(head)) => {
             // Holding the watcher makes shutdown wait for the stream's last frame.
             let _watching = watcher;
-            return stream_conn::serve_event_stream(state, stream, peer, head).await;
+            // Boxed, as the hyper branch below: this task lives as long as
+            // its connection, so it should not reserve room for both.
+            return Box::pin(stream_conn::serve_event_stream(state, stream, peer, head)).await;
         }
         Ok(FirstRequest::Other(prefix)) => prefix,
         Ok(FirstRequest::Nothing) | Err(_) => return,
@@ -284,7 +286,7 @@ async fn serve_connection(
         Box::pin(handle(state.clone(), request))
     });
     let io = TokioIo::new(stream_conn::Rewind::new(prefix, stream));
-    if let Err(e) = watcher.watch(http1.serve_connection(io, service)).await {
+    if let Err(e) = Box::pin(watcher.watch(http1.serve_connection(io, service))).await {
         tracing::debug!(error = %e, "connection closed with error");
     }
 }

@@ -92,7 +92,8 @@ pub async fn serve_event_stream(state: Arc<AppState>, mut stream: TcpStream, pee
         }
     };
     drop(head);
-    let response = crate::handle(state, request).await.unwrap_or_else(|never| match never {});
+    // Boxed: the routing future is large and done long before the stream is.
+    let response = Box::pin(crate::handle(state, request)).await.unwrap_or_else(|never| match never {});
     match write_response(&mut stream, response, http10).await {
         Ok(()) => close(stream).await,
         Err(e) => tracing::debug!(error = %e, "event stream connection closed"),
@@ -162,7 +163,10 @@ async fn write_response(stream: &mut TcpStream, response: Response, http10: bool
         None => {}
     }
     head.push_str("\r\n");
+    // Nothing of the head stays allocated for the life of the stream.
+    drop(parts);
     write(stream, head.as_bytes()).await?;
+    drop(head);
 
     let (mut reader, mut writer) = stream.split();
     let mut body = std::pin::pin!(body);

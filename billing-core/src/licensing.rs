@@ -213,11 +213,7 @@ impl<S: Store> Billing<S> {
         let Some(key) = LicenseKey::parse(license_key) else {
             return Ok(Validation { code: ValidationCode::NotFound, license: None });
         };
-        let license = self.store().license_by_key_hash(&key.lookup_hash()).await?;
-        let device = match (&license, fingerprint) {
-            (Some(l), Some(fp)) => self.store().device_by_fingerprint(l.id, fp).await?,
-            _ => None,
-        };
+        let (license, device) = self.store().license_and_device(&key.lookup_hash(), fingerprint).await?;
         let now = self.now();
         let code = device::validate(
             license.as_ref(),

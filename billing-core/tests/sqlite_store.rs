@@ -362,7 +362,13 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
         ..d.clone()
     };
     assert_eq!(store.device_by_token_hash(b"token-a").await.unwrap(), Some(keep(&a)));
-    assert_eq!(store.device_by_fingerprint(stored_license.id, "fp_b").await.unwrap(), Some(keep(&b)));
+    let key_hash = stored_license.key.lookup_hash();
+    let (license, device) = store.license_and_device(&key_hash, Some("fp_b")).await.unwrap();
+    assert_eq!((license.as_ref(), device), (Some(&stored_license), Some(keep(&b))));
+    let (license, device) = store.license_and_device(&key_hash, Some("fp_unknown")).await.unwrap();
+    assert_eq!((license.as_ref(), device), (Some(&stored_license), None));
+    assert_eq!(store.license_and_device(&key_hash, None).await.unwrap(), (Some(stored_license.clone()), None));
+    assert_eq!(store.license_and_device(b"no such hash", Some("fp_b")).await.unwrap(), (None, None));
     assert_eq!(store.devices_of_user("user_1").await.unwrap(), [keep(&b), keep(&a)], "most recently seen first");
 
     let later = seen + time::Duration::minutes(20);

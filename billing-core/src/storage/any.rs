@@ -166,12 +166,16 @@ impl Store for AnyStore {
         }
     }
 
-    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
+    async fn license_and_device(
+        &self,
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> Result<(Option<License>, Option<Device>), StoreError> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.device_by_fingerprint(license_id, fingerprint).await,
+            Self::Postgres(s) => s.license_and_device(key_hash, fingerprint).await,
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.device_by_fingerprint(license_id, fingerprint).await,
+            Self::Sqlite(s) => s.license_and_device(key_hash, fingerprint).await,
         }
     }
 

@@ -192,12 +192,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The license with this key hash (see [`crate::domain::LicenseKey::lookup_hash`]).
     fn license_by_key_hash(&self, key_hash: &[u8]) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
 
-    /// The device of a license with this fingerprint.
-    fn device_by_fingerprint(
+    /// The license with this key hash and, when a fingerprint is given, its
+    /// device with that fingerprint: validation's one read.
+    fn license_and_device(
         &self,
-        license_id: Uuid,
-        fingerprint: &str,
-    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> impl Future<Output = Result<(Option<License>, Option<Device>), StoreError>> + Send;
 
     /// The active device holding this activation-token hash, with its license.
     fn device_by_token_hash(

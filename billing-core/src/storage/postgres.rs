@@ -359,10 +359,30 @@ impl Store for PgStore {
         query_opt(&conn, &sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
     }
 
-    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
+    async fn license_and_device(
+        &self,
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> Result<(Option<License>, Option<Device>), StoreError> {
         let conn = self.conn().await?;
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 AND d.fingerprint = $2");
-        query_opt(&conn, &sql, &[&license_id, &fingerprint]).await?.as_ref().map(device_from_row).transpose()
+        let license_sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1");
+        let Some(fingerprint) = fingerprint else {
+            let license = query_opt(&conn, &license_sql, &[&key_hash]).await?;
+            return Ok((license.as_ref().map(license_from_row).transpose()?, None));
+        };
+        let device_sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d
+              WHERE d.license_id = (SELECT id FROM licenses WHERE key_hash = $1) AND d.fingerprint = $2"
+        );
+        // Both sent at once: validation is the hottest read, and this saves a
+        // round trip and a pool checkout on every call.
+        let (license_params, device_params): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
+            (&[&key_hash], &[&key_hash, &fingerprint]);
+        let (license, device) = futures_util::try_join!(
+            query_opt(&conn, &license_sql, license_params),
+            query_opt(&conn, &device_sql, device_params),
+        )?;
+        Ok((license.as_ref().map(license_from_row).transpose()?, device.as_ref().map(device_from_row).transpose()?))
     }
 
     async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {

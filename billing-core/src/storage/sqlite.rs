@@ -618,11 +618,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn device_by_fingerprint(&self, license_id: Uuid, fingerprint: &str) -> Result<Option<Device>, StoreError> {
-        let (license_id, fingerprint) = (license_id.to_string(), fingerprint.to_owned());
+    async fn license_and_device(
+        &self,
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> Result<(Option<License>, Option<Device>), StoreError> {
+        let (key_hash, fingerprint) = (key_hash.to_vec(), fingerprint.map(str::to_owned));
         self.read(move |conn| {
-            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 AND d.fingerprint = ?2");
-            query_opt(conn, &sql, [license_id, fingerprint], device_from_row)
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = ?1");
+            let license = query_opt(conn, &sql, [&key_hash], license_from_row)?;
+            let device = match (&license, fingerprint) {
+                (Some(license), Some(fingerprint)) => {
+                    let sql = format!(
+                        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 AND d.fingerprint = ?2"
+                    );
+                    query_opt(conn, &sql, [license.id.to_string(), fingerprint], device_from_row)?
+                }
+                _ => None,
+            };
+            Ok((license, device))
         })
         .await
     }

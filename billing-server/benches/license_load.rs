@@ -2,7 +2,10 @@
 //!
 //! One run measures, on whatever machine it runs on (the figures are only
 //! meaningful relative to each other and to the machine's core count, which
-//! is printed: server, load generator and PostgreSQL all share it):
+//! is printed: server, load generator and PostgreSQL, when used, all share
+//! it), with the server on the store chosen by `BENCH_STORE` (`postgres`, the
+//! default, or `sqlite`; named in the header line and in the rows of the
+//! server's figures):
 //!
 //! 1. **Baseline**: a trivial hyper 1.x HTTP/1.1 server (this bench binary
 //!    re-executed as a separate process with `LICENSE_LOAD_ROLE=baseline`)
@@ -14,10 +17,15 @@
 //!    hello, then a pending body) and one written straight to the socket with
 //!    no HTTP library (`GET /raw-sse`, recognised by peeking the request).
 //! 2. **`POST /api/license/validate`** on the real `billing-server` binary
-//!    (a separate process on a fresh database) with valid license keys and
-//!    activated fingerprints: requests/s and p50/p99/max latency, plus how the
-//!    CPU time was split between server, load generator, PostgreSQL and the
-//!    rest of the machine during the measurement.
+//!    (a separate process on a fresh store: a PostgreSQL database, or with
+//!    `BENCH_STORE=sqlite` an SQLite file, `DATABASE_URL=sqlite://<temporary
+//!    directory>/billing.sqlite3`) with valid license keys and activated
+//!    fingerprints: requests/s and p50/p99/max latency, plus how the CPU time
+//!    was split between server, load generator, PostgreSQL (~0 on SQLite,
+//!    which runs inside the server) and the rest of the machine during the
+//!    measurement. The licenses are seeded through the server itself, on
+//!    either store: signed `customer.subscription.created` webhooks, then
+//!    `GET /api/licenses` and `POST /api/license/activate`.
 //! 3. **SSE**: N (default 10,000) concurrent `GET /api/events/{licenseKey}`
 //!    streams, spread over L (default 100) licenses, held open against the
 //!    server; its resident memory (`VmRSS` of `/proc/<pid>/status`) before and
@@ -44,6 +52,7 @@
 //! ```text
 //! ulimit -n 20000   # the SSE phase needs > 10,000 descriptors in this process and in the server
 //! cargo bench -p billing-server --bench license_load
+//! BENCH_STORE=sqlite cargo bench -p billing-server --bench license_load
 //! ```
 //!
 //! Cargo builds the `billing-server` binary (with the bench profile) before
@@ -52,10 +61,14 @@
 //!
 //! ## Prerequisites
 //!
-//! * PostgreSQL reachable at `postgres://postgres@127.0.0.1:5432` with trust
-//!   authentication (override with `BENCH_ADMIN_DATABASE_URL`, without the
-//!   database name). A database `billing_bench_<uuid>` is created for the run
-//!   and dropped `WITH (FORCE)` at the end.
+//! * With `BENCH_STORE=postgres` (the default): PostgreSQL reachable at
+//!   `postgres://postgres@127.0.0.1:5432` with trust authentication
+//!   (override with `BENCH_ADMIN_DATABASE_URL`, without the database name).
+//!   A database `billing_bench_<uuid>` is created for the run and dropped
+//!   `WITH (FORCE)` at the end.
+//! * With `BENCH_STORE=sqlite`: nothing; the SQLite file lives in the run's
+//!   temporary directory (under the system's, beside the plans file and the
+//!   signing key), removed at the end.
 //! * An open-files limit (soft) of at least streams + 1,000; it is checked at
 //!   start and the SSE phase is skipped with a message when it is too low
 //!   (raising it from inside would need `unsafe`, which the workspace forbids).
@@ -63,10 +76,12 @@
 //!
 //! ## Knobs (environment variables)
 //!
+//! `BENCH_STORE` (`postgres`, the default, or `sqlite`),
 //! `BENCH_CONNECTIONS` (32), `BENCH_WARMUP_SECS` (2), `BENCH_SECS` (6),
 //! `BENCH_SSE_STREAMS` (10000), `BENCH_LICENSES` (100), `BENCH_SSE_CHANGES`
-//! (200), `BENCH_DB_POOL_SIZE` (16, the server's `BILLING_DB_POOL_SIZE`),
-//! `BENCH_SERVER_BIN`, `BENCH_ADMIN_DATABASE_URL`, `BENCH_PAUSE_SECS` (0:
+//! (200), `BENCH_DB_POOL_SIZE` (4 per core, the server's `BILLING_DB_POOL_SIZE`;
+//! PostgreSQL only), `BENCH_SERVER_BIN`, `BENCH_ADMIN_DATABASE_URL`
+//! (PostgreSQL only), `BENCH_PAUSE_SECS` (0:
 //! seconds to hold the SSE streams open after the changes, e.g. to attach
 //! `perf record -p <server pid>`).
 
@@ -108,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         // On Ctrl-C or SIGTERM the run is dropped, so its guards stop the
-        // server and drop the database.
+        // server and drop the database (or remove the SQLite file).
         tokio::select! {
             result = run(settings) => result,
             signal = interrupted() => bail!("interrupted by {signal}; cleaned up"),
@@ -135,8 +150,25 @@ async fn interrupted() -> &'static str {
 // Settings
 // ---------------------------------------------------------------------------
 
+/// The server's store (`BENCH_STORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
+    backend: Backend,
     connections: usize,
     warmup: Duration,
     duration: Duration,
@@ -159,14 +191,24 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let licenses = env_number("BENCH_LICENSES", 100)?.max(1) as usize;
+        let backend = match std::env::var("BENCH_STORE").as_deref().map(str::trim) {
+            Err(_) | Ok("" | "postgres") => Backend::Postgres,
+            Ok("sqlite") => Backend::Sqlite,
+            Ok(other) => bail!("BENCH_STORE must be postgres or sqlite, not {other:?}"),
+        };
         Ok(Self {
+            backend,
             connections: env_number("BENCH_CONNECTIONS", 32)?.max(1) as usize,
             warmup: Duration::from_secs(env_number("BENCH_WARMUP_SECS", 2)?),
             duration: Duration::from_secs(env_number("BENCH_SECS", 6)?.max(1)),
             sse_streams: env_number("BENCH_SSE_STREAMS", 10_000)? as usize,
             licenses,
             sse_changes: env_number("BENCH_SSE_CHANGES", 200)? as usize,
-            pool_size: env_number("BENCH_DB_POOL_SIZE", 16)?.max(1) as usize,
+            pool_size: env_number(
+                "BENCH_DB_POOL_SIZE",
+                4 * std::thread::available_parallelism().map_or(2, |n| n.get()) as u64,
+            )?
+            .max(1) as usize,
             pause: Duration::from_secs(env_number("BENCH_PAUSE_SECS", 0)?),
             admin_url: std::env::var("BENCH_ADMIN_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
@@ -307,7 +349,7 @@ async fn start_baseline() -> anyhow::Result<(ChildGuard, SocketAddr)> {
 }
 
 // ---------------------------------------------------------------------------
-// The billing server (a separate process) and its database
+// The billing server (a separate process) and its store
 // ---------------------------------------------------------------------------
 
 /// The run's database, dropped `WITH (FORCE)` when this is dropped.
@@ -357,7 +399,8 @@ async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// The temporary directory of the plans file and the signing key.
+/// The temporary directory of the plans file, the signing key and, with
+/// `BENCH_STORE=sqlite`, the store's file.
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -371,6 +414,39 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The server's store: a fresh PostgreSQL database (dropped at the end), or
+/// an SQLite file in the run's temporary directory (removed with it). The
+/// server creates and migrates either at start; the data is seeded through
+/// its HTTP routes, whatever the store.
+enum BenchStore {
+    Postgres(BenchDatabase),
+    Sqlite(PathBuf),
+}
+
+impl BenchStore {
+    async fn create(settings: &Settings, files: &Path) -> anyhow::Result<Self> {
+        Ok(match settings.backend {
+            Backend::Postgres => Self::Postgres(BenchDatabase::create(&settings.admin_url).await?),
+            Backend::Sqlite => Self::Sqlite(files.join("billing.sqlite3")),
+        })
+    }
+
+    /// The server's `DATABASE_URL`.
+    fn database_url(&self) -> String {
+        match self {
+            Self::Postgres(database) => database.url(),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Postgres(database) => format!("postgres, database {}", database.name),
+            Self::Sqlite(path) => format!("sqlite, file {}", path.display()),
+        }
     }
 }
 
@@ -1194,9 +1270,14 @@ fn open_files_limit() -> Option<u64> {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    let pool = match settings.backend {
+        Backend::Postgres => format!("server pool {}", settings.pool_size),
+        Backend::Sqlite => "server pool: PostgreSQL only".to_owned(),
+    };
     println!(
-        "license_load: {} CPUs, {} connections, {} s warm-up + {} s measurement, {} SSE streams over {} licenses, \
-         {} changes, server pool {}",
+        "license_load: store {}, {} CPUs, {} connections, {} s warm-up + {} s measurement, {} SSE streams over {} \
+         licenses, {} changes, {pool}",
+        settings.backend.name(),
         cpu_count(),
         settings.connections,
         settings.warmup.as_secs(),
@@ -1204,7 +1285,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.sse_streams,
         settings.licenses,
         settings.sse_changes,
-        settings.pool_size
     );
     let needed = settings.sse_streams as u64 + 1000;
     let fd_limit = open_files_limit().unwrap_or(0);
@@ -1255,13 +1335,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     // 2. Validate, on the real server.
-    let database = BenchDatabase::create(&settings.admin_url).await?;
     let files = TempDir::create()?;
-    let (server, addr) = start_billing_server(&settings, &database.url(), &files.0).await?;
+    let store = BenchStore::create(&settings, &files.0).await?;
+    let (server, addr) = start_billing_server(&settings, &store.database_url(), &files.0).await?;
+    let backend = settings.backend.name();
     println!(
-        "[2/3] POST /api/license/validate: billing-server pid {} on {addr}, database {}",
+        "[2/3] POST /api/license/validate: billing-server pid {} on {addr}, store {}",
         server.pid(),
-        database.name
+        store.describe()
     );
     let setup_started = Instant::now();
     let http = reqwest::Client::new();
@@ -1298,18 +1379,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .collect();
     let validate =
         drive(addr, &validate_requests, settings.connections, settings.warmup, settings.duration, server.pid()).await?;
-    print_load("validate", &validate);
+    print_load(&format!("validate ({backend})"), &validate);
 
     // 3. SSE.
     let sse = if sse_allowed {
-        println!("[3/3] SSE: {} streams over {} licenses", settings.sse_streams, fixtures.len());
+        println!("[3/3] SSE ({backend}): {} streams over {} licenses", settings.sse_streams, fixtures.len());
         Some(sse_phase(&settings, addr, &server, &fixtures, &timeline).await?)
     } else {
         None
     };
     drop(server);
+    drop(store);
     drop(files);
-    drop(database);
 
     print_summary(&settings, &baseline, &baseline_sse, &validate, sse.as_ref());
     Ok(())
@@ -1322,6 +1403,9 @@ fn print_summary(
     validate: &LoadReport,
     sse: Option<&SseReport>,
 ) {
+    let b = settings.backend.name();
+    // PostgreSQL's CPU, beside the server's; the sqlite store runs inside the server.
+    let pg_note = if settings.backend == Backend::Sqlite { " (pg unused by sqlite: ~0)" } else { "" };
     let rows: Vec<(String, String, String)> = {
         let mut rows = vec![
             ("baseline (trivial hyper) req/s".into(), format!("{:.0}", baseline.rps()), "-".into()),
@@ -1330,21 +1414,21 @@ fn print_summary(
                 format!("{:.2} / {:.2} ms", baseline.percentile_ms(50.0), baseline.percentile_ms(99.0)),
                 "-".into(),
             ),
-            ("validate req/s".into(), format!("{:.0}", validate.rps()), format!(">= {TARGET_RPS:.0}")),
+            (format!("validate ({b}) req/s"), format!("{:.0}", validate.rps()), format!(">= {TARGET_RPS:.0}")),
             (
-                "validate p50 / p99 latency".into(),
+                format!("validate ({b}) p50 / p99 latency"),
                 format!("{:.2} / {:.2} ms", validate.percentile_ms(50.0), validate.percentile_ms(99.0)),
                 format!("p99 < {TARGET_P99_MS} ms"),
             ),
             (
-                "validate non-200 / reconnects".into(),
+                format!("validate ({b}) non-200 / reconnects"),
                 format!("{} / {}", validate.non_200, validate.reconnects),
                 "0 / 0".into(),
             ),
             (
-                "validate CPU: server / loadgen / pg".into(),
+                format!("validate ({b}) CPU: server / loadgen / pg"),
                 format!(
-                    "{:.2} / {:.2} / {:.2} cores",
+                    "{:.2} / {:.2} / {:.2} cores{pg_note}",
                     validate.cpu.server, validate.cpu.loadgen, validate.cpu.postgres
                 ),
                 "-".into(),
@@ -1366,7 +1450,7 @@ fn print_summary(
             Some(s) => {
                 rows.extend([
                     (
-                        "SSE streams open".into(),
+                        format!("SSE ({b}) streams open"),
                         format!(
                             "{} of {} ({:.1} s to open, {} refused)",
                             s.streams_open,
@@ -1376,25 +1460,25 @@ fn print_summary(
                         ),
                         format!("{}", settings.sse_streams),
                     ),
-                    ("server VmRSS before streams".into(), format!("{:.1} MiB", s.rss_idle_mib), "-".into()),
+                    (format!("server ({b}) VmRSS before streams"), format!("{:.1} MiB", s.rss_idle_mib), "-".into()),
                     (
-                        "server VmRSS with streams".into(),
+                        format!("server ({b}) VmRSS with streams"),
                         format!("{:.1} MiB", s.rss_open_mib),
                         format!("< {TARGET_RSS_MB:.0} MB"),
                     ),
                     (
-                        "server VmRSS after events / VmHWM".into(),
+                        format!("server ({b}) VmRSS after events / VmHWM"),
                         format!("{:.1} / {:.1} MiB", s.rss_after_mib, s.hwm_mib),
                         "-".into(),
                     ),
                     (
-                        "server memory per stream".into(),
+                        format!("server ({b}) memory per stream"),
                         format!("{:.1} KiB", (s.rss_open_mib - s.rss_idle_mib) * 1024.0 / s.streams_open.max(1) as f64),
                         "-".into(),
                     ),
                     ("load generator VmRSS".into(), format!("{:.1} MiB", s.bench_rss_mib), "-".into()),
                     (
-                        "SSE changes / deliveries".into(),
+                        format!("SSE ({b}) changes / deliveries"),
                         format!(
                             "{} changes in {:.1} s; {} of {} delivered ({} mismatched, {} streams ended early)",
                             s.changes, s.changes_seconds, s.delivered, s.expected, s.mismatched, s.ended_early
@@ -1402,7 +1486,7 @@ fn print_summary(
                         format!("{} of {}", s.expected, s.expected),
                     ),
                     (
-                        "SSE send-to-client p50 / p99 / max".into(),
+                        format!("SSE ({b}) send-to-client p50 / p99 / max"),
                         format!(
                             "{:.2} / {:.2} / {:.2} ms",
                             percentile(&s.latencies_us, 50.0) as f64 / 1e3,
@@ -1412,7 +1496,7 @@ fn print_summary(
                         format!("p99 < {TARGET_SSE_P99_MS:.0} ms"),
                     ),
                     (
-                        "webhook round trip p50 / p99".into(),
+                        format!("webhook ({b}) round trip p50 / p99"),
                         format!(
                             "{:.2} / {:.2} ms",
                             percentile(&s.webhook_rtt_us, 50.0) as f64 / 1e3,
@@ -1421,23 +1505,27 @@ fn print_summary(
                         "-".into(),
                     ),
                     (
-                        "CPU during changes: srv / pg / all".into(),
+                        format!("CPU during changes ({b}): srv / pg / all"),
                         format!(
-                            "{:.2} / {:.2} / {:.2} cores",
+                            "{:.2} / {:.2} / {:.2} cores{pg_note}",
                             s.cpu_changes.server, s.cpu_changes.postgres, s.cpu_changes.machine
                         ),
                         "-".into(),
                     ),
                 ]);
             }
-            None => rows.push(("SSE phase".into(), "skipped (open-files limit)".into(), "-".into())),
+            None => rows.push((format!("SSE ({b}) phase"), "skipped (open-files limit)".into(), "-".into())),
         }
         rows
     };
     let widths = rows.iter().fold((11, 5, 6), |(a, b, c), (x, y, z)| (a.max(x.len()), b.max(y.len()), c.max(z.len())));
     println!();
+    let sharing = match settings.backend {
+        Backend::Postgres => "the server, the load generator and PostgreSQL",
+        Backend::Sqlite => "the server (with its embedded SQLite) and the load generator",
+    };
     println!(
-        "license_load summary ({} CPUs shared by the server, the load generator and PostgreSQL; {} connections)",
+        "license_load summary · store: {b} ({} CPUs shared by {sharing}; {} connections)",
         cpu_count(),
         settings.connections
     );

@@ -1,18 +1,27 @@
 //! # `webhook_ingest`: how fast signed Stripe webhooks are acknowledged
 //!
-//! One run, on a fresh PostgreSQL database `billing_bench_<uuid>` (dropped
-//! `WITH (FORCE)` at the end), measures:
+//! One run, on a fresh store chosen by `BENCH_STORE`: a PostgreSQL database
+//! `billing_bench_<uuid>` (`postgres`, the default; dropped `WITH (FORCE)` at
+//! the end) or an SQLite file in a temporary directory (`sqlite`; the
+//! directory is removed at the end), measures:
 //!
-//! 1. **Baseline**: `pgbench` against that same database with a custom
-//!    script of one single-row `INSERT` per transaction, `-n -c <concurrency>
-//!    -j 2 -T <secs>`: what PostgreSQL on this machine commits with as many
-//!    clients as the HTTP load has requests in flight. Its tps and average
-//!    latency (and p50/p99/max from its per-transaction log) are printed.
+//! 1. **Baseline**: what the store's engine alone commits on this machine.
+//!    * PostgreSQL: `pgbench` against that same database with a custom
+//!      script of one single-row `INSERT` per transaction, `-n -c
+//!      <concurrency> -j 2 -T <secs>`: what PostgreSQL commits with as many
+//!      clients as the HTTP load has requests in flight. Its tps and average
+//!      latency (and p50/p99/max from its per-transaction log) are printed.
+//!    * SQLite (`pgbench` is PostgreSQL-only): a loop in this process of
+//!      single-row `INSERT` transactions (`BEGIN IMMEDIATE` … `COMMIT`) for
+//!      `<secs>` on a scratch file beside the store's, opened with the
+//!      store's pragmas (WAL, `synchronous = FULL`, `busy_timeout`), through
+//!      the `rusqlite` that `deadpool-sqlite` re-exports. One writer, as the
+//!      store has one writer connection: every commit is one WAL fsync.
 //! 2. **`POST /api/stripe/webhooks/handler`** on `billing-server` started
-//!    in-process as the integration tests start it (`PgStore::connect` with
-//!    the pool size, migrations, `Billing` over `AnyStore::Postgres`,
-//!    `AppState`, `billing_server::serve` on
-//!    `127.0.0.1:0`). N events are built and signed beforehand
+//!    in-process as the integration tests start it (`AnyStore::open` on the
+//!    `StoreLocation` with the pool size, migrations, `Billing`, `AppState`,
+//!    `billing_server::serve` on `127.0.0.1:0`). N events are built and
+//!    signed beforehand
 //!    (`WebhookSecrets::sign`) in the shapes of `tests/it/helpers.rs`: for
 //!    each of N/4 distinct subscriptions (each with its own customer and
 //!    `metadata.user_id`), in Stripe's order,
@@ -24,10 +33,10 @@
 //!    * `customer.subscription.updated` scheduling cancellation at period end
 //!      (`subscription.updated` goes to the outbox),
 //!
-//!    so half of the events write to the outbox (and so take its global
-//!    advisory lock). The lifecycles are interleaved so that the events of
-//!    one subscription are 1,024 positions apart in the stream (or 64 x
-//!    concurrency, when more) and so never in flight together. After a
+//!    so half of the events write to the outbox (and so, on PostgreSQL, take
+//!    its global advisory lock). The lifecycles are interleaved so that the
+//!    events of one subscription are 1,024 positions apart in the stream (or
+//!    64 x concurrency, when more) and so never in flight together. After a
 //!    warm-up with separate subscriptions, the events are posted by a
 //!    closed-loop load generator: `concurrency` tasks sharing one keep-alive
 //!    `reqwest` client, each with one request in flight. The acknowledgement
@@ -35,57 +44,68 @@
 //!    whole response. Every response must be a 200; anything else counts as
 //!    a failure.
 //!
-//! While the measured events are posted, the server's PostgreSQL sessions
-//! are sampled every 50 ms (`pg_stat_activity`, `pg_locks`): the mean number
-//! in each state and wait event, and how many wait for the outbox's global
-//! advisory lock or for a per-subscription lock, show where the time goes.
+//! On PostgreSQL only, while the measured events are posted, the server's
+//! sessions are sampled every 50 ms (`pg_stat_activity`, `pg_locks`): the
+//! mean number in each state and wait event, and how many wait for the
+//! outbox's global advisory lock or for a per-subscription lock, show where
+//! the time goes. SQLite has no equivalent; the sampling is skipped.
 //!
-//! The table at the end shows events/s, average/p50/p99/max latency and
-//! failures beside the `pgbench` figures and the targets, with the cores
-//! used during each measurement: `app` (pgbench itself, or this process,
-//! which is the server *and* the load generator), `pg` (all PostgreSQL
-//! processes), `other` (the rest of the machine: anything above ~0.1 means
-//! something else ran and the figures are pessimistic) and the CPU time
-//! (app + pg) per operation, whence the most the machine's cores could do.
-//! No timing is asserted. Server logs are not collected (no `tracing`
-//! subscriber is installed).
+//! The table at the end (its header line and row labels name the store)
+//! shows events/s, average/p50/p99/max latency and failures beside the
+//! baseline figures and the targets, with the cores used during each
+//! measurement: `app` (pgbench itself, or this process, which is the server
+//! *and* the load generator, and runs the SQLite baseline), `pg` (all
+//! PostgreSQL processes: ~0 with `BENCH_STORE=sqlite`, which uses none),
+//! `other` (the rest of the machine: anything above ~0.1 means something
+//! else ran and the figures are pessimistic) and the CPU time (app + pg) per
+//! operation, whence the most the machine's cores could do. No timing is
+//! asserted. Server logs are not collected (no `tracing` subscriber is
+//! installed).
 //!
 //! ## Running
 //!
 //! ```text
 //! cargo bench -p billing-server --bench webhook_ingest
+//! BENCH_STORE=sqlite cargo bench -p billing-server --bench webhook_ingest
 //! ```
 //!
 //! ## Prerequisites
 //!
-//! * PostgreSQL at `postgres://postgres@127.0.0.1:5432` with trust
-//!   authentication (override with `TEST_DATABASE_URL`, without a database
-//!   name, as for the integration tests).
-//! * `pgbench` on `PATH` or in `/usr/lib/postgresql/<version>/bin` (or named
-//!   by `BENCH_PGBENCH`); without it the baseline is skipped.
+//! * With `BENCH_STORE=postgres` (the default): PostgreSQL at
+//!   `postgres://postgres@127.0.0.1:5432` with trust authentication
+//!   (override with `TEST_DATABASE_URL`, without a database name, as for the
+//!   integration tests), and `pgbench` on `PATH` or in
+//!   `/usr/lib/postgresql/<version>/bin` (or named by `BENCH_PGBENCH`);
+//!   without it the baseline is skipped.
+//! * With `BENCH_STORE=sqlite`: nothing (the file goes to the system's
+//!   temporary directory, so the figures are those of its file system).
 //! * Linux (`/proc` is read for the CPU figures).
 //!
 //! ## Knobs (environment variables)
 //!
+//! `BENCH_STORE` (`postgres`, the default, or `sqlite`),
 //! `BENCH_CONCURRENCY` (16: requests in flight and `pgbench` clients),
 //! `BENCH_EVENTS` (20000, rounded up to a multiple of 4),
-//! `BENCH_WARMUP_EVENTS` (1000), `BENCH_PGBENCH_SECS` (5),
-//! `BENCH_DB_POOL_SIZE` (16, the server's default `BILLING_DB_POOL_SIZE`),
-//! `BENCH_SYNCHRONOUS_COMMIT` (unset: the server's setting; e.g. `off` sets
-//! it on the bench database, for `pgbench` and the server alike),
-//! `BENCH_PGBENCH`, `TEST_DATABASE_URL`.
+//! `BENCH_WARMUP_EVENTS` (1000), `BENCH_PGBENCH_SECS` (5: the length of
+//! either store's baseline),
+//! `BENCH_DB_POOL_SIZE` (4 per core, the server's default
+//! `BILLING_DB_POOL_SIZE`; PostgreSQL only, SQLite has one writer and a
+//! fixed reader pool), `BENCH_SYNCHRONOUS_COMMIT` (unset: the server's
+//! setting; e.g. `off` sets it on the bench database, for `pgbench` and the
+//! server alike; PostgreSQL only, refused with `sqlite`), `BENCH_PGBENCH`,
+//! `TEST_DATABASE_URL`.
 
 use anyhow::{ensure, Context};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{Plan, PlanCatalog, PlanId};
 use billing_core::licensing::LicensingConfig;
-use billing_core::storage::any::AnyStore;
-use billing_core::storage::postgres::PgStore;
+use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
 use billing_core::stripe::WebhookSecrets;
 use billing_core::{Billing, BillingConfig};
 use billing_server::{AppState, ServerOptions};
 use bytes::Bytes;
+use deadpool_sqlite::rusqlite;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,8 +133,25 @@ fn main() -> anyhow::Result<()> {
 // Settings
 // ---------------------------------------------------------------------------
 
+/// The store under test (`BENCH_STORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
+    backend: Backend,
     concurrency: usize,
     events: usize,
     warmup_events: usize,
@@ -133,19 +170,30 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
+        let backend = match std::env::var("BENCH_STORE").as_deref().map(str::trim) {
+            Err(_) | Ok("" | "postgres") => Backend::Postgres,
+            Ok("sqlite") => Backend::Sqlite,
+            Ok(other) => anyhow::bail!("BENCH_STORE must be postgres or sqlite, not {other:?}"),
+        };
         let synchronous_commit = std::env::var("BENCH_SYNCHRONOUS_COMMIT").ok().filter(|v| !v.trim().is_empty());
         if let Some(value) = &synchronous_commit {
             ensure!(
                 ["on", "off", "local", "remote_write", "remote_apply"].contains(&value.as_str()),
                 "BENCH_SYNCHRONOUS_COMMIT must be on, off, local, remote_write or remote_apply"
             );
+            ensure!(backend == Backend::Postgres, "BENCH_SYNCHRONOUS_COMMIT is PostgreSQL-only (BENCH_STORE=sqlite)");
         }
         Ok(Self {
+            backend,
             concurrency: env_number("BENCH_CONCURRENCY", 16)?.max(1) as usize,
             events: (env_number("BENCH_EVENTS", 20_000)?.max(1) as usize).next_multiple_of(STEPS.len()),
             warmup_events: (env_number("BENCH_WARMUP_EVENTS", 1_000)? as usize).next_multiple_of(STEPS.len()),
             pgbench_secs: env_number("BENCH_PGBENCH_SECS", 5)?,
-            pool_size: env_number("BENCH_DB_POOL_SIZE", 16)?.max(1) as usize,
+            pool_size: env_number(
+                "BENCH_DB_POOL_SIZE",
+                4 * std::thread::available_parallelism().map_or(2, |n| n.get()) as u64,
+            )?
+            .max(1) as usize,
             synchronous_commit,
             admin_url: std::env::var("TEST_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
@@ -154,7 +202,7 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------
-// The database and temporary files
+// The store (a PostgreSQL database or an SQLite file) and temporary files
 // ---------------------------------------------------------------------------
 
 /// The run's database, dropped `WITH (FORCE)` when this is dropped.
@@ -204,7 +252,8 @@ async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A temporary directory (the `pgbench` script and logs), removed on drop.
+/// A temporary directory (the `pgbench` script and logs; the SQLite store
+/// and the SQLite baseline's scratch file), removed on drop.
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -221,15 +270,115 @@ impl Drop for TempDir {
     }
 }
 
+/// The run's store: a fresh PostgreSQL database, or an SQLite file in the
+/// run's temporary directory (removed with it).
+enum BenchStore {
+    Postgres {
+        /// Opened after the database's settings were applied, so it sees them.
+        session: tokio_postgres::Client,
+        database: BenchDatabase,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
+}
+
+const TABLES: [&str; 6] =
+    ["customers", "subscriptions", "licenses", "payments", "subscription_changes", "outbox_events"];
+const NOTES_SQL: &str = "SELECT note, count(*) FROM webhook_events WHERE note IS NOT NULL GROUP BY note ORDER BY note";
+
+impl BenchStore {
+    async fn create(settings: &Settings, files: &Path) -> anyhow::Result<Self> {
+        if settings.backend == Backend::Sqlite {
+            return Ok(Self::Sqlite { path: files.join("billing.sqlite3") });
+        }
+        let database = BenchDatabase::create(&settings.admin_url).await?;
+        if let Some(value) = &settings.synchronous_commit {
+            let admin = pg_connect(&database.url()).await?;
+            admin.batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = {value}", database.name)).await?;
+        }
+        let session = pg_connect(&database.url()).await?; // a new session sees the database's settings
+        Ok(Self::Postgres { session, database })
+    }
+
+    fn location(&self) -> StoreLocation {
+        match self {
+            Self::Postgres { database, .. } => StoreLocation::Postgres(database.url()),
+            Self::Sqlite { path } => StoreLocation::Sqlite(path.clone()),
+        }
+    }
+
+    /// The database URL, for PostgreSQL-only steps.
+    fn postgres_url(&self) -> Option<String> {
+        match self {
+            Self::Postgres { database, .. } => Some(database.url()),
+            Self::Sqlite { .. } => None,
+        }
+    }
+
+    /// Engine, version, durability setting and where the data lives.
+    async fn describe(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            Self::Postgres { session, database } => {
+                let synchronous_commit: String = session.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+                let version: String = session.query_one("SHOW server_version", &[]).await?.get(0);
+                format!(
+                    "store: postgres (PostgreSQL {version}, synchronous_commit = {synchronous_commit}), database {}",
+                    database.name
+                )
+            }
+            Self::Sqlite { path } => format!(
+                "store: sqlite (SQLite {}, WAL, synchronous = FULL), file {}",
+                rusqlite::version(),
+                path.display()
+            ),
+        })
+    }
+
+    /// Rows of each of [`TABLES`], and events processed with each note.
+    async fn counts(&self) -> anyhow::Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+        match self {
+            Self::Postgres { session, .. } => {
+                let mut tables = Vec::new();
+                for table in TABLES {
+                    let count: i64 = session.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+                    tables.push((table.to_owned(), count));
+                }
+                let notes = session.query(NOTES_SQL, &[]).await?.iter().map(|row| (row.get(0), row.get(1))).collect();
+                Ok((tables, notes))
+            }
+            Self::Sqlite { path } => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let db = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                    let mut tables = Vec::new();
+                    for table in TABLES {
+                        let count: i64 = db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+                        tables.push((table.to_owned(), count));
+                    }
+                    let notes = db
+                        .prepare(NOTES_SQL)?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok((tables, notes))
+                })
+                .await?
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
-// Baseline: pgbench, one single-row INSERT per transaction
+// Baseline: one single-row INSERT per transaction (pgbench, or an SQLite loop)
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
-struct PgbenchResult {
+#[derive(Debug, Clone)]
+struct BaselineResult {
+    /// The table's row label.
+    label: String,
     tps: f64,
     latency_avg_ms: f64,
-    /// From the per-transaction log.
+    /// From pgbench's per-transaction log, or timed by the SQLite loop.
     latency: Percentiles,
     cpu: CpuSplit,
 }
@@ -254,7 +403,7 @@ async fn run_pgbench(
     database_url: &str,
     settings: &Settings,
     files: &Path,
-) -> anyhow::Result<PgbenchResult> {
+) -> anyhow::Result<BaselineResult> {
     let db = pg_connect(database_url).await?;
     db.batch_execute(
         "CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())",
@@ -305,9 +454,56 @@ async fn run_pgbench(
             );
         }
     }
-    Ok(PgbenchResult {
+    Ok(BaselineResult {
+        label: format!("pgbench 1-row INSERT, -c {} -j 2", settings.concurrency),
         tps: figure("tps = ")?,
         latency_avg_ms: figure("latency average = ")?,
+        latency: Percentiles::of(&mut latencies),
+        cpu,
+    })
+}
+
+/// The SQLite baseline: `BEGIN IMMEDIATE`, a single-row `INSERT`, `COMMIT`,
+/// in a loop for `secs` on one connection to a scratch file opened with the
+/// store's pragmas (billing-core's `storage/sqlite.rs`: WAL, `synchronous =
+/// FULL`, `fullfsync`, a busy timeout). Blocking: run it off the async
+/// threads. The CPU figures are this process's, which runs nothing else
+/// meanwhile.
+fn sqlite_baseline(path: &Path, secs: u64) -> anyhow::Result<BaselineResult> {
+    let db = rusqlite::Connection::open(path).context("open the SQLite baseline's scratch file")?;
+    db.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    ensure!(mode.eq_ignore_ascii_case("wal"), "the SQLite baseline's file cannot use a write-ahead log ({mode})");
+    db.pragma_update(None, "synchronous", "FULL")?;
+    db.pragma_update(None, "fullfsync", true)?;
+    db.execute_batch(
+        "CREATE TABLE bench_baseline (id INTEGER PRIMARY KEY, payload TEXT, created_at TEXT DEFAULT CURRENT_TIMESTAMP)",
+    )?;
+    let insert_one = || -> rusqlite::Result<()> {
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        db.prepare_cached("INSERT INTO bench_baseline (payload) VALUES ('x')")?.execute([])?;
+        db.execute_batch("COMMIT")
+    };
+    for _ in 0..100 {
+        insert_one()?; // warm-up: the WAL file, the statement cache
+    }
+    let me = std::process::id();
+    let length = Duration::from_secs(secs.max(1));
+    let mut latencies = Vec::new();
+    let before = CpuSample::take(me);
+    let started = Instant::now();
+    while started.elapsed() < length {
+        let sent = Instant::now();
+        insert_one()?;
+        latencies.push(sent.elapsed());
+    }
+    let elapsed = started.elapsed();
+    let cpu = CpuSplit::between(&before, &CpuSample::take(me));
+    let transactions = latencies.len();
+    Ok(BaselineResult {
+        label: "sqlite 1-row INSERT txns, 1 writer".to_owned(),
+        tps: transactions as f64 / elapsed.as_secs_f64(),
+        latency_avg_ms: latencies.iter().sum::<Duration>().as_secs_f64() * 1e3 / transactions.max(1) as f64,
         latency: Percentiles::of(&mut latencies),
         cpu,
     })
@@ -338,13 +534,15 @@ struct Server {
 }
 
 impl Server {
-    async fn start(database_url: &str, pool_size: usize) -> anyhow::Result<Self> {
-        let store = PgStore::connect(database_url, pool_size)?;
+    async fn start(location: &StoreLocation, pool_size: usize) -> anyhow::Result<Self> {
+        let store = AnyStore::open(location, pool_size)
+            .await
+            .map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
         store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
         let signing_key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).expect("a generated key loads");
         let config = BillingConfig::new(plans(), LicensingConfig::new(Arc::new(signing_key)))
             .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET));
-        let billing = Billing::new(AnyStore::from(store), config);
+        let billing = Billing::new(store, config);
         let state = AppState::new(billing, ServerOptions::default()).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
@@ -632,7 +830,7 @@ struct CpuSample {
 }
 
 impl CpuSample {
-    /// `app`: the process driving PostgreSQL (pgbench, or this one).
+    /// `app`: the process driving the store (pgbench, or this one).
     fn take(app: u32) -> Self {
         Self { at: Instant::now(), app: process_cpu_ns(app), postgres: postgres_cpu_ns(), machine: machine_jiffies() }
     }
@@ -743,36 +941,42 @@ impl Activity {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let files = TempDir::create()?;
-    let database = BenchDatabase::create(&settings.admin_url).await?;
-    let database_url = database.url();
-    let admin = pg_connect(&database_url).await?;
-    if let Some(value) = &settings.synchronous_commit {
-        admin.batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = {value}", database.name)).await?;
-    }
-    let session = pg_connect(&database_url).await?; // a new session sees the database's settings
-    let synchronous_commit: String = session.query_one("SHOW synchronous_commit", &[]).await?.get(0);
-    let version: String = session.query_one("SHOW server_version", &[]).await?.get(0);
+    let store = BenchStore::create(&settings, &files.0).await?;
+    let backend = settings.backend.name();
+    println!("webhook_ingest: {} cores, {}", cpu_count(), store.describe().await?);
+    let pool = match settings.backend {
+        Backend::Postgres => format!("server pool {} connections", settings.pool_size),
+        Backend::Sqlite => "server: one writer connection and a reader pool (BENCH_DB_POOL_SIZE unused)".to_owned(),
+    };
     println!(
-        "webhook_ingest: {} cores, PostgreSQL {version} (synchronous_commit = {synchronous_commit}), database {}",
-        cpu_count(),
-        database.name
-    );
-    println!(
-        "  concurrency {}, N = {} events (+{} warm-up), server pool {} connections",
-        settings.concurrency, settings.events, settings.warmup_events, settings.pool_size
+        "  concurrency {}, N = {} events (+{} warm-up), {pool}",
+        settings.concurrency, settings.events, settings.warmup_events
     );
 
-    println!("[1/2] baseline: pgbench, one single-row INSERT per transaction, {} s", settings.pgbench_secs);
-    let pgbench = match find_pgbench() {
-        Some(path) => Some(run_pgbench(&path, &database_url, &settings, &files.0).await?),
-        None => {
-            println!("  WARNING: pgbench not found (set BENCH_PGBENCH); baseline skipped");
-            None
+    let baseline = match &store {
+        BenchStore::Postgres { database, .. } => {
+            println!("[1/2] baseline: pgbench, one single-row INSERT per transaction, {} s", settings.pgbench_secs);
+            match find_pgbench() {
+                Some(path) => Some(run_pgbench(&path, &database.url(), &settings, &files.0).await?),
+                None => {
+                    println!("  WARNING: pgbench not found (set BENCH_PGBENCH); baseline skipped");
+                    None
+                }
+            }
+        }
+        BenchStore::Sqlite { .. } => {
+            println!(
+                "[1/2] baseline (pgbench is PostgreSQL-only): SQLite, one single-row INSERT per transaction, one \
+                 writer, WAL + synchronous = FULL on a scratch file, {} s",
+                settings.pgbench_secs.max(1)
+            );
+            let (scratch, secs) = (files.0.join("baseline.sqlite3"), settings.pgbench_secs);
+            Some(tokio::task::spawn_blocking(move || sqlite_baseline(&scratch, secs)).await??)
         }
     };
 
-    println!("[2/2] POST {WEBHOOK_PATH}: in-process server, signing events");
-    let server = Server::start(&database_url, settings.pool_size).await?;
+    println!("[2/2] POST {WEBHOOK_PATH}: in-process server on {backend}, signing events");
+    let server = Server::start(&store.location(), settings.pool_size).await?;
     let url = format!("{}{WEBHOOK_PATH}", server.address);
     let secrets = WebhookSecrets::parse(WEBHOOK_SECRET).expect("a secret is configured");
     let lag = (16 * settings.concurrency).max(256);
@@ -788,13 +992,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         warm.failures
     );
     let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn(sample_activity(database_url.clone(), stopped));
+    let sampler = store.postgres_url().map(|url| tokio::spawn(sample_activity(url, stopped)));
     let me = std::process::id();
     let before = CpuSample::take(me);
     let mut load = post_all(&http, &url, measured, settings.concurrency).await;
     let cpu = CpuSplit::between(&before, &CpuSample::take(me));
     stop_sampling.send_replace(true);
-    let activity = sampler.await?;
+    let activity = match sampler {
+        Some(sampler) => Some(sampler.await?),
+        None => None,
+    };
     let latency = Percentiles::of(&mut load.latencies);
     let events_per_sec = load.events_per_sec();
     server.stop().await;
@@ -809,27 +1016,23 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(failure) = &load.first_failure.or(warm.first_failure) {
         println!("  first failure: {failure}");
     }
-    let mut rows = Vec::new();
-    for table in ["customers", "subscriptions", "licenses", "payments", "subscription_changes", "outbox_events"] {
-        let count: i64 = session.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
-        rows.push(format!("{table} {count}"));
-    }
+    let (tables, notes) = store.counts().await?;
+    let rows: Vec<String> = tables.iter().map(|(table, count)| format!("{table} {count}")).collect();
     println!("  rows written (warm-up included): {}", rows.join(", "));
-    for row in session
-        .query("SELECT note, count(*) FROM webhook_events WHERE note IS NOT NULL GROUP BY note ORDER BY note", &[])
-        .await?
-    {
-        println!("  events processed with the note {:?}: {}", row.get::<_, String>(0), row.get::<_, i64>(1));
+    for (note, count) in notes {
+        println!("  events processed with the note {note:?}: {count}");
     }
     match activity {
-        Ok(activity) => activity.print(),
-        Err(e) => println!("  could not sample pg_stat_activity: {e:#}"),
+        Some(Ok(activity)) => activity.print(),
+        Some(Err(e)) => println!("  could not sample pg_stat_activity: {e:#}"),
+        None => println!("  session sampling (pg_stat_activity, pg_locks) is PostgreSQL-only: skipped"),
     }
 
     let cores = |c: f64| format!("{c:.2}");
     println!();
+    println!("webhook_ingest results · store: {backend} · {} cores", cpu_count());
     println!(
-        "{:<38} {:>13} {:>7} {:>7} {:>7} {:>7} {:>5} | {:>5} {:>5} {:>5} {:>7}",
+        "{:<46} {:>13} {:>7} {:>7} {:>7} {:>7} {:>5} | {:>5} {:>5} {:>5} {:>7}",
         "cores used / ms of CPU per op ->",
         "throughput",
         "avg ms",
@@ -842,10 +1045,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "other",
         "CPU ms"
     );
-    match &pgbench {
+    match &baseline {
         Some(b) => println!(
-            "{:<38} {:>9.0} tps {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
-            format!("pgbench 1-row INSERT, -c {} -j 2", settings.concurrency),
+            "{:<46} {:>9.0} tps {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
+            b.label,
             b.tps,
             b.latency_avg_ms,
             b.latency.p50_ms,
@@ -857,11 +1060,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             cores(b.cpu.other()),
             b.cpu.ms_per_op(b.tps)
         ),
-        None => println!("{:<38} {:>13}", "pgbench", "skipped"),
+        None => println!("{:<46} {:>13}", "pgbench", "skipped"),
     }
     println!(
-        "{:<38} {:>8.0} ev/s {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
-        format!("webhooks, {} in flight, N = {}", settings.concurrency, settings.events),
+        "{:<46} {:>8.0} ev/s {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} | {:>5} {:>5} {:>5} {:>7.3}",
+        format!("webhooks ({backend}), {} in flight, N = {}", settings.concurrency, settings.events),
         events_per_sec,
         load.latencies.iter().sum::<Duration>().as_secs_f64() * 1e3 / load.latencies.len().max(1) as f64,
         latency.p50_ms,
@@ -874,7 +1077,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         cpu.ms_per_op(events_per_sec)
     );
     println!(
-        "{:<38} {:>8.0} ev/s {:>7} {:>7} {:>7.2} {:>7} {:>5} |",
+        "{:<46} {:>8.0} ev/s {:>7} {:>7} {:>7.2} {:>7} {:>5} |",
         "target", TARGET_EVENTS_PER_SEC, "", "", TARGET_P99_MS, "", 0
     );
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
@@ -883,16 +1086,26 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         verdict(events_per_sec >= TARGET_EVENTS_PER_SEC),
         verdict(latency.p99_ms < TARGET_P99_MS)
     );
+    let (app, pg) = match settings.backend {
+        Backend::Postgres => (
+            "the process driving PostgreSQL (pgbench; for webhooks this process: server and load generator)",
+            "all PostgreSQL processes",
+        ),
+        Backend::Sqlite => (
+            "this process (the SQLite baseline loop; for webhooks the server with its embedded SQLite, and the \
+             load generator)",
+            "all PostgreSQL processes, unused by the sqlite store (~0; more is other load on the machine)",
+        ),
+    };
     println!(
-        "app: the process driving PostgreSQL (pgbench; for webhooks this process: server and load generator); \
-         pg: all PostgreSQL processes; other: the rest of the machine's busy CPU ({} cores; above ~0.1 the \
-         figures are pessimistic); CPU ms: (app + pg) CPU time per operation, so {} cores allow at most ~{:.0} \
-         webhook events/s.",
+        "app: {app}; pg: {pg}; other: the rest of the machine's busy CPU ({} cores; above ~0.1 the figures are \
+         pessimistic); CPU ms: (app + pg) CPU time per operation, so {} cores allow at most ~{:.0} webhook \
+         events/s.",
         cpu_count(),
         cpu_count(),
         cpu_count() as f64 * 1e3 / cpu.ms_per_op(events_per_sec).max(1e-9)
     );
-    drop((admin, session));
-    drop(database);
+    drop(store);
+    drop(files);
     Ok(())
 }

@@ -3,9 +3,10 @@
 use super::*;
 use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{NoTls, Row, Statement};
 
 mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
@@ -213,9 +214,8 @@ impl Store for PgStore {
     type Tx = PgTx;
 
     async fn begin(&self) -> Result<PgTx, StoreError> {
-        let conn = self.conn().await?;
-        conn.batch_execute("BEGIN").await.map_err(query_error)?;
-        Ok(PgTx { conn: Some(conn), outbox: Vec::new() })
+        // `BEGIN` goes out with the transaction's first statement.
+        Ok(PgTx { conn: Some(self.conn().await?), begun: false, deferred: Vec::new(), outbox: Vec::new() })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -479,21 +479,118 @@ impl Store for PgStore {
 }
 
 /// An open PostgreSQL transaction on a pooled connection.
+///
+/// Every round trip costs both processes a wake-up, and on a busy machine
+/// those dominate a webhook's cost, so a unit of work sends as few as its
+/// reads require: `BEGIN` travels with the first statement, and writes
+/// whose results nobody reads are held back and pipelined ahead of the next
+/// read or the `COMMIT`. Statements still reach PostgreSQL in the order they
+/// were issued, so locks are taken in the same order and a read sees every
+/// earlier write; a failed write surfaces at the next read or the commit,
+/// and fails the unit of work all the same.
 pub struct PgTx {
     conn: Option<Object>,
+    /// Whether `BEGIN` has been sent.
+    begun: bool,
+    /// Writes not yet sent, in the order they were issued.
+    deferred: Vec<Deferred>,
     /// Outbox rows to write at commit (see [`PgTx::commit`] for why).
     outbox: Vec<OutboxMessage>,
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Owned statement parameters for [`PgTx::defer`].
+macro_rules! params {
+    ($($param:expr),* $(,)?) => { vec![$(Box::new($param) as Param),*] };
+}
+
+/// A statement held back by [`PgTx::defer`].
+struct Deferred {
+    sql: Cow<'static, str>,
+    params: Vec<Param>,
 }
 
 impl PgTx {
     fn conn(&self) -> &ClientWrapper {
         self.conn.as_ref().expect("a transaction is used only until it is committed or dropped")
     }
+
+    /// Holds back a statement whose result is not needed; it is sent ahead
+    /// of the next read or with the commit.
+    fn defer(&mut self, sql: impl Into<Cow<'static, str>>, params: Vec<Param>) {
+        self.deferred.push(Deferred { sql: sql.into(), params });
+    }
+
+    /// Runs `sql` and returns its rows, in one round trip with whatever has
+    /// not been sent yet (`BEGIN`, deferred writes).
+    async fn read(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let (begin, deferred) = (!std::mem::replace(&mut self.begun, true), std::mem::take(&mut self.deferred));
+        let conn = self.conn();
+        let ahead = prepare_all(conn, &deferred).await?;
+        let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
+        let (sent, rows) = futures_util::join!(send_ahead(conn, begin, &ahead), conn.query(&statement, params));
+        sent?;
+        rows.map_err(query_error)
+    }
+
+    /// [`PgTx::read`] of a statement that yields at most one row.
+    async fn read_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        let mut rows = self.read(sql, params).await?;
+        match rows.len() {
+            0 | 1 => Ok(rows.pop()),
+            n => Err(StoreError::Corrupt(format!("{n} rows where at most one was expected"))),
+        }
+    }
+}
+
+/// Prepares each deferred statement (a round trip only the first time a
+/// connection sees it), so that none stalls the pipeline once it is sent.
+async fn prepare_all<'a>(
+    conn: &ClientWrapper,
+    deferred: &'a [Deferred],
+) -> Result<Vec<(Statement, &'a Deferred)>, StoreError> {
+    let mut prepared = Vec::with_capacity(deferred.len());
+    for d in deferred {
+        prepared.push((conn.prepare_cached(&d.sql).await.map_err(query_error)?, d));
+    }
+    Ok(prepared)
+}
+
+/// Sends `BEGIN` (when `begin`) and the prepared statements, without
+/// waiting in between, and reports the first failure. tokio-postgres sends
+/// a request when its future is first polled and `join!` polls in order, so
+/// everything is on its way once this future has been polled once: a future
+/// joined after it goes out after them.
+async fn send_ahead(
+    conn: &ClientWrapper,
+    begin: bool,
+    statements: &[(Statement, &Deferred)],
+) -> Result<(), StoreError> {
+    let writes = statements.iter().map(|(statement, d)| {
+        let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        async move { conn.execute(statement, &params).await }
+    });
+    let (begun, written) = futures_util::join!(
+        async {
+            match begin {
+                true => conn.batch_execute("BEGIN").await,
+                false => Ok(()),
+            }
+        },
+        futures_util::future::join_all(writes),
+    );
+    begun.map_err(query_error)?;
+    written.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(query_error(e)))
 }
 
 impl Drop for PgTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
+        if !self.begun {
+            // Nothing was sent: the connection is as clean as it came.
+            return;
+        }
         // Roll back before the connection goes back to the pool; if that is
         // impossible, detach the connection so the server aborts the
         // transaction when it closes.
@@ -512,18 +609,18 @@ impl Drop for PgTx {
 
 impl StoreTx for PgTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
-        let claimed = query_opt(
-            self.conn(),
-            "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
+        let claimed = self
+            .read_opt(
+                "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
              VALUES ($1, $2, $3, $4, 'processed', now())
              ON CONFLICT (id) DO UPDATE
                 SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
                     processed_at = now()
               WHERE webhook_events.status = 'failed'
              RETURNING id",
-            &[&event.id, &event.kind, &event.created, &event.api_version],
-        )
-        .await?;
+                &[&event.id, &event.kind, &event.created, &event.api_version],
+            )
+            .await?;
         Ok(claimed.is_some())
     }
 
@@ -537,32 +634,29 @@ impl StoreTx for PgTx {
             EventDisposition::Processed => "processed",
             EventDisposition::Ignored => "ignored",
         };
-        execute(
-            self.conn(),
+        self.defer(
             "UPDATE webhook_events SET status = $2, note = $3, last_error = NULL, processed_at = now() WHERE id = $1",
-            &[&event_id, &status, &note],
-        )
-        .await?;
+            params![event_id.to_owned(), status, note.map(str::to_owned)],
+        );
         Ok(())
     }
 
     async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
-        let conn = self.conn();
         let select = "SELECT id, user_id FROM customers WHERE stripe_customer_id = $1";
-        let existing = match query_opt(conn, select, &[&stripe_customer_id]).await? {
+        let existing = match self.read_opt(select, &[&stripe_customer_id]).await? {
             Some(row) => Some(row),
             None => {
-                let inserted = query_opt(
-                    conn,
-                    "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ($1, $2, $3)
+                let inserted = self
+                    .read_opt(
+                        "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ($1, $2, $3)
                      ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING id",
-                    &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
-                )
-                .await?;
+                        &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
+                    )
+                    .await?;
                 match inserted {
                     Some(row) => return Ok(row.get(0)),
                     // Inserted concurrently: this new statement sees it.
-                    None => query_opt(conn, select, &[&stripe_customer_id]).await?,
+                    None => self.read_opt(select, &[&stripe_customer_id]).await?,
                 }
             }
         };
@@ -570,30 +664,28 @@ impl StoreTx for PgTx {
         let id: Uuid = row.get(0);
         let known_user: Option<String> = row.get(1);
         if let (None, Some(user_id)) = (known_user, user_id) {
-            execute(
-                conn,
+            self.defer(
                 "UPDATE customers SET user_id = $2, updated_at = now() WHERE id = $1 AND user_id IS NULL",
-                &[&id, &user_id],
-            )
-            .await?;
+                params![id, user_id.to_owned()],
+            );
         }
         Ok(id)
     }
 
     async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
-        let conn = self.conn();
-        query(conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&stripe_subscription_id]).await?;
+        // The lock is granted before the SELECT runs (PostgreSQL runs a
+        // pipeline in order), so the SELECT sees what its holder committed.
+        self.defer("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", params![stripe_subscription_id.to_owned()]);
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
               WHERE s.stripe_subscription_id = $1"
         );
-        query_opt(conn, &sql, &[&stripe_subscription_id]).await?.as_ref().map(subscription_from_row).transpose()
+        self.read_opt(&sql, &[&stripe_subscription_id]).await?.as_ref().map(subscription_from_row).transpose()
     }
 
     async fn save_subscription(&mut self, customer_id: Uuid, sub: &Subscription) -> Result<(), StoreError> {
         let s = &sub.snapshot;
-        execute(
-            self.conn(),
+        self.defer(
             "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
                     cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
                     trial_end, metadata_user_id, past_due_since, source_created)
@@ -607,33 +699,32 @@ impl StoreTx for PgTx {
                     current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
                     metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
                     source_created = EXCLUDED.source_created, updated_at = now()",
-            &[
-                &sub.id,
-                &s.stripe_subscription_id,
-                &customer_id,
-                &s.status.as_str(),
-                &sub.plan_id,
-                &s.price_id,
-                &s.item_id,
-                &s.cancel_at_period_end,
-                &s.cancel_at,
-                &s.canceled_at,
-                &s.ended_at,
-                &s.current_period_start,
-                &s.current_period_end,
-                &s.trial_end,
-                &s.user_id,
-                &sub.past_due_since,
-                &sub.source_created,
+            params![
+                sub.id,
+                s.stripe_subscription_id.clone(),
+                customer_id,
+                s.status.as_str(),
+                sub.plan_id.clone(),
+                s.price_id.clone(),
+                s.item_id.clone(),
+                s.cancel_at_period_end,
+                s.cancel_at,
+                s.canceled_at,
+                s.ended_at,
+                s.current_period_start,
+                s.current_period_end,
+                s.trial_end,
+                s.user_id.clone(),
+                sub.past_due_since,
+                sub.source_created,
             ],
-        )
-        .await?;
+        );
         Ok(())
     }
 
     async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = $1 FOR UPDATE");
-        query_opt(self.conn(), &sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
+        self.read_opt(&sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
     async fn license_of_stripe_subscription(
@@ -644,40 +735,43 @@ impl StoreTx for PgTx {
             "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
               WHERE s.stripe_subscription_id = $1"
         );
-        query_opt(self.conn(), &sql, &[&stripe_subscription_id]).await?.as_ref().map(license_from_row).transpose()
+        self.read_opt(&sql, &[&stripe_subscription_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let t = &license.terms;
-        execute(
-            self.conn(),
+        self.defer(
             "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at, grace_ends_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &license.id,
-                &license.subscription_id,
-                &license.key.expose(),
-                &license.key.lookup_hash(),
-                &t.status.as_str(),
-                &t.plan_id,
-                &max_devices_param(t),
-                &t.expires_at,
-                &t.grace_ends_at,
+            params![
+                license.id,
+                license.subscription_id,
+                license.key.expose().to_owned(),
+                license.key.lookup_hash(),
+                t.status.as_str(),
+                t.plan_id.clone(),
+                max_devices_param(t),
+                t.expires_at,
+                t.grace_ends_at,
             ],
-        )
-        .await?;
+        );
         Ok(())
     }
 
     async fn update_license_terms(&mut self, license_id: Uuid, t: &LicenseTerms) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "UPDATE licenses SET status = $2, plan_id = $3, max_devices = $4, expires_at = $5, grace_ends_at = $6,
                     updated_at = now()
               WHERE id = $1",
-            &[&license_id, &t.status.as_str(), &t.plan_id, &max_devices_param(t), &t.expires_at, &t.grace_ends_at],
-        )
-        .await?;
+            params![
+                license_id,
+                t.status.as_str(),
+                t.plan_id.clone(),
+                max_devices_param(t),
+                t.expires_at,
+                t.grace_ends_at
+            ],
+        );
         Ok(())
     }
 
@@ -687,29 +781,26 @@ impl StoreTx for PgTx {
         actor: &Actor,
         change: &SubscriptionChange,
     ) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &subscription_id,
-                &change.kind(),
-                &change.from_status().map(SubscriptionStatus::as_str),
-                &change.to_status().map(SubscriptionStatus::as_str),
-                &change.detail(),
-                &actor.label(),
-                &actor.stripe_event_id(),
+            params![
+                subscription_id,
+                change.kind(),
+                change.from_status().map(SubscriptionStatus::as_str),
+                change.to_status().map(SubscriptionStatus::as_str),
+                change.detail(),
+                actor.label(),
+                actor.stripe_event_id().map(str::to_owned),
             ],
-        )
-        .await?;
+        );
         Ok(())
     }
 
     async fn upsert_payment(&mut self, customer_id: Uuid, p: &Payment) -> Result<PaymentWrite, StoreError> {
-        let conn = self.conn();
-        let inserted = query_opt(
-            conn,
-            "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency, status, paid_at)
+        let inserted = self
+            .read_opt(
+                "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency, status, paid_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (stripe_invoice_id) DO NOTHING RETURNING id",
             &[
@@ -727,83 +818,82 @@ impl StoreTx for PgTx {
         if inserted.is_some() {
             return Ok(PaymentWrite::Inserted);
         }
-        let row = query_opt(
-            conn,
-            "SELECT status FROM payments WHERE stripe_invoice_id = $1 FOR UPDATE",
-            &[&p.stripe_invoice_id],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("payment vanished during upsert".into()))?;
+        let row = self
+            .read_opt("SELECT status FROM payments WHERE stripe_invoice_id = $1 FOR UPDATE", &[&p.stripe_invoice_id])
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("payment vanished during upsert".into()))?;
         let status: String = row.get(0);
         let held = PaymentStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
         if !held.may_become(p.status) {
             return Ok(PaymentWrite::Unchanged);
         }
-        execute(
-            conn,
+        self.defer(
             "UPDATE payments SET status = $2, amount = $3, paid_at = $4, updated_at = now() WHERE stripe_invoice_id = $1",
-            &[&p.stripe_invoice_id, &p.status.as_str(), &p.amount, &p.paid_at],
-        )
-        .await?;
+            params![p.stripe_invoice_id.clone(), p.status.as_str(), p.amount, p.paid_at],
+        );
         Ok(PaymentWrite::Updated { from: held })
     }
 
     async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1 FOR UPDATE");
-        query_opt(self.conn(), &sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
+        self.read_opt(&sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
     }
 
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1 FOR UPDATE");
-        query_opt(self.conn(), &sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()
+        self.read_opt(&sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
     async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 ORDER BY d.activated_at FOR UPDATE"
         );
-        query(self.conn(), &sql, &[&license_id]).await?.iter().map(device_from_row).collect()
+        self.read(&sql, &[&license_id]).await?.iter().map(device_from_row).collect()
     }
 
     async fn insert_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
                     activated_at, last_heartbeat_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[
-                &d.id,
-                &d.license_id,
-                &d.fingerprint,
-                &d.name,
-                &d.platform,
-                &d.app_version,
-                &token_hash,
-                &d.status.as_str(),
-                &d.activated_at,
-                &d.last_heartbeat_at,
+            params![
+                d.id,
+                d.license_id,
+                d.fingerprint.clone(),
+                d.name.clone(),
+                d.platform.clone(),
+                d.app_version.clone(),
+                token_hash.to_vec(),
+                d.status.as_str(),
+                d.activated_at,
+                d.last_heartbeat_at,
             ],
-        )
-        .await?;
+        );
         Ok(())
     }
 
     async fn reactivate_device(&mut self, d: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "UPDATE devices SET name = $2, platform = $3, app_version = $4, token_hash = $5, status = 'active',
                     activated_at = $6, last_heartbeat_at = $7, deactivated_at = NULL, updated_at = now()
               WHERE id = $1",
-            &[&d.id, &d.name, &d.platform, &d.app_version, &token_hash, &d.activated_at, &d.last_heartbeat_at],
-        )
-        .await?;
+            params![
+                d.id,
+                d.name.clone(),
+                d.platform.clone(),
+                d.app_version.clone(),
+                token_hash.to_vec(),
+                d.activated_at,
+                d.last_heartbeat_at,
+            ],
+        );
         Ok(())
     }
 
     async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1 FOR UPDATE");
-        query_opt(self.conn(), &sql, &[&token_hash]).await?.as_ref().map(device_from_row).transpose()
+        self.read_opt(&sql, &[&token_hash]).await?.as_ref().map(device_from_row).transpose()
     }
 
     async fn lock_device_of_user(
@@ -819,11 +909,11 @@ impl StoreTx for PgTx {
               WHERE d.id = $1 AND ($2::text IS NULL OR c.user_id = $2)
               FOR UPDATE OF d"
         );
-        query_opt(self.conn(), &sql, &[&device_id, &user_id]).await?.as_ref().map(device_from_row).transpose()
+        self.read_opt(&sql, &[&device_id, &user_id]).await?.as_ref().map(device_from_row).transpose()
     }
 
     async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
-        execute(self.conn(), "UPDATE devices SET last_heartbeat_at = $2 WHERE id = $1", &[&device_id, &at]).await?;
+        self.defer("UPDATE devices SET last_heartbeat_at = $2 WHERE id = $1", params![device_id, at]);
         Ok(())
     }
 
@@ -833,18 +923,18 @@ impl StoreTx for PgTx {
         status: DeviceStatus,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "UPDATE devices SET status = $2, deactivated_at = $3, updated_at = now() WHERE id = $1",
-            &[&device_id, &status.as_str(), &at],
-        )
-        .await?;
+            params![device_id, status.as_str(), at],
+        );
         Ok(())
     }
 
     async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
-        execute(self.conn(), "UPDATE devices SET name = $2, updated_at = now() WHERE id = $1", &[&device_id, &name])
-            .await?;
+        self.defer(
+            "UPDATE devices SET name = $2, updated_at = now() WHERE id = $1",
+            params![device_id, name.to_owned()],
+        );
         Ok(())
     }
 
@@ -854,7 +944,7 @@ impl StoreTx for PgTx {
               WHERE d.status = 'active' AND d.last_heartbeat_at < $1
               ORDER BY d.last_heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
-        query(self.conn(), &sql, &[&cutoff, &limit]).await?.iter().map(device_from_row).collect()
+        self.read(&sql, &[&cutoff, &limit]).await?.iter().map(device_from_row).collect()
     }
 
     async fn record_device_change(
@@ -864,12 +954,10 @@ impl StoreTx for PgTx {
         actor: &Actor,
         detail: Value,
     ) -> Result<(), StoreError> {
-        execute(
-            self.conn(),
+        self.defer(
             "INSERT INTO device_changes (device_id, license_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[&device.id, &device.license_id, &kind, &actor.label(), &detail],
-        )
-        .await?;
+            params![device.id, device.license_id, kind.to_owned(), actor.label(), detail],
+        );
         Ok(())
     }
 
@@ -881,42 +969,49 @@ impl StoreTx for PgTx {
     /// Outbox ids must commit in id order (readers page by id), so the
     /// rows are written under a global lock held until `COMMIT`. Taking it
     /// mid-transaction would serialise every outbox-writing unit of work for
-    /// all of its remaining statements; instead the rows wait here and the
-    /// lock, the inserts and the `COMMIT` go out in one pipelined round trip,
-    /// so the lock is held for about one commit.
+    /// all of its remaining statements; instead the rows wait here and go
+    /// out with the deferred writes, the lock and the `COMMIT` in one
+    /// pipelined round trip, so the lock is held for about one commit.
     async fn commit(mut self) -> Result<(), StoreError> {
         let conn = self.conn.take().expect("commit is called once");
-        if self.outbox.is_empty() {
-            return conn.batch_execute("COMMIT").await.map_err(query_error);
+        if !self.begun && self.deferred.is_empty() && self.outbox.is_empty() {
+            return Ok(()); // Nothing was sent, so there is nothing to commit.
         }
-        // Prepared before the lock is taken: preparing is a round trip of its own.
-        let insert = conn
-            .prepare_cached("INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3)")
-            .await
-            .map_err(query_error)?;
+        // Prepared before anything is sent: preparing is a round trip of its own.
+        let ahead = prepare_all(&conn, &self.deferred).await?;
+        let insert = match self.outbox.is_empty() {
+            true => None,
+            false => Some(
+                conn.prepare_cached("INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3)")
+                    .await
+                    .map_err(query_error)?,
+            ),
+        };
         let (a, b) = OUTBOX_LOCK;
         let lock = format!("SELECT pg_advisory_xact_lock({a}, {b}); NOTIFY {OUTBOX_CHANNEL}");
-        // tokio-postgres sends each request when first polled, and `join!`
-        // polls in order: lock, inserts, COMMIT, without waiting in between.
-        let (conn_ref, insert) = (&*conn, &insert);
-        let inserts = self
-            .outbox
-            .iter()
-            .map(|m| async move { conn_ref.execute(insert, &[&m.license_id, &m.topic, &m.payload]).await });
-        let (locked, inserted, committed) = futures_util::join!(
-            conn.batch_execute(&lock),
-            futures_util::future::join_all(inserts),
-            conn.batch_execute("COMMIT"),
-        );
-        let failure = locked.err().or_else(|| inserted.into_iter().find_map(Result::err)).or(committed.err());
-        match failure {
-            None => Ok(()),
-            Some(e) => {
+        let conn_ref = &*conn;
+        let outbox = async {
+            let Some(insert) = &insert else { return Ok(()) };
+            let inserts = self
+                .outbox
+                .iter()
+                .map(|m| async move { conn_ref.execute(insert, &[&m.license_id, &m.topic, &m.payload]).await });
+            let (locked, inserted) =
+                futures_util::join!(conn_ref.batch_execute(&lock), futures_util::future::join_all(inserts));
+            locked.map_err(query_error)?;
+            inserted.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(query_error(e)))
+        };
+        // Polled in order: BEGIN and deferred writes, lock and outbox rows, COMMIT.
+        let (sent, written, committed) =
+            futures_util::join!(send_ahead(conn_ref, !self.begun, &ahead), outbox, conn.batch_execute("COMMIT"));
+        match sent.and(written).and(committed.map_err(query_error)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
                 // After a failed statement PostgreSQL turns the COMMIT into a
                 // rollback, but the session's state is not worth trusting:
                 // close it rather than return it to the pool.
                 drop(Object::take(conn));
-                Err(query_error(e))
+                Err(e)
             }
         }
     }

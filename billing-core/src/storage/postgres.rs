@@ -673,13 +673,20 @@ impl StoreTx for PgTx {
     }
 
     async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
-        // The lock is granted before the SELECT runs (PostgreSQL runs a
-        // pipeline in order), so the SELECT sees what its holder committed.
-        self.defer("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", params![stripe_subscription_id.to_owned()]);
+        // A row that exists is locked itself (`NO KEY UPDATE`, so the rows
+        // that reference it can still be written): one statement, the
+        // common case. Only when there is none yet is the identity locked,
+        // so that parallel first deliveries cannot both insert; whoever
+        // waited there then finds the row its holder committed (the lock is
+        // granted before the SELECT runs: PostgreSQL runs a pipeline in order).
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-              WHERE s.stripe_subscription_id = $1"
+              WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s"
         );
+        if let Some(row) = self.read_opt(&sql, &[&stripe_subscription_id]).await? {
+            return subscription_from_row(&row).map(Some);
+        }
+        self.defer("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", params![stripe_subscription_id.to_owned()]);
         self.read_opt(&sql, &[&stripe_subscription_id]).await?.as_ref().map(subscription_from_row).transpose()
     }
 
@@ -970,41 +977,40 @@ impl StoreTx for PgTx {
     /// rows are written under a global lock held until `COMMIT`. Taking it
     /// mid-transaction would serialise every outbox-writing unit of work for
     /// all of its remaining statements; instead the rows wait here and go
-    /// out with the deferred writes, the lock and the `COMMIT` in one
-    /// pipelined round trip, so the lock is held for about one commit.
+    /// out last, with the lock just ahead of them and the `COMMIT` just
+    /// after, in the one pipelined round trip of the commit, so the lock is
+    /// held for about one commit.
     async fn commit(mut self) -> Result<(), StoreError> {
+        if !self.outbox.is_empty() {
+            let (a, b) = OUTBOX_LOCK;
+            self.defer(
+                format!("SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', '')"),
+                Vec::new(),
+            );
+            let outbox = std::mem::take(&mut self.outbox);
+            let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
+            let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
+            let payloads: Vec<Value> = outbox.into_iter().map(|m| m.payload).collect();
+            // One statement for all rows; ids are assigned in array order.
+            self.defer(
+                "INSERT INTO outbox_events (license_id, topic, payload)
+                 SELECT license_id, topic, payload
+                   FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS m(license_id, topic, payload, n)
+                  ORDER BY n",
+                params![license_ids, topics, payloads],
+            );
+        }
         let conn = self.conn.take().expect("commit is called once");
-        if !self.begun && self.deferred.is_empty() && self.outbox.is_empty() {
+        if !self.begun && self.deferred.is_empty() {
             return Ok(()); // Nothing was sent, so there is nothing to commit.
         }
         // Prepared before anything is sent: preparing is a round trip of its own.
         let ahead = prepare_all(&conn, &self.deferred).await?;
-        let insert = match self.outbox.is_empty() {
-            true => None,
-            false => Some(
-                conn.prepare_cached("INSERT INTO outbox_events (license_id, topic, payload) VALUES ($1, $2, $3)")
-                    .await
-                    .map_err(query_error)?,
-            ),
-        };
-        let (a, b) = OUTBOX_LOCK;
-        let lock = format!("SELECT pg_advisory_xact_lock({a}, {b}); NOTIFY {OUTBOX_CHANNEL}");
         let conn_ref = &*conn;
-        let outbox = async {
-            let Some(insert) = &insert else { return Ok(()) };
-            let inserts = self
-                .outbox
-                .iter()
-                .map(|m| async move { conn_ref.execute(insert, &[&m.license_id, &m.topic, &m.payload]).await });
-            let (locked, inserted) =
-                futures_util::join!(conn_ref.batch_execute(&lock), futures_util::future::join_all(inserts));
-            locked.map_err(query_error)?;
-            inserted.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(query_error(e)))
-        };
-        // Polled in order: BEGIN and deferred writes, lock and outbox rows, COMMIT.
-        let (sent, written, committed) =
-            futures_util::join!(send_ahead(conn_ref, !self.begun, &ahead), outbox, conn.batch_execute("COMMIT"));
-        match sent.and(written).and(committed.map_err(query_error)) {
+        // Polled in order: BEGIN, deferred writes, outbox lock and rows, COMMIT.
+        let (sent, committed) =
+            futures_util::join!(send_ahead(conn_ref, !self.begun, &ahead), conn_ref.batch_execute("COMMIT"));
+        match sent.and(committed.map_err(query_error)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // After a failed statement PostgreSQL turns the COMMIT into a

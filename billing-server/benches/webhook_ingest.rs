@@ -47,7 +47,7 @@
 //! On PostgreSQL only, while the measured events are posted, the server's
 //! sessions are sampled every 50 ms (`pg_stat_activity`, `pg_locks`): the
 //! mean number in each state and wait event, and how many wait for the
-//! outbox's global advisory lock or for a per-subscription lock, show where
+//! outbox's global advisory lock or for a new subscription's lock, show where
 //! the time goes. SQLite has no equivalent; the sampling is skipped.
 //!
 //! The table at the end (its header line and row labels name the store)
@@ -875,7 +875,9 @@ impl CpuSplit {
 /// wait event) over the measured run, sampled from `pg_stat_activity`, and
 /// of sessions waiting for an advisory lock, by key space, from `pg_locks`:
 /// two-key advisory locks are the outbox lock (billing-core's `OUTBOX_LOCK`),
-/// one-key ones the per-subscription locks.
+/// one-key ones the locks guarding a subscription's first insert (an
+/// existing subscription is locked by its row: those waits show among the
+/// states as `Lock: transactionid` or `Lock: tuple`).
 #[derive(Debug, Default)]
 struct Activity {
     samples: u64,
@@ -928,7 +930,7 @@ impl Activity {
             println!("    {:>6.2}  {state}", mean(*total));
         }
         println!(
-            "    waiting for an advisory lock: {:.2} for the outbox lock, {:.2} for a subscription lock",
+            "    waiting for an advisory lock: {:.2} for the outbox lock, {:.2} for a new subscription's lock",
             mean(self.outbox_lock_waiters),
             mean(self.subscription_lock_waiters)
         );

@@ -40,9 +40,12 @@ impl Metrics {
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "Time to the response head, by route pattern")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-            &["route", "method"],
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to the response head, by route pattern, method and status",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["route", "method", "status"],
         )
         .expect("valid metric");
         let webhooks = IntCounterVec::new(
@@ -87,8 +90,9 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.requests.with_label_values(&[route, method, &status.to_string()]).inc();
-        self.latency.with_label_values(&[route, method]).observe(seconds);
+        let status = status.to_string();
+        self.requests.with_label_values(&[route, method, &status]).inc();
+        self.latency.with_label_values(&[route, method, &status]).observe(seconds);
     }
 
     /// Records one webhook delivery's outcome.

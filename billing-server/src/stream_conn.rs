@@ -13,12 +13,14 @@
 //! Anything else, including an event stream requested later on a keep-alive
 //! connection, is left to hyper: the bytes read to decide are replayed to it.
 
+use crate::error::ApiError;
 use crate::http::{RequestBody, Response};
 use crate::{AppState, ClientAddr};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::StatusCode;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -83,9 +85,8 @@ pub async fn read_first_request(stream: &mut TcpStream, timeout: Duration) -> io
 pub async fn serve_event_stream(state: Arc<AppState>, mut stream: TcpStream, peer: SocketAddr, head: Bytes) {
     let (request, http10) = match parse_head(&head, peer) {
         Ok(parsed) => parsed,
-        Err(status) => {
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            if write(&mut stream, reply.as_bytes()).await.is_ok() {
+        Err(error) => {
+            if write_response(&mut stream, error.into_response(), false).await.is_ok() {
                 close(stream).await;
             }
             return;
@@ -114,27 +115,31 @@ async fn close(mut stream: TcpStream) {
     .await;
 }
 
-fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<RequestBody>, bool), &'static str> {
+fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<RequestBody>, bool), ApiError> {
+    let malformed = || ApiError::bad_request("MALFORMED_REQUEST", "the request is not valid HTTP/1.1");
+    let too_large = || {
+        let message = format!("request headers exceed {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} fields");
+        ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE", message)
+    };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err("431 Request Header Fields Too Large"),
-        Err(httparse::Error::TooManyHeaders) => return Err("431 Request Header Fields Too Large"),
-        Err(_) => return Err("400 Bad Request"),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(_) => return Err(malformed()),
     }
     let http10 = parsed.version == Some(0);
     let mut request = hyper::Request::builder()
         .method(hyper::Method::GET)
-        .uri(parsed.path.ok_or("400 Bad Request")?)
+        .uri(parsed.path.ok_or_else(malformed)?)
         .version(if http10 { hyper::Version::HTTP_10 } else { hyper::Version::HTTP_11 });
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "400 Bad Request")?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| "400 Bad Request")?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| malformed())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| malformed())?;
         request = request.header(name, value);
     }
     let body = Empty::new().map_err(|never| match never {}).boxed();
-    let mut request = request.body(body).map_err(|_| "400 Bad Request")?;
+    let mut request = request.body(body).map_err(|_| malformed())?;
     request.extensions_mut().insert(ClientAddr(peer.ip()));
     Ok((request, http10))
 }

@@ -17,13 +17,14 @@ pub async fn healthz(state: &AppState) -> Result<Response, ApiError> {
 pub async fn readyz(state: &AppState) -> Result<Response, ApiError> {
     let database = state.billing.store().ping().await.is_ok();
     let shutting_down = *state.shutdown.borrow();
+    let signing_key = !state.billing.public_jwk()["x"].is_null();
     let checks = json!({
         "migrations": true,
         "database": database,
-        "signing_key": !state.billing.public_jwk()["x"].is_null(),
+        "signing_key": signing_key,
         "accepting": !shutting_down,
     });
-    let ready = database && !shutting_down;
+    let ready = database && signing_key && !shutting_down;
     let status = if ready { hyper::StatusCode::OK } else { hyper::StatusCode::SERVICE_UNAVAILABLE };
     Ok(crate::http::json(status, &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks })))
 }

@@ -361,12 +361,18 @@ async fn a_refused_or_malformed_first_stream_request_gets_an_error_and_the_conne
 
     let mut malformed = RawConnection::open(&app).await;
     malformed.send(b"GET /api/events/x HTTP/1.1\r\nno colon here\r\n\r\n").await;
-    assert!(malformed.read_to_end().await.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+    let reply = malformed.read_to_end().await;
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "MALFORMED_REQUEST");
 
     let mut oversized = RawConnection::open(&app).await;
     let huge = format!("GET /api/events/x HTTP/1.1\r\nx-padding: {}\r\n\r\n", "a".repeat(20_000));
     oversized.send(huge.as_bytes()).await;
-    assert!(oversized.read_to_end().await.starts_with("HTTP/1.1 431"));
+    let reply = oversized.read_to_end().await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "HEADERS_TOO_LARGE");
 }
 
 #[tokio::test]
@@ -389,5 +395,31 @@ async fn a_client_that_hangs_up_frees_its_stream() {
     while open_streams().await != 0 {
         assert!(std::time::Instant::now() < deadline, "the stream outlived its connection");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_stream_cleanly_with_a_last_retry_hint() {
+    let mut app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    // One stream served without hyper (first request on its connection), one through it.
+    let mut first = RawConnection::open(&app).await;
+    first.send(events_request(&key, &token).as_bytes()).await;
+    let mut later = RawConnection::open(&app).await;
+    later.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    later.read_until("}").await;
+    later.send(events_request(&key, &token).as_bytes()).await;
+    for connection in [&mut first, &mut later] {
+        connection.read_until(": connected\n\n").await;
+    }
+
+    app.stop();
+    for connection in [&mut first, &mut later] {
+        // Whatever keep-alives came before, the body ends with a `retry:`
+        // frame and then the chunked terminator: a clean end, not a reset.
+        let rest = connection.read_to_end().await;
+        let last_frame = format!("retry: {}\n\n\r\n0\r\n\r\n", billing_server::sse::RETRY_MS);
+        assert!(rest.ends_with(&last_frame), "{rest:?}");
     }
 }

@@ -13,6 +13,27 @@ async fn metrics_count_requests_webhooks_and_streams() {
     app.http.get(app.url("/nope")).send().await.unwrap();
     let key = app.issue_license("u", PRICE_PRO).await;
     app.post_raw_webhook(b"{}".to_vec(), Some("t=1,v1=00")).await;
+    let unhandled = event("evt_charge", "charge.succeeded", now(), json!({ "id": "ch_1", "object": "charge" }));
+    assert_eq!(app.deliver(&unhandled).await, "ignored");
+    assert_eq!(app.deliver(&unhandled).await, "duplicate");
+    let refuse = match backend() {
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+             CREATE TRIGGER refuse_licenses BEFORE INSERT ON licenses FOR EACH ROW EXECUTE FUNCTION refuse();"
+        }
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_licenses BEFORE INSERT ON licenses BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+        }
+    };
+    app.db.execute(refuse).await;
+    let failing = event(
+        "evt_failing",
+        "customer.subscription.created",
+        now(),
+        subscription("sub_failing", "cus_failing", "active", PRICE_PRO, Some("v")),
+    );
+    assert_eq!(app.post_stripe_webhook(&failing).await.status(), 500);
     let token = app.activate_ok(&key, "fp").await["activation_token"].as_str().unwrap().to_owned();
     let _stream = EventReader::new(app.open_event_stream(&key, &token, None).await);
 
@@ -25,7 +46,10 @@ async fn metrics_count_requests_webhooks_and_streams() {
         r#"billing_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
         r#"billing_webhook_events_total{outcome="processed",type="customer.subscription.created"} 1"#,
         r#"billing_webhook_events_total{outcome="rejected",type="unverified"} 1"#,
-        r#"billing_http_request_duration_seconds_count{method="POST",route="/api/license/activate"} 1"#,
+        r#"billing_webhook_events_total{outcome="ignored",type="charge.succeeded"} 1"#,
+        r#"billing_webhook_events_total{outcome="duplicate",type="charge.succeeded"} 1"#,
+        r#"billing_webhook_events_total{outcome="failed",type="customer.subscription.created"} 1"#,
+        r#"billing_http_request_duration_seconds_count{method="POST",route="/api/license/activate",status="201"} 1"#,
         "billing_sse_streams_open 1",
         "billing_outbox_lag_events 0",
     ] {

@@ -298,13 +298,14 @@ mod tests {
 
     #[test]
     fn malformed_or_oversized_heads_are_refused() {
-        assert_eq!(
-            parse_head(b"GET /api/events/K HTTP/1.1\r\nbad header\r\n\r\n", addr()).unwrap_err(),
-            "400 Bad Request"
-        );
-        assert!(parse_head(b"GET /api/events/K HTTP/1.1\r\nHost: a\r\n", addr()).unwrap_err().starts_with("431"));
+        let refusal = |head: &[u8]| {
+            let error = parse_head(head, addr()).unwrap_err();
+            (error.status.as_u16(), error.code)
+        };
+        assert_eq!(refusal(b"GET /api/events/K HTTP/1.1\r\nbad header\r\n\r\n"), (400, "MALFORMED_REQUEST"));
+        assert_eq!(refusal(b"GET /api/events/K HTTP/1.1\r\nHost: a\r\n"), (431, "HEADERS_TOO_LARGE"));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
         let head = format!("GET /api/events/K HTTP/1.1\r\n{many}\r\n");
-        assert!(parse_head(head.as_bytes(), addr()).unwrap_err().starts_with("431"));
+        assert_eq!(refusal(head.as_bytes()), (431, "HEADERS_TOO_LARGE"));
     }
 }

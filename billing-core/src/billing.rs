@@ -335,7 +335,7 @@ impl<S: Store> Billing<S> {
         }
 
         let license = tx.license_of_subscription(next.id).await?;
-        let decision = license::decide(&next, plan, license.as_ref().map(|l| &l.terms), self.config.grace);
+        let decision = license::decide(&next, plan, license.as_ref().map(|l| &l.terms), self.config.grace, now);
         let license_id = match (decision, license) {
             (LicenseDecision::Issue(terms), _) => {
                 let issued =
@@ -362,6 +362,38 @@ impl<S: Store> Billing<S> {
             tx.enqueue(&subscription_updated(license_id, &next)).await?;
         }
         Ok(Synced::Applied)
+    }
+
+    /// Suspends every license whose past-due grace period has run out (an
+    /// audit row and a `license.updated` event each), so that the apps
+    /// holding it hear of it without waiting for Stripe's next event.
+    /// Returns how many. Runs periodically; safe on several instances.
+    pub async fn suspend_lapsed_licenses(&self) -> Result<usize, StoreError> {
+        const BATCH: usize = 500;
+        let now = self.now();
+        let mut total = 0;
+        loop {
+            let mut tx = self.store.begin().await?;
+            let due = tx.lock_licenses_past_grace(now, BATCH as i64).await?;
+            let last_batch = due.len() < BATCH;
+            for held in due {
+                let (Some(terms), Some(grace_ended_at)) = (license::lapsed(&held.terms, now), held.terms.grace_ends_at)
+                else {
+                    continue;
+                };
+                tx.update_license_terms(held.id, &terms).await?;
+                let change = subscription::SubscriptionChange::GraceExpired { grace_ended_at };
+                tx.record_change(held.subscription_id, &Actor::System, &change).await?;
+                let suspended = License { terms, ..held };
+                tx.enqueue(&license_updated(&suspended)).await?;
+                tracing::info!(license_id = %suspended.id, "license suspended: past-due grace period ended");
+                total += 1;
+            }
+            tx.commit().await?;
+            if last_batch {
+                return Ok(total);
+            }
+        }
     }
 
     /// After a downgrade, the least recently seen live devices beyond the

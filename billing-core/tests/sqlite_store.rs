@@ -188,7 +188,14 @@ async fn migrating_twice_is_a_no_op() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(applied, [(1, "create_billing_schema".to_owned()), (2, "create_devices".to_owned())]);
+    assert_eq!(
+        applied,
+        [
+            (1, "create_billing_schema".to_owned()),
+            (2, "create_devices".to_owned()),
+            (3, "index_licenses_in_grace".to_owned())
+        ]
+    );
     let journal: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(journal, "wal", "the store switches the file to WAL");
     let tables: i64 = raw

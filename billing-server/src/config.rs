@@ -24,7 +24,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
     ("BILLING_JWT_SECRET", "HS256 secret of the dashboard's JWTs"),
     ("BILLING_PLANS", "path to the plans TOML file"),
-    ("BILLING_GRACE_DAYS", "days a past-due subscription keeps its license active (default 7)"),
+    (
+        "BILLING_GRACE_DAYS",
+        "days a past-due subscription keeps its license active (default 7); then the license is suspended, audited and announced (`license.updated`) by the server's reaper",
+    ),
     ("BILLING_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
     ("BILLING_HEARTBEAT_WINDOW_SECS", "a device silent for longer is dead (default 600, minimum 1)"),
     ("BILLING_OFFLINE_TTL_SECS", "lifetime of offline certificates (default 604800 = 7 days)"),

@@ -182,7 +182,8 @@ pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_pkcs8(&der).expect("a generated key loads"))
 }
 
-/// Starts the event hub and the dead-device reaper; both stop on shutdown.
+/// Starts the event hub and the reaper (dead devices, licenses past their
+/// grace period); both stop on shutdown.
 fn spawn_background(state: &Arc<AppState>) {
     let mut stop = state.shutdown.subscribe();
     tokio::spawn(state.hub.clone().run(async move {
@@ -202,6 +203,13 @@ fn spawn_background(state: &Arc<AppState>) {
                 Ok(n) => tracing::info!(devices = n, "declared devices dead after missed heartbeats"),
                 Err(e) => {
                     tracing::warn!(error = %billing_core::billing::error_chain(&e), "reaping dead devices failed")
+                }
+            }
+            match state.billing.suspend_lapsed_licenses().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(licenses = n, "suspended licenses whose past-due grace period ended"),
+                Err(e) => {
+                    tracing::warn!(error = %billing_core::billing::error_chain(&e), "suspending lapsed licenses failed")
                 }
             }
             state.failures_by_addr.prune();

@@ -167,15 +167,27 @@ pub fn effective_status(terms: &LicenseTerms, now: Timestamp) -> LicenseStatus {
     }
 }
 
-/// The terms a subscription gives its license.
+/// The terms of a license whose grace ran out by `now` (stored as still
+/// active): the same, suspended. `None` when nothing lapsed.
+pub fn lapsed(terms: &LicenseTerms, now: Timestamp) -> Option<LicenseTerms> {
+    match effective_status(terms, now) {
+        status if status != terms.status => Some(LicenseTerms { status, ..terms.clone() }),
+        _ => None,
+    }
+}
+
+/// The terms a subscription gives its license at `now`.
 ///
 /// `held` keeps what Stripe events cannot change: a revoked license stays
-/// revoked, and an unknown price keeps the device limit it had.
+/// revoked, and an unknown price keeps the device limit it had. A past-due
+/// subscription keeps its license active until `grace` after it fell due,
+/// suspended from then on.
 pub fn terms_for(
     sub: &Subscription,
     plan: Option<&Plan>,
     held: Option<&LicenseTerms>,
     grace: time::Duration,
+    now: Timestamp,
 ) -> LicenseTerms {
     use SubscriptionStatus::*;
     let snap = &sub.snapshot;
@@ -184,7 +196,10 @@ pub fn terms_for(
         Active | Trialing => LicenseStatus::Active,
         PastDue => {
             grace_ends_at = sub.past_due_since.map(|t| t + grace);
-            LicenseStatus::Active
+            match grace_ends_at {
+                Some(end) if now >= end => LicenseStatus::Suspended,
+                _ => LicenseStatus::Active,
+            }
         }
         Paused | Unpaid | Incomplete => LicenseStatus::Suspended,
         Canceled | IncompleteExpired => LicenseStatus::Expired,
@@ -220,12 +235,13 @@ pub fn decide(
     plan: Option<&Plan>,
     held: Option<&LicenseTerms>,
     grace: time::Duration,
+    now: Timestamp,
 ) -> LicenseDecision {
     match held {
-        None if sub.snapshot.status.grants_license() => LicenseDecision::Issue(terms_for(sub, plan, None, grace)),
+        None if sub.snapshot.status.grants_license() => LicenseDecision::Issue(terms_for(sub, plan, None, grace, now)),
         None => LicenseDecision::Keep,
         Some(h) => {
-            let next = terms_for(sub, plan, Some(h), grace);
+            let next = terms_for(sub, plan, Some(h), grace, now);
             if &next == h {
                 LicenseDecision::Keep
             } else {
@@ -242,6 +258,8 @@ mod tests {
     use crate::domain::PlanId;
     use time::macros::datetime;
     use time::Duration;
+
+    const NOW: Timestamp = datetime!(2026-11-15 0:00 UTC);
 
     fn sub(status: SubscriptionStatus) -> Subscription {
         Subscription {
@@ -307,7 +325,7 @@ mod tests {
             (Canceled, L::Expired),
             (IncompleteExpired, L::Expired),
         ] {
-            assert_eq!(terms_for(&sub(status), Some(&pro()), None, grace).status, expected, "{status:?}");
+            assert_eq!(terms_for(&sub(status), Some(&pro()), None, grace, NOW).status, expected, "{status:?}");
         }
     }
 
@@ -315,23 +333,39 @@ mod tests {
     fn past_due_is_active_until_grace_runs_out() {
         let mut s = sub(SubscriptionStatus::PastDue);
         s.past_due_since = Some(datetime!(2026-11-01 0:00 UTC));
-        let terms = terms_for(&s, Some(&pro()), None, Duration::days(7));
+        let terms = terms_for(&s, Some(&pro()), None, Duration::days(7), datetime!(2026-11-07 23:59 UTC));
         assert_eq!(terms.grace_ends_at, Some(datetime!(2026-11-08 0:00 UTC)));
+        assert_eq!(terms.status, LicenseStatus::Active);
         assert_eq!(effective_status(&terms, datetime!(2026-11-07 23:59 UTC)), LicenseStatus::Active);
+        assert_eq!(lapsed(&terms, datetime!(2026-11-07 23:59 UTC)), None);
         assert_eq!(effective_status(&terms, datetime!(2026-11-08 0:00 UTC)), LicenseStatus::Suspended);
+        let suspended = lapsed(&terms, datetime!(2026-11-08 0:00 UTC)).expect("grace ran out");
+        assert_eq!(suspended, LicenseTerms { status: LicenseStatus::Suspended, ..terms.clone() });
+        // Terms computed after grace ran out say so themselves, so a later
+        // event of the same past-due subscription changes nothing.
+        let later = terms_for(&s, Some(&pro()), Some(&suspended), Duration::days(7), datetime!(2026-11-09 0:00 UTC));
+        assert_eq!(later, suspended);
+        assert_eq!(
+            decide(&s, Some(&pro()), Some(&suspended), Duration::days(7), datetime!(2026-11-09 0:00 UTC)),
+            LicenseDecision::Keep
+        );
     }
 
     #[test]
     fn issued_once_when_first_active_then_follows() {
         let grace = Duration::days(7);
-        assert_eq!(decide(&sub(SubscriptionStatus::Incomplete), Some(&pro()), None, grace), LicenseDecision::Keep);
-        let LicenseDecision::Issue(terms) = decide(&sub(SubscriptionStatus::Active), Some(&pro()), None, grace) else {
+        assert_eq!(decide(&sub(SubscriptionStatus::Incomplete), Some(&pro()), None, grace, NOW), LicenseDecision::Keep);
+        let LicenseDecision::Issue(terms) = decide(&sub(SubscriptionStatus::Active), Some(&pro()), None, grace, NOW)
+        else {
             panic!("active subscription without license must issue one");
         };
         assert_eq!(terms.max_devices, 3);
-        assert_eq!(decide(&sub(SubscriptionStatus::Active), Some(&pro()), Some(&terms), grace), LicenseDecision::Keep);
+        assert_eq!(
+            decide(&sub(SubscriptionStatus::Active), Some(&pro()), Some(&terms), grace, NOW),
+            LicenseDecision::Keep
+        );
         let LicenseDecision::Update(next) =
-            decide(&sub(SubscriptionStatus::Canceled), Some(&pro()), Some(&terms), grace)
+            decide(&sub(SubscriptionStatus::Canceled), Some(&pro()), Some(&terms), grace, NOW)
         else {
             panic!("cancel must update");
         };
@@ -348,7 +382,7 @@ mod tests {
             grace_ends_at: None,
             plan_id: Some("team".into()),
         };
-        let next = terms_for(&sub(SubscriptionStatus::Active), None, Some(&held), grace);
+        let next = terms_for(&sub(SubscriptionStatus::Active), None, Some(&held), grace, NOW);
         assert_eq!(next.status, LicenseStatus::Revoked);
         assert_eq!(next.max_devices, 5);
         assert_eq!(next.plan_id.as_deref(), Some("team"));

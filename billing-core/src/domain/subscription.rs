@@ -198,6 +198,11 @@ pub enum SubscriptionChange {
         /// End of the new period.
         current_period_end: Option<Timestamp>,
     },
+    /// Past due for longer than the grace period: the license was suspended.
+    GraceExpired {
+        /// When the grace period ended.
+        grace_ended_at: Timestamp,
+    },
 }
 
 impl SubscriptionChange {
@@ -209,6 +214,7 @@ impl SubscriptionChange {
             Self::CancelAtPeriodEndChanged { .. } => "cancel_at_period_end_changed",
             Self::PlanChanged { .. } => "plan_changed",
             Self::Renewed { .. } => "renewed",
+            Self::GraceExpired { .. } => "grace_expired",
         }
     }
 
@@ -240,6 +246,9 @@ impl SubscriptionChange {
             Self::PlanChanged { from, to } => json!({ "from": from, "to": to }),
             Self::Renewed { current_period_end } => json!({
                 "current_period_end": current_period_end.map(|t| t.unix_timestamp())
+            }),
+            Self::GraceExpired { grace_ended_at } => json!({
+                "grace_ended_at": grace_ended_at.unix_timestamp(), "license_status": "suspended"
             }),
         }
     }

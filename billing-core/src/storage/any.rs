@@ -365,6 +365,15 @@ impl StoreTx for AnyTx {
         }
     }
 
+    async fn lock_licenses_past_grace(&mut self, now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.lock_licenses_past_grace(now, limit).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.lock_licenses_past_grace(now, limit).await,
+        }
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         match self {
             #[cfg(feature = "postgres")]

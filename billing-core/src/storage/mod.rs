@@ -320,6 +320,14 @@ pub trait StoreTx: Send {
     /// The license with this id, locked for update.
     fn lock_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
 
+    /// Licenses stored as active whose grace period ended by `now`, locked
+    /// (skipping rows another instance holds), at most `limit`.
+    fn lock_licenses_past_grace(
+        &mut self,
+        now: Timestamp,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<License>, StoreError>> + Send;
+
     /// All devices of a license, locked for update.
     fn devices_of_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
 

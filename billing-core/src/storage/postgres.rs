@@ -847,6 +847,15 @@ impl StoreTx for PgTx {
         self.read_opt(&sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
     }
 
+    async fn lock_licenses_past_grace(&mut self, now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError> {
+        let sql = format!(
+            "SELECT {LICENSE_COLUMNS} FROM licenses l
+              WHERE l.status = 'active' AND l.grace_ends_at <= $1
+              ORDER BY l.grace_ends_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        );
+        self.read(&sql, &[&now, &limit]).await?.iter().map(license_from_row).collect()
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1 FOR UPDATE");
         self.read_opt(&sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()

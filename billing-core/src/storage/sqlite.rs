@@ -1077,6 +1077,20 @@ impl StoreTx for SqliteTx {
         .await
     }
 
+    async fn lock_licenses_past_grace(&mut self, now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError> {
+        // No other transaction can hold a license: nothing to skip.
+        let (now, limit) = (micros(now)?, checked_limit(limit)?);
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS} FROM licenses l
+                  WHERE l.status = 'active' AND l.grace_ends_at <= ?1
+                  ORDER BY l.grace_ends_at LIMIT ?2"
+            );
+            query(conn, &sql, [now, limit], license_from_row)
+        })
+        .await
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         let license_id = license_id.to_string();
         self.run(move |conn, _| {

@@ -337,3 +337,48 @@ async fn failed_lookups_are_rate_limited_per_address_then_everything_is_refused(
     assert_eq!(hit.status(), 429);
     assert_eq!(app.activate(&key, "fp").await.status(), 429);
 }
+
+#[tokio::test]
+async fn a_license_past_due_beyond_its_grace_is_suspended_once_and_its_devices_hear_it() {
+    let clock = TestClock::default();
+    let app = spawn_app_with(Options { clock: Some(clock.clock()), grace_days: Some(7), ..Default::default() }).await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let update = |id: &str, created: i64, status: &str| {
+        event(
+            id,
+            "customer.subscription.updated",
+            created,
+            subscription("sub_u", "cus_u", status, PRICE_PRO, Some("u")),
+        )
+    };
+    app.deliver(&update("e_past_due", now() + 1, "past_due")).await;
+    let mut events = EventReader::new(app.open_event_stream(&key, &token, None).await);
+
+    assert_eq!(app.billing.suspend_lapsed_licenses().await.unwrap(), 0, "still within its grace period");
+    assert_eq!(app.validate(&key, None).await["code"], "VALID");
+    clock.advance(7 * 24 * 3600 + 1);
+    assert_eq!(app.billing.suspend_lapsed_licenses().await.unwrap(), 1);
+    assert_eq!(app.billing.suspend_lapsed_licenses().await.unwrap(), 0, "suspended once");
+
+    assert_eq!(events.next_of("license.updated").await.data["status"], "suspended");
+    assert_eq!(app.get_licenses("u").await[0]["status"], "suspended");
+    assert_eq!(app.validate(&key, None).await["code"], "SUSPENDED");
+    let history = app.get_history("u").await;
+    assert_eq!((history[0]["kind"].as_str(), history[0]["actor"].as_str()), (Some("grace_expired"), Some("system")));
+
+    // Stripe retrying the invoice changes nothing; paying it restores the
+    // license. (Signed at the server's clock, which is a week ahead.)
+    let deliver_later = |e: Value| {
+        let body = serde_json::to_vec(&e).unwrap();
+        let signature =
+            billing_core::stripe::WebhookSecrets::parse(WEBHOOK_SECRET).unwrap().sign(&body, now() + 7 * 24 * 3600 + 1);
+        let app = &app;
+        async move { assert_eq!(app.post_raw_webhook(body, Some(&signature)).await.status(), 200) }
+    };
+    deliver_later(update("e_still_past_due", now() + 2, "past_due")).await;
+    assert_eq!(app.get_licenses("u").await[0]["status"], "suspended");
+    deliver_later(update("e_paid", now() + 3, "active")).await;
+    assert_eq!(events.next_of("license.updated").await.data["status"], "active", "no event in between");
+    assert_eq!(app.validate(&key, None).await["code"], "VALID");
+}

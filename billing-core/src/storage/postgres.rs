@@ -215,7 +215,13 @@ impl Store for PgStore {
 
     async fn begin(&self) -> Result<PgTx, StoreError> {
         // `BEGIN` goes out with the transaction's first statement.
-        Ok(PgTx { conn: Some(self.conn().await?), begun: false, deferred: Vec::new(), outbox: Vec::new() })
+        Ok(PgTx {
+            conn: Some(self.conn().await?),
+            begun: false,
+            deferred: Vec::new(),
+            outbox: Vec::new(),
+            failed: false,
+        })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -496,6 +502,10 @@ pub struct PgTx {
     deferred: Vec<Deferred>,
     /// Outbox rows to write at commit (see [`PgTx::commit`] for why).
     outbox: Vec<OutboxMessage>,
+    /// Whether a statement failed or was abandoned before its outcome was
+    /// known. PostgreSQL answers the `COMMIT` of an aborted transaction by
+    /// rolling back without an error, so [`PgTx::commit`] must refuse.
+    failed: bool,
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -525,13 +535,18 @@ impl PgTx {
     /// Runs `sql` and returns its rows, in one round trip with whatever has
     /// not been sent yet (`BEGIN`, deferred writes).
     async fn read(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        // Stays set unless this read completes: a failure, or a future
+        // dropped mid-flight, leaves the transaction unfit to commit.
+        let failed = std::mem::replace(&mut self.failed, true);
         let (begin, deferred) = (!std::mem::replace(&mut self.begun, true), std::mem::take(&mut self.deferred));
         let conn = self.conn();
         let ahead = prepare_all(conn, &deferred).await?;
         let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
         let (sent, rows) = futures_util::join!(send_ahead(conn, begin, &ahead), conn.query(&statement, params));
         sent?;
-        rows.map_err(query_error)
+        let rows = rows.map_err(query_error)?;
+        self.failed = failed;
+        Ok(rows)
     }
 
     /// [`PgTx::read`] of a statement that yields at most one row.
@@ -990,6 +1005,10 @@ impl StoreTx for PgTx {
     /// after, in the one pipelined round trip of the commit, so the lock is
     /// held for about one commit.
     async fn commit(mut self) -> Result<(), StoreError> {
+        if self.failed {
+            // Dropping `self` rolls back.
+            return Err(StoreError::Query("the transaction was aborted by a failed statement".into()));
+        }
         if !self.outbox.is_empty() {
             let (a, b) = OUTBOX_LOCK;
             self.defer(

@@ -1,0 +1,1294 @@
+//! The storage conformance suite: what `Store` and `StoreTx` promise, written
+//! once and run against the backend `TEST_STORE` selects: PostgreSQL (the
+//! default; a fresh database per test on `TEST_DATABASE_URL`) or, with
+//! `TEST_STORE=sqlite`, the embedded store (a fresh file per test).
+//! `scripts/test` runs it both ways. Where the backends are allowed to differ
+//! (when a deferred write reports its failure, how soon a NOTIFY arrives),
+//! the test says so and holds each backend to what it promises.
+//!
+//! At the end, the billing and licensing use cases run over the selected
+//! store, and over both stores at once with their results compared.
+//! SQLite-only behaviour (WAL, the file, a SIGKILLed writer) is tested in
+//! `sqlite_store.rs`.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
+
+use billing_core::billing::{error_chain, Clock};
+use billing_core::certificate::SigningKey;
+use billing_core::domain::{
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan,
+    PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
+};
+use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
+use billing_core::storage::any::{AnyStore, StoreLocation};
+use billing_core::storage::{EventDisposition, EventRecord, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx};
+use billing_core::stripe::WebhookSecrets;
+use billing_core::{Billing, BillingConfig};
+use deadpool_sqlite::rusqlite;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use time::macros::datetime;
+use tokio::sync::mpsc::Receiver;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The backend under test: `TEST_STORE=postgres` (the default) or `sqlite`,
+/// as for the server's integration suite.
+fn backend() -> Backend {
+    match std::env::var("TEST_STORE").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") | Err(_) => Backend::Postgres,
+        Ok(other) => panic!("TEST_STORE must be postgres or sqlite, not {other:?}"),
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// Connections a test store may open (the busiest test runs ten tasks at once).
+const POOL_SIZE: usize = 16;
+
+/// A database of one test's own: on PostgreSQL a database created for it,
+/// on SQLite a file in a directory of its own; removed when dropped.
+struct TestDb {
+    backend: Backend,
+    location: StoreLocation,
+}
+
+impl TestDb {
+    async fn create(backend: Backend) -> Self {
+        let id = Uuid::new_v4().simple();
+        let location = match backend {
+            Backend::Postgres => {
+                let name = format!("billing_conformance_{id}");
+                let admin = pg_connect(&format!("{}/postgres", pg_admin_url())).await;
+                admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+                StoreLocation::Postgres(format!("{}/{name}", pg_admin_url()))
+            }
+            Backend::Sqlite => {
+                StoreLocation::Sqlite(std::env::temp_dir().join(format!("billing-conformance-{id}")).join("billing.db"))
+            }
+        };
+        Self { backend, location }
+    }
+
+    /// A new store on this database (not migrated).
+    async fn open(&self) -> AnyStore {
+        let store = AnyStore::open(&self.location, POOL_SIZE).await.expect("open store");
+        assert_eq!(store.kind(), self.backend.kind());
+        store
+    }
+
+    /// One integer from `sql`, which both dialects must accept; read past the
+    /// store, on a connection of its own.
+    async fn count(&self, sql: &str) -> i64 {
+        match &self.location {
+            StoreLocation::Postgres(url) => pg_connect(url).await.query_one(sql, &[]).await.unwrap().get(0),
+            StoreLocation::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || sqlite_raw(&path).query_row(&sql, [], |r| r.get(0)).unwrap())
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// The first column of every row of `sql`, as text; as [`TestDb::count`].
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        match &self.location {
+            StoreLocation::Postgres(url) => {
+                pg_connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+            }
+            StoreLocation::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let raw = sqlite_raw(&path);
+                    let mut statement = raw.prepare(&sql).unwrap();
+                    statement.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+}
+
+impl Backend {
+    fn kind(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+fn sqlite_raw(path: &PathBuf) -> rusqlite::Connection {
+    let raw = rusqlite::Connection::open(path).expect("open raw connection");
+    raw.busy_timeout(Duration::from_secs(10)).unwrap();
+    raw
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.location {
+            StoreLocation::Sqlite(path) => {
+                let _ = std::fs::remove_dir_all(path.parent().expect("a per-test directory"));
+            }
+            StoreLocation::Postgres(url) => {
+                let name = url.rsplit('/').next().expect("a database name").to_owned();
+                // Drop runs inside the test's runtime; use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(async {
+                        let admin = pg_connect(&format!("{}/postgres", pg_admin_url())).await;
+                        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// A migrated store on a fresh database of the backend under test. Keep the
+/// `TestDb` alive as long as the store.
+async fn fresh_store() -> (TestDb, AnyStore) {
+    let db = TestDb::create(backend()).await;
+    let store = db.open().await;
+    store.migrate().await.expect("migrate");
+    (db, store)
+}
+
+/// How long PostgreSQL may take to deliver a NOTIFY to a watcher (it comes
+/// on a connection of its own, after the commit has returned).
+const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
+/// How long a wake-up that should not come is waited for on PostgreSQL.
+const NOTIFY_SETTLE: Duration = Duration::from_secs(1);
+
+/// Asserts that `watch` has a wake-up. The embedded store signals before
+/// `commit` returns, so it must be there already; PostgreSQL's NOTIFY may
+/// take a moment.
+async fn assert_woken(backend: Backend, watch: &mut Receiver<()>, why: &str) {
+    match backend {
+        Backend::Sqlite => assert_eq!(watch.try_recv(), Ok(()), "{why}"),
+        Backend::Postgres => {
+            let woken = tokio::time::timeout(NOTIFY_WITHIN, watch.recv()).await;
+            assert_eq!(woken, Ok(Some(())), "{why}");
+        }
+    }
+}
+
+/// Lets notifications already sent reach their watchers (PostgreSQL).
+async fn settle(backend: Backend) {
+    if backend == Backend::Postgres {
+        tokio::time::sleep(NOTIFY_SETTLE).await;
+    }
+}
+
+/// Asserts that `watch` has no wake-up, having given PostgreSQL time to
+/// deliver one.
+async fn assert_not_woken(backend: Backend, watch: &mut Receiver<()>, why: &str) {
+    settle(backend).await;
+    assert!(watch.try_recv().is_err(), "{why}");
+}
+
+fn event(id: &str) -> EventRecord<'_> {
+    EventRecord { id, kind: "customer.subscription.updated", created: 1_764_000_000, api_version: Some("2025-03-31") }
+}
+
+fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {
+    OutboxMessage { license_id, topic: "license.updated", payload: json!({ "n": n }) }
+}
+
+fn at(seconds: i64, nanos: i64) -> Timestamp {
+    Timestamp::from_unix_timestamp(seconds).unwrap() + time::Duration::nanoseconds(nanos)
+}
+
+/// What PostgreSQL's `timestamptz` keeps of an instant: whole microseconds
+/// counted from 2000-01-01, truncated toward that epoch.
+fn as_postgres_keeps(t: Timestamp) -> Timestamp {
+    let epoch = datetime!(2000-01-01 0:00 UTC);
+    epoch + time::Duration::microseconds((t - epoch).whole_microseconds() as i64)
+}
+
+/// A subscription with every field set, sub-microsecond digits included,
+/// and instants before 2000 and before 1970.
+fn full_subscription(stripe_id: &str, customer: &str, user: &str) -> Subscription {
+    Subscription {
+        id: Uuid::new_v4(),
+        snapshot: SubscriptionSnapshot {
+            stripe_subscription_id: stripe_id.to_owned(),
+            stripe_customer_id: customer.to_owned(),
+            status: SubscriptionStatus::Trialing,
+            price_id: Some("price_pro_monthly".to_owned()),
+            item_id: Some("si_1".to_owned()),
+            cancel_at_period_end: true,
+            cancel_at: Some(at(1_766_592_000, 999_999_999)),
+            canceled_at: Some(at(946_684_799, 999_999_500)),
+            ended_at: Some(at(-86_401, 123_456_789)),
+            current_period_start: Some(at(1_764_000_000, 1_000)),
+            current_period_end: Some(at(1_766_592_000, 0)),
+            trial_end: None,
+            user_id: Some(user.to_owned()),
+        },
+        plan_id: Some("pro".to_owned()),
+        past_due_since: Some(Timestamp::now_utc()),
+        source_created: 1_764_000_123,
+    }
+}
+
+/// `sub` as any store must give it back.
+fn as_stored(sub: &Subscription) -> Subscription {
+    let keep = |t: Option<Timestamp>| t.map(as_postgres_keeps);
+    let s = &sub.snapshot;
+    Subscription {
+        snapshot: SubscriptionSnapshot {
+            cancel_at: keep(s.cancel_at),
+            canceled_at: keep(s.canceled_at),
+            ended_at: keep(s.ended_at),
+            current_period_start: keep(s.current_period_start),
+            current_period_end: keep(s.current_period_end),
+            trial_end: keep(s.trial_end),
+            ..s.clone()
+        },
+        past_due_since: keep(sub.past_due_since),
+        ..sub.clone()
+    }
+}
+
+/// Creates customer `cus`, subscription `sub_id` and its license; returns them.
+async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) -> (Subscription, License) {
+    let mut tx = store.begin().await.unwrap();
+    let customer = tx.upsert_customer(cus, Some(user)).await.unwrap();
+    let sub = full_subscription(sub_id, cus, user);
+    tx.save_subscription(customer, &sub).await.unwrap();
+    let license = License {
+        id: Uuid::new_v4(),
+        subscription_id: sub.id,
+        key: LicenseKey::generate(),
+        terms: LicenseTerms {
+            status: LicenseStatus::Active,
+            max_devices: 3,
+            expires_at: Some(at(1_766_592_000, 500)),
+            grace_ends_at: None,
+            plan_id: Some("pro".to_owned()),
+        },
+    };
+    tx.insert_license(&license).await.unwrap();
+    tx.commit().await.unwrap();
+    (sub, license)
+}
+
+fn device(license_id: Uuid, fingerprint: &str, seen: Timestamp) -> Device {
+    Device {
+        id: Uuid::new_v4(),
+        license_id,
+        fingerprint: fingerprint.to_owned(),
+        name: Some(format!("{fingerprint} laptop")),
+        platform: Some("linux".to_owned()),
+        app_version: None,
+        status: DeviceStatus::Active,
+        activated_at: seen,
+        last_heartbeat_at: seen,
+        deactivated_at: None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Schema and migrations
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn migrating_twice_is_a_no_op() {
+    let (db, store) = fresh_store().await;
+    store.migrate().await.expect("second migrate");
+    let reopened = db.open().await;
+    reopened.migrate().await.expect("migrate after reopening");
+
+    let applied = db.texts("SELECT version || ' ' || name FROM refinery_schema_history ORDER BY version").await;
+    assert_eq!(applied, ["1 create_billing_schema", "2 create_devices", "3 index_licenses_in_grace"]);
+    for table in [
+        "customers",
+        "subscriptions",
+        "licenses",
+        "payments",
+        "subscription_changes",
+        "webhook_events",
+        "outbox_events",
+        "devices",
+        "device_changes",
+    ] {
+        assert_eq!(db.count(&format!("SELECT count(*) FROM {table}")).await, 0, "{table} exists, empty");
+    }
+    store.ping().await.expect("ping");
+    reopened.ping().await.expect("ping after reopening");
+}
+
+// ---------------------------------------------------------------------------
+// Units of work
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_claimed_event_is_a_duplicate_and_a_failed_one_is_claimed_again() {
+    let (_db, store) = fresh_store().await;
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.claim_event(&event("evt_1")).await.unwrap());
+    tx.finish_event("evt_1", EventDisposition::Processed, Some("stale snapshot")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.claim_event(&event("evt_1")).await.unwrap(), "second claim is a duplicate");
+    drop(tx);
+    // A failure is not recorded over a processed delivery.
+    store.record_event_failure(&event("evt_1"), "boom").await.unwrap();
+    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+
+    store.record_event_failure(&event("evt_2"), "first failure").await.unwrap();
+    store.record_event_failure(&event("evt_2"), "second failure").await.unwrap();
+    assert_eq!(
+        store.webhook_event_status("evt_2").await.unwrap(),
+        Some(("failed".to_owned(), 2, Some("second failure".to_owned())))
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.claim_event(&event("evt_2")).await.unwrap(), "a failed delivery is claimed again");
+    tx.finish_event("evt_2", EventDisposition::Ignored, None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.webhook_event_status("evt_2").await.unwrap(), Some(("ignored".to_owned(), 3, None)));
+
+    // A claim rolled back is no claim.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.claim_event(&event("evt_3")).await.unwrap());
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.claim_event(&event("evt_3")).await.unwrap());
+    assert_eq!(store.webhook_event_status("evt_3").await.unwrap(), None, "uncommitted claims are invisible");
+}
+
+#[tokio::test]
+async fn upsert_customer_links_a_user_once_and_never_steals_it() {
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    let id = tx.upsert_customer("cus_1", None).await.unwrap();
+    assert_eq!(tx.upsert_customer("cus_1", None).await.unwrap(), id);
+    assert_eq!(tx.upsert_customer("cus_1", Some("user_1")).await.unwrap(), id, "linking keeps the id");
+    assert_eq!(tx.upsert_customer("cus_1", Some("user_2")).await.unwrap(), id);
+    let other = tx.upsert_customer("cus_2", Some("user_2")).await.unwrap();
+    assert_ne!(other, id);
+    tx.commit().await.unwrap();
+
+    assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1"]);
+    assert_eq!(store.stripe_customers_of_user("user_2").await.unwrap(), ["cus_2"], "cus_1 is not stolen");
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_3", Some("user_1")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1", "cus_3"], "oldest first");
+}
+
+#[tokio::test]
+async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precision() {
+    let (_db, store) = fresh_store().await;
+    let sub = full_subscription("sub_1", "cus_1", "user_1");
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), None);
+    let customer = tx.upsert_customer("cus_1", None).await.unwrap();
+    tx.save_subscription(customer, &sub).await.unwrap();
+    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(as_stored(&sub)), "read inside the transaction");
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let held = tx.lock_subscription("sub_1").await.unwrap().expect("saved");
+    assert_eq!(held, as_stored(&sub));
+    // Like PostgreSQL: sub-microsecond digits are cut toward 2000-01-01, so
+    // earlier instants round up.
+    assert_eq!(held.snapshot.cancel_at, Some(datetime!(2025-12-24 16:00:00.999999 UTC)));
+    assert_eq!(held.snapshot.canceled_at, Some(datetime!(2000-01-01 0:00 UTC)));
+    assert_eq!(held.snapshot.ended_at, Some(datetime!(1969-12-30 23:59:59.123457 UTC)));
+
+    // An update replaces every field, clearing what became empty.
+    let next = Subscription {
+        snapshot: SubscriptionSnapshot {
+            status: SubscriptionStatus::PastDue,
+            price_id: None,
+            item_id: None,
+            cancel_at_period_end: false,
+            cancel_at: None,
+            canceled_at: None,
+            ended_at: None,
+            trial_end: Some(at(1_770_000_000, 42_000)),
+            user_id: None,
+            ..held.snapshot.clone()
+        },
+        plan_id: None,
+        past_due_since: None,
+        source_created: held.source_created + 1,
+        ..held.clone()
+    };
+    tx.save_subscription(customer, &next).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(next.clone()));
+    drop(tx);
+
+    // The customer's user, not the snapshot's, decides whose it is.
+    assert!(store.subscriptions_of_user("user_1").await.unwrap().is_empty());
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.subscriptions_of_user("user_1").await.unwrap(), [next]);
+}
+
+#[tokio::test]
+async fn licenses_devices_payments_and_audit_rows_read_back() {
+    let (_db, store) = fresh_store().await;
+    let (sub, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let stored_license =
+        License { terms: LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..license.terms.clone() }, ..license };
+    let hash = stored_license.key.lookup_hash();
+    assert_eq!(store.license_by_key_hash(&hash).await.unwrap().as_ref(), Some(&stored_license));
+    assert_eq!(store.licenses_of_user("user_1").await.unwrap(), std::slice::from_ref(&stored_license));
+    assert!(store.license_belongs_to(stored_license.id, "user_1").await.unwrap());
+    assert!(!store.license_belongs_to(stored_license.id, "user_2").await.unwrap());
+
+    let seen = at(1_764_000_500, 987_654_321);
+    let a = device(stored_license.id, "fp_a", seen);
+    let b = device(stored_license.id, "fp_b", seen + time::Duration::seconds(1));
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.lock_license_by_key_hash(&hash).await.unwrap().as_ref(), Some(&stored_license));
+    assert_eq!(tx.lock_license(stored_license.id).await.unwrap().as_ref(), Some(&stored_license));
+    assert_eq!(tx.license_of_subscription(sub.id).await.unwrap().as_ref(), Some(&stored_license));
+    assert_eq!(tx.license_of_stripe_subscription("sub_1").await.unwrap().as_ref(), Some(&stored_license));
+    tx.insert_device(&a, b"token-a").await.unwrap();
+    tx.insert_device(&b, b"token-b").await.unwrap();
+    tx.record_device_change(&a, "activated", &Actor::System, json!({ "new_slot": true })).await.unwrap();
+    let terms = LicenseTerms { status: LicenseStatus::Suspended, max_devices: 1, ..stored_license.terms.clone() };
+    tx.update_license_terms(stored_license.id, &terms).await.unwrap();
+    tx.commit().await.unwrap();
+    let stored_license = License { terms, ..stored_license };
+
+    let keep = |d: &Device| Device {
+        activated_at: as_postgres_keeps(d.activated_at),
+        last_heartbeat_at: as_postgres_keeps(d.last_heartbeat_at),
+        deactivated_at: d.deactivated_at.map(as_postgres_keeps),
+        ..d.clone()
+    };
+    assert_eq!(store.device_by_token_hash(b"token-a").await.unwrap(), Some(keep(&a)));
+    let key_hash = stored_license.key.lookup_hash();
+    let (license, device) = store.license_and_device(&key_hash, Some("fp_b")).await.unwrap();
+    assert_eq!((license.as_ref(), device), (Some(&stored_license), Some(keep(&b))));
+    let (license, device) = store.license_and_device(&key_hash, Some("fp_unknown")).await.unwrap();
+    assert_eq!((license.as_ref(), device), (Some(&stored_license), None));
+    assert_eq!(store.license_and_device(&key_hash, None).await.unwrap(), (Some(stored_license.clone()), None));
+    assert_eq!(store.license_and_device(b"no such hash", Some("fp_b")).await.unwrap(), (None, None));
+    assert_eq!(store.devices_of_user("user_1").await.unwrap(), [keep(&b), keep(&a)], "most recently seen first");
+
+    let later = seen + time::Duration::minutes(20);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.devices_of_license(stored_license.id).await.unwrap(), [keep(&a), keep(&b)], "activation order");
+    assert_eq!(tx.lock_device_by_token_hash(b"token-b").await.unwrap(), Some(keep(&b)));
+    assert_eq!(tx.lock_device_of_user(a.id, Some("user_1")).await.unwrap(), Some(keep(&a)));
+    assert_eq!(tx.lock_device_of_user(a.id, Some("user_2")).await.unwrap(), None);
+    assert_eq!(tx.lock_device_of_user(a.id, None).await.unwrap(), Some(keep(&a)), "None means any user");
+    tx.touch_device(a.id, later).await.unwrap();
+    tx.rename_device(a.id, "Work laptop").await.unwrap();
+    let cutoff = seen + time::Duration::minutes(10);
+    let overdue = tx.lock_overdue_devices(cutoff, 10).await.unwrap();
+    assert_eq!(overdue, [keep(&b)], "only b has been silent since before the cutoff");
+    tx.set_device_status(b.id, DeviceStatus::Dead, later).await.unwrap();
+    assert!(tx.lock_overdue_devices(cutoff, 10).await.unwrap().is_empty(), "dead devices are not overdue");
+    let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, ..b.clone() };
+    tx.reactivate_device(&again, b"token-b2").await.unwrap();
+    tx.commit().await.unwrap();
+
+    let a_now = Device { name: Some("Work laptop".to_owned()), last_heartbeat_at: later, ..a.clone() };
+    assert_eq!(store.device_by_token_hash(b"token-a").await.unwrap(), Some(keep(&a_now)));
+    assert_eq!(store.device_by_token_hash(b"token-b").await.unwrap(), None, "the old token is gone");
+    assert_eq!(store.device_by_token_hash(b"token-b2").await.unwrap(), Some(keep(&again)));
+
+    // Payments: inserted, then only moved forward.
+    let failed = Payment {
+        stripe_invoice_id: "in_1".to_owned(),
+        stripe_customer_id: "cus_1".to_owned(),
+        stripe_subscription_id: Some("sub_1".to_owned()),
+        amount: 1900,
+        currency: "usd".to_owned(),
+        status: PaymentStatus::Failed,
+        paid_at: None,
+    };
+    let paid = Payment { status: PaymentStatus::Paid, paid_at: Some(at(1_764_000_100, 777)), ..failed.clone() };
+    let mut tx = store.begin().await.unwrap();
+    let customer = tx.upsert_customer("cus_1", None).await.unwrap();
+    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Inserted);
+    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged);
+    assert_eq!(
+        tx.upsert_payment(customer, &paid).await.unwrap(),
+        PaymentWrite::Updated { from: PaymentStatus::Failed }
+    );
+    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged, "paid is final");
+    tx.record_change(
+        sub.id,
+        &Actor::Stripe { event_id: "evt_9".to_owned() },
+        &billing_core::domain::subscription::SubscriptionChange::StatusChanged {
+            from: SubscriptionStatus::Trialing,
+            to: SubscriptionStatus::Active,
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let payments = store.payments_of_user("user_1", 10).await.unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].payment, Payment { paid_at: Some(at(1_764_000_100, 0)), ..paid });
+    let changes = store.changes_of_user("user_1", 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].kind.as_str(), changes[0].from_status.as_deref(), changes[0].to_status.as_deref()),
+        ("status_changed", Some("trialing"), Some("active"))
+    );
+    assert_eq!((changes[0].actor.as_str(), changes[0].stripe_event_id.as_deref()), ("stripe", Some("evt_9")));
+    assert_eq!(changes[0].subscription_id, sub.id);
+    assert!(matches!(store.changes_of_user("user_1", -1).await, Err(StoreError::Query(_))), "negative LIMIT");
+}
+
+#[tokio::test]
+async fn outbox_ids_increase_and_rows_appear_only_after_commit() {
+    let (_db, store) = fresh_store().await;
+    let license = Uuid::new_v4();
+    assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
+
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(Some(license), 1)).await.unwrap();
+    tx.enqueue(&message(None, 2)).await.unwrap();
+    assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty(), "invisible before commit");
+    assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
+    tx.commit().await.unwrap();
+
+    let events = store.outbox_after(0, None, 10).await.unwrap();
+    let [first, second] = [events[0].id, events[1].id];
+    assert!(second > first, "enqueue order is id order");
+    assert_eq!(
+        (events[0].license_id, events[0].topic.as_str(), &events[0].payload),
+        (Some(license), "license.updated", &json!({ "n": 1 }))
+    );
+    assert_eq!(events[1].license_id, None);
+    assert_eq!(store.latest_outbox_id().await.unwrap(), second);
+
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(Some(license), 3)).await.unwrap();
+    tx.commit().await.unwrap();
+    let third = store.latest_outbox_id().await.unwrap();
+    assert!(third > second);
+    let of_license: Vec<i64> = store.outbox_after(0, Some(license), 10).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(of_license, [first, third]);
+    let after_first: Vec<i64> = store.outbox_after(first, None, 1).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(after_first, [second], "limit applies after the cursor");
+    assert!(matches!(store.outbox_after(0, None, -1).await, Err(StoreError::Query(_))), "negative LIMIT");
+}
+
+#[tokio::test]
+async fn a_dropped_transaction_rolls_back_and_frees_what_it_held() {
+    let (_db, store) = fresh_store().await;
+    let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_dropped", Some("user_2")).await.unwrap();
+    tx.insert_device(&device(license.id, "fp", Timestamp::now_utc()), b"token").await.unwrap();
+    tx.enqueue(&message(Some(license.id), 1)).await.unwrap();
+    drop(tx);
+
+    // The next transaction (on SQLite: waits for the writer, then) sees
+    // nothing of it, and may take what it held.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.lock_device_by_token_hash(b"token").await.unwrap().is_none());
+    assert!(tx.devices_of_license(license.id).await.unwrap().is_empty());
+    tx.upsert_customer("cus_dropped", Some("user_3")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store.stripe_customers_of_user("user_2").await.unwrap().is_empty());
+    assert_eq!(store.stripe_customers_of_user("user_3").await.unwrap(), ["cus_dropped"]);
+    assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_statement_aborts_the_transaction() {
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    let orphan = License {
+        id: Uuid::new_v4(),
+        subscription_id: Uuid::new_v4(),
+        key: LicenseKey::generate(),
+        terms: LicenseTerms {
+            status: LicenseStatus::Active,
+            max_devices: 1,
+            expires_at: None,
+            grace_ends_at: None,
+            plan_id: None,
+        },
+    };
+    // SQLite reports the failure at the statement. PostgreSQL holds writes
+    // whose results nobody reads back and pipelines them ahead of the next
+    // read or the commit (ARCHITECTURE.md), so it reports it there.
+    let inserted = tx.insert_license(&orphan).await;
+    let next = tx.upsert_customer("cus_2", None).await;
+    let err = match (backend(), inserted, next) {
+        (_, Err(err), Err(_)) => err,
+        (Backend::Postgres, Ok(()), Err(err)) => err,
+        (backend, inserted, next) => panic!("{backend:?}: foreign keys are enforced: {inserted:?} then {next:?}"),
+    };
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    assert!(!error_chain(&err).contains(orphan.key.expose()), "no row contents in errors");
+    assert!(tx.upsert_customer("cus_3", None).await.is_err(), "further statements are refused");
+    assert!(tx.commit().await.is_err(), "commit of an aborted transaction fails");
+
+    assert!(store.stripe_customers_of_user("user_1").await.unwrap().is_empty(), "rolled back");
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1"]);
+}
+
+#[tokio::test]
+async fn a_failed_write_fails_the_commit() {
+    // Nothing read after the failing write: the commit is where it shows.
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    let ghost = device(Uuid::new_v4(), "fp", Timestamp::now_utc());
+    let outcome = match tx.insert_device(&ghost, b"token").await {
+        Err(err) => Err(err),
+        Ok(()) => tx.commit().await,
+    };
+    let err = outcome.expect_err("foreign keys are enforced");
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    assert!(store.stripe_customers_of_user("user_1").await.unwrap().is_empty(), "rolled back");
+    assert_eq!(store.device_by_token_hash(b"token").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    {
+        let record = event("evt_cancelled");
+        let claim = tx.claim_event(&record);
+        tokio::pin!(claim);
+        // Polled once, then abandoned, whether or not the statement finished.
+        let _ = futures_util::poll!(claim.as_mut());
+    }
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.claim_event(&event("evt_cancelled")).await.unwrap(), "the abandoned claim was rolled back");
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
+    let backend = backend();
+    let (_db, store) = fresh_store().await;
+    let mut watch = store.watch_outbox().await.unwrap();
+    // Like a fresh LISTEN, it starts with one wake-up for what it may have missed.
+    assert_woken(backend, &mut watch, "a first wake-up").await;
+    assert_not_woken(backend, &mut watch, "only one").await;
+
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 1)).await.unwrap();
+    assert_not_woken(backend, &mut watch, "nothing before commit").await;
+    tx.commit().await.unwrap();
+    assert_woken(backend, &mut watch, "signalled once commit returned").await;
+
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 2)).await.unwrap();
+    drop(tx);
+    // Once the next transaction has begun, the rollback is over.
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_customer("cus_1", None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_not_woken(backend, &mut watch, "neither a rollback nor a commit without outbox rows signals").await;
+
+    // Clones' watchers hear every commit; several commits before a read
+    // leave one wake-up.
+    let clone = store.clone();
+    let mut second = clone.watch_outbox().await.unwrap();
+    second.recv().await.unwrap();
+    for n in 0..3 {
+        let mut tx = clone.begin().await.unwrap();
+        tx.enqueue(&message(None, n)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    settle(backend).await;
+    assert_eq!((watch.try_recv(), second.try_recv()), (Ok(()), Ok(())));
+    assert_not_woken(backend, &mut watch, "one wake-up for three commits").await;
+    assert!(second.try_recv().is_err(), "one wake-up for three commits");
+
+    drop(second);
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 9)).await.unwrap();
+    tx.commit().await.expect("a closed watcher does not disturb commits");
+    assert_woken(backend, &mut watch, "the remaining watcher still hears commits").await;
+}
+
+#[tokio::test]
+async fn prune_outbox_deletes_old_rows_and_ids_are_never_reused() {
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 1)).await.unwrap();
+    tx.enqueue(&message(None, 2)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let events = store.outbox_after(0, None, 10).await.unwrap();
+    let [first, last] = [events[0].id, events[1].id];
+    let created = events[0].created_at;
+    assert!((Timestamp::now_utc() - created).abs() < time::Duration::minutes(1), "created_at is the commit time");
+    assert_eq!(store.prune_outbox(created).await.unwrap(), 0, "strictly before");
+    assert_eq!(store.prune_outbox(created - time::Duration::days(7)).await.unwrap(), 0);
+    assert_eq!(store.prune_outbox(created + time::Duration::microseconds(1)).await.unwrap(), 2);
+    assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty());
+    assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
+
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 3)).await.unwrap();
+    tx.commit().await.unwrap();
+    let next = store.latest_outbox_id().await.unwrap();
+    assert!(next > last && last > first, "ids keep growing after the newest rows were pruned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transactions_serialise_without_deadlock_or_busy_errors() {
+    const TASKS: i64 = 8;
+    const ROUNDS: i64 = 20;
+    let (_db, store) = fresh_store().await;
+    let writing = Arc::new(AtomicBool::new(true));
+
+    // Readers watch the outbox while writers commit: what they see is
+    // always a gap-free prefix, in id order.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, writing) = (store.clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while writing.load(Ordering::Acquire) {
+                    let ids: Vec<i64> = store.outbox_after(0, None, 10_000).await?.iter().map(|e| e.id).collect();
+                    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "outbox has a gap or is out of order");
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, StoreError>(reads)
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    // A read-modify-write on one row: lost updates would show
+                    // in the final count, and parallel first deliveries would
+                    // both try to insert.
+                    let mut tx = store.begin().await?;
+                    let event_id = format!("evt_{task}_{round}");
+                    assert!(tx.claim_event(&event(&event_id)).await?);
+                    let customer = tx.upsert_customer("cus_shared", Some("user_1")).await?;
+                    let next = match tx.lock_subscription("sub_shared").await? {
+                        Some(held) => Subscription { source_created: held.source_created + 1, ..held },
+                        None => {
+                            Subscription { source_created: 1, ..full_subscription("sub_shared", "cus_shared", "u") }
+                        }
+                    };
+                    tx.save_subscription(customer, &next).await?;
+                    tx.enqueue(&message(None, next.source_created)).await?;
+                    tx.finish_event(&event_id, EventDisposition::Processed, None).await?;
+                    tx.commit().await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .collect();
+
+    let all = async {
+        for writer in writers {
+            writer.await.expect("writer task").expect("no store error under contention");
+        }
+        writing.store(false, Ordering::Release);
+        for reader in readers {
+            reader.await.expect("reader task").expect("no store error for readers");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all).await.expect("no deadlock");
+
+    let subs = store.subscriptions_of_user("user_1").await.unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].source_created, TASKS * ROUNDS, "every increment survived");
+    let outbox = store.outbox_after(0, None, 10_000).await.unwrap();
+    assert_eq!(outbox.len() as i64, TASKS * ROUNDS);
+    let counters: Vec<i64> = outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect();
+    assert_eq!(counters, (1..=TASKS * ROUNDS).collect::<Vec<_>>(), "ids follow commit order");
+}
+
+// ---------------------------------------------------------------------------
+// The use cases over both stores
+// ---------------------------------------------------------------------------
+
+const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+const PRICE_PRO: &str = "price_pro_monthly";
+const PRICE_BASIC: &str = "price_basic_monthly";
+/// `created` of the first event.
+const T: i64 = 1_764_000_000;
+
+fn plans() -> PlanCatalog {
+    let plan = |id: &str, price: &str, max_devices| Plan {
+        id: PlanId(id.into()),
+        name: id.to_uppercase(),
+        stripe_price_id: price.into(),
+        max_devices,
+        amount: Some(1900),
+        currency: Some("usd".into()),
+        interval: Some("month".into()),
+        features: vec!["export".into()],
+    };
+    PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).unwrap()
+}
+
+/// A clock the scenario moves by hand, with sub-microsecond digits.
+#[derive(Clone)]
+struct TestClock(Arc<AtomicI64>);
+
+impl TestClock {
+    fn new() -> Self {
+        Self(Arc::new(AtomicI64::new((T + 500) * 1_000_000_000 + 123_456_789)))
+    }
+
+    fn advance(&self, seconds: i64) {
+        self.0.fetch_add(seconds * 1_000_000_000, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_timestamp_nanos(i128::from(self.0.load(Ordering::SeqCst))).unwrap()
+    }
+
+    fn clock(&self) -> Clock {
+        let this = self.clone();
+        Arc::new(move || this.now())
+    }
+}
+
+fn billing<S: Store>(store: S, clock: &TestClock) -> Billing<S> {
+    let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap();
+    Billing::new(
+        store,
+        BillingConfig::new(plans(), LicensingConfig::new(Arc::new(key)))
+            .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET)),
+    )
+    .with_clock(clock.clock())
+}
+
+fn stripe_event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    json!({
+        "id": id, "object": "event", "type": kind, "created": created, "api_version": "2025-03-31.basil",
+        "livemode": false, "pending_webhooks": 1, "data": { "object": object }
+    })
+}
+
+fn stripe_subscription(status: &str, price: &str) -> Value {
+    json!({
+        "id": "sub_1", "object": "subscription", "customer": "cus_1", "status": status,
+        "cancel_at_period_end": false, "cancel_at": null, "canceled_at": null, "ended_at": null,
+        "trial_end": null, "metadata": { "user_id": "user_1" }, "created": T,
+        "items": { "object": "list", "data": [{
+            "id": "si_1", "object": "subscription_item",
+            "price": { "id": price, "object": "price" },
+            "current_period_start": T, "current_period_end": T + 2_592_000
+        }]}
+    })
+}
+
+fn stripe_invoice(id: &str, amount: i64) -> Value {
+    json!({
+        "id": id, "object": "invoice", "customer": "cus_1", "currency": "usd",
+        "amount_paid": amount, "amount_due": amount,
+        "parent": { "subscription_details": { "subscription": "sub_1" } },
+        "status_transitions": { "paid_at": T + 100 }
+    })
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    billing_core::billing::rfc3339(t)
+}
+
+fn opt_rfc3339(t: Option<Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// What the scenario observed, with uuids replaced by their order of
+/// appearance so two runs can be compared.
+#[derive(Default)]
+struct Transcript {
+    entries: Vec<Value>,
+    ids: HashMap<String, usize>,
+}
+
+impl Transcript {
+    fn note(&mut self, step: &str, value: Value) {
+        let value = self.redact(value);
+        self.entries.push(json!({ step: value }));
+    }
+
+    fn redact(&mut self, value: Value) -> Value {
+        match value {
+            Value::String(s) if Uuid::parse_str(&s).is_ok() => {
+                let next = self.ids.len();
+                Value::String(format!("uuid#{}", self.ids.entry(s).or_insert(next)))
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact(v)).collect()),
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k, self.redact(v))).collect())
+            }
+            other => other,
+        }
+    }
+}
+
+fn subscription_json(s: &Subscription) -> Value {
+    let snap = &s.snapshot;
+    json!({
+        "id": s.id, "stripe_subscription_id": snap.stripe_subscription_id,
+        "stripe_customer_id": snap.stripe_customer_id, "status": snap.status.as_str(), "price_id": snap.price_id,
+        "item_id": snap.item_id, "cancel_at_period_end": snap.cancel_at_period_end,
+        "cancel_at": opt_rfc3339(snap.cancel_at), "canceled_at": opt_rfc3339(snap.canceled_at),
+        "ended_at": opt_rfc3339(snap.ended_at), "current_period_start": opt_rfc3339(snap.current_period_start),
+        "current_period_end": opt_rfc3339(snap.current_period_end), "trial_end": opt_rfc3339(snap.trial_end),
+        "user_id": snap.user_id, "plan_id": s.plan_id, "past_due_since": opt_rfc3339(s.past_due_since),
+        "source_created": s.source_created,
+    })
+}
+
+fn license_json(l: &License) -> Value {
+    let t = &l.terms;
+    json!({
+        "id": l.id, "subscription_id": l.subscription_id, "status": t.status, "max_devices": t.max_devices,
+        "expires_at": opt_rfc3339(t.expires_at), "grace_ends_at": opt_rfc3339(t.grace_ends_at), "plan_id": t.plan_id,
+    })
+}
+
+fn device_json(d: &Device) -> Value {
+    json!({
+        "id": d.id, "license_id": d.license_id, "fingerprint": d.fingerprint, "name": d.name,
+        "platform": d.platform, "app_version": d.app_version, "status": d.status,
+        "activated_at": rfc3339(d.activated_at), "last_heartbeat_at": rfc3339(d.last_heartbeat_at),
+        "deactivated_at": opt_rfc3339(d.deactivated_at),
+    })
+}
+
+fn licensing_error(e: &LicensingError) -> Value {
+    match e {
+        LicensingError::Store(e) => panic!("store failed: {}", error_chain(e)),
+        e => json!({ "error": format!("{e:?}") }),
+    }
+}
+
+/// Signs and ingests one event; returns the outcome or the error.
+async fn deliver<S: Store>(billing: &Billing<S>, clock: &TestClock, event: &Value) -> String {
+    let body = serde_json::to_vec(event).unwrap();
+    let signature = WebhookSecrets::parse(WEBHOOK_SECRET).unwrap().sign(&body, clock.now().unix_timestamp());
+    match billing.ingest_webhook(&body, Some(&signature)).await {
+        Ok(receipt) => receipt.outcome.as_str().to_owned(),
+        Err(e) => format!("error: {}", error_chain(&e)),
+    }
+}
+
+async fn activate<S: Store>(billing: &Billing<S>, key: &str, fingerprint: &str) -> Result<(String, Device), Value> {
+    let request = ActivationRequest {
+        license_key: key,
+        fingerprint,
+        name: Some(fingerprint),
+        platform: Some("linux"),
+        app_version: None,
+    };
+    match billing.activate(&request).await {
+        Ok(a) => Ok((a.token.expose().to_owned(), a.device)),
+        Err(e) => Err(licensing_error(&e)),
+    }
+}
+
+/// Webhooks (created, duplicate, newer, out-of-order, ignored, malformed and
+/// retried, invoices, checkout, downgrade, cancellation), then activations,
+/// validations, heartbeats, deaths, evictions and dashboard actions.
+/// Asserts what the rules promise and records everything it saw.
+async fn scenario<S: Store>(store: S) -> Vec<Value> {
+    store.migrate().await.expect("migrate");
+    let clock = TestClock::new();
+    let billing = billing(store, &clock);
+    let store = billing.store().clone();
+    let mut t = Transcript::default();
+    let mut watch = store.watch_outbox().await.unwrap();
+
+    let created =
+        stripe_event("evt_created", "customer.subscription.created", T, stripe_subscription("active", PRICE_PRO));
+    assert_eq!(deliver(&billing, &clock, &created).await, "processed");
+    assert_eq!(deliver(&billing, &clock, &created).await, "duplicate");
+    let current = billing.current_subscription("user_1").await.unwrap().expect("subscription");
+    assert_eq!((current.snapshot.status, current.plan_id.as_deref()), (SubscriptionStatus::Active, Some("pro")));
+    t.note("created", subscription_json(&current));
+    let licenses = billing.licenses("user_1").await.unwrap();
+    assert_eq!(licenses.len(), 1);
+    assert_eq!((licenses[0].terms.status, licenses[0].terms.max_devices), (LicenseStatus::Active, 3));
+    let license = licenses[0].clone();
+    let key = license.key.expose().to_owned();
+    t.note("license", license_json(&license));
+
+    let mut past_due = stripe_subscription("past_due", PRICE_PRO);
+    past_due["cancel_at_period_end"] = json!(true);
+    let newer = stripe_event("evt_past_due", "customer.subscription.updated", T + 10, past_due);
+    assert_eq!(deliver(&billing, &clock, &newer).await, "processed");
+    let stale =
+        stripe_event("evt_stale", "customer.subscription.updated", T + 5, stripe_subscription("active", PRICE_PRO));
+    assert_eq!(deliver(&billing, &clock, &stale).await, "processed", "stale deliveries are acknowledged");
+    let current = billing.current_subscription("user_1").await.unwrap().unwrap();
+    assert_eq!(current.snapshot.status, SubscriptionStatus::PastDue, "the stale snapshot did not win");
+    assert_eq!(current.past_due_since, Some(as_postgres_keeps(clock.now())));
+    assert_eq!(current.source_created, T + 10);
+    t.note("past_due", subscription_json(&current));
+    t.note("grace", license_json(&billing.licenses("user_1").await.unwrap()[0]));
+    for id in ["evt_created", "evt_past_due", "evt_stale"] {
+        assert_eq!(store.webhook_event_status(id).await.unwrap(), Some(("processed".to_owned(), 1, None)));
+    }
+    assert_eq!(watch.try_recv(), Ok(()), "the hub would have been woken");
+
+    clock.advance(60);
+    let recovered = stripe_event(
+        "evt_recovered",
+        "customer.subscription.updated",
+        T + 20,
+        stripe_subscription("active", PRICE_PRO),
+    );
+    assert_eq!(deliver(&billing, &clock, &recovered).await, "processed");
+    let ignored =
+        stripe_event("evt_ignored", "customer.created", T + 21, json!({ "id": "cus_1", "object": "customer" }));
+    assert_eq!(deliver(&billing, &clock, &ignored).await, "ignored");
+    assert_eq!(store.webhook_event_status("evt_ignored").await.unwrap(), Some(("ignored".to_owned(), 1, None)));
+
+    // A delivery we cannot read is recorded as failed, retried, then fixed.
+    let broken = stripe_event("evt_broken", "customer.subscription.updated", T + 22, json!({ "id": "sub_1" }));
+    let failure = deliver(&billing, &clock, &broken).await;
+    assert!(failure.starts_with("error: "), "{failure}");
+    assert_eq!(deliver(&billing, &clock, &broken).await, failure);
+    let (status, attempts, last_error) = store.webhook_event_status("evt_broken").await.unwrap().unwrap();
+    assert_eq!((status.as_str(), attempts, last_error.is_some()), ("failed", 2, true));
+    t.note("failed", json!({ "outcome": failure, "status": status, "attempts": attempts, "last_error": last_error }));
+    let mut fixed = stripe_subscription("active", PRICE_PRO);
+    fixed["cancel_at_period_end"] = json!(true);
+    let fixed = stripe_event("evt_broken", "customer.subscription.updated", T + 22, fixed);
+    assert_eq!(deliver(&billing, &clock, &fixed).await, "processed");
+    assert_eq!(store.webhook_event_status("evt_broken").await.unwrap(), Some(("processed".to_owned(), 3, None)));
+
+    let failed_invoice = stripe_event("evt_inv_failed", "invoice.payment_failed", T + 23, stripe_invoice("in_1", 1900));
+    assert_eq!(deliver(&billing, &clock, &failed_invoice).await, "processed");
+    let paid_invoice = stripe_event("evt_inv_paid", "invoice.paid", T + 24, stripe_invoice("in_1", 1900));
+    assert_eq!(deliver(&billing, &clock, &paid_invoice).await, "processed");
+    let late_failure = stripe_event("evt_inv_late", "invoice.payment_failed", T + 25, stripe_invoice("in_1", 1900));
+    assert_eq!(deliver(&billing, &clock, &late_failure).await, "processed");
+    let payments = billing.payment_history("user_1").await.unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].payment.status, PaymentStatus::Paid, "a paid invoice is never downgraded");
+    let payment_json = |p: &billing_core::storage::PaymentRecord| {
+        json!({ "invoice": p.payment.stripe_invoice_id, "subscription": p.payment.stripe_subscription_id,
+                "amount": p.payment.amount, "currency": p.payment.currency, "status": p.payment.status.as_str(),
+                "paid_at": opt_rfc3339(p.payment.paid_at) })
+    };
+    t.note("payments", Value::Array(payments.iter().map(payment_json).collect()));
+    t.note("late_failure", json!(store.webhook_event_status("evt_inv_late").await.unwrap()));
+
+    let checkout = json!({
+        "id": "cs_2", "object": "checkout.session", "mode": "subscription", "client_reference_id": "user_2",
+        "customer": "cus_2", "subscription": null, "metadata": {}, "payment_status": "paid"
+    });
+    let checkout = stripe_event("evt_checkout", "checkout.session.completed", T + 26, checkout);
+    assert_eq!(deliver(&billing, &clock, &checkout).await, "processed");
+    assert_eq!(store.stripe_customers_of_user("user_2").await.unwrap(), ["cus_2"]);
+    assert!(billing.current_subscription("user_2").await.unwrap().is_none());
+
+    // Licensing.
+    let (_, a) = activate(&billing, &key, "fp_a").await.expect("first activation");
+    clock.advance(1);
+    let again = billing
+        .activate(&ActivationRequest {
+            license_key: &key,
+            fingerprint: "fp_a",
+            name: Some("renamed"),
+            platform: None,
+            app_version: Some("2.0"),
+        })
+        .await
+        .unwrap();
+    assert!(!again.created, "the same fingerprint reuses its slot");
+    assert_eq!(again.device.id, a.id);
+    let token_a = again.token.expose().to_owned();
+    clock.advance(1);
+    let (token_b, _) = activate(&billing, &key, "fp_b").await.unwrap();
+    clock.advance(1);
+    let (token_c, _) = activate(&billing, &key, "fp_c").await.unwrap();
+    clock.advance(1);
+    let refused = activate(&billing, &key, "fp_d").await.unwrap_err();
+    assert_eq!(refused, json!({ "error": "TooManyDevices { max_devices: 3 }" }));
+    t.note("refused", refused);
+
+    let mut codes = vec![];
+    for (k, fp) in [(key.as_str(), None), (&key, Some("fp_a")), (&key, Some("fp_z")), ("NOT-A-KEY", None)] {
+        codes.push(billing.validate(k, fp).await.unwrap().code.as_str());
+    }
+    assert_eq!(codes, ["VALID", "VALID", "NOT_ACTIVATED", "NOT_FOUND"]);
+    t.note("validate", json!(codes));
+
+    let beat = billing.heartbeat(&token_a).await.unwrap();
+    assert_eq!(beat.device.last_heartbeat_at, clock.now());
+    assert!(billing.device_token_grants(&token_a, license.id).await.unwrap());
+    assert!(!billing.device_token_grants(&token_a, Uuid::new_v4()).await.unwrap());
+    clock.advance(300);
+    billing.heartbeat(&token_a).await.unwrap();
+    clock.advance(1);
+    billing.heartbeat(&token_b).await.unwrap();
+    clock.advance(400);
+    let dead = billing.heartbeat(&token_c).await.unwrap_err();
+    assert!(matches!(dead, LicensingError::HeartbeatDead), "{dead:?}");
+    assert!(matches!(billing.heartbeat(&token_c).await, Err(LicensingError::HeartbeatDead)));
+    assert_eq!(billing.validate(&key, Some("fp_c")).await.unwrap().code.as_str(), "HEARTBEAT_DEAD");
+    assert_eq!(billing.reap_dead_devices().await.unwrap(), 0, "c was declared dead by its heartbeat");
+    clock.advance(300);
+    assert_eq!(billing.reap_dead_devices().await.unwrap(), 2, "a and b went silent too");
+    assert_eq!(billing.reap_dead_devices().await.unwrap(), 0);
+
+    // Back to life, then a downgrade evicts the least recently seen.
+    let (token_a, _) = activate(&billing, &key, "fp_a").await.unwrap();
+    clock.advance(1);
+    let (token_b, _) = activate(&billing, &key, "fp_b").await.unwrap();
+    clock.advance(1);
+    let (token_e, e) = activate(&billing, &key, "fp_e").await.unwrap();
+    clock.advance(1);
+    let downgrade = stripe_event(
+        "evt_downgrade",
+        "customer.subscription.updated",
+        T + 30,
+        stripe_subscription("active", PRICE_BASIC),
+    );
+    assert_eq!(deliver(&billing, &clock, &downgrade).await, "processed");
+    t.note("downgraded", license_json(&billing.licenses("user_1").await.unwrap()[0]));
+    assert!(matches!(billing.heartbeat(&token_a).await, Err(LicensingError::DeviceDeactivated)));
+    assert!(matches!(billing.heartbeat(&token_b).await, Err(LicensingError::DeviceDeactivated)));
+    billing.heartbeat(&token_e).await.expect("the most recently seen device keeps its slot");
+    let refused = activate(&billing, &key, "fp_f").await.unwrap_err();
+    assert_eq!(refused, json!({ "error": "TooManyDevices { max_devices: 1 }" }));
+
+    let user = Actor::User { user_id: "user_1".to_owned() };
+    let renamed = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
+    assert_eq!(renamed.name.as_deref(), Some("Laptop"));
+    let stranger = billing.rename_device_of_user(Some("user_2"), e.id, "Mine", &user).await.unwrap_err();
+    assert!(matches!(stranger, LicensingError::DeviceNotFound), "{stranger:?}");
+    let gone = billing.deactivate(&token_e).await.unwrap();
+    assert_eq!(gone.status, DeviceStatus::Deactivated);
+    assert!(matches!(billing.deactivate(&token_e).await, Err(LicensingError::DeviceDeactivated)));
+    let kept = billing.deactivate_device_of_user(None, e.id, &Actor::System).await.unwrap();
+    assert_eq!(kept.deactivated_at, Some(as_postgres_keeps(clock.now())), "already deactivated: unchanged");
+    assert!(!billing.device_token_grants(&token_e, license.id).await.unwrap());
+
+    clock.advance(60);
+    let mut canceled = stripe_subscription("canceled", PRICE_BASIC);
+    canceled["canceled_at"] = json!(T + 40);
+    canceled["ended_at"] = json!(T + 40);
+    let canceled = stripe_event("evt_canceled", "customer.subscription.deleted", T + 40, canceled);
+    assert_eq!(deliver(&billing, &clock, &canceled).await, "processed");
+    t.note("canceled", subscription_json(&billing.current_subscription("user_1").await.unwrap().unwrap()));
+    t.note("ended_license", license_json(&billing.licenses("user_1").await.unwrap()[0]));
+    assert_eq!(billing.validate(&key, None).await.unwrap().code.as_str(), "EXPIRED");
+
+    // Everything the stores now hold, through their read paths.
+    let mut devices = billing.devices_of_user("user_1").await.unwrap();
+    assert_eq!(devices.len(), 4);
+    devices.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    t.note("devices", Value::Array(devices.iter().map(device_json).collect()));
+    let history = billing.subscription_history("user_1").await.unwrap();
+    assert!(history.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let history: Vec<Value> = history
+        .iter()
+        .map(|c| {
+            json!({ "subscription_id": c.subscription_id, "kind": c.kind, "from": c.from_status, "to": c.to_status,
+                    "detail": c.detail, "actor": c.actor, "event": c.stripe_event_id })
+        })
+        .collect();
+    t.note("history", Value::Array(history));
+    let outbox = store.outbox_after(0, None, 1000).await.unwrap();
+    let first = outbox.first().expect("outbox rows").id;
+    assert!(outbox.windows(2).all(|w| w[1].id == w[0].id + 1), "gap-free, in order");
+    assert_eq!(store.latest_outbox_id().await.unwrap(), outbox.last().unwrap().id);
+    let of_license = store.outbox_after(first, Some(license.id), 2).await.unwrap();
+    assert_eq!(of_license.iter().map(|e| e.id).collect::<Vec<_>>(), [first + 1, first + 2]);
+    let outbox: Vec<Value> = outbox
+        .iter()
+        .map(|e| json!({ "seq": e.id - first, "license_id": e.license_id, "topic": e.topic, "payload": e.payload }))
+        .collect();
+    t.note("outbox", Value::Array(outbox));
+    assert!(store.license_belongs_to(license.id, "user_1").await.unwrap());
+    assert!(!store.license_belongs_to(license.id, "user_2").await.unwrap());
+    t.entries
+}
+
+#[tokio::test]
+async fn billing_and_licensing_use_cases_run_on_the_store() {
+    let (_db, store) = fresh_store().await;
+    let transcript = scenario(store).await;
+    assert!(transcript.len() > 10);
+}
+
+/// Not per backend: both stores at once, whichever `TEST_STORE` selects.
+#[tokio::test]
+async fn the_sqlite_store_gives_the_same_results_as_the_postgres_store() {
+    let pg = TestDb::create(Backend::Postgres).await;
+    let pg_store = pg.open().await;
+    let sqlite = TestDb::create(Backend::Sqlite).await;
+    let sqlite_store = sqlite.open().await;
+
+    let from_pg = scenario(pg_store.clone()).await;
+    let from_sqlite = scenario(sqlite_store.clone()).await;
+    assert_eq!(from_pg.len(), from_sqlite.len());
+    for (pg, sqlite) in from_pg.iter().zip(&from_sqlite) {
+        assert_eq!(sqlite, pg, "SQLite (left) and PostgreSQL (right) differ");
+    }
+
+    // Instants at the edges of microsecond truncation come back the same.
+    async fn round_trip<S: Store>(store: &S, sub: &Subscription) -> Subscription {
+        let mut tx = store.begin().await.unwrap();
+        let customer = tx.upsert_customer("cus_edges", Some("user_edges")).await.unwrap();
+        tx.save_subscription(customer, sub).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.lock_subscription("sub_edges").await.unwrap().expect("saved")
+    }
+    let sub = full_subscription("sub_edges", "cus_edges", "user_edges");
+    let from_pg = round_trip(&pg_store, &sub).await;
+    assert_eq!(round_trip(&sqlite_store, &sub).await, from_pg);
+    assert_eq!(from_pg, as_stored(&sub), "the tests' model of PostgreSQL's truncation holds");
+}

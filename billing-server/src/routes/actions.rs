@@ -28,6 +28,18 @@ fn action_error(e: ActionError) -> ApiError {
             "STRIPE_DISABLED",
             "Stripe actions are disabled: set STRIPE_SECRET_KEY to enable them",
         ),
+        // 401, 403 and 404 mean our key, its permissions or the ids we
+        // stored are wrong: our fault, not the user's, and Stripe's message
+        // (which may name the key or our objects) is not for them.
+        Stripe(StripeError::Api { status: status @ (401 | 403 | 404), kind, code, .. }) => {
+            tracing::error!(
+                stripe_status = status,
+                stripe_type = %kind,
+                stripe_code = code.as_deref().unwrap_or(""),
+                "stripe rejected our credentials or an id we sent"
+            );
+            stripe_unavailable()
+        }
         Stripe(StripeError::Api { status, kind, message, .. }) => {
             tracing::info!(stripe_status = status, stripe_type = %kind, "stripe refused an action");
             if kind == "card_error" || status == 402 {
@@ -38,10 +50,14 @@ fn action_error(e: ActionError) -> ApiError {
         }
         Stripe(e @ (StripeError::Unavailable(_) | StripeError::Protocol(_))) => {
             tracing::warn!(error = %e, "stripe unavailable");
-            ApiError::new(StatusCode::BAD_GATEWAY, "STRIPE_UNAVAILABLE", "Stripe is unavailable; try again shortly")
+            stripe_unavailable()
         }
         Store(e) => e.into(),
     }
+}
+
+fn stripe_unavailable() -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "STRIPE_UNAVAILABLE", "Stripe is unavailable; try again shortly")
 }
 
 async fn body<T: DeserializeOwned + Default>(state: &AppState, request: Request<RequestBody>) -> Result<T, ApiError> {

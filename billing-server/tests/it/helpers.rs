@@ -633,3 +633,58 @@ impl wiremock::Match for HasIdempotencyKey {
         request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).is_some_and(|k| k.starts_with("billing-"))
     }
 }
+
+/// The `Idempotency-Key` of a request Stripe received (panics without one).
+pub fn idempotency_key_of(request: &wiremock::Request) -> String {
+    request
+        .headers
+        .get("idempotency-key")
+        .unwrap_or_else(|| panic!("{} {} has no Idempotency-Key", request.method, request.url.path()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Whether `key` is exactly what `billing_core::actions` makes for `action`:
+/// `billing-<action>-<a random UUID v4, hyphenated, lower case>`.
+pub fn is_idempotency_key_for(action: &str, key: &str) -> bool {
+    key.strip_prefix("billing-")
+        .and_then(|rest| rest.strip_prefix(action))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.hyphenated().to_string() == id))
+        .is_some_and(|u| u.get_version() == Some(uuid::Version::Random))
+}
+
+/// A wiremock matcher: the `Idempotency-Key` is one made for this action
+/// (see [`is_idempotency_key_for`]), so `cancel` does not accept `cancel-now`'s.
+pub struct IdempotencyKeyFor(pub &'static str);
+
+impl wiremock::Match for IdempotencyKeyFor {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        let keys: Vec<_> = request.headers.get_all("idempotency-key").iter().collect();
+        matches!(keys.as_slice(), [key] if key.to_str().is_ok_and(|k| is_idempotency_key_for(self.0, k)))
+    }
+}
+
+/// A wiremock matcher: no `Idempotency-Key` (reads carry none).
+pub struct NoIdempotencyKey;
+
+impl wiremock::Match for NoIdempotencyKey {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        !request.headers.contains_key("idempotency-key")
+    }
+}
+
+/// A wiremock matcher: the query string holds exactly these pairs (any order).
+pub struct QueryIs(pub Vec<(&'static str, String)>);
+
+impl wiremock::Match for QueryIs {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        let mut got: Vec<(String, String)> =
+            request.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let mut want: Vec<(String, String)> = self.0.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        got.sort();
+        want.sort();
+        got == want
+    }
+}

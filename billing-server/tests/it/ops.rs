@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use billing_core::storage::{Store, StoreTx};
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -125,46 +126,79 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
     assert_eq!(app.count("subscriptions").await, 1);
 }
 
-/// A `billing-server` process on `store`, and the address it listens on.
+/// A `billing-server` process, the address it listens on, and what it has
+/// printed so far.
 struct ServerProcess {
     child: std::process::Child,
     addr: String,
+    output: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
+    /// A server on `store`, keeping its files in `data_dir`.
     async fn start(store: &TestStore, data_dir: &std::path::Path) -> Self {
+        let env = [
+            ("DATABASE_URL", store.url()),
+            ("BILLING_DATA_DIR", data_dir.display().to_string()),
+            ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ];
+        Self::start_in(&std::env::temp_dir(), &env).await
+    }
+
+    /// A server started in `dir` with nothing in its environment but `PATH`,
+    /// a free port, JSON logs (to find the port) and `env`.
+    async fn start_in(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"))
+            .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", store.url())
-            .env("BILLING_DATA_DIR", data_dir)
             .env("BILLING_ADDR", "127.0.0.1:0")
-            .env("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("BILLING_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let lines_seen = output.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let addr = lines.by_ref().map_while(Result::ok).find_map(|line| {
-                let entry: Value = serde_json::from_str(&line).ok()?;
-                (entry["fields"]["message"] == "billing-server listening")
-                    .then(|| entry["fields"]["addr"].as_str().map(str::to_owned))?
-            });
-            let _ = tx.send(addr);
-            lines.for_each(drop); // keep draining so the server never blocks on a full pipe
+            let (mut tx, mut addr) = (Some(tx), None);
+            // Keeps draining so the server never blocks on a full pipe.
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let listening = serde_json::from_str::<Value>(&line).ok().and_then(|entry| {
+                    (entry["fields"]["message"] == "billing-server listening")
+                        .then(|| entry["fields"]["addr"].as_str().map(str::to_owned))?
+                });
+                addr = addr.or(listening);
+                // The start-up banner is printed after the JSON log line.
+                let banner = line.starts_with("billing-server listening on http://");
+                lines_seen.lock().unwrap().push(line);
+                if banner {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.clone());
+                    }
+                }
+            }
         });
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(Some(addr))) => Self { child, addr },
+            Ok(Ok(Some(addr))) => Self { child, addr, output },
             other => {
                 let _ = child.kill();
-                panic!("the server never said (in JSON) that it was listening: {other:?}");
+                panic!("the server never printed its banner after saying (in JSON) that it was listening: {other:?}");
             }
         }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn printed(&self) -> String {
+        self.output.lock().unwrap().join("\n")
     }
 
     async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
@@ -256,6 +290,211 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
         .unwrap();
     assert_eq!(again["outcome"], "duplicate", "the dedup record survived too");
     let _ = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    server.wait(Duration::from_secs(15)).await;
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+impl Drop for ServerProcess {
+    /// A failing test must not leave its server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl ServerProcess {
+    async fn deliver(&self, event: &Value) -> Value {
+        let body = serde_json::to_vec(event).unwrap();
+        let response = reqwest::Client::new()
+            .post(self.url("/api/stripe/webhooks/handler"))
+            .header("Stripe-Signature", sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "delivery of {}", event["id"]);
+        response.json().await.unwrap()
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not a JSON error: {body}"))
+}
+
+#[tokio::test]
+async fn with_nothing_configured_the_binary_serves_licensing_from_an_embedded_store() {
+    if backend() == Backend::Postgres {
+        return; // One run is enough: this test chooses its own store (none).
+    }
+    let dir = temp_dir("zero-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = ServerProcess::start_in(&dir, &[]).await;
+    let printed = server.printed();
+    for expected in [
+        "store: embedded sqlite at billing-data/billing.sqlite3",
+        "webhooks: off",
+        "dashboard: off",
+        "stripe actions: off",
+        "until STRIPE_WEBHOOK_SECRET is set",
+        "until BILLING_JWT_SECRET is set",
+    ] {
+        assert!(printed.contains(expected), "{expected:?} not in:\n{printed}");
+    }
+    assert!(dir.join("billing-data/billing.sqlite3").is_file());
+    let key_file = dir.join("billing-data/license-signing-key.pem");
+    assert!(std::fs::read_to_string(&key_file).unwrap().contains("PRIVATE KEY"));
+
+    let http = reqwest::Client::new();
+    let webhook = http
+        .post(server.url("/api/stripe/webhooks/handler"))
+        .header("Stripe-Signature", "t=1,v1=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 503);
+    assert_eq!(error_code(&webhook.json().await.unwrap()), "WEBHOOKS_DISABLED");
+    let dashboard = http.get(server.url("/api/subscriptions/current")).bearer_auth(jwt_for("u")).send().await.unwrap();
+    assert_eq!(dashboard.status(), 503);
+    assert_eq!(error_code(&dashboard.json().await.unwrap()), "DASHBOARD_DISABLED");
+
+    // Licensing works, signed with the generated key, which a restart keeps.
+    let jwk: Value = http.get(server.url("/api/license/public-key")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwk["jwk"]["kty"], "OKP");
+    let unknown = json!({ "license_key": "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA" });
+    let validated: Value =
+        http.post(server.url("/api/license/validate")).json(&unknown).send().await.unwrap().json().await.unwrap();
+    assert_eq!((validated["valid"].as_bool(), validated["code"].as_str()), (Some(false), Some("NOT_FOUND")));
+    server.signal("-TERM");
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+    let again = ServerProcess::start_in(&dir, &[]).await;
+    let jwk_again: Value = http.get(again.url("/api/license/public-key")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwk_again, jwk, "the generated key is kept, not regenerated");
+    again.signal("-TERM");
+    again.wait(Duration::from_secs(15)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn keygen_writes_a_key_once_that_the_server_signs_with() {
+    if backend() == Backend::Postgres {
+        return; // Store-independent: one run is enough.
+    }
+    let dir = temp_dir("keygen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("vendor-key.pem");
+    let keygen = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"))
+            .args(["keygen", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = keygen();
+    assert!(first.status.success(), "{first:?}");
+    let printed = String::from_utf8(first.stdout).unwrap();
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("BEGIN PRIVATE KEY"));
+    assert!(!printed.contains(written.lines().nth(1).unwrap()), "the private key is not printed");
+    let printed_jwk: Value = serde_json::from_str(printed.lines().last().unwrap()).unwrap();
+
+    let second = keygen();
+    assert!(!second.status.success(), "an existing key is never overwritten");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+
+    let server = ServerProcess::start_in(
+        &dir,
+        &[("BILLING_LICENSE_SIGNING_KEY", out.display().to_string()), ("BILLING_DATA_DIR", dir.display().to_string())],
+    )
+    .await;
+    let served: Value = reqwest::get(server.url("/api/license/public-key")).await.unwrap().json().await.unwrap();
+    assert_eq!(served["jwk"], printed_jwk, "the server signs with the key keygen wrote");
+    server.signal("-TERM");
+    server.wait(Duration::from_secs(15)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_once_and_exits() {
+    let store = TestStore::create().await;
+    let data_dir = temp_dir("migrate");
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"))
+            .arg("migrate")
+            .env_clear()
+            .env("DATABASE_URL", store.url())
+            .env("BILLING_DATA_DIR", &data_dir)
+            .output()
+            .unwrap()
+    };
+    let db = TestDb::open(&store.location).await;
+    for run in ["first", "second"] {
+        let output = migrate();
+        assert!(output.status.success(), "{run} run: {output:?}");
+        let applied = db.strings("SELECT name FROM refinery_schema_history ORDER BY version").await;
+        assert_eq!(applied, ["create_billing_schema", "create_devices", "index_licenses_in_grace"], "{run} run");
+    }
+    assert_eq!(db.int("SELECT count(*) FROM licenses").await, 0);
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_kill_9_resumes_with_last_event_id_losing_nothing() {
+    let store = TestStore::create().await;
+    let data_dir = temp_dir("sse-kill9");
+    let server = ServerProcess::start(&store, &data_dir).await;
+    let update = |id: &str, created: i64, cancel: bool| {
+        let mut object = subscription("sub_u", "cus_u", "active", PRICE_PRO, Some("u"));
+        object["cancel_at_period_end"] = json!(cancel);
+        event(id, "customer.subscription.updated", created, object)
+    };
+    server
+        .deliver(&event(
+            "e0",
+            "customer.subscription.created",
+            now(),
+            subscription("sub_u", "cus_u", "active", PRICE_PRO, Some("u")),
+        ))
+        .await;
+    let db = TestDb::open(&store.location).await;
+    let key = db.strings("SELECT key FROM licenses").await.remove(0);
+    let http = reqwest::Client::new();
+    let activation = json!({ "license_key": key, "fingerprint": "fp-1" });
+    let activated: Value =
+        http.post(server.url("/api/license/activate")).json(&activation).send().await.unwrap().json().await.unwrap();
+    let token = activated["activation_token"].as_str().unwrap().to_owned();
+    let open = |server: &ServerProcess, last_event_id: Option<i64>| {
+        let mut request = http.get(server.url(&format!("/api/events/{key}"))).bearer_auth(&token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request.send()
+    };
+    let mut stream = EventReader::new(open(&server, None).await.unwrap());
+    server.deliver(&update("e1", now() + 1, true)).await;
+    let seen = stream.next_of("subscription.updated").await;
+    assert_eq!(seen.data["cancel_at_period_end"], true);
+
+    server.signal("-KILL");
+    server.wait(Duration::from_secs(5)).await;
+    assert!(stream.next().await.is_none(), "the stream is cut");
+
+    // Changes land while the app is disconnected, then it resumes.
+    let server = ServerProcess::start(&store, &data_dir).await;
+    server.deliver(&update("e2", now() + 2, false)).await;
+    server.deliver(&update("e3", now() + 3, true)).await;
+    let mut resumed = EventReader::new(open(&server, seen.id).await.unwrap());
+    let missed = [resumed.next_of("subscription.updated").await, resumed.next_of("subscription.updated").await];
+    assert_eq!(missed.each_ref().map(|m| m.data["cancel_at_period_end"].clone()), [json!(false), json!(true)]);
+    assert!(missed[0].id > seen.id && missed[1].id > missed[0].id, "in order, after the last one seen");
+    server.signal("-TERM");
     server.wait(Duration::from_secs(15)).await;
     let _ = std::fs::remove_dir_all(data_dir);
 }

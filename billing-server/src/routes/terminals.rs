@@ -1,6 +1,6 @@
 //! The dashboard's terminals (devices) and the license event stream.
 
-use super::dashboard::caller;
+use super::dashboard::{caller, target};
 use super::license::licensing_error;
 use crate::auth::bearer;
 use crate::error::ApiError;
@@ -20,10 +20,10 @@ fn device_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 pub async fn list(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
-    let caller = caller(state, &request)?;
+    let (_, user) = target(state, &request)?;
     let now = state.billing.now();
     let window = state.billing.config().licensing.heartbeat_window;
-    let devices = state.billing.devices_of_user(&caller.user_id).await?;
+    let devices = state.billing.devices_of_user(&user).await?;
     Ok(ok(&json!({ "terminals": devices.iter().map(|d| DeviceView::new(d, now, window)).collect::<Vec<_>>() })))
 }
 

@@ -382,3 +382,29 @@ async fn a_license_past_due_beyond_its_grace_is_suspended_once_and_its_devices_h
     assert_eq!(events.next_of("license.updated").await.data["status"], "active", "no event in between");
     assert_eq!(app.validate(&key, None).await["code"], "VALID");
 }
+
+#[tokio::test]
+async fn refused_activations_are_rate_limited_per_key_whatever_the_address() {
+    let app = spawn_app_with(Options { rate_limit_per_minute: Some(3), ..Default::default() }).await;
+    let full = app.issue_license("u", PRICE_BASIC).await;
+    let other = app.issue_license("v", PRICE_BASIC).await;
+    app.activate_ok(&full, "fp-1").await;
+    // Each attempt from its own loopback address, so no address reaches its limit.
+    let activate_from = |n: u8, key: &str| {
+        let client = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, n])).build().unwrap();
+        let request = client
+            .post(app.url("/api/license/activate"))
+            .json(&json!({ "license_key": key, "fingerprint": format!("fp-from-{n}") }));
+        async move { request.send().await.unwrap() }
+    };
+    for n in 2..=4 {
+        let refused = activate_from(n, &full).await;
+        assert_eq!(refused.status(), 409, "attempt from 127.0.0.{n}");
+        assert_eq!(refused.json::<Value>().await.unwrap()["error"]["code"], "TOO_MANY_DEVICES");
+    }
+    let limited = activate_from(5, &full).await;
+    assert_eq!(limited.status(), 429, "the key is limited, from a fresh address too");
+    assert_eq!(limited.json::<Value>().await.unwrap()["error"]["code"], "RATE_LIMITED");
+    assert_eq!(activate_from(5, &other).await.status(), 201, "that address and other keys are not");
+    assert_eq!(app.count("devices").await, 2);
+}

@@ -4,7 +4,7 @@ const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { isMainThread } = require('node:worker_threads')
 const { LicenseClient, Subscription } = require('..')
-const { TestServer, Inbox } = require('./harness.js')
+const { TestServer, Inbox, DEADLINE_MS } = require('./harness.js')
 
 const server = new TestServer()
 let key
@@ -98,14 +98,32 @@ test('events arrive on the JS thread with refreshed state, and a refused stream 
   assert.equal(refused.closed, true)
 })
 
-test('background heartbeats start and stop', async () => {
-  const c = client('heartbeats')
-  await c.activate(key)
-  c.startHeartbeat()
-  assert.equal(c.heartbeatRunning, true)
-  c.stopHeartbeat()
-  assert.equal(c.heartbeatRunning, false)
-  await c.deactivate()
+test('background heartbeats reach the server until stopped', async () => {
+  // A server of its own, with a 3 s window: the loop beats about every second.
+  const quick = new TestServer({ BILLING_HEARTBEAT_WINDOW_SECS: '3' })
+  await quick.setUp()
+  try {
+    const c = new LicenseClient({ serverUrl: quick.url, storePath: quick.storePath('beats'), appSalt: 'node-tests/beats' })
+    const { deviceId } = await c.activate(await quick.issueLicense('bob'))
+    const lastSeen = async () => (await quick.terminals('bob')).find((t) => t.id === deviceId).last_seen_at
+    const activatedAt = await lastSeen()
+    c.startHeartbeat()
+    assert.equal(c.heartbeatRunning, true)
+    const deadline = Date.now() + DEADLINE_MS
+    while ((await lastSeen()) === activatedAt) {
+      assert.ok(Date.now() < deadline, 'no background heartbeat reached the server')
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    c.stopHeartbeat()
+    assert.equal(c.heartbeatRunning, false)
+    await new Promise((resolve) => setTimeout(resolve, 200)) // a beat already sent may still land
+    const stoppedAt = await lastSeen()
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    assert.equal(await lastSeen(), stoppedAt, 'no beat after stopping')
+    await c.deactivate()
+  } finally {
+    await quick.tearDown()
+  }
 })
 
 test('validation falls back to the stored certificate when the server is down', async () => {

@@ -63,7 +63,9 @@ function subscription(user, price, cancelAtPeriodEnd) {
 let eventSeq = 0
 
 class TestServer {
-  constructor() {
+  /** `env`: extra environment for the server process. */
+  constructor(env = {}) {
+    this.extraEnv = env
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'license-client-node-'))
     this.database = `license_client_node_${crypto.randomUUID().replaceAll('-', '')}`
     this.child = null
@@ -98,6 +100,7 @@ class TestServer {
       BILLING_LICENSE_SIGNING_KEY: this.keyPath,
       BILLING_DATA_DIR: path.join(this.dir, 'data'),
       RUST_LOG: process.env.RUST_LOG || 'warn',
+      ...this.extraEnv,
     }
     this.child = spawn(BINARY, ['serve'], { cwd: this.dir, env, stdio: ['ignore', 'ignore', 'inherit'] })
     const exited = new Promise((resolve) => this.child.once('exit', resolve))
@@ -157,6 +160,13 @@ class TestServer {
   /** Flips `cancel_at_period_end` on `user`'s subscription. */
   async setCancelAtPeriodEnd(user, cancel) {
     await this.postWebhook('customer.subscription.updated', subscription(user, 'price_pro', cancel))
+  }
+
+  /** The customer's devices, as the dashboard lists them. */
+  async terminals(user) {
+    const response = await fetch(`${this.url}/api/terminals`, { headers: { authorization: `Bearer ${jwtFor(user)}` } })
+    if (!response.ok) throw new Error(`terminal listing failed: ${response.status}`)
+    return (await response.json()).terminals
   }
 
   /** Deactivates a device from the customer's dashboard. */

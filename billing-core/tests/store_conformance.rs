@@ -1292,3 +1292,43 @@ async fn the_sqlite_store_gives_the_same_results_as_the_postgres_store() {
     assert_eq!(round_trip(&sqlite_store, &sub).await, from_pg);
     assert_eq!(from_pg, as_stored(&sub), "the tests' model of PostgreSQL's truncation holds");
 }
+
+#[tokio::test]
+async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
+    let (db, store) = fresh_store().await;
+    let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let idle_in_transaction = "SELECT count(*) FROM pg_stat_activity
+                                WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
+    for round in 0..20 {
+        let mut tx = store.begin().await.unwrap();
+        tx.lock_license(license.id).await.unwrap();
+        tx.enqueue(&message(Some(license.id), round)).await.unwrap();
+        // Polled once, so it is under way, then given up (as when a client
+        // hangs up and its request's future is dropped).
+        let mut commit = Box::pin(tx.commit());
+        let waker = std::task::Waker::noop();
+        let _ = std::future::Future::poll(commit.as_mut(), &mut std::task::Context::from_waker(waker));
+        drop(commit);
+        // No pooled session is left inside the transaction (before anything
+        // else could reuse it and so end it).
+        if backend() == Backend::Postgres {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while db.count(idle_in_transaction).await > 0 {
+                assert!(std::time::Instant::now() < deadline, "round {round}: a session was left in a transaction");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Committed or rolled back, the license is free again at once.
+        let mut next = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut next = store.begin().await.unwrap();
+            next.lock_license(license.id).await.unwrap();
+            next
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the license was left locked"));
+        next.enqueue(&message(Some(license.id), 100 + round)).await.unwrap();
+        next.commit().await.unwrap();
+    }
+    let committed = db.count("SELECT count(*) FROM outbox_events WHERE CAST(payload->>'n' AS INTEGER) >= 100").await;
+    assert_eq!(committed, 20, "every later transaction committed");
+}

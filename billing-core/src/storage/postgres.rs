@@ -1028,25 +1028,26 @@ impl StoreTx for PgTx {
                 params![license_ids, topics, payloads],
             );
         }
-        let conn = self.conn.take().expect("commit is called once");
         if !self.begun && self.deferred.is_empty() {
             return Ok(()); // Nothing was sent, so there is nothing to commit.
         }
+        let (begin, deferred) = (!std::mem::replace(&mut self.begun, true), std::mem::take(&mut self.deferred));
+        // The connection stays in `self` until the outcome is known: should
+        // this future fail early or be dropped mid-flight, `Drop` rolls back
+        // rather than pool a connection with a transaction still open.
+        let conn = self.conn();
         // Prepared before anything is sent: preparing is a round trip of its own.
-        let ahead = prepare_all(&conn, &self.deferred).await?;
-        let conn_ref = &*conn;
+        let ahead = prepare_all(conn, &deferred).await?;
         // Polled in order: BEGIN, deferred writes, outbox lock and rows, COMMIT.
-        let (sent, committed) =
-            futures_util::join!(send_ahead(conn_ref, !self.begun, &ahead), conn_ref.batch_execute("COMMIT"));
-        match sent.and(committed.map_err(query_error)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // After a failed statement PostgreSQL turns the COMMIT into a
-                // rollback, but the session's state is not worth trusting:
-                // close it rather than return it to the pool.
-                drop(Object::take(conn));
-                Err(e)
-            }
+        let (sent, committed) = futures_util::join!(send_ahead(conn, begin, &ahead), conn.batch_execute("COMMIT"));
+        let outcome = sent.and(committed.map_err(query_error));
+        let conn = self.conn.take().expect("commit is called once");
+        if outcome.is_err() {
+            // After a failed statement PostgreSQL turns the COMMIT into a
+            // rollback, but the session's state is not worth trusting:
+            // close it rather than return it to the pool.
+            drop(Object::take(conn));
         }
+        outcome
     }
 }

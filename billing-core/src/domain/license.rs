@@ -196,10 +196,7 @@ pub fn terms_for(
         Active | Trialing => LicenseStatus::Active,
         PastDue => {
             grace_ends_at = sub.past_due_since.map(|t| t + grace);
-            match grace_ends_at {
-                Some(end) if now >= end => LicenseStatus::Suspended,
-                _ => LicenseStatus::Active,
-            }
+            LicenseStatus::Active
         }
         Paused | Unpaid | Incomplete => LicenseStatus::Suspended,
         Canceled | IncompleteExpired => LicenseStatus::Expired,
@@ -208,13 +205,14 @@ pub fn terms_for(
         Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
         _ => status,
     };
-    LicenseTerms {
+    let terms = LicenseTerms {
         status,
         max_devices: plan.map(|p| p.max_devices).or(held.map(|h| h.max_devices)).unwrap_or(1),
         expires_at: snap.current_period_end.or(snap.trial_end),
         grace_ends_at,
         plan_id: plan.map(|p| p.id.0.clone()).or_else(|| held.and_then(|h| h.plan_id.clone())),
-    }
+    };
+    lapsed(&terms, now).unwrap_or(terms)
 }
 
 /// What to do with a subscription's license after the subscription changed.

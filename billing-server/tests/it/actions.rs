@@ -4,8 +4,8 @@
 
 use crate::helpers::*;
 use serde_json::{json, Value};
-use wiremock::matchers::{header, method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::matchers::query_param;
+use wiremock::{MockServer, ResponseTemplate};
 
 struct Setup {
     app: TestApp,
@@ -32,30 +32,6 @@ async fn setup() -> Setup {
     ))
     .await;
     Setup { app, stripe }
-}
-
-fn stripe_mock(verb: &str, route: &str) -> wiremock::MockBuilder {
-    Mock::given(method(verb))
-        .and(path(route))
-        .and(header("authorization", "Bearer sk_test_123"))
-        .and(header("stripe-version", billing_core::stripe::client::STRIPE_VERSION))
-}
-
-/// A write to Stripe, matched exactly: method, path, every form parameter
-/// (`form` empty: no body at all) and an idempotency key made for `action`.
-fn stripe_write(
-    verb: &str,
-    route: &str,
-    action: &'static str,
-    form: Vec<(&'static str, String)>,
-) -> wiremock::MockBuilder {
-    stripe_mock(verb, route).and(FormIs(form)).and(HasIdempotencyKey).and(IdempotencyKeyFor(action))
-}
-
-/// A read from Stripe, matched exactly: `GET`, path, every query parameter,
-/// no body and no idempotency key.
-fn stripe_read(route: &str, query: Vec<(&'static str, String)>) -> wiremock::MockBuilder {
-    stripe_mock("GET", route).and(QueryIs(query)).and(FormIs(vec![])).and(NoIdempotencyKey)
 }
 
 /// The (method, path, form, idempotency key) of every request Stripe received.

@@ -11,8 +11,7 @@ use crate::helpers::*;
 use billing_server::routes::{Route, ROUTES};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{MockServer, ResponseTemplate};
 
 /// How a route authenticates its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,9 +356,11 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
 async fn no_dashboard_route_lets_a_user_reach_another_users_records() {
     let (app, stripe, alice) = app_with_alice().await;
     // Bob's own checkout is the one Stripe call allowed: his id, no customer.
-    Mock::given(method("POST"))
-        .and(path("/v1/checkout/sessions"))
-        .and(FormIs(vec![
+    stripe_write(
+        "POST",
+        "/v1/checkout/sessions",
+        "checkout",
+        vec![
             ("mode", "subscription".into()),
             ("line_items[0][price]", PRICE_BASIC.into()),
             ("line_items[0][quantity]", "1".into()),
@@ -368,15 +369,15 @@ async fn no_dashboard_route_lets_a_user_reach_another_users_records() {
             ("client_reference_id", BOB.into()),
             ("subscription_data[metadata][user_id]", BOB.into()),
             ("metadata[user_id]", BOB.into()),
-        ]))
-        .and(IdempotencyKeyFor("checkout"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({ "id": "cs_bob", "url": "https://checkout.stripe.com/c/cs_bob" })),
-        )
-        .expect(1)
-        .mount(&stripe)
-        .await;
+        ],
+    )
+    .respond_with(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({ "id": "cs_bob", "url": "https://checkout.stripe.com/c/cs_bob" })),
+    )
+    .expect(1)
+    .mount(&stripe)
+    .await;
     let before = alice.state(&app).await;
     let bob = jwt_for(BOB);
     let mut cells = 0;

@@ -625,15 +625,6 @@ impl wiremock::Match for FormIs {
     }
 }
 
-/// A wiremock matcher: an `Idempotency-Key` made by us is present.
-pub struct HasIdempotencyKey;
-
-impl wiremock::Match for HasIdempotencyKey {
-    fn matches(&self, request: &wiremock::Request) -> bool {
-        request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).is_some_and(|k| k.starts_with("billing-"))
-    }
-}
-
 /// The `Idempotency-Key` of a request Stripe received (panics without one).
 pub fn idempotency_key_of(request: &wiremock::Request) -> String {
     request
@@ -687,4 +678,29 @@ impl wiremock::Match for QueryIs {
         want.sort();
         got == want
     }
+}
+
+/// A request to the Stripe mock with our key and pinned API version.
+pub fn stripe_mock(verb: &str, route: &str) -> wiremock::MockBuilder {
+    wiremock::Mock::given(wiremock::matchers::method(verb))
+        .and(wiremock::matchers::path(route))
+        .and(wiremock::matchers::header("authorization", "Bearer sk_test_123"))
+        .and(wiremock::matchers::header("stripe-version", billing_core::stripe::client::STRIPE_VERSION))
+}
+
+/// A write to Stripe, matched exactly: method, path, every form parameter
+/// (`form` empty: no body at all) and an idempotency key made for `action`.
+pub fn stripe_write(
+    verb: &str,
+    route: &str,
+    action: &'static str,
+    form: Vec<(&'static str, String)>,
+) -> wiremock::MockBuilder {
+    stripe_mock(verb, route).and(FormIs(form)).and(IdempotencyKeyFor(action))
+}
+
+/// A read from Stripe, matched exactly: `GET`, path, every query parameter,
+/// no body and no idempotency key.
+pub fn stripe_read(route: &str, query: Vec<(&'static str, String)>) -> wiremock::MockBuilder {
+    stripe_mock("GET", route).and(QueryIs(query)).and(FormIs(vec![])).and(NoIdempotencyKey)
 }

@@ -201,6 +201,24 @@ impl ServerProcess {
         self.output.lock().unwrap().join("\n")
     }
 
+    async fn deliver(&self, event: &Value) -> Value {
+        let body = serde_json::to_vec(event).unwrap();
+        let response = reqwest::Client::new()
+            .post(self.url("/api/stripe/webhooks/handler"))
+            .header("Stripe-Signature", sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "delivery of {}", event["id"]);
+        response.json().await.unwrap()
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+
     async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + within;
@@ -229,10 +247,9 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     let store = TestStore::create().await;
     let data_dir = temp_dir("sigterm");
     let server = ServerProcess::start(&store, &data_dir).await;
-    let response = reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap();
+    let response = reqwest::get(server.url("/healthz")).await.unwrap();
     assert_eq!(response.status(), 200);
-    let status = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    server.signal("-TERM");
     let exit = server.wait(Duration::from_secs(15)).await;
     assert!(exit.success(), "exit status {exit:?}");
     let _ = std::fs::remove_dir_all(data_dir);
@@ -243,26 +260,18 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     let store = TestStore::create().await;
     let data_dir = temp_dir("kill9");
     let server = ServerProcess::start(&store, &data_dir).await;
-    let http = reqwest::Client::new();
-    for i in 0..20 {
-        let e = event(
+    let created = |i: usize| {
+        event(
             &format!("evt_{i}"),
             "customer.subscription.created",
             now(),
             subscription(&format!("sub_{i}"), &format!("cus_{i}"), "active", PRICE_PRO, Some("u")),
-        );
-        let body = serde_json::to_vec(&e).unwrap();
-        let response = http
-            .post(format!("http://{}/api/stripe/webhooks/handler", server.addr))
-            .header("Stripe-Signature", sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        )
+    };
+    for i in 0..20 {
+        server.deliver(&created(i)).await;
     }
-    let killed = std::process::Command::new("kill").args(["-KILL", &server.child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    server.signal("-KILL");
     server.wait(Duration::from_secs(5)).await;
 
     // A fresh process on the same store and data directory has everything.
@@ -271,25 +280,9 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     assert_eq!(app_db.int("SELECT count(*) FROM subscriptions").await, 20);
     assert_eq!(app_db.int("SELECT count(*) FROM licenses").await, 20);
     assert_eq!(app_db.int("SELECT count(*) FROM webhook_events WHERE status = 'processed'").await, 20);
-    let e = event(
-        "evt_0",
-        "customer.subscription.created",
-        now(),
-        subscription("sub_0", "cus_0", "active", PRICE_PRO, Some("u")),
-    );
-    let body = serde_json::to_vec(&e).unwrap();
-    let again: Value = http
-        .post(format!("http://{}/api/stripe/webhooks/handler", server.addr))
-        .header("Stripe-Signature", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = server.deliver(&created(0)).await;
     assert_eq!(again["outcome"], "duplicate", "the dedup record survived too");
-    let _ = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    server.signal("-TERM");
     server.wait(Duration::from_secs(15)).await;
     let _ = std::fs::remove_dir_all(data_dir);
 }
@@ -301,26 +294,6 @@ impl Drop for ServerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-impl ServerProcess {
-    async fn deliver(&self, event: &Value) -> Value {
-        let body = serde_json::to_vec(event).unwrap();
-        let response = reqwest::Client::new()
-            .post(self.url("/api/stripe/webhooks/handler"))
-            .header("Stripe-Signature", sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "delivery of {}", event["id"]);
-        response.json().await.unwrap()
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(sent.success());
     }
 }
 

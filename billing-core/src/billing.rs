@@ -6,7 +6,8 @@ use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness};
 use crate::domain::{Actor, License, LicenseKey, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
 use crate::storage::{
-    ChangeEntry, EventDisposition, EventRecord, OutboxMessage, PaymentRecord, PaymentWrite, Store, StoreError, StoreTx,
+    ChangeEntry, EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentRecord, PaymentWrite, Store,
+    StoreError, StoreTx,
 };
 #[cfg(feature = "stripe-api")]
 use crate::stripe::StripeClient;
@@ -76,6 +77,14 @@ pub struct Billing<S: Store> {
     store: S,
     config: Arc<BillingConfig>,
     clock: Clock,
+}
+
+/// Whether the customer stored with a subscription is the snapshot's and
+/// already knows whatever user the snapshot names, so that upserting it
+/// would change nothing.
+fn customer_is_up_to_date(locked: &LockedSubscription, snapshot: &SubscriptionSnapshot) -> bool {
+    locked.subscription.snapshot.stripe_customer_id == snapshot.stripe_customer_id
+        && (locked.customer_user_id.is_some() || snapshot.user_id.is_none())
 }
 
 /// What became of a webhook delivery that was accepted.
@@ -197,6 +206,9 @@ impl<S: Store> Billing<S> {
         };
         match self.apply_event(&event, &record).await {
             Ok(outcome) => Ok(WebhookReceipt { event_type: event.kind.clone(), outcome }),
+            Err(e) if matches!(e.downcast_ref(), Some(StoreError::AlreadyApplied)) => {
+                Ok(WebhookReceipt { event_type: event.kind.clone(), outcome: WebhookOutcome::Duplicate })
+            }
             Err(e) => {
                 self.record_failure(&record, e.as_ref()).await;
                 Err(WebhookError::Failed { event_type: Some(event.kind.clone()), source: e })
@@ -237,9 +249,7 @@ impl<S: Store> Billing<S> {
             EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, payment).await?),
             EventPayload::Ignored => {
                 let mut tx = self.store.begin().await?;
-                if !tx.claim_event(record).await? {
-                    return Ok(WebhookOutcome::Duplicate);
-                }
+                tx.claim_event(record).await?;
                 tx.finish_event(record.id, EventDisposition::Ignored, None).await?;
                 tx.commit().await?;
                 Ok(WebhookOutcome::Ignored)
@@ -283,9 +293,7 @@ impl<S: Store> Billing<S> {
         ambiguity: Ambiguity,
     ) -> Result<Applied, StoreError> {
         let mut tx = self.store.begin().await?;
-        if !tx.claim_event(record).await? {
-            return Ok(Applied::Done(WebhookOutcome::Duplicate));
-        }
+        tx.claim_event(record).await?;
         let note = match self.sync_subscription(&mut tx, actor, snapshot, created, ambiguity).await? {
             Synced::Applied => None,
             Synced::Stale => Some("stale snapshot: a newer one is held"),
@@ -309,8 +317,15 @@ impl<S: Store> Billing<S> {
         ambiguity: Ambiguity,
     ) -> Result<Synced, StoreError> {
         let now = self.now();
-        let customer_id = tx.upsert_customer(&snapshot.stripe_customer_id, snapshot.user_id.as_deref()).await?;
-        let held = tx.lock_subscription(&snapshot.stripe_subscription_id).await?;
+        let locked = tx.lock_subscription(&snapshot.stripe_subscription_id).await?;
+        let customer_id = match &locked {
+            Some(locked) if customer_is_up_to_date(locked, snapshot) => locked.customer_id,
+            _ => tx.upsert_customer(&snapshot.stripe_customer_id, snapshot.user_id.as_deref()).await?,
+        };
+        let (held, license) = match locked {
+            Some(locked) => (Some(locked.subscription), locked.license),
+            None => (None, None),
+        };
         if let Some(held) = &held {
             match (subscription::freshness(held, snapshot, created), ambiguity) {
                 // Fresh from the API: the current truth, whatever the clocks say.
@@ -328,13 +343,9 @@ impl<S: Store> Billing<S> {
             past_due_since: subscription::past_due_since(held.as_ref(), snapshot, now),
             source_created: held.as_ref().map_or(created, |h| h.source_created.max(created)),
         };
-        tx.save_subscription(customer_id, &next).await?;
         let changes = changes_between(held.as_ref().map(|h| &h.snapshot), &next.snapshot);
-        for change in &changes {
-            tx.record_change(next.id, actor, change).await?;
-        }
+        tx.save_subscription(customer_id, &next, actor, &changes).await?;
 
-        let license = tx.license_of_subscription(next.id).await?;
         let decision = license::decide(&next, plan, license.as_ref().map(|l| &l.terms), self.config.grace, now);
         let license_id = match (decision, license) {
             (LicenseDecision::Issue(terms), _) => {
@@ -421,9 +432,7 @@ impl<S: Store> Billing<S> {
         session: &CheckoutSession,
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
-        if !tx.claim_event(record).await? {
-            return Ok(WebhookOutcome::Duplicate);
-        }
+        tx.claim_event(record).await?;
         let note = match (session.customer.as_deref(), session.user_id()) {
             (Some(customer), Some(user_id)) => {
                 // Links the customer, and with it any subscription that
@@ -447,9 +456,7 @@ impl<S: Store> Billing<S> {
 
     async fn apply_invoice(&self, record: &EventRecord<'_>, payment: &Payment) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
-        if !tx.claim_event(record).await? {
-            return Ok(WebhookOutcome::Duplicate);
-        }
+        tx.claim_event(record).await?;
         let customer_id = tx.upsert_customer(&payment.stripe_customer_id, None).await?;
         let written = tx.upsert_payment(customer_id, payment).await?;
         let newsworthy =

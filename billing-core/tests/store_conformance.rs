@@ -20,7 +20,9 @@ use billing_core::domain::{
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
-use billing_core::storage::{EventDisposition, EventRecord, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx};
+use billing_core::storage::{
+    EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx,
+};
 use billing_core::stripe::WebhookSecrets;
 use billing_core::{Billing, BillingConfig};
 use deadpool_sqlite::rusqlite;
@@ -282,7 +284,7 @@ async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) 
     let mut tx = store.begin().await.unwrap();
     let customer = tx.upsert_customer(cus, Some(user)).await.unwrap();
     let sub = full_subscription(sub_id, cus, user);
-    tx.save_subscription(customer, &sub).await.unwrap();
+    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
     let license = License {
         id: Uuid::new_v4(),
         subscription_id: sub.id,
@@ -354,17 +356,34 @@ async fn a_claimed_event_is_a_duplicate_and_a_failed_one_is_claimed_again() {
     let (_db, store) = fresh_store().await;
 
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_event(&event("evt_1")).await.unwrap());
+    tx.claim_event(&event("evt_1")).await.unwrap();
     tx.finish_event("evt_1", EventDisposition::Processed, Some("stale snapshot")).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+    let processed = Some(("processed".to_owned(), 1, None));
+    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed);
 
+    // A duplicate fails its transaction, at the claim or at the latest at
+    // the commit, which then commits nothing: neither what came after the
+    // claim (pipelined with the COMMIT on PostgreSQL) nor a read's writes.
     let mut tx = store.begin().await.unwrap();
-    assert!(!tx.claim_event(&event("evt_1")).await.unwrap(), "second claim is a duplicate");
-    drop(tx);
+    let outcome = async {
+        tx.claim_event(&event("evt_1")).await?;
+        tx.finish_event("evt_1", EventDisposition::Ignored, Some("overwritten")).await?;
+        tx.commit().await
+    };
+    assert!(matches!(outcome.await, Err(StoreError::AlreadyApplied)), "a duplicate claim");
+    let mut tx = store.begin().await.unwrap();
+    let outcome = async {
+        tx.claim_event(&event("evt_1")).await?;
+        tx.upsert_customer("cus_duplicate", Some("user_duplicate")).await?;
+        tx.commit().await
+    };
+    assert!(matches!(outcome.await, Err(StoreError::AlreadyApplied)), "a duplicate claim");
+    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed, "unchanged");
+    assert!(store.stripe_customers_of_user("user_duplicate").await.unwrap().is_empty(), "nothing committed");
     // A failure is not recorded over a processed delivery.
     store.record_event_failure(&event("evt_1"), "boom").await.unwrap();
-    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+    assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed);
 
     store.record_event_failure(&event("evt_2"), "first failure").await.unwrap();
     store.record_event_failure(&event("evt_2"), "second failure").await.unwrap();
@@ -373,18 +392,21 @@ async fn a_claimed_event_is_a_duplicate_and_a_failed_one_is_claimed_again() {
         Some(("failed".to_owned(), 2, Some("second failure".to_owned())))
     );
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_event(&event("evt_2")).await.unwrap(), "a failed delivery is claimed again");
+    tx.claim_event(&event("evt_2")).await.expect("a failed delivery is claimed again");
     tx.finish_event("evt_2", EventDisposition::Ignored, None).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.webhook_event_status("evt_2").await.unwrap(), Some(("ignored".to_owned(), 3, None)));
 
     // A claim rolled back is no claim.
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_event(&event("evt_3")).await.unwrap());
+    tx.claim_event(&event("evt_3")).await.unwrap();
+    tx.upsert_customer("cus_3", None).await.unwrap();
     drop(tx);
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_event(&event("evt_3")).await.unwrap());
+    tx.claim_event(&event("evt_3")).await.unwrap();
+    tx.upsert_customer("cus_3", None).await.unwrap();
     assert_eq!(store.webhook_event_status("evt_3").await.unwrap(), None, "uncommitted claims are invisible");
+    tx.commit().await.expect("the first claim was rolled back");
 }
 
 #[tokio::test]
@@ -415,12 +437,18 @@ async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precisio
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), None);
     let customer = tx.upsert_customer("cus_1", None).await.unwrap();
-    tx.save_subscription(customer, &sub).await.unwrap();
-    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(as_stored(&sub)), "read inside the transaction");
+    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
+    let locked = LockedSubscription {
+        subscription: as_stored(&sub),
+        customer_id: customer,
+        customer_user_id: None,
+        license: None,
+    };
+    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(locked), "read inside the transaction");
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    let held = tx.lock_subscription("sub_1").await.unwrap().expect("saved");
+    let held = tx.lock_subscription("sub_1").await.unwrap().expect("saved").subscription;
     assert_eq!(held, as_stored(&sub));
     // Like PostgreSQL: sub-microsecond digits are cut toward 2000-01-01, so
     // earlier instants round up.
@@ -447,18 +475,66 @@ async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precisio
         source_created: held.source_created + 1,
         ..held.clone()
     };
-    tx.save_subscription(customer, &next).await.unwrap();
+    tx.save_subscription(customer, &next, &Actor::System, &[]).await.unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(next.clone()));
+    assert_eq!(tx.lock_subscription("sub_1").await.unwrap().map(|l| l.subscription), Some(next.clone()));
     drop(tx);
 
     // The customer's user, not the snapshot's, decides whose it is.
     assert!(store.subscriptions_of_user("user_1").await.unwrap().is_empty());
     let mut tx = store.begin().await.unwrap();
     tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("saved");
+    assert_eq!((locked.customer_id, locked.customer_user_id.as_deref()), (customer, Some("user_1")));
     tx.commit().await.unwrap();
     assert_eq!(store.subscriptions_of_user("user_1").await.unwrap(), [next]);
+}
+
+#[tokio::test]
+async fn a_saved_subscription_carries_its_audit_rows_in_order() {
+    use billing_core::domain::subscription::SubscriptionChange;
+    let (_db, store) = fresh_store().await;
+    let sub = full_subscription("sub_1", "cus_1", "user_1");
+    let actor = Actor::Stripe { event_id: "evt_7".to_owned() };
+    let changes = [
+        SubscriptionChange::StatusChanged { from: SubscriptionStatus::Trialing, to: SubscriptionStatus::Active },
+        SubscriptionChange::StatusChanged { from: SubscriptionStatus::Active, to: SubscriptionStatus::PastDue },
+        SubscriptionChange::StatusChanged { from: SubscriptionStatus::PastDue, to: SubscriptionStatus::Canceled },
+    ];
+
+    let mut tx = store.begin().await.unwrap();
+    let customer = tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    tx.save_subscription(customer, &sub, &actor, &changes).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let rows = store.changes_of_user("user_1", 10).await.unwrap();
+    let read: Vec<_> = rows
+        .iter()
+        .rev()
+        .map(|c| {
+            (
+                c.subscription_id,
+                c.from_status.as_deref(),
+                c.to_status.as_deref(),
+                c.actor.as_str(),
+                c.stripe_event_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (sub.id, Some("trialing"), Some("active"), actor.label().as_str(), Some("evt_7")),
+            (sub.id, Some("active"), Some("past_due"), actor.label().as_str(), Some("evt_7")),
+            (sub.id, Some("past_due"), Some("canceled"), actor.label().as_str(), Some("evt_7")),
+        ],
+        "oldest first here; a save without changes adds none"
+    );
+    assert!(rows.iter().all(|c| c.kind == "status_changed"));
 }
 
 #[tokio::test]
@@ -480,6 +556,8 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert_eq!(tx.lock_license_by_key_hash(&hash).await.unwrap().as_ref(), Some(&stored_license));
     assert_eq!(tx.lock_license(stored_license.id).await.unwrap().as_ref(), Some(&stored_license));
     assert_eq!(tx.license_of_subscription(sub.id).await.unwrap().as_ref(), Some(&stored_license));
+    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("seeded");
+    assert_eq!(locked.license.as_ref(), Some(&stored_license), "locked with its subscription");
     assert_eq!(tx.license_of_stripe_subscription("sub_1").await.unwrap().as_ref(), Some(&stored_license));
     tx.insert_device(&a, b"token-a").await.unwrap();
     tx.insert_device(&b, b"token-b").await.unwrap();
@@ -693,15 +771,19 @@ async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
     let mut tx = store.begin().await.unwrap();
     {
         let record = event("evt_cancelled");
-        let claim = tx.claim_event(&record);
-        tokio::pin!(claim);
-        // Polled once, then abandoned, whether or not the statement finished.
-        let _ = futures_util::poll!(claim.as_mut());
+        let work = async {
+            tx.claim_event(&record).await?;
+            tx.upsert_customer("cus_cancelled", Some("user_cancelled")).await
+        };
+        tokio::pin!(work);
+        // Polled once, then abandoned, whether or not the statements finished.
+        let _ = futures_util::poll!(work.as_mut());
     }
     drop(tx);
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_event(&event("evt_cancelled")).await.unwrap(), "the abandoned claim was rolled back");
-    tx.commit().await.unwrap();
+    tx.claim_event(&event("evt_cancelled")).await.unwrap();
+    tx.commit().await.expect("the abandoned claim was rolled back");
+    assert!(store.stripe_customers_of_user("user_cancelled").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -810,15 +892,18 @@ async fn concurrent_transactions_serialise_without_deadlock_or_busy_errors() {
                     // both try to insert.
                     let mut tx = store.begin().await?;
                     let event_id = format!("evt_{task}_{round}");
-                    assert!(tx.claim_event(&event(&event_id)).await?);
+                    tx.claim_event(&event(&event_id)).await?;
                     let customer = tx.upsert_customer("cus_shared", Some("user_1")).await?;
                     let next = match tx.lock_subscription("sub_shared").await? {
-                        Some(held) => Subscription { source_created: held.source_created + 1, ..held },
+                        Some(held) => {
+                            let held = held.subscription;
+                            Subscription { source_created: held.source_created + 1, ..held }
+                        }
                         None => {
                             Subscription { source_created: 1, ..full_subscription("sub_shared", "cus_shared", "u") }
                         }
                     };
-                    tx.save_subscription(customer, &next).await?;
+                    tx.save_subscription(customer, &next, &Actor::System, &[]).await?;
                     tx.enqueue(&message(None, next.source_created)).await?;
                     tx.finish_event(&event_id, EventDisposition::Processed, None).await?;
                     tx.commit().await?;
@@ -1282,10 +1367,10 @@ async fn the_sqlite_store_gives_the_same_results_as_the_postgres_store() {
     async fn round_trip<S: Store>(store: &S, sub: &Subscription) -> Subscription {
         let mut tx = store.begin().await.unwrap();
         let customer = tx.upsert_customer("cus_edges", Some("user_edges")).await.unwrap();
-        tx.save_subscription(customer, sub).await.unwrap();
+        tx.save_subscription(customer, sub, &Actor::System, &[]).await.unwrap();
         tx.commit().await.unwrap();
         let mut tx = store.begin().await.unwrap();
-        tx.lock_subscription("sub_edges").await.unwrap().expect("saved")
+        tx.lock_subscription("sub_edges").await.unwrap().expect("saved").subscription
     }
     let sub = full_subscription("sub_edges", "cus_edges", "user_edges");
     let from_pg = round_trip(&pg_store, &sub).await;

@@ -244,7 +244,7 @@ impl Store for AnyStore {
 }
 
 impl StoreTx for AnyTx {
-    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.claim_event(event).await,
@@ -276,7 +276,10 @@ impl StoreTx for AnyTx {
         }
     }
 
-    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
+    async fn lock_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<LockedSubscription>, StoreError> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.lock_subscription(stripe_subscription_id).await,
@@ -285,12 +288,18 @@ impl StoreTx for AnyTx {
         }
     }
 
-    async fn save_subscription(&mut self, customer_id: Uuid, subscription: &Subscription) -> Result<(), StoreError> {
+    async fn save_subscription(
+        &mut self,
+        customer_id: Uuid,
+        subscription: &Subscription,
+        actor: &Actor,
+        changes: &[SubscriptionChange],
+    ) -> Result<(), StoreError> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.save_subscription(customer_id, subscription).await,
+            Self::Postgres(t) => t.save_subscription(customer_id, subscription, actor, changes).await,
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.save_subscription(customer_id, subscription).await,
+            Self::Sqlite(t) => t.save_subscription(customer_id, subscription, actor, changes).await,
         }
     }
 

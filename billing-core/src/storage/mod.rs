@@ -35,6 +35,10 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The webhook delivery claimed by the transaction was already applied
+    /// (a duplicate): the transaction cannot commit.
+    #[error("the webhook event was already applied")]
+    AlreadyApplied,
 }
 
 /// The envelope facts of a webhook delivery, recorded for deduplication.
@@ -117,6 +121,21 @@ pub struct OutboxEvent {
     pub payload: Value,
     /// When it was committed.
     pub created_at: Timestamp,
+}
+
+/// A subscription locked by [`StoreTx::lock_subscription`], with its
+/// customer and its license as stored, so that applying a snapshot of it
+/// needs no further lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedSubscription {
+    /// The subscription as held.
+    pub subscription: Subscription,
+    /// Our id of its customer.
+    pub customer_id: Uuid,
+    /// The dashboard user its customer is linked to, when known.
+    pub customer_user_id: Option<String>,
+    /// Its license, if one was issued, locked for update too.
+    pub license: Option<License>,
 }
 
 /// What became of a payment upsert.
@@ -237,9 +256,12 @@ pub trait Store: Clone + Send + Sync + 'static {
 /// One open transaction.
 pub trait StoreTx: Send {
     /// Records the delivery as processed by this transaction (so nothing
-    /// is recorded unless it commits). Returns `false` when it was already
-    /// applied (a duplicate); a delivery that failed before is claimed again.
-    fn claim_event(&mut self, event: &EventRecord<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// is recorded unless it commits); a delivery that failed before is
+    /// claimed again. One already applied (a duplicate) fails the
+    /// transaction with [`StoreError::AlreadyApplied`]: here, or (so that
+    /// the claim costs no round trip of its own) at the transaction's next
+    /// read or its commit, which then commits nothing.
+    fn claim_event(&mut self, event: &EventRecord<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records the claimed delivery with another disposition or a note;
     /// a plain `processed` needs no call.
@@ -260,17 +282,21 @@ pub trait StoreTx: Send {
 
     /// Locks the subscription's identity for this transaction (even when no
     /// row exists yet, so parallel first deliveries cannot both insert) and
-    /// returns what we hold.
+    /// returns what we hold, with its customer and its license (locked too).
+    /// A subscription is always locked before its license.
     fn lock_subscription(
         &mut self,
         stripe_subscription_id: &str,
-    ) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<LockedSubscription>, StoreError>> + Send;
 
-    /// Inserts or updates the subscription.
+    /// Inserts or updates the subscription and appends its audit rows
+    /// (`changes`, in order, made by `actor`).
     fn save_subscription(
         &mut self,
         customer_id: Uuid,
         subscription: &Subscription,
+        actor: &Actor,
+        changes: &[SubscriptionChange],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The license of a subscription, locked for update.
@@ -289,7 +315,8 @@ pub trait StoreTx: Send {
         terms: &LicenseTerms,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends an audit row.
+    /// Appends an audit row (the changes of a saved subscription go with
+    /// [`StoreTx::save_subscription`]).
     fn record_change(
         &mut self,
         subscription_id: Uuid,

@@ -35,7 +35,15 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn query_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Query(Box::new(e))
+    // Only claiming a delivery inserts into `webhook_events` in a transaction.
+    let duplicate = e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("webhook_events_pkey")
+    });
+    match duplicate {
+        true => StoreError::AlreadyApplied,
+        false => StoreError::Query(Box::new(e)),
+    }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -146,24 +154,61 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
     })
 }
 
+const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
+
+static LOCK_SUBSCRIPTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id
+           FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s"
+    )
+});
+
+/// Locks the subscription, then its license (rows are locked in the order
+/// the locking clauses name them), re-reading both if either changed
+/// meanwhile. Finds nothing when there is no license.
+static LOCK_SUBSCRIPTION_WITH_LICENSE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id, {LICENSE_COLUMNS}
+           FROM subscriptions s JOIN customers c ON c.id = s.customer_id JOIN licenses l ON l.subscription_id = s.id
+          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s FOR UPDATE OF l"
+    )
+});
+
+/// A row of [`SUBSCRIPTION_COLUMNS`] followed by the customer's id and
+/// user; the license is left for the caller.
+fn locked_subscription_from_row(row: &Row) -> Result<LockedSubscription, StoreError> {
+    Ok(LockedSubscription {
+        subscription: subscription_from_row(row)?,
+        customer_id: row.get(SUBSCRIPTION_COLUMN_COUNT),
+        customer_user_id: row.get(SUBSCRIPTION_COLUMN_COUNT + 1),
+        license: None,
+    })
+}
+
 const LICENSE_COLUMNS: &str =
     "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, l.plan_id";
 
 fn license_from_row(row: &Row) -> Result<License, StoreError> {
-    let key: String = row.get(2);
-    let status: String = row.get(3);
-    let max_devices: i32 = row.get(4);
+    license_from_row_at(row, 0)
+}
+
+/// [`LICENSE_COLUMNS`] starting at column `first`.
+fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
+    let key: String = row.get(first + 2);
+    let status: String = row.get(first + 3);
+    let max_devices: i32 = row.get(first + 4);
     Ok(License {
-        id: row.get(0),
-        subscription_id: row.get(1),
+        id: row.get(first),
+        subscription_id: row.get(first + 1),
         key: LicenseKey::parse(&key).ok_or_else(|| StoreError::Corrupt("malformed license key".into()))?,
         terms: LicenseTerms {
             status: LicenseStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown license status {status:?}")))?,
             max_devices: u32::try_from(max_devices).map_err(|_| StoreError::Corrupt("negative max_devices".into()))?,
-            expires_at: row.get(5),
-            grace_ends_at: row.get(6),
-            plan_id: row.get(7),
+            expires_at: row.get(first + 5),
+            grace_ends_at: row.get(first + 6),
+            plan_id: row.get(first + 7),
         },
     })
 }
@@ -549,6 +594,22 @@ impl PgTx {
         Ok(rows)
     }
 
+    /// Locks a subscription that has no license, or had none when the
+    /// caller's last statement began: a license issued since (by the
+    /// transaction whose lock this one waited for) is read, and locked, by
+    /// a statement of its own, which sees it.
+    async fn lock_subscription_without_license(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<LockedSubscription>, StoreError> {
+        let Some(row) = self.read_opt(&LOCK_SUBSCRIPTION, &[&stripe_subscription_id]).await? else {
+            return Ok(None);
+        };
+        let locked = locked_subscription_from_row(&row)?;
+        let license = self.license_of_subscription(locked.subscription.id).await?;
+        Ok(Some(LockedSubscription { license, ..locked }))
+    }
+
     /// [`PgTx::read`] of a statement that yields at most one row.
     async fn read_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
         let mut rows = self.read(sql, params).await?;
@@ -586,17 +647,16 @@ async fn send_ahead(
         let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         async move { conn.execute(statement, &params).await }
     });
-    let (begun, written) = futures_util::join!(
-        async {
-            match begin {
-                true => conn.batch_execute("BEGIN").await,
-                false => Ok(()),
-            }
-        },
-        futures_util::future::join_all(writes),
-    );
-    begun.map_err(query_error)?;
-    written.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(query_error(e)))
+    let begun = async {
+        match begin {
+            true => conn.batch_execute("BEGIN").await,
+            false => Ok(()),
+        }
+    };
+    // Ends at the first failure. One that happens here rather than in the
+    // database (a parameter that cannot be encoded) ends it when first
+    // polled, before the statement is sent: see `PgTx::commit`.
+    futures_util::try_join!(begun, futures_util::future::try_join_all(writes)).map(drop).map_err(query_error)
 }
 
 impl Drop for PgTx {
@@ -623,20 +683,19 @@ impl Drop for PgTx {
 }
 
 impl StoreTx for PgTx {
-    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
-        let claimed = self
-            .read_opt(
-                "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
-             VALUES ($1, $2, $3, $4, 'processed', now())
-             ON CONFLICT (id) DO UPDATE
-                SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                    processed_at = now()
-              WHERE webhook_events.status = 'failed'
-             RETURNING id",
-                &[&event.id, &event.kind, &event.created, &event.api_version],
-            )
-            .await?;
-        Ok(claimed.is_some())
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
+        // A plain INSERT, so that a duplicate fails with a unique violation
+        // (see `query_error`) that aborts the transaction wherever the claim
+        // travels in the pipeline: even ahead of a COMMIT, nothing commits.
+        // A failed earlier attempt's row makes way, handing on its count.
+        self.defer(
+            "WITH failed AS (DELETE FROM webhook_events WHERE id = $1 AND status = 'failed' RETURNING attempts, received_at)
+             INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, attempts, received_at)
+             SELECT $1, $2, $3, $4, 'processed', now(),
+                    COALESCE((SELECT attempts FROM failed), 0) + 1, COALESCE((SELECT received_at FROM failed), now())",
+            params![event.id.to_owned(), event.kind.to_owned(), event.created, event.api_version.map(str::to_owned)],
+        );
+        Ok(())
     }
 
     async fn finish_event(
@@ -657,22 +716,26 @@ impl StoreTx for PgTx {
     }
 
     async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
-        let select = "SELECT id, user_id FROM customers WHERE stripe_customer_id = $1";
-        let existing = match self.read_opt(select, &[&stripe_customer_id]).await? {
+        // Found or inserted in one statement; it finds nothing only when a
+        // parallel transaction inserted the same customer first, which a new
+        // statement then sees.
+        let found_or_inserted = self
+            .read_opt(
+                "WITH existing AS (SELECT id, user_id FROM customers WHERE stripe_customer_id = $2),
+                      inserted AS (
+                        INSERT INTO customers (id, stripe_customer_id, user_id)
+                        SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT FROM existing)
+                        ON CONFLICT (stripe_customer_id) DO NOTHING
+                        RETURNING id, user_id)
+                 SELECT id, user_id FROM existing UNION ALL SELECT id, user_id FROM inserted",
+                &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
+            )
+            .await?;
+        let existing = match found_or_inserted {
             Some(row) => Some(row),
             None => {
-                let inserted = self
-                    .read_opt(
-                        "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ($1, $2, $3)
-                     ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING id",
-                        &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
-                    )
-                    .await?;
-                match inserted {
-                    Some(row) => return Ok(row.get(0)),
-                    // Inserted concurrently: this new statement sees it.
-                    None => self.read_opt(select, &[&stripe_customer_id]).await?,
-                }
+                self.read_opt("SELECT id, user_id FROM customers WHERE stripe_customer_id = $1", &[&stripe_customer_id])
+                    .await?
             }
         };
         let row = existing.ok_or_else(|| StoreError::Corrupt("customer vanished during upsert".into()))?;
@@ -687,40 +750,66 @@ impl StoreTx for PgTx {
         Ok(id)
     }
 
-    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
-        // A row that exists is locked itself (`NO KEY UPDATE`, so the rows
-        // that reference it can still be written): one statement, the
-        // common case. Only when there is none yet is the identity locked,
-        // so that parallel first deliveries cannot both insert; whoever
-        // waited there then finds the row its holder committed (the lock is
-        // granted before the SELECT runs: PostgreSQL runs a pipeline in order).
-        let sql = format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-              WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s"
-        );
-        if let Some(row) = self.read_opt(&sql, &[&stripe_subscription_id]).await? {
-            return subscription_from_row(&row).map(Some);
+    async fn lock_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<LockedSubscription>, StoreError> {
+        // Rows that exist are locked themselves, the subscription before its
+        // license (`NO KEY UPDATE` on the subscription, so rows referencing
+        // it can still be written): one statement in the common case. Only
+        // when there is no subscription yet is its identity locked, so that
+        // parallel first deliveries cannot both insert; whoever waited there
+        // then finds what its holder committed (the lock is granted before
+        // the next statement runs: PostgreSQL runs a pipeline in order).
+        if let Some(row) = self.read_opt(&LOCK_SUBSCRIPTION_WITH_LICENSE, &[&stripe_subscription_id]).await? {
+            let license = license_from_row_at(&row, SUBSCRIPTION_COLUMN_COUNT + 2)?;
+            return Ok(Some(LockedSubscription { license: Some(license), ..locked_subscription_from_row(&row)? }));
+        }
+        if let Some(locked) = self.lock_subscription_without_license(stripe_subscription_id).await? {
+            return Ok(Some(locked));
         }
         self.defer("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", params![stripe_subscription_id.to_owned()]);
-        self.read_opt(&sql, &[&stripe_subscription_id]).await?.as_ref().map(subscription_from_row).transpose()
+        self.lock_subscription_without_license(stripe_subscription_id).await
     }
 
-    async fn save_subscription(&mut self, customer_id: Uuid, sub: &Subscription) -> Result<(), StoreError> {
+    async fn save_subscription(
+        &mut self,
+        customer_id: Uuid,
+        sub: &Subscription,
+        actor: &Actor,
+        changes: &[SubscriptionChange],
+    ) -> Result<(), StoreError> {
         let s = &sub.snapshot;
+        let kinds: Vec<&'static str> = changes.iter().map(SubscriptionChange::kind).collect();
+        let from: Vec<Option<&'static str>> =
+            changes.iter().map(|c| c.from_status().map(SubscriptionStatus::as_str)).collect();
+        let to: Vec<Option<&'static str>> =
+            changes.iter().map(|c| c.to_status().map(SubscriptionStatus::as_str)).collect();
+        let details: Vec<Value> = changes.iter().map(SubscriptionChange::detail).collect();
+        // The row and its audit trail in one statement; audit ids are drawn
+        // in the order of `changes`.
         self.defer(
-            "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
-                    cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
-                    trial_end, metadata_user_id, past_due_since, source_created)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-             ON CONFLICT (id) DO UPDATE SET
-                    customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
-                    price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
-                    cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
-                    canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
-                    current_period_start = EXCLUDED.current_period_start,
-                    current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
-                    metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
-                    source_created = EXCLUDED.source_created, updated_at = now()",
+            "WITH saved AS (
+                INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+                        cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
+                        current_period_end, trial_end, metadata_user_id, past_due_since, source_created)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                ON CONFLICT (id) DO UPDATE SET
+                        customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
+                        price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
+                        cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+                        canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+                        current_period_start = EXCLUDED.current_period_start,
+                        current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
+                        metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
+                        source_created = EXCLUDED.source_created, updated_at = now()
+                RETURNING id)
+             INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
+             SELECT saved.id, c.kind, c.from_status, c.to_status, c.detail, $22, $23
+               FROM saved,
+                    unnest($18::text[], $19::text[], $20::text[], $21::jsonb[])
+                        WITH ORDINALITY AS c(kind, from_status, to_status, detail, n)
+              ORDER BY c.n",
             params![
                 sub.id,
                 s.stripe_subscription_id.clone(),
@@ -739,6 +828,12 @@ impl StoreTx for PgTx {
                 s.user_id.clone(),
                 sub.past_due_since,
                 sub.source_created,
+                kinds,
+                from,
+                to,
+                details,
+                actor.label(),
+                actor.stripe_event_id().map(str::to_owned),
             ],
         );
         Ok(())
@@ -1010,21 +1105,24 @@ impl StoreTx for PgTx {
             return Err(StoreError::Query("the transaction was aborted by a failed statement".into()));
         }
         if !self.outbox.is_empty() {
-            let (a, b) = OUTBOX_LOCK;
-            self.defer(
-                format!("SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', '')"),
-                Vec::new(),
-            );
             let outbox = std::mem::take(&mut self.outbox);
             let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
             let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
             let payloads: Vec<Value> = outbox.into_iter().map(|m| m.payload).collect();
-            // One statement for all rows; ids are assigned in array order.
+            // One statement for the lock, the notification and all rows. Ids
+            // are assigned in array order, and only after the lock is held:
+            // they are drawn as joined rows come out, and no row can come
+            // out of the join before the lock's one row exists.
+            let (a, b) = OUTBOX_LOCK;
             self.defer(
-                "INSERT INTO outbox_events (license_id, topic, payload)
-                 SELECT license_id, topic, payload
-                   FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS m(license_id, topic, payload, n)
-                  ORDER BY n",
+                format!(
+                    "WITH outbox_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', ''))
+                     INSERT INTO outbox_events (license_id, topic, payload)
+                     SELECT m.license_id, m.topic, m.payload
+                       FROM outbox_lock,
+                            unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS m(license_id, topic, payload, n)
+                      ORDER BY m.n"
+                ),
                 params![license_ids, topics, payloads],
             );
         }
@@ -1038,16 +1136,26 @@ impl StoreTx for PgTx {
         let conn = self.conn();
         // Prepared before anything is sent: preparing is a round trip of its own.
         let ahead = prepare_all(conn, &deferred).await?;
-        // Polled in order: BEGIN, deferred writes, outbox lock and rows, COMMIT.
-        let (sent, committed) = futures_util::join!(send_ahead(conn, begin, &ahead), conn.batch_execute("COMMIT"));
-        let outcome = sent.and(committed.map_err(query_error));
+        // BEGIN, the deferred writes, the outbox lock and rows go out when
+        // `sent` is first polled. A statement that could not even be sent
+        // fails it there and then, and the COMMIT must not follow: the
+        // database, which never saw it, would commit the rest.
+        let (sent, committed) = {
+            let mut sending = std::pin::pin!(send_ahead(conn, begin, &ahead));
+            match futures_util::poll!(sending.as_mut()) {
+                std::task::Poll::Ready(Err(e)) => return Err(e), // Dropping `self` rolls back.
+                std::task::Poll::Ready(Ok(())) => (Ok(()), conn.batch_execute("COMMIT").await),
+                std::task::Poll::Pending => futures_util::join!(sending, conn.batch_execute("COMMIT")),
+            }
+        };
         let conn = self.conn.take().expect("commit is called once");
-        if outcome.is_err() {
-            // After a failed statement PostgreSQL turns the COMMIT into a
-            // rollback, but the session's state is not worth trusting:
-            // close it rather than return it to the pool.
+        if committed.is_err() {
+            // No answer to the COMMIT: the session's state is not worth
+            // trusting; close it rather than return it to the pool.
             drop(Object::take(conn));
         }
-        outcome
+        // A statement the database refused has turned the COMMIT into a
+        // rollback, and the session, idle again, goes back to the pool.
+        sent.and(committed.map_err(query_error))
     }
 }

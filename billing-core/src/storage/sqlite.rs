@@ -775,8 +775,53 @@ impl Drop for SqliteTx {
     }
 }
 
+/// A `subscription_changes` row, owned so it can move to the writer thread.
+struct AuditRow {
+    subscription_id: String,
+    kind: &'static str,
+    from_status: Option<&'static str>,
+    to_status: Option<&'static str>,
+    detail: String,
+    actor: String,
+    stripe_event_id: Option<String>,
+}
+
+impl AuditRow {
+    fn new(subscription_id: Uuid, actor: &Actor, change: &SubscriptionChange) -> Self {
+        Self {
+            subscription_id: subscription_id.to_string(),
+            kind: change.kind(),
+            from_status: change.from_status().map(SubscriptionStatus::as_str),
+            to_status: change.to_status().map(SubscriptionStatus::as_str),
+            detail: json_text(&change.detail()),
+            actor: actor.label(),
+            stripe_event_id: actor.stripe_event_id().map(str::to_owned),
+        }
+    }
+
+    fn insert(&self, conn: &Connection, now: i64) -> Result<(), StoreError> {
+        execute(
+            conn,
+            "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
+                    stripe_event_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                self.subscription_id,
+                self.kind,
+                self.from_status,
+                self.to_status,
+                self.detail,
+                self.actor,
+                self.stripe_event_id,
+                now
+            ],
+        )?;
+        Ok(())
+    }
+}
+
 impl StoreTx for SqliteTx {
-    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<bool, StoreError> {
+    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
         let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
         let api_version = event.api_version.map(str::to_owned);
         self.run(move |conn, now| {
@@ -792,7 +837,7 @@ impl StoreTx for SqliteTx {
                 params![id, kind, created, api_version, now],
                 |_| Ok(()),
             )?;
-            Ok(claimed.is_some())
+            claimed.ok_or(StoreError::AlreadyApplied)
         })
         .await
     }
@@ -858,20 +903,41 @@ impl StoreTx for SqliteTx {
         .await
     }
 
-    async fn lock_subscription(&mut self, stripe_subscription_id: &str) -> Result<Option<Subscription>, StoreError> {
+    async fn lock_subscription(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> Result<Option<LockedSubscription>, StoreError> {
         // The identity lock is the write lock this transaction already holds.
         let stripe_subscription_id = stripe_subscription_id.to_owned();
         self.run(move |conn, _| {
             let sql = format!(
-                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
                   WHERE s.stripe_subscription_id = ?1"
             );
-            query_opt(conn, &sql, [stripe_subscription_id], subscription_from_row)
+            let locked = query_opt(conn, &sql, [stripe_subscription_id], |row| {
+                Ok(LockedSubscription {
+                    subscription: subscription_from_row(row)?,
+                    customer_id: uuid(row, 17)?,
+                    customer_user_id: get(row, 18)?,
+                    license: None,
+                })
+            })?;
+            let Some(locked) = locked else { return Ok(None) };
+            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+            let license = query_opt(conn, &sql, [locked.subscription.id.to_string()], license_from_row)?;
+            Ok(Some(LockedSubscription { license, ..locked }))
         })
         .await
     }
 
-    async fn save_subscription(&mut self, customer_id: Uuid, sub: &Subscription) -> Result<(), StoreError> {
+    async fn save_subscription(
+        &mut self,
+        customer_id: Uuid,
+        sub: &Subscription,
+        actor: &Actor,
+        changes: &[SubscriptionChange],
+    ) -> Result<(), StoreError> {
+        let audit: Vec<AuditRow> = changes.iter().map(|c| AuditRow::new(sub.id, actor, c)).collect();
         let s = &sub.snapshot;
         let (id, stripe_id, customer_id) =
             (sub.id.to_string(), s.stripe_subscription_id.clone(), customer_id.to_string());
@@ -919,10 +985,10 @@ impl StoreTx for SqliteTx {
                     source_created,
                     now,
                 ],
-            )
+            )?;
+            audit.iter().try_for_each(|row| row.insert(conn, now))
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
@@ -987,22 +1053,8 @@ impl StoreTx for SqliteTx {
         actor: &Actor,
         change: &SubscriptionChange,
     ) -> Result<(), StoreError> {
-        let subscription_id = subscription_id.to_string();
-        let (kind, detail) = (change.kind(), json_text(&change.detail()));
-        let from_status = change.from_status().map(SubscriptionStatus::as_str);
-        let to_status = change.to_status().map(SubscriptionStatus::as_str);
-        let (actor_label, stripe_event_id) = (actor.label(), actor.stripe_event_id().map(str::to_owned));
-        self.run(move |conn, now| {
-            execute(
-                conn,
-                "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
-                        stripe_event_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![subscription_id, kind, from_status, to_status, detail, actor_label, stripe_event_id, now],
-            )
-        })
-        .await?;
-        Ok(())
+        let row = AuditRow::new(subscription_id, actor, change);
+        self.run(move |conn, now| row.insert(conn, now)).await
     }
 
     async fn upsert_payment(&mut self, customer_id: Uuid, p: &Payment) -> Result<PaymentWrite, StoreError> {

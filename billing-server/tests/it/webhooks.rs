@@ -155,6 +155,35 @@ async fn concurrent_deliveries_for_one_subscription_create_one_row() {
 }
 
 #[tokio::test]
+async fn concurrent_deliveries_that_issue_a_license_issue_exactly_one() {
+    // The subscription exists without a license; whichever delivery first
+    // makes it active issues one while the others wait for the
+    // subscription's lock, and they must then see that license, not issue
+    // another (which the unique index would refuse with a 500).
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let (sub_id, customer, user) = (format!("sub_{round}"), format!("cus_{round}"), format!("u{round}"));
+        let incomplete = subscription(&sub_id, &customer, "incomplete", PRICE_PRO, Some(&user));
+        app.deliver(&event(&format!("evt_{round}_0"), "customer.subscription.created", T, incomplete)).await;
+        let deliveries = (1..=8).map(|i| {
+            let mut sub = subscription(&sub_id, &customer, "active", PRICE_PRO, Some(&user));
+            sub["cancel_at_period_end"] = json!(i % 2 == 0);
+            let e = event(&format!("evt_{round}_{i}"), "customer.subscription.updated", T + i, sub);
+            let app = &app;
+            async move { app.post_stripe_webhook(&e).await.status() }
+        });
+        let results = futures_util::future::join_all(deliveries).await;
+        assert!(results.iter().all(|s| *s == 200), "round {round}: {results:?}");
+        let licenses = app.get_licenses(&user).await;
+        assert_eq!(licenses.len(), 1, "round {round}");
+        assert_eq!(licenses[0]["status"], "active");
+        // The newest event (created T+8) wins whatever the arrival order.
+        assert_eq!(app.get_current_subscription(&user).await["cancel_at_period_end"], true);
+    }
+    assert_eq!(app.count("licenses").await, 5);
+}
+
+#[tokio::test]
 async fn pre_basil_payloads_are_read_like_basil_ones() {
     let app = spawn_app().await;
     let old = json!({

@@ -583,11 +583,11 @@ impl PgTx {
         // Stays set unless this read completes: a failure, or a future
         // dropped mid-flight, leaves the transaction unfit to commit.
         let failed = std::mem::replace(&mut self.failed, true);
-        let (begin, deferred) = (!std::mem::replace(&mut self.begun, true), std::mem::take(&mut self.deferred));
+        let pending = self.take_pending();
         let conn = self.conn();
-        let ahead = prepare_all(conn, &deferred).await?;
+        let ahead = prepare_all(conn, &pending).await?;
         let statement = conn.prepare_cached(sql).await.map_err(query_error)?;
-        let (sent, rows) = futures_util::join!(send_ahead(conn, begin, &ahead), conn.query(&statement, params));
+        let (sent, rows) = futures_util::join!(send_ahead(conn, &ahead), conn.query(&statement, params));
         sent?;
         let rows = rows.map_err(query_error)?;
         self.failed = failed;
@@ -608,6 +608,17 @@ impl PgTx {
         let locked = locked_subscription_from_row(&row)?;
         let license = self.license_of_subscription(locked.subscription.id).await?;
         Ok(Some(LockedSubscription { license, ..locked }))
+    }
+
+    /// What must be sent before the next statement: `BEGIN` (the first
+    /// time) and the deferred writes.
+    fn take_pending(&mut self) -> Vec<Deferred> {
+        let deferred = std::mem::take(&mut self.deferred);
+        match std::mem::replace(&mut self.begun, true) {
+            true => deferred,
+            // Prepared like any statement, so it is not parsed anew each time.
+            false => std::iter::once(Deferred { sql: "BEGIN".into(), params: Vec::new() }).chain(deferred).collect(),
+        }
     }
 
     /// [`PgTx::read`] of a statement that yields at most one row.
@@ -633,30 +644,20 @@ async fn prepare_all<'a>(
     Ok(prepared)
 }
 
-/// Sends `BEGIN` (when `begin`) and the prepared statements, without
-/// waiting in between, and reports the first failure. tokio-postgres sends
-/// a request when its future is first polled and `join!` polls in order, so
+/// Sends the prepared statements, without waiting in between, and reports
+/// the first failure. tokio-postgres sends a request when its future is
+/// first polled, and both `try_join_all` and `join!` poll in order, so
 /// everything is on its way once this future has been polled once: a future
 /// joined after it goes out after them.
-async fn send_ahead(
-    conn: &ClientWrapper,
-    begin: bool,
-    statements: &[(Statement, &Deferred)],
-) -> Result<(), StoreError> {
+async fn send_ahead(conn: &ClientWrapper, statements: &[(Statement, &Deferred)]) -> Result<(), StoreError> {
     let writes = statements.iter().map(|(statement, d)| {
         let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         async move { conn.execute(statement, &params).await }
     });
-    let begun = async {
-        match begin {
-            true => conn.batch_execute("BEGIN").await,
-            false => Ok(()),
-        }
-    };
     // Ends at the first failure. One that happens here rather than in the
     // database (a parameter that cannot be encoded) ends it when first
     // polled, before the statement is sent: see `PgTx::commit`.
-    futures_util::try_join!(begun, futures_util::future::try_join_all(writes)).map(drop).map_err(query_error)
+    futures_util::future::try_join_all(writes).await.map(drop).map_err(query_error)
 }
 
 impl Drop for PgTx {
@@ -1129,23 +1130,24 @@ impl StoreTx for PgTx {
         if !self.begun && self.deferred.is_empty() {
             return Ok(()); // Nothing was sent, so there is nothing to commit.
         }
-        let (begin, deferred) = (!std::mem::replace(&mut self.begun, true), std::mem::take(&mut self.deferred));
+        let pending = self.take_pending();
         // The connection stays in `self` until the outcome is known: should
         // this future fail early or be dropped mid-flight, `Drop` rolls back
         // rather than pool a connection with a transaction still open.
         let conn = self.conn();
         // Prepared before anything is sent: preparing is a round trip of its own.
-        let ahead = prepare_all(conn, &deferred).await?;
+        let ahead = prepare_all(conn, &pending).await?;
+        let commit = conn.prepare_cached("COMMIT").await.map_err(query_error)?;
         // BEGIN, the deferred writes, the outbox lock and rows go out when
         // `sent` is first polled. A statement that could not even be sent
         // fails it there and then, and the COMMIT must not follow: the
         // database, which never saw it, would commit the rest.
         let (sent, committed) = {
-            let mut sending = std::pin::pin!(send_ahead(conn, begin, &ahead));
+            let mut sending = std::pin::pin!(send_ahead(conn, &ahead));
             match futures_util::poll!(sending.as_mut()) {
                 std::task::Poll::Ready(Err(e)) => return Err(e), // Dropping `self` rolls back.
-                std::task::Poll::Ready(Ok(())) => (Ok(()), conn.batch_execute("COMMIT").await),
-                std::task::Poll::Pending => futures_util::join!(sending, conn.batch_execute("COMMIT")),
+                std::task::Poll::Ready(Ok(())) => (Ok(()), conn.execute(&commit, &[]).await),
+                std::task::Poll::Pending => futures_util::join!(sending, conn.execute(&commit, &[])),
             }
         };
         let conn = self.conn.take().expect("commit is called once");
@@ -1156,6 +1158,6 @@ impl StoreTx for PgTx {
         }
         // A statement the database refused has turned the COMMIT into a
         // rollback, and the session, idle again, goes back to the pool.
-        sent.and(committed.map_err(query_error))
+        sent.and(committed.map(drop).map_err(query_error))
     }
 }

@@ -329,7 +329,10 @@ async fn migrating_twice_is_a_no_op() {
     reopened.migrate().await.expect("migrate after reopening");
 
     let applied = db.texts("SELECT version || ' ' || name FROM refinery_schema_history ORDER BY version").await;
-    assert_eq!(applied, ["1 create_billing_schema", "2 create_devices", "3 index_licenses_in_grace"]);
+    assert_eq!(
+        applied,
+        ["1 create_billing_schema", "2 create_devices", "3 index_licenses_in_grace", "4 raise_on_duplicate_claims"]
+    );
     for table in [
         "customers",
         "subscriptions",

@@ -35,7 +35,8 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn query_error(e: tokio_postgres::Error) -> StoreError {
-    // Only claiming a delivery inserts into `webhook_events` in a transaction.
+    // Raised for a duplicate claim (migration V4); every other write to
+    // `webhook_events` resolves its conflicts itself.
     let duplicate = e.as_db_error().is_some_and(|db| {
         *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("webhook_events_pkey")
@@ -645,19 +646,34 @@ async fn prepare_all<'a>(
 }
 
 /// Sends the prepared statements, without waiting in between, and reports
-/// the first failure. tokio-postgres sends a request when its future is
-/// first polled, and both `try_join_all` and `join!` poll in order, so
-/// everything is on its way once this future has been polled once: a future
-/// joined after it goes out after them.
+/// the first failure in issue order (after a failed statement every later
+/// one fails too, as part of an aborted transaction).
+///
+/// tokio-postgres sends a request when its future is first polled. The first
+/// poll of this future polls each statement once, in order, so everything
+/// is on its way once it returns `Pending`, and a future joined after this
+/// one goes out after them. A statement that fails before it is even sent
+/// (a parameter that cannot be encoded) ends that first poll with its error,
+/// and nothing after it is sent: see `PgTx::commit`, which must then not
+/// send its COMMIT.
 async fn send_ahead(conn: &ClientWrapper, statements: &[(Statement, &Deferred)]) -> Result<(), StoreError> {
-    let writes = statements.iter().map(|(statement, d)| {
-        let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-        async move { conn.execute(statement, &params).await }
-    });
-    // Ends at the first failure. One that happens here rather than in the
-    // database (a parameter that cannot be encoded) ends it when first
-    // polled, before the statement is sent: see `PgTx::commit`.
-    futures_util::future::try_join_all(writes).await.map(drop).map_err(query_error)
+    let mut writes: Vec<_> = statements
+        .iter()
+        .map(|(statement, d)| {
+            let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            Box::pin(futures_util::future::maybe_done(async move { conn.execute(statement, &params).await }))
+        })
+        .collect();
+    for write in &mut writes {
+        if futures_util::poll!(write.as_mut()).is_ready() && matches!(write.as_mut().output_mut(), Some(Err(_))) {
+            return write.as_mut().take_output().expect("checked above").map(drop).map_err(query_error);
+        }
+    }
+    futures_util::future::join_all(writes.iter_mut()).await;
+    for write in &mut writes {
+        write.as_mut().take_output().expect("joined").map_err(query_error)?;
+    }
+    Ok(())
 }
 
 impl Drop for PgTx {
@@ -685,15 +701,21 @@ impl Drop for PgTx {
 
 impl StoreTx for PgTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
-        // A plain INSERT, so that a duplicate fails with a unique violation
-        // (see `query_error`) that aborts the transaction wherever the claim
-        // travels in the pipeline: even ahead of a COMMIT, nothing commits.
-        // A failed earlier attempt's row makes way, handing on its count.
+        // Sent with whatever comes next, possibly the COMMIT, so a duplicate
+        // must abort the transaction, not merely claim nothing: it fails as
+        // a unique violation (see `query_error` and migration V4). A row of
+        // a failed attempt is claimed again, also when that attempt is still
+        // recording its failure: the INSERT waits for it.
         self.defer(
-            "WITH failed AS (DELETE FROM webhook_events WHERE id = $1 AND status = 'failed' RETURNING attempts, received_at)
-             INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, attempts, received_at)
-             SELECT $1, $2, $3, $4, 'processed', now(),
-                    COALESCE((SELECT attempts FROM failed), 0) + 1, COALESCE((SELECT received_at FROM failed), now())",
+            "WITH claimed AS (
+                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
+                VALUES ($1, $2, $3, $4, 'processed', now())
+                ON CONFLICT (id) DO UPDATE
+                   SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
+                       processed_at = now()
+                 WHERE webhook_events.status = 'failed'
+                RETURNING id)
+             SELECT billing_webhook_event_already_applied() WHERE NOT EXISTS (SELECT FROM claimed)",
             params![event.id.to_owned(), event.kind.to_owned(), event.created, event.api_version.map(str::to_owned)],
         );
         Ok(())

@@ -412,7 +412,11 @@ async fn migrate_applies_the_schema_once_and_exits() {
         let output = migrate();
         assert!(output.status.success(), "{run} run: {output:?}");
         let applied = db.strings("SELECT name FROM refinery_schema_history ORDER BY version").await;
-        assert_eq!(applied, ["create_billing_schema", "create_devices", "index_licenses_in_grace"], "{run} run");
+        assert_eq!(
+            applied,
+            ["create_billing_schema", "create_devices", "index_licenses_in_grace", "raise_on_duplicate_claims"],
+            "{run} run"
+        );
     }
     assert_eq!(db.int("SELECT count(*) FROM licenses").await, 0);
     let _ = std::fs::remove_dir_all(data_dir);

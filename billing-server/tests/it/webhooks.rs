@@ -184,6 +184,46 @@ async fn concurrent_deliveries_that_issue_a_license_issue_exactly_one() {
 }
 
 #[tokio::test]
+async fn a_delivery_arriving_while_an_earlier_attempt_records_its_failure_is_applied() {
+    let app = spawn_app().await;
+    // PostgreSQL only: SQLite's one writer cannot interleave the two.
+    let billing_core::storage::any::StoreLocation::Postgres(url) = &app.store else { return };
+    // An earlier attempt failed and is recording so, in a transaction not
+    // yet committed, when Stripe's retry arrives.
+    let earlier = connect(url).await;
+    earlier
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO webhook_events (id, type, created, status, last_error)
+                    VALUES ('evt_retry', 'customer.subscription.created', {T}, 'failed', 'boom')"
+        ))
+        .await
+        .unwrap();
+    let e = event(
+        "evt_retry",
+        "customer.subscription.created",
+        T,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    );
+    let retry = tokio::spawn({
+        let (http, url) = (app.http.clone(), format!("{}/api/stripe/webhooks/handler", app.address));
+        let body = serde_json::to_vec(&e).unwrap();
+        async move {
+            let response = http.post(url).header("Stripe-Signature", sign(&body)).body(body).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!retry.is_finished(), "the retry waits for the failure record");
+    earlier.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = retry.await.unwrap();
+    // Not taken for a duplicate: that would tell Stripe to stop retrying an
+    // event that was never applied.
+    assert_eq!((status.as_u16(), body["outcome"].as_str()), (200, Some("processed")), "{body}");
+    assert_eq!(app.webhook_status("evt_retry").await, Some(("processed".to_owned(), 2, None)));
+    assert_eq!(app.get_current_subscription("u").await["status"], "active");
+}
+
+#[tokio::test]
 async fn pre_basil_payloads_are_read_like_basil_ones() {
     let app = spawn_app().await;
     let old = json!({

@@ -236,7 +236,9 @@ impl<S: Store> Billing<S> {
             return Err(LicensingError::HeartbeatDead);
         };
         tx.touch_device(device.id, now).await?;
-        let license = tx.lock_license(device.license_id).await?.ok_or(LicensingError::InvalidToken)?;
+        // Read, not locked: this holds the device, and an activation or a
+        // downgrade locks the license first and then its devices.
+        let license = tx.license(device.license_id).await?.ok_or(LicensingError::InvalidToken)?;
         tx.commit().await?;
         let device = Device { last_heartbeat_at: now, ..device };
         let certificate = self.certificate(&license, &device, now);

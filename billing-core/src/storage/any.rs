@@ -383,6 +383,15 @@ impl StoreTx for AnyTx {
         }
     }
 
+    async fn license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.license(license_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.license(license_id).await,
+        }
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         match self {
             #[cfg(feature = "postgres")]

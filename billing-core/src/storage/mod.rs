@@ -344,6 +344,10 @@ pub trait StoreTx: Send {
         key_hash: &[u8],
     ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
 
+    /// The license with this id, not locked: for a unit of work that holds
+    /// one of its devices, since licenses are locked before devices.
+    fn license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
+
     /// The license with this id, locked for update.
     fn lock_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
 

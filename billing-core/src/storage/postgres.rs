@@ -172,7 +172,7 @@ static LOCK_SUBSCRIPTION_WITH_LICENSE: std::sync::LazyLock<String> = std::sync::
     format!(
         "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id, {LICENSE_COLUMNS}
            FROM subscriptions s JOIN customers c ON c.id = s.customer_id JOIN licenses l ON l.subscription_id = s.id
-          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s FOR UPDATE OF l"
+          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s FOR NO KEY UPDATE OF l"
     )
 });
 
@@ -863,7 +863,7 @@ impl StoreTx for PgTx {
     }
 
     async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
-        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = $1 FOR UPDATE");
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = $1 FOR NO KEY UPDATE");
         self.read_opt(&sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
@@ -976,7 +976,7 @@ impl StoreTx for PgTx {
     }
 
     async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
-        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1 FOR UPDATE");
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.key_hash = $1 FOR NO KEY UPDATE");
         self.read_opt(&sql, &[&key_hash]).await?.as_ref().map(license_from_row).transpose()
     }
 
@@ -984,19 +984,24 @@ impl StoreTx for PgTx {
         let sql = format!(
             "SELECT {LICENSE_COLUMNS} FROM licenses l
               WHERE l.status = 'active' AND l.grace_ends_at <= $1
-              ORDER BY l.grace_ends_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+              ORDER BY l.grace_ends_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED"
         );
         self.read(&sql, &[&now, &limit]).await?.iter().map(license_from_row).collect()
     }
 
+    async fn license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1");
+        self.read_opt(&sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
-        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1 FOR UPDATE");
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = $1 FOR NO KEY UPDATE");
         self.read_opt(&sql, &[&license_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
     async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 ORDER BY d.activated_at FOR UPDATE"
+            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 ORDER BY d.activated_at FOR NO KEY UPDATE"
         );
         self.read(&sql, &[&license_id]).await?.iter().map(device_from_row).collect()
     }
@@ -1041,7 +1046,7 @@ impl StoreTx for PgTx {
     }
 
     async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1 FOR UPDATE");
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1 FOR NO KEY UPDATE");
         self.read_opt(&sql, &[&token_hash]).await?.as_ref().map(device_from_row).transpose()
     }
 
@@ -1056,7 +1061,7 @@ impl StoreTx for PgTx {
                JOIN subscriptions s ON s.id = l.subscription_id
                JOIN customers c ON c.id = s.customer_id
               WHERE d.id = $1 AND ($2::text IS NULL OR c.user_id = $2)
-              FOR UPDATE OF d"
+              FOR NO KEY UPDATE OF d"
         );
         self.read_opt(&sql, &[&device_id, &user_id]).await?.as_ref().map(device_from_row).transpose()
     }
@@ -1091,7 +1096,7 @@ impl StoreTx for PgTx {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d
               WHERE d.status = 'active' AND d.last_heartbeat_at < $1
-              ORDER BY d.last_heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+              ORDER BY d.last_heartbeat_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED"
         );
         self.read(&sql, &[&cutoff, &limit]).await?.iter().map(device_from_row).collect()
     }

@@ -1143,6 +1143,11 @@ impl StoreTx for SqliteTx {
         .await
     }
 
+    async fn license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
+        // One writer: reading is all locking takes.
+        self.lock_license(license_id).await
+    }
+
     async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
         let license_id = license_id.to_string();
         self.run(move |conn, _| {

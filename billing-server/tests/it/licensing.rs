@@ -62,6 +62,32 @@ async fn concurrent_activations_never_exceed_the_limit() {
 }
 
 #[tokio::test]
+async fn heartbeats_and_activations_on_one_license_never_deadlock() {
+    // An activation locks the license and then its devices; a heartbeat
+    // holds its device, so it must not then wait for the license.
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-held").await["activation_token"].as_str().unwrap().to_owned();
+    for round in 0..5 {
+        let heartbeats = (0..10).map(|_| {
+            let (app, token) = (&app, &token);
+            async move { app.heartbeat(token).await.status().as_u16() }
+        });
+        let activations = (0..10).map(|i| {
+            let (app, key) = (&app, &key);
+            async move { app.activate(key, &format!("fp-{round}-{i}")).await.status().as_u16() }
+        });
+        let (heartbeats, activations) = futures_util::future::join(
+            futures_util::future::join_all(heartbeats),
+            futures_util::future::join_all(activations),
+        )
+        .await;
+        assert!(heartbeats.iter().all(|s| *s == 200), "round {round}: {heartbeats:?}");
+        assert!(activations.iter().all(|s| *s == 201 || *s == 409), "round {round}: {activations:?}");
+    }
+}
+
+#[tokio::test]
 async fn activation_refuses_bad_input_and_unusable_licenses() {
     let app = spawn_app().await;
     let key = app.issue_license("u", PRICE_PRO).await;

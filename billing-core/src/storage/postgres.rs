@@ -155,6 +155,7 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
     })
 }
 
+/// How many columns [`SUBSCRIPTION_COLUMNS`] names.
 const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
 
 static LOCK_SUBSCRIPTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

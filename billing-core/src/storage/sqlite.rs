@@ -235,6 +235,9 @@ const SUBSCRIPTION_COLUMNS: &str = "s.id, s.stripe_subscription_id, c.stripe_cus
     s.price_id, s.item_id, s.cancel_at_period_end, s.cancel_at, s.canceled_at, s.ended_at, s.current_period_start, \
     s.current_period_end, s.trial_end, s.metadata_user_id, s.past_due_since, s.source_created";
 
+/// How many columns [`SUBSCRIPTION_COLUMNS`] names.
+const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
+
 fn subscription_from_row(row: &Row<'_>) -> Result<Subscription, StoreError> {
     let status: String = get(row, 3)?;
     Ok(Subscription {
@@ -775,6 +778,11 @@ impl Drop for SqliteTx {
     }
 }
 
+fn license_of_subscription(conn: &Connection, subscription_id: &str) -> Result<Option<License>, StoreError> {
+    let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+    query_opt(conn, &sql, [subscription_id], license_from_row)
+}
+
 /// A `subscription_changes` row, owned so it can move to the writer thread.
 struct AuditRow {
     subscription_id: String,
@@ -917,14 +925,13 @@ impl StoreTx for SqliteTx {
             let locked = query_opt(conn, &sql, [stripe_subscription_id], |row| {
                 Ok(LockedSubscription {
                     subscription: subscription_from_row(row)?,
-                    customer_id: uuid(row, 17)?,
-                    customer_user_id: get(row, 18)?,
+                    customer_id: uuid(row, SUBSCRIPTION_COLUMN_COUNT)?,
+                    customer_user_id: get(row, SUBSCRIPTION_COLUMN_COUNT + 1)?,
                     license: None,
                 })
             })?;
             let Some(locked) = locked else { return Ok(None) };
-            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
-            let license = query_opt(conn, &sql, [locked.subscription.id.to_string()], license_from_row)?;
+            let license = license_of_subscription(conn, &locked.subscription.id.to_string())?;
             Ok(Some(LockedSubscription { license, ..locked }))
         })
         .await
@@ -993,11 +1000,7 @@ impl StoreTx for SqliteTx {
 
     async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
         let subscription_id = subscription_id.to_string();
-        self.run(move |conn, _| {
-            let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
-            query_opt(conn, &sql, [subscription_id], license_from_row)
-        })
-        .await
+        self.run(move |conn, _| license_of_subscription(conn, &subscription_id)).await
     }
 
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use crate::storage::{
 };
 #[cfg(feature = "stripe-api")]
 use crate::stripe::StripeClient;
-use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, WebhookSecrets};
+use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, StripeCustomer, WebhookSecrets};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -245,8 +245,9 @@ impl<S: Store> Billing<S> {
                     }
                 }
             }
-            EventPayload::CheckoutCompleted(session) => Ok(self.apply_checkout(record, session).await?),
-            EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, payment).await?),
+            EventPayload::CheckoutCompleted(session) => Ok(self.apply_checkout(record, &actor, session).await?),
+            EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, &actor, payment).await?),
+            EventPayload::Customer(customer) => Ok(self.apply_customer(record, customer).await?),
             EventPayload::Ignored => {
                 let mut tx = self.store.begin().await?;
                 tx.claim_event(record).await?;
@@ -307,7 +308,10 @@ impl<S: Store> Billing<S> {
     }
 
     /// Brings our copy of one subscription (and its license) in line with a
-    /// snapshot, inside the caller's transaction.
+    /// snapshot, inside the caller's transaction. A stale snapshot changes
+    /// no state, but it is still evidence: of entitlement (so the license
+    /// exists whatever order the events come in) and of when the period's
+    /// grace began.
     pub(crate) async fn sync_subscription(
         &self,
         tx: &mut S::Tx,
@@ -316,7 +320,6 @@ impl<S: Store> Billing<S> {
         created: i64,
         ambiguity: Ambiguity,
     ) -> Result<Synced, StoreError> {
-        let now = self.now();
         let locked = tx.lock_subscription(&snapshot.stripe_subscription_id).await?;
         let customer_id = match &locked {
             Some(locked) if customer_is_up_to_date(locked, snapshot) => locked.customer_id,
@@ -326,33 +329,88 @@ impl<S: Store> Billing<S> {
             Some(locked) => (Some(locked.subscription), locked.license),
             None => (None, None),
         };
-        if let Some(held) = &held {
-            match (subscription::freshness(held, snapshot, created), ambiguity) {
+        if let Some(held) = held {
+            let fresh = match (subscription::freshness(&held, snapshot, created), ambiguity) {
                 // Fresh from the API: the current truth, whatever the clocks say.
-                (_, Ambiguity::Authoritative) if held.snapshot != *snapshot => {}
-                (Freshness::Stale, _) | (_, Ambiguity::Authoritative) => return Ok(Synced::Stale),
+                (_, Ambiguity::Authoritative) if held.snapshot != *snapshot => true,
+                (Freshness::Stale, _) | (_, Ambiguity::Authoritative) => false,
                 (Freshness::Ambiguous, Ambiguity::Refuse) => return Ok(Synced::Ambiguous),
-                (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => {}
+                (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => true,
+            };
+            if !fresh {
+                let held = match subscription::earlier_past_due_since(&held, snapshot, created) {
+                    Some(since) => {
+                        let earlier = Subscription { past_due_since: Some(since), ..held };
+                        tx.save_subscription(customer_id, &earlier, actor, &[]).await?;
+                        earlier
+                    }
+                    None => held,
+                };
+                self.settle_license(tx, &held, license, snapshot.status, actor).await?;
+                return Ok(Synced::Stale);
             }
+            return self.apply_snapshot(tx, customer_id, Some(held), license, snapshot, created, actor).await;
         }
+        self.apply_snapshot(tx, customer_id, None, license, snapshot, created, actor).await
+    }
+
+    /// Stores a snapshot that is newer than what we hold, with its audit
+    /// rows, its license's terms and the event the license's devices hear.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_snapshot(
+        &self,
+        tx: &mut S::Tx,
+        customer_id: Uuid,
+        held: Option<Subscription>,
+        license: Option<License>,
+        snapshot: &SubscriptionSnapshot,
+        created: i64,
+        actor: &Actor,
+    ) -> Result<Synced, StoreError> {
         let plan = snapshot.price_id.as_deref().and_then(|p| self.config.plans.by_price(p));
         let next = Subscription {
             id: held.as_ref().map_or_else(Uuid::new_v4, |h| h.id),
             snapshot: snapshot.clone(),
             plan_id: plan.map(|p| p.id.0.clone()),
-            past_due_since: subscription::past_due_since(held.as_ref(), snapshot, now),
+            past_due_since: subscription::past_due_since(held.as_ref(), snapshot, created),
             source_created: held.as_ref().map_or(created, |h| h.source_created.max(created)),
         };
         let changes = changes_between(held.as_ref().map(|h| &h.snapshot), &next.snapshot);
         tx.save_subscription(customer_id, &next, actor, &changes).await?;
+        let license_id = self.settle_license(tx, &next, license, snapshot.status, actor).await?;
+        let client_visible = changes.iter().any(|c| !matches!(c, subscription::SubscriptionChange::Created { .. }));
+        if let (Some(license_id), true) = (license_id, client_visible) {
+            tx.enqueue(&subscription_updated(license_id, &next)).await?;
+        }
+        Ok(Synced::Applied)
+    }
 
-        let decision = license::decide(&next, plan, license.as_ref().map(|l| &l.terms), self.config.grace, now);
-        let license_id = match (decision, license) {
+    /// Issues or updates the license of `sub` (as now stored) so that it
+    /// follows the subscription: issued once anything proves entitlement
+    /// (`seen`, the status a snapshot just reported, however stale; the
+    /// current status; a paid invoice), its terms derived from the
+    /// current state. Returns the license's id, if it has one.
+    async fn settle_license(
+        &self,
+        tx: &mut S::Tx,
+        sub: &Subscription,
+        license: Option<License>,
+        seen: crate::domain::SubscriptionStatus,
+        actor: &Actor,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let now = self.now();
+        let plan = sub.snapshot.price_id.as_deref().and_then(|p| self.config.plans.by_price(p));
+        let entitled = license.is_some()
+            || seen.proves_entitlement()
+            || sub.snapshot.status.proves_entitlement()
+            || tx.has_paid_invoice(&sub.snapshot.stripe_subscription_id).await?;
+        let decision = license::decide(sub, plan, license.as_ref().map(|l| &l.terms), entitled, self.config.grace, now);
+        Ok(match (decision, license) {
             (LicenseDecision::Issue(terms), _) => {
                 let issued =
-                    License { id: Uuid::new_v4(), subscription_id: next.id, key: LicenseKey::generate(), terms };
+                    License { id: Uuid::new_v4(), subscription_id: sub.id, key: LicenseKey::generate(), terms };
                 tx.insert_license(&issued).await?;
-                tracing::info!(license_id = %issued.id, subscription_id = %next.id, "license issued");
+                tracing::info!(license_id = %issued.id, subscription_id = %sub.id, "license issued");
                 Some(issued.id)
             }
             (LicenseDecision::Update(terms), Some(held)) => {
@@ -367,12 +425,7 @@ impl<S: Store> Billing<S> {
             }
             (LicenseDecision::Update(_), None) => unreachable!("updates are decided only for held licenses"),
             (LicenseDecision::Keep, held) => held.map(|l| l.id),
-        };
-        let client_visible = changes.iter().any(|c| !matches!(c, subscription::SubscriptionChange::Created { .. }));
-        if let (Some(license_id), true) = (license_id, client_visible) {
-            tx.enqueue(&subscription_updated(license_id, &next)).await?;
-        }
-        Ok(Synced::Applied)
+        })
     }
 
     /// Suspends every license whose past-due grace period has run out (an
@@ -429,15 +482,25 @@ impl<S: Store> Billing<S> {
     async fn apply_checkout(
         &self,
         record: &EventRecord<'_>,
+        actor: &Actor,
         session: &CheckoutSession,
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
         tx.claim_event(record).await?;
+        let subscription = match (session.mode.as_str(), session.subscription.as_deref()) {
+            ("subscription", Some(id)) => tx.lock_subscription(id).await?,
+            _ => None,
+        };
         let note = match (session.customer.as_deref(), session.user_id()) {
             (Some(customer), Some(user_id)) => {
                 // Links the customer, and with it any subscription that
                 // arrived before this checkout.
                 tx.upsert_customer(customer, Some(user_id)).await?;
+                if let Some(locked) = subscription.filter(|l| l.subscription.snapshot.stripe_customer_id == customer) {
+                    let change =
+                        subscription::SubscriptionChange::CheckoutLinked { checkout_session_id: session.id.clone() };
+                    tx.record_change(locked.subscription.id, actor, &change).await?;
+                }
                 None
             }
             (Some(customer), None) => {
@@ -454,20 +517,49 @@ impl<S: Store> Billing<S> {
         Ok(WebhookOutcome::Processed)
     }
 
-    async fn apply_invoice(&self, record: &EventRecord<'_>, payment: &Payment) -> Result<WebhookOutcome, StoreError> {
+    /// Records an invoice's payment. A paid one proves its subscription was
+    /// entitled, so a subscription whose earlier events have not arrived
+    /// (or only its end has) gets its license now.
+    async fn apply_invoice(
+        &self,
+        record: &EventRecord<'_>,
+        actor: &Actor,
+        payment: &Payment,
+    ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
         tx.claim_event(record).await?;
-        let customer_id = tx.upsert_customer(&payment.stripe_customer_id, None).await?;
+        // Locked first, as every unit of work does; when it does not exist
+        // yet, its first insert waits for this payment, so it sees it.
+        let locked = match payment.stripe_subscription_id.as_deref() {
+            Some(sub) => tx.lock_subscription(sub).await?,
+            None => None,
+        };
+        let customer_id = match &locked {
+            Some(l) if l.subscription.snapshot.stripe_customer_id == payment.stripe_customer_id => l.customer_id,
+            _ => tx.upsert_customer(&payment.stripe_customer_id, None).await?,
+        };
         let written = tx.upsert_payment(customer_id, payment).await?;
-        let newsworthy =
-            !matches!(written, PaymentWrite::Unchanged) && payment.status != crate::domain::PaymentStatus::Paid;
-        if let (true, Some(sub)) = (newsworthy, payment.stripe_subscription_id.as_deref()) {
-            if let Some(license) = tx.license_of_stripe_subscription(sub).await? {
+        let moved = !matches!(written, PaymentWrite::Unchanged);
+        if let Some(locked) = locked {
+            if moved {
+                let change = subscription::SubscriptionChange::Payment {
+                    invoice_id: payment.stripe_invoice_id.clone(),
+                    status: payment.status,
+                    amount: payment.amount,
+                    currency: payment.currency.clone(),
+                };
+                tx.record_change(locked.subscription.id, actor, &change).await?;
+            }
+            let seen = locked.subscription.snapshot.status;
+            let license_id = self.settle_license(&mut tx, &locked.subscription, locked.license, seen, actor).await?;
+            if let (true, Some(license_id)) =
+                (moved && payment.status != crate::domain::PaymentStatus::Paid, license_id)
+            {
                 tx.enqueue(&OutboxMessage {
-                    license_id: Some(license.id),
+                    license_id: Some(license_id),
                     topic: "payment.updated",
                     payload: json!({
-                        "license_id": license.id,
+                        "license_id": license_id,
                         "status": payment.status,
                         "amount": payment.amount,
                         "currency": payment.currency,
@@ -476,9 +568,25 @@ impl<S: Store> Billing<S> {
                 .await?;
             }
         }
-        let note = matches!(written, PaymentWrite::Unchanged).then_some("payment already recorded");
-        if let Some(note) = note {
-            tx.finish_event(record.id, EventDisposition::Processed, Some(note)).await?;
+        if !moved {
+            tx.finish_event(record.id, EventDisposition::Processed, Some("payment already recorded")).await?;
+        }
+        tx.commit().await?;
+        Ok(WebhookOutcome::Processed)
+    }
+
+    /// Links a Stripe customer to the user its metadata names, or records
+    /// its deletion (its subscriptions end through their own events).
+    async fn apply_customer(
+        &self,
+        record: &EventRecord<'_>,
+        customer: &StripeCustomer,
+    ) -> Result<WebhookOutcome, StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.claim_event(record).await?;
+        let customer_id = tx.upsert_customer(&customer.id, customer.user_id.as_deref()).await?;
+        if customer.deleted {
+            tx.mark_customer_deleted(customer_id).await?;
         }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed)

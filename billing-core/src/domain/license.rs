@@ -226,17 +226,23 @@ pub enum LicenseDecision {
     Update(LicenseTerms),
 }
 
-/// A license is issued once, when its subscription first becomes trialing or
-/// active; afterwards its terms follow the subscription.
+/// A license is issued once, as soon as anything proves that its
+/// subscription was entitled (`entitled`: a snapshot in a status that
+/// [proves it](super::SubscriptionStatus::proves_entitlement), current or
+/// stale, or a paid invoice), whatever order those proofs arrive in; its
+/// terms always follow the subscription as it now is. So a subscription
+/// whose `canceled` snapshot overtook its `active` one still ends with an
+/// expired license, as in-order delivery would leave it.
 pub fn decide(
     sub: &Subscription,
     plan: Option<&Plan>,
     held: Option<&LicenseTerms>,
+    entitled: bool,
     grace: time::Duration,
     now: Timestamp,
 ) -> LicenseDecision {
     match held {
-        None if sub.snapshot.status.grants_license() => LicenseDecision::Issue(terms_for(sub, plan, None, grace, now)),
+        None if entitled => LicenseDecision::Issue(terms_for(sub, plan, None, grace, now)),
         None => LicenseDecision::Keep,
         Some(h) => {
             let next = terms_for(sub, plan, Some(h), grace, now);
@@ -344,30 +350,39 @@ mod tests {
         let later = terms_for(&s, Some(&pro()), Some(&suspended), Duration::days(7), datetime!(2026-11-09 0:00 UTC));
         assert_eq!(later, suspended);
         assert_eq!(
-            decide(&s, Some(&pro()), Some(&suspended), Duration::days(7), datetime!(2026-11-09 0:00 UTC)),
+            decide(&s, Some(&pro()), Some(&suspended), true, Duration::days(7), datetime!(2026-11-09 0:00 UTC)),
             LicenseDecision::Keep
         );
     }
 
     #[test]
-    fn issued_once_when_first_active_then_follows() {
+    fn issued_once_on_evidence_then_follows() {
         let grace = Duration::days(7);
-        assert_eq!(decide(&sub(SubscriptionStatus::Incomplete), Some(&pro()), None, grace, NOW), LicenseDecision::Keep);
-        let LicenseDecision::Issue(terms) = decide(&sub(SubscriptionStatus::Active), Some(&pro()), None, grace, NOW)
-        else {
+        let entitled = |s: &Subscription| s.snapshot.status.proves_entitlement();
+        let incomplete = sub(SubscriptionStatus::Incomplete);
+        assert_eq!(decide(&incomplete, Some(&pro()), None, entitled(&incomplete), grace, NOW), LicenseDecision::Keep);
+        let active = sub(SubscriptionStatus::Active);
+        let LicenseDecision::Issue(terms) = decide(&active, Some(&pro()), None, entitled(&active), grace, NOW) else {
             panic!("active subscription without license must issue one");
         };
         assert_eq!(terms.max_devices, 3);
-        assert_eq!(
-            decide(&sub(SubscriptionStatus::Active), Some(&pro()), Some(&terms), grace, NOW),
-            LicenseDecision::Keep
-        );
-        let LicenseDecision::Update(next) =
-            decide(&sub(SubscriptionStatus::Canceled), Some(&pro()), Some(&terms), grace, NOW)
-        else {
+        assert_eq!(decide(&active, Some(&pro()), Some(&terms), true, grace, NOW), LicenseDecision::Keep);
+        let canceled = sub(SubscriptionStatus::Canceled);
+        let LicenseDecision::Update(next) = decide(&canceled, Some(&pro()), Some(&terms), true, grace, NOW) else {
             panic!("cancel must update");
         };
         assert_eq!(next.status, LicenseStatus::Expired);
+    }
+
+    #[test]
+    fn evidence_that_arrives_after_the_end_issues_the_license_the_end_left() {
+        let grace = Duration::days(7);
+        let canceled = sub(SubscriptionStatus::Canceled);
+        assert_eq!(decide(&canceled, Some(&pro()), None, false, grace, NOW), LicenseDecision::Keep, "no evidence yet");
+        let LicenseDecision::Issue(terms) = decide(&canceled, Some(&pro()), None, true, grace, NOW) else {
+            panic!("a stale active snapshot or a paid invoice proves the subscription was paid for");
+        };
+        assert_eq!((terms.status, terms.max_devices), (LicenseStatus::Expired, 3));
     }
 
     #[test]

@@ -36,10 +36,19 @@ impl PaymentStatus {
     }
 
     /// Whether a payment in status `self` may be overwritten by one in `next`:
-    /// a paid invoice never goes back to failed when a late `payment_failed`
-    /// delivery arrives after `invoice.paid`.
+    /// statuses only move up `failed` → `action_required` → `paid`, so the
+    /// stored status is the highest any delivery reported, whatever order
+    /// they came in (a late `payment_failed` never undoes `invoice.paid`).
     pub fn may_become(self, next: PaymentStatus) -> bool {
-        self != PaymentStatus::Paid && self != next
+        next.rank() > self.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Failed => 0,
+            Self::ActionRequired => 1,
+            Self::Paid => 2,
+        }
     }
 }
 
@@ -67,12 +76,13 @@ mod tests {
     use super::PaymentStatus::*;
 
     #[test]
-    fn paid_is_final() {
+    fn statuses_only_move_up_so_order_does_not_matter() {
         assert!(!Paid.may_become(Failed));
         assert!(!Paid.may_become(ActionRequired));
         assert!(Failed.may_become(Paid));
         assert!(ActionRequired.may_become(Paid));
         assert!(Failed.may_become(ActionRequired));
+        assert!(!ActionRequired.may_become(Failed), "either order ends action_required");
         assert!(!Failed.may_become(Failed));
     }
 }

@@ -62,9 +62,13 @@ impl SubscriptionStatus {
         matches!(self, Self::Canceled | Self::IncompleteExpired)
     }
 
-    /// Whether a license should exist for a subscription in this status.
-    pub fn grants_license(self) -> bool {
-        matches!(self, Self::Active | Self::Trialing)
+    /// Whether a subscription seen in this status was, at that moment,
+    /// entitled: it had started (trial or paid) and not merely been
+    /// attempted. Every status after the first payment or trial proves it;
+    /// `incomplete` and `incomplete_expired` never do, and `canceled` does
+    /// not by itself (an abandoned checkout ends canceled too).
+    pub fn proves_entitlement(self) -> bool {
+        matches!(self, Self::Active | Self::Trialing | Self::PastDue | Self::Unpaid | Self::Paused)
     }
 }
 
@@ -203,6 +207,23 @@ pub enum SubscriptionChange {
         /// When the grace period ended.
         grace_ended_at: Timestamp,
     },
+    /// An invoice of the subscription was recorded or moved (paid, failed,
+    /// awaiting the customer's action).
+    Payment {
+        /// `in_…`
+        invoice_id: String,
+        /// Where the payment stands now.
+        status: super::PaymentStatus,
+        /// Minor units.
+        amount: i64,
+        /// Lower-case ISO code.
+        currency: String,
+    },
+    /// A completed checkout linked the subscription's customer to a user.
+    CheckoutLinked {
+        /// `cs_…`
+        checkout_session_id: String,
+    },
 }
 
 impl SubscriptionChange {
@@ -215,6 +236,8 @@ impl SubscriptionChange {
             Self::PlanChanged { .. } => "plan_changed",
             Self::Renewed { .. } => "renewed",
             Self::GraceExpired { .. } => "grace_expired",
+            Self::Payment { .. } => "payment",
+            Self::CheckoutLinked { .. } => "checkout_linked",
         }
     }
 
@@ -250,6 +273,10 @@ impl SubscriptionChange {
             Self::GraceExpired { grace_ended_at } => json!({
                 "grace_ended_at": grace_ended_at.unix_timestamp(), "license_status": "suspended"
             }),
+            Self::Payment { invoice_id, status, amount, currency } => json!({
+                "invoice_id": invoice_id, "status": status, "amount": amount, "currency": currency
+            }),
+            Self::CheckoutLinked { checkout_session_id } => json!({ "checkout_session_id": checkout_session_id }),
         }
     }
 }
@@ -275,13 +302,37 @@ pub fn changes_between(held: Option<&SubscriptionSnapshot>, next: &SubscriptionS
     changes
 }
 
-/// When the grace period of a past-due subscription started: kept from the
-/// first past-due snapshot, so repeated `past_due` updates do not extend it.
-pub fn past_due_since(held: Option<&Subscription>, next: &SubscriptionSnapshot, now: Timestamp) -> Option<Timestamp> {
+/// When the grace period of a past-due subscription started, for the
+/// snapshot `next` of an event created at `created` (Unix seconds) replacing
+/// `held`: the creation time of the earliest past-due event of the current
+/// period, so that neither delivery order nor delivery delay moves it (a
+/// renewal that fails puts the subscription past due once per period).
+/// Repeated `past_due` updates of the same period do not extend it.
+pub fn past_due_since(held: Option<&Subscription>, next: &SubscriptionSnapshot, created: i64) -> Option<Timestamp> {
     if next.status != SubscriptionStatus::PastDue {
         return None;
     }
-    held.and_then(|h| h.past_due_since).or(Some(now))
+    let at = super::from_unix(created);
+    match held.and_then(|h| h.past_due_since.filter(|_| same_period(&h.snapshot, next))) {
+        Some(since) => Some(at.map_or(since, |at| since.min(at))),
+        None => at,
+    }
+}
+
+/// The earlier grace start that a stale snapshot proves, if any: a
+/// `past_due` snapshot of the period the held subscription is past due in,
+/// from an event older than the one that started its grace.
+pub fn earlier_past_due_since(held: &Subscription, stale: &SubscriptionSnapshot, created: i64) -> Option<Timestamp> {
+    let since = held.past_due_since?;
+    let at = super::from_unix(created)?;
+    let proves = held.snapshot.status == SubscriptionStatus::PastDue
+        && stale.status == SubscriptionStatus::PastDue
+        && same_period(&held.snapshot, stale);
+    (proves && at < since).then_some(at)
+}
+
+fn same_period(a: &SubscriptionSnapshot, b: &SubscriptionSnapshot) -> bool {
+    a.current_period_start == b.current_period_start
 }
 
 #[cfg(test)]
@@ -356,13 +407,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn grace_starts_at_first_past_due_and_ends_when_paid() {
-        let t0 = datetime!(2026-11-10 0:00 UTC);
-        let t1 = datetime!(2026-11-12 0:00 UTC);
-        assert_eq!(past_due_since(None, &snapshot(SubscriptionStatus::PastDue), t0), Some(t0));
-        let mut h = held(snapshot(SubscriptionStatus::PastDue), 1);
-        h.past_due_since = Some(t0);
-        assert_eq!(past_due_since(Some(&h), &snapshot(SubscriptionStatus::PastDue), t1), Some(t0));
+    fn grace_starts_at_the_earliest_past_due_event_of_the_period_and_ends_when_paid() {
+        let (t0, t1) = (1_800_000_000, 1_800_100_000);
+        let at = |t| crate::domain::from_unix(t);
+        assert_eq!(past_due_since(None, &snapshot(SubscriptionStatus::PastDue), t0), at(t0));
+        let mut h = held(snapshot(SubscriptionStatus::PastDue), t0);
+        h.past_due_since = at(t0);
+        assert_eq!(past_due_since(Some(&h), &snapshot(SubscriptionStatus::PastDue), t1), at(t0));
         assert_eq!(past_due_since(Some(&h), &snapshot(SubscriptionStatus::Active), t1), None);
+        // The next period's failure starts a grace period of its own.
+        let mut next_period = snapshot(SubscriptionStatus::PastDue);
+        next_period.current_period_start = Some(datetime!(2026-12-01 0:00 UTC));
+        assert_eq!(past_due_since(Some(&h), &next_period, t1), at(t1));
+        assert_eq!(earlier_past_due_since(&h, &next_period, t0 - 5), None, "another period");
+        // An older past-due event of the same period, delivered late, moves it back.
+        let mut late = held(snapshot(SubscriptionStatus::PastDue), t1);
+        late.past_due_since = at(t1);
+        assert_eq!(earlier_past_due_since(&late, &snapshot(SubscriptionStatus::PastDue), t0), at(t0));
+        assert_eq!(earlier_past_due_since(&late, &snapshot(SubscriptionStatus::Active), t0), None);
+        assert_eq!(earlier_past_due_since(&late, &snapshot(SubscriptionStatus::PastDue), t1 + 1), None);
+    }
+
+    #[test]
+    fn entitlement_is_proven_by_every_status_after_a_start() {
+        use SubscriptionStatus::*;
+        let proving: Vec<_> = [Incomplete, IncompleteExpired, Trialing, Active, PastDue, Unpaid, Canceled, Paused]
+            .into_iter()
+            .filter(|s| s.proves_entitlement())
+            .collect();
+        assert_eq!(proving, [Trialing, Active, PastDue, Unpaid, Paused]);
     }
 }

@@ -353,6 +353,24 @@ impl StoreTx for AnyTx {
         }
     }
 
+    async fn has_paid_invoice(&mut self, stripe_subscription_id: &str) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.has_paid_invoice(stripe_subscription_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.has_paid_invoice(stripe_subscription_id).await,
+        }
+    }
+
+    async fn mark_customer_deleted(&mut self, customer_id: Uuid) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.mark_customer_deleted(customer_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.mark_customer_deleted(customer_id).await,
+        }
+    }
+
     async fn license_of_stripe_subscription(
         &mut self,
         stripe_subscription_id: &str,

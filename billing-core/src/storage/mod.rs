@@ -331,6 +331,16 @@ pub trait StoreTx: Send {
         payment: &Payment,
     ) -> impl Future<Output = Result<PaymentWrite, StoreError>> + Send;
 
+    /// Whether an invoice of this Stripe subscription was paid: proof that
+    /// the subscription was entitled, even before its own events arrive.
+    fn has_paid_invoice(
+        &mut self,
+        stripe_subscription_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records that Stripe deleted the customer (kept, with its history).
+    fn mark_customer_deleted(&mut self, customer_id: Uuid) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The license of a Stripe subscription, if both exist.
     fn license_of_stripe_subscription(
         &mut self,

@@ -868,6 +868,20 @@ impl StoreTx for PgTx {
         self.read_opt(&sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
     }
 
+    async fn has_paid_invoice(&mut self, stripe_subscription_id: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT EXISTS (SELECT FROM payments WHERE stripe_subscription_id = $1 AND status = 'paid')";
+        let row = self.read_opt(sql, &[&stripe_subscription_id]).await?;
+        Ok(row.is_some_and(|row| row.get(0)))
+    }
+
+    async fn mark_customer_deleted(&mut self, customer_id: Uuid) -> Result<(), StoreError> {
+        self.defer(
+            "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL",
+            params![customer_id],
+        );
+        Ok(())
+    }
+
     async fn license_of_stripe_subscription(
         &mut self,
         stripe_subscription_id: &str,

@@ -1108,6 +1108,24 @@ impl StoreTx for SqliteTx {
         .await
     }
 
+    async fn has_paid_invoice(&mut self, stripe_subscription_id: &str) -> Result<bool, StoreError> {
+        let stripe_subscription_id = stripe_subscription_id.to_owned();
+        self.run(move |conn, _| {
+            let sql = "SELECT EXISTS (SELECT 1 FROM payments WHERE stripe_subscription_id = ?1 AND status = 'paid')";
+            Ok(query_opt(conn, sql, [stripe_subscription_id], |row| get::<bool>(row, 0))?.unwrap_or(false))
+        })
+        .await
+    }
+
+    async fn mark_customer_deleted(&mut self, customer_id: Uuid) -> Result<(), StoreError> {
+        let customer_id = customer_id.to_string();
+        self.run(move |conn, now| {
+            let sql = "UPDATE customers SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1 AND deleted_at IS NULL";
+            execute(conn, sql, params![customer_id, now]).map(drop)
+        })
+        .await
+    }
+
     async fn license_of_stripe_subscription(
         &mut self,
         stripe_subscription_id: &str,

@@ -35,6 +35,8 @@ pub enum EventPayload {
     /// `invoice.paid`, `invoice.payment_succeeded`, `invoice.payment_failed`,
     /// `invoice.payment_action_required`
     Invoice(Payment),
+    /// `customer.created`, `customer.updated`, `customer.deleted`
+    Customer(StripeCustomer),
     /// Any other type: acknowledged and recorded as ignored.
     Ignored,
 }
@@ -61,6 +63,17 @@ impl CheckoutSession {
     pub fn user_id(&self) -> Option<&str> {
         self.client_reference_id.as_deref().or(self.metadata_user_id.as_deref())
     }
+}
+
+/// A Stripe customer, as far as linking it to a user goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeCustomer {
+    /// `cus_…`
+    pub id: String,
+    /// `metadata.user_id`, when the vendor put one there.
+    pub user_id: Option<String>,
+    /// Whether the event reports the customer deleted.
+    pub deleted: bool,
 }
 
 /// A payload that could not be understood.
@@ -114,6 +127,9 @@ impl Event {
             "invoice.paid" | "invoice.payment_succeeded" => {
                 invoice(&envelope, PaymentStatus::Paid).map_err(object_error)?
             }
+            "customer.created" | "customer.updated" | "customer.deleted" => EventPayload::Customer(
+                parse_customer(&envelope.data.object, envelope.kind == "customer.deleted").map_err(object_error)?,
+            ),
             "invoice.payment_failed" => invoice(&envelope, PaymentStatus::Failed).map_err(object_error)?,
             "invoice.payment_action_required" => {
                 invoice(&envelope, PaymentStatus::ActionRequired).map_err(object_error)?
@@ -222,6 +238,18 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String
 
 fn metadata_user_id(metadata: &HashMap<String, Value>) -> Option<String> {
     metadata.get("user_id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct RawCustomer {
+    id: String,
+    #[serde(default)]
+    metadata: HashMap<String, Value>,
+}
+
+fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, String> {
+    let raw = RawCustomer::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(StripeCustomer { id: raw.id, user_id: metadata_user_id(&raw.metadata), deleted })
 }
 
 #[derive(Deserialize)]

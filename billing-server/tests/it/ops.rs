@@ -414,7 +414,13 @@ async fn migrate_applies_the_schema_once_and_exits() {
         let applied = db.strings("SELECT name FROM refinery_schema_history ORDER BY version").await;
         assert_eq!(
             applied,
-            ["create_billing_schema", "create_devices", "index_licenses_in_grace", "raise_on_duplicate_claims"],
+            [
+                "create_billing_schema",
+                "create_devices",
+                "index_licenses_in_grace",
+                "raise_on_duplicate_claims",
+                "record_customer_deletion"
+            ],
             "{run} run"
         );
     }

@@ -312,7 +312,7 @@ async fn oversized_and_malformed_bodies_are_refused() {
 #[tokio::test]
 async fn unknown_types_and_real_fixtures_are_acknowledged() {
     let app = spawn_app().await;
-    assert_eq!(app.deliver(&event("evt_x", "customer.created", T, json!({"id": "cus_1"}))).await, "ignored");
+    assert_eq!(app.deliver(&event("evt_x", "product.created", T, json!({"id": "prod_1"}))).await, "ignored");
     for name in ["checkout_session_completed.json", "invoice_upcoming.json", "subscription_created.json"] {
         let path = format!("{}/../tests/fixtures/stripe-events/{name}", env!("CARGO_MANIFEST_DIR"));
         let body = std::fs::read(&path).unwrap();
@@ -402,11 +402,13 @@ async fn invoices_become_one_payment_each_and_paid_is_final() {
 #[tokio::test]
 async fn license_status_follows_the_subscription_through_its_life() {
     let app = spawn_app().await;
+    // Recent events: grace runs from when the subscription fell past due.
+    let t = now();
     let step = |n: i64, status: &str| {
         event(
             &format!("evt_{n}"),
             "customer.subscription.updated",
-            T + n,
+            t + n,
             subscription("sub_1", "cus_1", status, PRICE_PRO, Some("u")),
         )
     };
@@ -441,31 +443,46 @@ async fn past_due_license_is_suspended_once_grace_runs_out() {
     let app = spawn_app_with(Options { grace_days: Some(7), ..Default::default() }).await;
     app.deliver(&event(
         "evt_1",
-        "customer.subscription.updated",
-        T,
-        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("u")),
-    ))
-    .await;
-    assert_eq!(app.get_licenses("u").await, Vec::<Value>::new(), "a subscription first seen past due was never paid");
-
-    let app = spawn_app_with(Options { grace_days: Some(7), ..Default::default() }).await;
-    app.deliver(&event(
-        "evt_1",
         "customer.subscription.created",
-        T,
+        now(),
         subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
     ))
     .await;
     app.deliver(&event(
         "evt_2",
         "customer.subscription.updated",
-        T + 1,
+        now() + 1,
         subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("u")),
     ))
     .await;
     let licenses = app.billing.licenses("u").await.unwrap();
     assert_eq!(licenses[0].effective_status(time::OffsetDateTime::now_utc()).as_str(), "active");
     assert_eq!(licenses[0].effective_status(later).as_str(), "suspended");
+}
+
+#[tokio::test]
+async fn grace_counts_from_when_the_subscription_fell_past_due_not_from_when_we_heard() {
+    // Our endpoint was down for ten days: the past-due event arrives late.
+    let app = spawn_app_with(Options { grace_days: Some(7), ..Default::default() }).await;
+    let ten_days_ago = now() - 10 * 24 * 3600;
+    app.deliver(&event(
+        "evt_1",
+        "customer.subscription.created",
+        ten_days_ago - 60,
+        subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    app.deliver(&event(
+        "evt_2",
+        "customer.subscription.updated",
+        ten_days_ago,
+        subscription("sub_1", "cus_1", "past_due", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    let license = &app.get_licenses("u").await[0];
+    assert_eq!(license["status"], "suspended", "{license}");
+    let grace_end = time::OffsetDateTime::from_unix_timestamp(ten_days_ago + 7 * 24 * 3600).unwrap();
+    assert_eq!(license["grace_ends_at"], billing_core::billing::rfc3339(grace_end));
 }
 
 async fn license_status(app: &TestApp) -> String {

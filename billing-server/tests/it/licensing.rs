@@ -492,3 +492,26 @@ async fn device_names_are_limited_in_characters_and_refuse_hidden_ones() {
     assert_eq!(terminals["terminals"][0]["name"], "日".repeat(256));
     assert_eq!(app.count("device_changes").await, 2, "activation and the one accepted rename");
 }
+
+#[tokio::test]
+async fn heartbeat_and_deactivate_refuse_two_authorization_headers() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_BASIC).await;
+    let token = app.activate_ok(&key, "fp").await["activation_token"].as_str().unwrap().to_owned();
+    for route in ["/api/license/heartbeat", "/api/license/deactivate"] {
+        let response = app
+            .http
+            .post(app.url(route))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{route}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{route}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("more than one Authorization"), "{body}");
+    }
+    assert_eq!(app.count("device_changes").await, 1, "only the activation: nothing was deactivated");
+    assert_eq!(app.heartbeat(&token).await.status(), 200, "the device still works");
+}

@@ -256,6 +256,7 @@ async fn every_dashboard_route_refuses_bad_tokens_with_401_json() {
         // Beyond the 5 s leeway.
         ("nbf in the future", vec![token(&json!({"sub": ALICE, "exp": now() + 600, "nbf": now() + 120}), JWT_SECRET)]),
         ("unknown crit header", vec![critical]),
+        ("NUL in sub", vec![token(&json!({"sub": format!("{ALICE}\u{0}"), "exp": now() + 600}), JWT_SECRET)]),
         ("two Authorization headers", vec![valid.clone(), valid.clone()]),
     ];
     let routes = dashboard_routes();

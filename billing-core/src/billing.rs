@@ -118,13 +118,14 @@ pub enum WebhookError {
     /// The signature does not check out; nothing was stored.
     #[error(transparent)]
     Signature(#[from] SignatureError),
-    /// Signed, but not a Stripe event envelope; nothing was stored.
+    /// Signed, but not a Stripe event envelope, or an event we act on whose
+    /// object cannot be read (or holds a NUL); nothing was stored.
     #[error("payload is not a Stripe event")]
     Malformed(#[source] EventError),
     /// Applying it failed; rolled back, failure recorded, Stripe should retry.
     #[error("failed to process event")]
     Failed {
-        /// The event type, when the envelope could be read.
+        /// The event type.
         event_type: Option<String>,
         /// What went wrong.
         #[source]
@@ -185,19 +186,10 @@ impl<S: Store> Billing<S> {
     pub async fn ingest_webhook(&self, body: &[u8], signature: Option<&str>) -> Result<WebhookReceipt, WebhookError> {
         let secrets = self.config.webhook_secrets.as_ref().ok_or(WebhookError::NotConfigured)?;
         secrets.verify(signature, body, self.now().unix_timestamp())?;
-        let event = match Event::parse(body) {
-            Ok(event) => event,
-            Err(e @ EventError::Envelope(_)) => return Err(WebhookError::Malformed(e)),
-            Err(e @ EventError::Object { .. }) => {
-                // A type we act on that we cannot read: keep it failed so
-                // Stripe retries and an operator sees it.
-                let record = envelope_record(body);
-                if let Some(record) = &record {
-                    self.record_failure(&record.as_ref(), &e).await;
-                }
-                return Err(WebhookError::Failed { event_type: record.map(|r| r.kind), source: Box::new(e) });
-            }
-        };
+        // An object we cannot read will not become readable by retrying the
+        // same signed bytes: refuse it (Stripe stops retrying a 4xx) and
+        // store nothing, rather than fail it for days.
+        let event = Event::parse(body).map_err(WebhookError::Malformed)?;
         let record = EventRecord {
             id: &event.id,
             kind: &event.kind,
@@ -690,32 +682,4 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     message
-}
-
-struct OwnedRecord {
-    id: String,
-    kind: String,
-    created: i64,
-    api_version: Option<String>,
-}
-
-impl OwnedRecord {
-    fn as_ref(&self) -> EventRecord<'_> {
-        EventRecord { id: &self.id, kind: &self.kind, created: self.created, api_version: self.api_version.as_deref() }
-    }
-}
-
-/// The envelope of a payload whose object could not be read, so the failure
-/// can still be recorded against its event id.
-fn envelope_record(body: &[u8]) -> Option<OwnedRecord> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        id: String,
-        #[serde(rename = "type")]
-        kind: String,
-        created: i64,
-        api_version: Option<String>,
-    }
-    let head: Head = serde_json::from_slice(body).ok()?;
-    Some(OwnedRecord { id: head.id, kind: head.kind, created: head.created, api_version: head.api_version })
 }

@@ -3,7 +3,7 @@
 
 use crate::billing::{rfc3339, Billing};
 use crate::certificate::{self, CertificateClaims, SigningKey};
-use crate::domain::device::{self, ActivationPlan, ActivationRefusal};
+use crate::domain::device::{self, ActivationPlan, ActivationRefusal, TextRefusal, MAX_DEVICE_TEXT_CHARS};
 use crate::domain::{
     ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, ValidationCode,
 };
@@ -143,13 +143,32 @@ impl DeactivationReason {
     }
 }
 
-const MAX_FIELD: usize = 256;
+/// A device's text fields, for their refusal messages.
+#[derive(Clone, Copy)]
+enum DeviceField {
+    Fingerprint,
+    Name,
+    Platform,
+    AppVersion,
+}
 
-fn check_field(value: Option<&str>, what: &'static str) -> Result<(), LicensingError> {
-    match value {
-        Some(v) if v.len() > MAX_FIELD || v.chars().any(char::is_control) => Err(LicensingError::Invalid(what)),
-        _ => Ok(()),
-    }
+// The refusal messages below name the limit.
+const _: () = assert!(MAX_DEVICE_TEXT_CHARS == 256);
+
+fn check_field(value: Option<&str>, field: DeviceField) -> Result<(), LicensingError> {
+    use DeviceField::*;
+    use TextRefusal::*;
+    let Err(refusal) = value.map_or(Ok(()), device::check_device_text) else { return Ok(()) };
+    Err(LicensingError::Invalid(match (field, refusal) {
+        (Fingerprint, TooLong) => "fingerprint is longer than 256 characters",
+        (Name, TooLong) => "name is longer than 256 characters",
+        (Platform, TooLong) => "platform is longer than 256 characters",
+        (AppVersion, TooLong) => "app_version is longer than 256 characters",
+        (Fingerprint, HiddenCharacter) => "fingerprint has control, bidirectional or zero-width characters",
+        (Name, HiddenCharacter) => "name has control, bidirectional or zero-width characters",
+        (Platform, HiddenCharacter) => "platform has control, bidirectional or zero-width characters",
+        (AppVersion, HiddenCharacter) => "app_version has control, bidirectional or zero-width characters",
+    }))
 }
 
 impl<S: Store> Billing<S> {
@@ -162,10 +181,10 @@ impl<S: Store> Billing<S> {
         if request.fingerprint.trim().is_empty() {
             return Err(LicensingError::Invalid("fingerprint must not be empty"));
         }
-        check_field(Some(request.fingerprint), "fingerprint is too long or has control characters")?;
-        check_field(request.name, "name is too long or has control characters")?;
-        check_field(request.platform, "platform is too long or has control characters")?;
-        check_field(request.app_version, "app_version is too long or has control characters")?;
+        check_field(Some(request.fingerprint), DeviceField::Fingerprint)?;
+        check_field(request.name, DeviceField::Name)?;
+        check_field(request.platform, DeviceField::Platform)?;
+        check_field(request.app_version, DeviceField::AppVersion)?;
         let key = LicenseKey::parse(request.license_key).ok_or(LicensingError::LicenseNotFound)?;
         let now = self.now();
         let window = self.licensing().heartbeat_window;
@@ -335,7 +354,7 @@ impl<S: Store> Billing<S> {
         if name.is_empty() {
             return Err(LicensingError::Invalid("name must not be empty"));
         }
-        check_field(Some(name), "name is too long or has control characters")?;
+        check_field(Some(name), DeviceField::Name)?;
         let mut tx = self.store().begin().await?;
         let device = tx.lock_device_of_user(device_id, user_id).await?.ok_or(LicensingError::DeviceNotFound)?;
         tx.rename_device(device.id, name).await?;

@@ -240,6 +240,48 @@ pub fn evicted_by_limit(devices: &[Device], max_devices: u32, now: Timestamp, wi
     alive.into_iter().skip(max_devices as usize).map(|d| d.id).collect()
 }
 
+/// The longest text a device may carry in a field (name, fingerprint,
+/// platform, app version), in characters: a limit in bytes would give
+/// accented and non-Latin names a fraction of the room.
+pub const MAX_DEVICE_TEXT_CHARS: usize = 256;
+
+/// Why a device's text field is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRefusal {
+    /// Longer than [`MAX_DEVICE_TEXT_CHARS`].
+    TooLong,
+    /// Holds a control, bidirectional-formatting or zero-width character.
+    HiddenCharacter,
+}
+
+/// Checks a device's text field. The dashboard shows these to people, so
+/// characters that are invisible or reorder what is shown (a name that
+/// reads differently than it is) are refused, as are control characters.
+pub fn check_device_text(text: &str) -> Result<(), TextRefusal> {
+    if text.chars().any(is_hidden) {
+        return Err(TextRefusal::HiddenCharacter);
+    }
+    if text.chars().count() > MAX_DEVICE_TEXT_CHARS {
+        return Err(TextRefusal::TooLong);
+    }
+    Ok(())
+}
+
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // Arabic letter mark; zero-width space, non-joiner, joiner; LRM, RLM.
+            '\u{061C}' | '\u{200B}'..='\u{200F}'
+            // Embeddings and overrides (LRE, RLE, PDF, LRO, RLO).
+            | '\u{202A}'..='\u{202E}'
+            // Word joiner, invisible operators, isolates (LRI, RLI, FSI, PDI).
+            | '\u{2060}'..='\u{2069}'
+            // Zero-width no-break space (byte order mark).
+            | '\u{FEFF}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +384,30 @@ mod tests {
         assert!(ActivationToken::looks_like(a.expose()));
         assert_eq!(a.hash(), ActivationToken::presented(a.expose()).hash());
         assert_eq!(format!("{a:?}"), "ActivationToken(<redacted>)");
+    }
+
+    #[test]
+    fn device_text_is_limited_in_characters_and_refuses_hidden_ones() {
+        fn check(text: &str, expected: Result<(), TextRefusal>) {
+            assert_eq!(check_device_text(text), expected, "{text:?}");
+        }
+        check("Ana's laptop", Ok(()));
+        check(&"é".repeat(MAX_DEVICE_TEXT_CHARS), Ok(()));
+        check(&"日".repeat(MAX_DEVICE_TEXT_CHARS), Ok(()));
+        check("ThinkPad 🐧", Ok(()));
+        check(&"é".repeat(MAX_DEVICE_TEXT_CHARS + 1), Err(TextRefusal::TooLong));
+        check(&"a".repeat(MAX_DEVICE_TEXT_CHARS + 1), Err(TextRefusal::TooLong));
+        let hidden = [
+            '\u{0}', '\n', '\u{1B}', '\u{7F}', '\u{85}', '\u{061C}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}',
+            '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2060}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{FEFF}',
+        ];
+        for c in hidden {
+            check(&format!("laptop{c}exe.txt"), Err(TextRefusal::HiddenCharacter));
+        }
+        // Neighbours of the refused ranges are ordinary text.
+        for c in ['\u{061B}', '\u{2010}', '\u{201C}', '\u{2070}', '\u{FE70}'] {
+            check(&format!("a{c}b"), Ok(()));
+        }
     }
 }

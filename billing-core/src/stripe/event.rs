@@ -5,7 +5,7 @@
 //! `parent.subscription_details.subscription`.
 
 use crate::domain::{from_unix, Payment, PaymentStatus, SubscriptionSnapshot, SubscriptionStatus, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -92,13 +92,38 @@ pub enum EventError {
     },
 }
 
+/// A string from the payload that may be stored. PostgreSQL cannot hold a
+/// NUL in `text` and SQLite can: refusing it while parsing keeps it away
+/// from both stores, so they answer alike (and nothing is stored).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.contains('\0') {
+            return Err(serde::de::Error::custom("a string contains NUL"));
+        }
+        Ok(Self(text))
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> Self {
+        text.0
+    }
+}
+
+fn text(value: Option<Text>) -> Option<String> {
+    value.map(String::from)
+}
+
 #[derive(Deserialize)]
 struct Envelope {
-    id: String,
+    id: Text,
     #[serde(rename = "type")]
-    kind: String,
+    kind: Text,
     created: i64,
-    api_version: Option<String>,
+    api_version: Option<Text>,
     data: EnvelopeData,
 }
 
@@ -111,8 +136,8 @@ impl Event {
     /// Parses a raw, already verified, webhook body.
     pub fn parse(body: &[u8]) -> Result<Self, EventError> {
         let envelope: Envelope = serde_json::from_slice(body).map_err(EventError::Envelope)?;
-        let object_error = |reason: String| EventError::Object { kind: envelope.kind.clone(), reason };
-        let payload = match envelope.kind.as_str() {
+        let object_error = |reason: String| EventError::Object { kind: envelope.kind.0.clone(), reason };
+        let payload = match envelope.kind.0.as_str() {
             "checkout.session.completed" => {
                 EventPayload::CheckoutCompleted(parse_checkout(&envelope.data.object).map_err(object_error)?)
             }
@@ -137,10 +162,10 @@ impl Event {
             _ => EventPayload::Ignored,
         };
         Ok(Self {
-            id: envelope.id,
-            kind: envelope.kind,
+            id: envelope.id.into(),
+            kind: envelope.kind.into(),
             created: envelope.created,
-            api_version: envelope.api_version,
+            api_version: text(envelope.api_version),
             payload,
         })
     }
@@ -154,23 +179,23 @@ fn invoice(envelope: &Envelope, status: PaymentStatus) -> Result<EventPayload, S
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Expandable {
-    Id(String),
-    Object { id: String },
+    Id(Text),
+    Object { id: Text },
 }
 
 impl Expandable {
     fn into_id(self) -> String {
         match self {
-            Expandable::Id(id) | Expandable::Object { id } => id,
+            Expandable::Id(id) | Expandable::Object { id } => id.into(),
         }
     }
 }
 
 #[derive(Deserialize)]
 struct RawSubscription {
-    id: String,
+    id: Text,
     customer: Expandable,
-    status: String,
+    status: Text,
     #[serde(default)]
     cancel_at_period_end: bool,
     cancel_at: Option<i64>,
@@ -191,7 +216,7 @@ struct RawList<T> {
 
 #[derive(Deserialize)]
 struct RawItem {
-    id: String,
+    id: Text,
     price: Option<RawPrice>,
     plan: Option<RawPrice>,
     current_period_start: Option<i64>,
@@ -200,7 +225,7 @@ struct RawItem {
 
 #[derive(Deserialize)]
 struct RawPrice {
-    id: String,
+    id: Text,
 }
 
 fn time_field(name: &str, seconds: Option<i64>) -> Result<Option<Timestamp>, String> {
@@ -211,20 +236,20 @@ fn time_field(name: &str, seconds: Option<i64>) -> Result<Option<Timestamp>, Str
 /// payloads and API responses share the shape).
 pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String> {
     let raw = RawSubscription::deserialize(object).map_err(|e| e.to_string())?;
-    let status = SubscriptionStatus::parse(&raw.status).ok_or_else(|| "unknown `status`".to_owned())?;
+    let status = SubscriptionStatus::parse(&raw.status.0).ok_or_else(|| "unknown `status`".to_owned())?;
     let first_item = raw.items.and_then(|items| items.data.into_iter().next());
     // Basil moved the period onto items; older versions have it at the top.
     let (period_start, period_end) = match &first_item {
         Some(item) if raw.current_period_end.is_none() => (item.current_period_start, item.current_period_end),
         _ => (raw.current_period_start, raw.current_period_end),
     };
-    let price_id = first_item.as_ref().and_then(|i| i.price.as_ref().or(i.plan.as_ref())).map(|p| p.id.clone());
+    let price_id = first_item.as_ref().and_then(|i| i.price.as_ref().or(i.plan.as_ref())).map(|p| p.id.0.clone());
     Ok(SubscriptionSnapshot {
-        stripe_subscription_id: raw.id,
+        stripe_subscription_id: raw.id.into(),
         stripe_customer_id: raw.customer.into_id(),
         status,
         price_id,
-        item_id: first_item.map(|i| i.id),
+        item_id: first_item.map(|i| i.id.into()),
         cancel_at_period_end: raw.cancel_at_period_end,
         cancel_at: time_field("cancel_at", raw.cancel_at)?,
         canceled_at: time_field("canceled_at", raw.canceled_at)?,
@@ -232,12 +257,15 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String
         current_period_start: time_field("current_period_start", period_start)?,
         current_period_end: time_field("current_period_end", period_end)?,
         trial_end: time_field("trial_end", raw.trial_end)?,
-        user_id: metadata_user_id(&raw.metadata),
+        user_id: metadata_user_id(&raw.metadata)?,
     })
 }
 
-fn metadata_user_id(metadata: &HashMap<String, Value>) -> Option<String> {
-    metadata.get("user_id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+fn metadata_user_id(metadata: &HashMap<String, Value>) -> Result<Option<String>, String> {
+    match metadata.get("user_id").and_then(Value::as_str) {
+        Some(user_id) if user_id.contains('\0') => Err("`metadata.user_id` contains NUL".to_owned()),
+        user_id => Ok(user_id.filter(|s| !s.is_empty()).map(str::to_owned)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -254,9 +282,9 @@ fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, Strin
 
 #[derive(Deserialize)]
 struct RawCheckout {
-    id: String,
-    mode: String,
-    client_reference_id: Option<String>,
+    id: Text,
+    mode: Text,
+    client_reference_id: Option<Text>,
     customer: Option<Expandable>,
     subscription: Option<Expandable>,
     #[serde(default)]
@@ -266,10 +294,10 @@ struct RawCheckout {
 fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
     let raw = RawCheckout::deserialize(object).map_err(|e| e.to_string())?;
     Ok(CheckoutSession {
-        id: raw.id,
-        mode: raw.mode,
-        client_reference_id: raw.client_reference_id.filter(|s| !s.is_empty()),
-        metadata_user_id: metadata_user_id(&raw.metadata),
+        id: raw.id.into(),
+        mode: raw.mode.into(),
+        client_reference_id: text(raw.client_reference_id).filter(|s| !s.is_empty()),
+        metadata_user_id: metadata_user_id(&raw.metadata)?,
         customer: raw.customer.map(Expandable::into_id),
         subscription: raw.subscription.map(Expandable::into_id),
     })
@@ -277,7 +305,7 @@ fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
 
 #[derive(Deserialize)]
 struct RawInvoice {
-    id: Option<String>,
+    id: Option<Text>,
     customer: Expandable,
     subscription: Option<Expandable>,
     parent: Option<RawInvoiceParent>,
@@ -285,7 +313,7 @@ struct RawInvoice {
     amount_paid: i64,
     #[serde(default)]
     amount_due: i64,
-    currency: String,
+    currency: Text,
     status_transitions: Option<RawStatusTransitions>,
 }
 
@@ -306,7 +334,7 @@ struct RawStatusTransitions {
 
 fn parse_invoice(object: &Value, status: PaymentStatus, event_created: i64) -> Result<Payment, String> {
     let raw = RawInvoice::deserialize(object).map_err(|e| e.to_string())?;
-    let id = raw.id.ok_or_else(|| "missing field `id`".to_owned())?;
+    let id = text(raw.id).ok_or_else(|| "missing field `id`".to_owned())?;
     let subscription = raw
         .subscription
         .or_else(|| raw.parent.and_then(|p| p.subscription_details).and_then(|d| d.subscription))
@@ -322,7 +350,7 @@ fn parse_invoice(object: &Value, status: PaymentStatus, event_created: i64) -> R
         stripe_customer_id: raw.customer.into_id(),
         stripe_subscription_id: subscription,
         amount: if status == PaymentStatus::Paid { raw.amount_paid } else { raw.amount_due },
-        currency: raw.currency,
+        currency: raw.currency.into(),
         status,
         paid_at,
     })
@@ -427,5 +455,72 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("status"));
         assert!(matches!(Event::parse(b"not json"), Err(EventError::Envelope(_))));
+    }
+
+    #[test]
+    fn a_nul_in_any_string_we_would_store_is_refused() {
+        let nul = "x\u{0}y";
+        let subscription = || subscription_object("sub_1");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("event id", with_envelope_field("id", nul, "ping", json!({}))),
+            ("event type", with_envelope_field("type", nul, "ping", json!({}))),
+            ("api_version", with_envelope_field("api_version", nul, "ping", json!({}))),
+            ("subscription id", envelope("customer.subscription.updated", subscription_object(nul))),
+            ("customer", envelope("customer.subscription.updated", with(subscription(), "customer", json!(nul)))),
+            (
+                "expanded customer",
+                envelope("customer.subscription.updated", with(subscription(), "customer", json!({ "id": nul }))),
+            ),
+            ("status", envelope("customer.subscription.updated", with(subscription(), "status", json!(nul)))),
+            (
+                "metadata user_id",
+                envelope("customer.subscription.updated", with(subscription(), "metadata", json!({ "user_id": nul }))),
+            ),
+            (
+                "price",
+                envelope(
+                    "customer.subscription.updated",
+                    with(subscription(), "items", json!({"data": [{"id": "si_1", "price": {"id": nul}}]})),
+                ),
+            ),
+            (
+                "checkout client_reference_id",
+                envelope(
+                    "checkout.session.completed",
+                    json!({"id": "cs_1", "mode": "subscription", "client_reference_id": nul}),
+                ),
+            ),
+            ("checkout mode", envelope("checkout.session.completed", json!({"id": "cs_1", "mode": nul}))),
+            ("invoice currency", envelope("invoice.paid", json!({"id": "in_1", "customer": "cus_1", "currency": nul}))),
+            (
+                "invoice subscription",
+                envelope(
+                    "invoice.paid",
+                    json!({"id": "in_1", "customer": "cus_1", "currency": "eur",
+                           "parent": {"subscription_details": {"subscription": nul}}}),
+                ),
+            ),
+        ];
+        for (field, body) in cases {
+            assert!(Event::parse(&body).is_err(), "a NUL in the {field} was accepted");
+        }
+        // The same payloads without the NUL are read.
+        assert!(Event::parse(&envelope("customer.subscription.updated", subscription())).is_ok());
+        assert!(Event::parse(&with_envelope_field("id", "evt_2", "ping", json!({}))).is_ok());
+    }
+
+    fn subscription_object(id: &str) -> Value {
+        json!({"id": id, "customer": "cus_1", "status": "active", "metadata": {"user_id": "u1"}})
+    }
+
+    fn with(mut object: Value, field: &str, value: Value) -> Value {
+        object[field] = value;
+        object
+    }
+
+    fn with_envelope_field(field: &str, value: &str, kind: &str, object: Value) -> Vec<u8> {
+        let mut envelope = json!({"id": "evt_1", "type": kind, "created": 1_700_000_000, "data": {"object": object}});
+        envelope[field] = json!(value);
+        serde_json::to_vec(&envelope).unwrap()
     }
 }

@@ -17,14 +17,7 @@ pub(super) fn caller(state: &AppState, request: &Request<RequestBody>) -> Result
 /// themself, or, for an admin, the user named by `?user_id=`.
 pub(super) fn target(state: &AppState, request: &Request<RequestBody>) -> Result<(Caller, String), ApiError> {
     let caller = caller(state, request)?;
-    let named = request
-        .uri()
-        .query()
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("user_id="))
-        .map(|v| v.to_owned());
-    match named {
+    match named_user(request.uri().query())? {
         None => {
             let user = caller.user_id.clone();
             Ok((caller, user))
@@ -72,4 +65,25 @@ pub async fn licenses(state: &AppState, request: Request<RequestBody>) -> Result
         })
         .collect();
     Ok(ok(&json!({ "licenses": views })))
+}
+
+/// The user named by `?user_id=`, percent-decoded like a form. Refused when
+/// empty (naming nobody must not fall back to anyone, nor reach Stripe),
+/// repeated (which one counts would be a guess) or holding control
+/// characters (PostgreSQL refuses a NUL in text).
+fn named_user(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    let mut named = pairs.filter(|(name, _)| name == "user_id").map(|(_, value)| value);
+    let Some(user) = named.next() else { return Ok(None) };
+    let invalid = |message| Err(ApiError::bad_request("INVALID_REQUEST", message));
+    if named.next().is_some() {
+        return invalid("user_id is given more than once");
+    }
+    if user.is_empty() {
+        return invalid("user_id must not be empty");
+    }
+    if user.chars().any(char::is_control) {
+        return invalid("user_id must not contain control characters");
+    }
+    Ok(Some(user.into_owned()))
 }

@@ -1,6 +1,6 @@
 //! Desktop-app routes: activate, validate, heartbeat, deactivate, public key.
 
-use crate::auth::bearer;
+use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::http::RequestBody;
 use crate::http::{json, ok, parse_json, read_body, Response};
@@ -142,7 +142,7 @@ pub async fn validate(state: &AppState, request: Request<RequestBody>) -> Result
 }
 
 fn activation_token(request: &Request<RequestBody>) -> Result<String, ApiError> {
-    bearer(request.headers()).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("missing activation token"))
+    bearer_token(request.headers(), "missing activation token").map(str::to_owned)
 }
 
 pub async fn heartbeat(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {

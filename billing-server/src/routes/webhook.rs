@@ -5,6 +5,7 @@ use crate::http::RequestBody;
 use crate::http::{ok, read_body, Response};
 use crate::AppState;
 use billing_core::billing::error_chain;
+use billing_core::stripe::EventError;
 use billing_core::WebhookError;
 use hyper::{Request, StatusCode};
 use serde_json::json;
@@ -31,8 +32,13 @@ pub async fn handle(state: &AppState, request: Request<RequestBody>) -> Result<R
             Err(ApiError::bad_request("INVALID_SIGNATURE", e.to_string()))
         }
         Err(WebhookError::Malformed(e)) => {
-            tracing::warn!(error = %error_chain(&e), "signed webhook is not a Stripe event");
-            Err(ApiError::bad_request("MALFORMED_EVENT", "payload is not a Stripe event"))
+            tracing::warn!(error = %error_chain(&e), "signed webhook cannot be read");
+            // The reason stays in the log: it may quote the payload.
+            let message = match &e {
+                EventError::Envelope(_) => "payload is not a Stripe event".to_owned(),
+                EventError::Object { kind, .. } => format!("the {kind} object cannot be read"),
+            };
+            Err(ApiError::bad_request("MALFORMED_EVENT", message))
         }
         Err(WebhookError::Failed { event_type, .. }) => {
             state.metrics.observe_webhook(event_type.as_deref().unwrap_or("unknown"), "failed");

@@ -695,3 +695,39 @@ async fn stripe_refusing_our_key_or_ids_is_a_502_not_the_users_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_empty_repeated_or_smuggled_user_id_never_reaches_stripe() {
+    let Setup { app, stripe } = setup().await;
+    let admin = token(&json!({ "sub": "support-1", "role": "admin", "exp": now() + 600 }), JWT_SECRET);
+    let checkout =
+        json!({ "plan": "basic", "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no" });
+    let routes = [
+        ("/api/stripe/checkout/create", checkout.clone()),
+        ("/api/stripe/billing/portal", json!({ "return_url": "https://app.example/account" })),
+        ("/api/subscriptions/cancel", json!({})),
+        ("/api/subscriptions/change-plan", json!({ "plan": "basic" })),
+        ("/api/stripe/subscriptions/sync", json!({})),
+    ];
+    let before = audit_rows(&app).await;
+    for (route, body) in &routes {
+        for query in ["?user_id=", "?user_id=u&user_id=someone_else", "?user_id=u%00"] {
+            let path = format!("{route}{query}");
+            let response = app.http.post(app.url(&path)).bearer_auth(&admin).json(body).send().await.unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(
+                (status.as_u16(), &answer["error"]["code"]),
+                (400, &json!("INVALID_REQUEST")),
+                "{path}: {answer}"
+            );
+        }
+        // A body naming a user is refused too: only the query names one.
+        let mut smuggled = body.clone();
+        smuggled["user_id"] = json!("someone_else");
+        let response = app.http.post(app.url(route)).bearer_auth(&admin).json(&smuggled).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{route} with a user_id in its body");
+    }
+    assert!(stripe.received_requests().await.unwrap().is_empty(), "Stripe was called");
+    assert_eq!(audit_rows(&app).await, before);
+}

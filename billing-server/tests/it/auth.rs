@@ -172,9 +172,21 @@ async fn send(
     route: Route,
     token: Option<&str>,
 ) -> reqwest::Response {
+    send_with_tokens(app, method, path, route, &Vec::from_iter(token.map(str::to_owned))).await
+}
+
+/// Sends one `Authorization: Bearer` header per token (none, one, or several).
+async fn send_with_tokens(
+    app: &TestApp,
+    method: &reqwest::Method,
+    path: &str,
+    route: Route,
+    tokens: &[String],
+) -> reqwest::Response {
     let mut request = app.http.request(method.clone(), app.url(path)).json(&body_for(route));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    for token in tokens {
+        // `header` appends: several tokens become several headers.
+        request = request.header("Authorization", format!("Bearer {token}"));
     }
     request.send().await.unwrap()
 }
@@ -214,31 +226,45 @@ async fn every_dashboard_route_refuses_bad_tokens_with_401_json() {
         signature[5] = if signature[5] == b'A' { b'B' } else { b'A' };
         format!("{unsigned}.{}", String::from_utf8(signature).unwrap())
     };
-    // Every token claims to be Alice: if one were accepted, her records would show.
-    let bad_tokens: Vec<(&str, Option<String>)> = vec![
-        ("no token", None),
-        ("not a jwt", Some("garbage".into())),
-        ("wrong secret", Some(token(&json!({"sub": ALICE, "exp": now() + 600}), "another-secret"))),
-        ("tampered signature", Some(tampered)),
-        ("expired", Some(token(&json!({"sub": ALICE, "exp": now() - 120}), JWT_SECRET))),
-        ("no exp", Some(token(&json!({"sub": ALICE}), JWT_SECRET))),
-        ("no sub", Some(token(&json!({"exp": now() + 600}), JWT_SECRET))),
-        ("empty sub", Some(token(&json!({"sub": "", "exp": now() + 600}), JWT_SECRET))),
+    let critical = {
+        // RFC 7515 §4.1.11: an extension the token is invalid without.
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.crit = Some(vec!["x-bound-device".into()]);
+        header.extras.insert("x-bound-device", "device-7");
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        jsonwebtoken::encode(&header, &json!({"sub": ALICE, "exp": now() + 600}), &key).unwrap()
+    };
+    // Every token claims to be Alice: if one were accepted, her records would
+    // show. Each case is the Authorization headers sent, one per token.
+    let bad_tokens: Vec<(&str, Vec<String>)> = vec![
+        ("no token", vec![]),
+        ("not a jwt", vec!["garbage".into()]),
+        ("wrong secret", vec![token(&json!({"sub": ALICE, "exp": now() + 600}), "another-secret")]),
+        ("tampered signature", vec![tampered]),
+        ("expired", vec![token(&json!({"sub": ALICE, "exp": now() - 120}), JWT_SECRET)]),
+        ("no exp", vec![token(&json!({"sub": ALICE}), JWT_SECRET)]),
+        ("no sub", vec![token(&json!({"exp": now() + 600}), JWT_SECRET)]),
+        ("empty sub", vec![token(&json!({"sub": "", "exp": now() + 600}), JWT_SECRET)]),
         (
             "alg none",
-            Some(format!(
+            vec![format!(
                 "{}.{}.",
                 b64(r#"{"alg":"none","typ":"JWT"}"#),
                 b64(&json!({"sub":ALICE,"exp":now()+600}).to_string())
-            )),
+            )],
         ),
+        // Beyond the 5 s leeway.
+        ("nbf in the future", vec![token(&json!({"sub": ALICE, "exp": now() + 600, "nbf": now() + 120}), JWT_SECRET)]),
+        ("unknown crit header", vec![critical]),
+        ("NUL in sub", vec![token(&json!({"sub": format!("{ALICE}\u{0}"), "exp": now() + 600}), JWT_SECRET)]),
+        ("two Authorization headers", vec![valid.clone(), valid.clone()]),
     ];
     let routes = dashboard_routes();
     for (method, pattern, route) in &routes {
         let route_path = alice.path(pattern);
         for (case, token) in &bad_tokens {
             let what = format!("{method} {pattern} with {case}");
-            let response = send(&app, method, &route_path, *route, token.as_deref()).await;
+            let response = send_with_tokens(&app, method, &route_path, *route, token).await;
             assert_eq!(response.status(), 401, "{what}");
             let answer = read_answer(response, &what, &alice).await;
             assert_error(&what, &answer, 401, "UNAUTHORIZED");
@@ -489,4 +515,14 @@ async fn unknown_routes_and_methods_answer_json_errors() {
 fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[tokio::test]
+async fn a_token_whose_nbf_has_come_or_is_within_the_leeway_is_accepted() {
+    let app = spawn_app().await;
+    for nbf in [now() - 60, now() + 2] {
+        let jwt = token(&json!({ "sub": "u", "exp": now() + 600, "nbf": nbf }), JWT_SECRET);
+        let response = app.http.get(app.url("/api/licenses")).bearer_auth(jwt).send().await.unwrap();
+        assert_eq!(response.status(), 200, "nbf {nbf}");
+    }
 }

@@ -85,3 +85,36 @@ async fn history_lists_changes_newest_first_with_their_actor() {
     assert_eq!(history[0]["stripe_event_id"], "e2");
     assert_eq!(app.get_licenses("u").await[0]["max_devices"], 3, "device limit follows the plan");
 }
+
+#[tokio::test]
+async fn user_id_is_percent_decoded_and_empty_or_repeated_is_refused() {
+    let app = spawn_app().await;
+    app.issue_license("auth0|u2", PRICE_PRO).await;
+    app.issue_license("ana maria", PRICE_BASIC).await;
+    let admin = token(&serde_json::json!({ "sub": "support-1", "role": "admin", "exp": now() + 600 }), JWT_SECRET);
+    let get = |query: &str, jwt: &str| {
+        app.http.get(app.url(&format!("/api/licenses?{query}"))).bearer_auth(jwt.to_owned()).send()
+    };
+    let max_devices = |body: &Value| -> Vec<Value> {
+        body["licenses"].as_array().into_iter().flatten().map(|l| l["max_devices"].clone()).collect()
+    };
+    for (query, want) in [("user_id=auth0%7Cu2", 3), ("user_id=ana%20maria", 1), ("user_id=ana+maria", 1)] {
+        let response = get(query, &admin).await.unwrap();
+        assert_eq!(response.status(), 200, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(max_devices(&body), vec![Value::from(want)], "{query}: {body}");
+    }
+    // A user naming themself, encoded, is themself (not "another user": 403).
+    let response = get("user_id=auth0%7Cu2", &jwt_for("auth0|u2")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    for query in ["user_id=", "user_id", "user_id=auth0%7Cu2&user_id=ana%20maria", "user_id=u&user_id=u", "user_id=%00"]
+    {
+        for jwt in [&admin, &jwt_for("u")] {
+            let response = get(query, jwt).await.unwrap();
+            assert_eq!(response.status(), 400, "{query}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{query}: {body}");
+        }
+    }
+}

@@ -443,3 +443,75 @@ async fn refused_activations_are_rate_limited_per_key_whatever_the_address() {
     assert_eq!(activate_from(5, &other).await.status(), 201, "that address and other keys are not");
     assert_eq!(app.count("devices").await, 2);
 }
+
+#[tokio::test]
+async fn device_names_are_limited_in_characters_and_refuse_hidden_ones() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let activate = |name: String| {
+        let body = json!({ "license_key": key, "fingerprint": "fp-names", "name": name, "platform": "linux" });
+        let request = app.http.post(app.url("/api/license/activate")).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    // "Invoice\u{202E}fdp.exe" shows as "Invoiceexe.pdf".
+    let refused = [
+        ("257 characters", "é".repeat(257), "longer than 256 characters"),
+        ("right-to-left override", "Invoice\u{202E}fdp.exe".to_owned(), "bidirectional"),
+        ("first-strong isolate", "laptop\u{2068}".to_owned(), "bidirectional"),
+        ("zero-width space", "lap\u{200B}top".to_owned(), "zero-width"),
+        ("byte order mark", "\u{FEFF}laptop".to_owned(), "zero-width"),
+        ("control character", "lap\u{7}top".to_owned(), "control"),
+    ];
+    for (case, name, message) in refused {
+        let response = activate(name).await;
+        assert_eq!(response.status(), 400, "{case}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{case}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{case}: {body}");
+        assert_eq!(app.count("devices").await, 0, "{case}: a device was stored");
+    }
+    // 200 × "é" is 400 bytes and 200 characters: within the limit.
+    let accented = "é".repeat(200);
+    let response = activate(accented.clone()).await;
+    assert_eq!(response.status(), 201);
+    let device: Value = response.json().await.unwrap();
+    assert_eq!(device["device"]["name"], accented.as_str());
+
+    // Renaming from the dashboard follows the same rules, and a refusal keeps the name.
+    let id = device["device"]["id"].as_str().unwrap();
+    let rename = |name: &str| {
+        let request = app.http.patch(app.url(&format!("/api/terminals/{id}"))).bearer_auth(jwt_for("u"));
+        request.json(&json!({ "name": name })).send()
+    };
+    let response = rename("Invoice\u{202E}fdp.exe").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "INVALID_REQUEST");
+    let response = rename(&"日".repeat(256)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let terminals = app.get_as("/api/terminals", "u").await;
+    assert_eq!(terminals["terminals"][0]["name"], "日".repeat(256));
+    assert_eq!(app.count("device_changes").await, 2, "activation and the one accepted rename");
+}
+
+#[tokio::test]
+async fn heartbeat_and_deactivate_refuse_two_authorization_headers() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_BASIC).await;
+    let token = app.activate_ok(&key, "fp").await["activation_token"].as_str().unwrap().to_owned();
+    for route in ["/api/license/heartbeat", "/api/license/deactivate"] {
+        let response = app
+            .http
+            .post(app.url(route))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{route}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{route}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("more than one Authorization"), "{body}");
+    }
+    assert_eq!(app.count("device_changes").await, 1, "only the activation: nothing was deactivated");
+    assert_eq!(app.heartbeat(&token).await.status(), 200, "the device still works");
+}

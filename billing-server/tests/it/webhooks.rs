@@ -488,3 +488,52 @@ async fn grace_counts_from_when_the_subscription_fell_past_due_not_from_when_we_
 async fn license_status(app: &TestApp) -> String {
     app.get_licenses("u").await[0]["status"].as_str().unwrap().to_owned()
 }
+
+/// Every table a webhook can write to, with its row count.
+async fn stored_rows(app: &TestApp) -> Vec<(&'static str, i64)> {
+    let mut rows = Vec::new();
+    for table in ["webhook_events", "customers", "subscriptions", "licenses", "payments", "subscription_changes"] {
+        rows.push((table, app.count(table).await));
+    }
+    rows.push(("outbox_events", app.count("outbox_events").await));
+    rows
+}
+
+#[tokio::test]
+async fn signed_events_whose_object_cannot_be_read_are_refused_and_store_nothing() {
+    let app = spawn_app().await;
+    let nothing = stored_rows(&app).await;
+    let sub = || subscription("sub_1", "cus_1", "active", PRICE_PRO, Some("u"));
+    let mut unknown_status = sub();
+    unknown_status["status"] = json!("on_vacation");
+    let mut period_as_string = sub();
+    period_as_string["items"]["data"][0]["current_period_end"] = json!("1766592000");
+    let mut amount_as_string = invoice("in_1", "cus_1", "sub_1", 1900);
+    amount_as_string["amount_paid"] = json!("1900");
+    let mut nul_user = sub();
+    nul_user["metadata"]["user_id"] = json!("u\u{0}2");
+    let mut nul_currency = invoice("in_1", "cus_1", "sub_1", 1900);
+    nul_currency["currency"] = json!("us\u{0}d");
+    let cases = [
+        ("unknown status", event("evt_status", "customer.subscription.updated", T, unknown_status)),
+        ("period as a string", event("evt_period", "customer.subscription.created", T, period_as_string)),
+        ("amount as a string", event("evt_amount", "invoice.paid", T, amount_as_string)),
+        ("NUL in the event id", event("evt_\u{0}1", "customer.subscription.created", T, sub())),
+        ("NUL in an ignored event's id", event("evt_\u{0}2", "customer.created", T, json!({"id": "cus_1"}))),
+        ("NUL in metadata.user_id", event("evt_nul_user", "customer.subscription.created", T, nul_user)),
+        ("NUL in the currency", event("evt_nul_currency", "invoice.payment_failed", T, nul_currency)),
+    ];
+    for (case, e) in &cases {
+        let response = app.post_stripe_webhook(e).await;
+        assert_eq!(response.status(), 400, "{case}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "MALFORMED_EVENT", "{case}: {body}");
+        assert!(!body.to_string().contains("on_vacation") && !body.to_string().contains("1900"), "{case}: {body}");
+        assert_eq!(stored_rows(&app).await, nothing, "{case}: something was stored");
+        if let Some(id) = e["id"].as_str().filter(|id| !id.contains('\0')) {
+            assert_eq!(app.webhook_status(id).await, None, "{case}: a failure was recorded");
+        }
+    }
+    // The same deliveries, readable, are applied: the refusals were the payloads'.
+    assert_eq!(app.deliver(&event("evt_ok", "customer.subscription.created", T, sub())).await, "processed");
+}

@@ -153,7 +153,7 @@ impl Event {
                 invoice(&envelope, PaymentStatus::Paid).map_err(object_error)?
             }
             "customer.created" | "customer.updated" | "customer.deleted" => EventPayload::Customer(
-                parse_customer(&envelope.data.object, envelope.kind == "customer.deleted").map_err(object_error)?,
+                parse_customer(&envelope.data.object, envelope.kind.0 == "customer.deleted").map_err(object_error)?,
             ),
             "invoice.payment_failed" => invoice(&envelope, PaymentStatus::Failed).map_err(object_error)?,
             "invoice.payment_action_required" => {
@@ -270,14 +270,14 @@ fn metadata_user_id(metadata: &HashMap<String, Value>) -> Result<Option<String>,
 
 #[derive(Deserialize)]
 struct RawCustomer {
-    id: String,
+    id: Text,
     #[serde(default)]
     metadata: HashMap<String, Value>,
 }
 
 fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, String> {
     let raw = RawCustomer::deserialize(object).map_err(|e| e.to_string())?;
-    Ok(StripeCustomer { id: raw.id, user_id: metadata_user_id(&raw.metadata), deleted })
+    Ok(StripeCustomer { id: raw.id.into(), user_id: metadata_user_id(&raw.metadata)?, deleted })
 }
 
 #[derive(Deserialize)]

@@ -542,7 +542,7 @@ async fn a_saved_subscription_carries_its_audit_rows_in_order() {
 
 #[tokio::test]
 async fn licenses_devices_payments_and_audit_rows_read_back() {
-    let (_db, store) = fresh_store().await;
+    let (db, store) = fresh_store().await;
     let (sub, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
     let stored_license =
         License { terms: LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..license.terms.clone() }, ..license };
@@ -624,11 +624,16 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     let customer = tx.upsert_customer("cus_1", None).await.unwrap();
     assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Inserted);
     assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged);
+    assert!(!tx.has_paid_invoice("sub_1").await.unwrap(), "a failed invoice proves nothing");
     assert_eq!(
         tx.upsert_payment(customer, &paid).await.unwrap(),
         PaymentWrite::Updated { from: PaymentStatus::Failed }
     );
     assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged, "paid is final");
+    assert!(tx.has_paid_invoice("sub_1").await.unwrap(), "seen by the transaction that wrote it");
+    assert!(!tx.has_paid_invoice("sub_2").await.unwrap());
+    tx.mark_customer_deleted(customer).await.unwrap();
+    tx.mark_customer_deleted(customer).await.unwrap();
     tx.record_change(
         sub.id,
         &Actor::Stripe { event_id: "evt_9".to_owned() },
@@ -652,6 +657,11 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert_eq!((changes[0].actor.as_str(), changes[0].stripe_event_id.as_deref()), ("stripe", Some("evt_9")));
     assert_eq!(changes[0].subscription_id, sub.id);
     assert!(matches!(store.changes_of_user("user_1", -1).await, Err(StoreError::Query(_))), "negative LIMIT");
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.has_paid_invoice("sub_1").await.unwrap(), "committed");
+    tx.commit().await.unwrap();
+    let deleted = db.texts("SELECT stripe_customer_id FROM customers WHERE deleted_at IS NOT NULL").await;
+    assert_eq!(deleted, ["cus_1"], "marked once, kept with its history");
 }
 
 #[tokio::test]

@@ -240,7 +240,8 @@ async fn peer_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
 /// second HTTP parser in front of hyper's.
 pub struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    /// Taken only on drop, to close it gently.
+    inner: Option<TcpStream>,
     /// Our answer standing in for hyper's canned one, and how many of
     /// hyper's bytes it stands for.
     replacement: Option<(Bytes, usize)>,
@@ -249,7 +250,24 @@ pub struct Rewind {
 impl Rewind {
     /// `prefix` is read again before anything still in `inner`.
     pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        Self { prefix, inner, replacement: None }
+        Self { prefix, inner: Some(inner), replacement: None }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.inner.as_mut().expect("only taken on drop"))
+    }
+}
+
+/// hyper closes a connection as soon as it has answered a refusal (408, 503,
+/// a parse error), often with the client's unread bytes still queued; the
+/// kernel then resets it and the client loses the answer while still sending.
+/// The socket is handed to [`close`] instead, which reads and drops what
+/// arrives for a bounded moment after our side is shut.
+impl Drop for Rewind {
+    fn drop(&mut self) {
+        if let (Some(stream), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(close(stream));
+        }
     }
 }
 
@@ -265,7 +283,7 @@ impl AsyncRead for Rewind {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.stream().poll_read(cx, buf)
     }
 }
 
@@ -274,14 +292,16 @@ impl AsyncWrite for Rewind {
         let this = &mut *self;
         if this.replacement.is_none() {
             match find_canned_error(buf) {
-                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+                None => return this.stream().poll_write(cx, buf),
                 Some((0, error)) => this.replacement = Some((encode_error(error), buf.len())),
-                Some((at, _)) => return Pin::new(&mut this.inner).poll_write(cx, &buf[..at]),
+                Some((at, _)) => return this.stream().poll_write(cx, &buf[..at]),
             }
         }
-        let (answer, stands_for) = this.replacement.as_mut().expect("set above");
+        let Self { replacement: Some((answer, stands_for)), inner: Some(stream), .. } = this else {
+            unreachable!("set above; the stream is only taken on drop")
+        };
         while !answer.is_empty() {
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, answer))?;
+            let n = ready!(Pin::new(&mut *stream).poll_write(cx, answer))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -291,11 +311,11 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.stream().poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,7 +5,7 @@
 use crate::helpers::{jwt_for, spawn_app, spawn_app_with, Options, TestApp, PRICE_PRO};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longer than any answer here should take; a test fails rather than hangs.
@@ -41,7 +41,7 @@ async fn connect(app: &TestApp) -> TcpStream {
 }
 
 /// Reads one response (head, then a `content-length` body) from `stream`.
-async fn read_response(stream: &mut TcpStream) -> RawResponse {
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> RawResponse {
     let reading = async {
         let mut bytes = Vec::new();
         loop {
@@ -69,7 +69,7 @@ async fn read_response(stream: &mut TcpStream) -> RawResponse {
     tokio::time::timeout(PATIENCE, reading).await.expect("a response in time")
 }
 
-async fn read_more(stream: &mut TcpStream, bytes: &mut Vec<u8>) {
+async fn read_more(stream: &mut (impl AsyncRead + Unpin), bytes: &mut Vec<u8>) {
     let mut chunk = [0u8; 8192];
     let n = stream.read(&mut chunk).await.expect("read");
     assert!(n > 0, "connection closed before a whole response: {:?}", String::from_utf8_lossy(bytes));
@@ -151,6 +151,21 @@ async fn stalled_bodies_beyond_the_bound_are_refused_at_once_and_complete_bodies
     // A body that arrives with its head never needs a place.
     let body = app.post_json("/api/license/validate", &json!({ "license_key": "nope" })).await;
     assert_eq!(body.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_refused_body_before_reading_still_gets_the_answer() {
+    let app = spawn_app().await;
+    let mut stream = connect(&app).await;
+    // Over the 1 MiB cap: refused from its head, while the client, like many,
+    // sends the whole body before it reads anything.
+    let declared = 4 << 20;
+    let head = format!("POST /api/license/validate HTTP/1.1\r\nhost: test\r\ncontent-length: {declared}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let sent = stream.write_all(&vec![b' '; declared]).await;
+    assert!(sent.is_ok(), "the server reset the connection: {sent:?}");
+    let response = read_response(&mut stream).await;
+    assert_eq!((response.status, response.error_code().as_str()), (413, "PAYLOAD_TOO_LARGE"));
 }
 
 /// Requests hyper refuses before any handler sees them, and what it answered

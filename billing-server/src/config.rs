@@ -29,6 +29,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "days a past-due subscription keeps its license active (default 7); then the license is suspended, audited and announced (`license.updated`) by the server's reaper",
     ),
     ("BILLING_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
+    (
+        "BILLING_BODY_TIMEOUT_SECS",
+        "seconds a request body may take to arrive whole (default 10, minimum 1); then 408 and the connection is closed",
+    ),
+    (
+        "BILLING_MAX_PENDING_BODIES",
+        "request bodies that may be arriving at once (default 64, minimum 1); more answer 503 at once instead of being buffered",
+    ),
     ("BILLING_HEARTBEAT_WINDOW_SECS", "a device silent for longer is dead (default 600, minimum 1)"),
     ("BILLING_OFFLINE_TTL_SECS", "lifetime of offline certificates (default 604800 = 7 days)"),
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
@@ -37,6 +45,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_LOG_FORMAT", "`text` (default) or `json` (one JSON object per line)"),
     ("RUST_LOG", "log filter (default info)"),
 ];
+
+/// Default of `BILLING_BODY_TIMEOUT_SECS`: a 1 MB body takes under a second
+/// on any link a desktop app or Stripe uses.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 10;
+
+/// Default of `BILLING_MAX_PENDING_BODIES`: bounds what bodies still
+/// arriving can hold to this many times `BILLING_MAX_BODY_BYTES` (64 MB by
+/// default). Bodies that arrive with their head, nearly all, never count.
+pub const DEFAULT_MAX_PENDING_BODIES: usize = 64;
 
 /// The server's settings.
 #[derive(Debug)]
@@ -63,6 +80,10 @@ pub struct Config {
     pub grace_days: u32,
     /// Request body cap.
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive whole.
+    pub body_timeout_secs: u64,
+    /// Request bodies that may be arriving at once.
+    pub max_pending_bodies: usize,
     /// Heartbeat window in seconds.
     pub heartbeat_window_secs: u64,
     /// Offline certificate lifetime in seconds.
@@ -137,6 +158,18 @@ impl Config {
             plans,
             grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,
             max_body_bytes: parse_number(var("BILLING_MAX_BODY_BYTES"), "BILLING_MAX_BODY_BYTES", 1 << 20)?,
+            body_timeout_secs: at_least_one(
+                parse_number(var("BILLING_BODY_TIMEOUT_SECS"), "BILLING_BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT_SECS)?,
+                "BILLING_BODY_TIMEOUT_SECS",
+            )?,
+            max_pending_bodies: at_least_one(
+                parse_number(
+                    var("BILLING_MAX_PENDING_BODIES"),
+                    "BILLING_MAX_PENDING_BODIES",
+                    DEFAULT_MAX_PENDING_BODIES,
+                )?,
+                "BILLING_MAX_PENDING_BODIES",
+            )?,
             heartbeat_window_secs: at_least_one(
                 parse_number(var("BILLING_HEARTBEAT_WINDOW_SECS"), "BILLING_HEARTBEAT_WINDOW_SECS", 600)?,
                 "BILLING_HEARTBEAT_WINDOW_SECS",
@@ -210,6 +243,7 @@ mod tests {
         assert_eq!(c.store, StoreLocation::Postgres("postgres://localhost/x".into()));
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
         assert_eq!((c.grace_days, c.max_body_bytes, c.pool_size), (7, 1 << 20, default_pool_size()));
+        assert_eq!((c.body_timeout_secs, c.max_pending_bodies), (10, 64));
         assert!(c.webhook_secret.is_none() && c.jwt_secret.is_none());
     }
 
@@ -221,6 +255,10 @@ mod tests {
         assert!(e.to_string().contains("DATABASE_URL"));
         let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_HEARTBEAT_WINDOW_SECS", "0")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_HEARTBEAT_WINDOW_SECS"));
+        let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_BODY_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_BODY_TIMEOUT_SECS"));
+        let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_MAX_PENDING_BODIES", "many")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_MAX_PENDING_BODIES"));
         let e = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_ADDR", "nope")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_ADDR"));
     }

@@ -48,6 +48,13 @@ pub struct AppState {
     pub jwt: Option<JwtVerifier>,
     /// Request body cap.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: Duration,
+    /// Places for request bodies still arriving (see [`http::GuardedBody`]).
+    pub pending_bodies: Arc<tokio::sync::Semaphore>,
+    /// How long a connection may take to send a request head, and may sit
+    /// idle between keep-alive requests.
+    pub header_read_timeout: Duration,
     /// The route table.
     pub router: routes::Router,
     /// Failed lookups per client address.
@@ -70,6 +77,13 @@ pub struct ServerOptions {
     pub jwt_secret: Option<Vec<u8>>,
     /// Request body cap.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive whole (408 after).
+    pub body_timeout: Duration,
+    /// How many request bodies may be arriving at once (503 beyond).
+    pub max_pending_bodies: usize,
+    /// How long a connection may take to send a request head, and may sit
+    /// idle between keep-alive requests.
+    pub header_read_timeout: Duration,
     /// Failed lookups per address (and per key) and minute.
     pub rate_limit_per_minute: u32,
     /// Event hub settings.
@@ -78,7 +92,15 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { jwt_secret: None, max_body_bytes: 1 << 20, rate_limit_per_minute: 60, hub: HubConfig::default() }
+        Self {
+            jwt_secret: None,
+            max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(config::DEFAULT_BODY_TIMEOUT_SECS),
+            max_pending_bodies: config::DEFAULT_MAX_PENDING_BODIES,
+            header_read_timeout: Duration::from_secs(30),
+            rate_limit_per_minute: 60,
+            hub: HubConfig::default(),
+        }
     }
 }
 
@@ -113,11 +135,14 @@ impl AppState {
         let options = ServerOptions {
             jwt_secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_secs(config.body_timeout_secs),
+            max_pending_bodies: config.max_pending_bodies,
             rate_limit_per_minute: config.rate_limit_per_minute,
             hub: HubConfig {
                 retention: time::Duration::days(i64::from(config.outbox_retention_days)),
                 ..HubConfig::default()
             },
+            ..ServerOptions::default()
         };
         Ok(Self::new(billing, options).await?)
     }
@@ -133,6 +158,9 @@ impl AppState {
             hub,
             jwt: options.jwt_secret.map(|s| JwtVerifier::new(&s)),
             max_body_bytes: options.max_body_bytes,
+            body_timeout: options.body_timeout,
+            pending_bodies: Arc::new(tokio::sync::Semaphore::new(options.max_pending_bodies)),
+            header_read_timeout: options.header_read_timeout,
             router: routes::Router::new(),
             failures_by_addr: FailureLimiter::per_minute(per_minute),
             failures_by_key: FailureLimiter::per_minute(per_minute),
@@ -231,7 +259,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     spawn_background(&state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    // hyper restarts the header timer whenever a connection goes idle, so it
+    // also ends keep-alive connections that send nothing more.
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(state.header_read_timeout)
+        .max_buf_size(CONNECTION_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -259,8 +292,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
 }
 
-/// How long a new connection may take to send its first request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most hyper buffers per connection for reading a request head (and for
+/// writing). hyper's default is ~400 KiB, which a client trickling a head
+/// could hold for the whole header timeout; this is just above the 64 KiB a
+/// request line needs before hyper calls its URI too long (414).
+const CONNECTION_BUFFER_BYTES: usize = 80 * 1024;
 
 async fn serve_connection(
     state: Arc<AppState>,
@@ -271,8 +307,9 @@ async fn serve_connection(
 ) {
     use stream_conn::FirstRequest;
     let mut stopping = state.shutdown.subscribe();
+    let head_timeout = state.header_read_timeout;
     let first = tokio::select! {
-        first = stream_conn::read_first_request(&mut stream, HEADER_READ_TIMEOUT) => first,
+        first = stream_conn::read_first_request(&mut stream, head_timeout) => first,
         _ = stopping.wait_for(|stopping| *stopping) => return,
     };
     let prefix = match first {
@@ -287,7 +324,10 @@ async fn serve_connection(
         Ok(FirstRequest::Nothing) | Err(_) => return,
     };
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut request = request.map(http_body_util::BodyExt::boxed);
+        let deadline = tokio::time::Instant::now() + state.body_timeout;
+        let places = state.pending_bodies.clone();
+        let mut request =
+            request.map(|body| http_body_util::BodyExt::boxed(http::GuardedBody::new(body, deadline, places)));
         request.extensions_mut().insert(ClientAddr(peer.ip()));
         // Boxed so the connection's task does not reserve room for the
         // largest handler future for as long as the connection lives.
@@ -317,7 +357,11 @@ pub(crate) async fn handle(
     let span = tracing::info_span!("request", id = %request_id, method = %method, route);
     let started = std::time::Instant::now();
     state.metrics.in_flight.inc();
-    let mut response = routes::dispatch(state.clone(), request).instrument(span.clone()).await;
+    let refusal = refuse_nul_in_uri(request.uri()).err();
+    let mut response = match refusal {
+        Some(refusal) => refusal.into_response(),
+        None => routes::dispatch(state.clone(), request).instrument(span.clone()).await,
+    };
     state.metrics.in_flight.dec();
     let elapsed = started.elapsed().as_secs_f64();
     state.metrics.observe_request(route, method.as_str(), response.status().as_u16(), elapsed);
@@ -328,4 +372,16 @@ pub(crate) async fn handle(
         response.headers_mut().insert("x-request-id", value);
     }
     Ok(response)
+}
+
+/// A percent-encoded NUL anywhere in the path or query is refused here, for
+/// every route: decoded, it would reach the store, which cannot keep it (a
+/// raw NUL byte never gets this far: the request line parser refuses it, as
+/// header parsing refuses one in a header value).
+fn refuse_nul_in_uri(uri: &hyper::Uri) -> Result<(), error::ApiError> {
+    let target = uri.path_and_query().map_or("", |p| p.as_str()).as_bytes();
+    if target.windows(3).any(|w| w == b"%00") {
+        return Err(error::ApiError::bad_request("INVALID_REQUEST", "the request URI must not contain NUL (%00)"));
+    }
+    Ok(())
 }

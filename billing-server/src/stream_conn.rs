@@ -16,7 +16,7 @@
 use crate::error::ApiError;
 use crate::http::{RequestBody, Response};
 use crate::{AppState, ClientAddr};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -25,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -116,11 +116,7 @@ async fn close(mut stream: TcpStream) {
 }
 
 fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<RequestBody>, bool), ApiError> {
-    let malformed = || ApiError::bad_request("MALFORMED_REQUEST", "the request is not valid HTTP/1.1");
-    let too_large = || {
-        let message = format!("request headers exceed {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} fields");
-        ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE", message)
-    };
+    let (malformed, too_large) = (malformed_request, headers_too_large);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(head) {
@@ -221,16 +217,57 @@ async fn peer_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
     }
 }
 
-/// A connection with bytes already read from it put back in front.
+/// A connection handed to hyper: the bytes already read from it put back in
+/// front, and hyper's own error answers replaced by ours.
+///
+/// hyper answers a request it cannot parse (malformed request line or
+/// header, URI too long, head too large) itself, before any service sees it,
+/// with a canned `400`/`414`/`431` and an empty body, then closes; it has no
+/// hook to change that answer. So the writes are watched for it instead.
+/// This is robust because that answer is unlike anything else written here:
+/// every response of ours carries `x-request-id` and a body, and none of our
+/// bodies (JSON, SSE, metrics text) contains a raw CR, so `HTTP/1.1 …`
+/// followed by a complete bodiless head at the very end of a write can only
+/// be hyper's. It is always the last thing on the connection, so when it is
+/// found after other bytes, those are written first and it arrives alone in
+/// the next write. Vectored writes are declined so that hyper hands over one
+/// flat buffer (a head is never split across buffers). The integration tests
+/// (`hostile_http`) send each malformed input to the real hyper, so a change
+/// in its canned form shows there.
+///
+/// Checking each request head ourselves instead would mean following every
+/// body's framing (lengths, chunks) to find where the next head starts: a
+/// second HTTP parser in front of hyper's.
 pub struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    /// Taken only on drop, to close it gently.
+    inner: Option<TcpStream>,
+    /// Our answer standing in for hyper's canned one, and how many of
+    /// hyper's bytes it stands for.
+    replacement: Option<(Bytes, usize)>,
 }
 
 impl Rewind {
     /// `prefix` is read again before anything still in `inner`.
     pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        Self { prefix, inner }
+        Self { prefix, inner: Some(inner), replacement: None }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.inner.as_mut().expect("only taken on drop"))
+    }
+}
+
+/// hyper closes a connection as soon as it has answered a refusal (408, 503,
+/// a parse error), often with the client's unread bytes still queued; the
+/// kernel then resets it and the client loses the answer while still sending.
+/// The socket is handed to [`close`] instead, which reads and drops what
+/// arrives for a bounded moment after our side is shut.
+impl Drop for Rewind {
+    fn drop(&mut self) {
+        if let (Some(stream), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(close(stream));
+        }
     }
 }
 
@@ -246,34 +283,106 @@ impl AsyncRead for Rewind {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.stream().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Rewind {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacement.is_none() {
+            match find_canned_error(buf) {
+                None => return this.stream().poll_write(cx, buf),
+                Some((0, error)) => this.replacement = Some((encode_error(error), buf.len())),
+                Some((at, _)) => return this.stream().poll_write(cx, &buf[..at]),
+            }
+        }
+        let Self { replacement: Some((answer, stands_for)), inner: Some(stream), .. } = this else {
+            unreachable!("set above; the stream is only taken on drop")
+        };
+        while !answer.is_empty() {
+            let n = ready!(Pin::new(&mut *stream).poll_write(cx, answer))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            answer.advance(n);
+        }
+        Poll::Ready(Ok(*stands_for))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.stream().poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
+}
+
+/// The error a parse-error status of hyper's stands for.
+fn below_handler_error(status: StatusCode) -> Option<ApiError> {
+    Some(match status {
+        StatusCode::BAD_REQUEST => malformed_request(),
+        StatusCode::URI_TOO_LONG => {
+            ApiError::new(StatusCode::URI_TOO_LONG, "URI_TOO_LONG", "the request URI is longer than 65534 bytes")
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            "the request headers are too large",
+        ),
+        _ => return None,
+    })
+}
+
+fn malformed_request() -> ApiError {
+    ApiError::bad_request("MALFORMED_REQUEST", "the request is not valid HTTP/1.1")
+}
+
+fn headers_too_large() -> ApiError {
+    let message = format!("request headers exceed {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} fields");
+    ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE", message)
+}
+
+/// Finds hyper's canned answer to a parse error at the end of `buf`: where it
+/// starts and the error it stands for.
+fn find_canned_error(buf: &[u8]) -> Option<(usize, ApiError)> {
+    // hyper's canned head is ~100 bytes; ours are never bodiless.
+    const LONGEST_CANNED: usize = 256;
+    if !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let tail_start = buf.len().saturating_sub(LONGEST_CANNED);
+    let at = tail_start + buf[tail_start..].windows(9).rposition(|w| w == b"HTTP/1.1 ")?;
+    let mut headers = [httparse::EMPTY_HEADER; 8];
+    let mut head = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = head.parse(&buf[at..]) else { return None };
+    let bodiless = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value == b"0");
+    let ours = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("x-request-id"));
+    if at + len != buf.len() || !bodiless || ours {
+        return None;
+    }
+    let status = StatusCode::from_u16(head.code?).ok()?;
+    Some((at, below_handler_error(status)?))
+}
+
+/// `error` as a complete HTTP/1.1 response that closes the connection.
+fn encode_error(error: ApiError) -> Bytes {
+    let body = serde_json::json!({ "error": { "code": error.code, "message": error.message } }).to_string();
+    let status = error.status;
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n\
+         content-length: {}\r\ndate: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    Bytes::from(head + &body)
 }
 
 #[cfg(test)]
@@ -307,5 +416,43 @@ mod tests {
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
         let head = format!("GET /api/events/K HTTP/1.1\r\n{many}\r\n");
         assert_eq!(refusal(head.as_bytes()), (431, "HEADERS_TOO_LARGE"));
+    }
+
+    const CANNED_400: &[u8] =
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 08:47:44 GMT\r\n\r\n";
+
+    #[test]
+    fn hypers_canned_answer_is_found_alone_or_after_an_earlier_response() {
+        let (at, error) = find_canned_error(CANNED_400).unwrap();
+        assert_eq!((at, error.status, error.code), (0, StatusCode::BAD_REQUEST, "MALFORMED_REQUEST"));
+        let ours = b"HTTP/1.1 200 OK\r\nx-request-id: req-1\r\ncontent-length: 2\r\n\r\n{}";
+        let both = [&ours[..], CANNED_400].concat();
+        assert_eq!(find_canned_error(&both).unwrap().0, ours.len());
+        let canned_414 = String::from_utf8_lossy(CANNED_400).replace("400 Bad Request", "414 URI Too Long");
+        assert_eq!(find_canned_error(canned_414.as_bytes()).unwrap().1.code, "URI_TOO_LONG");
+    }
+
+    #[test]
+    fn our_own_responses_are_never_taken_for_hypers() {
+        let ours_bodiless = b"HTTP/1.1 400 Bad Request\r\nx-request-id: r\r\ncontent-length: 0\r\n\r\n";
+        let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        let chunked_end = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        for bytes in [&ours_bodiless[..], with_body, chunked_end, &CANNED_400[..CANNED_400.len() - 2]] {
+            assert!(find_canned_error(bytes).is_none(), "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn the_replacement_is_our_json_error_and_closes() {
+        let bytes = encode_error(below_handler_error(StatusCode::URI_TOO_LONG).unwrap());
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut head = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(len) = head.parse(&bytes).unwrap() else { panic!("incomplete") };
+        assert_eq!(head.code, Some(414));
+        let header = |name: &str| head.headers.iter().find(|h| h.name == name).map(|h| h.value.to_vec());
+        assert_eq!(header("content-type").unwrap(), b"application/json");
+        assert_eq!(header("connection").unwrap(), b"close");
+        let body: serde_json::Value = serde_json::from_slice(&bytes[len..]).unwrap();
+        assert_eq!(body["error"]["code"], "URI_TOO_LONG");
     }
 }

@@ -19,7 +19,10 @@ fn action_error(e: ActionError) -> ApiError {
     match e {
         NoSubscription => ApiError::new(StatusCode::NOT_FOUND, "NO_SUBSCRIPTION", "no subscription found"),
         NoCustomer => ApiError::new(StatusCode::NOT_FOUND, "NO_CUSTOMER", "no billing account found; subscribe first"),
-        UnknownPlan(_) => ApiError::bad_request("UNKNOWN_PLAN", e.to_string()),
+        // The id is the caller's input: repeated only as a short excerpt.
+        UnknownPlan(id) => {
+            ApiError::bad_request("UNKNOWN_PLAN", format!("unknown plan `{}`", crate::error::excerpt(&id)))
+        }
         SamePlan(_) => ApiError::new(StatusCode::CONFLICT, "SAME_PLAN", e.to_string()),
         Conflict(message) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
         Invalid(message) => ApiError::bad_request("INVALID_REQUEST", message),

@@ -227,6 +227,9 @@ pub struct Options {
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
     pub store: Option<StoreLocation>,
+    pub body_timeout: Option<Duration>,
+    pub max_pending_bodies: Option<usize>,
+    pub header_read_timeout: Option<Duration>,
 }
 
 impl Options {
@@ -276,9 +279,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(clock) = options.clock {
         billing = billing.with_clock(clock);
     }
+    let defaults = ServerOptions::default();
     let server_options = ServerOptions {
         jwt_secret: Some(JWT_SECRET.as_bytes().to_vec()),
         max_body_bytes: options.max_body_bytes.unwrap_or(1 << 20),
+        body_timeout: options.body_timeout.unwrap_or(defaults.body_timeout),
+        max_pending_bodies: options.max_pending_bodies.unwrap_or(defaults.max_pending_bodies),
+        header_read_timeout: options.header_read_timeout.unwrap_or(defaults.header_read_timeout),
         rate_limit_per_minute: options.rate_limit_per_minute.unwrap_or(60),
         hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
     };

@@ -6,6 +6,7 @@ mod auth;
 mod dashboard;
 mod events;
 mod helpers;
+mod hostile_http;
 mod licensing;
 mod lifecycles;
 mod openapi;

@@ -7,7 +7,9 @@
 //! from `Last-Event-ID` replays from it, then continues live with neither a
 //! gap nor a duplicate. A subscriber too slow to drain its bounded buffer is
 //! dropped (its stream ends) and resumes with `Last-Event-ID`; it never
-//! slows the others.
+//! slows the others. A stream that belongs to a device ends after the event
+//! saying that device left its license: its token is refused from then on,
+//! so nothing more is for it.
 
 use crate::billing::error_chain;
 use crate::storage::{OutboxEvent, Store, StoreError};
@@ -19,6 +21,21 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const PAGE: i64 = 500;
+
+/// Topic of the event a device's deactivation (by the app, the dashboard or
+/// a downgrade's eviction) sends to its license.
+pub const DEVICE_DEACTIVATED: &str = "device.deactivated";
+/// Topic of the event the reaper (or a late heartbeat) sends when a device
+/// missed its heartbeat window.
+pub const DEVICE_DEAD: &str = "device.dead";
+
+/// Whether `event` says that `device_id` left its license, which makes it
+/// the last event of that device's stream.
+pub fn ends_device_stream(event: &OutboxEvent, device_id: Uuid) -> bool {
+    (event.topic == DEVICE_DEACTIVATED || event.topic == DEVICE_DEAD)
+        && event.payload.get("device_id").and_then(serde_json::Value::as_str).and_then(|id| Uuid::parse_str(id).ok())
+            == Some(device_id)
+}
 
 /// Hub settings.
 #[derive(Debug, Clone)]
@@ -155,6 +172,8 @@ impl<S: Store> EventHub<S> {
             replay: VecDeque::new(),
             replay_cursor: last_event_id,
             delivered: last_event_id.unwrap_or(0),
+            device: None,
+            finished: false,
             live: rx,
             _registration: Registration {
                 id,
@@ -212,6 +231,10 @@ pub struct EventStream<S: Store> {
     replay: VecDeque<OutboxEvent>,
     replay_cursor: Option<i64>,
     delivered: i64,
+    /// The device whose stream this is, if it is one's.
+    device: Option<Uuid>,
+    /// Its device left: the event saying so was the last.
+    finished: bool,
     live: mpsc::Receiver<Arc<OutboxEvent>>,
     _registration: Registration,
 }
@@ -229,31 +252,78 @@ impl<S: Store> EventStream<S> {
         Ok(())
     }
 
-    /// The next event, or `None` when the stream ended (the subscriber was
-    /// too slow, or the hub stopped): reconnect with the last id.
+    /// Ties the stream to a device: it ends after the event saying that the
+    /// device was deactivated or declared dead (see [`ends_device_stream`]).
+    pub fn for_device(mut self, device_id: Uuid) -> Self {
+        self.device = Some(device_id);
+        self
+    }
+
+    /// The next event, or `None` when the stream ended: the subscriber was
+    /// too slow, or the hub stopped (reconnect with the last id), or the
+    /// device it belongs to left (the previous event said so; do not
+    /// reconnect, its token is refused).
     pub async fn next(&mut self) -> Result<Option<Arc<OutboxEvent>>, StoreError> {
+        if self.finished {
+            return Ok(None);
+        }
         loop {
             if self.replay.is_empty() && self.replay_cursor.is_some() {
                 // Boxed: rarely needed, and it would otherwise enlarge every waiting `next`.
                 Box::pin(self.fill_replay()).await?;
             }
             if let Some(event) = self.replay.pop_front() {
-                self.delivered = event.id;
-                return Ok(Some(Arc::new(event)));
+                return Ok(Some(self.hand_out(Arc::new(event))));
             }
             match self.live.recv().await {
                 Some(event) if event.id <= self.delivered => continue,
-                Some(event) => {
-                    self.delivered = event.id;
-                    return Ok(Some(event));
-                }
+                Some(event) => return Ok(Some(self.hand_out(event))),
                 None => return Ok(None),
             }
         }
     }
 
+    fn hand_out(&mut self, event: Arc<OutboxEvent>) -> Arc<OutboxEvent> {
+        self.delivered = event.id;
+        if self.device.is_some_and(|device| ends_device_stream(&event, device)) {
+            self.finished = true;
+        }
+        event
+    }
+
     /// The id of the last event handed out.
     pub fn last_delivered(&self) -> i64 {
         self.delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(topic: &str, payload: serde_json::Value, device_id: Uuid, expected: bool) {
+        let event = OutboxEvent {
+            id: 1,
+            license_id: Some(Uuid::nil()),
+            topic: topic.to_owned(),
+            payload,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(ends_device_stream(&event, device_id), expected, "{topic} {}", event.payload);
+    }
+
+    #[test]
+    fn only_the_news_that_this_device_left_ends_its_stream() {
+        let (device, other) = (Uuid::new_v4(), Uuid::new_v4());
+        check(DEVICE_DEACTIVATED, json!({ "device_id": device, "reason": "app" }), device, true);
+        check(DEVICE_DEAD, json!({ "device_id": device, "reason": "heartbeat_missed" }), device, true);
+        check(DEVICE_DEACTIVATED, json!({ "device_id": other }), device, false);
+        check(DEVICE_DEAD, json!({ "device_id": other }), device, false);
+        check("device.activated", json!({ "device_id": device }), device, false);
+        check("device.updated", json!({ "device_id": device }), device, false);
+        check("license.updated", json!({ "status": "revoked" }), device, false);
+        check(DEVICE_DEACTIVATED, json!({ "device_id": "not a uuid" }), device, false);
+        check(DEVICE_DEACTIVATED, json!({}), device, false);
     }
 }

@@ -7,6 +7,7 @@ use crate::domain::device::{self, ActivationPlan, ActivationRefusal, TextRefusal
 use crate::domain::{
     ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, ValidationCode,
 };
+use crate::events;
 use crate::storage::{OutboxMessage, Store, StoreError, StoreTx};
 use serde_json::json;
 use std::sync::Arc;
@@ -409,6 +410,30 @@ impl<S: Store> Billing<S> {
         Ok(device.is_some_and(|d| d.license_id == license_id && d.status == DeviceStatus::Active))
     }
 
+    /// The license of `license_key` and the device holding `token`, when
+    /// that device is alive on that license: who may open a device's event
+    /// stream. Both are looked up whatever the first lookup found, so a
+    /// refusal does the same work whether or not the key exists.
+    pub async fn event_stream_device(
+        &self,
+        license_key: &str,
+        token: &str,
+    ) -> Result<Option<(License, Device)>, StoreError> {
+        let license = self.license_by_key(license_key).await?;
+        let device = self.store().device_by_token_hash(&ActivationToken::presented(token).hash()).await?;
+        let window = self.licensing().heartbeat_window;
+        Ok(license
+            .zip(device)
+            .filter(|(license, device)| device.license_id == license.id && device.is_alive(self.now(), window)))
+    }
+
+    /// Whether the device holding `token` is still alive (neither
+    /// deactivated nor dead).
+    pub async fn device_of_token_is_alive(&self, token: &str) -> Result<bool, StoreError> {
+        let device = self.store().device_by_token_hash(&ActivationToken::presented(token).hash()).await?;
+        Ok(device.is_some_and(|d| d.is_alive(self.now(), self.licensing().heartbeat_window)))
+    }
+
     /// The license with this key (for the event stream's authorisation).
     pub async fn license_by_key(&self, license_key: &str) -> Result<Option<License>, StoreError> {
         match LicenseKey::parse(license_key) {
@@ -429,7 +454,7 @@ pub(crate) async fn deactivate_in<T: StoreTx>(
     tx.set_device_status(device.id, DeviceStatus::Deactivated, now).await?;
     let device = Device { status: DeviceStatus::Deactivated, deactivated_at: Some(now), ..device };
     tx.record_device_change(&device, "deactivated", actor, json!({ "reason": reason.as_str() })).await?;
-    tx.enqueue(&device_message("device.deactivated", &device, Some(reason.as_str()))).await?;
+    tx.enqueue(&device_message(events::DEVICE_DEACTIVATED, &device, Some(reason.as_str()))).await?;
     Ok(device)
 }
 
@@ -443,7 +468,7 @@ async fn declare_dead<T: StoreTx>(tx: &mut T, device: &Device, now: Timestamp) -
         json!({ "last_heartbeat_at": rfc3339(device.last_heartbeat_at) }),
     )
     .await?;
-    tx.enqueue(&device_message("device.dead", &dead, Some("heartbeat_missed"))).await?;
+    tx.enqueue(&device_message(events::DEVICE_DEAD, &dead, Some("heartbeat_missed"))).await?;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! What only the embedded SQLite store has: a file (in WAL mode, in a
+//! What only the embedded SQLite store has: a file (in WAL mode, owner-only, in a
 //! directory that must exist) that keeps every committed transaction when the
 //! process writing it is killed. Everything the two stores share is tested
 //! once, against both, in `store_conformance.rs`.
@@ -158,4 +158,70 @@ async fn committed_rows_survive_sigkill() {
     let mut tx = store.begin().await.unwrap();
     tx.claim_event(&event("evt_uncommitted")).await.expect("the uncommitted claim died with its process");
     tx.commit().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Permissions: the files hold every license key
+// ---------------------------------------------------------------------------
+
+const UMASK_CHILD_DB_ENV: &str = "BILLING_SQLITE_UMASK_CHILD_DB";
+const UMASK_CHILD_READY: &str = "umask-child: committed, holding the store open";
+
+/// Not a test by itself: the body of the process that
+/// `the_store_creates_its_directory_and_files_owner_only_whatever_the_umask`
+/// starts under `umask 000`. Without the variable it does nothing.
+#[tokio::test]
+async fn umask_child() {
+    use billing_core::storage::any::{AnyStore, StoreLocation};
+    let Ok(path) = std::env::var(UMASK_CHILD_DB_ENV) else { return };
+    let store = AnyStore::open(&StoreLocation::Sqlite(PathBuf::from(path)), 1).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message(None, 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    println!("\n{UMASK_CHILD_READY}");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    // Holds the store (and so its -wal and -shm files) until the parent has
+    // looked, then leaves without writing to the pipe the parent stopped reading.
+    let _ = std::io::stdin().read_line(&mut String::new());
+    std::process::exit(0);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_store_creates_its_directory_and_files_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TempDb::new();
+    let path = db.dir.join("data").join("billing.db");
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap())
+        .args(["umask_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(UMASK_CHILD_DB_ENV, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == UMASK_CHILD_READY)
+    });
+    // A bound, not a synchronisation: the child reports when it is ready.
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready).await;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+    let modes = [
+        ("directory", mode(&db.dir.join("data"))),
+        ("database", mode(&path)),
+        ("write-ahead log", mode(&side("-wal"))),
+        ("shared memory", mode(&side("-shm"))),
+    ];
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(ready.expect("the child did not report within 60 s").unwrap(), "the child failed: {status}");
+    assert!(status.success(), "{status}");
+    let octal = |(what, mode): (&'static str, std::io::Result<u32>)| (what, mode.map(|m| format!("{m:o}")).ok());
+    let expected = [("directory", "700"), ("database", "600"), ("write-ahead log", "600"), ("shared memory", "600")];
+    assert_eq!(modes.map(octal), expected.map(|(what, mode)| (what, Some(mode.to_owned()))));
 }

@@ -181,13 +181,14 @@ pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     })
 }
 
-/// The key kept in the data directory, created on first start. Several
-/// instances on one PostgreSQL must share one key: set
-/// `BILLING_LICENSE_SIGNING_KEY` for them instead.
+/// The key kept in the data directory (created owner-only, 0700, if
+/// missing), created on first start. Several instances on one PostgreSQL
+/// must share one key: set `BILLING_LICENSE_SIGNING_KEY` for them instead.
 pub fn load_or_create_signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     if !path.exists() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            billing_core::storage::sqlite::create_private_dir(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         write_new_key(path)?;
         tracing::info!(path = %path.display(), "generated a license signing key");
@@ -195,7 +196,8 @@ pub fn load_or_create_signing_key(path: &std::path::Path) -> anyhow::Result<Sign
     load_signing_key(path)
 }
 
-/// Writes a new PKCS#8 PEM key to `path`, which must not exist (mode 0600).
+/// Writes a new PKCS#8 PEM key to `path`, which must not exist (mode 0600,
+/// whatever the umask).
 pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     use std::io::Write;
     let der = SigningKey::generate_pkcs8();
@@ -205,6 +207,9 @@ pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file =
         options.open(path).with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    // The umask only ever removes bits; this also undoes an owner-unreadable one.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(SigningKey::to_pem(&der).as_bytes())?;
     file.sync_all()?;
     Ok(SigningKey::from_pkcs8(&der).expect("a generated key loads"))

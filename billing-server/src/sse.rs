@@ -36,8 +36,10 @@ enum State<S: Store> {
 }
 
 /// The streaming response. It ends when the subscriber falls behind (the
-/// client resumes with `Last-Event-ID`) or the server shuts down (a last
-/// `retry:` tells the client to reconnect, possibly to another instance).
+/// client resumes with `Last-Event-ID`), when the device it belongs to left
+/// (after the event saying so, with no `retry:`: its token is refused from
+/// then on) or when the server shuts down (a last `retry:` tells the client
+/// to reconnect, possibly to another instance).
 pub fn response<S: Store>(stream: EventStream<S>, shutdown: watch::Receiver<bool>) -> Response {
     let frames = futures_util::stream::unfold(State::Opening(stream, shutdown), |state| async move {
         match state {

@@ -577,7 +577,8 @@ impl StoreLocation {
 
 impl AnyStore {
     /// Opens the store at `location` (creating an SQLite file and its
-    /// directory if needed). PostgreSQL connections open lazily.
+    /// directory if needed, both owner-only). PostgreSQL connections open
+    /// lazily.
     pub async fn open(location: &StoreLocation, max_connections: usize) -> Result<Self, StoreError> {
         #[cfg(not(feature = "postgres"))]
         let _ = max_connections;
@@ -591,7 +592,7 @@ impl AnyStore {
             #[cfg(feature = "sqlite")]
             StoreLocation::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+                    super::sqlite::create_private_dir(dir).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
                 }
                 Ok(Self::Sqlite(SqliteStore::open(path).await?))
             }

@@ -377,14 +377,99 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Owner-only permissions for the files that hold every license key.
+#[cfg(unix)]
+const PRIVATE_FILE_MODE: u32 = 0o600;
+#[cfg(unix)]
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and missing parents) readable by the owner only, whatever
+/// the umask. An existing directory is left as it is: its mode is the
+/// operator's choice.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(PRIVATE_DIR_MODE);
+        builder.create(dir)?;
+        // The umask may have taken more than group and others' bits.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Creates the database file owner-only before SQLite does (SQLite would
+/// make it 0644 less the umask, and gives its `-wal` and `-shm` files the
+/// main file's mode). A file that exists is kept as it is, with a warning
+/// when others may read it.
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE_MODE).open(path) {
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the database file (which holds every license key) is readable by others; chmod 600 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `-wal` and `-shm` files SQLite keeps next to the database take the
+/// database's mode when SQLite creates them, but files left by an older
+/// version may be looser: they hold the same data, so they follow the
+/// database file's mode.
+#[cfg(unix)]
+fn align_side_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let main = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = Path::new(&side);
+        match std::fs::metadata(side) {
+            Ok(meta) if meta.permissions().mode() & 0o777 & !main != 0 => {
+                std::fs::set_permissions(side, std::fs::Permissions::from_mode(main))?
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`. The directory
-    /// must exist. Call [`Store::migrate`] before use.
+    /// Opens (creating if needed, readable by its owner only) the database
+    /// file at `path`. The directory must exist. Call [`Store::migrate`]
+    /// before use.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let writer = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || open_writer(&path)).await.map_err(worker_error)??
+            tokio::task::spawn_blocking(move || {
+                #[cfg(unix)]
+                create_private_file(&path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+                let writer = open_writer(&path)?;
+                #[cfg(unix)]
+                align_side_files(&path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+                Ok::<_, StoreError>(writer)
+            })
+            .await
+            .map_err(worker_error)??
         };
         let readers = deadpool_sqlite::Config::new(path.clone())
             .builder(Runtime::Tokio1)

@@ -31,11 +31,11 @@ struct ValidateBody {
     fingerprint: Option<String>,
 }
 
-fn client_addr(request: &Request<RequestBody>) -> IpAddr {
+pub(crate) fn client_addr(request: &Request<RequestBody>) -> IpAddr {
     request.extensions().get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0)
 }
 
-fn too_many_requests(retry_after: Duration) -> ApiError {
+pub(crate) fn too_many_requests(retry_after: Duration) -> ApiError {
     let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "too many failed attempts; retry later");
     e.retry_after = Some(retry_after.as_secs().max(1));
     e

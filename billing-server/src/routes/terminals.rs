@@ -1,14 +1,14 @@
 //! The dashboard's terminals (devices) and the license event stream.
 
 use super::dashboard::{caller, target};
-use super::license::licensing_error;
+use super::license::{client_addr, licensing_error, too_many_requests};
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::RequestBody;
 use crate::http::{ok, parse_json, read_body, Response};
 use crate::views::DeviceView;
 use crate::AppState;
-use billing_core::domain::{ActivationToken, Actor};
+use billing_core::domain::{ActivationToken, Actor, License, LicenseKey};
 use billing_core::storage::Store;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
@@ -56,27 +56,79 @@ pub async fn rename(state: &AppState, request: Request<RequestBody>, id: &str) -
 }
 
 /// `GET /api/events/{licenseKey}`: authorised by an activation token of a
-/// device on that license, or the owner's (or an admin's) dashboard JWT.
+/// live device on that license, or the owner's (or an admin's) dashboard JWT.
+/// Every refusal is the same answer after the same lookups, whether or not
+/// the key exists, and counts as a failed lookup of the client (and of the
+/// key, when it is well-formed).
 pub async fn events(state: &AppState, request: Request<RequestBody>, license_key: &str) -> Result<Response, ApiError> {
     let refused = || ApiError::unauthorized("not allowed to listen to this license");
-    let token = bearer(request.headers()).ok_or_else(refused)?.to_owned();
-    let license = state.billing.license_by_key(license_key).await?.ok_or_else(refused)?;
-    let allowed = if ActivationToken::looks_like(&token) {
-        state.billing.device_token_grants(&token, license.id).await?
-    } else {
-        let jwt = state.jwt.as_ref().ok_or_else(refused)?;
-        let caller = jwt.authenticate(request.headers())?;
-        caller.is_admin || state.billing.store().license_belongs_to(license.id, &caller.user_id).await?
-    };
-    if !allowed {
-        return Err(refused());
+    let addr = client_addr(&request);
+    state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
+    let key_hash = LicenseKey::parse(license_key).map(|key| key.lookup_hash());
+    if let Some(hash) = &key_hash {
+        state.failures_by_key.check(hash).map_err(too_many_requests)?;
     }
+    let Some(listener) = listener(state, &request, license_key).await? else {
+        state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
+        if let Some(hash) = &key_hash {
+            state.failures_by_key.record_failure(hash).map_err(too_many_requests)?;
+        }
+        return Err(refused());
+    };
     let last_event_id = match request.headers().get("last-event-id") {
         None => None,
         Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Last-Event-ID must be an event id")
         })?),
     };
-    let stream = state.hub.subscribe(license.id, last_event_id).await?;
+    let stream = state.hub.subscribe(listener.license.id, last_event_id).await?;
+    let stream = match listener.device {
+        None => stream,
+        Some((device_id, token)) => {
+            // Looked at again now that the stream is subscribed: a
+            // deactivation committed since the first look may have been
+            // dispatched before the subscription, and the stream would then
+            // never hear it.
+            if !state.billing.device_of_token_is_alive(&token).await? {
+                return Err(refused());
+            }
+            stream.for_device(device_id)
+        }
+    };
     Ok(crate::sse::response(stream, state.shutdown.subscribe()))
+}
+
+/// Who may listen: the license, and the device (with its token) when the
+/// credential is an activation token. A device's stream ends with the event
+/// saying the device left.
+struct Listener {
+    license: License,
+    device: Option<(Uuid, String)>,
+}
+
+/// `None` for any refusal. The lookups depend only on the kind of
+/// credential, not on whether the key exists.
+async fn listener(
+    state: &AppState,
+    request: &Request<RequestBody>,
+    license_key: &str,
+) -> Result<Option<Listener>, ApiError> {
+    let Some(token) = bearer(request.headers()) else { return Ok(None) };
+    if ActivationToken::looks_like(token) {
+        let granted = state.billing.event_stream_device(license_key, token).await?;
+        return Ok(granted.map(|(license, device)| Listener { license, device: Some((device.id, token.to_owned())) }));
+    }
+    let Some(caller) = state.jwt.as_ref().and_then(|jwt| jwt.authenticate(request.headers()).ok()) else {
+        return Ok(None);
+    };
+    let license = state.billing.license_by_key(license_key).await?;
+    // Asked for an unknown key too (of no license), so that a user cannot
+    // tell existing keys from the time a refusal takes.
+    let owned = caller.is_admin
+        || state
+            .billing
+            .store()
+            .license_belongs_to(license.as_ref().map_or(Uuid::nil(), |l| l.id), &caller.user_id)
+            .await?;
+    Ok(license.filter(|_| owned).map(|license| Listener { license, device: None }))
 }

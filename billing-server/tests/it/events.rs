@@ -423,3 +423,163 @@ async fn shutdown_ends_every_stream_cleanly_with_a_last_retry_hint() {
         assert!(rest.ends_with(&last_frame), "{rest:?}");
     }
 }
+
+#[tokio::test]
+async fn a_device_stream_ends_with_the_event_saying_its_device_left_while_a_dashboard_stream_goes_on() {
+    let clock = TestClock::default();
+    let app =
+        spawn_app_with(Options { clock: Some(clock.clock()), heartbeat_window_secs: Some(60), ..Default::default() })
+            .await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let mut dashboard = EventReader::new(app.open_event_stream(&key, &jwt_for("u"), None).await);
+    let activate = |fingerprint: &'static str| {
+        let (app, key) = (&app, &key);
+        async move {
+            let device = app.activate_ok(key, fingerprint).await;
+            let token = device["activation_token"].as_str().unwrap().to_owned();
+            (device["device"]["id"].as_str().unwrap().to_owned(), token)
+        }
+    };
+    let (by_app, by_dashboard, dying) =
+        (activate("fp-app").await, activate("fp-dash").await, activate("fp-dead").await);
+    // Served without hyper (first request on its connection) and through it.
+    let open = |token: String, after_another_request: bool| {
+        let (app, key) = (&app, &key);
+        async move {
+            let mut connection = RawConnection::open(app).await;
+            if after_another_request {
+                connection.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+                connection.read_until("}").await;
+            }
+            connection.send(events_request(key, &token).as_bytes()).await;
+            connection.read_until(": connected\n\n").await;
+            connection
+        }
+    };
+    let mut app_stream = open(by_app.1.clone(), false).await;
+    let mut dashboard_removed_stream = open(by_dashboard.1.clone(), true).await;
+    let mut dead_stream = open(dying.1.clone(), false).await;
+
+    let deactivated = app.http.post(app.url("/api/license/deactivate")).bearer_auth(&by_app.1).send().await.unwrap();
+    assert_eq!(deactivated.status(), 200);
+    let removed = app
+        .http
+        .delete(app.url(&format!("/api/terminals/{}", by_dashboard.0)))
+        .bearer_auth(jwt_for("u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    clock.advance(61);
+    app.billing.reap_dead_devices().await.unwrap();
+
+    for (stream, (device_id, _), topic, reason) in [
+        (&mut app_stream, &by_app, "device.deactivated", "app"),
+        (&mut dashboard_removed_stream, &by_dashboard, "device.deactivated", "dashboard"),
+        (&mut dead_stream, &dying, "device.dead", "heartbeat_missed"),
+    ] {
+        // The last frame says why, then the chunked end (a hyper connection
+        // stays open for further requests): no `retry:` hint inviting a
+        // reconnection that would be refused.
+        let body = stream.read_until("\r\n0\r\n\r\n").await;
+        let last = body.rsplit("\r\n").find(|chunk| chunk.contains("event: ")).unwrap();
+        assert!(last.contains(&format!("event: {topic}\n")), "{topic}: {last:?}");
+        let data: serde_json::Value =
+            serde_json::from_str(last.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+        assert_eq!((data["device_id"].as_str(), data["reason"].as_str()), (Some(device_id.as_str()), Some(reason)));
+        assert!(!body.contains(&format!("retry: {}\n\n", billing_server::sse::RETRY_MS)), "{body:?}");
+    }
+    for (_, token) in [&by_app, &by_dashboard, &dying] {
+        assert_eq!(app.open_event_stream(&key, token, None).await.status(), 401, "a reconnection is refused");
+    }
+
+    // The dashboard's stream heard all three and keeps going.
+    for (topic, (device_id, _)) in
+        [("device.deactivated", &by_app), ("device.deactivated", &by_dashboard), ("device.dead", &dying)]
+    {
+        assert_eq!(dashboard.next_of(topic).await.data["device_id"].as_str(), Some(device_id.as_str()));
+    }
+    let (newcomer, _) = activate("fp-new").await;
+    assert_eq!(dashboard.next_of("device.activated").await.data["device_id"].as_str(), Some(newcomer.as_str()));
+}
+
+#[tokio::test]
+async fn a_stream_for_a_device_that_missed_its_heartbeat_window_is_refused() {
+    let clock = TestClock::default();
+    let app =
+        spawn_app_with(Options { clock: Some(clock.clock()), heartbeat_window_secs: Some(60), ..Default::default() })
+            .await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    assert_eq!(app.open_event_stream(&key, &token, None).await.status(), 200);
+    // Dead by its silence, whether or not the reaper has recorded it yet.
+    clock.advance(61);
+    let refused = app.open_event_stream(&key, &token, None).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"]["code"], "UNAUTHORIZED");
+    app.billing.reap_dead_devices().await.unwrap();
+    assert_eq!(app.open_event_stream(&key, &token, None).await.status(), 401, "and once it has");
+}
+
+#[tokio::test]
+async fn stream_refusals_look_alike_for_known_and_unknown_keys_and_count_as_failed_lookups() {
+    let app = spawn_app_with(Options { rate_limit_per_minute: Some(4), ..Default::default() }).await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let other_key = app.issue_license("v", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let other_token = app.activate_ok(&other_key, "fp-2").await["activation_token"].as_str().unwrap().to_owned();
+    let unknown = "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA";
+    let forged = token_signed_elsewhere();
+    // Each from a given loopback address, on a connection of its own.
+    let open_from = |n: u8, key: &str, token: &str| {
+        let client = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, n])).build().unwrap();
+        let request = client.get(app.url(&format!("/api/events/{key}"))).bearer_auth(token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let mut headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| !["date", "x-request-id"].contains(&name.as_str()))
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
+            headers.sort();
+            let body = if status == 200 { String::new() } else { response.text().await.unwrap() };
+            (status, headers, body)
+        }
+    };
+
+    // An unknown key and a known one with a bad credential: the same answer.
+    let unknown_key = open_from(1, unknown, "act_nope").await;
+    let bad_token = open_from(1, &key, "act_nope").await;
+    assert_eq!(unknown_key.0, 401);
+    assert_eq!(bad_token, unknown_key);
+    assert!(unknown_key.2.contains("\"UNAUTHORIZED\""), "{}", unknown_key.2);
+    let unknown_key_jwt = open_from(1, unknown, &forged).await;
+    let bad_jwt = open_from(1, &key, &forged).await;
+    assert_eq!(bad_jwt, unknown_key_jwt);
+    assert_eq!(bad_jwt, unknown_key, "whatever the credential");
+
+    // Four refusals from 127.0.0.1: the next one is limited, then even a
+    // valid token from there.
+    let limited = open_from(1, unknown, "act_nope").await;
+    assert_eq!(limited.0, 429);
+    let retry_after: u64 = limited.1.iter().find(|(n, _)| n == "retry-after").unwrap().1.parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let body: serde_json::Value = serde_json::from_str(&limited.2).unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+    assert_eq!(open_from(1, &key, &token).await.0, 429, "a hit cannot be told from a miss while blocked");
+
+    // The key has two refusals; two more from other addresses, then it is
+    // limited from anywhere, while other keys are not.
+    assert_eq!(open_from(2, &key, "act_nope").await.0, 401);
+    assert_eq!(open_from(3, &key, "act_nope").await.0, 401);
+    assert_eq!(open_from(4, &key, "act_nope").await.0, 429);
+    assert_eq!(open_from(5, &key, &token).await.0, 429, "the key is limited, from a fresh address too");
+    assert_eq!(open_from(5, &other_key, &other_token).await.0, 200, "that address and other keys are not");
+}
+
+/// A well-formed dashboard JWT signed with another secret.
+fn token_signed_elsewhere() -> String {
+    token(&json!({"sub": "u", "exp": now() + 60}), "wrong")
+}

@@ -148,8 +148,19 @@ impl ServerProcess {
     /// A server started in `dir` with nothing in its environment but `PATH`,
     /// a free port, JSON logs (to find the port) and `env`.
     async fn start_in(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        Self::start_under_umask(dir, env, None).await
+    }
+
+    /// As [`Self::start_in`], with the process's umask set to `umask` (octal).
+    async fn start_under_umask(dir: &std::path::Path, env: &[(&str, String)], umask: Option<&str>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"))
+        let binary = env!("CARGO_BIN_EXE_billing-server");
+        let mut command = std::process::Command::new(binary);
+        if let Some(umask) = umask {
+            command = std::process::Command::new("sh");
+            command.args(["-c", &format!("umask {umask} && exec \"$0\""), binary]);
+        }
+        let mut child = command
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -480,4 +491,54 @@ async fn a_stream_cut_by_kill_9_resumes_with_last_event_id_losing_nothing() {
     server.signal("-TERM");
     server.wait(Duration::from_secs(15)).await;
     let _ = std::fs::remove_dir_all(data_dir);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn under_umask_000_the_data_directory_and_every_file_in_it_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("umask");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data_dir = dir.join("billing-data");
+    // With nothing configured, the embedded store; on PostgreSQL only the
+    // signing key lives in the data directory.
+    let (store, env) = match backend() {
+        Backend::Sqlite => (None, vec![]),
+        Backend::Postgres => {
+            let store = TestStore::create().await;
+            let env = vec![("DATABASE_URL", store.url())];
+            (Some(store), env)
+        }
+    };
+    let server = ServerProcess::start_under_umask(&dir, &env, Some("000")).await;
+    // Answered once serving, so the SIGTERM below meets its handler.
+    assert_eq!(reqwest::get(server.url("/healthz")).await.unwrap().status(), 200);
+    let mut files = vec!["license-signing-key.pem"];
+    if store.is_none() {
+        files.extend(["billing.sqlite3", "billing.sqlite3-wal", "billing.sqlite3-shm"]);
+    }
+    let mode = |path: &std::path::Path| {
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+        mode.map(|m| format!("{m:o}")).unwrap_or_else(|e| e.to_string())
+    };
+    // Looked at while the server runs: SQLite removes -wal and -shm on a clean close.
+    let mut modes = vec![("billing-data".to_owned(), mode(&data_dir))];
+    modes.extend(files.iter().map(|f| (f.to_string(), mode(&data_dir.join(f)))));
+    server.signal("-TERM");
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+
+    let mut expected = vec![("billing-data".to_owned(), "700".to_owned())];
+    expected.extend(files.iter().map(|f| (f.to_string(), "600".to_owned())));
+    assert_eq!(modes, expected);
+
+    // `keygen` under the same umask.
+    let out = dir.join("vendor-key.pem");
+    let keygen = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" keygen --out \"$1\"", env!("CARGO_BIN_EXE_billing-server")])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    assert_eq!(mode(&out), "600");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,4 +9,5 @@ mod helpers;
 mod licensing;
 mod openapi;
 mod ops;
+mod properties;
 mod webhooks;

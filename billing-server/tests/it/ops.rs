@@ -77,6 +77,45 @@ async fn readyz_reports_its_checks_and_request_ids_are_echoed() {
 }
 
 #[tokio::test]
+async fn readyz_answers_503_naming_migrations_while_the_database_is_not_at_this_builds_schema() {
+    let app = spawn_app().await;
+    let readyz = || async {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let expected_not_ready = json!({ "migrations": false, "database": true, "signing_key": true, "accepting": true });
+    for (case, drift, undo) in [
+        (
+            "a newer release's migration",
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+             VALUES (99, 'from_a_newer_release', '2030-01-01T00:00:00Z', '42')",
+            "DELETE FROM refinery_schema_history WHERE version = 99",
+        ),
+        (
+            "a migration never applied",
+            "UPDATE refinery_schema_history SET version = 98 WHERE version = 4",
+            "UPDATE refinery_schema_history SET version = 4 WHERE version = 98",
+        ),
+        (
+            "a migration file changed since it was applied",
+            "UPDATE refinery_schema_history SET checksum = checksum || '0' WHERE version = 2",
+            "UPDATE refinery_schema_history SET checksum = substr(checksum, 1, length(checksum) - 1) WHERE version = 2",
+        ),
+    ] {
+        app.db.execute(drift).await;
+        let (status, body) = readyz().await;
+        assert_eq!(
+            (status, &body["status"], &body["checks"]),
+            (503, &json!("not_ready"), &expected_not_ready),
+            "{case}"
+        );
+        app.db.execute(undo).await;
+        let (status, body) = readyz().await;
+        assert_eq!((status, &body["status"]), (200, &json!("ready")), "{case}, undone: {body}");
+    }
+}
+
+#[tokio::test]
 async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections() {
     let mut app = spawn_app().await;
     // Hold the subscription's lock so the delivery is provably in flight,

@@ -20,6 +20,7 @@ use billing_core::domain::{
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
+use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::{
     EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx,
 };
@@ -185,8 +186,6 @@ async fn fresh_store() -> (TestDb, AnyStore) {
 /// How long PostgreSQL may take to deliver a NOTIFY to a watcher (it comes
 /// on a connection of its own, after the commit has returned).
 const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
-/// How long a wake-up that should not come is waited for on PostgreSQL.
-const NOTIFY_SETTLE: Duration = Duration::from_secs(1);
 
 /// Asserts that `watch` has a wake-up. The embedded store signals before
 /// `commit` returns, so it must be there already; PostgreSQL's NOTIFY may
@@ -201,17 +200,64 @@ async fn assert_woken(backend: Backend, watch: &mut Receiver<()>, why: &str) {
     }
 }
 
-/// Lets notifications already sent reach their watchers (PostgreSQL).
-async fn settle(backend: Backend) {
-    if backend == Backend::Postgres {
-        tokio::time::sleep(NOTIFY_SETTLE).await;
+/// Every NOTIFY on the outbox channel, heard on a connection of the test's
+/// own (PostgreSQL only: the embedded store signals in-process, before
+/// `commit` returns). PostgreSQL delivers notifications in commit order, so
+/// a marker sent after an action arrives after anything the action sent:
+/// "nothing before the marker" proves nothing was sent, without waiting.
+struct NotifyLog {
+    client: tokio_postgres::Client,
+    received: tokio::sync::mpsc::UnboundedReceiver<String>,
+    markers: u32,
+}
+
+impl NotifyLog {
+    async fn listen(db: &TestDb) -> Option<Self> {
+        use futures_util::StreamExt;
+        let StoreLocation::Postgres(url) = &db.location else { return None };
+        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}")).await.unwrap();
+        Some(Self { client, received, markers: 0 })
+    }
+
+    /// The payloads of the notifications sent since the previous call (the
+    /// store's own are empty strings). The marker wakes the store's watchers
+    /// too, like any notification.
+    async fn sent_since_last(&mut self) -> Vec<String> {
+        self.markers += 1;
+        let marker = format!("marker {}", self.markers);
+        self.client.batch_execute(&format!("NOTIFY {OUTBOX_CHANNEL}, '{marker}'")).await.unwrap();
+        let mut sent = Vec::new();
+        loop {
+            let payload = tokio::time::timeout(NOTIFY_WITHIN, self.received.recv())
+                .await
+                .expect("the marker comes back")
+                .expect("the listening connection is open");
+            if payload == marker {
+                return sent;
+            }
+            sent.push(payload);
+        }
     }
 }
 
-/// Asserts that `watch` has no wake-up, having given PostgreSQL time to
-/// deliver one.
-async fn assert_not_woken(backend: Backend, watch: &mut Receiver<()>, why: &str) {
-    settle(backend).await;
+/// Asserts that nothing signalled `watch`: on PostgreSQL, that no NOTIFY
+/// was sent (then the marker's wake-up is taken, so the watcher is left
+/// with nothing pending and nothing in flight).
+async fn assert_not_woken(backend: Backend, log: &mut Option<NotifyLog>, watch: &mut Receiver<()>, why: &str) {
+    if let Some(log) = log {
+        assert_eq!(log.sent_since_last().await, Vec::<String>::new(), "{why}: notified");
+        assert_woken(backend, watch, "the marker reaches the watcher").await;
+    }
     assert!(watch.try_recv().is_err(), "{why}");
 }
 
@@ -802,17 +848,22 @@ async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
 #[tokio::test]
 async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     let backend = backend();
-    let (_db, store) = fresh_store().await;
+    let (db, store) = fresh_store().await;
+    let mut log = NotifyLog::listen(&db).await;
     let mut watch = store.watch_outbox().await.unwrap();
     // Like a fresh LISTEN, it starts with one wake-up for what it may have missed.
     assert_woken(backend, &mut watch, "a first wake-up").await;
-    assert_not_woken(backend, &mut watch, "only one").await;
+    assert_not_woken(backend, &mut log, &mut watch, "only one").await;
 
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&message(None, 1)).await.unwrap();
-    assert_not_woken(backend, &mut watch, "nothing before commit").await;
+    assert_not_woken(backend, &mut log, &mut watch, "nothing before commit").await;
     tx.commit().await.unwrap();
     assert_woken(backend, &mut watch, "signalled once commit returned").await;
+    if let Some(log) = &mut log {
+        assert_eq!(log.sent_since_last().await, [""], "one NOTIFY for the commit");
+        assert_woken(backend, &mut watch, "the marker reaches the watcher").await;
+    }
 
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&message(None, 2)).await.unwrap();
@@ -821,7 +872,8 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     let mut tx = store.begin().await.unwrap();
     tx.upsert_customer("cus_1", None).await.unwrap();
     tx.commit().await.unwrap();
-    assert_not_woken(backend, &mut watch, "neither a rollback nor a commit without outbox rows signals").await;
+    assert_not_woken(backend, &mut log, &mut watch, "neither a rollback nor a commit without outbox rows signals")
+        .await;
 
     // Clones' watchers hear every commit; several commits before a read
     // leave one wake-up.
@@ -833,15 +885,29 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
         tx.enqueue(&message(None, n)).await.unwrap();
         tx.commit().await.unwrap();
     }
-    settle(backend).await;
-    assert_eq!((watch.try_recv(), second.try_recv()), (Ok(()), Ok(())));
-    assert_not_woken(backend, &mut watch, "one wake-up for three commits").await;
-    assert!(second.try_recv().is_err(), "one wake-up for three commits");
+    assert_woken(backend, &mut watch, "the first watcher hears the clone's commits").await;
+    assert_woken(backend, &mut second, "the clone's watcher hears them").await;
+    match &mut log {
+        // What a PostgreSQL watcher receives after its first wake-up depends
+        // on when its connection read the rest; that it can hold no more
+        // than one is what bounds them.
+        Some(log) => {
+            assert_eq!(log.sent_since_last().await, ["", "", ""], "one NOTIFY per commit");
+            assert_eq!((watch.max_capacity(), second.max_capacity()), (1, 1), "one wake-up for three commits");
+        }
+        None => {
+            assert!(watch.try_recv().is_err(), "one wake-up for three commits");
+            assert!(second.try_recv().is_err(), "one wake-up for three commits");
+        }
+    }
 
     drop(second);
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&message(None, 9)).await.unwrap();
     tx.commit().await.expect("a closed watcher does not disturb commits");
+    if let Some(log) = &mut log {
+        assert_eq!(log.sent_since_last().await, [""], "the commit after the clone's watcher closed notified");
+    }
     assert_woken(backend, &mut watch, "the remaining watcher still hears commits").await;
 }
 

@@ -215,8 +215,14 @@ fn at_least_one<T: PartialOrd + From<u8>>(value: T, name: &str) -> anyhow::Resul
 /// Loads and validates a plans file.
 pub fn load_plans(path: &std::path::Path) -> anyhow::Result<PlanCatalog> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plans file {}", path.display()))?;
-    let file: PlansFile = toml::from_str(&text).with_context(|| format!("invalid plans file {}", path.display()))?;
-    PlanCatalog::new(file.plans).with_context(|| format!("invalid plans file {}", path.display()))
+    parse_plans(&text).with_context(|| format!("invalid plans file {}", path.display()))
+}
+
+/// Parses and validates the text of a plans file (what [`load_plans`] reads;
+/// separate so the parser can be fuzzed without touching the disk).
+pub fn parse_plans(text: &str) -> anyhow::Result<PlanCatalog> {
+    let file: PlansFile = toml::from_str(text)?;
+    Ok(PlanCatalog::new(file.plans)?)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod last_event_id;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;

@@ -115,7 +115,10 @@ async fn close(mut stream: TcpStream) {
     .await;
 }
 
-fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<RequestBody>, bool), ApiError> {
+/// Parses a complete request head (through its blank line) into the
+/// request [`crate::handle`] takes, and whether it was HTTP/1.0; refuses
+/// what is not HTTP/1.1 (400) or exceeds the header limits (431).
+pub fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<RequestBody>, bool), ApiError> {
     let (malformed, too_large) = (malformed_request, headers_too_large);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);

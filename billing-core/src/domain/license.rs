@@ -400,4 +400,99 @@ mod tests {
         assert_eq!(next.max_devices, 5);
         assert_eq!(next.plan_id.as_deref(), Some("team"));
     }
+
+    mod key_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// 32 characters of the alphabet: any key, canonical or not yet grouped.
+        fn key_chars() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(proptest::sample::select(ALPHABET.to_vec()), KEY_CHARS)
+        }
+
+        fn grouped(chars: &[u8]) -> String {
+            chars.chunks(GROUP).map(|g| std::str::from_utf8(g).unwrap()).collect::<Vec<_>>().join("-")
+        }
+
+        /// What parse promises of anything it accepts: the canonical shape.
+        fn is_canonical(key: &LicenseKey) -> bool {
+            let groups: Vec<&str> = key.expose().split('-').collect();
+            groups.len() == KEY_CHARS / GROUP
+                && groups.iter().all(|g| g.len() == GROUP && g.bytes().all(|b| ALPHABET.contains(&b)))
+        }
+
+        /// How a user may type one character of a key.
+        fn typed(c: u8) -> BoxedStrategy<String> {
+            let c = c as char;
+            let mut spellings = vec![c.to_string(), c.to_ascii_lowercase().to_string()];
+            match c {
+                '0' => spellings.extend(["O".into(), "o".into()]),
+                '1' => spellings.extend(["I".into(), "i".into(), "L".into(), "l".into()]),
+                _ => {}
+            }
+            (proptest::sample::select(spellings), "[- ]{0,3}").prop_map(|(c, sep)| c + &sep).boxed()
+        }
+
+        #[test]
+        fn generated_keys_always_parse_back_to_themselves() {
+            for _ in 0..256 {
+                let key = LicenseKey::generate();
+                assert!(is_canonical(&key));
+                assert_eq!(LicenseKey::parse(key.expose()), Some(key));
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_canonical_key_parses_to_itself(chars in key_chars()) {
+                let text = grouped(&chars);
+                let key = LicenseKey::parse(&text).unwrap();
+                prop_assert_eq!(key.expose(), text.as_str());
+            }
+
+            #[test]
+            fn any_case_dash_space_or_look_alike_spelling_parses_to_the_same_key(
+                (chars, typing) in key_chars().prop_flat_map(|chars| {
+                    let typing: Vec<_> = chars.iter().map(|&c| typed(c)).collect();
+                    (Just(chars), typing)
+                }),
+                leading in "[- ]{0,3}",
+            ) {
+                let typed = leading + &typing.concat();
+                prop_assert_eq!(LicenseKey::parse(&typed).map(|k| k.expose().to_owned()), Some(grouped(&chars)), "{}", typed);
+            }
+
+            #[test]
+            fn anything_else_never_panics_and_never_yields_a_malformed_key(input in ".{0,80}") {
+                if let Some(key) = LicenseKey::parse(&input) {
+                    prop_assert!(is_canonical(&key));
+                }
+            }
+
+            #[test]
+            fn a_key_one_character_short_or_long_is_refused(
+                chars in proptest::collection::vec(proptest::sample::select(ALPHABET.to_vec()), 0..80),
+            ) {
+                prop_assume!(chars.len() != KEY_CHARS);
+                prop_assert_eq!(LicenseKey::parse(std::str::from_utf8(&chars).unwrap()), None);
+                prop_assert_eq!(LicenseKey::parse(&grouped(&chars)), None);
+            }
+
+            #[test]
+            fn a_character_outside_the_alphabet_is_refused(
+                chars in key_chars(),
+                index in any::<prop::sample::Index>(),
+                intruder in any::<char>().prop_filter("typed forms of key characters", |&c| {
+                    let upper = c.to_ascii_uppercase();
+                    let typable = matches!(upper, '-' | ' ' | 'O' | 'I' | 'L') || (c.is_ascii() && ALPHABET.contains(&(upper as u8)));
+                    !typable
+                }),
+            ) {
+                let mut text = grouped(&chars);
+                let i = index.index(text.len() + 1);
+                text.insert(i, intruder);
+                prop_assert_eq!(LicenseKey::parse(&text), None);
+            }
+        }
+    }
 }

@@ -135,4 +135,73 @@ mod tests {
         let zero = PlanCatalog::new(vec![plan("a", "p1", 0)]);
         assert_eq!(zero, Err(PlanCatalogError::NoDevices("a".into())));
     }
+
+    mod catalog_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Plans with distinct ids and prices, in no particular order.
+        fn distinct_plans() -> impl Strategy<Value = Vec<Plan>> {
+            proptest::collection::btree_map("[a-z][a-z0-9_-]{0,8}", (1u32..=1000, any::<bool>()), 0..8).prop_map(
+                |by_id| {
+                    by_id
+                        .into_iter()
+                        .rev()
+                        .enumerate()
+                        .map(|(n, (id, (max_devices, priced)))| Plan {
+                            amount: priced.then_some(i64::from(max_devices) * 100),
+                            ..plan(&id, &format!("price_{n}"), max_devices)
+                        })
+                        .collect()
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn a_catalog_without_ambiguity_keeps_every_plan_in_file_order(plans in distinct_plans()) {
+                let catalog = PlanCatalog::new(plans.clone()).unwrap();
+                prop_assert_eq!(catalog.all(), plans.as_slice());
+                for plan in &plans {
+                    prop_assert_eq!(catalog.by_id(plan.id.as_str()), Some(plan));
+                    prop_assert_eq!(catalog.by_price(&plan.stripe_price_id), Some(plan));
+                }
+            }
+
+            #[test]
+            fn a_repeated_id_or_price_anywhere_is_refused(
+                plans in distinct_plans().prop_filter("needs a plan to repeat", |p| !p.is_empty()),
+                original in any::<prop::sample::Index>(),
+                position in any::<prop::sample::Index>(),
+                repeat_price in any::<bool>(),
+            ) {
+                let source = &plans[original.index(plans.len())];
+                let copy = if repeat_price {
+                    plan("a_new_id_nobody_has", &source.stripe_price_id, 1)
+                } else {
+                    plan(source.id.as_str(), "price_nobody_has", 1)
+                };
+                let mut with_copy = plans.clone();
+                with_copy.insert(position.index(plans.len() + 1), copy);
+                let refused = PlanCatalog::new(with_copy);
+                let expected = if repeat_price {
+                    PlanCatalogError::DuplicatePrice(source.stripe_price_id.clone())
+                } else {
+                    PlanCatalogError::DuplicateId(source.id.0.clone())
+                };
+                prop_assert_eq!(refused, Err(expected));
+            }
+
+            #[test]
+            fn a_plan_allowing_no_device_is_refused_wherever_it_stands(
+                plans in distinct_plans().prop_filter("needs a plan", |p| !p.is_empty()),
+                index in any::<prop::sample::Index>(),
+            ) {
+                let mut plans = plans;
+                let i = index.index(plans.len());
+                plans[i].max_devices = 0;
+                prop_assert_eq!(PlanCatalog::new(plans.clone()), Err(PlanCatalogError::NoDevices(plans[i].id.0.clone())));
+            }
+        }
+    }
 }

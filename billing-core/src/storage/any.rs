@@ -43,6 +43,17 @@ impl AnyStore {
             Self::Sqlite(_) => "sqlite",
         }
     }
+
+    /// How the migrations applied to the database compare with those this
+    /// build embeds (`/readyz`).
+    pub async fn migration_check(&self) -> Result<super::migration_check::MigrationCheck, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.migration_check().await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.migration_check().await,
+        }
+    }
 }
 
 #[cfg(feature = "postgres")]

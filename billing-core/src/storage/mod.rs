@@ -7,6 +7,7 @@
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
+pub mod migration_check;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -12,6 +12,8 @@ mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
 }
 
+use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
+
 /// Advisory lock (two-key space) serialising outbox id assignment, so ids
 /// commit in order. The one-key space is used for per-subscription locks;
 /// PostgreSQL keeps the two spaces apart.
@@ -107,6 +109,18 @@ impl PgStore {
 
     async fn conn(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// How the migrations applied to the database compare with those this
+    /// build embeds.
+    pub async fn migration_check(&self) -> Result<MigrationCheck, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(&conn, "SELECT version, checksum FROM refinery_schema_history", &[]).await?;
+        let applied: Vec<_> = rows
+            .iter()
+            .map(|r| applied_stamp(i64::from(r.get::<_, i32>(0)), r.get::<_, Option<&str>>(1).unwrap_or_default()))
+            .collect();
+        Ok(MigrationCheck::compare(&embedded_stamps(embedded::migrations::runner().get_migrations()), &applied))
     }
 }
 

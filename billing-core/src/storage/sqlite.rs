@@ -43,6 +43,8 @@ mod embedded {
     refinery::embed_migrations!("../migrations/sqlite");
 }
 
+use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
+
 /// How long a statement waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader connections; reads are short and the machine is small.
@@ -504,6 +506,19 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// How the migrations applied to the database compare with those this
+    /// build embeds.
+    pub async fn migration_check(&self) -> Result<MigrationCheck, StoreError> {
+        let applied = self
+            .read(|conn| {
+                query(conn, "SELECT version, checksum FROM refinery_schema_history", [], |r| {
+                    Ok(applied_stamp(get(r, 0)?, &get::<Option<String>>(r, 1)?.unwrap_or_default()))
+                })
+            })
+            .await?;
+        Ok(MigrationCheck::compare(&embedded_stamps(embedded::migrations::runner().get_migrations()), &applied))
     }
 
     /// Runs `f` on a reader connection, off the async threads.

@@ -62,7 +62,9 @@ impl WebhookSecrets {
     pub fn verify(&self, header: Option<&str>, payload: &[u8], now: i64) -> Result<(), SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
         let parsed = SignatureHeader::parse(header)?;
-        if (now - parsed.timestamp).abs() > DEFAULT_TOLERANCE_SECS {
+        // `abs_diff`: a timestamp near i64::MIN or MAX must be refused, not
+        // overflow.
+        if now.abs_diff(parsed.timestamp) > DEFAULT_TOLERANCE_SECS.unsigned_abs() {
             return Err(SignatureError::OutsideTolerance);
         }
         for key in &self.keys {
@@ -127,8 +129,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lower-case hex only, as Stripe writes it and its libraries compare it:
+/// `from_str_radix` alone would also take `+f` or `0F`, so a signature with
+/// one character changed could still match.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
@@ -204,5 +209,172 @@ mod tests {
         assert!(WebhookSecrets::parse("").is_none());
         assert!(WebhookSecrets::parse(" , ").is_none());
         assert_eq!(format!("{:?}", secrets("whsec_a,whsec_b")), "WebhookSecrets(<2 redacted>)");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A secret as an operator configures one: no commas (they separate
+        /// secrets), not blank.
+        fn secret() -> impl Strategy<Value = String> {
+            "whsec_[A-Za-z0-9+/=_ -]{0,40}"
+        }
+
+        /// A timestamp whose tolerance window fits in an i64.
+        fn timestamp() -> impl Strategy<Value = i64> {
+            (i64::MIN + DEFAULT_TOLERANCE_SECS)..=(i64::MAX - DEFAULT_TOLERANCE_SECS)
+        }
+
+        fn v1_of(header: &str) -> &str {
+            header.split_once(",v1=").unwrap().1
+        }
+
+        /// Elements a header may carry besides `t` and `v1`, which must not
+        /// change the verdict.
+        fn noise() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "v0=[0-9a-f]{0,64}",
+                "[a-su-z][a-z0-9]{0,4}=[ -~&&[^,]]{0,20}",
+                "[ -~&&[^,=]]{0,10}",
+                Just(String::new()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_header_and_any_clock_is_answered_without_panicking(header in ".*", now in any::<i64>()) {
+                let _ = WebhookSecrets::parse("whsec_a").unwrap().verify(Some(&header), b"{}", now);
+            }
+
+            #[test]
+            fn headers_shaped_like_stripe_ones_never_panic(
+                t in any::<i64>(),
+                v1 in "[0-9a-fA-F+-]{0,70}",
+                now in any::<i64>(),
+            ) {
+                let header = format!("t={t},v1={v1}");
+                let _ = WebhookSecrets::parse("whsec_a").unwrap().verify(Some(&header), b"{}", now);
+            }
+
+            #[test]
+            fn a_signed_payload_verifies_anywhere_within_the_tolerance(
+                secret in secret(),
+                payload in proptest::collection::vec(any::<u8>(), 0..512),
+                timestamp in timestamp(),
+                skew in -DEFAULT_TOLERANCE_SECS..=DEFAULT_TOLERANCE_SECS,
+            ) {
+                let secrets = WebhookSecrets::parse(&secret).unwrap();
+                let header = secrets.sign(&payload, timestamp);
+                prop_assert_eq!(secrets.verify(Some(&header), &payload, timestamp + skew), Ok(()));
+            }
+
+            #[test]
+            fn beyond_the_tolerance_a_good_signature_is_refused(
+                timestamp in timestamp(),
+                beyond in (DEFAULT_TOLERANCE_SECS + 1)..=i64::MAX,
+                later in any::<bool>(),
+            ) {
+                let secrets = WebhookSecrets::parse("whsec_a").unwrap();
+                let header = secrets.sign(BODY, timestamp);
+                let now = if later { timestamp.checked_add(beyond) } else { timestamp.checked_sub(beyond) };
+                prop_assume!(now.is_some());
+                prop_assert_eq!(secrets.verify(Some(&header), BODY, now.unwrap()), Err(SignatureError::OutsideTolerance));
+            }
+
+            #[test]
+            fn any_single_byte_change_to_the_payload_is_refused(
+                payload in proptest::collection::vec(any::<u8>(), 1..256),
+                index in any::<prop::sample::Index>(),
+                replacement in any::<u8>(),
+            ) {
+                let secrets = WebhookSecrets::parse("whsec_a").unwrap();
+                let header = secrets.sign(&payload, NOW);
+                let mut changed = payload.clone();
+                let i = index.index(changed.len());
+                prop_assume!(changed[i] != replacement);
+                changed[i] = replacement;
+                prop_assert_eq!(secrets.verify(Some(&header), &changed, NOW), Err(SignatureError::Mismatch));
+            }
+
+            /// Every character of the header is covered: the timestamp, the
+            /// signature, and the punctuation between them.
+            #[test]
+            fn any_single_character_change_to_the_header_is_refused(
+                timestamp in (NOW - DEFAULT_TOLERANCE_SECS)..=(NOW + DEFAULT_TOLERANCE_SECS),
+                index in any::<prop::sample::Index>(),
+                replacement in any::<char>(),
+            ) {
+                let secrets = WebhookSecrets::parse("whsec_a").unwrap();
+                let header = secrets.sign(BODY, timestamp);
+                let i = index.index(header.len());
+                let original = header.as_bytes()[i] as char;
+                prop_assume!(original != replacement);
+                let mut changed = header.clone();
+                changed.replace_range(i..=i, replacement.encode_utf8(&mut [0; 4]));
+                prop_assert!(secrets.verify(Some(&changed), BODY, NOW).is_err(), "{} accepted", changed);
+            }
+
+            /// `u8::from_str_radix` reads `+f` and `F` like `0f` and `f`: a
+            /// signature respelled so must not pass for the original.
+            #[test]
+            fn a_respelled_signature_is_refused(
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+                index in any::<prop::sample::Index>(),
+            ) {
+                let secrets = WebhookSecrets::parse("whsec_a").unwrap();
+                let header = secrets.sign(&payload, NOW);
+                let start = header.len() - v1_of(&header).len();
+                let respellable: Vec<usize> = (start..header.len())
+                    .filter(|&i| {
+                        let c = header.as_bytes()[i];
+                        c.is_ascii_lowercase() || (c == b'0' && (i - start).is_multiple_of(2))
+                    })
+                    .collect();
+                prop_assume!(!respellable.is_empty());
+                let i = respellable[index.index(respellable.len())];
+                let respelled = match header.as_bytes()[i] {
+                    b'0' => "+".to_owned(),
+                    c => (c as char).to_ascii_uppercase().to_string(),
+                };
+                let mut changed = header.clone();
+                changed.replace_range(i..=i, &respelled);
+                prop_assert_eq!(secrets.verify(Some(&changed), &payload, NOW), Err(SignatureError::NoV1Signature));
+            }
+
+            #[test]
+            fn extra_duplicated_and_padded_elements_and_v1_order_do_not_matter(
+                secrets_list in proptest::collection::vec(secret(), 1..4),
+                noise in proptest::collection::vec(noise(), 0..4),
+                duplicate_t in any::<bool>(),
+                padding in proptest::collection::vec("[ \t]{0,2}", 16),
+                order in any::<prop::sample::Index>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..128),
+            ) {
+                // One v1 per secret being rolled, plus one that matches nothing.
+                let mut elements: Vec<String> = secrets_list
+                    .iter()
+                    .map(|s| format!("v1={}", v1_of(&WebhookSecrets::parse(s).unwrap().sign(&payload, NOW))))
+                    .chain(std::iter::once(format!("v1={}", "0".repeat(64))))
+                    .chain(noise)
+                    .collect();
+                elements.insert(order.index(elements.len() + 1), format!("t={NOW}"));
+                if duplicate_t {
+                    elements.push(format!("t={NOW}"));
+                }
+                let header = elements
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("{}{e}{}", padding[(2 * i) % 16], padding[(2 * i + 1) % 16]))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                for secret in &secrets_list {
+                    let verifier = WebhookSecrets::parse(secret).unwrap();
+                    prop_assert_eq!(verifier.verify(Some(&header), &payload, NOW), Ok(()), "{}", header);
+                }
+                let stranger = WebhookSecrets::parse("whsec_not_configured_here").unwrap();
+                prop_assert_eq!(stranger.verify(Some(&header), &payload, NOW), Err(SignatureError::Mismatch));
+            }
+        }
     }
 }

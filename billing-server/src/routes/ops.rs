@@ -12,19 +12,32 @@ pub async fn healthz(state: &AppState) -> Result<Response, ApiError> {
     Ok(ok(&json!({ "status": "ok" })))
 }
 
-/// Ready to take traffic: migrations applied (they run before serving), the
-/// database answers, the signing key is loaded and we are not shutting down.
+/// Ready to take traffic: the database answers and holds exactly the
+/// migrations this binary embeds (not fewer, and not a newer release's), the
+/// signing key is loaded and we are not shutting down.
 pub async fn readyz(state: &AppState) -> Result<Response, ApiError> {
     let database = state.billing.store().ping().await.is_ok();
+    let migrations = match state.billing.store().migration_check().await {
+        Ok(check) if check.matches() => true,
+        Ok(check) => {
+            tracing::warn!(missing = ?check.missing, unknown = ?check.unknown, changed = ?check.changed,
+                "applied migrations differ from this build's");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %billing_core::billing::error_chain(&e), "applied migrations could not be read");
+            false
+        }
+    };
     let shutting_down = *state.shutdown.borrow();
     let signing_key = !state.billing.public_jwk()["x"].is_null();
     let checks = json!({
-        "migrations": true,
+        "migrations": migrations,
         "database": database,
         "signing_key": signing_key,
         "accepting": !shutting_down,
     });
-    let ready = database && signing_key && !shutting_down;
+    let ready = migrations && database && signing_key && !shutting_down;
     let status = if ready { hyper::StatusCode::OK } else { hyper::StatusCode::SERVICE_UNAVAILABLE };
     Ok(crate::http::json(status, &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks })))
 }

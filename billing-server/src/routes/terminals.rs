@@ -77,7 +77,7 @@ pub async fn events(state: &AppState, request: Request<RequestBody>, license_key
     };
     let last_event_id = match request.headers().get("last-event-id") {
         None => None,
-        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+        Some(value) => Some(crate::last_event_id::parse(value.as_bytes()).ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Last-Event-ID must be an event id")
         })?),
     };

@@ -12,5 +12,6 @@ mod lifecycles;
 mod openapi;
 mod ops;
 mod ordering;
+mod properties;
 mod storm;
 mod webhooks;

@@ -186,8 +186,10 @@ async fn concurrent_deliveries_that_issue_a_license_issue_exactly_one() {
 #[tokio::test]
 async fn a_delivery_arriving_while_an_earlier_attempt_records_its_failure_is_applied() {
     let app = spawn_app().await;
-    // PostgreSQL only: SQLite's one writer cannot interleave the two.
-    let billing_core::storage::any::StoreLocation::Postgres(url) = &app.store else { return };
+    let billing_core::storage::any::StoreLocation::Postgres(url) = &app.store else {
+        eprintln!("skipped on sqlite: its one writer cannot interleave the failure record and the retry");
+        return;
+    };
     // An earlier attempt failed and is recording so, in a transaction not
     // yet committed, when Stripe's retry arrives.
     let earlier = connect(url).await;
@@ -212,7 +214,24 @@ async fn a_delivery_arriving_while_an_earlier_attempt_records_its_failure_is_app
             (response.status(), response.json::<Value>().await.unwrap())
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Proof that the retry waits for the failure record: PostgreSQL reports
+    // a session blocked by the earlier attempt's.
+    let earlier_pid: i32 = earlier.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let observer = connect(url).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let blocked: i64 = observer
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", &[&earlier_pid])
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        assert!(!retry.is_finished(), "the retry finished without waiting for the failure record");
+        assert!(std::time::Instant::now() < deadline, "the retry never waited for the failure record");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(!retry.is_finished(), "the retry waits for the failure record");
     earlier.batch_execute("COMMIT").await.unwrap();
     let (status, body) = retry.await.unwrap();

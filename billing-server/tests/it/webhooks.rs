@@ -541,6 +541,17 @@ async fn signed_events_whose_object_cannot_be_read_are_refused_and_store_nothing
         ("NUL in an ignored event's id", event("evt_\u{0}2", "customer.created", T, json!({"id": "cus_1"}))),
         ("NUL in metadata.user_id", event("evt_nul_user", "customer.subscription.created", T, nul_user)),
         ("NUL in the currency", event("evt_nul_currency", "invoice.payment_failed", T, nul_currency)),
+        ("NUL in a customer's id", event("evt_nul_cus", "customer.updated", T, json!({ "id": "cus_\u{0}1" }))),
+        (
+            "NUL in a customer's user",
+            event(
+                "evt_nul_cus_user",
+                "customer.created",
+                T,
+                json!({ "id": "cus_1", "metadata": { "user_id": "u\u{0}" } }),
+            ),
+        ),
+        ("a customer without an id", event("evt_cus_no_id", "customer.deleted", T, json!({ "deleted": true }))),
     ];
     for (case, e) in &cases {
         let response = app.post_stripe_webhook(e).await;

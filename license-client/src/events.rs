@@ -294,6 +294,9 @@ async fn run(
                 };
                 tracing::warn!(code, "the server refused the event stream; stopping");
                 let state = client.refresh().await;
+                // Closed before anyone hears it stopped, so that a listener
+                // reacting to the stop sees `is_closed()` already true.
+                drop(stop);
                 on_update(StreamUpdate::Stopped(StreamStop { code, state }));
                 return;
             }
@@ -306,6 +309,7 @@ async fn run(
                 }
             }
             None => {
+                drop(stop);
                 on_update(StreamUpdate::Stopped(StreamStop { code: "CLOSED".into(), state: None }));
                 return;
             }

@@ -113,6 +113,7 @@ async fn a_refused_stream_stops_instead_of_retrying_forever() {
     let (callback, mut updates) = Updates::channel();
     let subscription = client.subscribe(callback).unwrap();
     let StreamUpdate::Stopped(stop) = updates.next().await else { panic!("expected a stop") };
+    assert!(subscription.is_closed(), "closed by the time anyone hears it stopped");
     assert_eq!(stop.code, "UNAUTHORIZED");
     assert_eq!(stop.state.unwrap().code, ValidationCode::NotActivated, "state refreshed on the way out");
     tokio::time::timeout(DEADLINE, subscription.closed()).await.expect("the task ended");

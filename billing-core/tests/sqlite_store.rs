@@ -119,26 +119,44 @@ async fn crash_child() {
     std::process::exit(1);
 }
 
-#[tokio::test]
-async fn committed_rows_survive_sigkill() {
-    let db = TempDb::new();
-    SqliteStore::open(&db.path()).await.unwrap().migrate().await.unwrap();
-
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB_ENV, db.path())
+/// Runs one test of this binary (`command` runs it, its name appended) as a
+/// child process with the database path in `db_env`, and waits for it to
+/// print `ready`. `None`: it did not within a minute (a bound, not a
+/// synchronisation); `Some(false)`: it ended without saying it.
+async fn start_child(
+    mut command: Command,
+    test: &str,
+    db_env: (&str, &Path),
+    ready: &'static str,
+) -> (std::process::Child, Option<bool>) {
+    let mut child = command
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(db_env.0, db_env.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the child");
     let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == CHILD_READY)
-    });
-    // A bound, not a synchronisation: the child reports when it is ready.
-    let ready = tokio::time::timeout(Duration::from_secs(60), ready).await;
+    let said_ready =
+        tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l == ready));
+    let said_ready = tokio::time::timeout(Duration::from_secs(60), said_ready).await.ok().map(|r| r.unwrap());
+    (child, said_ready)
+}
+
+#[tokio::test]
+async fn committed_rows_survive_sigkill() {
+    let db = TempDb::new();
+    SqliteStore::open(&db.path()).await.unwrap().migrate().await.unwrap();
+
+    let (mut child, ready) = start_child(
+        Command::new(std::env::current_exe().unwrap()),
+        "crash_child",
+        (CHILD_DB_ENV, &db.path()),
+        CHILD_READY,
+    )
+    .await;
     child.kill().expect("SIGKILL the child");
-    let ready = ready.expect("the child did not report within 60 s").unwrap();
+    let ready = ready.expect("the child did not report within 60 s");
     let status = child.wait().unwrap();
     assert!(ready, "the child exited before committing: {status}");
     #[cfg(unix)]
@@ -194,21 +212,10 @@ async fn the_store_creates_its_directory_and_files_owner_only_whatever_the_umask
     use std::os::unix::fs::PermissionsExt;
     let db = TempDb::new();
     let path = db.dir.join("data").join("billing.db");
-    let mut child = Command::new("sh")
-        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
-        .arg(std::env::current_exe().unwrap())
-        .args(["umask_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(UMASK_CHILD_DB_ENV, &path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the child");
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == UMASK_CHILD_READY)
-    });
-    // A bound, not a synchronisation: the child reports when it is ready.
-    let ready = tokio::time::timeout(Duration::from_secs(60), ready).await;
+    let mut under_umask = Command::new("sh");
+    under_umask.args(["-c", "umask 000 && exec \"$0\" \"$@\""]).arg(std::env::current_exe().unwrap());
+    let (mut child, ready) =
+        start_child(under_umask, "umask_child", (UMASK_CHILD_DB_ENV, &path), UMASK_CHILD_READY).await;
     let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
     let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
     let modes = [
@@ -219,7 +226,7 @@ async fn the_store_creates_its_directory_and_files_owner_only_whatever_the_umask
     ];
     drop(child.stdin.take());
     let status = child.wait().unwrap();
-    assert!(ready.expect("the child did not report within 60 s").unwrap(), "the child failed: {status}");
+    assert!(ready.expect("the child did not report within 60 s"), "the child failed: {status}");
     assert!(status.success(), "{status}");
     let octal = |(what, mode): (&'static str, std::io::Result<u32>)| (what, mode.map(|m| format!("{m:o}")).ok());
     let expected = [("directory", "700"), ("database", "600"), ("write-ahead log", "600"), ("shared memory", "600")];

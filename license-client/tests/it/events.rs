@@ -17,7 +17,12 @@ async fn a_plan_change_arrives_typed_and_the_stored_state_follows() {
     assert_eq!(updates.next().await, StreamUpdate::Connected);
 
     env.update_subscription("u", "evt_downgrade", PRICE_BASIC, false).await;
-    let downgrade = updates.next_event().await;
+    // A stream opened without Last-Event-ID may first get the activation's
+    // own `device.activated`, if the hub had not dispatched it yet.
+    let downgrade = updates
+        .until("the downgrade", |u| matches!(u, StreamUpdate::Event(e) if e.payload.topic() == "license.updated"))
+        .await;
+    let StreamUpdate::Event(downgrade) = downgrade else { unreachable!() };
     let EventPayload::LicenseUpdated(change) = &downgrade.payload else { panic!("{downgrade:?}") };
     assert_eq!((change.plan.as_deref(), change.max_devices), (Some("basic"), 1));
     let state = downgrade.state.expect("the client re-validated before delivering");

@@ -589,7 +589,23 @@ impl Store for SqliteStore {
         let mut writer = Writer(self.shared.writer.clone().lock_owned().await);
         tokio::task::spawn_blocking(move || {
             let conn: &mut Connection = &mut writer.0;
-            embedded::migrations::runner().run(conn).map(drop).map_err(|e| StoreError::Migration(Box::new(e)))
+            // A migration that rebuilds a referenced table (SQLite cannot
+            // alter a column) must run with foreign keys off: the switch is
+            // ignored inside a transaction, so it is flipped around the run
+            // and every reference is checked before it is flipped back.
+            let migration = |e: rusqlite::Error| StoreError::Migration(Box::new(e));
+            conn.pragma_update(None, "foreign_keys", false).map_err(migration)?;
+            let ran = embedded::migrations::runner().run(conn).map(drop).map_err(|e| StoreError::Migration(Box::new(e)));
+            let dangling = conn
+                .prepare("PRAGMA foreign_key_check")
+                .and_then(|mut check| check.query([])?.next().map(|row| row.is_some()))
+                .map_err(migration);
+            conn.pragma_update(None, "foreign_keys", true).map_err(migration)?;
+            ran?;
+            if dangling? {
+                return Err(StoreError::Migration("a migration left a dangling foreign key".into()));
+            }
+            Ok(())
         })
         .await
         .map_err(worker_error)?

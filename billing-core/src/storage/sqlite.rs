@@ -595,7 +595,8 @@ impl Store for SqliteStore {
             // and every reference is checked before it is flipped back.
             let migration = |e: rusqlite::Error| StoreError::Migration(Box::new(e));
             conn.pragma_update(None, "foreign_keys", false).map_err(migration)?;
-            let ran = embedded::migrations::runner().run(conn).map(drop).map_err(|e| StoreError::Migration(Box::new(e)));
+            let ran =
+                embedded::migrations::runner().run(conn).map(drop).map_err(|e| StoreError::Migration(Box::new(e)));
             let dangling = conn
                 .prepare("PRAGMA foreign_key_check")
                 .and_then(|mut check| check.query([])?.next().map(|row| row.is_some()))

@@ -149,11 +149,7 @@ impl<S: Store> Billing<S> {
     }
 
     /// Lifts an admin suspension: the license's terms follow its source again.
-    pub async fn reinstate_license(
-        &self,
-        actor: &Actor,
-        license_id: Uuid,
-    ) -> Result<AdminLicense, AdminLicenseError> {
+    pub async fn reinstate_license(&self, actor: &Actor, license_id: Uuid) -> Result<AdminLicense, AdminLicenseError> {
         self.change_license(actor, license_id, |_| Ok(AdminChange::Reinstate)).await
     }
 
@@ -243,8 +239,9 @@ impl<S: Store> Billing<S> {
         }
         let change = change(held)?;
         let mut next = license::apply_admin_change(held, &change, now).map_err(|_| AdminLicenseError::Conflict)?;
-        next.terms = license::rederive(&next, locked.subscription.as_ref(), self.plan_of(&locked), self.config().grace, now)
-            .ok_or_else(|| StoreError::Corrupt("a Stripe license without its subscription".into()))?;
+        next.terms =
+            license::rederive(&next, locked.subscription.as_ref(), self.plan_of(&locked), self.config().grace, now)
+                .ok_or_else(|| StoreError::Corrupt("a Stripe license without its subscription".into()))?;
         let devices = tx.devices_of_license(license_id).await?;
         if &next == held {
             // Nothing changed: nothing to record or announce.

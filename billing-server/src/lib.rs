@@ -1,6 +1,7 @@
 //! A thin hyper 1.x HTTP front for billing-core: routing, authentication,
 //! JSON in and out.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Domain types and pure business rules: no I/O, no clock, no randomness
 //! except where a value is generated on purpose (license keys).
 
+pub mod admin;
 pub mod device;
 pub mod license;
 pub mod payment;
@@ -37,6 +38,11 @@ pub enum Actor {
     },
     /// Background work of the server itself (grace expiry, heartbeat reaper).
     System,
+    /// An admin API token, by name.
+    Admin {
+        /// The token's name.
+        token_name: String,
+    },
 }
 
 impl Actor {
@@ -46,6 +52,7 @@ impl Actor {
             Actor::Stripe { .. } => "stripe".to_owned(),
             Actor::User { user_id } => format!("user:{user_id}"),
             Actor::System => "system".to_owned(),
+            Actor::Admin { token_name } => format!("admin:{token_name}"),
         }
     }
 

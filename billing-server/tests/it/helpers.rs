@@ -711,3 +711,14 @@ pub fn stripe_write(
 pub fn stripe_read(route: &str, query: Vec<(&'static str, String)>) -> wiremock::MockBuilder {
     stripe_mock("GET", route).and(QueryIs(query)).and(FormIs(vec![])).and(NoIdempotencyKey)
 }
+
+// TEMPORARY stand-in for the lead's admin-token helper (issue 14); main's
+// version replaces it on merge.
+/// A bearer token with these scopes (`&["*"]` for all).
+pub async fn admin_token(_app: &TestApp, scopes: &[&str]) -> String {
+    use billing_core::domain::admin::Scope;
+    let token = format!("adm_{}", uuid::Uuid::new_v4().simple());
+    let scopes = scopes.iter().map(|s| Scope::parse(s).expect("a known scope")).collect();
+    billing_server::admin::register_stand_in_token(&token, &format!("test-{}", &token[4..12]), scopes);
+    token
+}

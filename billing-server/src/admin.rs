@@ -14,7 +14,10 @@ use hyper::{Request, StatusCode};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-static TOKENS: LazyLock<Mutex<HashMap<String, (String, Vec<Scope>)>>> = LazyLock::new(Default::default);
+/// Token → (name, scopes).
+type Registry = HashMap<String, (String, Vec<Scope>)>;
+
+static TOKENS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
 /// Registers a token (stand-in for `admin-token create`).
 pub fn register_stand_in_token(token: &str, name: &str, scopes: Vec<Scope>) {

@@ -1,6 +1,8 @@
 //! The route table and dispatch.
 
 mod actions;
+// Admin license writes (issue 14).
+mod admin_licenses;
 mod dashboard;
 mod license;
 mod ops;
@@ -43,6 +45,15 @@ pub enum Route {
     BillingPortal,
     PaymentMethod,
     SyncSubscriptions,
+    // --- Admin license writes (issue 14) ---
+    AdminIssueLicense,
+    AdminPatchLicense,
+    AdminSuspendLicense,
+    AdminReinstateLicense,
+    AdminRevokeLicense,
+    AdminRenewLicense,
+    AdminDeleteDevice,
+    AdminResetDevices,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -73,6 +84,15 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
     (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
     (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
+    // --- Admin license writes (issue 14) ---
+    (Method::POST, "/api/admin/licenses", Route::AdminIssueLicense),
+    (Method::PATCH, "/api/admin/licenses/{id}", Route::AdminPatchLicense),
+    (Method::POST, "/api/admin/licenses/{id}/suspend", Route::AdminSuspendLicense),
+    (Method::POST, "/api/admin/licenses/{id}/reinstate", Route::AdminReinstateLicense),
+    (Method::POST, "/api/admin/licenses/{id}/revoke", Route::AdminRevokeLicense),
+    (Method::POST, "/api/admin/licenses/{id}/renew", Route::AdminRenewLicense),
+    (Method::DELETE, "/api/admin/devices/{id}", Route::AdminDeleteDevice),
+    (Method::POST, "/api/admin/licenses/{id}/reset-devices", Route::AdminResetDevices),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -154,6 +174,21 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::BillingPortal => actions::portal(&state, request).await,
             Route::PaymentMethod => actions::payment_method(&state, request).await,
             Route::SyncSubscriptions => actions::sync(&state, request).await,
+            // --- Admin license writes (issue 14) ---
+            Route::AdminIssueLicense => admin_licenses::issue(&state, request).await,
+            Route::AdminPatchLicense => admin_licenses::patch(&state, request, &param("id")).await,
+            Route::AdminSuspendLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Suspend).await
+            }
+            Route::AdminReinstateLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Reinstate).await
+            }
+            Route::AdminRevokeLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Revoke).await
+            }
+            Route::AdminRenewLicense => admin_licenses::renew(&state, request, &param("id")).await,
+            Route::AdminDeleteDevice => admin_licenses::delete_device(&state, request, &param("id")).await,
+            Route::AdminResetDevices => admin_licenses::reset_devices(&state, request, &param("id")).await,
         }
     }
     .await;

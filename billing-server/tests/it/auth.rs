@@ -29,6 +29,8 @@ enum Access {
     /// A device's activation token, or the license owner's (or an admin's)
     /// dashboard JWT.
     DeviceOrDashboard,
+    /// An admin API token (its scope matrix lives with the admin tests).
+    Admin,
 }
 
 /// Every route's access. The match is exhaustive, with no catch-all: a new
@@ -56,6 +58,15 @@ fn access(route: Route) -> Access {
         | Route::SyncSubscriptions
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
+        // --- Admin license writes (issue 14) ---
+        Route::AdminIssueLicense
+        | Route::AdminPatchLicense
+        | Route::AdminSuspendLicense
+        | Route::AdminReinstateLicense
+        | Route::AdminRevokeLicense
+        | Route::AdminRenewLicense
+        | Route::AdminDeleteDevice
+        | Route::AdminResetDevices => Admin,
     }
 }
 
@@ -374,7 +385,16 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Validate
         | Route::Heartbeat
         | Route::Deactivate
-        | Route::PublicKey => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::PublicKey
+        // --- Admin license writes (issue 14) ---
+        | Route::AdminIssueLicense
+        | Route::AdminPatchLicense
+        | Route::AdminSuspendLicense
+        | Route::AdminReinstateLicense
+        | Route::AdminRevokeLicense
+        | Route::AdminRenewLicense
+        | Route::AdminDeleteDevice
+        | Route::AdminResetDevices => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

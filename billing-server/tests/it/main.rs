@@ -2,6 +2,8 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+// Admin license writes (issue 14).
+mod admin_licenses;
 mod auth;
 mod dashboard;
 mod events;

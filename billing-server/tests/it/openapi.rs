@@ -107,6 +107,8 @@ fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
         Route::Activate | Route::Validate | Route::PublicKey => &[],
         Route::Heartbeat | Route::Deactivate => &["activationToken"],
         Route::Events => &["activationToken", "dashboardJwt"],
+        // The vendor's admin API takes only admin tokens.
+        _ if path.starts_with("/api/admin/") => &["adminToken"],
         // Operations routes (health, readiness, metrics) live outside /api/.
         _ if !path.starts_with("/api/") => &[],
         // The dashboard's reads, terminals and actions.
@@ -162,7 +164,9 @@ fn openapi_document_lists_exactly_the_routes_of_the_router() {
         if declared != expected {
             problems.push(format!("{at}: security is {declared:?}, expected {expected:?}"));
         }
-        let bearer = expected.contains("dashboardJwt") || expected.contains("activationToken");
+        let bearer = expected.contains("dashboardJwt")
+            || expected.contains("activationToken")
+            || expected.contains("adminToken");
         if bearer && !op.responses.iter().any(|c| c == "401") {
             problems.push(format!("{at}: requires a bearer token but documents no 401"));
         }

@@ -160,7 +160,19 @@ async fn a_manual_license_activates_validates_streams_and_certifies_like_any_oth
         (Some(id.as_str()), Some(4))
     );
     app.activate_ok(&key, "fp-2").await;
-    app.activate_ok(&key, "fp-3").await;
+    let third = app.activate_ok(&key, "fp-3").await;
+
+    // Its user sees it in the dashboard and may listen to it there.
+    let dashboard = app.get_licenses("reseller_7").await;
+    assert_eq!((dashboard.len(), dashboard[0]["key"].as_str()), (1, Some(key.as_str())));
+    assert_eq!(app.open_event_stream(&key, &jwt_for("reseller_7"), None).await.status(), 200);
+    assert_eq!(app.open_event_stream(&key, &jwt_for("someone_else"), None).await.status(), 401);
+    // Its devices are any device to the admin API.
+    let devices = admin_token(&app, &["devices:write"]).await;
+    let third_id = third["device"]["id"].as_str().unwrap();
+    let (status, _) = admin(&app, Method::DELETE, &format!("/api/admin/devices/{third_id}"), &devices, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.validate(&key, Some("fp-3")).await["code"], "NOT_ACTIVATED");
 }
 
 #[tokio::test]

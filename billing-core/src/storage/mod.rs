@@ -5,6 +5,7 @@
 //! work (begin, read, apply a pure rule, write state + audit + outbox,
 //! commit). A transaction dropped without `commit` rolls back.
 
+pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
 pub mod migration_check;
@@ -53,6 +54,11 @@ pub struct EventRecord<'a> {
     pub created: i64,
     /// Payload API version.
     pub api_version: Option<&'a str>,
+    /// `data.object.id`, when the object has one.
+    pub object_id: Option<&'a str>,
+    /// The body as received (its signature checked then), kept so the
+    /// delivery can be replayed.
+    pub payload: &'a [u8],
 }
 
 /// How an event was disposed of.
@@ -252,6 +258,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(String, i32, Option<String>)>, StoreError>> + Send;
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    /// Counts one more delivery of an event that was already applied (its
+    /// transaction was refused, so this is written on its own).
+    fn record_event_duplicate(&self, event_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// One open transaction.
@@ -430,6 +442,18 @@ pub trait StoreTx: Send {
         kind: &str,
         actor: &Actor,
         detail: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- Admin reads (issue 14): customers ---
+
+    /// Records the customer's e-mail as of the Stripe event `created` (Unix
+    /// seconds): an older event than the one the held address came from
+    /// changes nothing, so the address does not depend on delivery order.
+    fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends to the outbox; visible to readers once committed, in commit

@@ -12,6 +12,9 @@ mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
 }
 
+// Admin reads (issue 14).
+mod admin_reads;
+
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
 /// Advisory lock (two-key space) serialising outbox id assignment, so ids
@@ -306,12 +309,13 @@ impl Store for PgStore {
         let conn = self.conn().await?;
         execute(
             &conn,
-            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error)
-             VALUES ($1, $2, $3, $4, 'failed', $5)
+            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, object_id, payload)
+             VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)
              ON CONFLICT (id) DO UPDATE
-                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1
+                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1,
+                    object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
               WHERE webhook_events.status = 'failed'",
-            &[&event.id, &event.kind, &event.created, &event.api_version, &error],
+            &[&event.id, &event.kind, &event.created, &event.api_version, &error, &event.object_id, &event.payload],
         )
         .await?;
         Ok(())
@@ -543,6 +547,14 @@ impl Store for PgStore {
                 .await?;
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(&conn, "UPDATE webhook_events SET duplicates = duplicates + 1 WHERE id = $1", &[&event_id]).await?;
+        Ok(())
+    }
 }
 
 /// An open PostgreSQL transaction on a pooled connection.
@@ -723,15 +735,22 @@ impl StoreTx for PgTx {
         // recording its failure: the INSERT waits for it.
         self.defer(
             "WITH claimed AS (
-                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
-                VALUES ($1, $2, $3, $4, 'processed', now())
+                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
+                VALUES ($1, $2, $3, $4, 'processed', now(), $5, $6)
                 ON CONFLICT (id) DO UPDATE
                    SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                       processed_at = now()
+                       processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
                  WHERE webhook_events.status = 'failed'
                 RETURNING id)
              SELECT billing_webhook_event_already_applied() WHERE NOT EXISTS (SELECT FROM claimed)",
-            params![event.id.to_owned(), event.kind.to_owned(), event.created, event.api_version.map(str::to_owned)],
+            params![
+                event.id.to_owned(),
+                event.kind.to_owned(),
+                event.created,
+                event.api_version.map(str::to_owned),
+                event.object_id.map(str::to_owned),
+                event.payload.to_vec()
+            ],
         );
         Ok(())
     }
@@ -1140,6 +1159,22 @@ impl StoreTx for PgTx {
         self.defer(
             "INSERT INTO device_changes (device_id, license_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5)",
             params![device.id, device.license_id, kind.to_owned(), actor.label(), detail],
+        );
+        Ok(())
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        self.defer(
+            "UPDATE customers SET email = $2, email_created = $3, updated_at = now()
+              WHERE id = $1 AND (email_created IS NULL OR email_created <= $3)",
+            params![customer_id, email.map(str::to_owned), created],
         );
         Ok(())
     }

@@ -43,6 +43,9 @@ mod embedded {
     refinery::embed_migrations!("../migrations/sqlite");
 }
 
+// Admin reads (issue 14).
+mod admin_reads;
+
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
 /// How long a statement waits for a lock held by another process.
@@ -619,15 +622,18 @@ impl Store for SqliteStore {
     async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
         let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
         let (api_version, error) = (event.api_version.map(str::to_owned), error.to_owned());
+        let (object_id, payload) = (event.object_id.map(str::to_owned), event.payload.to_vec());
         self.write(move |conn, now| {
             execute(
                 conn,
-                "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, received_at)
-                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6)
+                "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, received_at,
+                        object_id, payload)
+                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7, ?8)
                  ON CONFLICT (id) DO UPDATE
-                    SET last_error = excluded.last_error, attempts = webhook_events.attempts + 1
+                    SET last_error = excluded.last_error, attempts = webhook_events.attempts + 1,
+                        object_id = excluded.object_id, payload = excluded.payload
                   WHERE webhook_events.status = 'failed'",
-                params![id, kind, created, api_version, error, now],
+                params![id, kind, created, api_version, error, now, object_id, payload],
             )
         })
         .await?;
@@ -831,6 +837,17 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.write(move |conn, _| {
+            execute(conn, "UPDATE webhook_events SET duplicates = duplicates + 1 WHERE id = ?1", [event_id])
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 /// An open SQLite transaction on the writer connection. It holds the
@@ -949,17 +966,19 @@ impl StoreTx for SqliteTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
         let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
         let api_version = event.api_version.map(str::to_owned);
+        let (object_id, payload) = (event.object_id.map(str::to_owned), event.payload.to_vec());
         self.run(move |conn, now| {
             let claimed = query_opt(
                 conn,
-                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at)
-                 VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5)
+                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at,
+                        object_id, payload)
+                 VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5, ?6, ?7)
                  ON CONFLICT (id) DO UPDATE
                     SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                        processed_at = ?5
+                        processed_at = ?5, object_id = excluded.object_id, payload = excluded.payload
                   WHERE webhook_events.status = 'failed'
                  RETURNING id",
-                params![id, kind, created, api_version, now],
+                params![id, kind, created, api_version, now, object_id, payload],
                 |_| Ok(()),
             )?;
             claimed.ok_or(StoreError::AlreadyApplied)
@@ -1445,6 +1464,27 @@ impl StoreTx for SqliteTx {
                 "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![device_id, license_id, kind, actor_label, detail, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        let (customer_id, email) = (customer_id.to_string(), email.map(str::to_owned));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE customers SET email = ?2, email_created = ?3, updated_at = ?4
+                  WHERE id = ?1 AND (email_created IS NULL OR email_created <= ?3)",
+                params![customer_id, email, created, now],
             )
         })
         .await?;

@@ -1,6 +1,8 @@
 //! The route table and dispatch.
 
 mod actions;
+// Admin reads (issue 14).
+mod admin_reads;
 mod dashboard;
 mod license;
 mod ops;
@@ -43,6 +45,11 @@ pub enum Route {
     BillingPortal,
     PaymentMethod,
     SyncSubscriptions,
+    // Admin reads (issue 14).
+    AdminStripeEvents,
+    AdminReplayStripeEvent,
+    AdminAudit,
+    AdminCustomers,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -73,6 +80,11 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
     (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
     (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
+    // Admin reads (issue 14).
+    (Method::GET, "/api/admin/stripe-events", Route::AdminStripeEvents),
+    (Method::POST, "/api/admin/stripe-events/{id}/replay", Route::AdminReplayStripeEvent),
+    (Method::GET, "/api/admin/audit", Route::AdminAudit),
+    (Method::GET, "/api/admin/customers", Route::AdminCustomers),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -154,6 +166,11 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::BillingPortal => actions::portal(&state, request).await,
             Route::PaymentMethod => actions::payment_method(&state, request).await,
             Route::SyncSubscriptions => actions::sync(&state, request).await,
+            // Admin reads (issue 14).
+            Route::AdminStripeEvents => admin_reads::stripe_events(&state, request).await,
+            Route::AdminReplayStripeEvent => admin_reads::replay_stripe_event(&state, request, &param("id")).await,
+            Route::AdminAudit => admin_reads::audit(&state, request).await,
+            Route::AdminCustomers => admin_reads::customers(&state, request).await,
         }
     }
     .await;

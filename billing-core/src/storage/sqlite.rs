@@ -831,6 +831,92 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        let (id, name, token_hash) = (id.to_string(), name.to_owned(), token_hash.to_vec());
+        let scopes = json_text(&Value::from(scopes.names()));
+        let inserted = self
+            .write(move |conn, now| {
+                execute(
+                    conn,
+                    "INSERT INTO admin_tokens (id, name, token_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING",
+                    params![id, name, token_hash, scopes, now],
+                )
+            })
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let token_hash = token_hash.to_vec();
+        self.read(move |conn| {
+            let sql =
+                format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = ?1 AND revoked_at IS NULL");
+            query_opt(conn, &sql, [token_hash], admin_token_from_row)
+        })
+        .await
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id");
+            query(conn, &sql, [], admin_token_from_row)
+        })
+        .await
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let (name, at) = (name.to_owned(), micros(at)?);
+        let revoked = self
+            .write(move |conn, _| {
+                execute(
+                    conn,
+                    "UPDATE admin_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name, at],
+                )
+            })
+            .await?;
+        Ok(revoked > 0)
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let (id, at) = (id.to_string(), micros(at)?);
+        self.write(move |conn, _| {
+            execute(
+                conn,
+                "UPDATE admin_tokens SET last_used_at = ?2
+                  WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000000)",
+                params![id, at],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+const ADMIN_TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
+
+fn admin_token_from_row(row: &Row<'_>) -> Result<AdminTokenRecord, StoreError> {
+    let scopes: Vec<String> =
+        serde_json::from_value(json(row, 2)?).map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?;
+    Ok(AdminTokenRecord {
+        id: uuid(row, 0)?,
+        name: get(row, 1)?,
+        scopes: Scopes::parse(scopes.iter().map(String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?,
+        created_at: time(row, 3)?,
+        last_used_at: opt_time(row, 4)?,
+        revoked_at: opt_time(row, 5)?,
+    })
 }
 
 /// An open SQLite transaction on the writer connection. It holds the

@@ -2,6 +2,7 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+mod admin_auth;
 mod auth;
 mod dashboard;
 mod events;

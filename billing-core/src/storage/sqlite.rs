@@ -1575,3 +1575,66 @@ impl StoreTx for SqliteTx {
         .map_err(worker_error)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// V6 rebuilds `licenses`, which devices and their audit rows reference:
+    /// a database holding data from before it must come through whole, with
+    /// its references still enforced.
+    #[tokio::test]
+    async fn the_licenses_rebuild_keeps_existing_rows_and_references() {
+        let dir = std::env::temp_dir().join(format!("billing_v6_{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("billing.sqlite3");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            embedded::migrations::runner().set_target(refinery::Target::Version(5)).run(&mut conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ('c1', 'cus_1', 'user_1');
+                 INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, cancel_at_period_end, source_created)
+                      VALUES ('s1', 'sub_1', 'c1', 'active', 0, 1);
+                 INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices)
+                      VALUES ('l1', 's1', 'KEY', x'00', 'active', 'pro', 3);
+                 INSERT INTO devices (id, license_id, fingerprint, status, activated_at, last_heartbeat_at)
+                      VALUES ('d1', 'l1', 'fp', 'active', 1, 1);
+                 INSERT INTO device_changes (device_id, license_id, kind, actor) VALUES ('d1', 'l1', 'activated', 'system');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.migrate().await.unwrap();
+        let (license, devices, source) = store
+            .read(|conn| {
+                let license =
+                    query_opt(conn, "SELECT subscription_id, max_devices FROM licenses WHERE id = 'l1'", [], |r| {
+                        Ok((get::<String>(r, 0)?, get::<i64>(r, 1)?))
+                    })?;
+                let devices =
+                    query(conn, "SELECT id FROM devices WHERE license_id = 'l1'", [], |r| get::<String>(r, 0))?;
+                let source =
+                    query_opt(conn, "SELECT source FROM licenses WHERE id = 'l1'", [], |r| get::<String>(r, 0))?;
+                Ok((license, devices, source))
+            })
+            .await
+            .unwrap();
+        assert_eq!(license, Some(("s1".to_owned(), 3)));
+        assert_eq!(devices, ["d1"]);
+        assert_eq!(source.as_deref(), Some("stripe"));
+        let orphaning = store.write(|conn, _| execute(conn, "DELETE FROM licenses WHERE id = 'l1'", [])).await;
+        assert!(orphaning.is_err(), "devices still reference licenses");
+        let manual_without_user = store
+            .write(|conn, _| {
+                execute(
+                    conn,
+                    "INSERT INTO licenses (id, subscription_id, key, key_hash, status, max_devices, source)
+                     VALUES ('l2', 's1', 'KEY2', x'01', 'active', 1, 'manual')",
+                    [],
+                )
+            })
+            .await;
+        assert!(manual_without_user.is_err(), "a manual license has no subscription");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -14,5 +14,6 @@ mod openapi;
 mod ops;
 mod ordering;
 mod properties;
+mod quickstart;
 mod storm;
 mod webhooks;

@@ -4,7 +4,7 @@ mod actions;
 // Admin reads (issue 14).
 mod admin_reads;
 mod dashboard;
-mod license;
+pub(crate) mod license;
 mod ops;
 mod terminals;
 mod webhook;

@@ -29,6 +29,8 @@ enum Access {
     /// A device's activation token, or the license owner's (or an admin's)
     /// dashboard JWT.
     DeviceOrDashboard,
+    /// An admin API token (see `admin_auth.rs`, which tests that door).
+    AdminToken,
 }
 
 /// Every route's access. The match is exhaustive, with no catch-all: a new
@@ -56,6 +58,10 @@ fn access(route: Route) -> Access {
         | Route::SyncSubscriptions
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
+        // Admin reads (issue 14).
+        Route::AdminStripeEvents | Route::AdminReplayStripeEvent | Route::AdminAudit | Route::AdminCustomers => {
+            AdminToken
+        }
     }
 }
 
@@ -374,7 +380,12 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Validate
         | Route::Heartbeat
         | Route::Deactivate
-        | Route::PublicKey => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::PublicKey
+        // Admin reads (issue 14).
+        | Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

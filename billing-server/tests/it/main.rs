@@ -2,6 +2,7 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+mod admin_auth;
 mod auth;
 mod dashboard;
 mod events;
@@ -13,5 +14,6 @@ mod openapi;
 mod ops;
 mod ordering;
 mod properties;
+mod quickstart;
 mod storm;
 mod webhooks;

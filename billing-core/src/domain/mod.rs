@@ -1,8 +1,8 @@
 //! Domain types and pure business rules: no I/O, no clock, no randomness
 //! except where a value is generated on purpose (license keys).
 
-pub mod cursor;
 pub mod admin;
+pub mod cursor;
 pub mod device;
 pub mod license;
 pub mod payment;

@@ -118,6 +118,8 @@ pub struct AuditRecord {
     pub license_id: Option<Uuid>,
     /// Our subscription concerned, if any.
     pub subscription_id: Option<Uuid>,
+    /// The device concerned (device changes).
+    pub device_id: Option<Uuid>,
     /// Status before (subscription status changes).
     pub from_status: Option<String>,
     /// Status after.

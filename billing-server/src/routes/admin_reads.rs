@@ -70,7 +70,9 @@ impl ListQuery {
     /// A uuid parameter; a malformed one matches nothing, so it is refused.
     pub(crate) fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
         self.get(name)
-            .map(|text| Uuid::parse_str(text).map_err(|_| invalid(format!("{name} must be a UUID, not {}", excerpt(text)))))
+            .map(|text| {
+                Uuid::parse_str(text).map_err(|_| invalid(format!("{name} must be a UUID, not {}", excerpt(text))))
+            })
             .transpose()
     }
 }
@@ -134,7 +136,8 @@ fn replay_error(e: ReplayError) -> ApiError {
 pub async fn audit(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     authorize(state, &request, Scope::EventsRead).await?;
     let query = ListQuery::parse(&request, &["license_id", "user_id", "limit", "cursor"])?;
-    let filter = AuditFilter { license_id: query.uuid("license_id")?, user_id: query.get("user_id").map(str::to_owned) };
+    let filter =
+        AuditFilter { license_id: query.uuid("license_id")?, user_id: query.get("user_id").map(str::to_owned) };
     let (limit, cursor) = (query.limit()?, query.cursor(AuditCursor::parse)?);
     let page = state.billing.audit_trail(&filter, limit, cursor.as_ref()).await?;
     let entries: Vec<_> = page.items.iter().map(AuditEntryView::from).collect();

@@ -58,9 +58,9 @@ pub struct AuditEntryView {
 
 impl From<&AuditRecord> for AuditEntryView {
     fn from(e: &AuditRecord) -> Self {
-        // A subscription change keeps its statuses and Stripe event in
-        // columns of their own; the entry carries them in its detail, so
-        // every entry has one shape.
+        // A subscription change keeps its statuses and Stripe event, a
+        // device change its device, in columns of their own; the entry
+        // carries them in its detail, so every entry has one shape.
         let mut detail = match &e.detail {
             Value::Object(map) => map.clone(),
             Value::Null => serde_json::Map::new(),
@@ -72,6 +72,9 @@ impl From<&AuditRecord> for AuditEntryView {
             if let Some(value) = value {
                 detail.entry(name).or_insert_with(|| Value::String(value.clone()));
             }
+        }
+        if let Some(device_id) = e.device_id {
+            detail.entry("device_id").or_insert_with(|| Value::String(device_id.to_string()));
         }
         Self {
             id: format!("{}_{}", e.source.prefix(), e.id),

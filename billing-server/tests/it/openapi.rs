@@ -109,6 +109,8 @@ fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
         Route::Events => &["activationToken", "dashboardJwt"],
         // Operations routes (health, readiness, metrics) live outside /api/.
         _ if !path.starts_with("/api/") => &[],
+        // The vendor's admin API (issue 14).
+        _ if path.starts_with("/api/admin/") => &["adminToken"],
         // The dashboard's reads, terminals and actions.
         _ => &["dashboardJwt"],
     }
@@ -162,7 +164,9 @@ fn openapi_document_lists_exactly_the_routes_of_the_router() {
         if declared != expected {
             problems.push(format!("{at}: security is {declared:?}, expected {expected:?}"));
         }
-        let bearer = expected.contains("dashboardJwt") || expected.contains("activationToken");
+        let bearer = expected.contains("dashboardJwt")
+            || expected.contains("activationToken")
+            || expected.contains("adminToken");
         if bearer && !op.responses.iter().any(|c| c == "401") {
             problems.push(format!("{at}: requires a bearer token but documents no 401"));
         }

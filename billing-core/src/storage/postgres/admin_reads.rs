@@ -38,9 +38,9 @@ const AUDIT_SQL: &str = "
     WITH users_subscriptions AS (
         SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE c.user_id = $2::text)
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail
+           stripe_event_id, detail, device_id
       FROM (SELECT 0::bigint AS rank, h.id, h.created_at, h.actor, h.kind, l.id AS license_id, h.subscription_id,
-                   h.from_status, h.to_status, h.stripe_event_id, h.detail
+                   h.from_status, h.to_status, h.stripe_event_id, h.detail, NULL::uuid AS device_id
               FROM subscription_changes h LEFT JOIN licenses l ON l.subscription_id = h.subscription_id
              WHERE ($1::uuid IS NULL OR l.id = $1::uuid)
                AND ($2::text IS NULL OR h.subscription_id IN (SELECT id FROM users_subscriptions))
@@ -48,9 +48,10 @@ const AUDIT_SQL: &str = "
              ORDER BY h.created_at DESC, h.id DESC LIMIT $6) AS sub
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail
+           stripe_event_id, detail, device_id
       FROM (SELECT 1::bigint AS rank, d.id, d.created_at, d.actor, d.kind, d.license_id, l.subscription_id,
-                   NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, d.detail
+                   NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, d.detail,
+                   d.device_id
               FROM device_changes d JOIN licenses l ON l.id = d.license_id
              WHERE ($1::uuid IS NULL OR d.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
@@ -59,9 +60,10 @@ const AUDIT_SQL: &str = "
              ORDER BY d.created_at DESC, d.id DESC LIMIT $6) AS dev
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail
+           stripe_event_id, detail, device_id
       FROM (SELECT 2::bigint AS rank, x.id, x.created_at, x.actor, x.kind, x.license_id, l.subscription_id,
-                   NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, x.detail
+                   NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, x.detail,
+                   NULL::uuid AS device_id
               FROM license_changes x JOIN licenses l ON l.id = x.license_id
              WHERE ($1::uuid IS NULL OR x.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
@@ -84,6 +86,7 @@ fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
         to_status: row.get(8),
         stripe_event_id: row.get(9),
         detail: row.get(10),
+        device_id: row.get(11),
     })
 }
 

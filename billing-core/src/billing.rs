@@ -4,7 +4,7 @@
 
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness};
-use crate::domain::{Actor, License, LicenseKey, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
+use crate::domain::{Actor, License, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
 use crate::storage::{
     ChangeEntry, EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentRecord, PaymentWrite, Store,
     StoreError, StoreTx,
@@ -412,12 +412,14 @@ impl<S: Store> Billing<S> {
             || seen.proves_entitlement()
             || sub.snapshot.status.proves_entitlement()
             || tx.has_paid_invoice(&sub.snapshot.stripe_subscription_id).await?;
-        let decision = license::decide(sub, plan, license.as_ref().map(|l| &l.terms), entitled, self.config.grace, now);
+        let decision = license::decide(sub, plan, license.as_ref(), entitled, self.config.grace, now);
         Ok(match (decision, license) {
             (LicenseDecision::Issue(terms), _) => {
-                let issued =
-                    License { id: Uuid::new_v4(), subscription_id: sub.id, key: LicenseKey::generate(), terms };
+                let issued = License::for_subscription(sub.id, terms);
                 tx.insert_license(&issued).await?;
+                // Heard by the vendor's systems (webhooks), not by devices:
+                // a new license has none yet.
+                tx.enqueue(&license_message(LICENSE_CREATED, &issued)).await?;
                 tracing::info!(license_id = %issued.id, subscription_id = %sub.id, "license issued");
                 Some(issued.id)
             }
@@ -455,7 +457,13 @@ impl<S: Store> Billing<S> {
                 };
                 tx.update_license_terms(held.id, &terms).await?;
                 let change = subscription::SubscriptionChange::GraceExpired { grace_ended_at };
-                tx.record_change(held.subscription_id, &Actor::System, &change).await?;
+                match held.subscription_id {
+                    Some(subscription_id) => tx.record_change(subscription_id, &Actor::System, &change).await?,
+                    None => {
+                        let detail = json!({ "grace_ended_at": rfc3339(grace_ended_at) });
+                        tx.record_license_change(held.id, "grace_expired", &Actor::System, detail).await?
+                    }
+                }
                 let suspended = License { terms, ..held };
                 tx.enqueue(&license_updated(&suspended)).await?;
                 tracing::info!(license_id = %suspended.id, "license suspended: past-due grace period ended");
@@ -470,7 +478,7 @@ impl<S: Store> Billing<S> {
 
     /// After a downgrade, the least recently seen live devices beyond the
     /// new limit lose their slot and are told so.
-    async fn evict_beyond_limit(
+    pub(crate) async fn evict_beyond_limit(
         &self,
         tx: &mut S::Tx,
         license: &License,
@@ -658,11 +666,21 @@ pub(crate) enum Synced {
     Ambiguous,
 }
 
-fn license_updated(license: &License) -> OutboxMessage {
+/// The topic of a license's changed terms.
+pub const LICENSE_UPDATED: &str = "license.updated";
+/// The topic of a newly issued license (Stripe's or an admin's).
+pub const LICENSE_CREATED: &str = "license.created";
+
+/// `license.updated`: what a license's devices need to know of its terms.
+pub(crate) fn license_updated(license: &License) -> OutboxMessage {
+    license_message(LICENSE_UPDATED, license)
+}
+
+pub(crate) fn license_message(topic: &'static str, license: &License) -> OutboxMessage {
     let t = &license.terms;
     OutboxMessage {
         license_id: Some(license.id),
-        topic: "license.updated",
+        topic,
         payload: json!({
             "license_id": license.id,
             "status": t.status,

@@ -15,8 +15,8 @@
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan,
-    PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog,
+    PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -338,18 +338,16 @@ async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) 
     let customer = tx.upsert_customer(cus, Some(user)).await.unwrap();
     let sub = full_subscription(sub_id, cus, user);
     tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
-    let license = License {
-        id: Uuid::new_v4(),
-        subscription_id: sub.id,
-        key: LicenseKey::generate(),
-        terms: LicenseTerms {
+    let license = License::for_subscription(
+        sub.id,
+        LicenseTerms {
             status: LicenseStatus::Active,
             max_devices: 3,
             expires_at: Some(at(1_766_592_000, 500)),
             grace_ends_at: None,
             plan_id: Some("pro".to_owned()),
         },
-    };
+    );
     tx.insert_license(&license).await.unwrap();
     tx.commit().await.unwrap();
     (sub, license)
@@ -798,18 +796,16 @@ async fn a_failed_statement_aborts_the_transaction() {
     let (_db, store) = fresh_store().await;
     let mut tx = store.begin().await.unwrap();
     tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
-    let orphan = License {
-        id: Uuid::new_v4(),
-        subscription_id: Uuid::new_v4(),
-        key: LicenseKey::generate(),
-        terms: LicenseTerms {
+    let orphan = License::for_subscription(
+        Uuid::new_v4(),
+        LicenseTerms {
             status: LicenseStatus::Active,
             max_devices: 1,
             expires_at: None,
             grace_ends_at: None,
             plan_id: None,
         },
-    };
+    );
     // SQLite reports the failure at the statement. PostgreSQL holds writes
     // whose results nobody reads back and pipelines them ahead of the next
     // read or the commit (ARCHITECTURE.md), so it reports it there.
@@ -1526,6 +1522,7 @@ async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
 // ---------------------------------------------------------------------------
 
 use billing_core::domain::cursor::{AuditSource, CustomerCursor, DeliveryCursor};
+use billing_core::domain::LicenseKey;
 use billing_core::storage::admin_reads::{AdminReadStore, AuditFilter, DeliveryStatus};
 
 impl TestDb {

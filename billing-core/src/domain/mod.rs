@@ -10,7 +10,7 @@ pub mod plan;
 pub mod subscription;
 
 pub use device::{ActivationToken, Device, DeviceStatus, ValidationCode};
-pub use license::{License, LicenseKey, LicenseStatus, LicenseTerms};
+pub use license::{License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms};
 pub use payment::{Payment, PaymentStatus};
 pub use plan::{Plan, PlanCatalog, PlanId};
 pub use subscription::{Subscription, SubscriptionSnapshot, SubscriptionStatus};

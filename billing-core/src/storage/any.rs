@@ -627,6 +627,41 @@ impl StoreTx for AnyTx {
         }
     }
 
+    // --- Admin license writes (issue 14) ---
+
+    async fn lock_license_record(&mut self, license_id: Uuid) -> Result<Option<LockedLicense>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.lock_license_record(license_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.lock_license_record(license_id).await,
+        }
+    }
+
+    async fn save_license(&mut self, license: &License) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.save_license(license).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.save_license(license).await,
+        }
+    }
+
+    async fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.record_license_change(license_id, kind, actor, detail).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.record_license_change(license_id, kind, actor, detail).await,
+        }
+    }
+
     async fn commit(self) -> Result<(), StoreError> {
         match self {
             #[cfg(feature = "postgres")]

@@ -17,7 +17,7 @@ pub mod sqlite;
 use crate::domain::admin::Scopes;
 use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseSource, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
 };
 use serde_json::Value;
 use std::future::Future;
@@ -175,6 +175,67 @@ pub struct AdminTokenRecord {
     pub last_used_at: Option<Timestamp>,
     /// When it was revoked; a revoked token authenticates nothing.
     pub revoked_at: Option<Timestamp>,
+}
+
+// --- Admin license writes (issue 14) ---
+
+/// A license with what the admin API shows beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseRecord {
+    /// The license.
+    pub license: License,
+    /// Its user: a manual license's own, a Stripe license's customer's
+    /// (None while the customer is not linked to a user).
+    pub owner_user_id: Option<String>,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A license locked for an admin change, with its subscription (locked
+/// first) when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedLicense {
+    /// The license and its owner.
+    pub record: LicenseRecord,
+    /// Its subscription as stored (None for a manual license).
+    pub subscription: Option<Subscription>,
+}
+
+/// The columns a license carries besides its terms, as the stores read
+/// them, checked into their domain types.
+pub(crate) struct LicenseExtras {
+    pub(crate) source: LicenseSource,
+    pub(crate) entitlements: Vec<String>,
+    pub(crate) metadata: serde_json::Map<String, Value>,
+    pub(crate) max_devices_override: Option<u32>,
+}
+
+impl LicenseExtras {
+    pub(crate) fn decode(
+        source: &str,
+        entitlements: Value,
+        metadata: Value,
+        max_devices_override: Option<i64>,
+    ) -> Result<Self, StoreError> {
+        let source =
+            LicenseSource::parse(source).ok_or_else(|| StoreError::Corrupt("unknown license source".into()))?;
+        let entitlements = serde_json::from_value(entitlements)
+            .map_err(|_| StoreError::Corrupt("license entitlements are not a list of strings".into()))?;
+        let Value::Object(metadata) = metadata else {
+            return Err(StoreError::Corrupt("license metadata is not an object".into()));
+        };
+        let max_devices_override = max_devices_override
+            .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt("negative max_devices_override".into())))
+            .transpose()?;
+        Ok(Self { source, entitlements, metadata, max_devices_override })
+    }
+}
+
+/// A device limit as the stores' integer columns hold it.
+pub(crate) fn max_devices_column(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// A storage backend.
@@ -505,6 +566,28 @@ pub trait StoreTx: Send {
     /// Appends to the outbox; visible to readers once committed, in commit
     /// order of ids.
     fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- Admin license writes (issue 14) ---
+
+    /// Locks a license for an admin change: its subscription first (the one
+    /// lock order), then the license; with its owner and dates.
+    fn lock_license_record(
+        &mut self,
+        license_id: Uuid,
+    ) -> impl Future<Output = Result<Option<LockedLicense>, StoreError>> + Send;
+
+    /// Stores everything an admin may change on a license: terms,
+    /// entitlements, metadata and overrides.
+    fn save_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends a `license_changes` row.
+    fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes everything durable.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -3,13 +3,15 @@
 //! trail and customers.
 
 use crate::billing::{Billing, WebhookError, WebhookOutcome};
-use crate::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor, PageLimit};
-use crate::domain::{Actor, Subscription};
+use crate::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor, LicenseCursor, PageLimit};
+use crate::domain::{Actor, LicenseKey, Subscription};
 use crate::storage::admin_reads::{
-    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseSummary, StripeDelivery,
+    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseDetail, LicenseFilter,
+    LicenseSearch, LicenseSummary, ListedLicense, StripeDelivery,
 };
 use crate::storage::{Store, StoreError};
 use crate::stripe::{Event, EventError};
+use uuid::Uuid;
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +80,48 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
+/// What a search term can find a license by: the term itself (ids, device
+/// fingerprints and names), and the key or license id it parses as. A key
+/// is matched by its hash, however it was typed (any case, dashes or
+/// spaces), never compared as text.
+pub fn license_search(term: &str) -> LicenseSearch {
+    LicenseSearch {
+        text: term.to_owned(),
+        key_hash: LicenseKey::parse(term).map(|key| key.lookup_hash()),
+        id: Uuid::parse_str(term).ok(),
+    }
+}
+
 impl<S: Store + AdminReadStore> Billing<S> {
+    /// Licenses newest first, filtered (effective statuses as of now).
+    pub async fn admin_licenses(
+        &self,
+        filter: &LicenseFilter,
+        limit: PageLimit,
+        after: Option<&LicenseCursor>,
+    ) -> Result<Page<ListedLicense>, StoreError> {
+        let rows = self.store().licenses_page(filter, self.now(), after, read_limit(limit)).await?;
+        Ok(Page::of(rows, limit, |l| l.cursor().encode()))
+    }
+
+    /// One batch of every license, newest first, after `after`: the export
+    /// walks them batch by batch so that it never holds them all.
+    pub async fn license_export_batch(
+        &self,
+        after: Option<&LicenseCursor>,
+    ) -> Result<(Vec<ListedLicense>, Option<LicenseCursor>), StoreError> {
+        let limit = PageLimit::new(PageLimit::MAX).expect("the largest page is a page");
+        let rows = self.store().licenses_page(&LicenseFilter::default(), self.now(), after, read_limit(limit)).await?;
+        let page = Page::of(rows, limit, |l| l.cursor().encode());
+        let next = page.next_cursor.as_ref().and(page.items.last().map(ListedLicense::cursor));
+        Ok((page.items, next))
+    }
+
+    /// One license with its devices and subscription.
+    pub async fn admin_license(&self, license_id: Uuid) -> Result<Option<LicenseDetail>, StoreError> {
+        self.store().license_detail(license_id).await
+    }
+
     /// Recorded Stripe deliveries, newest first, optionally of one status.
     pub async fn stripe_deliveries(
         &self,

@@ -6,9 +6,9 @@
 //! Every listing is a keyset walk (see [`crate::domain::cursor`]): rows
 //! strictly after the cursor in the listing's order, at most `limit`.
 
-use super::{Store, StoreError};
-use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor};
-use crate::domain::{Subscription, Timestamp};
+use super::{LicenseRecord, Store, StoreError};
+use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor, LicenseCursor};
+use crate::domain::{Device, LicenseStatus, Subscription, Timestamp};
 use serde_json::Value;
 use std::future::Future;
 use uuid::Uuid;
@@ -179,8 +179,78 @@ pub struct LicenseSummary {
     pub created_at: Timestamp,
 }
 
+/// Which licenses to list. Every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LicenseFilter {
+    /// The license's user (a manual license's own, a Stripe license's customer's).
+    pub user_id: Option<String>,
+    /// The effective status (see [`crate::domain::License::effective_status`])
+    /// at the time the listing is read.
+    pub status: Option<LicenseStatus>,
+    /// The plan id.
+    pub plan: Option<String>,
+    /// A search term (see [`LicenseSearch`]).
+    pub search: Option<LicenseSearch>,
+}
+
+/// What `q` finds a license by: its key (by the hash of the key it parses
+/// as), its id, its user id, its Stripe customer or subscription id, or the
+/// fingerprint or name of one of its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseSearch {
+    /// The term as given, compared with the ids and device fields.
+    pub text: String,
+    /// The lookup hash of the key the term parses as, if it parses as one.
+    pub key_hash: Option<Vec<u8>>,
+    /// The license id the term parses as, if it parses as one.
+    pub id: Option<Uuid>,
+}
+
+/// A license as listed: its record and how many devices hold a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedLicense {
+    /// The license with its owner and dates.
+    pub record: LicenseRecord,
+    /// Devices stored as active.
+    pub device_count: i64,
+}
+
+impl ListedLicense {
+    /// Where the next page starts after this license.
+    pub fn cursor(&self) -> LicenseCursor {
+        LicenseCursor { created_at: self.record.created_at, id: self.record.license.id }
+    }
+}
+
+/// One license with everything about it the admin API shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseDetail {
+    /// The license.
+    pub listed: ListedLicense,
+    /// All its devices, in activation order.
+    pub devices: Vec<Device>,
+    /// Its subscription (None for a manual license).
+    pub subscription: Option<Subscription>,
+}
+
 /// The admin API's reads.
 pub trait AdminReadStore: Store {
+    /// Licenses newest first by (`created_at`, `id`), after `after`, at
+    /// most `limit`; `now` is the instant effective statuses are taken at.
+    fn licenses_page(
+        &self,
+        filter: &LicenseFilter,
+        now: Timestamp,
+        after: Option<&LicenseCursor>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ListedLicense>, StoreError>> + Send;
+
+    /// One license with its devices and subscription.
+    fn license_detail(
+        &self,
+        license_id: Uuid,
+    ) -> impl Future<Output = Result<Option<LicenseDetail>, StoreError>> + Send;
+
     /// Recorded Stripe deliveries newest first (by first receipt), after
     /// `after`, at most `limit`.
     fn stripe_deliveries(

@@ -5,16 +5,25 @@
 use crate::admin::authorize;
 use crate::error::{excerpt, ApiError};
 use crate::http::RequestBody;
-use crate::http::{ok, Response};
-use crate::views::admin_reads::{AuditEntryView, CustomerView, StripeDeliveryView};
+use crate::http::{ok, Body, Response};
+use crate::views::admin_reads::{
+    csv_record, export_csv, export_ndjson, AdminLicenseDetailView, AdminLicenseView, AuditEntryView, CustomerView,
+    StripeDeliveryView, EXPORT_COLUMNS,
+};
 use crate::AppState;
-use billing_core::admin_reads::ReplayError;
+use billing_core::admin_reads::{license_search, ReplayError};
 use billing_core::domain::admin::Scope;
-use billing_core::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor, PageLimit};
-use billing_core::storage::admin_reads::{AuditFilter, DeliveryStatus};
+use billing_core::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor, LicenseCursor, PageLimit};
+use billing_core::domain::LicenseStatus;
+use billing_core::storage::admin_reads::{AuditFilter, DeliveryStatus, LicenseFilter};
 use billing_core::WebhookError;
-use hyper::{Request, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{header, Request, StatusCode};
 use serde_json::json;
+use std::convert::Infallible;
 use uuid::Uuid;
 
 /// The parameters of a listing's query string: each known name at most
@@ -152,4 +161,120 @@ pub async fn customers(state: &AppState, request: Request<RequestBody>) -> Resul
     let page = state.billing.customer_accounts(query.get("q"), limit, cursor.as_ref()).await?;
     let customers: Vec<_> = page.items.iter().map(CustomerView::from).collect();
     Ok(ok(&json!({ "customers": customers, "next_cursor": page.next_cursor })))
+}
+
+/// `GET /api/admin/licenses?user_id=&status=&plan=&q=&limit=&cursor=`
+pub async fn licenses(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
+    authorize(state, &request, Scope::LicensesRead).await?;
+    let query = ListQuery::parse(&request, &["user_id", "status", "plan", "q", "limit", "cursor"])?;
+    let status = query
+        .get("status")
+        .map(|s| {
+            LicenseStatus::parse(s).ok_or_else(|| {
+                invalid(format!("status must be active, suspended, expired or revoked, not {}", excerpt(s)))
+            })
+        })
+        .transpose()?;
+    let filter = LicenseFilter {
+        user_id: query.get("user_id").map(str::to_owned),
+        status,
+        plan: query.get("plan").map(str::to_owned),
+        search: query.get("q").map(license_search),
+    };
+    let (limit, cursor) = (query.limit()?, query.cursor(LicenseCursor::parse)?);
+    let page = state.billing.admin_licenses(&filter, limit, cursor.as_ref()).await?;
+    let now = state.billing.now();
+    let licenses: Vec<_> = page.items.iter().map(|l| AdminLicenseView::new(l, now)).collect();
+    Ok(ok(&json!({ "licenses": licenses, "next_cursor": page.next_cursor })))
+}
+
+/// `GET /api/admin/licenses/{id}`
+pub async fn license(state: &AppState, request: Request<RequestBody>, id: &str) -> Result<Response, ApiError> {
+    authorize(state, &request, Scope::LicensesRead).await?;
+    let no_such = || ApiError::not_found("no such license");
+    let id = Uuid::parse_str(id).map_err(|_| no_such())?;
+    let detail = state.billing.admin_license(id).await?.ok_or_else(no_such)?;
+    let window = state.billing.config().licensing.heartbeat_window;
+    Ok(ok(&json!({ "license": AdminLicenseDetailView::new(&detail, state.billing.now(), window) })))
+}
+
+#[derive(Clone, Copy)]
+enum ExportFormat {
+    Ndjson,
+    Csv,
+}
+
+enum ExportStep {
+    Header,
+    After(Option<LicenseCursor>),
+    Done,
+}
+
+/// `GET /api/admin/licenses/export?format=ndjson|csv`: every license, read
+/// in keyset batches of 500 and written batch by batch to a streaming body,
+/// so the server holds one batch at a time however many licenses there are
+/// (and a slow client holds back the reads, not a growing buffer).
+pub async fn export(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
+    authorize(state, &request, Scope::LicensesRead).await?;
+    let query = ListQuery::parse(&request, &["format"])?;
+    let format = match query.get("format") {
+        None | Some("ndjson") => ExportFormat::Ndjson,
+        Some("csv") => ExportFormat::Csv,
+        Some(other) => return Err(invalid(format!("format must be ndjson or csv, not {}", excerpt(other)))),
+    };
+    let billing = state.billing.clone();
+    let first = match format {
+        ExportFormat::Csv => ExportStep::Header,
+        ExportFormat::Ndjson => ExportStep::After(None),
+    };
+    let batches = futures_util::stream::unfold(first, move |step| {
+        let billing = billing.clone();
+        async move {
+            let after = match step {
+                ExportStep::Done => return None,
+                ExportStep::Header => return Some((Bytes::from(csv_record(EXPORT_COLUMNS)), ExportStep::After(None))),
+                ExportStep::After(after) => after,
+            };
+            match billing.license_export_batch(after.as_ref()).await {
+                Ok((rows, next)) => {
+                    let now = billing.now();
+                    let mut chunk = String::with_capacity(rows.len() * 200);
+                    for row in &rows {
+                        chunk.push_str(&match format {
+                            ExportFormat::Ndjson => export_ndjson(row, now),
+                            ExportFormat::Csv => export_csv(row, now),
+                        });
+                    }
+                    let step = if next.is_some() { ExportStep::After(next) } else { ExportStep::Done };
+                    Some((Bytes::from(chunk), step))
+                }
+                Err(e) => {
+                    // The status line has gone: the failure can only be said
+                    // in the body. An NDJSON reader sees a last line that is
+                    // an error object; a CSV body just ends.
+                    tracing::error!(error = %billing_core::billing::error_chain(&e), "license export failed");
+                    let trailer = match format {
+                        ExportFormat::Ndjson => {
+                            json!({ "error": { "code": "INTERNAL", "message": "the export stopped early" } })
+                                .to_string()
+                                + "\n"
+                        }
+                        ExportFormat::Csv => String::new(),
+                    };
+                    Some((Bytes::from(trailer), ExportStep::Done))
+                }
+            }
+        }
+    });
+    let (content_type, extension) = match format {
+        ExportFormat::Ndjson => ("application/x-ndjson", "ndjson"),
+        ExportFormat::Csv => ("text/csv; charset=utf-8; header=present", "csv"),
+    };
+    let body: Body = StreamBody::new(batches.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)))).boxed_unsync();
+    Ok(hyper::Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"licenses.{extension}\""))
+        .body(body)
+        .expect("static headers are valid"))
 }

@@ -50,6 +50,9 @@ pub enum Route {
     AdminReplayStripeEvent,
     AdminAudit,
     AdminCustomers,
+    AdminLicenses,
+    AdminLicense,
+    AdminLicenseExport,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -85,6 +88,9 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/admin/stripe-events/{id}/replay", Route::AdminReplayStripeEvent),
     (Method::GET, "/api/admin/audit", Route::AdminAudit),
     (Method::GET, "/api/admin/customers", Route::AdminCustomers),
+    (Method::GET, "/api/admin/licenses", Route::AdminLicenses),
+    (Method::GET, "/api/admin/licenses/{id}", Route::AdminLicense),
+    (Method::GET, "/api/admin/licenses/export", Route::AdminLicenseExport),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -171,6 +177,9 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::AdminReplayStripeEvent => admin_reads::replay_stripe_event(&state, request, &param("id")).await,
             Route::AdminAudit => admin_reads::audit(&state, request).await,
             Route::AdminCustomers => admin_reads::customers(&state, request).await,
+            Route::AdminLicenses => admin_reads::licenses(&state, request).await,
+            Route::AdminLicense => admin_reads::license(&state, request, &param("id")).await,
+            Route::AdminLicenseExport => admin_reads::export(&state, request).await,
         }
     }
     .await;

@@ -1,9 +1,10 @@
 //! Wire formats of the admin reads (issue 14).
 
-use super::SubscriptionView;
+use super::{DeviceView, SubscriptionView};
 use billing_core::admin_reads::CustomerAccount;
 use billing_core::billing::rfc3339;
-use billing_core::storage::admin_reads::{AuditRecord, LicenseSummary, StripeDelivery};
+use billing_core::domain::Timestamp;
+use billing_core::storage::admin_reads::{AuditRecord, LicenseDetail, LicenseSummary, ListedLicense, StripeDelivery};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -137,5 +138,162 @@ impl From<&CustomerAccount> for CustomerView {
             subscriptions: a.subscriptions.iter().map(SubscriptionView::from).collect(),
             licenses: a.licenses.iter().map(CustomerLicenseView::from).collect(),
         }
+    }
+}
+
+/// What an admin set on a license, kept across Stripe events.
+#[derive(Serialize)]
+pub struct OverridesView {
+    max_devices: Option<u32>,
+    expires_at: Option<String>,
+    suspended_at: Option<String>,
+}
+
+/// A license as the admin API shows it.
+#[derive(Serialize)]
+pub struct AdminLicenseView {
+    id: Uuid,
+    key: String,
+    user_id: Option<String>,
+    /// Effective at the time of the answer (a lapsed grace period reads as
+    /// `suspended`, a passed hard expiry as `expired`).
+    status: &'static str,
+    plan: Option<String>,
+    max_devices: u32,
+    expires_at: Option<String>,
+    grace_ends_at: Option<String>,
+    entitlements: Vec<String>,
+    metadata: serde_json::Map<String, Value>,
+    source: &'static str,
+    subscription_id: Option<Uuid>,
+    device_count: i64,
+    overrides: OverridesView,
+    created_at: String,
+    updated_at: String,
+}
+
+impl AdminLicenseView {
+    /// The view at `now`.
+    pub fn new(listed: &ListedLicense, now: Timestamp) -> Self {
+        let (record, l) = (&listed.record, &listed.record.license);
+        let o = &l.overrides;
+        Self {
+            id: l.id,
+            key: l.key.expose().to_owned(),
+            user_id: record.owner_user_id.clone(),
+            status: l.effective_status(now).as_str(),
+            plan: l.terms.plan_id.clone(),
+            max_devices: l.terms.max_devices,
+            expires_at: l.terms.expires_at.map(rfc3339),
+            grace_ends_at: l.terms.grace_ends_at.map(rfc3339),
+            entitlements: l.entitlements.clone(),
+            metadata: l.metadata.clone(),
+            source: l.source.as_str(),
+            subscription_id: l.subscription_id,
+            device_count: listed.device_count,
+            overrides: OverridesView {
+                max_devices: o.max_devices,
+                expires_at: o.expires_at.map(rfc3339),
+                suspended_at: o.suspended_at.map(rfc3339),
+            },
+            created_at: rfc3339(record.created_at),
+            updated_at: rfc3339(record.updated_at),
+        }
+    }
+}
+
+/// `GET /api/admin/licenses/{id}`: the license with its devices and subscription.
+#[derive(Serialize)]
+pub struct AdminLicenseDetailView {
+    #[serde(flatten)]
+    license: AdminLicenseView,
+    devices: Vec<DeviceView>,
+    subscription: Option<SubscriptionView>,
+}
+
+impl AdminLicenseDetailView {
+    /// The view at `now`; devices silent beyond `window` read as dead.
+    pub fn new(detail: &LicenseDetail, now: Timestamp, window: time::Duration) -> Self {
+        Self {
+            license: AdminLicenseView::new(&detail.listed, now),
+            devices: detail.devices.iter().map(|d| DeviceView::new(d, now, window)).collect(),
+            subscription: detail.subscription.as_ref().map(SubscriptionView::from),
+        }
+    }
+}
+
+/// The export's columns: the CSV header, the NDJSON keys.
+pub const EXPORT_COLUMNS: [&str; 9] =
+    ["id", "key", "user_id", "plan", "status", "device_count", "source", "created_at", "expires_at"];
+
+/// One NDJSON line of the export: [`EXPORT_COLUMNS`] as keys, `null` for an
+/// absent user, plan or expiry.
+pub fn export_ndjson(listed: &ListedLicense, now: Timestamp) -> String {
+    let (record, l) = (&listed.record, &listed.record.license);
+    let mut line = serde_json::json!({
+        "id": l.id,
+        "key": l.key.expose(),
+        "user_id": record.owner_user_id,
+        "plan": l.terms.plan_id,
+        "status": l.effective_status(now).as_str(),
+        "device_count": listed.device_count,
+        "source": l.source.as_str(),
+        "created_at": rfc3339(record.created_at),
+        "expires_at": l.terms.expires_at.map(rfc3339),
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// One CSV record of the export, in [`EXPORT_COLUMNS`] order (empty for an
+/// absent user, plan or expiry).
+pub fn export_csv(listed: &ListedLicense, now: Timestamp) -> String {
+    let (record, l) = (&listed.record, &listed.record.license);
+    let fields = [
+        l.id.to_string(),
+        l.key.expose().to_owned(),
+        record.owner_user_id.clone().unwrap_or_default(),
+        l.terms.plan_id.clone().unwrap_or_default(),
+        l.effective_status(now).as_str().to_owned(),
+        listed.device_count.to_string(),
+        l.source.as_str().to_owned(),
+        rfc3339(record.created_at),
+        l.terms.expires_at.map(rfc3339).unwrap_or_default(),
+    ];
+    csv_record(fields.iter().map(String::as_str))
+}
+
+/// An RFC 4180 record: fields holding a comma, a quote, CR or LF are quoted,
+/// quotes inside doubled; CRLF ends it.
+pub fn csv_record<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for (i, field) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if field.contains([',', '"', '\r', '\n']) {
+            out.push('"');
+            out.push_str(&field.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(field);
+        }
+    }
+    out.push_str("\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_record;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_record(["a", "b c", ""]), "a,b c,\r\n");
+        assert_eq!(
+            csv_record(["x,y", "say \"hi\"", "two\nlines", "cr\r"]),
+            "\"x,y\",\"say \"\"hi\"\"\",\"two\nlines\",\"cr\r\"\r\n"
+        );
     }
 }

@@ -59,9 +59,13 @@ fn access(route: Route) -> Access {
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
         // Admin reads (issue 14).
-        Route::AdminStripeEvents | Route::AdminReplayStripeEvent | Route::AdminAudit | Route::AdminCustomers => {
-            AdminToken
-        }
+        Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport => AdminToken,
     }
 }
 
@@ -385,7 +389,10 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminStripeEvents
         | Route::AdminReplayStripeEvent
         | Route::AdminAudit
-        | Route::AdminCustomers => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

@@ -1,11 +1,11 @@
 //! [`AdminReadStore`] dispatch for [`AnyStore`].
 
 use super::AnyStore;
-use crate::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor};
-use crate::domain::Subscription;
+use crate::domain::cursor::{AuditCursor, CustomerCursor, DeliveryCursor, LicenseCursor};
+use crate::domain::{Subscription, Timestamp};
 use crate::storage::admin_reads::{
-    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseSummary, StoredDelivery,
-    StripeDelivery,
+    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseDetail, LicenseFilter,
+    LicenseSummary, ListedLicense, StoredDelivery, StripeDelivery,
 };
 use crate::storage::StoreError;
 use uuid::Uuid;
@@ -23,6 +23,20 @@ macro_rules! dispatch {
 }
 
 impl AdminReadStore for AnyStore {
+    async fn licenses_page(
+        &self,
+        filter: &LicenseFilter,
+        now: Timestamp,
+        after: Option<&LicenseCursor>,
+        limit: i64,
+    ) -> Result<Vec<ListedLicense>, StoreError> {
+        dispatch!(self.licenses_page(filter, now, after, limit))
+    }
+
+    async fn license_detail(&self, license_id: Uuid) -> Result<Option<LicenseDetail>, StoreError> {
+        dispatch!(self.license_detail(license_id))
+    }
+
     async fn stripe_deliveries(
         &self,
         status: Option<DeliveryStatus>,

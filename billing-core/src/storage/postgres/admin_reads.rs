@@ -1,11 +1,14 @@
 //! [`AdminReadStore`] on PostgreSQL.
 
-use super::{query, query_opt, subscription_from_row, PgStore, SUBSCRIPTION_COLUMNS};
-use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor};
-use crate::domain::Subscription;
+use super::{
+    device_from_row, license_record_from_row_at, query, query_opt, subscription_from_row, PgStore, DEVICE_COLUMNS,
+    LICENSE_COLUMNS, LICENSE_COLUMN_COUNT, SUBSCRIPTION_COLUMNS,
+};
+use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor, LicenseCursor};
+use crate::domain::{Subscription, Timestamp};
 use crate::storage::admin_reads::{
-    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseSummary, StoredDelivery,
-    StripeDelivery,
+    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseDetail, LicenseFilter,
+    LicenseSummary, ListedLicense, StoredDelivery, StripeDelivery,
 };
 use crate::storage::StoreError;
 use tokio_postgres::Row;
@@ -108,7 +111,102 @@ const CUSTOMERS_SQL: &str = "
      WHERE $3::timestamptz IS NULL OR (x.created_at, x.kind, x.key) < ($3::timestamptz, $4::bigint, $5::text)
      ORDER BY x.created_at DESC, x.kind DESC, x.key DESC LIMIT $6";
 
+/// [`crate::domain::License::effective_status`] at `$4`, in SQL, so that a
+/// status filter pages like any other (the conformance suite holds the two
+/// to the same answers).
+const EFFECTIVE_STATUS: &str = "CASE
+        WHEN l.status = 'revoked' THEN 'revoked'
+        WHEN (CASE WHEN l.source = 'manual' THEN l.expires_at ELSE l.expires_at_override END) <= $4 THEN 'expired'
+        WHEN l.status = 'active' AND l.grace_ends_at <= $4 THEN 'suspended'
+        ELSE l.status END";
+
+static LICENSES_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
+                (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
+           FROM licenses l
+           LEFT JOIN subscriptions s ON s.id = l.subscription_id
+           LEFT JOIN customers c ON c.id = s.customer_id
+          WHERE ($1::text IS NULL OR COALESCE(l.user_id, c.user_id) = $1::text)
+            AND ($2::text IS NULL OR l.plan_id = $2::text)
+            AND ($3::text IS NULL OR {EFFECTIVE_STATUS} = $3::text)
+            AND ($5::text IS NULL OR l.key_hash = $6::bytea OR l.id = $7::uuid
+                 OR COALESCE(l.user_id, c.user_id) = $5::text OR c.stripe_customer_id = $5::text
+                 OR s.stripe_subscription_id = $5::text
+                 OR EXISTS (SELECT FROM devices d
+                             WHERE d.license_id = l.id AND (d.fingerprint = $5::text OR d.name = $5::text)))
+            AND ($8::timestamptz IS NULL OR (l.created_at, l.id) < ($8::timestamptz, $9::uuid))
+          ORDER BY l.created_at DESC, l.id DESC LIMIT $10"
+    )
+});
+
+fn listed_from_row(row: &Row) -> Result<ListedLicense, StoreError> {
+    Ok(ListedLicense { record: license_record_from_row_at(row, 0)?, device_count: row.get(LICENSE_COLUMN_COUNT + 3) })
+}
+
 impl AdminReadStore for PgStore {
+    async fn licenses_page(
+        &self,
+        filter: &LicenseFilter,
+        now: Timestamp,
+        after: Option<&LicenseCursor>,
+        limit: i64,
+    ) -> Result<Vec<ListedLicense>, StoreError> {
+        let conn = self.conn().await?;
+        let status = filter.status.map(|s| s.as_str());
+        let search = filter.search.as_ref();
+        let (text, key_hash, id) =
+            (search.map(|s| s.text.as_str()), search.and_then(|s| s.key_hash.as_deref()), search.and_then(|s| s.id));
+        let (at, last) = (after.map(|c| c.created_at), after.map(|c| c.id));
+        let rows = query(
+            &conn,
+            &LICENSES_PAGE,
+            &[
+                &filter.user_id.as_deref(),
+                &filter.plan.as_deref(),
+                &status,
+                &now,
+                &text,
+                &key_hash,
+                &id,
+                &at,
+                &last,
+                &limit,
+            ],
+        )
+        .await?;
+        rows.iter().map(listed_from_row).collect()
+    }
+
+    async fn license_detail(&self, license_id: uuid::Uuid) -> Result<Option<LicenseDetail>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
+                    (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
+               FROM licenses l
+               LEFT JOIN subscriptions s ON s.id = l.subscription_id
+               LEFT JOIN customers c ON c.id = s.customer_id
+              WHERE l.id = $1"
+        );
+        let Some(row) = query_opt(&conn, &sql, &[&license_id]).await? else { return Ok(None) };
+        let listed = listed_from_row(&row)?;
+        let sql =
+            format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = $1 ORDER BY d.activated_at, d.id");
+        let devices =
+            query(&conn, &sql, &[&license_id]).await?.iter().map(device_from_row).collect::<Result<_, _>>()?;
+        let subscription = match listed.record.license.subscription_id {
+            Some(id) => {
+                let sql = format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                      WHERE s.id = $1"
+                );
+                query_opt(&conn, &sql, &[&id]).await?.as_ref().map(subscription_from_row).transpose()?
+            }
+            None => None,
+        };
+        Ok(Some(LicenseDetail { listed, devices, subscription }))
+    }
+
     async fn stripe_deliveries(
         &self,
         status: Option<DeliveryStatus>,

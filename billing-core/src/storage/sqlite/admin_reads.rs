@@ -3,14 +3,15 @@
 //! microseconds, lists as JSON arrays).
 
 use super::{
-    checked_limit, get, json, micros, opt_time, opt_uuid, query, query_opt, subscription_from_row, time, uuid,
-    SqliteStore, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+    checked_limit, device_from_row, get, json, license_record_from_row, micros, opt_time, opt_uuid, query, query_opt,
+    subscription_from_row, time, uuid, SqliteStore, DEVICE_COLUMNS, LICENSE_COLUMNS, LICENSE_COLUMN_COUNT,
+    SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
 };
-use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor};
-use crate::domain::Subscription;
+use crate::domain::cursor::{AuditCursor, AuditSource, CustomerCursor, DeliveryCursor, LicenseCursor};
+use crate::domain::{Subscription, Timestamp};
 use crate::storage::admin_reads::{
-    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseSummary, StoredDelivery,
-    StripeDelivery,
+    AdminReadStore, AuditFilter, AuditRecord, CustomerRecord, DeliveryStatus, LicenseDetail, LicenseFilter,
+    LicenseSummary, ListedLicense, StoredDelivery, StripeDelivery,
 };
 use crate::storage::StoreError;
 use deadpool_sqlite::rusqlite::{params, Row};
@@ -101,7 +102,89 @@ fn json_list<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("ids serialize")
 }
 
+/// As on PostgreSQL: [`crate::domain::License::effective_status`] at `?4`.
+const EFFECTIVE_STATUS: &str = "CASE
+        WHEN l.status = 'revoked' THEN 'revoked'
+        WHEN (CASE WHEN l.source = 'manual' THEN l.expires_at ELSE l.expires_at_override END) <= ?4 THEN 'expired'
+        WHEN l.status = 'active' AND l.grace_ends_at <= ?4 THEN 'suspended'
+        ELSE l.status END";
+
+fn listed_from_row(row: &Row<'_>) -> Result<ListedLicense, StoreError> {
+    Ok(ListedLicense { record: license_record_from_row(row)?, device_count: get(row, LICENSE_COLUMN_COUNT + 3)? })
+}
+
 impl AdminReadStore for SqliteStore {
+    async fn licenses_page(
+        &self,
+        filter: &LicenseFilter,
+        now: Timestamp,
+        after: Option<&LicenseCursor>,
+        limit: i64,
+    ) -> Result<Vec<ListedLicense>, StoreError> {
+        let limit = checked_limit(limit)?;
+        let (user_id, plan) = (filter.user_id.clone(), filter.plan.clone());
+        let status = filter.status.map(|s| s.as_str());
+        let now = micros(now)?;
+        let search = filter.search.clone();
+        let (text, key_hash, id) = match search {
+            Some(s) => (Some(s.text), s.key_hash, s.id.map(|id| id.to_string())),
+            None => (None, None, None),
+        };
+        let at = after.map(|c| micros(c.created_at)).transpose()?;
+        let last = after.map(|c| c.id.to_string());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
+                        (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
+                   FROM licenses l
+                   LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE (?1 IS NULL OR COALESCE(l.user_id, c.user_id) = ?1)
+                    AND (?2 IS NULL OR l.plan_id = ?2)
+                    AND (?3 IS NULL OR {EFFECTIVE_STATUS} = ?3)
+                    AND (?5 IS NULL OR l.key_hash = ?6 OR l.id = ?7
+                         OR COALESCE(l.user_id, c.user_id) = ?5 OR c.stripe_customer_id = ?5
+                         OR s.stripe_subscription_id = ?5
+                         OR EXISTS (SELECT 1 FROM devices d
+                                     WHERE d.license_id = l.id AND (d.fingerprint = ?5 OR d.name = ?5)))
+                    AND (?8 IS NULL OR (l.created_at, l.id) < (?8, ?9))
+                  ORDER BY l.created_at DESC, l.id DESC LIMIT ?10"
+            );
+            query(conn, &sql, params![user_id, plan, status, now, text, key_hash, id, at, last, limit], listed_from_row)
+        })
+        .await
+    }
+
+    async fn license_detail(&self, license_id: Uuid) -> Result<Option<LicenseDetail>, StoreError> {
+        let license_id = license_id.to_string();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
+                        (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
+                   FROM licenses l
+                   LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE l.id = ?1"
+            );
+            let Some(listed) = query_opt(conn, &sql, [&license_id], listed_from_row)? else { return Ok(None) };
+            let sql =
+                format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at, d.id");
+            let devices = query(conn, &sql, [&license_id], device_from_row)?;
+            let subscription = match listed.record.license.subscription_id {
+                Some(id) => {
+                    let sql = format!(
+                        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                          WHERE s.id = ?1"
+                    );
+                    query_opt(conn, &sql, [id.to_string()], subscription_from_row)?
+                }
+                None => None,
+            };
+            Ok(Some(LicenseDetail { listed, devices, subscription }))
+        })
+        .await
+    }
+
     async fn stripe_deliveries(
         &self,
         status: Option<DeliveryStatus>,

@@ -2,7 +2,8 @@
 //! audit walk, customers; their refusals of bad input.
 
 use crate::helpers::*;
-use billing_core::domain::LicenseKey;
+use billing_core::admin_licenses::NewLicense;
+use billing_core::domain::{Actor, LicenseKey};
 use billing_core::storage::{EventRecord, Store};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -38,24 +39,41 @@ async fn walk(app: &TestApp, token: &str, path: &str, items: &str, limit: usize)
     }
 }
 
-/// A manual license of `user` written as V6 stores one (until the issuing
-/// use case lands, no core call writes one). Returns its id.
-async fn insert_manual_license(app: &TestApp, user: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    let key = LicenseKey::generate();
-    let hash: String = key.lookup_hash().iter().map(|b| format!("{b:02x}")).collect();
-    let hash = match backend() {
-        Backend::Postgres => format!("'\\x{hash}'::bytea"),
-        Backend::Sqlite => format!("X'{hash}'"),
-    };
-    app.db
-        .execute(&format!(
-            "INSERT INTO licenses (id, key, key_hash, status, plan_id, max_devices, source, user_id)
-             VALUES ('{id}', '{}', {hash}, 'active', 'pro', 2, 'manual', '{user}')",
-            key.expose()
-        ))
-        .await;
-    id
+/// A manual license of `user` on the pro plan, issued through the core use
+/// case as the admin route does. Returns its id.
+async fn issue_manual(app: &TestApp, user: &str) -> Uuid {
+    let request = NewLicense { user_id: user.to_owned(), plan: "pro".to_owned(), ..NewLicense::default() };
+    let actor = Actor::Admin { token_name: "ops".to_owned() };
+    app.billing.issue_manual_license(&actor, request).await.expect("issued").record.license.id
+}
+
+/// `count` manual licenses of `user`, `per_statement` to an INSERT (rows of
+/// one statement share their `created_at`, so the walk must break ties by
+/// id). Returns their ids.
+async fn bulk_insert_licenses(app: &TestApp, user: &str, count: usize, per_statement: usize) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(per_statement) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|_| {
+                let (id, key) = (Uuid::new_v4(), LicenseKey::generate());
+                ids.push(id);
+                let hash: String = key.lookup_hash().iter().map(|b| format!("{b:02x}")).collect();
+                let hash = match backend() {
+                    Backend::Postgres => format!("'\\x{hash}'::bytea"),
+                    Backend::Sqlite => format!("X'{hash}'"),
+                };
+                format!("('{id}', '{}', {hash}, 'active', 'pro', 2, 'manual', '{user}')", key.expose())
+            })
+            .collect();
+        app.db
+            .execute(&format!(
+                "INSERT INTO licenses (id, key, key_hash, status, plan_id, max_devices, source, user_id) VALUES {}",
+                rows.join(", ")
+            ))
+            .await;
+    }
+    ids
 }
 
 fn subscription_event(id: &str, user: &str, created: i64) -> Value {
@@ -230,13 +248,7 @@ async fn the_audit_walk_returns_every_entry_once_from_every_source() {
     cancel["data"]["object"]["cancel_at_period_end"] = json!(true);
     assert_eq!(app.deliver(&cancel).await, "processed");
     app.issue_license("frank", PRICE_BASIC).await;
-    let manual = insert_manual_license(&app, "erin").await;
-    app.db
-        .execute(&format!(
-            "INSERT INTO license_changes (license_id, kind, actor, detail)
-             VALUES ('{manual}', 'issued', 'admin:ops', '{{\"plan\": \"pro\"}}')"
-        ))
-        .await;
+    let manual = issue_manual(&app, "erin").await;
 
     let (all, pages) = walk(&app, &token, "/api/admin/audit", "entries", 2).await;
     assert!(pages >= 3, "several pages");
@@ -264,10 +276,8 @@ async fn the_audit_walk_returns_every_entry_once_from_every_source() {
         (&json!(device_id), &json!(true))
     );
     let issued = all.iter().find(|e| e["id"].as_str().unwrap().starts_with("lic_")).unwrap();
-    assert_eq!(
-        (&issued["actor"], &issued["action"], &issued["detail"]),
-        (&json!("admin:ops"), &json!("issued"), &json!({ "plan": "pro" }))
-    );
+    assert_eq!((&issued["actor"], &issued["action"]), (&json!("admin:ops"), &json!("issued")));
+    assert_eq!((&issued["license_id"], &issued["detail"]["plan"]), (&json!(manual), &json!("pro")));
     assert!(issued.get("subscription_id").is_none(), "a manual license has no subscription: {issued}");
 
     let (of_license, _) = walk(&app, &token, &format!("/api/admin/audit?license_id={license_id}"), "entries", 3).await;
@@ -297,8 +307,8 @@ async fn customers_are_found_by_user_stripe_customer_or_email_with_what_they_hol
         "processed"
     );
     app.issue_license("hank", PRICE_BASIC).await;
-    insert_manual_license(&app, "ivy").await;
-    insert_manual_license(&app, "gina").await;
+    issue_manual(&app, "ivy").await;
+    issue_manual(&app, "gina").await;
 
     let all = get(&app, &token, "/api/admin/customers").await;
     let users: Vec<&str> =
@@ -380,4 +390,207 @@ async fn bad_limits_cursors_statuses_and_parameters_are_refused_and_change_nothi
     assert_eq!(app.db.fingerprint().await, before, "refused requests changed nothing");
     let within = get(&app, &token, "/api/admin/audit?limit=500").await;
     assert_eq!(within["next_cursor"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_license_walk_returns_each_pre_existing_license_once_while_others_are_issued() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    let stripe_key = app.issue_license("walker", PRICE_PRO).await;
+    let mut existing: BTreeSet<String> =
+        bulk_insert_licenses(&app, "bulk", 1_050, 150).await.into_iter().map(|id| id.to_string()).collect();
+    existing.insert(app.get_licenses("walker").await[0]["id"].as_str().unwrap().to_owned());
+
+    // Issued while the walk runs, through the core use case.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inserter = {
+        let (billing, stop) = (app.billing.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut issued = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let request =
+                    NewLicense { user_id: format!("late_{issued}"), plan: "basic".to_owned(), ..NewLicense::default() };
+                billing.issue_manual_license(&Actor::Admin { token_name: "ops".into() }, request).await.unwrap();
+                issued += 1;
+            }
+            issued
+        })
+    };
+    let (walked, pages) = walk(&app, &token, "/api/admin/licenses", "licenses", 97).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let issued_meanwhile = inserter.await.unwrap();
+    assert!(issued_meanwhile > 0, "licenses were issued during the walk");
+    assert!(pages > 10, "{pages} pages");
+
+    let ids: Vec<String> = walked.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "no license twice");
+    assert!(existing.is_subset(&unique), "every license that existed when the walk began, exactly once");
+    assert!(ids.len() <= existing.len() + issued_meanwhile, "nothing that does not exist");
+    let order: Vec<(&str, &str)> =
+        walked.iter().map(|l| (l["created_at"].as_str().unwrap(), l["id"].as_str().unwrap())).collect();
+    let mut newest_first = order.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(order, newest_first, "newest first by (created_at, id)");
+    let stripe = walked.iter().find(|l| l["key"] == json!(stripe_key)).expect("the Stripe license is listed");
+    assert_eq!(
+        (&stripe["source"], &stripe["user_id"], &stripe["plan"]),
+        (&json!("stripe"), &json!("walker"), &json!("pro"))
+    );
+    assert!(stripe["subscription_id"].is_string());
+}
+
+#[tokio::test]
+async fn a_license_is_found_by_every_kind_of_search_term_and_filtered() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    let key = app.issue_license("lena", PRICE_PRO).await;
+    app.activate_ok(&key, "fp-lena-laptop").await;
+    let stripe = &app.get_licenses("lena").await[0];
+    let stripe_id = stripe["id"].as_str().unwrap().to_owned();
+    app.issue_license("mo", PRICE_BASIC).await;
+    let manual = issue_manual(&app, "lena").await;
+    let revoked = issue_manual(&app, "nina").await;
+    app.billing.revoke_license(&Actor::Admin { token_name: "ops".into() }, revoked).await.unwrap();
+
+    let find = |q: String| {
+        let (app, token) = (&app, &token);
+        async move {
+            let q = form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>();
+            let page = get(app, token, &format!("/api/admin/licenses?q={q}")).await;
+            page["licenses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let spaced = key.replace('-', " ").to_lowercase();
+    let bare = key.replace('-', "");
+    for q in
+        [key.clone(), spaced, bare, stripe_id.clone(), "cus_lena".into(), "sub_lena".into(), "fp-lena-laptop".into()]
+    {
+        assert_eq!(find(q.clone()).await, [stripe_id.clone()], "q={q}");
+    }
+    let lena = find("lena".into()).await;
+    assert_eq!(lena.len(), 2, "her Stripe license and her manual one");
+    assert!(lena.contains(&stripe_id) && lena.contains(&manual.to_string()));
+    assert_eq!(find(manual.to_string()).await, [manual.to_string()]);
+    assert!(find("nobody".into()).await.is_empty());
+    assert!(find("ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZZ".into()).await.is_empty(), "a well-formed unknown key");
+
+    let ids_of = |page: Value| -> Vec<String> {
+        page["licenses"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let revoked_only = ids_of(get(&app, &token, "/api/admin/licenses?status=revoked").await);
+    assert_eq!(revoked_only, [revoked.to_string()]);
+    let active = ids_of(get(&app, &token, "/api/admin/licenses?status=active").await);
+    assert_eq!(active.len(), 3);
+    let basic = get(&app, &token, "/api/admin/licenses?plan=basic").await;
+    assert_eq!(basic["licenses"].as_array().unwrap().len(), 1);
+    assert_eq!(basic["licenses"][0]["user_id"], "mo");
+    let lenas_active = ids_of(get(&app, &token, "/api/admin/licenses?user_id=lena&status=active&plan=pro").await);
+    assert_eq!(lenas_active.len(), 2);
+    let listed_stripe = get(&app, &token, &format!("/api/admin/licenses?q={stripe_id}")).await;
+    assert_eq!(listed_stripe["licenses"][0]["device_count"], 1);
+}
+
+#[tokio::test]
+async fn one_license_is_shown_with_its_devices_and_subscription() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    let key = app.issue_license("olga", PRICE_PRO).await;
+    app.activate_ok(&key, "fp-olga").await;
+    let id = app.get_licenses("olga").await[0]["id"].as_str().unwrap().to_owned();
+    let shown = get(&app, &token, &format!("/api/admin/licenses/{id}")).await;
+    let license = &shown["license"];
+    assert_eq!((&license["id"], &license["key"], &license["status"]), (&json!(id), &json!(key), &json!("active")));
+    assert_eq!(
+        (&license["source"], &license["user_id"], &license["max_devices"]),
+        (&json!("stripe"), &json!("olga"), &json!(3))
+    );
+    assert_eq!(license["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(license["devices"][0]["fingerprint"], "fp-olga");
+    assert_eq!(license["subscription"]["stripe_subscription_id"], "sub_olga");
+    assert_eq!((&license["entitlements"], &license["metadata"]), (&json!([]), &json!({})));
+
+    let manual = issue_manual(&app, "olga").await;
+    let shown = get(&app, &token, &format!("/api/admin/licenses/{manual}")).await;
+    assert_eq!((&shown["license"]["subscription"], &shown["license"]["devices"]), (&Value::Null, &json!([])));
+    assert_eq!(shown["license"]["source"], "manual");
+
+    for missing in [Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
+        let refused = app.admin_ok(Method::GET, &format!("/api/admin/licenses/{missing}"), &token, None, 404).await;
+        assert_eq!(refused["error"]["code"], "NOT_FOUND");
+    }
+}
+
+#[tokio::test]
+async fn the_export_streams_every_license_once_as_ndjson_and_as_csv() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    let key = app.issue_license("pia", PRICE_PRO).await;
+    app.activate_ok(&key, "fp-pia").await;
+    let mut ids: BTreeSet<String> =
+        bulk_insert_licenses(&app, "exported", 1_234, 400).await.into_iter().map(|id| id.to_string()).collect();
+    let pia = app.get_licenses("pia").await[0]["id"].as_str().unwrap().to_owned();
+    ids.insert(pia.clone());
+
+    let response = app.admin(Method::GET, "/api/admin/licenses/export?format=ndjson", &token, None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+    let exported: Vec<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(exported.len(), ids.len(), "each license once");
+    assert_eq!(exported.iter().cloned().collect::<BTreeSet<_>>(), ids);
+    let line = lines.iter().find(|l| l["id"] == json!(pia)).unwrap();
+    assert_eq!(
+        line,
+        &json!({ "id": pia, "key": key, "user_id": "pia", "plan": "pro", "status": "active", "device_count": 1,
+                 "source": "stripe", "created_at": line["created_at"], "expires_at": line["expires_at"] })
+    );
+
+    let response = app.admin(Method::GET, "/api/admin/licenses/export?format=csv", &token, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let text = response.text().await.unwrap();
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(
+        header,
+        ["id", "key", "user_id", "plan", "status", "device_count", "source", "created_at", "expires_at"]
+    );
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("RFC 4180")).collect();
+    let exported: Vec<String> = records.iter().map(|r| r[0].to_owned()).collect();
+    assert_eq!(exported.len(), ids.len(), "each license once");
+    assert_eq!(exported.iter().cloned().collect::<BTreeSet<_>>(), ids);
+    let row = records.iter().find(|r| r[0] == pia).unwrap();
+    let fields: Vec<&str> = row.iter().skip(1).take(6).collect();
+    assert_eq!(fields, [key.as_str(), "pia", "pro", "active", "1", "stripe"]);
+}
+
+#[tokio::test]
+async fn bad_license_listing_and_export_requests_are_refused() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    app.issue_license("quinn", PRICE_PRO).await;
+    get(&app, &token, "/api/admin/licenses").await;
+    let before = app.db.fingerprint().await;
+    for path in [
+        "/api/admin/licenses?status=bogus",
+        "/api/admin/licenses?status=Active",
+        "/api/admin/licenses?limit=0",
+        "/api/admin/licenses?limit=501",
+        "/api/admin/licenses?cursor=bm90LWEtY3Vyc29y",
+        "/api/admin/licenses?q=",
+        "/api/admin/licenses?page=2",
+        "/api/admin/licenses/export?format=xml",
+        "/api/admin/licenses/export?format=csv&format=ndjson",
+    ] {
+        let refused = app.admin_ok(Method::GET, path, &token, None, 400).await;
+        assert_eq!(refused["error"]["code"], "INVALID_REQUEST", "{path}: {refused}");
+    }
+    assert_eq!(app.db.fingerprint().await, before, "refused requests changed nothing");
 }

@@ -1778,3 +1778,74 @@ async fn customers_are_found_by_user_stripe_id_or_email_and_manual_only_users_ap
     );
     assert!(licenses.iter().any(|l| l.id == manual && l.customer_id.is_none()));
 }
+
+#[tokio::test]
+async fn the_license_listing_filters_by_the_effective_status_the_domain_computes() {
+    use billing_core::domain::{LicenseOverrides, LicenseSource};
+    use billing_core::storage::admin_reads::LicenseFilter;
+    let (_db, store) = fresh_store().await;
+    let now = Timestamp::now_utc();
+    let (past, future) = (now - time::Duration::hours(1), now + time::Duration::hours(1));
+    let terms = |status, expires_at, grace_ends_at| LicenseTerms {
+        status,
+        max_devices: 2,
+        expires_at,
+        grace_ends_at,
+        plan_id: Some("pro".to_owned()),
+    };
+    let manual = |terms: LicenseTerms, overrides: LicenseOverrides| License {
+        id: Uuid::new_v4(),
+        subscription_id: None,
+        source: LicenseSource::Manual,
+        user_id: Some("user_m".to_owned()),
+        key: LicenseKey::generate(),
+        terms,
+        entitlements: Vec::new(),
+        metadata: serde_json::Map::new(),
+        overrides,
+    };
+    let none = LicenseOverrides::default();
+    let (_, stripe_license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let stripe_expired = License {
+        overrides: LicenseOverrides { expires_at: Some(past), ..none.clone() },
+        ..License::for_subscription(Uuid::new_v4(), terms(LicenseStatus::Active, Some(future), None))
+    };
+    let cases = vec![
+        manual(terms(LicenseStatus::Active, None, None), none.clone()),
+        manual(terms(LicenseStatus::Active, Some(future), None), none.clone()),
+        manual(terms(LicenseStatus::Active, Some(past), None), none.clone()),
+        manual(terms(LicenseStatus::Active, None, Some(past)), none.clone()),
+        manual(terms(LicenseStatus::Active, None, Some(future)), none.clone()),
+        manual(
+            terms(LicenseStatus::Suspended, None, None),
+            LicenseOverrides { suspended_at: Some(past), ..none.clone() },
+        ),
+        manual(terms(LicenseStatus::Revoked, Some(past), Some(past)), none.clone()),
+        // A Stripe license's own period end is no hard expiry.
+        License { terms: terms(LicenseStatus::Active, Some(past), None), ..stripe_license.clone() },
+    ];
+    let mut tx = store.begin().await.unwrap();
+    for license in &cases[..cases.len() - 1] {
+        tx.insert_license(license).await.unwrap();
+    }
+    tx.update_license_terms(stripe_license.id, &cases[cases.len() - 1].terms).await.unwrap();
+    // A second Stripe license whose admin expiry override has passed.
+    let customer = tx.upsert_customer("cus_2", Some("user_2")).await.unwrap();
+    let sub_2 =
+        Subscription { id: stripe_expired.subscription_id.unwrap(), ..full_subscription("sub_2", "cus_2", "user_2") };
+    tx.save_subscription(customer, &sub_2, &Actor::System, &[]).await.unwrap();
+    tx.insert_license(&stripe_expired).await.unwrap();
+    tx.commit().await.unwrap();
+    let all: Vec<License> = cases.into_iter().chain([stripe_expired]).collect();
+
+    for status in [LicenseStatus::Active, LicenseStatus::Suspended, LicenseStatus::Expired, LicenseStatus::Revoked] {
+        let filter = LicenseFilter { status: Some(status), ..LicenseFilter::default() };
+        let mut listed: Vec<Uuid> =
+            store.licenses_page(&filter, now, None, 100).await.unwrap().iter().map(|l| l.record.license.id).collect();
+        let mut expected: Vec<Uuid> = all.iter().filter(|l| l.effective_status(now) == status).map(|l| l.id).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "status {status:?}");
+        assert!(!expected.is_empty(), "each status has a case: {status:?}");
+    }
+}

@@ -190,13 +190,29 @@ impl<S: Store> Billing<S> {
         // same signed bytes: refuse it (Stripe stops retrying a 4xx) and
         // store nothing, rather than fail it for days.
         let event = Event::parse(body).map_err(WebhookError::Malformed)?;
+        let receipt = self.apply_delivery(&event, body).await?;
+        if receipt.outcome == WebhookOutcome::Duplicate {
+            // Counted on its own: the duplicate's transaction was refused.
+            if let Err(e) = self.store.record_event_duplicate(&event.id).await {
+                tracing::warn!(event_id = %event.id, error = %error_chain(&e), "could not count a duplicate delivery");
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// Applies a parsed delivery through its unit of work, keeping `body`
+    /// with the claim (or with the failure) so that it can be replayed. A
+    /// delivery already applied is reported as a duplicate and changes nothing.
+    pub(crate) async fn apply_delivery(&self, event: &Event, body: &[u8]) -> Result<WebhookReceipt, WebhookError> {
         let record = EventRecord {
             id: &event.id,
             kind: &event.kind,
             created: event.created,
             api_version: event.api_version.as_deref(),
+            object_id: event.object_id.as_deref(),
+            payload: body,
         };
-        match self.apply_event(&event, &record).await {
+        match self.apply_event(event, &record).await {
             Ok(outcome) => Ok(WebhookReceipt { event_type: event.kind.clone(), outcome }),
             Err(e) if matches!(e.downcast_ref(), Some(StoreError::AlreadyApplied)) => {
                 Ok(WebhookReceipt { event_type: event.kind.clone(), outcome: WebhookOutcome::Duplicate })
@@ -239,7 +255,7 @@ impl<S: Store> Billing<S> {
             }
             EventPayload::CheckoutCompleted(session) => Ok(self.apply_checkout(record, &actor, session).await?),
             EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, &actor, payment).await?),
-            EventPayload::Customer(customer) => Ok(self.apply_customer(record, customer).await?),
+            EventPayload::Customer(customer) => Ok(self.apply_customer(record, customer, event.created).await?),
             EventPayload::Ignored => {
                 let mut tx = self.store.begin().await?;
                 tx.claim_event(record).await?;
@@ -575,18 +591,24 @@ impl<S: Store> Billing<S> {
         Ok(WebhookOutcome::Processed)
     }
 
-    /// Links a Stripe customer to the user its metadata names, or records
-    /// its deletion (its subscriptions end through their own events).
+    /// Links a Stripe customer to the user its metadata names and keeps its
+    /// e-mail, or records its deletion (its subscriptions end through their
+    /// own events).
     async fn apply_customer(
         &self,
         record: &EventRecord<'_>,
         customer: &StripeCustomer,
+        created: i64,
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
         tx.claim_event(record).await?;
         let customer_id = tx.upsert_customer(&customer.id, customer.user_id.as_deref()).await?;
         if customer.deleted {
             tx.mark_customer_deleted(customer_id).await?;
+        } else {
+            // A deleted customer's object still carries its last address;
+            // keeping the one held is as good and needs no write.
+            tx.set_customer_email(customer_id, customer.email.as_deref(), created).await?;
         }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed)

@@ -1,62 +1,55 @@
-//! TEMPORARY stand-in for the lead's admin authentication (issue 14), with
-//! the same interface (`authorize`, `AdminPrincipal::actor`), so that the
-//! admin license routes build and are tested before main has it. Tokens
-//! live in process memory, registered by the tests. Dropped in favour of
-//! main's version on merge.
+//! Admin API authentication: `Authorization: Bearer <admin token>` with a
+//! scope per route. The dashboard's JWTs (even `role: admin`) are not admin
+//! tokens and open nothing here.
 
 use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::http::RequestBody;
+use crate::routes::license::{client_addr, too_many_requests};
 use crate::AppState;
-use billing_core::domain::admin::Scope;
+use billing_core::domain::admin::{Scope, Scopes};
 use billing_core::domain::Actor;
 use hyper::{Request, StatusCode};
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
 
-/// Token → (name, scopes).
-type Registry = HashMap<String, (String, Vec<Scope>)>;
-
-static TOKENS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
-
-/// Registers a token (stand-in for `admin-token create`).
-pub fn register_stand_in_token(token: &str, name: &str, scopes: Vec<Scope>) {
-    TOKENS.lock().unwrap_or_else(|e| e.into_inner()).insert(token.to_owned(), (name.to_owned(), scopes));
-}
-
-/// Forgets a token (stand-in for `admin-token revoke`).
-pub fn revoke_stand_in_token(token: &str) {
-    TOKENS.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
-}
-
-/// The admin a request authenticated as.
+/// The token a request was authenticated with.
 #[derive(Debug, Clone)]
 pub struct AdminPrincipal {
-    name: String,
+    /// The token's name.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
 }
 
 impl AdminPrincipal {
-    /// The audit actor, `admin:<name>`.
+    /// The audit trail's actor: `admin:<name>`.
     pub fn actor(&self) -> Actor {
         Actor::Admin { token_name: self.name.clone() }
     }
 }
 
-/// Authenticates an admin token and checks it carries `scope`.
+/// Authenticates an admin request and checks that its token holds `scope`:
+/// 401 without a token or with one that is unknown or revoked (such
+/// failures count toward the client's failed-lookup limit, like unknown
+/// license keys), 403 `INSUFFICIENT_SCOPE` when the token lacks the scope.
+/// Call it before reading the body.
 pub async fn authorize(
-    _state: &AppState,
+    state: &AppState,
     request: &Request<RequestBody>,
     scope: Scope,
 ) -> Result<AdminPrincipal, ApiError> {
-    let token = bearer_token(request.headers(), "missing admin token")?;
-    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
-    let (name, scopes) = tokens.get(token).ok_or_else(|| ApiError::unauthorized("unknown admin token"))?;
-    if !scopes.iter().any(|s| *s == scope || *s == Scope::All) {
+    let addr = client_addr(request);
+    state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
+    let token = bearer_token(request.headers(), "an admin token is required: Authorization: Bearer <token>")?;
+    let Some(record) = state.billing.authenticate_admin(token).await? else {
+        state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
+        return Err(ApiError::unauthorized("the admin token is unknown or revoked"));
+    };
+    if !record.scopes.allows(scope) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "INSUFFICIENT_SCOPE",
-            format!("this token lacks the {} scope", scope.as_str()),
+            format!("this token lacks the scope {scope} that this route needs"),
         ));
     }
-    Ok(AdminPrincipal { name: name.clone() })
+    Ok(AdminPrincipal { name: record.name, scopes: record.scopes })
 }

@@ -1,6 +1,9 @@
 //! Wire formats. Core types are not serialized directly: these DTOs are the
 //! public contract and change only by addition.
 
+// Admin reads (issue 14).
+pub mod admin_reads;
+
 use billing_core::billing::rfc3339;
 use billing_core::domain::{Device, DeviceStatus, License, Plan, Subscription, Timestamp};
 use billing_core::storage::{ChangeEntry, PaymentRecord};
@@ -226,81 +229,6 @@ impl LicenseInfo {
             expires_at: ts(t.expires_at),
             grace_ends_at: ts(t.grace_ends_at),
             entitlements,
-        }
-    }
-}
-
-// --- Admin license writes (issue 14) ---
-
-/// A license as the admin API shows it: the same object on every admin
-/// route (lists leave out `devices`, and `device_count` where unknown).
-#[derive(Serialize)]
-pub struct AdminLicenseView {
-    id: Uuid,
-    key: String,
-    /// A manual license's user, a Stripe license's customer's.
-    user_id: Option<String>,
-    /// Effective at the time of the answer.
-    status: &'static str,
-    plan: Option<String>,
-    max_devices: u32,
-    expires_at: Option<String>,
-    grace_ends_at: Option<String>,
-    /// The license's own, granted on top of its plan's features.
-    entitlements: Vec<String>,
-    metadata: serde_json::Map<String, Value>,
-    source: &'static str,
-    /// Ours, not Stripe's.
-    subscription_id: Option<Uuid>,
-    overrides: AdminOverridesView,
-    created_at: String,
-    updated_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    device_count: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    devices: Option<Vec<DeviceView>>,
-}
-
-/// What an admin set on a license.
-#[derive(Serialize)]
-struct AdminOverridesView {
-    max_devices: Option<u32>,
-    expires_at: Option<String>,
-    suspended_at: Option<String>,
-}
-
-impl AdminLicenseView {
-    /// The view at `now`.
-    pub fn new(
-        record: &billing_core::storage::LicenseRecord,
-        device_count: Option<usize>,
-        devices: Option<Vec<DeviceView>>,
-        now: Timestamp,
-    ) -> Self {
-        let license = &record.license;
-        let (t, o) = (&license.terms, &license.overrides);
-        Self {
-            id: license.id,
-            key: license.key.expose().to_owned(),
-            user_id: record.owner_user_id.clone(),
-            status: license.effective_status(now).as_str(),
-            plan: t.plan_id.clone(),
-            max_devices: t.max_devices,
-            expires_at: ts(t.expires_at),
-            grace_ends_at: ts(t.grace_ends_at),
-            entitlements: license.entitlements.clone(),
-            metadata: license.metadata.clone(),
-            source: license.source.as_str(),
-            subscription_id: license.subscription_id,
-            overrides: AdminOverridesView {
-                max_devices: o.max_devices,
-                expires_at: ts(o.expires_at),
-                suspended_at: ts(o.suspended_at),
-            },
-            created_at: rfc3339(record.created_at),
-            updated_at: rfc3339(record.updated_at),
-            device_count,
-            devices,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! except where a value is generated on purpose (license keys).
 
 pub mod admin;
+pub mod cursor;
 pub mod device;
 pub mod license;
 pub mod payment;
@@ -38,15 +39,15 @@ pub enum Actor {
     },
     /// Background work of the server itself (grace expiry, heartbeat reaper).
     System,
-    /// An admin API token, by name.
+    /// A vendor's script or operator through the admin API, by token name.
     Admin {
-        /// The token's name.
+        /// The name the token was created with.
         token_name: String,
     },
 }
 
 impl Actor {
-    /// The audit-trail spelling: `stripe`, `user:<id>` or `system`.
+    /// The audit-trail spelling: `stripe`, `user:<id>`, `system` or `admin:<token name>`.
     pub fn label(&self) -> String {
         match self {
             Actor::Stripe { .. } => "stripe".to_owned(),

@@ -7,6 +7,9 @@ use super::postgres::{PgStore, PgTx};
 use super::sqlite::{SqliteStore, SqliteTx};
 use super::*;
 
+// Admin reads (issue 14).
+mod admin_reads;
+
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the
 // size difference between the variants costs nothing worth a box.
@@ -250,6 +253,70 @@ impl Store for AnyStore {
             Self::Postgres(s) => s.webhook_event_status(event_id).await,
             #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.webhook_event_status(event_id).await,
+        }
+    }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.record_event_duplicate(event_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.record_event_duplicate(event_id).await,
+        }
+    }
+
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
+        }
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.admin_token_by_hash(token_hash).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.admin_token_by_hash(token_hash).await,
+        }
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.admin_tokens().await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.admin_tokens().await,
+        }
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.revoke_admin_token(name, at).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.revoke_admin_token(name, at).await,
+        }
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.touch_admin_token(id, at).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.touch_admin_token(id, at).await,
         }
     }
 }
@@ -532,6 +599,22 @@ impl StoreTx for AnyTx {
             Self::Postgres(t) => t.record_device_change(device, kind, actor, detail).await,
             #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.record_device_change(device, kind, actor, detail).await,
+        }
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.set_customer_email(customer_id, email, created).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.set_customer_email(customer_id, email, created).await,
         }
     }
 

@@ -5,6 +5,7 @@
 //! work (begin, read, apply a pure rule, write state + audit + outbox,
 //! commit). A transaction dropped without `commit` rolls back.
 
+pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
 pub mod migration_check;
@@ -13,6 +14,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+use crate::domain::admin::Scopes;
 use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{
     Actor, Device, DeviceStatus, License, LicenseSource, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
@@ -53,6 +55,11 @@ pub struct EventRecord<'a> {
     pub created: i64,
     /// Payload API version.
     pub api_version: Option<&'a str>,
+    /// `data.object.id`, when the object has one.
+    pub object_id: Option<&'a str>,
+    /// The body as received (its signature checked then), kept so the
+    /// delivery can be replayed.
+    pub payload: &'a [u8],
 }
 
 /// How an event was disposed of.
@@ -151,6 +158,23 @@ pub enum PaymentWrite {
     },
     /// Already recorded in this or a final status.
     Unchanged,
+}
+
+/// An admin API token as stored: never the token, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Our id.
+    pub id: Uuid,
+    /// Unique among live tokens; the audit trail's `admin:<name>`.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last authenticated a request (to the minute).
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked; a revoked token authenticates nothing.
+    pub revoked_at: Option<Timestamp>,
 }
 
 // --- Admin license writes (issue 14) ---
@@ -313,6 +337,40 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(String, i32, Option<String>)>, StoreError>> + Send;
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    /// Counts one more delivery of an event that was already applied (its
+    /// transaction was refused, so this is written on its own).
+    fn record_event_duplicate(&self, event_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- admin API tokens ---
+
+    /// Stores a new token's hash; `false` (and nothing stored) when a live
+    /// token already has this name.
+    fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The live (unrevoked) token with this hash.
+    fn admin_token_by_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<Option<AdminTokenRecord>, StoreError>> + Send;
+
+    /// Every token, revoked ones included, oldest first.
+    fn admin_tokens(&self) -> impl Future<Output = Result<Vec<AdminTokenRecord>, StoreError>> + Send;
+
+    /// Revokes the live token with this name; `false` when there is none.
+    fn revoke_admin_token(&self, name: &str, at: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a use of the token, at most once a minute (a write per
+    /// request would make every admin read a write).
+    fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// One open transaction.
@@ -491,6 +549,18 @@ pub trait StoreTx: Send {
         kind: &str,
         actor: &Actor,
         detail: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- Admin reads (issue 14): customers ---
+
+    /// Records the customer's e-mail as of the Stripe event `created` (Unix
+    /// seconds): an older event than the one the held address came from
+    /// changes nothing, so the address does not depend on delivery order.
+    fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends to the outbox; visible to readers once committed, in commit

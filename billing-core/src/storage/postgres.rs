@@ -12,6 +12,9 @@ mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
 }
 
+// Admin reads (issue 14).
+mod admin_reads;
+
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
 /// Advisory lock (two-key space) serialising outbox id assignment, so ids
@@ -353,12 +356,13 @@ impl Store for PgStore {
         let conn = self.conn().await?;
         execute(
             &conn,
-            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error)
-             VALUES ($1, $2, $3, $4, 'failed', $5)
+            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, object_id, payload)
+             VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)
              ON CONFLICT (id) DO UPDATE
-                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1
+                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1,
+                    object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
               WHERE webhook_events.status = 'failed'",
-            &[&event.id, &event.kind, &event.created, &event.api_version, &error],
+            &[&event.id, &event.kind, &event.created, &event.api_version, &error, &event.object_id, &event.payload],
         )
         .await?;
         Ok(())
@@ -590,6 +594,86 @@ impl Store for PgStore {
                 .await?;
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(&conn, "UPDATE webhook_events SET duplicates = duplicates + 1 WHERE id = $1", &[&event_id]).await?;
+        Ok(())
+    }
+
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let scopes = scopes.names();
+        let inserted = execute(
+            &conn,
+            "INSERT INTO admin_tokens (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING",
+            &[&id, &name, &token_hash, &scopes],
+        )
+        .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let sql =
+            format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL");
+        query_opt(&conn, &sql, &[&token_hash]).await?.as_ref().map(admin_token_from_row).transpose()
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id");
+        query(&conn, &sql, &[]).await?.iter().map(admin_token_from_row).collect()
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let revoked = execute(
+            &conn,
+            "UPDATE admin_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+            &[&name, &at],
+        )
+        .await?;
+        Ok(revoked > 0)
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(
+            &conn,
+            "UPDATE admin_tokens SET last_used_at = $2
+              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2 - interval '1 minute')",
+            &[&id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+const ADMIN_TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
+
+fn admin_token_from_row(row: &Row) -> Result<AdminTokenRecord, StoreError> {
+    let scopes: Vec<String> = row.get(2);
+    Ok(AdminTokenRecord {
+        id: row.get(0),
+        name: row.get(1),
+        scopes: Scopes::parse(scopes.iter().map(String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?,
+        created_at: row.get(3),
+        last_used_at: row.get(4),
+        revoked_at: row.get(5),
+    })
 }
 
 /// An open PostgreSQL transaction on a pooled connection.
@@ -770,15 +854,22 @@ impl StoreTx for PgTx {
         // recording its failure: the INSERT waits for it.
         self.defer(
             "WITH claimed AS (
-                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
-                VALUES ($1, $2, $3, $4, 'processed', now())
+                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
+                VALUES ($1, $2, $3, $4, 'processed', now(), $5, $6)
                 ON CONFLICT (id) DO UPDATE
                    SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                       processed_at = now()
+                       processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
                  WHERE webhook_events.status = 'failed'
                 RETURNING id)
              SELECT billing_webhook_event_already_applied() WHERE NOT EXISTS (SELECT FROM claimed)",
-            params![event.id.to_owned(), event.kind.to_owned(), event.created, event.api_version.map(str::to_owned)],
+            params![
+                event.id.to_owned(),
+                event.kind.to_owned(),
+                event.created,
+                event.api_version.map(str::to_owned),
+                event.object_id.map(str::to_owned),
+                event.payload.to_vec()
+            ],
         );
         Ok(())
     }
@@ -1250,6 +1341,22 @@ impl StoreTx for PgTx {
         self.defer(
             "INSERT INTO device_changes (device_id, license_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5)",
             params![device.id, device.license_id, kind.to_owned(), actor.label(), detail],
+        );
+        Ok(())
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        self.defer(
+            "UPDATE customers SET email = $2, email_created = $3, updated_at = now()
+              WHERE id = $1 AND (email_created IS NULL OR email_created <= $3)",
+            params![customer_id, email.map(str::to_owned), created],
         );
         Ok(())
     }

@@ -1,16 +1,19 @@
 //! The admin API's license and device writes (issue 14): parse, call the
-//! `Billing` use case, render [`AdminLicenseView`]. The token and its
-//! scope are checked before anything else is read.
+//! `Billing` use case, render the license as the admin reads show it
+//! ([`AdminLicenseView`]). The token and its scope are checked before
+//! anything else is read.
 
 use crate::admin::authorize;
 use crate::error::ApiError;
 use crate::http::{json, ok, parse_json, read_body, RequestBody, Response};
-use crate::views::{AdminLicenseView, DeviceView};
+use crate::views::admin_reads::{AdminLicenseDetailView, AdminLicenseView};
+use crate::views::DeviceView;
 use crate::AppState;
 use billing_core::admin_licenses::{AdminLicense, AdminLicenseError, NewLicense, PatchRequest};
 use billing_core::domain::admin::Scope;
 use billing_core::domain::license::Renewal;
 use billing_core::domain::Timestamp;
+use billing_core::storage::admin_reads::{LicenseDetail, ListedLicense};
 use hyper::{Request, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -118,13 +121,21 @@ struct RenewBody {
     days: Option<i64>,
 }
 
-fn render(state: &AppState, status: StatusCode, license: &AdminLicense) -> Response {
+/// The license as `GET /api/admin/licenses` lists it; with its devices and
+/// subscription, as `GET /api/admin/licenses/{id}` shows it, where the use
+/// case is about the devices.
+fn render(state: &AppState, status: StatusCode, license: AdminLicense) -> Response {
     let now = state.billing.now();
-    let window = state.billing.config().licensing.heartbeat_window;
-    let devices =
-        license.devices.as_ref().map(|devices| devices.iter().map(|d| DeviceView::new(d, now, window)).collect());
-    let view = AdminLicenseView::new(&license.record, Some(license.device_count), devices, now);
-    json(status, &serde_json::json!({ "license": view }))
+    let listed =
+        ListedLicense { record: license.record, device_count: i64::try_from(license.device_count).unwrap_or(i64::MAX) };
+    match license.devices {
+        Some(devices) => {
+            let window = state.billing.config().licensing.heartbeat_window;
+            let detail = LicenseDetail { listed, devices, subscription: license.subscription };
+            json(status, &serde_json::json!({ "license": AdminLicenseDetailView::new(&detail, now, window) }))
+        }
+        None => json(status, &serde_json::json!({ "license": AdminLicenseView::new(&listed, now) })),
+    }
 }
 
 /// `POST /api/admin/licenses`
@@ -140,7 +151,7 @@ pub async fn issue(state: &AppState, request: Request<RequestBody>) -> Result<Re
         metadata: body.metadata,
     };
     let issued = state.billing.issue_manual_license(&principal.actor(), request).await.map_err(admin_license_error)?;
-    Ok(render(state, StatusCode::CREATED, &issued))
+    Ok(render(state, StatusCode::CREATED, issued))
 }
 
 /// `PATCH /api/admin/licenses/{id}`
@@ -155,7 +166,7 @@ pub async fn patch(state: &AppState, request: Request<RequestBody>, id: &str) ->
         metadata: body.metadata,
     };
     let patched = state.billing.patch_license(&principal.actor(), id, request).await.map_err(admin_license_error)?;
-    Ok(render(state, StatusCode::OK, &patched))
+    Ok(render(state, StatusCode::OK, patched))
 }
 
 /// Which action route was called.
@@ -184,7 +195,7 @@ pub async fn act(
         Action::Revoke => billing.revoke_license(&actor, id).await,
     }
     .map_err(admin_license_error)?;
-    Ok(render(state, StatusCode::OK, &changed))
+    Ok(render(state, StatusCode::OK, changed))
 }
 
 /// `POST /api/admin/licenses/{id}/renew`
@@ -198,7 +209,7 @@ pub async fn renew(state: &AppState, request: Request<RequestBody>, id: &str) ->
         _ => return Err(admin_license_error(AdminLicenseError::Invalid("give exactly one of until and days".into()))),
     };
     let renewed = state.billing.renew_license(&principal.actor(), id, renewal).await.map_err(admin_license_error)?;
-    Ok(render(state, StatusCode::OK, &renewed))
+    Ok(render(state, StatusCode::OK, renewed))
 }
 
 /// `DELETE /api/admin/devices/{id}`
@@ -217,5 +228,5 @@ pub async fn reset_devices(state: &AppState, request: Request<RequestBody>, id: 
     let id = path_id(id, "license")?;
     no_body(state, request).await?;
     let reset = state.billing.reset_devices(&principal.actor(), id).await.map_err(admin_license_error)?;
-    Ok(render(state, StatusCode::OK, &reset))
+    Ok(render(state, StatusCode::OK, reset))
 }

@@ -1,10 +1,12 @@
 //! The route table and dispatch.
 
 mod actions;
+// Admin reads (issue 14).
+mod admin_reads;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod dashboard;
-mod license;
+pub(crate) mod license;
 mod ops;
 mod terminals;
 mod webhook;
@@ -45,6 +47,14 @@ pub enum Route {
     BillingPortal,
     PaymentMethod,
     SyncSubscriptions,
+    // Admin reads (issue 14).
+    AdminStripeEvents,
+    AdminReplayStripeEvent,
+    AdminAudit,
+    AdminCustomers,
+    AdminLicenses,
+    AdminLicense,
+    AdminLicenseExport,
     // --- Admin license writes (issue 14) ---
     AdminIssueLicense,
     AdminPatchLicense,
@@ -84,6 +94,14 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
     (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
     (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
+    // Admin reads (issue 14).
+    (Method::GET, "/api/admin/stripe-events", Route::AdminStripeEvents),
+    (Method::POST, "/api/admin/stripe-events/{id}/replay", Route::AdminReplayStripeEvent),
+    (Method::GET, "/api/admin/audit", Route::AdminAudit),
+    (Method::GET, "/api/admin/customers", Route::AdminCustomers),
+    (Method::GET, "/api/admin/licenses", Route::AdminLicenses),
+    (Method::GET, "/api/admin/licenses/{id}", Route::AdminLicense),
+    (Method::GET, "/api/admin/licenses/export", Route::AdminLicenseExport),
     // --- Admin license writes (issue 14) ---
     (Method::POST, "/api/admin/licenses", Route::AdminIssueLicense),
     (Method::PATCH, "/api/admin/licenses/{id}", Route::AdminPatchLicense),
@@ -174,6 +192,14 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::BillingPortal => actions::portal(&state, request).await,
             Route::PaymentMethod => actions::payment_method(&state, request).await,
             Route::SyncSubscriptions => actions::sync(&state, request).await,
+            // Admin reads (issue 14).
+            Route::AdminStripeEvents => admin_reads::stripe_events(&state, request).await,
+            Route::AdminReplayStripeEvent => admin_reads::replay_stripe_event(&state, request, &param("id")).await,
+            Route::AdminAudit => admin_reads::audit(&state, request).await,
+            Route::AdminCustomers => admin_reads::customers(&state, request).await,
+            Route::AdminLicenses => admin_reads::licenses(&state, request).await,
+            Route::AdminLicense => admin_reads::license(&state, request, &param("id")).await,
+            Route::AdminLicenseExport => admin_reads::export(&state, request).await,
             // --- Admin license writes (issue 14) ---
             Route::AdminIssueLicense => admin_licenses::issue(&state, request).await,
             Route::AdminPatchLicense => admin_licenses::patch(&state, request, &param("id")).await,

@@ -389,6 +389,10 @@ async fn a_device_reset_ends_the_device_streams_and_frees_every_slot() {
         admin(&app, Method::POST, &format!("/api/admin/licenses/{id}/reset-devices"), &token, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["license"]["device_count"], 0);
+    assert!(
+        answer["license"]["subscription"]["stripe_subscription_id"].is_string(),
+        "shown as GET /api/admin/licenses/{{id}} shows it"
+    );
     let devices = answer["license"]["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
     assert!(devices.iter().all(|d| d["status"] == "deactivated"), "{devices:?}");

@@ -29,8 +29,8 @@ enum Access {
     /// A device's activation token, or the license owner's (or an admin's)
     /// dashboard JWT.
     DeviceOrDashboard,
-    /// An admin API token (its scope matrix lives with the admin tests).
-    Admin,
+    /// An admin API token (see `admin_auth.rs`, which tests that door).
+    AdminToken,
 }
 
 /// Every route's access. The match is exhaustive, with no catch-all: a new
@@ -58,15 +58,23 @@ fn access(route: Route) -> Access {
         | Route::SyncSubscriptions
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
-        // --- Admin license writes (issue 14) ---
-        Route::AdminIssueLicense
+        // Admin reads (issue 14).
+        Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport
+        // Admin license writes (issue 14).
+        | Route::AdminIssueLicense
         | Route::AdminPatchLicense
         | Route::AdminSuspendLicense
         | Route::AdminReinstateLicense
         | Route::AdminRevokeLicense
         | Route::AdminRenewLicense
         | Route::AdminDeleteDevice
-        | Route::AdminResetDevices => Admin,
+        | Route::AdminResetDevices => AdminToken,
     }
 }
 
@@ -386,7 +394,15 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Heartbeat
         | Route::Deactivate
         | Route::PublicKey
-        // --- Admin license writes (issue 14) ---
+        // Admin reads (issue 14).
+        | Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport
+        // Admin license writes (issue 14).
         | Route::AdminIssueLicense
         | Route::AdminPatchLicense
         | Route::AdminSuspendLicense

@@ -2,6 +2,9 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+// Admin reads (issue 14).
+mod admin_auth;
+mod admin_reads;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod auth;
@@ -15,5 +18,6 @@ mod openapi;
 mod ops;
 mod ordering;
 mod properties;
+mod quickstart;
 mod storm;
 mod webhooks;

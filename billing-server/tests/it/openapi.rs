@@ -107,7 +107,6 @@ fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
         Route::Activate | Route::Validate | Route::PublicKey => &[],
         Route::Heartbeat | Route::Deactivate => &["activationToken"],
         Route::Events => &["activationToken", "dashboardJwt"],
-        // The vendor's admin API takes only admin tokens.
         _ if path.starts_with("/api/admin/") => &["adminToken"],
         // Operations routes (health, readiness, metrics) live outside /api/.
         _ if !path.starts_with("/api/") => &[],
@@ -164,11 +163,13 @@ fn openapi_document_lists_exactly_the_routes_of_the_router() {
         if declared != expected {
             problems.push(format!("{at}: security is {declared:?}, expected {expected:?}"));
         }
-        let bearer = expected.contains("dashboardJwt")
-            || expected.contains("activationToken")
-            || expected.contains("adminToken");
-        if bearer && !op.responses.iter().any(|c| c == "401") {
+        let bearer = expected.contains("dashboardJwt") || expected.contains("activationToken");
+        let admin = expected.contains("adminToken");
+        if (bearer || admin) && !op.responses.iter().any(|c| c == "401") {
             problems.push(format!("{at}: requires a bearer token but documents no 401"));
+        }
+        if admin && !op.responses.iter().any(|c| c == "403") {
+            problems.push(format!("{at}: needs a scope but documents no 403 (INSUFFICIENT_SCOPE)"));
         }
     }
     assert!(problems.is_empty(), "docs/openapi.yaml is incomplete:\n{}", problems.join("\n"));

@@ -120,7 +120,14 @@ const EFFECTIVE_STATUS: &str = "CASE
         WHEN l.status = 'active' AND l.grace_ends_at <= $4 THEN 'suspended'
         ELSE l.status END";
 
-static LICENSES_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The license listing, as two statements: the first page, and the pages
+/// after a cursor with the keyset condition as an index range. One
+/// statement with `$8 IS NULL OR …` would serve both, but once PostgreSQL
+/// settles on a generic plan that condition becomes a filter, and every
+/// page rescans the index from the newest license (an export of n licenses
+/// would read n²/500 rows). The first page names `$8` and `$9` only so
+/// that their types are known.
+fn licenses_page_sql(keyset: &str) -> String {
     format!(
         "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
                 (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
@@ -135,10 +142,15 @@ static LICENSES_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
                  OR s.stripe_subscription_id = $5::text
                  OR EXISTS (SELECT FROM devices d
                              WHERE d.license_id = l.id AND (d.fingerprint = $5::text OR d.name = $5::text)))
-            AND ($8::timestamptz IS NULL OR (l.created_at, l.id) < ($8::timestamptz, $9::uuid))
+            AND {keyset}
           ORDER BY l.created_at DESC, l.id DESC LIMIT $10"
     )
-});
+}
+
+static FIRST_LICENSES_PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| licenses_page_sql("$8::timestamptz IS NULL AND $9::uuid IS NULL"));
+static NEXT_LICENSES_PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| licenses_page_sql("(l.created_at, l.id) < ($8::timestamptz, $9::uuid)"));
 
 fn listed_from_row(row: &Row) -> Result<ListedLicense, StoreError> {
     Ok(ListedLicense { record: license_record_from_row_at(row, 0)?, device_count: row.get(LICENSE_COLUMN_COUNT + 3) })
@@ -158,9 +170,10 @@ impl AdminReadStore for PgStore {
         let (text, key_hash, id) =
             (search.map(|s| s.text.as_str()), search.and_then(|s| s.key_hash.as_deref()), search.and_then(|s| s.id));
         let (at, last) = (after.map(|c| c.created_at), after.map(|c| c.id));
+        let sql: &str = if after.is_some() { &NEXT_LICENSES_PAGE } else { &FIRST_LICENSES_PAGE };
         let rows = query(
             &conn,
-            &LICENSES_PAGE,
+            sql,
             &[
                 &filter.user_id.as_deref(),
                 &filter.plan.as_deref(),

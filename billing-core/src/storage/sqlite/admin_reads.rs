@@ -132,6 +132,10 @@ impl AdminReadStore for SqliteStore {
         };
         let at = after.map(|c| micros(c.created_at)).transpose()?;
         let last = after.map(|c| c.id.to_string());
+        // As on PostgreSQL, the keyset condition is a range only when the
+        // statement does not also allow its absence: after a cursor, the
+        // index is entered at the cursor rather than scanned from the top.
+        let keyset = if at.is_some() { "(l.created_at, l.id) < (?8, ?9)" } else { "?8 IS NULL AND ?9 IS NULL" };
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
@@ -147,7 +151,7 @@ impl AdminReadStore for SqliteStore {
                          OR s.stripe_subscription_id = ?5
                          OR EXISTS (SELECT 1 FROM devices d
                                      WHERE d.license_id = l.id AND (d.fingerprint = ?5 OR d.name = ?5)))
-                    AND (?8 IS NULL OR (l.created_at, l.id) < (?8, ?9))
+                    AND {keyset}
                   ORDER BY l.created_at DESC, l.id DESC LIMIT ?10"
             );
             query(conn, &sql, params![user_id, plan, status, now, text, key_hash, id, at, last, limit], listed_from_row)

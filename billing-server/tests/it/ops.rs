@@ -472,7 +472,9 @@ async fn migrate_applies_the_schema_once_and_exits() {
                 "create_devices",
                 "index_licenses_in_grace",
                 "raise_on_duplicate_claims",
-                "record_customer_deletion"
+                "record_customer_deletion",
+                "open_the_vendor_side",
+                "record_customer_email"
             ],
             "{run} run"
         );

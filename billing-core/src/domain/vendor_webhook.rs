@@ -1,6 +1,7 @@
 //! Webhooks to the vendor's own systems: the pure rules. Which event types
 //! exist, the retry schedule, Standard Webhooks signing and which addresses
-//! a message may never be sent to (SSRF).
+//! a message may never be sent to (SSRF). Randomness only where a secret is
+//! generated on purpose.
 
 use super::Timestamp;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -140,6 +141,14 @@ const SECRET_PREFIX: &str = "whsec_";
 pub const SECRET_BYTES: usize = 32;
 
 impl WebhookSecret {
+    /// A new secret of [`SECRET_BYTES`] bytes from the operating system's RNG.
+    pub fn generate() -> Self {
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut key = vec![0; SECRET_BYTES];
+        SystemRandom::new().fill(&mut key).expect("the operating system RNG is available");
+        Self(key)
+    }
+
     /// A secret of these key bytes.
     pub fn from_bytes(key: Vec<u8>) -> Self {
         Self(key)

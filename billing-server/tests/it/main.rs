@@ -14,4 +14,6 @@ mod ops;
 mod ordering;
 mod properties;
 mod storm;
+// Webhooks to the vendor (issue 14).
+mod vendor_webhooks;
 mod webhooks;

@@ -95,6 +95,7 @@
 
 #[cfg(feature = "stripe-api")]
 pub mod actions;
+pub mod admin_tokens;
 pub mod billing;
 pub mod certificate;
 pub mod domain;

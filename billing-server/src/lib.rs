@@ -1,6 +1,7 @@
 //! A thin hyper 1.x HTTP front for billing-core: routing, authentication,
 //! JSON in and out.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -114,31 +115,7 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))
             .context("cannot open the store")?;
         store.migrate().await.map_err(|e| anyhow::anyhow!(billing_core::billing::error_chain(&e)))?;
-        let stripe = config
-            .stripe_secret_key
-            .as_ref()
-            .map(|key| StripeClient::new(key.expose_secret(), config.stripe_api_base.clone()));
-        let signing_key = match &config.license_signing_key {
-            Some(path) => load_signing_key(path)?,
-            None => load_or_create_signing_key(&config.data_dir.join("license-signing-key.pem"))?,
-        };
-        let mut licensing = LicensingConfig::new(Arc::new(signing_key));
-        licensing.heartbeat_window = time::Duration::seconds(config.heartbeat_window_secs as i64);
-        licensing.offline_ttl = time::Duration::seconds(config.offline_ttl_secs as i64);
-        let billing = Billing::new(
-            store,
-            BillingConfig::new(config.plans.clone(), licensing)
-                .with_grace(time::Duration::days(i64::from(config.grace_days)))
-                .with_webhook_secrets(
-                    config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())),
-                )
-                .with_stripe(stripe)
-                .with_vendor_webhooks(VendorWebhookSettings {
-                    retry_schedule: config.webhook_retry_schedule.clone(),
-                    allow_private: config.webhook_allow_private,
-                    ..VendorWebhookSettings::default()
-                }),
-        );
+        let billing = engine(store, config)?;
         let options = ServerOptions {
             jwt_secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
             max_body_bytes: config.max_body_bytes,
@@ -177,6 +154,34 @@ impl AppState {
             next_request_id: AtomicU64::new(1),
         })
     }
+}
+
+/// The engine the configuration describes, over an opened store (the
+/// license-signing key is loaded, or created in the data directory).
+pub fn engine(store: AnyStore, config: &Config) -> anyhow::Result<Billing<AnyStore>> {
+    let stripe = config
+        .stripe_secret_key
+        .as_ref()
+        .map(|key| StripeClient::new(key.expose_secret(), config.stripe_api_base.clone()));
+    let signing_key = match &config.license_signing_key {
+        Some(path) => load_signing_key(path)?,
+        None => load_or_create_signing_key(&config.data_dir.join("license-signing-key.pem"))?,
+    };
+    let mut licensing = LicensingConfig::new(Arc::new(signing_key));
+    licensing.heartbeat_window = time::Duration::seconds(config.heartbeat_window_secs as i64);
+    licensing.offline_ttl = time::Duration::seconds(config.offline_ttl_secs as i64);
+    Ok(Billing::new(
+        store,
+        BillingConfig::new(config.plans.clone(), licensing)
+            .with_grace(time::Duration::days(i64::from(config.grace_days)))
+            .with_webhook_secrets(config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())))
+            .with_stripe(stripe)
+            .with_vendor_webhooks(VendorWebhookSettings {
+                retry_schedule: config.webhook_retry_schedule.clone(),
+                allow_private: config.webhook_allow_private,
+                ..VendorWebhookSettings::default()
+            }),
+    ))
 }
 
 /// Reads the license-signing key from `path` (PKCS#8, PEM or DER).

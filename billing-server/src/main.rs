@@ -1,4 +1,5 @@
-//! The `billing-server` binary: `serve` (default) and `migrate`.
+//! The `billing-server` binary: `serve` (default), `migrate`, `keygen` and
+//! `admin-token`.
 
 use anyhow::Context;
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -27,6 +28,37 @@ enum Command {
         #[arg(long, default_value = "license-signing-key.pem")]
         out: std::path::PathBuf,
     },
+    /// Create, list and revoke admin API tokens (the store is the one
+    /// DATABASE_URL names, as for `serve`).
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Create a token and print it, alone on the last line of stdout. It is
+    /// shown once: only its hash is stored.
+    Create {
+        /// A unique name (letters, digits, '-', '_', '.'); the audit trail
+        /// names the token's actions `admin:<name>`.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: licenses:read, licenses:write, customers:read,
+        /// devices:write, events:read, stripe:write, webhooks:write, or * for
+        /// all (the default).
+        #[arg(long, default_value = "*")]
+        scopes: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke the live token with this name: it stops working at once.
+    Revoke {
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -37,13 +69,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::from_env()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if config.log_json {
+    if matches!(cli.command, Some(Command::AdminToken { .. })) {
+        // stdout is the command's answer (scripts capture the token from
+        // it); the store's start-up chatter is not.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else if config.log_json {
         tracing_subscriber::fmt().json().with_current_span(true).with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen { .. } => unreachable!("handled above"),
+        Command::AdminToken { command } => admin_token(&config, command).await,
         Command::Migrate => {
             let store = AnyStore::open(&config.store, 1)
                 .await
@@ -116,6 +154,51 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     println!("wrote {} (kid {})", out.display(), key.kid());
     println!("set BILLING_LICENSE_SIGNING_KEY={} and embed this public key in your app:", out.display());
     println!("{}", key.public_jwk());
+    Ok(())
+}
+
+async fn admin_token(config: &Config, command: AdminTokenCommand) -> anyhow::Result<()> {
+    use billing_core::domain::admin::Scopes;
+    let chain = |e: &(dyn std::error::Error + 'static)| anyhow::anyhow!(billing_core::billing::error_chain(e));
+    let store = AnyStore::open(&config.store, 1).await.map_err(|e| chain(&e))?;
+    store.migrate().await.map_err(|e| chain(&e))?;
+    let billing = billing_server::engine(store, config)?;
+    match command {
+        AdminTokenCommand::Create { name, scopes } => {
+            let scopes = Scopes::parse_list(&scopes)?;
+            let (record, token) = billing.create_admin_token(&name, scopes).await.map_err(|e| chain(&e))?;
+            println!(
+                "created admin token {:?} with scopes {}; it is shown once:",
+                record.name,
+                record.scopes.names().join(",")
+            );
+            println!("{}", token.expose());
+        }
+        AdminTokenCommand::List => {
+            let tokens = billing.admin_tokens().await.map_err(|e| chain(&e))?;
+            let seconds =
+                |t: time::OffsetDateTime| billing_core::billing::rfc3339(t.replace_nanosecond(0).unwrap_or(t));
+            let when = |t: Option<time::OffsetDateTime>| t.map_or_else(|| "-".to_owned(), seconds);
+            println!("{:<24} {:<8} {:<21} {:<21} scopes", "name", "status", "created", "last used");
+            for t in tokens {
+                let status = if t.revoked_at.is_some() { "revoked" } else { "live" };
+                println!(
+                    "{:<24} {:<8} {:<21} {:<21} {}",
+                    t.name,
+                    status,
+                    seconds(t.created_at),
+                    when(t.last_used_at),
+                    t.scopes.names().join(",")
+                );
+            }
+        }
+        AdminTokenCommand::Revoke { name } => {
+            if !billing.revoke_admin_token(&name).await.map_err(|e| chain(&e))? {
+                anyhow::bail!("no live admin token is named {name:?}");
+            }
+            println!("revoked admin token {name:?}");
+        }
+    }
     Ok(())
 }
 

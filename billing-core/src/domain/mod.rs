@@ -1,6 +1,7 @@
 //! Domain types and pure business rules: no I/O, no clock, no randomness
 //! except where a value is generated on purpose (license keys).
 
+pub mod admin;
 pub mod device;
 pub mod license;
 pub mod payment;
@@ -39,15 +40,21 @@ pub enum Actor {
     },
     /// Background work of the server itself (grace expiry, heartbeat reaper).
     System,
+    /// A vendor's script or operator through the admin API, by token name.
+    Admin {
+        /// The name the token was created with.
+        token_name: String,
+    },
 }
 
 impl Actor {
-    /// The audit-trail spelling: `stripe`, `user:<id>` or `system`.
+    /// The audit-trail spelling: `stripe`, `user:<id>`, `system` or `admin:<token name>`.
     pub fn label(&self) -> String {
         match self {
             Actor::Stripe { .. } => "stripe".to_owned(),
             Actor::User { user_id } => format!("user:{user_id}"),
             Actor::System => "system".to_owned(),
+            Actor::Admin { token_name } => format!("admin:{token_name}"),
         }
     }
 

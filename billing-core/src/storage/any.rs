@@ -253,6 +253,59 @@ impl Store for AnyStore {
         }
     }
 
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
+        }
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.admin_token_by_hash(token_hash).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.admin_token_by_hash(token_hash).await,
+        }
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.admin_tokens().await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.admin_tokens().await,
+        }
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.revoke_admin_token(name, at).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.revoke_admin_token(name, at).await,
+        }
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.touch_admin_token(id, at).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.touch_admin_token(id, at).await,
+        }
+    }
+
     // --- Webhooks to the vendor (issue 14) ---
 
     async fn create_webhook_endpoint(&self, endpoint: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError> {

@@ -13,6 +13,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+use crate::domain::admin::Scopes;
 use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{
     Actor, Device, DeviceStatus, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
@@ -151,6 +152,23 @@ pub enum PaymentWrite {
     },
     /// Already recorded in this or a final status.
     Unchanged,
+}
+
+/// An admin API token as stored: never the token, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Our id.
+    pub id: Uuid,
+    /// Unique among live tokens; the audit trail's `admin:<name>`.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last authenticated a request (to the minute).
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked; a revoked token authenticates nothing.
+    pub revoked_at: Option<Timestamp>,
 }
 
 // --- Webhooks to the vendor (issue 14) ---
@@ -437,6 +455,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(String, i32, Option<String>)>, StoreError>> + Send;
+
+    // --- admin API tokens ---
+
+    /// Stores a new token's hash; `false` (and nothing stored) when a live
+    /// token already has this name.
+    fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The live (unrevoked) token with this hash.
+    fn admin_token_by_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> impl Future<Output = Result<Option<AdminTokenRecord>, StoreError>> + Send;
+
+    /// Every token, revoked ones included, oldest first.
+    fn admin_tokens(&self) -> impl Future<Output = Result<Vec<AdminTokenRecord>, StoreError>> + Send;
+
+    /// Revokes the live token with this name; `false` when there is none.
+    fn revoke_admin_token(&self, name: &str, at: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a use of the token, at most once a minute (a write per
+    /// request would make every admin read a write).
+    fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     // --- Webhooks to the vendor (issue 14) ---
 
     /// Stores a new endpoint.
@@ -668,8 +715,9 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends to the outbox; visible to readers once committed, in commit
-    /// order of ids. Also writes one vendor webhook message per live
-    /// endpoint subscribed to the topic, in the same transaction.
+    /// order of ids.
+    /// Also writes one vendor webhook message per live endpoint subscribed
+    /// to the topic, in the same transaction.
     fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes everything durable.

@@ -747,6 +747,78 @@ impl Store for PgStore {
             query_opt(&conn, "SELECT min(next_attempt_at) FROM webhook_messages WHERE status = 'pending'", &[]).await?;
         Ok(row.and_then(|r| r.get(0)))
     }
+
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let scopes = scopes.names();
+        let inserted = execute(
+            &conn,
+            "INSERT INTO admin_tokens (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING",
+            &[&id, &name, &token_hash, &scopes],
+        )
+        .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let sql =
+            format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL");
+        query_opt(&conn, &sql, &[&token_hash]).await?.as_ref().map(admin_token_from_row).transpose()
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id");
+        query(&conn, &sql, &[]).await?.iter().map(admin_token_from_row).collect()
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let revoked = execute(
+            &conn,
+            "UPDATE admin_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+            &[&name, &at],
+        )
+        .await?;
+        Ok(revoked > 0)
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(
+            &conn,
+            "UPDATE admin_tokens SET last_used_at = $2
+              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2 - interval '1 minute')",
+            &[&id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+const ADMIN_TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
+
+fn admin_token_from_row(row: &Row) -> Result<AdminTokenRecord, StoreError> {
+    let scopes: Vec<String> = row.get(2);
+    Ok(AdminTokenRecord {
+        id: row.get(0),
+        name: row.get(1),
+        scopes: Scopes::parse(scopes.iter().map(String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?,
+        created_at: row.get(3),
+        last_used_at: row.get(4),
+        revoked_at: row.get(5),
+    })
 }
 
 fn endpoint_from_row(row: &Row) -> WebhookEndpoint {

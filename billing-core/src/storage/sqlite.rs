@@ -1070,6 +1070,92 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- admin API tokens ---
+
+    async fn insert_admin_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &[u8],
+        scopes: &Scopes,
+    ) -> Result<bool, StoreError> {
+        let (id, name, token_hash) = (id.to_string(), name.to_owned(), token_hash.to_vec());
+        let scopes = json_text(&Value::from(scopes.names()));
+        let inserted = self
+            .write(move |conn, now| {
+                execute(
+                    conn,
+                    "INSERT INTO admin_tokens (id, name, token_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING",
+                    params![id, name, token_hash, scopes, now],
+                )
+            })
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let token_hash = token_hash.to_vec();
+        self.read(move |conn| {
+            let sql =
+                format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = ?1 AND revoked_at IS NULL");
+            query_opt(conn, &sql, [token_hash], admin_token_from_row)
+        })
+        .await
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id");
+            query(conn, &sql, [], admin_token_from_row)
+        })
+        .await
+    }
+
+    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let (name, at) = (name.to_owned(), micros(at)?);
+        let revoked = self
+            .write(move |conn, _| {
+                execute(
+                    conn,
+                    "UPDATE admin_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name, at],
+                )
+            })
+            .await?;
+        Ok(revoked > 0)
+    }
+
+    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let (id, at) = (id.to_string(), micros(at)?);
+        self.write(move |conn, _| {
+            execute(
+                conn,
+                "UPDATE admin_tokens SET last_used_at = ?2
+                  WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000000)",
+                params![id, at],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+const ADMIN_TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
+
+fn admin_token_from_row(row: &Row<'_>) -> Result<AdminTokenRecord, StoreError> {
+    let scopes: Vec<String> =
+        serde_json::from_value(json(row, 2)?).map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?;
+    Ok(AdminTokenRecord {
+        id: uuid(row, 0)?,
+        name: get(row, 1)?,
+        scopes: Scopes::parse(scopes.iter().map(String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("admin token scopes: {e}")))?,
+        created_at: time(row, 3)?,
+        last_used_at: opt_time(row, 4)?,
+        revoked_at: opt_time(row, 5)?,
+    })
 }
 
 fn endpoint_from_row(row: &Row<'_>) -> Result<WebhookEndpoint, StoreError> {
@@ -1769,5 +1855,68 @@ impl StoreTx for SqliteTx {
         })
         .await
         .map_err(worker_error)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// V6 rebuilds `licenses`, which devices and their audit rows reference:
+    /// a database holding data from before it must come through whole, with
+    /// its references still enforced.
+    #[tokio::test]
+    async fn the_licenses_rebuild_keeps_existing_rows_and_references() {
+        let dir = std::env::temp_dir().join(format!("billing_v6_{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("billing.sqlite3");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            embedded::migrations::runner().set_target(refinery::Target::Version(5)).run(&mut conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO customers (id, stripe_customer_id, user_id) VALUES ('c1', 'cus_1', 'user_1');
+                 INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, cancel_at_period_end, source_created)
+                      VALUES ('s1', 'sub_1', 'c1', 'active', 0, 1);
+                 INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices)
+                      VALUES ('l1', 's1', 'KEY', x'00', 'active', 'pro', 3);
+                 INSERT INTO devices (id, license_id, fingerprint, status, activated_at, last_heartbeat_at)
+                      VALUES ('d1', 'l1', 'fp', 'active', 1, 1);
+                 INSERT INTO device_changes (device_id, license_id, kind, actor) VALUES ('d1', 'l1', 'activated', 'system');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.migrate().await.unwrap();
+        let (license, devices, source) = store
+            .read(|conn| {
+                let license =
+                    query_opt(conn, "SELECT subscription_id, max_devices FROM licenses WHERE id = 'l1'", [], |r| {
+                        Ok((get::<String>(r, 0)?, get::<i64>(r, 1)?))
+                    })?;
+                let devices =
+                    query(conn, "SELECT id FROM devices WHERE license_id = 'l1'", [], |r| get::<String>(r, 0))?;
+                let source =
+                    query_opt(conn, "SELECT source FROM licenses WHERE id = 'l1'", [], |r| get::<String>(r, 0))?;
+                Ok((license, devices, source))
+            })
+            .await
+            .unwrap();
+        assert_eq!(license, Some(("s1".to_owned(), 3)));
+        assert_eq!(devices, ["d1"]);
+        assert_eq!(source.as_deref(), Some("stripe"));
+        let orphaning = store.write(|conn, _| execute(conn, "DELETE FROM licenses WHERE id = 'l1'", [])).await;
+        assert!(orphaning.is_err(), "devices still reference licenses");
+        let manual_without_user = store
+            .write(|conn, _| {
+                execute(
+                    conn,
+                    "INSERT INTO licenses (id, subscription_id, key, key_hash, status, max_devices, source)
+                     VALUES ('l2', 's1', 'KEY2', x'01', 'active', 1, 'manual')",
+                    [],
+                )
+            })
+            .await;
+        assert!(manual_without_user.is_err(), "a manual license has no subscription");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 
 mod actions;
 mod dashboard;
-mod license;
+pub(crate) mod license;
 mod ops;
 mod terminals;
 mod webhook;

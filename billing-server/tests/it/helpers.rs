@@ -179,6 +179,51 @@ impl TestDb {
         self.ints(sql).await[0]
     }
 
+    /// Every row of every table, as sorted text: equal before and after a
+    /// request exactly when the request changed nothing stored.
+    pub async fn fingerprint(&self) -> Vec<String> {
+        match self {
+            TestDb::Postgres(c) => {
+                let tables: Vec<String> = c
+                    .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut rows = Vec::new();
+                for table in tables {
+                    let sql = format!("SELECT t::text FROM {table} t ORDER BY 1");
+                    for row in c.query(&sql, &[]).await.unwrap() {
+                        rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+                    }
+                }
+                rows
+            }
+            TestDb::Sqlite(path) => {
+                Self::sqlite(path, |c| {
+                    let mut tables =
+                        c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1").unwrap();
+                    let tables: Vec<String> = tables.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+                    let mut rows = Vec::new();
+                    for table in tables {
+                        let mut statement = c.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+                        let columns = statement.column_count();
+                        let mut result = statement.query([]).unwrap();
+                        while let Some(row) = result.next().unwrap() {
+                            let values: Vec<String> =
+                                (0..columns).map(|i| format!("{:?}", row.get_ref(i).unwrap())).collect();
+                            rows.push(format!("{table}: {}", values.join(",")));
+                        }
+                    }
+                    rows.sort();
+                    rows
+                })
+                .await
+            }
+        }
+    }
+
     /// A single blob.
     pub async fn bytes(&self, sql: &str) -> Vec<u8> {
         match self {
@@ -189,6 +234,11 @@ impl TestDb {
             }
         }
     }
+}
+
+/// [`TestApp::admin_token`] as a free function.
+pub async fn admin_token(app: &TestApp, scopes: &[&str]) -> String {
+    app.admin_token(scopes).await
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
@@ -543,6 +593,46 @@ impl TestApp {
         object["items"]["data"][0]["current_period_end"] = json!(period_end());
         self.deliver(&event(&format!("evt_create_{user}"), "customer.subscription.created", now() - 60, object)).await;
         self.get_licenses(user).await[0]["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A new admin token with these scopes (`&["*"]` for all), as the CLI
+    /// would create it.
+    pub async fn admin_token(&self, scopes: &[&str]) -> String {
+        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let scopes = billing_core::domain::admin::Scopes::parse(scopes.iter().copied()).expect("known scopes");
+        let (_, token) = self.billing.create_admin_token(&name, scopes).await.expect("token created");
+        token.expose().to_owned()
+    }
+
+    /// An admin API request with a bearer token and an optional JSON body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// [`TestApp::admin`], expecting `status`; returns the JSON body.
+    pub async fn admin_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        status: u16,
+    ) -> Value {
+        let response = self.admin(method.clone(), path, token, body).await;
+        let got = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {

@@ -2,6 +2,7 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+mod admin_auth;
 mod auth;
 mod dashboard;
 mod events;
@@ -13,6 +14,7 @@ mod openapi;
 mod ops;
 mod ordering;
 mod properties;
+mod quickstart;
 mod storm;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;

@@ -107,6 +107,7 @@ fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
         Route::Activate | Route::Validate | Route::PublicKey => &[],
         Route::Heartbeat | Route::Deactivate => &["activationToken"],
         Route::Events => &["activationToken", "dashboardJwt"],
+        _ if path.starts_with("/api/admin/") => &["adminToken"],
         // Operations routes (health, readiness, metrics) live outside /api/.
         _ if !path.starts_with("/api/") => &[],
         // The dashboard's reads, terminals and actions.
@@ -163,8 +164,12 @@ fn openapi_document_lists_exactly_the_routes_of_the_router() {
             problems.push(format!("{at}: security is {declared:?}, expected {expected:?}"));
         }
         let bearer = expected.contains("dashboardJwt") || expected.contains("activationToken");
-        if bearer && !op.responses.iter().any(|c| c == "401") {
+        let admin = expected.contains("adminToken");
+        if (bearer || admin) && !op.responses.iter().any(|c| c == "401") {
             problems.push(format!("{at}: requires a bearer token but documents no 401"));
+        }
+        if admin && !op.responses.iter().any(|c| c == "403") {
+            problems.push(format!("{at}: needs a scope but documents no 403 (INSUFFICIENT_SCOPE)"));
         }
     }
     assert!(problems.is_empty(), "docs/openapi.yaml is incomplete:\n{}", problems.join("\n"));

@@ -167,7 +167,7 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
 
 /// A `billing-server` process, the address it listens on, and what it has
 /// printed so far.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: std::process::Child,
     addr: String,
     output: Arc<Mutex<Vec<String>>>,
@@ -186,7 +186,7 @@ impl ServerProcess {
 
     /// A server started in `dir` with nothing in its environment but `PATH`,
     /// a free port, JSON logs (to find the port) and `env`.
-    async fn start_in(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+    pub(crate) async fn start_in(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
         Self::start_under_umask(dir, env, None).await
     }
 
@@ -243,11 +243,11 @@ impl ServerProcess {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn printed(&self) -> String {
+    pub(crate) fn printed(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
 

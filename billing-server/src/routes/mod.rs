@@ -1,6 +1,8 @@
 //! The route table and dispatch.
 
 mod actions;
+// Webhooks to the vendor (issue 14).
+mod admin_webhooks;
 mod dashboard;
 pub(crate) mod license;
 mod ops;
@@ -43,6 +45,12 @@ pub enum Route {
     BillingPortal,
     PaymentMethod,
     SyncSubscriptions,
+    // Webhooks to the vendor (issue 14).
+    CreateWebhookEndpoint,
+    WebhookEndpoints,
+    DeleteWebhookEndpoint,
+    WebhookDeliveries,
+    RetryWebhookDelivery,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -73,6 +81,12 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
     (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
     (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
+    // Webhooks to the vendor (issue 14).
+    (Method::POST, "/api/admin/webhook-endpoints", Route::CreateWebhookEndpoint),
+    (Method::GET, "/api/admin/webhook-endpoints", Route::WebhookEndpoints),
+    (Method::DELETE, "/api/admin/webhook-endpoints/{id}", Route::DeleteWebhookEndpoint),
+    (Method::GET, "/api/admin/webhook-endpoints/{id}/deliveries", Route::WebhookDeliveries),
+    (Method::POST, "/api/admin/webhook-deliveries/{id}/retry", Route::RetryWebhookDelivery),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -154,6 +168,12 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::BillingPortal => actions::portal(&state, request).await,
             Route::PaymentMethod => actions::payment_method(&state, request).await,
             Route::SyncSubscriptions => actions::sync(&state, request).await,
+            // Webhooks to the vendor (issue 14).
+            Route::CreateWebhookEndpoint => admin_webhooks::create(&state, request).await,
+            Route::WebhookEndpoints => admin_webhooks::list(&state, request).await,
+            Route::DeleteWebhookEndpoint => admin_webhooks::delete(&state, request, &param("id")).await,
+            Route::WebhookDeliveries => admin_webhooks::deliveries(&state, request, &param("id")).await,
+            Route::RetryWebhookDelivery => admin_webhooks::retry(&state, request, &param("id")).await,
         }
     }
     .await;

@@ -22,6 +22,8 @@ enum Access {
     StripeSignature,
     /// A device's activation token.
     ActivationToken,
+    /// An admin API token (`/api/admin/...`; its door is `admin_auth.rs`'s).
+    AdminToken,
     /// The dashboard JWT. `user_id`: the route reads or acts for the user
     /// named by `?user_id=` (admins only; a non-admin naming anyone else
     /// gets 403), otherwise only ever for the caller.
@@ -56,6 +58,12 @@ fn access(route: Route) -> Access {
         | Route::SyncSubscriptions
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
+        // Webhooks to the vendor (issue 14).
+        Route::CreateWebhookEndpoint
+        | Route::WebhookEndpoints
+        | Route::DeleteWebhookEndpoint
+        | Route::WebhookDeliveries
+        | Route::RetryWebhookDelivery => AdminToken,
     }
 }
 
@@ -374,7 +382,13 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Validate
         | Route::Heartbeat
         | Route::Deactivate
-        | Route::PublicKey => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::PublicKey
+        // Webhooks to the vendor (issue 14).
+        | Route::CreateWebhookEndpoint
+        | Route::WebhookEndpoints
+        | Route::DeleteWebhookEndpoint
+        | Route::WebhookDeliveries
+        | Route::RetryWebhookDelivery => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

@@ -605,3 +605,114 @@ async fn a_receiver_down_across_a_kill_9_of_the_server_gets_every_message_after_
     drop(server);
     let _ = std::fs::remove_dir_all(data_dir);
 }
+
+#[tokio::test]
+async fn the_admin_routes_create_list_page_retry_and_delete_endpoints() {
+    let app = spawn_hooks_app(&[]).await;
+    let token = app.admin_token(&["webhooks:write"]).await;
+    let port = free_port();
+    let body = json!({ "url": format!("http://127.0.0.1:{port}/in"), "events": ["subscription.updated"], "description": "CRM" });
+    let created = app.admin_ok(reqwest::Method::POST, "/api/admin/webhook-endpoints", &token, Some(&body), 201).await;
+    let endpoint = &created["endpoint"];
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let key = secret.strip_prefix("whsec_").expect("a whsec_ secret");
+    use base64::Engine;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 32);
+    assert_eq!(endpoint["events"], json!(["subscription.updated"]));
+    assert_eq!((endpoint["description"].as_str(), endpoint["url"].as_str()), (Some("CRM"), body["url"].as_str()));
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+
+    let listed = app.admin_ok(reqwest::Method::GET, "/api/admin/webhook-endpoints", &token, None, 200).await;
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 1);
+    assert!(listed["endpoints"][0].get("secret").is_none(), "the secret is shown only once: {listed}");
+    assert!(!listed.to_string().contains(key));
+
+    let mut receiver = Receiver::start(&secret, port, Answer::FailFirst(1)).await;
+    start_subscription(&app, 1).await;
+    let deliveries_path = format!("/api/admin/webhook-endpoints/{id}/deliveries?limit=10");
+    wait_for_deliveries(&app, id.parse().unwrap(), Duration::from_secs(10), |d| {
+        d.first().is_some_and(|m| m.status == WebhookMessageStatus::Failed)
+    })
+    .await;
+    let failed = app.admin_ok(reqwest::Method::GET, &deliveries_path, &token, None, 200).await;
+    assert_eq!(failed["deliveries"][0]["status"], "failed", "{failed}");
+    let message = &failed["deliveries"][0];
+    assert_eq!((message["attempt_count"].as_i64(), failed["next_cursor"].as_str()), (Some(1), None));
+    assert_eq!(message["attempts"][0]["status_code"], 500);
+    assert_eq!(message["attempts"][0]["error"], "the receiver answered 500");
+    assert!(message["attempts"][0]["at"].is_string() && message["attempts"][0]["next_attempt_at"].is_null());
+    let message_id = message["id"].as_str().unwrap().to_owned();
+
+    let retry = format!("/api/admin/webhook-deliveries/{message_id}/retry");
+    let retried = app.admin_ok(reqwest::Method::POST, &retry, &token, None, 202).await;
+    assert_eq!(retried, json!({ "delivery": { "id": message_id, "status": "pending" } }));
+    let seen = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!((seen[1]["id"].as_str(), seen[1]["answered"].as_i64()), (Some(message_id.as_str()), Some(200)));
+    wait_for_deliveries(&app, id.parse().unwrap(), Duration::from_secs(10), |d| {
+        d[0].status == WebhookMessageStatus::Delivered
+    })
+    .await;
+    let again = app.admin_ok(reqwest::Method::POST, &retry, &token, None, 409).await;
+    assert_eq!(again["error"]["code"], "ALREADY_DELIVERED");
+    let unknown =
+        app.admin_ok(reqwest::Method::POST, "/api/admin/webhook-deliveries/msg_x/retry", &token, None, 404).await;
+    assert_eq!(unknown["error"]["code"], "NOT_FOUND");
+
+    let bad_cursor = format!("/api/admin/webhook-endpoints/{id}/deliveries?cursor=nope");
+    let refused = app.admin_ok(reqwest::Method::GET, &bad_cursor, &token, None, 400).await;
+    assert_eq!(refused["error"]["code"], "INVALID_REQUEST");
+    let bad_limit = format!("/api/admin/webhook-endpoints/{id}/deliveries?limit=0");
+    app.admin_ok(reqwest::Method::GET, &bad_limit, &token, None, 400).await;
+
+    let path = format!("/api/admin/webhook-endpoints/{id}");
+    let deleted = app.admin_ok(reqwest::Method::DELETE, &path, &token, None, 200).await;
+    assert_eq!(deleted, json!({ "id": id, "deleted": true }));
+    app.admin_ok(reqwest::Method::DELETE, &path, &token, None, 404).await;
+    app.admin_ok(reqwest::Method::GET, &format!("{path}/deliveries"), &token, None, 404).await;
+    app.admin_ok(reqwest::Method::DELETE, "/api/admin/webhook-endpoints/not-a-uuid", &token, None, 404).await;
+    let listed = app.admin_ok(reqwest::Method::GET, "/api/admin/webhook-endpoints", &token, None, 200).await;
+    assert_eq!(listed, json!({ "endpoints": [] }));
+}
+
+#[tokio::test]
+async fn bad_endpoint_requests_are_refused_clearly_and_store_nothing() {
+    let app = spawn_app_with(Options {
+        vendor_webhooks: Some(VendorWebhookSettings { allow_private: false, ..settings(&[1]) }),
+        ..Options::default()
+    })
+    .await;
+    let token = app.admin_token(&["*"]).await;
+    let path = "/api/admin/webhook-endpoints";
+    for (body, code, message) in [
+        (
+            json!({ "url": "https://127.0.0.1/", "events": ["*"] }),
+            "INVALID_REQUEST",
+            "url points to a loopback address",
+        ),
+        (json!({ "url": "https://10.1.2.3/", "events": ["*"] }), "INVALID_REQUEST", "url points to a private address"),
+        (json!({ "url": "http://93.184.216.34/", "events": ["*"] }), "INVALID_REQUEST", "url must use https"),
+        (
+            json!({ "url": "https://93.184.216.34/", "events": ["license.deleted"] }),
+            "INVALID_REQUEST",
+            "unknown event type",
+        ),
+        (json!({ "url": "https://93.184.216.34/", "events": [] }), "INVALID_REQUEST", "at least one"),
+        (json!({ "url": "https://93.184.216.34/", "events": ["*"], "secret": "mine" }), "INVALID_REQUEST", "secret"),
+        (json!({ "events": ["*"] }), "INVALID_REQUEST", "url"),
+        (
+            json!({ "url": "https://93.184.216.34/", "events": ["*"], "description": "x".repeat(501) }),
+            "INVALID_REQUEST",
+            "500",
+        ),
+    ] {
+        let refused = app.admin_ok(reqwest::Method::POST, path, &token, Some(&body), 400).await;
+        assert_eq!(refused["error"]["code"], code, "{body}: {refused}");
+        let text = refused["error"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    let malformed = app.http.post(app.url(path)).bearer_auth(&token).body("{").send().await.unwrap();
+    assert_eq!(malformed.status(), 400);
+    let listed = app.admin_ok(reqwest::Method::GET, path, &token, None, 200).await;
+    assert_eq!(listed, json!({ "endpoints": [] }));
+    assert_eq!(app.db.int("SELECT count(*) FROM webhook_endpoints").await, 0);
+}

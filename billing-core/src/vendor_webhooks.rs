@@ -279,6 +279,9 @@ impl<S: Store> Billing<S> {
 #[derive(Debug)]
 struct AttemptFailure(String);
 
+/// The shortest time between two claim rounds of one dispatcher.
+const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Pinned clients are kept per (host, checked addresses): building a TLS
 /// client loads the platform's roots, too slow to do for every attempt.
 const MAX_PINNED_CLIENTS: usize = 256;
@@ -336,7 +339,18 @@ impl<S: Store> Dispatcher<S> {
         };
         let mut sending = tokio::task::JoinSet::new();
         let mut busy: HashMap<Uuid, usize> = HashMap::new();
+        let mut last_round: Option<Instant> = None;
         loop {
+            // Every outbox commit wakes the loop: under load that would be a
+            // claim per commit, most of them finding nothing. Rounds are
+            // spaced instead, which costs a message at most that much delay.
+            if let Some(wait) = last_round.and_then(|at| MIN_ROUND_INTERVAL.checked_sub(at.elapsed())) {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            last_round = Some(Instant::now());
             let pause = match self.claim_and_send(&mut sending, &mut busy).await {
                 Ok(pause) => pause,
                 Err(e) => {
@@ -385,14 +399,10 @@ impl<S: Store> Dispatcher<S> {
         let room = self.settings.max_in_flight.saturating_sub(in_flight);
         if room > 0 {
             let claimed = self.claim(busy.keys().copied().collect(), room).await?;
-            for (endpoint, batch) in group_by_endpoint(claimed) {
-                *busy.entry(endpoint).or_default() += batch.len();
-                let this = self.clone();
-                sending.spawn(async move {
-                    let count = batch.len();
-                    futures_util::future::join_all(batch.into_iter().map(|m| this.attempt(m))).await;
-                    (endpoint, count)
-                });
+            if !claimed.is_empty() {
+                // Their completion wakes the loop, which looks again then.
+                self.start_sending(sending, busy, claimed);
+                return Ok(self.settings.poll_interval);
             }
         }
         let now = self.billing.now();
@@ -404,6 +414,23 @@ impl<S: Store> Dispatcher<S> {
             }
             _ => self.settings.poll_interval,
         })
+    }
+
+    fn start_sending(
+        self: &Arc<Self>,
+        sending: &mut tokio::task::JoinSet<(Uuid, usize)>,
+        busy: &mut HashMap<Uuid, usize>,
+        claimed: Vec<(ClaimedWebhook, Uuid)>,
+    ) {
+        for (endpoint, batch) in group_by_endpoint(claimed) {
+            *busy.entry(endpoint).or_default() += batch.len();
+            let this = self.clone();
+            sending.spawn(async move {
+                let count = batch.len();
+                futures_util::future::join_all(batch.into_iter().map(|m| this.attempt(m))).await;
+                (endpoint, count)
+            });
+        }
     }
 
     async fn claim(&self, busy: Vec<Uuid>, room: usize) -> Result<Vec<(ClaimedWebhook, Uuid)>, StoreError> {

@@ -24,7 +24,7 @@ use crate::storage::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64_URL;
 use base64::Engine;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,7 +44,9 @@ pub struct VendorWebhookSettings {
     pub attempt_timeout: Duration,
     /// Messages being sent at once, over all endpoints.
     pub max_in_flight: usize,
-    /// Messages being sent at once to one endpoint.
+    /// Messages claimed for one endpoint at a time; an endpoint with this
+    /// many attempts in flight gets no more until one finishes (so it has
+    /// fewer than twice this many in flight).
     pub per_endpoint: usize,
     /// How often the dispatcher looks for due messages when nothing wakes it.
     pub poll_interval: Duration,
@@ -279,8 +281,11 @@ impl<S: Store> Billing<S> {
 #[derive(Debug)]
 struct AttemptFailure(String);
 
-/// The shortest time between two claim rounds of one dispatcher.
-const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// The shortest time between two claim rounds of one dispatcher after a
+/// round that found nothing to send.
+const IDLE_ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// The same after a round that did.
+const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Pinned clients are kept per (host, checked addresses): building a TLS
 /// client loads the platform's roots, too slow to do for every attempt.
@@ -338,99 +343,103 @@ impl<S: Store> Dispatcher<S> {
             }
         };
         let mut sending = tokio::task::JoinSet::new();
-        let mut busy: HashMap<Uuid, usize> = HashMap::new();
-        let mut last_round: Option<Instant> = None;
+        let mut in_flight: HashMap<Uuid, usize> = HashMap::new();
+        let mut last_round: Option<(Instant, bool)> = None;
         loop {
-            // Every outbox commit wakes the loop: under load that would be a
-            // claim per commit, most of them finding nothing. Rounds are
-            // spaced instead, which costs a message at most that much delay.
-            if let Some(wait) = last_round.and_then(|at| MIN_ROUND_INTERVAL.checked_sub(at.elapsed())) {
+            // Every outbox commit wakes the loop, and every finished attempt:
+            // under load that would be a claim per commit or per attempt.
+            // Rounds are spaced instead (closely while there is work, so
+            // that finished attempts are refilled in bulk), which costs a
+            // message at most that much delay.
+            let spacing = |claimed| if claimed { BUSY_ROUND_INTERVAL } else { IDLE_ROUND_INTERVAL };
+            if let Some(wait) = last_round.and_then(|(at, claimed)| spacing(claimed).checked_sub(at.elapsed())) {
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            last_round = Some(Instant::now());
-            let pause = match self.claim_and_send(&mut sending, &mut busy).await {
-                Ok(pause) => pause,
+            Self::finished(&mut sending, &mut in_flight);
+            let (pause, claimed) = match self.claim_and_send(&mut sending, &mut in_flight).await {
+                Ok(round) => round,
                 Err(e) => {
                     tracing::warn!(error = %crate::billing::error_chain(&e), "webhook dispatcher cannot claim messages");
-                    self.settings.poll_interval
+                    (self.settings.poll_interval, false)
                 }
             };
+            last_round = Some((Instant::now(), claimed));
             tokio::select! {
                 _ = &mut stop => break,
                 Some(()) = wake.recv() => {}
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
-                    if let Ok((endpoint, count)) = done {
-                        Self::release(&mut busy, endpoint, count);
+                    if let Ok(endpoint) = done {
+                        Self::release(&mut in_flight, endpoint);
                     }
                 }
                 _ = tokio::time::sleep(pause) => {}
-            }
-            // Everything else that finished meanwhile frees its endpoint too.
-            while let Some(done) = sending.try_join_next() {
-                if let Ok((endpoint, count)) = done {
-                    Self::release(&mut busy, endpoint, count);
-                }
             }
         }
         // An attempt cut short is sent again once its lease runs out.
         sending.abort_all();
     }
 
-    fn release(busy: &mut HashMap<Uuid, usize>, endpoint: Uuid, count: usize) {
-        if let Some(held) = busy.get_mut(&endpoint) {
-            *held = held.saturating_sub(count);
-            if *held == 0 {
-                busy.remove(&endpoint);
+    /// Frees the places of every attempt that has finished.
+    fn finished(sending: &mut tokio::task::JoinSet<Uuid>, in_flight: &mut HashMap<Uuid, usize>) {
+        while let Some(done) = sending.try_join_next() {
+            if let Ok(endpoint) = done {
+                Self::release(in_flight, endpoint);
             }
         }
     }
 
-    /// Claims what may be sent now and starts sending it; returns how long
-    /// to wait for the next due message if nothing else wakes the loop.
+    fn release(in_flight: &mut HashMap<Uuid, usize>, endpoint: Uuid) {
+        if let Some(held) = in_flight.get_mut(&endpoint) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                in_flight.remove(&endpoint);
+            }
+        }
+    }
+
+    /// Claims what may be sent now and starts sending it: how long to wait
+    /// for the next due message if nothing else wakes the loop, and whether
+    /// anything was claimed.
     async fn claim_and_send(
         self: &Arc<Self>,
-        sending: &mut tokio::task::JoinSet<(Uuid, usize)>,
-        busy: &mut HashMap<Uuid, usize>,
-    ) -> Result<Duration, StoreError> {
-        let in_flight: usize = busy.values().sum();
-        let room = self.settings.max_in_flight.saturating_sub(in_flight);
+        sending: &mut tokio::task::JoinSet<Uuid>,
+        in_flight: &mut HashMap<Uuid, usize>,
+    ) -> Result<(Duration, bool), StoreError> {
+        let total: usize = in_flight.values().sum();
+        let room = self.settings.max_in_flight.saturating_sub(total);
         if room > 0 {
-            let claimed = self.claim(busy.keys().copied().collect(), room).await?;
+            // An endpoint with a full batch in flight gets nothing more, so
+            // a hanging receiver holds only its own places.
+            let full: Vec<Uuid> =
+                in_flight.iter().filter(|(_, n)| **n >= self.settings.per_endpoint).map(|(e, _)| *e).collect();
+            let claimed = self.claim(full, room).await?;
             if !claimed.is_empty() {
+                for (message, lease) in claimed {
+                    let endpoint = message.endpoint_id;
+                    *in_flight.entry(endpoint).or_default() += 1;
+                    let this = self.clone();
+                    sending.spawn(async move {
+                        this.attempt((message, lease)).await;
+                        endpoint
+                    });
+                }
                 // Their completion wakes the loop, which looks again then.
-                self.start_sending(sending, busy, claimed);
-                return Ok(self.settings.poll_interval);
+                return Ok((self.settings.poll_interval, true));
             }
         }
         let now = self.billing.now();
-        // Due messages whose endpoint is busy wait for a batch to finish,
+        // Due messages of full endpoints wait for an attempt to finish,
         // which wakes the loop: no need to poll for them.
-        Ok(match self.billing.store().next_webhook_due().await? {
+        let pause = match self.billing.store().next_webhook_due().await? {
             Some(due) if due > now => {
                 Duration::try_from(due - now).unwrap_or(Duration::ZERO).min(self.settings.poll_interval)
             }
             _ => self.settings.poll_interval,
-        })
-    }
-
-    fn start_sending(
-        self: &Arc<Self>,
-        sending: &mut tokio::task::JoinSet<(Uuid, usize)>,
-        busy: &mut HashMap<Uuid, usize>,
-        claimed: Vec<(ClaimedWebhook, Uuid)>,
-    ) {
-        for (endpoint, batch) in group_by_endpoint(claimed) {
-            *busy.entry(endpoint).or_default() += batch.len();
-            let this = self.clone();
-            sending.spawn(async move {
-                let count = batch.len();
-                futures_util::future::join_all(batch.into_iter().map(|m| this.attempt(m))).await;
-                (endpoint, count)
-            });
-        }
+        };
+        Ok((pause, false))
     }
 
     async fn claim(&self, busy: Vec<Uuid>, room: usize) -> Result<Vec<(ClaimedWebhook, Uuid)>, StoreError> {
@@ -567,21 +576,6 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
     } else {
         "the request failed before an answer arrived".to_owned()
     }
-}
-
-/// Claimed messages grouped by endpoint, each group in claim order.
-fn group_by_endpoint(claimed: Vec<(ClaimedWebhook, Uuid)>) -> Vec<(Uuid, Vec<(ClaimedWebhook, Uuid)>)> {
-    let mut order: Vec<Uuid> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut groups: HashMap<Uuid, Vec<(ClaimedWebhook, Uuid)>> = HashMap::new();
-    for item in claimed {
-        let endpoint = item.0.endpoint_id;
-        if seen.insert(endpoint) {
-            order.push(endpoint);
-        }
-        groups.entry(endpoint).or_default().push(item);
-    }
-    order.into_iter().map(|e| (e, groups.remove(&e).unwrap_or_default())).collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness};
-use crate::domain::{Actor, License, LicenseKey, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
+use crate::domain::{Actor, License, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
 use crate::storage::{
     ChangeEntry, EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentRecord, PaymentWrite, Store,
     StoreError, StoreTx,
@@ -202,13 +202,29 @@ impl<S: Store> Billing<S> {
         // same signed bytes: refuse it (Stripe stops retrying a 4xx) and
         // store nothing, rather than fail it for days.
         let event = Event::parse(body).map_err(WebhookError::Malformed)?;
+        let receipt = self.apply_delivery(&event, body).await?;
+        if receipt.outcome == WebhookOutcome::Duplicate {
+            // Counted on its own: the duplicate's transaction was refused.
+            if let Err(e) = self.store.record_event_duplicate(&event.id).await {
+                tracing::warn!(event_id = %event.id, error = %error_chain(&e), "could not count a duplicate delivery");
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// Applies a parsed delivery through its unit of work, keeping `body`
+    /// with the claim (or with the failure) so that it can be replayed. A
+    /// delivery already applied is reported as a duplicate and changes nothing.
+    pub(crate) async fn apply_delivery(&self, event: &Event, body: &[u8]) -> Result<WebhookReceipt, WebhookError> {
         let record = EventRecord {
             id: &event.id,
             kind: &event.kind,
             created: event.created,
             api_version: event.api_version.as_deref(),
+            object_id: event.object_id.as_deref(),
+            payload: body,
         };
-        match self.apply_event(&event, &record).await {
+        match self.apply_event(event, &record).await {
             Ok(outcome) => Ok(WebhookReceipt { event_type: event.kind.clone(), outcome }),
             Err(e) if matches!(e.downcast_ref(), Some(StoreError::AlreadyApplied)) => {
                 Ok(WebhookReceipt { event_type: event.kind.clone(), outcome: WebhookOutcome::Duplicate })
@@ -251,7 +267,7 @@ impl<S: Store> Billing<S> {
             }
             EventPayload::CheckoutCompleted(session) => Ok(self.apply_checkout(record, &actor, session).await?),
             EventPayload::Invoice(payment) => Ok(self.apply_invoice(record, &actor, payment).await?),
-            EventPayload::Customer(customer) => Ok(self.apply_customer(record, customer).await?),
+            EventPayload::Customer(customer) => Ok(self.apply_customer(record, customer, event.created).await?),
             EventPayload::Ignored => {
                 let mut tx = self.store.begin().await?;
                 tx.claim_event(record).await?;
@@ -408,12 +424,14 @@ impl<S: Store> Billing<S> {
             || seen.proves_entitlement()
             || sub.snapshot.status.proves_entitlement()
             || tx.has_paid_invoice(&sub.snapshot.stripe_subscription_id).await?;
-        let decision = license::decide(sub, plan, license.as_ref().map(|l| &l.terms), entitled, self.config.grace, now);
+        let decision = license::decide(sub, plan, license.as_ref(), entitled, self.config.grace, now);
         Ok(match (decision, license) {
             (LicenseDecision::Issue(terms), _) => {
-                let issued =
-                    License { id: Uuid::new_v4(), subscription_id: sub.id, key: LicenseKey::generate(), terms };
+                let issued = License::for_subscription(sub.id, terms);
                 tx.insert_license(&issued).await?;
+                // Heard by the vendor's systems (webhooks), not by devices:
+                // a new license has none yet.
+                tx.enqueue(&license_message(LICENSE_CREATED, &issued)).await?;
                 tracing::info!(license_id = %issued.id, subscription_id = %sub.id, "license issued");
                 Some(issued.id)
             }
@@ -451,7 +469,13 @@ impl<S: Store> Billing<S> {
                 };
                 tx.update_license_terms(held.id, &terms).await?;
                 let change = subscription::SubscriptionChange::GraceExpired { grace_ended_at };
-                tx.record_change(held.subscription_id, &Actor::System, &change).await?;
+                match held.subscription_id {
+                    Some(subscription_id) => tx.record_change(subscription_id, &Actor::System, &change).await?,
+                    None => {
+                        let detail = json!({ "grace_ended_at": rfc3339(grace_ended_at) });
+                        tx.record_license_change(held.id, "grace_expired", &Actor::System, detail).await?
+                    }
+                }
                 let suspended = License { terms, ..held };
                 tx.enqueue(&license_updated(&suspended)).await?;
                 tracing::info!(license_id = %suspended.id, "license suspended: past-due grace period ended");
@@ -466,7 +490,7 @@ impl<S: Store> Billing<S> {
 
     /// After a downgrade, the least recently seen live devices beyond the
     /// new limit lose their slot and are told so.
-    async fn evict_beyond_limit(
+    pub(crate) async fn evict_beyond_limit(
         &self,
         tx: &mut S::Tx,
         license: &License,
@@ -579,18 +603,24 @@ impl<S: Store> Billing<S> {
         Ok(WebhookOutcome::Processed)
     }
 
-    /// Links a Stripe customer to the user its metadata names, or records
-    /// its deletion (its subscriptions end through their own events).
+    /// Links a Stripe customer to the user its metadata names and keeps its
+    /// e-mail, or records its deletion (its subscriptions end through their
+    /// own events).
     async fn apply_customer(
         &self,
         record: &EventRecord<'_>,
         customer: &StripeCustomer,
+        created: i64,
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.store.begin().await?;
         tx.claim_event(record).await?;
         let customer_id = tx.upsert_customer(&customer.id, customer.user_id.as_deref()).await?;
         if customer.deleted {
             tx.mark_customer_deleted(customer_id).await?;
+        } else {
+            // A deleted customer's object still carries its last address;
+            // keeping the one held is as good and needs no write.
+            tx.set_customer_email(customer_id, customer.email.as_deref(), created).await?;
         }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed)
@@ -648,11 +678,21 @@ pub(crate) enum Synced {
     Ambiguous,
 }
 
-fn license_updated(license: &License) -> OutboxMessage {
+/// The topic of a license's changed terms.
+pub const LICENSE_UPDATED: &str = "license.updated";
+/// The topic of a newly issued license (Stripe's or an admin's).
+pub const LICENSE_CREATED: &str = "license.created";
+
+/// `license.updated`: what a license's devices need to know of its terms.
+pub(crate) fn license_updated(license: &License) -> OutboxMessage {
+    license_message(LICENSE_UPDATED, license)
+}
+
+pub(crate) fn license_message(topic: &'static str, license: &License) -> OutboxMessage {
     let t = &license.terms;
     OutboxMessage {
         license_id: Some(license.id),
-        topic: "license.updated",
+        topic,
         payload: json!({
             "license_id": license.id,
             "status": t.status,

@@ -95,6 +95,8 @@
 
 #[cfg(feature = "stripe-api")]
 pub mod actions;
+pub mod admin_licenses;
+pub mod admin_reads;
 pub mod admin_tokens;
 pub mod billing;
 pub mod certificate;

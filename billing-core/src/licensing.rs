@@ -370,8 +370,11 @@ impl<S: Store> Billing<S> {
     pub fn certificate(&self, license: &License, device: &Device, now: Timestamp) -> String {
         let cfg = self.licensing();
         let grace = self.config().grace;
-        let exp = certificate::expiry(now, cfg.offline_ttl, license.terms.expires_at, grace);
-        let plan = license.terms.plan_id.as_deref().and_then(|p| self.plans().by_id(p));
+        // A hard expiry (manual, or an admin's) has no grace after it.
+        let exp = match license.hard_expiry() {
+            Some(end) => certificate::expiry(now, cfg.offline_ttl, Some(end), time::Duration::ZERO),
+            None => certificate::expiry(now, cfg.offline_ttl, license.terms.expires_at, grace),
+        };
         cfg.signing_key.sign(&CertificateClaims {
             iss: cfg.issuer.clone(),
             sub: license.id.to_string(),
@@ -381,21 +384,15 @@ impl<S: Store> Billing<S> {
             plan: license.terms.plan_id.clone(),
             status: license.effective_status(now).as_str().to_owned(),
             max_devices: license.terms.max_devices,
-            entitlements: plan.map(|p| p.features.clone()).unwrap_or_default(),
+            entitlements: self.entitlements(license),
             iat: now.unix_timestamp(),
             exp: exp.unix_timestamp(),
         })
     }
 
-    /// The plan features a license grants.
+    /// What a license grants: its plan's features and its own entitlements.
     pub fn entitlements(&self, license: &License) -> Vec<String> {
-        license
-            .terms
-            .plan_id
-            .as_deref()
-            .and_then(|p| self.plans().by_id(p))
-            .map(|p| p.features.clone())
-            .unwrap_or_default()
+        license.entitlements_with(license.terms.plan_id.as_deref().and_then(|p| self.plans().by_id(p)))
     }
 
     /// The license-signing public key as a JWK.

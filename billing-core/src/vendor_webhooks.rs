@@ -19,8 +19,8 @@ use crate::domain::vendor_webhook::{
 };
 use crate::domain::Timestamp;
 use crate::storage::{
-    ClaimedWebhook, DeliveryCursor, NewWebhookEndpoint, Store, StoreError, WebhookAttempt, WebhookAttemptRecord,
-    WebhookClaim, WebhookDelivery, WebhookEndpoint, WebhookMessageStatus, WebhookRetry,
+    ClaimedWebhook, NewWebhookEndpoint, Store, StoreError, WebhookAttempt, WebhookAttemptRecord, WebhookClaim,
+    WebhookDelivery, WebhookDeliveryCursor, WebhookEndpoint, WebhookMessageStatus, WebhookRetry,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64_URL;
 use base64::Engine;
@@ -125,13 +125,13 @@ fn encode_cursor(delivery: &WebhookDelivery) -> String {
     BASE64_URL.encode(format!("{micros}|{}", delivery.id))
 }
 
-fn decode_cursor(cursor: &str) -> Option<DeliveryCursor> {
+fn decode_cursor(cursor: &str) -> Option<WebhookDeliveryCursor> {
     let text = String::from_utf8(BASE64_URL.decode(cursor).ok()?).ok()?;
     let (micros, id) = text.split_once('|')?;
     let micros: i128 = micros.parse().ok()?;
     let created_at = Timestamp::from_unix_timestamp_nanos(micros.checked_mul(1_000)?).ok()?;
     let valid_id = id.strip_prefix("msg_").is_some_and(|rest| !rest.is_empty() && rest.len() <= 64);
-    valid_id.then(|| DeliveryCursor { created_at, id: id.to_owned() })
+    valid_id.then(|| WebhookDeliveryCursor { created_at, id: id.to_owned() })
 }
 
 /// A target URL, checked for shape: scheme, host, no credentials.

@@ -55,7 +55,14 @@ async fn fresh_store() -> (TempDb, SqliteStore) {
 }
 
 fn event(id: &str) -> EventRecord<'_> {
-    EventRecord { id, kind: "customer.subscription.updated", created: 1_764_000_000, api_version: Some("2025-03-31") }
+    EventRecord {
+        id,
+        kind: "customer.subscription.updated",
+        created: 1_764_000_000,
+        api_version: Some("2025-03-31"),
+        object_id: Some("sub_1"),
+        payload: b"{}",
+    }
 }
 
 fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {

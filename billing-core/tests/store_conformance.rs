@@ -15,8 +15,8 @@
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan,
-    PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog,
+    PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -26,8 +26,8 @@ use billing_core::storage::{
 };
 // Webhooks to the vendor (issue 14).
 use billing_core::storage::{
-    DeliveryCursor, NewWebhookEndpoint, WebhookAttempt, WebhookAttemptRecord, WebhookClaim, WebhookMessageStatus,
-    WebhookRetry,
+    NewWebhookEndpoint, WebhookAttempt, WebhookAttemptRecord, WebhookClaim, WebhookDeliveryCursor,
+    WebhookMessageStatus, WebhookRetry,
 };
 use billing_core::stripe::WebhookSecrets;
 use billing_core::{Billing, BillingConfig};
@@ -267,7 +267,14 @@ async fn assert_not_woken(backend: Backend, log: &mut Option<NotifyLog>, watch: 
 }
 
 fn event(id: &str) -> EventRecord<'_> {
-    EventRecord { id, kind: "customer.subscription.updated", created: 1_764_000_000, api_version: Some("2025-03-31") }
+    EventRecord {
+        id,
+        kind: "customer.subscription.updated",
+        created: 1_764_000_000,
+        api_version: Some("2025-03-31"),
+        object_id: Some("sub_1"),
+        payload: b"{}",
+    }
 }
 
 fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {
@@ -336,18 +343,16 @@ async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) 
     let customer = tx.upsert_customer(cus, Some(user)).await.unwrap();
     let sub = full_subscription(sub_id, cus, user);
     tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
-    let license = License {
-        id: Uuid::new_v4(),
-        subscription_id: sub.id,
-        key: LicenseKey::generate(),
-        terms: LicenseTerms {
+    let license = License::for_subscription(
+        sub.id,
+        LicenseTerms {
             status: LicenseStatus::Active,
             max_devices: 3,
             expires_at: Some(at(1_766_592_000, 500)),
             grace_ends_at: None,
             plan_id: Some("pro".to_owned()),
         },
-    };
+    );
     tx.insert_license(&license).await.unwrap();
     tx.commit().await.unwrap();
     (sub, license)
@@ -796,18 +801,16 @@ async fn a_failed_statement_aborts_the_transaction() {
     let (_db, store) = fresh_store().await;
     let mut tx = store.begin().await.unwrap();
     tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
-    let orphan = License {
-        id: Uuid::new_v4(),
-        subscription_id: Uuid::new_v4(),
-        key: LicenseKey::generate(),
-        terms: LicenseTerms {
+    let orphan = License::for_subscription(
+        Uuid::new_v4(),
+        LicenseTerms {
             status: LicenseStatus::Active,
             max_devices: 1,
             expires_at: None,
             grace_ends_at: None,
             plan_id: None,
         },
-    };
+    );
     // SQLite reports the failure at the statement. PostgreSQL holds writes
     // whose results nobody reads back and pipelines them ahead of the next
     // read or the commit (ARCHITECTURE.md), so it reports it there.
@@ -1201,7 +1204,7 @@ async fn deliveries_page_newest_first_from_a_cursor() {
     let all = store.webhook_deliveries(target, None, 100).await.unwrap();
     assert_eq!(all.len(), 5);
     assert!(all.windows(2).all(|w| (w[0].created_at, &w[0].id) > (w[1].created_at, &w[1].id)));
-    let after = DeliveryCursor { created_at: all[1].created_at, id: all[1].id.clone() };
+    let after = WebhookDeliveryCursor { created_at: all[1].created_at, id: all[1].id.clone() };
     let rest: Vec<String> =
         store.webhook_deliveries(target, Some(&after), 100).await.unwrap().into_iter().map(|d| d.id).collect();
     assert_eq!(rest, all[2..].iter().map(|d| d.id.clone()).collect::<Vec<_>>());
@@ -1689,4 +1692,337 @@ async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
     }
     let committed = db.count("SELECT count(*) FROM outbox_events WHERE CAST(payload->>'n' AS INTEGER) >= 100").await;
     assert_eq!(committed, 20, "every later transaction committed");
+}
+
+// ---------------------------------------------------------------------------
+// Admin reads (issue 14): Stripe deliveries, the audit walk, customers
+// ---------------------------------------------------------------------------
+
+use billing_core::domain::cursor::{AuditSource, CustomerCursor, DeliveryCursor};
+use billing_core::domain::LicenseKey;
+use billing_core::storage::admin_reads::{AdminReadStore, AuditFilter, DeliveryStatus};
+
+impl TestDb {
+    /// Runs statements that both dialects accept, past the store.
+    async fn execute(&self, sql: &str) {
+        match &self.location {
+            StoreLocation::Postgres(url) => pg_connect(url).await.batch_execute(sql).await.unwrap(),
+            StoreLocation::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || sqlite_raw(&path).execute_batch(&sql).unwrap()).await.unwrap()
+            }
+        }
+    }
+
+    /// A manual license of `user` (V6's columns; no store method writes one here).
+    async fn insert_manual_license(&self, user: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        let key = LicenseKey::generate();
+        let hash: String = key.lookup_hash().iter().map(|b| format!("{b:02x}")).collect();
+        let hash = match self.backend {
+            Backend::Postgres => format!("'\\x{hash}'::bytea"),
+            Backend::Sqlite => format!("X'{hash}'"),
+        };
+        self.execute(&format!(
+            "INSERT INTO licenses (id, key, key_hash, status, plan_id, max_devices, source, user_id)
+             VALUES ('{id}', '{}', {hash}, 'active', 'pro', 2, 'manual', '{user}')",
+            key.expose()
+        ))
+        .await;
+        id
+    }
+}
+
+fn delivery<'a>(id: &'a str, object_id: Option<&'a str>, payload: &'a [u8]) -> EventRecord<'a> {
+    EventRecord { object_id, payload, ..event(id) }
+}
+
+#[tokio::test]
+async fn deliveries_keep_their_payload_and_object_and_count_duplicates() {
+    let (_db, store) = fresh_store().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.claim_event(&delivery("evt_ok", Some("sub_9"), b"{\"id\":\"evt_ok\"}")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.claim_event(&delivery("evt_ping", None, b"ping")).await.unwrap();
+    tx.finish_event("evt_ping", EventDisposition::Ignored, None).await.unwrap();
+    tx.commit().await.unwrap();
+    store.record_event_failure(&delivery("evt_bad", Some("in_1"), b"first body"), "boom").await.unwrap();
+    store.record_event_failure(&delivery("evt_bad", Some("in_1"), b"second body"), "boom again").await.unwrap();
+    store.record_event_duplicate("evt_ok").await.unwrap();
+    store.record_event_duplicate("evt_ok").await.unwrap();
+    store.record_event_duplicate("evt_unknown").await.expect("counting an unknown event changes nothing");
+
+    let stored = store.stored_delivery("evt_ok").await.unwrap().unwrap();
+    assert_eq!((stored.status.as_str(), stored.payload.as_deref()), ("processed", Some(&b"{\"id\":\"evt_ok\"}"[..])));
+    let failed = store.stored_delivery("evt_bad").await.unwrap().unwrap();
+    assert_eq!((failed.status.as_str(), failed.payload.as_deref()), ("failed", Some(&b"second body"[..])));
+    assert_eq!(store.stored_delivery("evt_none").await.unwrap(), None);
+
+    let ok = store.stripe_delivery("evt_ok").await.unwrap().unwrap();
+    assert_eq!(
+        (ok.kind.as_str(), ok.object_id.as_deref(), ok.status.as_str(), ok.attempts, ok.duplicates, ok.error),
+        ("customer.subscription.updated", Some("sub_9"), "processed", 1, 2, None)
+    );
+    assert!(ok.processed_at.is_some());
+    let bad = store.stripe_delivery("evt_bad").await.unwrap().unwrap();
+    assert_eq!((bad.attempts, bad.error.as_deref(), bad.processed_at), (2, Some("boom again"), None));
+
+    let ids = |page: Vec<billing_core::storage::admin_reads::StripeDelivery>| {
+        page.into_iter().map(|d| d.id).collect::<Vec<_>>()
+    };
+    let of = |status| {
+        let store = store.clone();
+        async move { ids(store.stripe_deliveries(status, None, 10).await.unwrap()) }
+    };
+    assert_eq!(of(Some(DeliveryStatus::Processed)).await, ["evt_ok"]);
+    assert_eq!(of(Some(DeliveryStatus::Ignored)).await, ["evt_ping"]);
+    assert_eq!(of(Some(DeliveryStatus::Failed)).await, ["evt_bad"]);
+    assert_eq!(of(Some(DeliveryStatus::Duplicate)).await, ["evt_ok"]);
+    assert_eq!(of(None).await, ["evt_bad", "evt_ping", "evt_ok"], "newest first");
+
+    // A failed delivery claimed again keeps the body it was applied with.
+    let mut tx = store.begin().await.unwrap();
+    tx.claim_event(&delivery("evt_bad", Some("in_1"), b"applied body")).await.unwrap();
+    tx.commit().await.unwrap();
+    let applied = store.stored_delivery("evt_bad").await.unwrap().unwrap();
+    assert_eq!((applied.status.as_str(), applied.payload.as_deref()), ("processed", Some(&b"applied body"[..])));
+}
+
+#[tokio::test]
+async fn the_delivery_walk_returns_each_delivery_once_in_order() {
+    let (_db, store) = fresh_store().await;
+    let ids: Vec<String> = (0..23).map(|n| format!("evt_{n:02}")).collect();
+    for id in &ids {
+        let mut tx = store.begin().await.unwrap();
+        tx.claim_event(&delivery(id, None, b"{}")).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<DeliveryCursor> = None;
+    loop {
+        let page = store.stripe_deliveries(None, after.as_ref(), 4).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.cursor());
+        seen.extend(page.into_iter().map(|d| (d.received_at, d.id)));
+    }
+    let mut expected = seen.clone();
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, expected, "newest first by (received_at, id)");
+    let mut walked: Vec<String> = seen.into_iter().map(|(_, id)| id).collect();
+    walked.sort();
+    assert_eq!(walked, ids, "each delivery exactly once");
+}
+
+#[tokio::test]
+async fn the_audit_walk_covers_three_tables_once_each_and_filters_by_license_and_user() {
+    let (db, store) = fresh_store().await;
+    let (sub, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let (_, other) = seed_license(&store, "sub_2", "cus_2", "user_2").await;
+    let manual = db.insert_manual_license("user_1").await;
+    let seen = Timestamp::now_utc();
+    let a = device(license.id, "fp_a", seen);
+    let m = device(manual, "fp_m", seen);
+    let status = |from, to| billing_core::domain::subscription::SubscriptionChange::StatusChanged { from, to };
+    for round in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        tx.record_change(
+            sub.id,
+            &Actor::Stripe { event_id: format!("evt_{round}") },
+            &status(SubscriptionStatus::Trialing, SubscriptionStatus::Active),
+        )
+        .await
+        .unwrap();
+        if round == 0 {
+            tx.insert_device(&a, b"token-a").await.unwrap();
+            tx.insert_device(&m, b"token-m").await.unwrap();
+        }
+        tx.record_device_change(&a, "activated", &Actor::System, json!({ "round": round })).await.unwrap();
+        tx.record_device_change(&m, "activated", &Actor::System, json!({ "round": round })).await.unwrap();
+        tx.commit().await.unwrap();
+        db.execute(&format!(
+            "INSERT INTO license_changes (license_id, kind, actor, detail) VALUES
+                ('{manual}', 'renewed', 'admin:ops', '{{\"round\": {round}}}'),
+                ('{}', 'suspended', 'admin:ops', '{{}}')",
+            other.id
+        ))
+        .await;
+    }
+
+    let walk = |filter: AuditFilter, page_size: i64| {
+        let store = store.clone();
+        async move {
+            let mut entries = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.audit_entries(&filter, after.as_ref(), page_size).await.unwrap();
+                assert!(page.len() as i64 <= page_size);
+                let Some(last) = page.last() else { break };
+                after = Some(last.cursor());
+                entries.extend(page);
+            }
+            entries
+        }
+    };
+    let all = walk(AuditFilter::default(), 4).await;
+    let keys: Vec<_> = all.iter().map(|e| (e.at, e.source, e.id)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(keys, sorted, "newest first by (at, source, id)");
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3 + 6 + 6, "three subscription, six device and six license changes, each once");
+
+    let sub_entry = all.iter().find(|e| e.source == AuditSource::Subscription).unwrap();
+    assert_eq!(
+        (sub_entry.license_id, sub_entry.subscription_id, sub_entry.from_status.as_deref(), sub_entry.actor.as_str()),
+        (Some(license.id), Some(sub.id), Some("trialing"), "stripe")
+    );
+    assert!(sub_entry.stripe_event_id.as_deref().is_some_and(|e| e.starts_with("evt_")));
+    let manual_entry = all.iter().find(|e| e.source == AuditSource::License && e.license_id == Some(manual)).unwrap();
+    assert_eq!((manual_entry.kind.as_str(), manual_entry.actor.as_str()), ("renewed", "admin:ops"));
+    assert_eq!(manual_entry.subscription_id, None, "a manual license has no subscription");
+    assert!(manual_entry.detail["round"].is_number());
+
+    let of_license = walk(AuditFilter { license_id: Some(license.id), user_id: None }, 2).await;
+    assert_eq!(of_license.len(), 3 + 3, "its subscription's changes and its device's");
+    assert!(of_license.iter().all(|e| e.license_id == Some(license.id)));
+    let of_user = walk(AuditFilter { license_id: None, user_id: Some("user_1".into()) }, 5).await;
+    assert_eq!(of_user.len(), 3 + 6 + 3, "Stripe-linked and manual licenses of user_1");
+    assert!(of_user.iter().all(|e| e.license_id == Some(license.id) || e.license_id == Some(manual)));
+    let of_other = walk(AuditFilter { license_id: None, user_id: Some("user_2".into()) }, 50).await;
+    assert_eq!(of_other.len(), 3);
+    assert!(walk(AuditFilter { license_id: None, user_id: Some("nobody".into()) }, 50).await.is_empty());
+}
+
+#[tokio::test]
+async fn customers_are_found_by_user_stripe_id_or_email_and_manual_only_users_appear() {
+    let (db, store) = fresh_store().await;
+    seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let mut tx = store.begin().await.unwrap();
+    let unlinked = tx.upsert_customer("cus_unlinked", None).await.unwrap();
+    let linked = tx.upsert_customer("cus_1", None).await.unwrap();
+    tx.set_customer_email(linked, Some("Ada@Example.com"), 200).await.unwrap();
+    // An older event's address does not replace a newer one's.
+    tx.set_customer_email(linked, Some("old@example.com"), 100).await.unwrap();
+    tx.set_customer_email(unlinked, Some("first@example.com"), 100).await.unwrap();
+    tx.set_customer_email(unlinked, Some("same-second@example.com"), 100).await.unwrap();
+    tx.commit().await.unwrap();
+    let manual = db.insert_manual_license("user_manual").await;
+    db.insert_manual_license("user_1").await;
+
+    let find = |q: Option<&'static str>| {
+        let store = store.clone();
+        async move { store.customers(q, None, 10).await.unwrap() }
+    };
+    let all = find(None).await;
+    let keys: Vec<_> = all.iter().map(|c| (c.stripe_customer_id.as_deref(), c.user_id.as_deref())).collect();
+    assert_eq!(
+        keys,
+        [(None, Some("user_manual")), (Some("cus_unlinked"), None), (Some("cus_1"), Some("user_1"))],
+        "newest first; user_1 has a Stripe customer, so is not listed a second time"
+    );
+    let by_email = find(Some("ada@EXAMPLE.com")).await;
+    assert_eq!(by_email.len(), 1);
+    assert_eq!(
+        (by_email[0].stripe_customer_id.as_deref(), by_email[0].email.as_deref()),
+        (Some("cus_1"), Some("Ada@Example.com"))
+    );
+    assert_eq!(find(Some("user_1")).await, by_email);
+    assert_eq!(find(Some("cus_1")).await, by_email);
+    assert_eq!(find(Some("same-second@example.com")).await[0].customer_id, Some(unlinked));
+    assert!(find(Some("old@example.com")).await.is_empty());
+    assert!(find(Some("first@example.com")).await.is_empty(), "a same-second update applies the later arrival");
+    assert_eq!(find(Some("user_manual")).await[0].stripe_customer_id, None);
+
+    // Page by page, each once.
+    let first = store.customers(None, None, 2).await.unwrap();
+    let cursor: CustomerCursor = first[1].position.clone();
+    let rest = store.customers(None, Some(&cursor), 2).await.unwrap();
+    assert_eq!([first, rest].concat(), all);
+
+    let subscriptions = store.subscriptions_of_customers(&[linked, unlinked]).await.unwrap();
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!((subscriptions[0].0, subscriptions[0].1.snapshot.stripe_subscription_id.as_str()), (linked, "sub_1"));
+    let licenses =
+        store.licenses_of_customers(&[linked], &["user_1".to_owned(), "user_manual".to_owned()]).await.unwrap();
+    let mut sources: Vec<_> = licenses.iter().map(|l| (l.source.as_str(), l.user_id.as_deref())).collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        [("manual", Some("user_1")), ("manual", Some("user_manual")), ("stripe", Some("user_1"))],
+        "a Stripe license's user is its customer's"
+    );
+    assert!(licenses.iter().any(|l| l.id == manual && l.customer_id.is_none()));
+}
+
+#[tokio::test]
+async fn the_license_listing_filters_by_the_effective_status_the_domain_computes() {
+    use billing_core::domain::{LicenseOverrides, LicenseSource};
+    use billing_core::storage::admin_reads::LicenseFilter;
+    let (_db, store) = fresh_store().await;
+    let now = Timestamp::now_utc();
+    let (past, future) = (now - time::Duration::hours(1), now + time::Duration::hours(1));
+    let terms = |status, expires_at, grace_ends_at| LicenseTerms {
+        status,
+        max_devices: 2,
+        expires_at,
+        grace_ends_at,
+        plan_id: Some("pro".to_owned()),
+    };
+    let manual = |terms: LicenseTerms, overrides: LicenseOverrides| License {
+        id: Uuid::new_v4(),
+        subscription_id: None,
+        source: LicenseSource::Manual,
+        user_id: Some("user_m".to_owned()),
+        key: LicenseKey::generate(),
+        terms,
+        entitlements: Vec::new(),
+        metadata: serde_json::Map::new(),
+        overrides,
+    };
+    let none = LicenseOverrides::default();
+    let (_, stripe_license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let stripe_expired = License {
+        overrides: LicenseOverrides { expires_at: Some(past), ..none.clone() },
+        ..License::for_subscription(Uuid::new_v4(), terms(LicenseStatus::Active, Some(future), None))
+    };
+    let cases = vec![
+        manual(terms(LicenseStatus::Active, None, None), none.clone()),
+        manual(terms(LicenseStatus::Active, Some(future), None), none.clone()),
+        manual(terms(LicenseStatus::Active, Some(past), None), none.clone()),
+        manual(terms(LicenseStatus::Active, None, Some(past)), none.clone()),
+        manual(terms(LicenseStatus::Active, None, Some(future)), none.clone()),
+        manual(
+            terms(LicenseStatus::Suspended, None, None),
+            LicenseOverrides { suspended_at: Some(past), ..none.clone() },
+        ),
+        manual(terms(LicenseStatus::Revoked, Some(past), Some(past)), none.clone()),
+        // A Stripe license's own period end is no hard expiry.
+        License { terms: terms(LicenseStatus::Active, Some(past), None), ..stripe_license.clone() },
+    ];
+    let mut tx = store.begin().await.unwrap();
+    for license in &cases[..cases.len() - 1] {
+        tx.insert_license(license).await.unwrap();
+    }
+    tx.update_license_terms(stripe_license.id, &cases[cases.len() - 1].terms).await.unwrap();
+    // A second Stripe license whose admin expiry override has passed.
+    let customer = tx.upsert_customer("cus_2", Some("user_2")).await.unwrap();
+    let sub_2 =
+        Subscription { id: stripe_expired.subscription_id.unwrap(), ..full_subscription("sub_2", "cus_2", "user_2") };
+    tx.save_subscription(customer, &sub_2, &Actor::System, &[]).await.unwrap();
+    tx.insert_license(&stripe_expired).await.unwrap();
+    tx.commit().await.unwrap();
+    let all: Vec<License> = cases.into_iter().chain([stripe_expired]).collect();
+
+    for status in [LicenseStatus::Active, LicenseStatus::Suspended, LicenseStatus::Expired, LicenseStatus::Revoked] {
+        let filter = LicenseFilter { status: Some(status), ..LicenseFilter::default() };
+        let mut listed: Vec<Uuid> =
+            store.licenses_page(&filter, now, None, 100).await.unwrap().iter().map(|l| l.record.license.id).collect();
+        let mut expected: Vec<Uuid> = all.iter().filter(|l| l.effective_status(now) == status).map(|l| l.id).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "status {status:?}");
+        assert!(!expected.is_empty(), "each status has a case: {status:?}");
+    }
 }

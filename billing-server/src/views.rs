@@ -1,6 +1,9 @@
 //! Wire formats. Core types are not serialized directly: these DTOs are the
 //! public contract and change only by addition.
 
+// Admin reads (issue 14).
+pub mod admin_reads;
+
 use billing_core::billing::rfc3339;
 use billing_core::domain::{Device, DeviceStatus, License, Plan, Subscription, Timestamp};
 use billing_core::storage::{ChangeEntry, PaymentRecord};

@@ -285,7 +285,7 @@ fn is_hidden(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{LicenseKey, LicenseTerms};
+    use crate::domain::LicenseTerms;
     use time::macros::datetime;
     use time::Duration;
 
@@ -293,12 +293,8 @@ mod tests {
     const WINDOW: Duration = Duration::minutes(10);
 
     fn license(status: LicenseStatus, max_devices: u32) -> License {
-        License {
-            id: Uuid::from_u128(1),
-            subscription_id: Uuid::from_u128(2),
-            key: LicenseKey::generate(),
-            terms: LicenseTerms { status, max_devices, expires_at: None, grace_ends_at: None, plan_id: None },
-        }
+        let terms = LicenseTerms { status, max_devices, expires_at: None, grace_ends_at: None, plan_id: None };
+        License { id: Uuid::from_u128(1), ..License::for_subscription(Uuid::from_u128(2), terms) }
     }
 
     fn device(n: u128, status: DeviceStatus, seen_minutes_ago: i64) -> Device {

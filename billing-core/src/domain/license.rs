@@ -4,6 +4,7 @@
 use super::{Plan, Subscription, SubscriptionStatus, Timestamp};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Crockford's base32 alphabet: no I, L, O or U, so keys read aloud and typed
@@ -138,24 +139,120 @@ pub struct LicenseTerms {
     pub plan_id: Option<String>,
 }
 
+/// Where a license comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseSource {
+    /// Issued for a Stripe subscription; its terms follow the subscription.
+    Stripe,
+    /// Issued by the vendor itself (a comp, a reseller deal, a
+    /// replacement): no subscription, Stripe events never touch it.
+    Manual,
+}
+
+impl LicenseSource {
+    /// Storage and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stripe => "stripe",
+            Self::Manual => "manual",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "stripe" => Self::Stripe,
+            "manual" => Self::Manual,
+            _ => return None,
+        })
+    }
+}
+
+/// What an admin set on a license. Terms derived from Stripe give way to
+/// these, so later Stripe events cannot undo them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LicenseOverrides {
+    /// A device limit that replaces the plan's.
+    pub max_devices: Option<u32>,
+    /// An expiry that replaces Stripe's period end; the license is expired
+    /// from then on, whatever the subscription says.
+    pub expires_at: Option<Timestamp>,
+    /// When an admin suspended it; only an admin reinstatement clears it.
+    pub suspended_at: Option<Timestamp>,
+}
+
 /// A license as we hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct License {
     /// Our id.
     pub id: Uuid,
-    /// The subscription it belongs to.
-    pub subscription_id: Uuid,
+    /// The subscription it belongs to (None for a manual license).
+    pub subscription_id: Option<Uuid>,
+    /// Stripe-issued or manual.
+    pub source: LicenseSource,
+    /// The user a manual license was issued to (a Stripe license's user is
+    /// its customer's).
+    pub user_id: Option<String>,
     /// The key itself.
     pub key: LicenseKey,
-    /// Current terms.
+    /// Current terms, admin overrides applied.
     pub terms: LicenseTerms,
+    /// Entitlements granted on top of the plan's features.
+    pub entitlements: Vec<String>,
+    /// The vendor's own notes (a CRM id, an order number); never interpreted.
+    pub metadata: serde_json::Map<String, Value>,
+    /// What an admin set, kept across Stripe events.
+    pub overrides: LicenseOverrides,
 }
 
 impl License {
+    /// A fresh license of a Stripe subscription, with a new key.
+    pub fn for_subscription(subscription_id: Uuid, terms: LicenseTerms) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            subscription_id: Some(subscription_id),
+            source: LicenseSource::Stripe,
+            user_id: None,
+            key: LicenseKey::generate(),
+            terms,
+            entitlements: Vec::new(),
+            metadata: serde_json::Map::new(),
+            overrides: LicenseOverrides::default(),
+        }
+    }
+
     /// The status at `now`: a past-due license whose grace has run out is
-    /// suspended even before any event says so.
+    /// suspended, and one past a [hard expiry](License::hard_expiry) is
+    /// expired, even before any event says so.
     pub fn effective_status(&self, now: Timestamp) -> LicenseStatus {
-        effective_status(&self.terms, now)
+        match self.terms.status {
+            LicenseStatus::Revoked => LicenseStatus::Revoked,
+            _ if self.hard_expiry().is_some_and(|end| now >= end) => LicenseStatus::Expired,
+            _ => effective_status(&self.terms, now),
+        }
+    }
+
+    /// The moment the license stops working whatever Stripe says: the
+    /// expiry of a manual license, or an admin's expiry override. A Stripe
+    /// license's own period end is no such moment (Stripe renews it).
+    pub fn hard_expiry(&self) -> Option<Timestamp> {
+        match self.source {
+            LicenseSource::Manual => self.terms.expires_at,
+            LicenseSource::Stripe => self.overrides.expires_at,
+        }
+    }
+
+    /// The plan's features followed by the license's own entitlements,
+    /// each once.
+    pub fn entitlements_with(&self, plan: Option<&Plan>) -> Vec<String> {
+        let mut all: Vec<String> = plan.map(|p| p.features.clone()).unwrap_or_default();
+        for e in &self.entitlements {
+            if !all.contains(e) {
+                all.push(e.clone());
+            }
+        }
+        all
     }
 }
 
@@ -181,18 +278,23 @@ pub fn lapsed(terms: &LicenseTerms, now: Timestamp) -> Option<LicenseTerms> {
 /// `held` keeps what Stripe events cannot change: a revoked license stays
 /// revoked, and an unknown price keeps the device limit it had. A past-due
 /// subscription keeps its license active until `grace` after it fell due,
-/// suspended from then on.
+/// suspended from then on. `overrides` win over the subscription: an admin
+/// device limit survives a plan change (which still changes the plan), an
+/// admin suspension holds whatever the subscription's status, and an
+/// expiry override replaces the period end — so a renewal makes a license
+/// whose subscription ended usable until then.
 pub fn terms_for(
     sub: &Subscription,
     plan: Option<&Plan>,
     held: Option<&LicenseTerms>,
+    overrides: &LicenseOverrides,
     grace: time::Duration,
     now: Timestamp,
 ) -> LicenseTerms {
     use SubscriptionStatus::*;
     let snap = &sub.snapshot;
     let mut grace_ends_at = None;
-    let status = match snap.status {
+    let from_subscription = match snap.status {
         Active | Trialing => LicenseStatus::Active,
         PastDue => {
             grace_ends_at = sub.past_due_since.map(|t| t + grace);
@@ -201,18 +303,54 @@ pub fn terms_for(
         Paused | Unpaid | Incomplete => LicenseStatus::Suspended,
         Canceled | IncompleteExpired => LicenseStatus::Expired,
     };
-    let status = match held {
-        Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
-        _ => status,
+    let from_subscription = match overrides.expires_at {
+        Some(until) if now >= until => LicenseStatus::Expired,
+        Some(_) if from_subscription == LicenseStatus::Expired => LicenseStatus::Active,
+        _ => from_subscription,
     };
     let terms = LicenseTerms {
-        status,
-        max_devices: plan.map(|p| p.max_devices).or(held.map(|h| h.max_devices)).unwrap_or(1),
-        expires_at: snap.current_period_end.or(snap.trial_end),
+        status: overlay(from_subscription, held, overrides),
+        max_devices: overrides.max_devices.or(plan.map(|p| p.max_devices)).or(held.map(|h| h.max_devices)).unwrap_or(1),
+        expires_at: overrides.expires_at.or(snap.current_period_end).or(snap.trial_end),
         grace_ends_at,
         plan_id: plan.map(|p| p.id.0.clone()).or_else(|| held.and_then(|h| h.plan_id.clone())),
     };
     lapsed(&terms, now).unwrap_or(terms)
+}
+
+/// The terms of a manual license at `now`: active until its expiry (never,
+/// without one), expired from then on; the plan gives the device limit
+/// unless an admin set one. A plan since removed from the catalog keeps
+/// what the license had.
+pub fn manual_terms(
+    plan: Option<&Plan>,
+    held: Option<&LicenseTerms>,
+    overrides: &LicenseOverrides,
+    now: Timestamp,
+) -> LicenseTerms {
+    let by_date = match overrides.expires_at {
+        Some(until) if now >= until => LicenseStatus::Expired,
+        _ => LicenseStatus::Active,
+    };
+    LicenseTerms {
+        status: overlay(by_date, held, overrides),
+        max_devices: overrides.max_devices.or(plan.map(|p| p.max_devices)).or(held.map(|h| h.max_devices)).unwrap_or(1),
+        expires_at: overrides.expires_at,
+        grace_ends_at: None,
+        plan_id: plan.map(|p| p.id.0.clone()).or_else(|| held.and_then(|h| h.plan_id.clone())),
+    }
+}
+
+/// Revocation is final; an expiry comes before a suspension (the order in
+/// which validation reports them); an admin suspension holds over whatever
+/// the license's source says.
+fn overlay(from_source: LicenseStatus, held: Option<&LicenseTerms>, overrides: &LicenseOverrides) -> LicenseStatus {
+    match held {
+        Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
+        _ if from_source == LicenseStatus::Expired => LicenseStatus::Expired,
+        _ if overrides.suspended_at.is_some() => LicenseStatus::Suspended,
+        _ => from_source,
+    }
 }
 
 /// What to do with a subscription's license after the subscription changed.
@@ -230,28 +368,276 @@ pub enum LicenseDecision {
 /// subscription was entitled (`entitled`: a snapshot in a status that
 /// [proves it](super::SubscriptionStatus::proves_entitlement), current or
 /// stale, or a paid invoice), whatever order those proofs arrive in; its
-/// terms always follow the subscription as it now is. So a subscription
-/// whose `canceled` snapshot overtook its `active` one still ends with an
-/// expired license, as in-order delivery would leave it.
+/// terms always follow the subscription as it now is, under the held
+/// license's admin overrides. So a subscription whose `canceled` snapshot
+/// overtook its `active` one still ends with an expired license, as
+/// in-order delivery would leave it.
 pub fn decide(
     sub: &Subscription,
     plan: Option<&Plan>,
-    held: Option<&LicenseTerms>,
+    held: Option<&License>,
     entitled: bool,
     grace: time::Duration,
     now: Timestamp,
 ) -> LicenseDecision {
     match held {
-        None if entitled => LicenseDecision::Issue(terms_for(sub, plan, None, grace, now)),
+        None if entitled => {
+            LicenseDecision::Issue(terms_for(sub, plan, None, &LicenseOverrides::default(), grace, now))
+        }
         None => LicenseDecision::Keep,
         Some(h) => {
-            let next = terms_for(sub, plan, Some(h), grace, now);
-            if &next == h {
+            let next = terms_for(sub, plan, Some(&h.terms), &h.overrides, grace, now);
+            if next == h.terms {
                 LicenseDecision::Keep
             } else {
                 LicenseDecision::Update(next)
             }
         }
+    }
+}
+
+/// Limits of what an admin may set on a license.
+pub mod limits {
+    /// The largest device limit an admin may set.
+    pub const MAX_DEVICES: u32 = 10_000;
+    /// Longest entitlement, in characters.
+    pub const ENTITLEMENT_CHARS: usize = 64;
+    /// Most entitlements on one license.
+    pub const ENTITLEMENTS: usize = 100;
+    /// Most metadata keys.
+    pub const METADATA_KEYS: usize = 50;
+    /// Largest metadata object, serialized, in bytes.
+    pub const METADATA_BYTES: usize = 8 * 1024;
+    /// Longest renewal in days.
+    pub const RENEWAL_DAYS: i64 = 3650;
+    /// Longest user id of a manual license, in characters.
+    pub const USER_ID_CHARS: usize = 256;
+}
+
+// The refusal messages below name the limits.
+const _: () = assert!(limits::MAX_DEVICES == 10_000 && limits::ENTITLEMENT_CHARS == 64 && limits::ENTITLEMENTS == 100);
+const _: () = assert!(limits::METADATA_KEYS == 50 && limits::METADATA_BYTES == 8192 && limits::RENEWAL_DAYS == 3650);
+const _: () = assert!(limits::USER_ID_CHARS == 256);
+
+/// Why an admin's input for a license was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LicenseInputError {
+    /// Outside 1..=10,000.
+    #[error("max_devices must be between 1 and 10000")]
+    MaxDevices,
+    /// Not after now.
+    #[error("expires_at must be in the future")]
+    ExpiryNotInFuture,
+    /// Renewal date not after now.
+    #[error("until must be in the future")]
+    RenewalNotInFuture,
+    /// Renewal days outside 1..=3650.
+    #[error("days must be between 1 and 3650")]
+    RenewalDays,
+    /// Empty, too long, or with hidden characters.
+    #[error("each entitlement must be 1 to 64 characters without control or invisible characters")]
+    Entitlement,
+    /// More than 100.
+    #[error("at most 100 entitlements")]
+    TooManyEntitlements,
+    /// More than 50 keys.
+    #[error("metadata may have at most 50 keys")]
+    TooManyMetadataKeys,
+    /// Larger than 8 KiB.
+    #[error("metadata may be at most 8192 bytes as JSON")]
+    MetadataTooLarge,
+    /// Empty, too long, or with hidden characters.
+    #[error("user_id must be 1 to 256 characters without control or invisible characters")]
+    UserId,
+}
+
+/// Checks an admin device limit.
+pub fn check_max_devices(requested: i64) -> Result<u32, LicenseInputError> {
+    u32::try_from(requested).ok().filter(|n| (1..=limits::MAX_DEVICES).contains(n)).ok_or(LicenseInputError::MaxDevices)
+}
+
+/// Checks an admin expiry: only a future one makes sense (an admin ends a
+/// license now by revoking or suspending it).
+pub fn check_expires_at(requested: Timestamp, now: Timestamp) -> Result<Timestamp, LicenseInputError> {
+    if requested > now {
+        Ok(requested)
+    } else {
+        Err(LicenseInputError::ExpiryNotInFuture)
+    }
+}
+
+/// Checks entitlements; a repeated one is kept once, in first place.
+pub fn check_entitlements(requested: Vec<String>) -> Result<Vec<String>, LicenseInputError> {
+    if requested.len() > limits::ENTITLEMENTS {
+        return Err(LicenseInputError::TooManyEntitlements);
+    }
+    let mut kept: Vec<String> = Vec::with_capacity(requested.len());
+    for e in requested {
+        let chars = e.chars().count();
+        if chars == 0 || chars > limits::ENTITLEMENT_CHARS || super::device::check_device_text(&e).is_err() {
+            return Err(LicenseInputError::Entitlement);
+        }
+        if !kept.contains(&e) {
+            kept.push(e);
+        }
+    }
+    Ok(kept)
+}
+
+/// Checks the vendor's metadata for size.
+pub fn check_metadata(
+    requested: serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, LicenseInputError> {
+    if requested.len() > limits::METADATA_KEYS {
+        return Err(LicenseInputError::TooManyMetadataKeys);
+    }
+    let size = serde_json::to_vec(&requested).map_or(usize::MAX, |v| v.len());
+    if size > limits::METADATA_BYTES {
+        return Err(LicenseInputError::MetadataTooLarge);
+    }
+    Ok(requested)
+}
+
+/// Checks the user a manual license is issued to.
+pub fn check_user_id(requested: &str) -> Result<(), LicenseInputError> {
+    let chars = requested.chars().count();
+    if requested.trim().is_empty()
+        || chars > limits::USER_ID_CHARS
+        || super::device::check_device_text(requested).is_err()
+    {
+        return Err(LicenseInputError::UserId);
+    }
+    Ok(())
+}
+
+/// How long an admin renews a license for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Until this date.
+    Until(Timestamp),
+    /// This many days past the current expiry, or past now if that is
+    /// earlier (or there is none).
+    Days(i64),
+}
+
+/// The new expiry of a renewal of a license expiring at `current`.
+pub fn renewal_end(
+    renewal: Renewal,
+    current: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<Timestamp, LicenseInputError> {
+    match renewal {
+        Renewal::Until(until) if until > now => Ok(until),
+        Renewal::Until(_) => Err(LicenseInputError::RenewalNotInFuture),
+        Renewal::Days(days) if (1..=limits::RENEWAL_DAYS).contains(&days) => {
+            let from = current.map_or(now, |c| c.max(now));
+            Ok(from + time::Duration::days(days))
+        }
+        Renewal::Days(_) => Err(LicenseInputError::RenewalDays),
+    }
+}
+
+/// A change an admin makes to a license, its input already checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminChange {
+    /// Overrides and notes; `None` leaves a field as it is, `Some(None)`
+    /// clears an override.
+    Patch(LicensePatch),
+    /// Suspends it until an admin reinstates it.
+    Suspend,
+    /// Lifts an admin suspension.
+    Reinstate,
+    /// Withdraws it for good.
+    Revoke,
+    /// Sets its expiry override to this date.
+    Renew(Timestamp),
+}
+
+/// The fields of [`AdminChange::Patch`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LicensePatch {
+    /// Device limit override (`Some(None)`: back to the plan's).
+    pub max_devices: Option<Option<u32>>,
+    /// Expiry override (`Some(None)`: back to the subscription's, or none
+    /// for a manual license).
+    pub expires_at: Option<Option<Timestamp>>,
+    /// Replaces the entitlements.
+    pub entitlements: Option<Vec<String>>,
+    /// Replaces the metadata.
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+impl AdminChange {
+    /// The audit kind (`license_changes.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Patch(_) => "patched",
+            Self::Suspend => "suspended",
+            Self::Reinstate => "reinstated",
+            Self::Revoke => "revoked",
+            Self::Renew(_) => "renewed",
+        }
+    }
+}
+
+/// An admin change refused by the license's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// The license is revoked: nothing but reads any more.
+    #[error("the license is revoked")]
+    Revoked,
+}
+
+/// The license after an admin change, its terms not yet re-derived (see
+/// [`rederive`]): new overrides, entitlements or metadata, or the revoked
+/// status. A revoked license takes no further change.
+pub fn apply_admin_change(held: &License, change: &AdminChange, now: Timestamp) -> Result<License, AdminRefusal> {
+    if held.terms.status == LicenseStatus::Revoked {
+        return Err(AdminRefusal::Revoked);
+    }
+    let mut next = held.clone();
+    match change {
+        AdminChange::Patch(patch) => {
+            if let Some(max_devices) = patch.max_devices {
+                next.overrides.max_devices = max_devices;
+            }
+            if let Some(expires_at) = patch.expires_at {
+                next.overrides.expires_at = expires_at;
+            }
+            if let Some(entitlements) = &patch.entitlements {
+                next.entitlements = entitlements.clone();
+            }
+            if let Some(metadata) = &patch.metadata {
+                next.metadata = metadata.clone();
+            }
+        }
+        AdminChange::Suspend => {
+            next.overrides.suspended_at = held.overrides.suspended_at.or(Some(now));
+        }
+        AdminChange::Reinstate => next.overrides.suspended_at = None,
+        AdminChange::Revoke => next.terms.status = LicenseStatus::Revoked,
+        AdminChange::Renew(until) => next.overrides.expires_at = Some(*until),
+    }
+    Ok(next)
+}
+
+/// A license's terms re-derived from its source under its overrides:
+/// from `sub` (its subscription as stored) for a Stripe license, from the
+/// plan and dates for a manual one. `None` when a Stripe license comes
+/// without its subscription.
+pub fn rederive(
+    license: &License,
+    sub: Option<&Subscription>,
+    plan: Option<&Plan>,
+    grace: time::Duration,
+    now: Timestamp,
+) -> Option<LicenseTerms> {
+    match (license.source, sub) {
+        (LicenseSource::Stripe, Some(sub)) => {
+            Some(terms_for(sub, plan, Some(&license.terms), &license.overrides, grace, now))
+        }
+        (LicenseSource::Stripe, None) => None,
+        (LicenseSource::Manual, _) => Some(manual_terms(plan, Some(&license.terms), &license.overrides, now)),
     }
 }
 
@@ -273,6 +659,14 @@ mod tests {
             past_due_since: None,
             source_created: 0,
         }
+    }
+
+    fn none() -> LicenseOverrides {
+        LicenseOverrides::default()
+    }
+
+    fn held(terms: LicenseTerms) -> License {
+        License::for_subscription(Uuid::nil(), terms)
     }
 
     fn pro() -> Plan {
@@ -329,7 +723,7 @@ mod tests {
             (Canceled, L::Expired),
             (IncompleteExpired, L::Expired),
         ] {
-            assert_eq!(terms_for(&sub(status), Some(&pro()), None, grace, NOW).status, expected, "{status:?}");
+            assert_eq!(terms_for(&sub(status), Some(&pro()), None, &none(), grace, NOW).status, expected, "{status:?}");
         }
     }
 
@@ -337,7 +731,7 @@ mod tests {
     fn past_due_is_active_until_grace_runs_out() {
         let mut s = sub(SubscriptionStatus::PastDue);
         s.past_due_since = Some(datetime!(2026-11-01 0:00 UTC));
-        let terms = terms_for(&s, Some(&pro()), None, Duration::days(7), datetime!(2026-11-07 23:59 UTC));
+        let terms = terms_for(&s, Some(&pro()), None, &none(), Duration::days(7), datetime!(2026-11-07 23:59 UTC));
         assert_eq!(terms.grace_ends_at, Some(datetime!(2026-11-08 0:00 UTC)));
         assert_eq!(terms.status, LicenseStatus::Active);
         assert_eq!(effective_status(&terms, datetime!(2026-11-07 23:59 UTC)), LicenseStatus::Active);
@@ -347,10 +741,18 @@ mod tests {
         assert_eq!(suspended, LicenseTerms { status: LicenseStatus::Suspended, ..terms.clone() });
         // Terms computed after grace ran out say so themselves, so a later
         // event of the same past-due subscription changes nothing.
-        let later = terms_for(&s, Some(&pro()), Some(&suspended), Duration::days(7), datetime!(2026-11-09 0:00 UTC));
+        let later =
+            terms_for(&s, Some(&pro()), Some(&suspended), &none(), Duration::days(7), datetime!(2026-11-09 0:00 UTC));
         assert_eq!(later, suspended);
         assert_eq!(
-            decide(&s, Some(&pro()), Some(&suspended), true, Duration::days(7), datetime!(2026-11-09 0:00 UTC)),
+            decide(
+                &s,
+                Some(&pro()),
+                Some(&held(suspended.clone())),
+                true,
+                Duration::days(7),
+                datetime!(2026-11-09 0:00 UTC)
+            ),
             LicenseDecision::Keep
         );
     }
@@ -366,9 +768,11 @@ mod tests {
             panic!("active subscription without license must issue one");
         };
         assert_eq!(terms.max_devices, 3);
-        assert_eq!(decide(&active, Some(&pro()), Some(&terms), true, grace, NOW), LicenseDecision::Keep);
+        assert_eq!(decide(&active, Some(&pro()), Some(&held(terms.clone())), true, grace, NOW), LicenseDecision::Keep);
         let canceled = sub(SubscriptionStatus::Canceled);
-        let LicenseDecision::Update(next) = decide(&canceled, Some(&pro()), Some(&terms), true, grace, NOW) else {
+        let LicenseDecision::Update(next) =
+            decide(&canceled, Some(&pro()), Some(&held(terms.clone())), true, grace, NOW)
+        else {
             panic!("cancel must update");
         };
         assert_eq!(next.status, LicenseStatus::Expired);
@@ -395,10 +799,193 @@ mod tests {
             grace_ends_at: None,
             plan_id: Some("team".into()),
         };
-        let next = terms_for(&sub(SubscriptionStatus::Active), None, Some(&held), grace, NOW);
+        let next = terms_for(&sub(SubscriptionStatus::Active), None, Some(&held), &none(), grace, NOW);
         assert_eq!(next.status, LicenseStatus::Revoked);
         assert_eq!(next.max_devices, 5);
         assert_eq!(next.plan_id.as_deref(), Some("team"));
+    }
+
+    fn active_terms() -> LicenseTerms {
+        terms_for(&sub(SubscriptionStatus::Active), Some(&pro()), None, &none(), Duration::days(7), NOW)
+    }
+
+    fn team() -> Plan {
+        Plan { id: PlanId("team".into()), stripe_price_id: "price_team".into(), max_devices: 10, ..pro() }
+    }
+
+    #[test]
+    fn an_override_device_limit_survives_a_plan_change_which_still_changes_the_plan() {
+        let overrides = LicenseOverrides { max_devices: Some(7), ..none() };
+        let held = active_terms();
+        let next =
+            terms_for(&sub(SubscriptionStatus::Active), Some(&team()), Some(&held), &overrides, Duration::days(7), NOW);
+        assert_eq!((next.max_devices, next.plan_id.as_deref()), (7, Some("team")));
+        let without =
+            terms_for(&sub(SubscriptionStatus::Active), Some(&team()), Some(&held), &none(), Duration::days(7), NOW);
+        assert_eq!(without.max_devices, 10);
+    }
+
+    #[test]
+    fn an_admin_suspension_holds_whatever_the_subscription_says() {
+        let overrides = LicenseOverrides { suspended_at: Some(NOW), ..none() };
+        use SubscriptionStatus::*;
+        for status in [Active, Trialing, PastDue, Paused, Unpaid] {
+            let next = terms_for(&sub(status), Some(&pro()), Some(&active_terms()), &overrides, Duration::days(7), NOW);
+            assert_eq!(next.status, LicenseStatus::Suspended, "{status:?}");
+        }
+        // An ended subscription reads as expired, which validation reports first.
+        let ended = terms_for(&sub(Canceled), Some(&pro()), Some(&active_terms()), &overrides, Duration::days(7), NOW);
+        assert_eq!(ended.status, LicenseStatus::Expired);
+    }
+
+    #[test]
+    fn revoked_is_final_over_every_override() {
+        let revoked = LicenseTerms { status: LicenseStatus::Revoked, ..active_terms() };
+        let renewed = LicenseOverrides { expires_at: Some(NOW + Duration::days(30)), ..none() };
+        let next =
+            terms_for(&sub(SubscriptionStatus::Active), Some(&pro()), Some(&revoked), &renewed, Duration::days(7), NOW);
+        assert_eq!(next.status, LicenseStatus::Revoked);
+        assert_eq!(manual_terms(Some(&pro()), Some(&revoked), &renewed, NOW).status, LicenseStatus::Revoked);
+        let license = License { terms: revoked, ..held(active_terms()) };
+        assert_eq!(apply_admin_change(&license, &AdminChange::Reinstate, NOW), Err(AdminRefusal::Revoked));
+        assert_eq!(apply_admin_change(&license, &AdminChange::Revoke, NOW), Err(AdminRefusal::Revoked));
+    }
+
+    #[test]
+    fn an_expiry_override_replaces_the_period_end_and_revives_an_ended_subscription_until_then() {
+        let until = NOW + Duration::days(30);
+        let overrides = LicenseOverrides { expires_at: Some(until), ..none() };
+        let grace = Duration::days(7);
+        let active = terms_for(&sub(SubscriptionStatus::Active), Some(&pro()), None, &overrides, grace, NOW);
+        assert_eq!((active.status, active.expires_at), (LicenseStatus::Active, Some(until)));
+        let ended = terms_for(&sub(SubscriptionStatus::Canceled), Some(&pro()), None, &overrides, grace, NOW);
+        assert_eq!((ended.status, ended.expires_at), (LicenseStatus::Active, Some(until)));
+        let after = terms_for(&sub(SubscriptionStatus::Canceled), Some(&pro()), None, &overrides, grace, until);
+        assert_eq!(after.status, LicenseStatus::Expired);
+        // Computed before the date, the license still expires at it.
+        let license = License { terms: ended, overrides, ..held(active_terms()) };
+        assert_eq!(license.hard_expiry(), Some(until));
+        assert_eq!(license.effective_status(until - Duration::seconds(1)), LicenseStatus::Active);
+        assert_eq!(license.effective_status(until), LicenseStatus::Expired);
+        // Without an override, Stripe's period end is no hard expiry.
+        assert_eq!(held(active_terms()).hard_expiry(), None);
+    }
+
+    #[test]
+    fn a_manual_license_is_active_until_its_expiry_then_expired() {
+        let until = NOW + Duration::days(1);
+        let dated = LicenseOverrides { expires_at: Some(until), ..none() };
+        let terms = manual_terms(Some(&pro()), None, &dated, NOW);
+        assert_eq!(
+            terms,
+            LicenseTerms {
+                status: LicenseStatus::Active,
+                max_devices: 3,
+                expires_at: Some(until),
+                grace_ends_at: None,
+                plan_id: Some("pro".into())
+            }
+        );
+        assert_eq!(manual_terms(Some(&pro()), None, &dated, until).status, LicenseStatus::Expired);
+        let license = License { source: LicenseSource::Manual, subscription_id: None, terms, ..held(active_terms()) };
+        assert_eq!(license.effective_status(until), LicenseStatus::Expired);
+        let forever = manual_terms(Some(&pro()), None, &none(), NOW + Duration::days(10_000));
+        assert_eq!((forever.status, forever.expires_at), (LicenseStatus::Active, None));
+        let limited = LicenseOverrides { max_devices: Some(2), suspended_at: Some(NOW), ..none() };
+        let terms = manual_terms(Some(&pro()), None, &limited, NOW);
+        assert_eq!((terms.status, terms.max_devices), (LicenseStatus::Suspended, 2));
+        // A plan since removed from the catalog keeps what the license had.
+        let kept = manual_terms(None, Some(&terms), &none(), NOW);
+        assert_eq!((kept.max_devices, kept.plan_id.as_deref()), (2, Some("pro")));
+    }
+
+    #[test]
+    fn admin_input_is_checked_against_its_limits() {
+        assert_eq!(check_max_devices(1), Ok(1));
+        assert_eq!(check_max_devices(10_000), Ok(10_000));
+        for bad in [0, -1, 10_001, i64::MAX, i64::from(u32::MAX) + 1] {
+            assert_eq!(check_max_devices(bad), Err(LicenseInputError::MaxDevices), "{bad}");
+        }
+        assert_eq!(check_expires_at(NOW + Duration::seconds(1), NOW), Ok(NOW + Duration::seconds(1)));
+        assert_eq!(check_expires_at(NOW, NOW), Err(LicenseInputError::ExpiryNotInFuture));
+        assert_eq!(check_entitlements(vec!["a".into(), "b".into(), "a".into()]), Ok(vec!["a".into(), "b".into()]));
+        assert_eq!(check_entitlements(vec!["é".repeat(64)]), Ok(vec!["é".repeat(64)]));
+        for bad in ["", "a\u{0}b", "x\u{202E}y"] {
+            assert_eq!(check_entitlements(vec![bad.into()]), Err(LicenseInputError::Entitlement), "{bad:?}");
+        }
+        assert_eq!(check_entitlements(vec!["a".repeat(65)]), Err(LicenseInputError::Entitlement));
+        let many: Vec<String> = (0..101).map(|i| format!("e{i}")).collect();
+        assert_eq!(check_entitlements(many[..100].to_vec()).map(|v| v.len()), Ok(100));
+        assert_eq!(check_entitlements(many), Err(LicenseInputError::TooManyEntitlements));
+        let keys = |n: usize| (0..n).map(|i| (format!("k{i}"), Value::from(i))).collect::<serde_json::Map<_, _>>();
+        assert!(check_metadata(keys(50)).is_ok());
+        assert_eq!(check_metadata(keys(51)), Err(LicenseInputError::TooManyMetadataKeys));
+        let big =
+            |n: usize| [("k".to_owned(), Value::from("x".repeat(n)))].into_iter().collect::<serde_json::Map<_, _>>();
+        // `{"k":"…"}` is 8 bytes around the value.
+        assert!(check_metadata(big(8192 - 8)).is_ok());
+        assert_eq!(check_metadata(big(8192 - 7)), Err(LicenseInputError::MetadataTooLarge));
+        assert_eq!(check_user_id("user_1"), Ok(()));
+        for bad in ["", "  ", "a\nb"] {
+            assert_eq!(check_user_id(bad), Err(LicenseInputError::UserId), "{bad:?}");
+        }
+        assert_eq!(check_user_id(&"u".repeat(257)), Err(LicenseInputError::UserId));
+    }
+
+    #[test]
+    fn a_renewal_counts_days_from_the_later_of_now_and_the_current_expiry() {
+        let later = NOW + Duration::days(10);
+        assert_eq!(renewal_end(Renewal::Days(30), Some(later), NOW), Ok(later + Duration::days(30)));
+        assert_eq!(renewal_end(Renewal::Days(30), Some(NOW - Duration::days(5)), NOW), Ok(NOW + Duration::days(30)));
+        assert_eq!(renewal_end(Renewal::Days(1), None, NOW), Ok(NOW + Duration::days(1)));
+        assert_eq!(renewal_end(Renewal::Days(3650), None, NOW), Ok(NOW + Duration::days(3650)));
+        for bad in [0, -1, 3651] {
+            assert_eq!(renewal_end(Renewal::Days(bad), None, NOW), Err(LicenseInputError::RenewalDays));
+        }
+        assert_eq!(renewal_end(Renewal::Until(later), None, NOW), Ok(later));
+        assert_eq!(renewal_end(Renewal::Until(NOW), None, NOW), Err(LicenseInputError::RenewalNotInFuture));
+    }
+
+    #[test]
+    fn admin_changes_set_overrides_and_a_repeated_suspension_changes_nothing() {
+        let license = held(active_terms());
+        let suspended = apply_admin_change(&license, &AdminChange::Suspend, NOW).unwrap();
+        assert_eq!(suspended.overrides.suspended_at, Some(NOW));
+        let again = apply_admin_change(&suspended, &AdminChange::Suspend, NOW + Duration::hours(1)).unwrap();
+        assert_eq!(again, suspended, "the first suspension's time is kept");
+        let reinstated = apply_admin_change(&suspended, &AdminChange::Reinstate, NOW).unwrap();
+        assert_eq!(reinstated, license);
+        let patch = LicensePatch {
+            max_devices: Some(Some(9)),
+            expires_at: Some(Some(NOW + Duration::days(2))),
+            entitlements: Some(vec!["export".into()]),
+            metadata: Some([("crm".to_owned(), Value::from("42"))].into_iter().collect()),
+        };
+        let patched = apply_admin_change(&license, &AdminChange::Patch(patch), NOW).unwrap();
+        assert_eq!(patched.overrides.max_devices, Some(9));
+        assert_eq!(patched.overrides.expires_at, Some(NOW + Duration::days(2)));
+        assert_eq!(patched.entitlements, ["export"]);
+        assert_eq!(patched.metadata["crm"], "42");
+        let cleared = LicensePatch { max_devices: Some(None), ..LicensePatch::default() };
+        let cleared = apply_admin_change(&patched, &AdminChange::Patch(cleared), NOW).unwrap();
+        assert_eq!(
+            (cleared.overrides.max_devices, cleared.overrides.expires_at),
+            (None, Some(NOW + Duration::days(2)))
+        );
+        let terms = rederive(&cleared, Some(&sub(SubscriptionStatus::Active)), Some(&pro()), Duration::days(7), NOW);
+        assert_eq!(terms.map(|t| (t.max_devices, t.expires_at)), Some((3, Some(NOW + Duration::days(2)))));
+        assert_eq!(rederive(&cleared, None, Some(&pro()), Duration::days(7), NOW), None);
+        let revoked = apply_admin_change(&license, &AdminChange::Revoke, NOW).unwrap();
+        let terms = rederive(&revoked, Some(&sub(SubscriptionStatus::Active)), Some(&pro()), Duration::days(7), NOW);
+        assert_eq!(terms.map(|t| t.status), Some(LicenseStatus::Revoked));
+    }
+
+    #[test]
+    fn entitlements_are_the_plans_features_then_the_licenses_own() {
+        let plan = Plan { features: vec!["sync".into(), "export".into()], ..pro() };
+        let license = License { entitlements: vec!["export".into(), "beta".into()], ..held(active_terms()) };
+        assert_eq!(license.entitlements_with(Some(&plan)), ["sync", "export", "beta"]);
+        assert_eq!(license.entitlements_with(None), ["export", "beta"]);
     }
 
     mod key_properties {

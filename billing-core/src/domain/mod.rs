@@ -2,6 +2,7 @@
 //! except where a value is generated on purpose (license keys).
 
 pub mod admin;
+pub mod cursor;
 pub mod device;
 pub mod license;
 pub mod payment;
@@ -11,7 +12,7 @@ pub mod subscription;
 pub mod vendor_webhook;
 
 pub use device::{ActivationToken, Device, DeviceStatus, ValidationCode};
-pub use license::{License, LicenseKey, LicenseStatus, LicenseTerms};
+pub use license::{License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms};
 pub use payment::{Payment, PaymentStatus};
 pub use plan::{Plan, PlanCatalog, PlanId};
 pub use subscription::{Subscription, SubscriptionSnapshot, SubscriptionStatus};

@@ -7,6 +7,9 @@ use super::postgres::{PgStore, PgTx};
 use super::sqlite::{SqliteStore, SqliteTx};
 use super::*;
 
+// Admin reads (issue 14).
+mod admin_reads;
+
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the
 // size difference between the variants costs nothing worth a box.
@@ -253,6 +256,17 @@ impl Store for AnyStore {
         }
     }
 
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.record_event_duplicate(event_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.record_event_duplicate(event_id).await,
+        }
+    }
+
     // --- admin API tokens ---
 
     async fn insert_admin_token(
@@ -347,7 +361,7 @@ impl Store for AnyStore {
     async fn webhook_deliveries(
         &self,
         endpoint_id: Uuid,
-        cursor: Option<&DeliveryCursor>,
+        cursor: Option<&WebhookDeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         match self {
@@ -676,12 +690,63 @@ impl StoreTx for AnyTx {
         }
     }
 
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.set_customer_email(customer_id, email, created).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.set_customer_email(customer_id, email, created).await,
+        }
+    }
+
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.enqueue(message).await,
             #[cfg(feature = "sqlite")]
             Self::Sqlite(t) => t.enqueue(message).await,
+        }
+    }
+
+    // --- Admin license writes (issue 14) ---
+
+    async fn lock_license_record(&mut self, license_id: Uuid) -> Result<Option<LockedLicense>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.lock_license_record(license_id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.lock_license_record(license_id).await,
+        }
+    }
+
+    async fn save_license(&mut self, license: &License) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.save_license(license).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.save_license(license).await,
+        }
+    }
+
+    async fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(t) => t.record_license_change(license_id, kind, actor, detail).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(t) => t.record_license_change(license_id, kind, actor, detail).await,
         }
     }
 

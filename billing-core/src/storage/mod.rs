@@ -5,6 +5,7 @@
 //! work (begin, read, apply a pure rule, write state + audit + outbox,
 //! commit). A transaction dropped without `commit` rolls back.
 
+pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
 pub mod migration_check;
@@ -16,7 +17,7 @@ pub mod sqlite;
 use crate::domain::admin::Scopes;
 use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseSource, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
 };
 use serde_json::Value;
 use std::future::Future;
@@ -54,6 +55,11 @@ pub struct EventRecord<'a> {
     pub created: i64,
     /// Payload API version.
     pub api_version: Option<&'a str>,
+    /// `data.object.id`, when the object has one.
+    pub object_id: Option<&'a str>,
+    /// The body as received (its signature checked then), kept so the
+    /// delivery can be replayed.
+    pub payload: &'a [u8],
 }
 
 /// How an event was disposed of.
@@ -171,6 +177,67 @@ pub struct AdminTokenRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+// --- Admin license writes (issue 14) ---
+
+/// A license with what the admin API shows beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseRecord {
+    /// The license.
+    pub license: License,
+    /// Its user: a manual license's own, a Stripe license's customer's
+    /// (None while the customer is not linked to a user).
+    pub owner_user_id: Option<String>,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A license locked for an admin change, with its subscription (locked
+/// first) when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedLicense {
+    /// The license and its owner.
+    pub record: LicenseRecord,
+    /// Its subscription as stored (None for a manual license).
+    pub subscription: Option<Subscription>,
+}
+
+/// The columns a license carries besides its terms, as the stores read
+/// them, checked into their domain types.
+pub(crate) struct LicenseExtras {
+    pub(crate) source: LicenseSource,
+    pub(crate) entitlements: Vec<String>,
+    pub(crate) metadata: serde_json::Map<String, Value>,
+    pub(crate) max_devices_override: Option<u32>,
+}
+
+impl LicenseExtras {
+    pub(crate) fn decode(
+        source: &str,
+        entitlements: Value,
+        metadata: Value,
+        max_devices_override: Option<i64>,
+    ) -> Result<Self, StoreError> {
+        let source =
+            LicenseSource::parse(source).ok_or_else(|| StoreError::Corrupt("unknown license source".into()))?;
+        let entitlements = serde_json::from_value(entitlements)
+            .map_err(|_| StoreError::Corrupt("license entitlements are not a list of strings".into()))?;
+        let Value::Object(metadata) = metadata else {
+            return Err(StoreError::Corrupt("license metadata is not an object".into()));
+        };
+        let max_devices_override = max_devices_override
+            .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt("negative max_devices_override".into())))
+            .transpose()?;
+        Ok(Self { source, entitlements, metadata, max_devices_override })
+    }
+}
+
+/// A device limit as the stores' integer columns hold it.
+pub(crate) fn max_devices_column(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 // --- Webhooks to the vendor (issue 14) ---
 
 /// A webhook endpoint to create.
@@ -275,7 +342,7 @@ pub struct WebhookDelivery {
 
 /// A position in an endpoint's deliveries (newest first): the last one seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryCursor {
+pub struct WebhookDeliveryCursor {
     /// Its `created_at`.
     pub created_at: Timestamp,
     /// Its id.
@@ -456,6 +523,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(String, i32, Option<String>)>, StoreError>> + Send;
 
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    /// Counts one more delivery of an event that was already applied (its
+    /// transaction was refused, so this is written on its own).
+    fn record_event_duplicate(&self, event_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     // --- admin API tokens ---
 
     /// Stores a new token's hash; `false` (and nothing stored) when a live
@@ -507,7 +580,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn webhook_deliveries(
         &self,
         endpoint_id: Uuid,
-        cursor: Option<&DeliveryCursor>,
+        cursor: Option<&WebhookDeliveryCursor>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<WebhookDelivery>, StoreError>> + Send;
 
@@ -714,11 +787,45 @@ pub trait StoreTx: Send {
         detail: Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    // --- Admin reads (issue 14): customers ---
+
+    /// Records the customer's e-mail as of the Stripe event `created` (Unix
+    /// seconds): an older event than the one the held address came from
+    /// changes nothing, so the address does not depend on delivery order.
+    fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Appends to the outbox; visible to readers once committed, in commit
     /// order of ids.
     /// Also writes one vendor webhook message per live endpoint subscribed
     /// to the topic, in the same transaction.
     fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- Admin license writes (issue 14) ---
+
+    /// Locks a license for an admin change: its subscription first (the one
+    /// lock order), then the license; with its owner and dates.
+    fn lock_license_record(
+        &mut self,
+        license_id: Uuid,
+    ) -> impl Future<Output = Result<Option<LockedLicense>, StoreError>> + Send;
+
+    /// Stores everything an admin may change on a license: terms,
+    /// entitlements, metadata and overrides.
+    fn save_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends a `license_changes` row.
+    fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes everything durable.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -1,7 +1,7 @@
 //! The PostgreSQL store (tokio-postgres through a deadpool pool).
 
 use super::*;
-use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
+use crate::domain::{LicenseKey, LicenseOverrides, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::borrow::Cow;
 use std::time::Duration;
@@ -11,6 +11,9 @@ use tokio_postgres::{NoTls, Row, Statement};
 mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
 }
+
+// Admin reads (issue 14).
+mod admin_reads;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
@@ -203,7 +206,12 @@ fn locked_subscription_from_row(row: &Row) -> Result<LockedSubscription, StoreEr
 }
 
 const LICENSE_COLUMNS: &str =
-    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, l.plan_id";
+    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
+     l.plan_id, l.source, l.user_id, l.entitlements, l.metadata, l.max_devices_override, l.expires_at_override, \
+     l.admin_suspended_at";
+
+/// How many columns [`LICENSE_COLUMNS`] names.
+const LICENSE_COLUMN_COUNT: usize = 15;
 
 fn license_from_row(row: &Row) -> Result<License, StoreError> {
     license_from_row_at(row, 0)
@@ -214,9 +222,15 @@ fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
     let key: String = row.get(first + 2);
     let status: String = row.get(first + 3);
     let max_devices: i32 = row.get(first + 4);
+    let source: String = row.get(first + 8);
+    let max_devices_override: Option<i32> = row.get(first + 12);
+    let extras =
+        LicenseExtras::decode(&source, row.get(first + 10), row.get(first + 11), max_devices_override.map(i64::from))?;
     Ok(License {
         id: row.get(first),
         subscription_id: row.get(first + 1),
+        source: extras.source,
+        user_id: row.get(first + 9),
         key: LicenseKey::parse(&key).ok_or_else(|| StoreError::Corrupt("malformed license key".into()))?,
         terms: LicenseTerms {
             status: LicenseStatus::parse(&status)
@@ -226,8 +240,44 @@ fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
             grace_ends_at: row.get(first + 6),
             plan_id: row.get(first + 7),
         },
+        entitlements: extras.entitlements,
+        metadata: extras.metadata,
+        overrides: LicenseOverrides {
+            max_devices: extras.max_devices_override,
+            expires_at: row.get(first + 13),
+            suspended_at: row.get(first + 14),
+        },
     })
 }
+
+/// [`LICENSE_COLUMNS`] at `first`, then the owner, `created_at` and `updated_at`.
+fn license_record_from_row_at(row: &Row, first: usize) -> Result<LicenseRecord, StoreError> {
+    let after = first + LICENSE_COLUMN_COUNT;
+    Ok(LicenseRecord {
+        license: license_from_row_at(row, first)?,
+        owner_user_id: row.get(after),
+        created_at: row.get(after + 1),
+        updated_at: row.get(after + 2),
+    })
+}
+
+/// Locks a Stripe license's subscription, then the license (in the order
+/// the locking clauses name them), with the customer's user as its owner.
+/// Finds nothing for a manual license.
+static LOCK_STRIPE_LICENSE_RECORD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS}, {LICENSE_COLUMNS}, c.user_id, l.created_at, l.updated_at
+           FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id JOIN customers c ON c.id = s.customer_id
+          WHERE l.id = $1 FOR NO KEY UPDATE OF s FOR NO KEY UPDATE OF l"
+    )
+});
+
+static LOCK_MANUAL_LICENSE_RECORD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {LICENSE_COLUMNS}, l.user_id, l.created_at, l.updated_at
+           FROM licenses l WHERE l.id = $1 AND l.subscription_id IS NULL FOR NO KEY UPDATE"
+    )
+});
 
 fn payment_from_row(row: &Row) -> Result<PaymentRecord, StoreError> {
     let status: String = row.get(6);
@@ -306,12 +356,13 @@ impl Store for PgStore {
         let conn = self.conn().await?;
         execute(
             &conn,
-            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error)
-             VALUES ($1, $2, $3, $4, 'failed', $5)
+            "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, object_id, payload)
+             VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)
              ON CONFLICT (id) DO UPDATE
-                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1
+                SET last_error = EXCLUDED.last_error, attempts = webhook_events.attempts + 1,
+                    object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
               WHERE webhook_events.status = 'failed'",
-            &[&event.id, &event.kind, &event.created, &event.api_version, &error],
+            &[&event.id, &event.kind, &event.created, &event.api_version, &error, &event.object_id, &event.payload],
         )
         .await?;
         Ok(())
@@ -604,7 +655,7 @@ impl Store for PgStore {
     async fn webhook_deliveries(
         &self,
         endpoint_id: Uuid,
-        cursor: Option<&DeliveryCursor>,
+        cursor: Option<&WebhookDeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let conn = self.conn().await?;
@@ -746,6 +797,14 @@ impl Store for PgStore {
         let row =
             query_opt(&conn, "SELECT min(next_attempt_at) FROM webhook_messages WHERE status = 'pending'", &[]).await?;
         Ok(row.and_then(|r| r.get(0)))
+    }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        execute(&conn, "UPDATE webhook_events SET duplicates = duplicates + 1 WHERE id = $1", &[&event_id]).await?;
+        Ok(())
     }
 
     // --- admin API tokens ---
@@ -1026,15 +1085,22 @@ impl StoreTx for PgTx {
         // recording its failure: the INSERT waits for it.
         self.defer(
             "WITH claimed AS (
-                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at)
-                VALUES ($1, $2, $3, $4, 'processed', now())
+                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
+                VALUES ($1, $2, $3, $4, 'processed', now(), $5, $6)
                 ON CONFLICT (id) DO UPDATE
                    SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                       processed_at = now()
+                       processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
                  WHERE webhook_events.status = 'failed'
                 RETURNING id)
              SELECT billing_webhook_event_already_applied() WHERE NOT EXISTS (SELECT FROM claimed)",
-            params![event.id.to_owned(), event.kind.to_owned(), event.created, event.api_version.map(str::to_owned)],
+            params![
+                event.id.to_owned(),
+                event.kind.to_owned(),
+                event.created,
+                event.api_version.map(str::to_owned),
+                event.object_id.map(str::to_owned),
+                event.payload.to_vec()
+            ],
         );
         Ok(())
     }
@@ -1213,8 +1279,10 @@ impl StoreTx for PgTx {
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let t = &license.terms;
         self.defer(
-            "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at, grace_ends_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at, grace_ends_at,
+                                   source, user_id, entitlements, metadata, max_devices_override, expires_at_override,
+                                   admin_suspended_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             params![
                 license.id,
                 license.subscription_id,
@@ -1225,6 +1293,13 @@ impl StoreTx for PgTx {
                 max_devices_param(t),
                 t.expires_at,
                 t.grace_ends_at,
+                license.source.as_str(),
+                license.user_id.clone(),
+                Value::from(license.entitlements.clone()),
+                Value::Object(license.metadata.clone()),
+                license.overrides.max_devices.map(max_devices_column),
+                license.overrides.expires_at,
+                license.overrides.suspended_at,
             ],
         );
         Ok(())
@@ -1433,6 +1508,60 @@ impl StoreTx for PgTx {
         self.read(&sql, &[&cutoff, &limit]).await?.iter().map(device_from_row).collect()
     }
 
+    // --- Admin license writes (issue 14) ---
+
+    async fn lock_license_record(&mut self, license_id: Uuid) -> Result<Option<LockedLicense>, StoreError> {
+        // A license's subscription never changes, so a license the first
+        // statement misses is a manual one (or none).
+        if let Some(row) = self.read_opt(&LOCK_STRIPE_LICENSE_RECORD, &[&license_id]).await? {
+            return Ok(Some(LockedLicense {
+                subscription: Some(subscription_from_row(&row)?),
+                record: license_record_from_row_at(&row, SUBSCRIPTION_COLUMN_COUNT)?,
+            }));
+        }
+        let row = self.read_opt(&LOCK_MANUAL_LICENSE_RECORD, &[&license_id]).await?;
+        row.map(|row| Ok(LockedLicense { record: license_record_from_row_at(&row, 0)?, subscription: None }))
+            .transpose()
+    }
+
+    async fn save_license(&mut self, license: &License) -> Result<(), StoreError> {
+        let t = &license.terms;
+        self.defer(
+            "UPDATE licenses SET status = $2, plan_id = $3, max_devices = $4, expires_at = $5, grace_ends_at = $6,
+                    entitlements = $7, metadata = $8, max_devices_override = $9, expires_at_override = $10,
+                    admin_suspended_at = $11, updated_at = now()
+              WHERE id = $1",
+            params![
+                license.id,
+                t.status.as_str(),
+                t.plan_id.clone(),
+                max_devices_param(t),
+                t.expires_at,
+                t.grace_ends_at,
+                Value::from(license.entitlements.clone()),
+                Value::Object(license.metadata.clone()),
+                license.overrides.max_devices.map(max_devices_column),
+                license.overrides.expires_at,
+                license.overrides.suspended_at,
+            ],
+        );
+        Ok(())
+    }
+
+    async fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        self.defer(
+            "INSERT INTO license_changes (license_id, kind, actor, detail) VALUES ($1, $2, $3, $4)",
+            params![license_id, kind.to_owned(), actor.label(), detail],
+        );
+        Ok(())
+    }
+
     async fn record_device_change(
         &mut self,
         device: &Device,
@@ -1443,6 +1572,22 @@ impl StoreTx for PgTx {
         self.defer(
             "INSERT INTO device_changes (device_id, license_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5)",
             params![device.id, device.license_id, kind.to_owned(), actor.label(), detail],
+        );
+        Ok(())
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        self.defer(
+            "UPDATE customers SET email = $2, email_created = $3, updated_at = now()
+              WHERE id = $1 AND (email_created IS NULL OR email_created <= $3)",
+            params![customer_id, email.map(str::to_owned), created],
         );
         Ok(())
     }

@@ -30,7 +30,7 @@
 //! only, to watchers of this store and its clones.
 
 use super::*;
-use crate::domain::{LicenseKey, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
+use crate::domain::{LicenseKey, LicenseOverrides, LicenseStatus, SubscriptionSnapshot, SubscriptionStatus};
 use deadpool_sqlite::rusqlite::types::FromSql;
 use deadpool_sqlite::rusqlite::{self, params, Connection, ErrorCode, OpenFlags, Params, Row};
 use deadpool_sqlite::{Hook, HookError, Pool, Runtime};
@@ -42,6 +42,9 @@ use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
 mod embedded {
     refinery::embed_migrations!("../migrations/sqlite");
 }
+
+// Admin reads (issue 14).
+mod admin_reads;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
@@ -267,24 +270,61 @@ fn subscription_from_row(row: &Row<'_>) -> Result<Subscription, StoreError> {
 }
 
 const LICENSE_COLUMNS: &str =
-    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, l.plan_id";
+    "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
+     l.plan_id, l.source, l.user_id, l.entitlements, l.metadata, l.max_devices_override, l.expires_at_override, \
+     l.admin_suspended_at";
+
+/// How many columns [`LICENSE_COLUMNS`] names.
+const LICENSE_COLUMN_COUNT: usize = 15;
 
 fn license_from_row(row: &Row<'_>) -> Result<License, StoreError> {
-    let key: String = get(row, 2)?;
-    let status: String = get(row, 3)?;
-    let max_devices: i32 = get(row, 4)?;
+    license_from_row_at(row, 0)
+}
+
+/// [`LICENSE_COLUMNS`] starting at column `first`.
+fn license_from_row_at(row: &Row<'_>, first: usize) -> Result<License, StoreError> {
+    let key: String = get(row, first + 2)?;
+    let status: String = get(row, first + 3)?;
+    let max_devices: i32 = get(row, first + 4)?;
+    let source: String = get(row, first + 8)?;
+    let extras = LicenseExtras::decode(
+        &source,
+        json(row, first + 10)?,
+        json(row, first + 11)?,
+        get::<Option<i64>>(row, first + 12)?,
+    )?;
     Ok(License {
-        id: uuid(row, 0)?,
-        subscription_id: uuid(row, 1)?,
+        id: uuid(row, first)?,
+        subscription_id: opt_uuid(row, first + 1)?,
+        source: extras.source,
+        user_id: get(row, first + 9)?,
         key: LicenseKey::parse(&key).ok_or_else(|| StoreError::Corrupt("malformed license key".into()))?,
         terms: LicenseTerms {
             status: LicenseStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt("unknown license status".into()))?,
             max_devices: u32::try_from(max_devices).map_err(|_| StoreError::Corrupt("negative max_devices".into()))?,
-            expires_at: opt_time(row, 5)?,
-            grace_ends_at: opt_time(row, 6)?,
-            plan_id: get(row, 7)?,
+            expires_at: opt_time(row, first + 5)?,
+            grace_ends_at: opt_time(row, first + 6)?,
+            plan_id: get(row, first + 7)?,
         },
+        entitlements: extras.entitlements,
+        metadata: extras.metadata,
+        overrides: LicenseOverrides {
+            max_devices: extras.max_devices_override,
+            expires_at: opt_time(row, first + 13)?,
+            suspended_at: opt_time(row, first + 14)?,
+        },
+    })
+}
+
+/// [`LICENSE_COLUMNS`], then the owner, `created_at` and `updated_at`.
+fn license_record_from_row(row: &Row<'_>) -> Result<LicenseRecord, StoreError> {
+    let after = LICENSE_COLUMN_COUNT;
+    Ok(LicenseRecord {
+        license: license_from_row(row)?,
+        owner_user_id: get(row, after)?,
+        created_at: time(row, after + 1)?,
+        updated_at: time(row, after + 2)?,
     })
 }
 
@@ -619,15 +659,18 @@ impl Store for SqliteStore {
     async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
         let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
         let (api_version, error) = (event.api_version.map(str::to_owned), error.to_owned());
+        let (object_id, payload) = (event.object_id.map(str::to_owned), event.payload.to_vec());
         self.write(move |conn, now| {
             execute(
                 conn,
-                "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, received_at)
-                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6)
+                "INSERT INTO webhook_events (id, type, created, api_version, status, last_error, received_at,
+                        object_id, payload)
+                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7, ?8)
                  ON CONFLICT (id) DO UPDATE
-                    SET last_error = excluded.last_error, attempts = webhook_events.attempts + 1
+                    SET last_error = excluded.last_error, attempts = webhook_events.attempts + 1,
+                        object_id = excluded.object_id, payload = excluded.payload
                   WHERE webhook_events.status = 'failed'",
-                params![id, kind, created, api_version, error, now],
+                params![id, kind, created, api_version, error, now, object_id, payload],
             )
         })
         .await?;
@@ -904,7 +947,7 @@ impl Store for SqliteStore {
     async fn webhook_deliveries(
         &self,
         endpoint_id: Uuid,
-        cursor: Option<&DeliveryCursor>,
+        cursor: Option<&WebhookDeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let endpoint_id = endpoint_id.to_string();
@@ -1074,6 +1117,17 @@ impl Store for SqliteStore {
             Ok(due.flatten())
         })
         .await
+    }
+
+    // --- Admin reads (issue 14): Stripe deliveries ---
+
+    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.write(move |conn, _| {
+            execute(conn, "UPDATE webhook_events SET duplicates = duplicates + 1 WHERE id = ?1", [event_id])
+        })
+        .await?;
+        Ok(())
     }
 
     // --- admin API tokens ---
@@ -1311,17 +1365,19 @@ impl StoreTx for SqliteTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
         let (id, kind, created) = (event.id.to_owned(), event.kind.to_owned(), event.created);
         let api_version = event.api_version.map(str::to_owned);
+        let (object_id, payload) = (event.object_id.map(str::to_owned), event.payload.to_vec());
         self.run(move |conn, now| {
             let claimed = query_opt(
                 conn,
-                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at)
-                 VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5)
+                "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at,
+                        object_id, payload)
+                 VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5, ?6, ?7)
                  ON CONFLICT (id) DO UPDATE
                     SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                        processed_at = ?5
+                        processed_at = ?5, object_id = excluded.object_id, payload = excluded.payload
                   WHERE webhook_events.status = 'failed'
                  RETURNING id",
-                params![id, kind, created, api_version, now],
+                params![id, kind, created, api_version, now, object_id, payload],
                 |_| Ok(()),
             )?;
             claimed.ok_or(StoreError::AlreadyApplied)
@@ -1484,16 +1540,23 @@ impl StoreTx for SqliteTx {
 
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let t = &license.terms;
-        let (id, subscription_id) = (license.id.to_string(), license.subscription_id.to_string());
+        let (id, subscription_id) = (license.id.to_string(), license.subscription_id.map(|s| s.to_string()));
         let (key, key_hash) = (license.key.expose().to_owned(), license.key.lookup_hash());
         let (status, plan_id, max_devices) = (t.status.as_str(), t.plan_id.clone(), max_devices_param(t));
         let (expires_at, grace_ends_at) = (opt_micros(t.expires_at)?, opt_micros(t.grace_ends_at)?);
+        let (source, user_id) = (license.source.as_str(), license.user_id.clone());
+        let entitlements = json_text(&Value::from(license.entitlements.clone()));
+        let metadata = json_text(&Value::Object(license.metadata.clone()));
+        let o = &license.overrides;
+        let max_devices_override = o.max_devices.map(max_devices_column);
+        let (expires_at_override, suspended_at) = (opt_micros(o.expires_at)?, opt_micros(o.suspended_at)?);
         self.run(move |conn, now| {
             execute(
                 conn,
                 "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
-                        grace_ends_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                        grace_ends_at, created_at, updated_at, source, user_id, entitlements, metadata,
+                        max_devices_override, expires_at_override, admin_suspended_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     id,
                     subscription_id,
@@ -1504,7 +1567,14 @@ impl StoreTx for SqliteTx {
                     max_devices,
                     expires_at,
                     grace_ends_at,
-                    now
+                    now,
+                    source,
+                    user_id,
+                    entitlements,
+                    metadata,
+                    max_devices_override,
+                    expires_at_override,
+                    suspended_at
                 ],
             )
         })
@@ -1792,6 +1862,93 @@ impl StoreTx for SqliteTx {
         .await
     }
 
+    // --- Admin license writes (issue 14) ---
+
+    async fn lock_license_record(&mut self, license_id: Uuid) -> Result<Option<LockedLicense>, StoreError> {
+        // One writer: reading is all locking takes.
+        let license_id = license_id.to_string();
+        self.run(move |conn, _| {
+            let sql = format!(
+                "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at
+                   FROM licenses l LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE l.id = ?1"
+            );
+            let Some(record) = query_opt(conn, &sql, [&license_id], license_record_from_row)? else {
+                return Ok(None);
+            };
+            let subscription = match record.license.subscription_id {
+                Some(subscription_id) => {
+                    let sql = format!(
+                        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                          WHERE s.id = ?1"
+                    );
+                    query_opt(conn, &sql, [subscription_id.to_string()], subscription_from_row)?
+                }
+                None => None,
+            };
+            Ok(Some(LockedLicense { record, subscription }))
+        })
+        .await
+    }
+
+    async fn save_license(&mut self, license: &License) -> Result<(), StoreError> {
+        let t = &license.terms;
+        let (id, status, plan_id, max_devices) =
+            (license.id.to_string(), t.status.as_str(), t.plan_id.clone(), max_devices_param(t));
+        let (expires_at, grace_ends_at) = (opt_micros(t.expires_at)?, opt_micros(t.grace_ends_at)?);
+        let entitlements = json_text(&Value::from(license.entitlements.clone()));
+        let metadata = json_text(&Value::Object(license.metadata.clone()));
+        let o = &license.overrides;
+        let max_devices_override = o.max_devices.map(max_devices_column);
+        let (expires_at_override, suspended_at) = (opt_micros(o.expires_at)?, opt_micros(o.suspended_at)?);
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
+                        entitlements = ?7, metadata = ?8, max_devices_override = ?9, expires_at_override = ?10,
+                        admin_suspended_at = ?11, updated_at = ?12
+                  WHERE id = ?1",
+                params![
+                    id,
+                    status,
+                    plan_id,
+                    max_devices,
+                    expires_at,
+                    grace_ends_at,
+                    entitlements,
+                    metadata,
+                    max_devices_override,
+                    expires_at_override,
+                    suspended_at,
+                    now
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record_license_change(
+        &mut self,
+        license_id: Uuid,
+        kind: &str,
+        actor: &Actor,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let (license_id, kind, actor_label, detail) =
+            (license_id.to_string(), kind.to_owned(), actor.label(), json_text(&detail));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "INSERT INTO license_changes (license_id, kind, actor, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![license_id, kind, actor_label, detail, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn record_device_change(
         &mut self,
         device: &Device,
@@ -1807,6 +1964,27 @@ impl StoreTx for SqliteTx {
                 "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![device_id, license_id, kind, actor_label, detail, now],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    // --- Admin reads (issue 14): customers ---
+
+    async fn set_customer_email(
+        &mut self,
+        customer_id: Uuid,
+        email: Option<&str>,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        let (customer_id, email) = (customer_id.to_string(), email.map(str::to_owned));
+        self.run(move |conn, now| {
+            execute(
+                conn,
+                "UPDATE customers SET email = ?2, email_created = ?3, updated_at = ?4
+                  WHERE id = ?1 AND (email_created IS NULL OR email_created <= ?3)",
+                params![customer_id, email, created, now],
             )
         })
         .await?;

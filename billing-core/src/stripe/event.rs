@@ -21,6 +21,9 @@ pub struct Event {
     pub created: i64,
     /// The API version the payload is shaped by.
     pub api_version: Option<String>,
+    /// The `id` of `data.object`, when it has one (operators search
+    /// deliveries by it).
+    pub object_id: Option<String>,
     /// What the event says, for the types we act on.
     pub payload: EventPayload,
 }
@@ -74,6 +77,8 @@ pub struct StripeCustomer {
     pub user_id: Option<String>,
     /// Whether the event reports the customer deleted.
     pub deleted: bool,
+    /// The customer's e-mail address, as Stripe holds it.
+    pub email: Option<String>,
 }
 
 /// A payload that could not be understood.
@@ -161,11 +166,16 @@ impl Event {
             }
             _ => EventPayload::Ignored,
         };
+        let object_id = match envelope.data.object.get("id") {
+            Some(Value::String(id)) if !id.contains('\0') => Some(id.clone()),
+            _ => None,
+        };
         Ok(Self {
             id: envelope.id.into(),
             kind: envelope.kind.into(),
             created: envelope.created,
             api_version: text(envelope.api_version),
+            object_id,
             payload,
         })
     }
@@ -273,11 +283,17 @@ struct RawCustomer {
     id: Text,
     #[serde(default)]
     metadata: HashMap<String, Value>,
+    email: Option<Text>,
 }
 
 fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, String> {
     let raw = RawCustomer::deserialize(object).map_err(|e| e.to_string())?;
-    Ok(StripeCustomer { id: raw.id.into(), user_id: metadata_user_id(&raw.metadata)?, deleted })
+    Ok(StripeCustomer {
+        id: raw.id.into(),
+        user_id: metadata_user_id(&raw.metadata)?,
+        deleted,
+        email: text(raw.email).filter(|e| !e.is_empty()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -426,6 +442,26 @@ mod tests {
     }
 
     #[test]
+    fn the_object_id_and_a_customer_email_are_read() {
+        let event = Event::parse(&envelope(
+            "customer.updated",
+            json!({"id": "cus_1", "email": "ada@example.com", "metadata": {"user_id": "u1"}}),
+        ))
+        .unwrap();
+        assert_eq!(event.object_id.as_deref(), Some("cus_1"));
+        let EventPayload::Customer(c) = event.payload else { panic!("not a customer") };
+        assert_eq!((c.email.as_deref(), c.user_id.as_deref(), c.deleted), (Some("ada@example.com"), Some("u1"), false));
+        let EventPayload::Customer(c) =
+            Event::parse(&envelope("customer.created", json!({"id": "cus_2", "email": ""}))).unwrap().payload
+        else {
+            panic!("not a customer")
+        };
+        assert_eq!(c.email, None, "an empty address is no address");
+        let ignored = Event::parse(&envelope("ping", json!({"object": "thing"}))).unwrap();
+        assert_eq!(ignored.object_id, None, "an object without an id");
+    }
+
+    #[test]
     fn payment_mode_checkout_fixture_has_no_subscription() {
         let EventPayload::CheckoutCompleted(c) =
             Event::parse(&fixture("checkout_session_completed.json")).unwrap().payload
@@ -491,6 +527,7 @@ mod tests {
                 ),
             ),
             ("checkout mode", envelope("checkout.session.completed", json!({"id": "cs_1", "mode": nul}))),
+            ("customer email", envelope("customer.updated", json!({"id": "cus_1", "email": nul}))),
             ("invoice currency", envelope("invoice.paid", json!({"id": "in_1", "customer": "cus_1", "currency": nul}))),
             (
                 "invoice subscription",

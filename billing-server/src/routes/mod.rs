@@ -3,6 +3,8 @@
 mod actions;
 // Webhooks to the vendor (issue 14).
 mod admin_webhooks;
+// Admin reads (issue 14).
+mod admin_reads;
 mod dashboard;
 pub(crate) mod license;
 mod ops;
@@ -51,6 +53,14 @@ pub enum Route {
     DeleteWebhookEndpoint,
     WebhookDeliveries,
     RetryWebhookDelivery,
+    // Admin reads (issue 14).
+    AdminStripeEvents,
+    AdminReplayStripeEvent,
+    AdminAudit,
+    AdminCustomers,
+    AdminLicenses,
+    AdminLicense,
+    AdminLicenseExport,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -87,6 +97,14 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::DELETE, "/api/admin/webhook-endpoints/{id}", Route::DeleteWebhookEndpoint),
     (Method::GET, "/api/admin/webhook-endpoints/{id}/deliveries", Route::WebhookDeliveries),
     (Method::POST, "/api/admin/webhook-deliveries/{id}/retry", Route::RetryWebhookDelivery),
+    // Admin reads (issue 14).
+    (Method::GET, "/api/admin/stripe-events", Route::AdminStripeEvents),
+    (Method::POST, "/api/admin/stripe-events/{id}/replay", Route::AdminReplayStripeEvent),
+    (Method::GET, "/api/admin/audit", Route::AdminAudit),
+    (Method::GET, "/api/admin/customers", Route::AdminCustomers),
+    (Method::GET, "/api/admin/licenses", Route::AdminLicenses),
+    (Method::GET, "/api/admin/licenses/{id}", Route::AdminLicense),
+    (Method::GET, "/api/admin/licenses/export", Route::AdminLicenseExport),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -174,6 +192,14 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::DeleteWebhookEndpoint => admin_webhooks::delete(&state, request, &param("id")).await,
             Route::WebhookDeliveries => admin_webhooks::deliveries(&state, request, &param("id")).await,
             Route::RetryWebhookDelivery => admin_webhooks::retry(&state, request, &param("id")).await,
+            // Admin reads (issue 14).
+            Route::AdminStripeEvents => admin_reads::stripe_events(&state, request).await,
+            Route::AdminReplayStripeEvent => admin_reads::replay_stripe_event(&state, request, &param("id")).await,
+            Route::AdminAudit => admin_reads::audit(&state, request).await,
+            Route::AdminCustomers => admin_reads::customers(&state, request).await,
+            Route::AdminLicenses => admin_reads::licenses(&state, request).await,
+            Route::AdminLicense => admin_reads::license(&state, request, &param("id")).await,
+            Route::AdminLicenseExport => admin_reads::export(&state, request).await,
         }
     }
     .await;

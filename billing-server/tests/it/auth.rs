@@ -22,8 +22,6 @@ enum Access {
     StripeSignature,
     /// A device's activation token.
     ActivationToken,
-    /// An admin API token (`/api/admin/...`; its door is `admin_auth.rs`'s).
-    AdminToken,
     /// The dashboard JWT. `user_id`: the route reads or acts for the user
     /// named by `?user_id=` (admins only; a non-admin naming anyone else
     /// gets 403), otherwise only ever for the caller.
@@ -31,6 +29,8 @@ enum Access {
     /// A device's activation token, or the license owner's (or an admin's)
     /// dashboard JWT.
     DeviceOrDashboard,
+    /// An admin API token (see `admin_auth.rs`, which tests that door).
+    AdminToken,
 }
 
 /// Every route's access. The match is exhaustive, with no catch-all: a new
@@ -64,6 +64,14 @@ fn access(route: Route) -> Access {
         | Route::DeleteWebhookEndpoint
         | Route::WebhookDeliveries
         | Route::RetryWebhookDelivery => AdminToken,
+        // Admin reads (issue 14).
+        Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport => AdminToken,
     }
 }
 
@@ -389,6 +397,14 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::DeleteWebhookEndpoint
         | Route::WebhookDeliveries
         | Route::RetryWebhookDelivery => unreachable!("{pattern} takes no dashboard JWT"),
+        // Admin reads (issue 14).
+        | Route::AdminStripeEvents
+        | Route::AdminReplayStripeEvent
+        | Route::AdminAudit
+        | Route::AdminCustomers
+        | Route::AdminLicenses
+        | Route::AdminLicense
+        | Route::AdminLicenseExport => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

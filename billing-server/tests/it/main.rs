@@ -2,7 +2,9 @@
 //! binary, one module per feature, a fresh database per test.
 
 mod actions;
+// Admin reads (issue 14).
 mod admin_auth;
+mod admin_reads;
 mod auth;
 mod dashboard;
 mod events;

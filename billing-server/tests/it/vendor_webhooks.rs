@@ -139,9 +139,9 @@ async fn create_endpoint(app: &TestApp, url: &str, events: &[&str]) -> (uuid::Uu
 }
 
 /// Stripe events for a subscription that starts, then falls past due: the
-/// second changes the subscription and its license's terms (a grace
-/// period), so `subscription.updated` and `license.updated` reach the
-/// outbox. (Issuing a license announces nothing yet.)
+/// first issues a license (`license.created`), the second changes the
+/// subscription and its license's terms (a grace period), so
+/// `subscription.updated` and `license.updated` reach the outbox too.
 fn lifecycle(n: usize) -> [Value; 2] {
     let (id, customer) = (format!("sub_v{n}"), format!("cus_v{n}"));
     let started = subscription(&id, &customer, "active", PRICE_PRO, Some("u_vendor"));
@@ -203,7 +203,7 @@ async fn every_change_reaches_the_vendor_signed_and_verified_by_a_standard_webho
     start_subscription(&app, 1).await;
     let expected = outbox(&app).await;
     let types: BTreeSet<&str> = expected.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(types, BTreeSet::from(["license.updated", "subscription.updated"]), "{expected:?}");
+    assert_eq!(types, BTreeSet::from(["license.created", "license.updated", "subscription.updated"]), "{expected:?}");
     let seen = receiver.wait_for(expected.len(), Duration::from_secs(20)).await;
 
     for request in &seen {
@@ -287,7 +287,7 @@ async fn a_receiver_that_never_answers_does_not_delay_two_others() {
         start_subscription(&app, n).await;
     }
     let expected = outbox(&app).await;
-    assert_eq!(expected.len(), 12, "two events per lifecycle: {expected:?}");
+    assert_eq!(expected.len(), 18, "three events per lifecycle: {expected:?}");
     for receiver in &mut others {
         let seen = receiver.wait_for(expected.len(), Duration::from_secs(8)).await;
         assert_eq!(as_pairs(&seen), expected);
@@ -460,7 +460,7 @@ async fn deliveries_are_paged_newest_first_with_a_cursor() {
         start_subscription(&app, n).await;
     }
     let total = outbox(&app).await.len();
-    assert_eq!(total, 6);
+    assert_eq!(total, 9);
     let all = deliveries(&app, endpoint).await;
     assert_eq!(all.len(), total);
     let mut walked = Vec::new();
@@ -581,7 +581,7 @@ async fn a_receiver_down_across_a_kill_9_of_the_server_gets_every_message_after_
     }
     server.kill_9();
     let expected = db.int("SELECT count(*) FROM outbox_events").await as usize;
-    assert_eq!(expected, 10, "two events per lifecycle");
+    assert_eq!(expected, 15, "three events per lifecycle");
     assert_eq!(db.int("SELECT count(*) FROM webhook_messages").await as usize, expected);
     assert_eq!(db.int("SELECT count(*) FROM webhook_messages WHERE status = 'delivered'").await, 0);
 

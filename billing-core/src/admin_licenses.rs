@@ -8,7 +8,8 @@
 use crate::billing::{license_message, license_updated, rfc3339, LICENSE_CREATED};
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, Plan, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, Plan,
+    Subscription, Timestamp,
 };
 use crate::licensing::{deactivate_in, DeactivationReason};
 use crate::storage::{LicenseRecord, LockedLicense, Store, StoreError, StoreTx};
@@ -79,6 +80,9 @@ pub struct AdminLicense {
     pub device_count: usize,
     /// All its devices, where the use case is about them.
     pub devices: Option<Vec<Device>>,
+    /// Its subscription as stored (None for a manual license), where the
+    /// use case is about the devices.
+    pub subscription: Option<Subscription>,
 }
 
 impl<S: Store> Billing<S> {
@@ -119,7 +123,7 @@ impl<S: Store> Billing<S> {
         let record = reread(&mut tx, issued.id).await?;
         tx.commit().await?;
         tracing::info!(license_id = %issued.id, actor = %actor.label(), "manual license issued");
-        Ok(AdminLicense { record, device_count: 0, devices: None })
+        Ok(AdminLicense { record, device_count: 0, devices: None, subscription: None })
     }
 
     /// Sets or clears overrides, entitlements and metadata.
@@ -214,12 +218,14 @@ impl<S: Store> Billing<S> {
                 reset += 1;
             }
         }
+        let LockedLicense { record, subscription } = locked;
+        let reset_all = AdminLicense { record, device_count: 0, devices: Some(devices), subscription };
         if reset == 0 {
-            return Ok(AdminLicense { record: locked.record, device_count: 0, devices: Some(devices) });
+            return Ok(reset_all);
         }
         tx.record_license_change(license_id, "devices_reset", actor, json!({ "deactivated": reset })).await?;
         tx.commit().await?;
-        Ok(AdminLicense { record: locked.record, device_count: 0, devices: Some(devices) })
+        Ok(reset_all)
     }
 
     /// The one shape of every license change: lock, decide (`change` sees
@@ -245,7 +251,12 @@ impl<S: Store> Billing<S> {
         let devices = tx.devices_of_license(license_id).await?;
         if &next == held {
             // Nothing changed: nothing to record or announce.
-            return Ok(AdminLicense { device_count: holding_slots(&devices), record: locked.record, devices: None });
+            return Ok(AdminLicense {
+                device_count: holding_slots(&devices),
+                record: locked.record,
+                devices: None,
+                subscription: None,
+            });
         }
         tx.save_license(&next).await?;
         let detail = json!({
@@ -262,7 +273,7 @@ impl<S: Store> Billing<S> {
         let record = reread(&mut tx, license_id).await?;
         tx.commit().await?;
         tracing::info!(license_id = %license_id, actor = %actor.label(), change = change.kind(), "license changed by an admin");
-        Ok(AdminLicense { record, device_count, devices: None })
+        Ok(AdminLicense { record, device_count, devices: None, subscription: None })
     }
 
     /// The plan a license's terms come from: its subscription's price for a

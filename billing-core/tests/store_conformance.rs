@@ -1849,3 +1849,83 @@ async fn the_license_listing_filters_by_the_effective_status_the_domain_computes
         assert!(!expected.is_empty(), "each status has a case: {status:?}");
     }
 }
+
+// --- Admin license writes (issue 14) ---
+
+#[tokio::test]
+async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subscription() {
+    use billing_core::domain::{LicenseKey, LicenseOverrides, LicenseSource};
+    let (db, store) = fresh_store().await;
+    let (sub, stripe) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let manual = License {
+        id: Uuid::new_v4(),
+        subscription_id: None,
+        source: LicenseSource::Manual,
+        user_id: Some("reseller_7".into()),
+        key: LicenseKey::generate(),
+        terms: LicenseTerms {
+            status: LicenseStatus::Active,
+            max_devices: 2,
+            expires_at: Some(at(1_900_000_000, 123_000)),
+            grace_ends_at: None,
+            plan_id: Some("pro".into()),
+        },
+        entitlements: vec!["beta".into(), "élan".into()],
+        metadata: [("order".to_owned(), json!("R-1")), ("n".to_owned(), json!(3))].into_iter().collect(),
+        overrides: LicenseOverrides {
+            max_devices: Some(2),
+            expires_at: Some(at(1_900_000_000, 123_000)),
+            suspended_at: None,
+        },
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_license(&manual).await.unwrap();
+    tx.record_license_change(manual.id, "issued", &Actor::System, json!({ "plan": "pro" })).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(store.license_by_key_hash(&manual.key.lookup_hash()).await.unwrap().as_ref(), Some(&manual));
+    assert_eq!(store.licenses_of_user("reseller_7").await.unwrap(), std::slice::from_ref(&manual));
+    assert!(store.license_belongs_to(manual.id, "reseller_7").await.unwrap());
+    assert!(!store.license_belongs_to(manual.id, "user_1").await.unwrap());
+    assert_eq!(store.licenses_of_user("user_1").await.unwrap().len(), 1, "the Stripe license only");
+
+    let mut tx = store.begin().await.unwrap();
+    let locked = tx.lock_license_record(manual.id).await.unwrap().expect("exists");
+    assert_eq!((&locked.record.license, locked.record.owner_user_id.as_deref()), (&manual, Some("reseller_7")));
+    assert_eq!(locked.subscription, None);
+    assert!(locked.record.updated_at >= locked.record.created_at);
+    let locked = tx.lock_license_record(stripe.id).await.unwrap().expect("exists");
+    let stored_stripe = License {
+        terms: LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..stripe.terms.clone() },
+        ..stripe.clone()
+    };
+    assert_eq!(locked.record.license, stored_stripe);
+    assert_eq!(locked.record.owner_user_id.as_deref(), Some("user_1"), "a Stripe license's user is its customer's");
+    assert_eq!(locked.subscription.as_ref(), Some(&as_stored(&sub)));
+    assert!(tx.lock_license_record(Uuid::new_v4()).await.unwrap().is_none());
+
+    // Everything an admin may change is saved, and read back by every read.
+    let overridden = License {
+        terms: LicenseTerms { status: LicenseStatus::Suspended, max_devices: 9, ..stored_stripe.terms.clone() },
+        entitlements: vec!["export".into()],
+        metadata: [("crm".to_owned(), json!({ "id": 42 }))].into_iter().collect(),
+        overrides: LicenseOverrides {
+            max_devices: Some(9),
+            expires_at: Some(at(1_800_000_000, 7_000)),
+            suspended_at: Some(at(1_764_000_000, 5_000)),
+        },
+        ..stored_stripe.clone()
+    };
+    tx.save_license(&overridden).await.unwrap();
+    tx.record_license_change(overridden.id, "suspended", &Actor::System, json!({})).await.unwrap();
+    assert_eq!(tx.lock_license(overridden.id).await.unwrap().as_ref(), Some(&overridden), "read your writes");
+    tx.commit().await.unwrap();
+    assert_eq!(store.license_by_key_hash(&overridden.key.lookup_hash()).await.unwrap().as_ref(), Some(&overridden));
+    let mut tx = store.begin().await.unwrap();
+    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("seeded");
+    assert_eq!(locked.license.as_ref(), Some(&overridden), "webhooks see the overrides");
+    drop(tx);
+
+    let rows = db.texts("SELECT kind || ':' || actor FROM license_changes ORDER BY id").await;
+    assert_eq!(rows, ["issued:system", "suspended:system"]);
+}

@@ -437,9 +437,9 @@ impl Store for PgStore {
         let conn = self.conn().await?;
         let sql = format!(
             "SELECT {LICENSE_COLUMNS} FROM licenses l
-               JOIN subscriptions s ON s.id = l.subscription_id
-               JOIN customers c ON c.id = s.customer_id
-              WHERE c.user_id = $1 ORDER BY l.created_at, l.id"
+               LEFT JOIN subscriptions s ON s.id = l.subscription_id
+               LEFT JOIN customers c ON c.id = s.customer_id
+              WHERE (c.user_id = $1 OR l.user_id = $1) ORDER BY l.created_at, l.id"
         );
         query(&conn, &sql, &[&user_id]).await?.iter().map(license_from_row).collect()
     }
@@ -514,9 +514,9 @@ impl Store for PgStore {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d
                JOIN licenses l ON l.id = d.license_id
-               JOIN subscriptions s ON s.id = l.subscription_id
-               JOIN customers c ON c.id = s.customer_id
-              WHERE c.user_id = $1 ORDER BY d.last_heartbeat_at DESC, d.id"
+               LEFT JOIN subscriptions s ON s.id = l.subscription_id
+               LEFT JOIN customers c ON c.id = s.customer_id
+              WHERE (c.user_id = $1 OR l.user_id = $1) ORDER BY d.last_heartbeat_at DESC, d.id"
         );
         query(&conn, &sql, &[&user_id]).await?.iter().map(device_from_row).collect()
     }
@@ -525,8 +525,8 @@ impl Store for PgStore {
         let conn = self.conn().await?;
         let row = query_opt(
             &conn,
-            "SELECT 1 FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
-               JOIN customers c ON c.id = s.customer_id WHERE l.id = $1 AND c.user_id = $2",
+            "SELECT 1 FROM licenses l LEFT JOIN subscriptions s ON s.id = l.subscription_id
+               LEFT JOIN customers c ON c.id = s.customer_id WHERE l.id = $1 AND (c.user_id = $2 OR l.user_id = $2)",
             &[&license_id, &user_id],
         )
         .await?;
@@ -1234,9 +1234,9 @@ impl StoreTx for PgTx {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d
                JOIN licenses l ON l.id = d.license_id
-               JOIN subscriptions s ON s.id = l.subscription_id
-               JOIN customers c ON c.id = s.customer_id
-              WHERE d.id = $1 AND ($2::text IS NULL OR c.user_id = $2)
+               LEFT JOIN subscriptions s ON s.id = l.subscription_id
+               LEFT JOIN customers c ON c.id = s.customer_id
+              WHERE d.id = $1 AND ($2::text IS NULL OR c.user_id = $2 OR l.user_id = $2)
               FOR NO KEY UPDATE OF d"
         );
         self.read_opt(&sql, &[&device_id, &user_id]).await?.as_ref().map(device_from_row).transpose()

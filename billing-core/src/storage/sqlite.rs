@@ -743,9 +743,9 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {LICENSE_COLUMNS} FROM licenses l
-                   JOIN subscriptions s ON s.id = l.subscription_id
-                   JOIN customers c ON c.id = s.customer_id
-                  WHERE c.user_id = ?1 ORDER BY l.created_at, l.id"
+                   LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE (c.user_id = ?1 OR l.user_id = ?1) ORDER BY l.created_at, l.id"
             );
             query(conn, &sql, [user_id], license_from_row)
         })
@@ -819,9 +819,9 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices d
                    JOIN licenses l ON l.id = d.license_id
-                   JOIN subscriptions s ON s.id = l.subscription_id
-                   JOIN customers c ON c.id = s.customer_id
-                  WHERE c.user_id = ?1 ORDER BY d.last_heartbeat_at DESC, d.id"
+                   LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE (c.user_id = ?1 OR l.user_id = ?1) ORDER BY d.last_heartbeat_at DESC, d.id"
             );
             query(conn, &sql, [user_id], device_from_row)
         })
@@ -833,8 +833,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let row = query_opt(
                 conn,
-                "SELECT 1 FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
-                   JOIN customers c ON c.id = s.customer_id WHERE l.id = ?1 AND c.user_id = ?2",
+                "SELECT 1 FROM licenses l LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id WHERE l.id = ?1 AND (c.user_id = ?2 OR l.user_id = ?2)",
                 [license_id, user_id],
                 |_| Ok(()),
             )?;
@@ -1527,9 +1527,9 @@ impl StoreTx for SqliteTx {
             let sql = format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices d
                    JOIN licenses l ON l.id = d.license_id
-                   JOIN subscriptions s ON s.id = l.subscription_id
-                   JOIN customers c ON c.id = s.customer_id
-                  WHERE d.id = ?1 AND (?2 IS NULL OR c.user_id = ?2)"
+                   LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                   LEFT JOIN customers c ON c.id = s.customer_id
+                  WHERE d.id = ?1 AND (?2 IS NULL OR c.user_id = ?2 OR l.user_id = ?2)"
             );
             query_opt(conn, &sql, params![device_id, user_id], device_from_row)
         })

@@ -3,6 +3,8 @@
 mod actions;
 // Admin reads (issue 14).
 mod admin_reads;
+// Admin license writes (issue 14).
+mod admin_licenses;
 mod dashboard;
 pub(crate) mod license;
 mod ops;
@@ -53,6 +55,15 @@ pub enum Route {
     AdminLicenses,
     AdminLicense,
     AdminLicenseExport,
+    // --- Admin license writes (issue 14) ---
+    AdminIssueLicense,
+    AdminPatchLicense,
+    AdminSuspendLicense,
+    AdminReinstateLicense,
+    AdminRevokeLicense,
+    AdminRenewLicense,
+    AdminDeleteDevice,
+    AdminResetDevices,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -91,6 +102,15 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::GET, "/api/admin/licenses", Route::AdminLicenses),
     (Method::GET, "/api/admin/licenses/{id}", Route::AdminLicense),
     (Method::GET, "/api/admin/licenses/export", Route::AdminLicenseExport),
+    // --- Admin license writes (issue 14) ---
+    (Method::POST, "/api/admin/licenses", Route::AdminIssueLicense),
+    (Method::PATCH, "/api/admin/licenses/{id}", Route::AdminPatchLicense),
+    (Method::POST, "/api/admin/licenses/{id}/suspend", Route::AdminSuspendLicense),
+    (Method::POST, "/api/admin/licenses/{id}/reinstate", Route::AdminReinstateLicense),
+    (Method::POST, "/api/admin/licenses/{id}/revoke", Route::AdminRevokeLicense),
+    (Method::POST, "/api/admin/licenses/{id}/renew", Route::AdminRenewLicense),
+    (Method::DELETE, "/api/admin/devices/{id}", Route::AdminDeleteDevice),
+    (Method::POST, "/api/admin/licenses/{id}/reset-devices", Route::AdminResetDevices),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -180,6 +200,21 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::AdminLicenses => admin_reads::licenses(&state, request).await,
             Route::AdminLicense => admin_reads::license(&state, request, &param("id")).await,
             Route::AdminLicenseExport => admin_reads::export(&state, request).await,
+            // --- Admin license writes (issue 14) ---
+            Route::AdminIssueLicense => admin_licenses::issue(&state, request).await,
+            Route::AdminPatchLicense => admin_licenses::patch(&state, request, &param("id")).await,
+            Route::AdminSuspendLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Suspend).await
+            }
+            Route::AdminReinstateLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Reinstate).await
+            }
+            Route::AdminRevokeLicense => {
+                admin_licenses::act(&state, request, &param("id"), admin_licenses::Action::Revoke).await
+            }
+            Route::AdminRenewLicense => admin_licenses::renew(&state, request, &param("id")).await,
+            Route::AdminDeleteDevice => admin_licenses::delete_device(&state, request, &param("id")).await,
+            Route::AdminResetDevices => admin_licenses::reset_devices(&state, request, &param("id")).await,
         }
     }
     .await;

@@ -65,7 +65,16 @@ fn access(route: Route) -> Access {
         | Route::AdminCustomers
         | Route::AdminLicenses
         | Route::AdminLicense
-        | Route::AdminLicenseExport => AdminToken,
+        | Route::AdminLicenseExport
+        // Admin license writes (issue 14).
+        | Route::AdminIssueLicense
+        | Route::AdminPatchLicense
+        | Route::AdminSuspendLicense
+        | Route::AdminReinstateLicense
+        | Route::AdminRevokeLicense
+        | Route::AdminRenewLicense
+        | Route::AdminDeleteDevice
+        | Route::AdminResetDevices => AdminToken,
     }
 }
 
@@ -392,7 +401,16 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminCustomers
         | Route::AdminLicenses
         | Route::AdminLicense
-        | Route::AdminLicenseExport => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::AdminLicenseExport
+        // Admin license writes (issue 14).
+        | Route::AdminIssueLicense
+        | Route::AdminPatchLicense
+        | Route::AdminSuspendLicense
+        | Route::AdminReinstateLicense
+        | Route::AdminRevokeLicense
+        | Route::AdminRenewLicense
+        | Route::AdminDeleteDevice
+        | Route::AdminResetDevices => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

@@ -5,6 +5,8 @@ mod actions;
 // Admin reads (issue 14).
 mod admin_auth;
 mod admin_reads;
+// Admin license writes (issue 14).
+mod admin_licenses;
 mod auth;
 mod dashboard;
 mod events;

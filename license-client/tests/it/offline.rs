@@ -98,3 +98,41 @@ async fn a_license_revoked_while_offline_is_refused_once_online_and_then_offline
         "the older certificate saying active is not trusted over the server's answer"
     );
 }
+
+#[tokio::test]
+async fn an_admin_revoke_heard_over_the_stream_ends_offline_validation_too() {
+    use billing_core::domain::Actor;
+    let mut env = TestEnv::new().await;
+    let server = env.start_server(None).await;
+    let url = server.url();
+    let key = env.issue_license("u", PRICE_PRO).await;
+    let license_id = env.billing.licenses("u").await.unwrap()[0].id;
+    let store = env.store_dir();
+    let clock = TestClock::default();
+    let client = env.client(&url, &store, "laptop", &clock);
+    client.activate(&key, ActivationOptions::default()).await.unwrap();
+    let (callback, mut updates) = Updates::channel();
+    let subscription = client.subscribe(callback).unwrap();
+    assert_eq!(updates.next().await, license_client::StreamUpdate::Connected);
+
+    let admin = Actor::Admin { token_name: "support".into() };
+    env.billing.revoke_license(&admin, license_id).await.expect("the license is revoked");
+    let revoked = updates
+        .until(
+            "the revocation",
+            |u| matches!(u, license_client::StreamUpdate::Event(e) if e.payload.topic() == "license.updated"),
+        )
+        .await;
+    let license_client::StreamUpdate::Event(revoked) = revoked else { unreachable!() };
+    assert_eq!(revoked.state.expect("re-validated online").code, ValidationCode::Revoked);
+    subscription.close();
+
+    // The certificate it holds still says active and has days to run; the
+    // app no longer honours it, through a restart too.
+    assert_eq!(client.certificate().unwrap().status, "active");
+    server.stop().await;
+    let offline = client.validate().await.unwrap();
+    assert_eq!((offline.valid, offline.offline, offline.code), (false, true, ValidationCode::Revoked));
+    let reopened = env.client(&url, &store, "laptop", &clock);
+    assert_eq!(reopened.validate().await.unwrap().code, ValidationCode::Revoked);
+}

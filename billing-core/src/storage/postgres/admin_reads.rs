@@ -152,22 +152,34 @@ const EFFECTIVE_STATUS: &str = "CASE
 /// would read n²/500 rows). The first page names `$8` and `$9` only so
 /// that their types are known.
 fn licenses_page_sql(keyset: &str) -> String {
+    // The page is cut from `licenses` alone, every filter a condition on
+    // the license row (through subqueries for its customer and
+    // subscription), so that the index is read backwards and stops after
+    // the page; only then are the page's rows joined and their devices
+    // counted. Joined first, PostgreSQL would join, count and sort every
+    // license for each page.
     format!(
         "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
                 (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
-           FROM licenses l
+           FROM (SELECT l.* FROM licenses l
+                  WHERE ($1::text IS NULL OR l.user_id = $1::text
+                         OR (l.user_id IS NULL AND l.subscription_id IN (
+                               SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                                WHERE c.user_id = $1::text)))
+                    AND ($2::text IS NULL OR l.plan_id = $2::text)
+                    AND ($3::text IS NULL OR {EFFECTIVE_STATUS} = $3::text)
+                    AND ($5::text IS NULL OR l.key_hash = $6::bytea OR l.id = $7::uuid OR l.user_id = $5::text
+                         OR l.subscription_id IN (
+                               SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                                WHERE s.stripe_subscription_id = $5::text OR c.stripe_customer_id = $5::text
+                                   OR (c.user_id = $5::text))
+                         OR EXISTS (SELECT FROM devices d
+                                     WHERE d.license_id = l.id AND (d.fingerprint = $5::text OR d.name = $5::text)))
+                    AND {keyset}
+                  ORDER BY l.created_at DESC, l.id DESC LIMIT $10) AS l
            LEFT JOIN subscriptions s ON s.id = l.subscription_id
            LEFT JOIN customers c ON c.id = s.customer_id
-          WHERE ($1::text IS NULL OR COALESCE(l.user_id, c.user_id) = $1::text)
-            AND ($2::text IS NULL OR l.plan_id = $2::text)
-            AND ($3::text IS NULL OR {EFFECTIVE_STATUS} = $3::text)
-            AND ($5::text IS NULL OR l.key_hash = $6::bytea OR l.id = $7::uuid
-                 OR COALESCE(l.user_id, c.user_id) = $5::text OR c.stripe_customer_id = $5::text
-                 OR s.stripe_subscription_id = $5::text
-                 OR EXISTS (SELECT FROM devices d
-                             WHERE d.license_id = l.id AND (d.fingerprint = $5::text OR d.name = $5::text)))
-            AND {keyset}
-          ORDER BY l.created_at DESC, l.id DESC LIMIT $10"
+          ORDER BY l.created_at DESC, l.id DESC"
     )
 }
 

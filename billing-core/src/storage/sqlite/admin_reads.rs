@@ -151,22 +151,29 @@ impl AdminReadStore for SqliteStore {
         // index is entered at the cursor rather than scanned from the top.
         let keyset = if at.is_some() { "(l.created_at, l.id) < (?8, ?9)" } else { "?8 IS NULL AND ?9 IS NULL" };
         self.read(move |conn| {
+            // As on PostgreSQL: the page is cut from `licenses` alone, then joined.
             let sql = format!(
                 "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
                         (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
-                   FROM licenses l
+                   FROM (SELECT l.* FROM licenses l
+                          WHERE (?1 IS NULL OR l.user_id = ?1
+                                 OR (l.user_id IS NULL AND l.subscription_id IN (
+                                       SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                                        WHERE c.user_id = ?1)))
+                            AND (?2 IS NULL OR l.plan_id = ?2)
+                            AND (?3 IS NULL OR {EFFECTIVE_STATUS} = ?3)
+                            AND (?5 IS NULL OR l.key_hash = ?6 OR l.id = ?7 OR l.user_id = ?5
+                                 OR l.subscription_id IN (
+                                       SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                                        WHERE s.stripe_subscription_id = ?5 OR c.stripe_customer_id = ?5
+                                           OR c.user_id = ?5)
+                                 OR EXISTS (SELECT 1 FROM devices d
+                                             WHERE d.license_id = l.id AND (d.fingerprint = ?5 OR d.name = ?5)))
+                            AND {keyset}
+                          ORDER BY l.created_at DESC, l.id DESC LIMIT ?10) AS l
                    LEFT JOIN subscriptions s ON s.id = l.subscription_id
                    LEFT JOIN customers c ON c.id = s.customer_id
-                  WHERE (?1 IS NULL OR COALESCE(l.user_id, c.user_id) = ?1)
-                    AND (?2 IS NULL OR l.plan_id = ?2)
-                    AND (?3 IS NULL OR {EFFECTIVE_STATUS} = ?3)
-                    AND (?5 IS NULL OR l.key_hash = ?6 OR l.id = ?7
-                         OR COALESCE(l.user_id, c.user_id) = ?5 OR c.stripe_customer_id = ?5
-                         OR s.stripe_subscription_id = ?5
-                         OR EXISTS (SELECT 1 FROM devices d
-                                     WHERE d.license_id = l.id AND (d.fingerprint = ?5 OR d.name = ?5)))
-                    AND {keyset}
-                  ORDER BY l.created_at DESC, l.id DESC LIMIT ?10"
+                  ORDER BY l.created_at DESC, l.id DESC"
             );
             query(conn, &sql, params![user_id, plan, status, now, text, key_hash, id, at, last, limit], listed_from_row)
         })

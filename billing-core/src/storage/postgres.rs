@@ -857,7 +857,7 @@ impl Store for PgStore {
         execute(
             &conn,
             "UPDATE admin_tokens SET last_used_at = $2
-              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2 - interval '1 minute')",
+              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2::timestamptz - interval '1 minute')",
             &[&id, &at],
         )
         .await?;

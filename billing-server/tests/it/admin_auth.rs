@@ -154,7 +154,9 @@ async fn a_revoked_token_stops_working_at_once() {
     let path = admin_routes().into_iter().find(|(m, _)| *m == Method::GET).expect("an admin GET route").1;
     let response = app.admin(Method::GET, &path, &token, None).await;
     assert!(response.status() != 401 && response.status() != 403, "{}", response.status());
-    let name = app.billing.admin_tokens().await.unwrap().pop().unwrap().name;
+    let used = app.billing.admin_tokens().await.unwrap().pop().unwrap();
+    assert!(used.last_used_at.is_some(), "an allowed request records the token's use");
+    let name = used.name;
     assert!(app.billing.revoke_admin_token(&name).await.unwrap());
     let (status, body) = send(&app, &Method::GET, &path, Some(&format!("Bearer {token}"))).await;
     assert_eq!(status, 401, "{body}");

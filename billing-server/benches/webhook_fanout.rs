@@ -165,6 +165,19 @@ fn deliveries(events: usize, secrets: &WebhookSecrets) -> Vec<(Vec<u8>, String)>
 async fn run() -> anyhow::Result<()> {
     let events = env_number("BENCH_EVENTS", 8_000)?.div_ceil(2) * 2;
     let concurrency = env_number("BENCH_CONCURRENCY", 16)?;
+    // The baseline first: the same load on a fresh store with no endpoint,
+    // so that what fan-out costs ingestion shows beside it.
+    for endpoints in [0, RECEIVERS] {
+        on_fresh_store(|location| async move { measure(&location, events, concurrency, endpoints).await }).await?;
+    }
+    Ok(())
+}
+
+async fn on_fresh_store<F, Fut>(run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(StoreLocation) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let sqlite = std::env::var("BENCH_STORE").as_deref() == Ok("sqlite");
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (location, database) = if sqlite {
@@ -175,7 +188,7 @@ async fn run() -> anyhow::Result<()> {
         pg_admin(&format!("CREATE DATABASE {name}")).await?;
         (StoreLocation::Postgres(format!("{}/{name}", admin_url())), Some(name))
     };
-    let outcome = measure(&location, events, concurrency).await;
+    let outcome = run(location.clone()).await;
     match (&location, database) {
         (StoreLocation::Sqlite(path), _) => {
             let _ = std::fs::remove_dir_all(path.parent().expect("a directory of its own"));
@@ -186,7 +199,7 @@ async fn run() -> anyhow::Result<()> {
     outcome
 }
 
-async fn measure(location: &StoreLocation, events: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn measure(location: &StoreLocation, events: usize, concurrency: usize, endpoints: usize) -> anyhow::Result<()> {
     let store = AnyStore::open(location, 4 * std::thread::available_parallelism().map_or(2, |n| n.get())).await?;
     store.migrate().await?;
     let plan = Plan {
@@ -207,7 +220,7 @@ async fn measure(location: &StoreLocation, events: usize, concurrency: usize) ->
     let billing = Billing::new(store, config);
 
     let mut receivers = Vec::new();
-    for _ in 0..RECEIVERS {
+    for _ in 0..endpoints {
         let received = Arc::new(Received {
             secret: Mutex::new(None),
             ids: Mutex::new(HashSet::new()),
@@ -256,7 +269,7 @@ async fn measure(location: &StoreLocation, events: usize, concurrency: usize) ->
     ensure!(failures == 0, "{failures} Stripe deliveries were not acknowledged");
 
     let outbox = billing.store().latest_outbox_id().await? as usize;
-    let expected = outbox * RECEIVERS;
+    let expected = outbox * endpoints;
     let deadline = Instant::now() + Duration::from_secs(300);
     let delivered = || receivers.iter().map(|r| r.ids.lock().unwrap().len()).sum::<usize>();
     let at_ack = delivered();
@@ -285,7 +298,16 @@ async fn measure(location: &StoreLocation, events: usize, concurrency: usize) ->
     let _ = stop.send(());
 
     let store_name = if matches!(location, StoreLocation::Sqlite(_)) { "sqlite" } else { "postgres" };
-    println!("webhook_fanout ({store_name}): {events} Stripe events, concurrency {concurrency}, {RECEIVERS} endpoints");
+    if endpoints == 0 {
+        println!("webhook_fanout ({store_name}): {events} Stripe events, concurrency {concurrency}");
+        println!(
+            "  baseline, no endpoint: {:.0} events/s acknowledged ({:.2} s); outbox events: {outbox}",
+            events as f64 / acknowledged.as_secs_f64(),
+            acknowledged.as_secs_f64()
+        );
+        return Ok(());
+    }
+    println!("  with {endpoints} endpoints subscribed to *:");
     println!(
         "  ingest: {:.0} events/s acknowledged ({:.2} s); outbox events: {outbox}",
         events as f64 / acknowledged.as_secs_f64(),

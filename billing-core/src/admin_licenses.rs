@@ -8,8 +8,8 @@
 use crate::billing::{license_message, license_updated, rfc3339, LICENSE_CREATED};
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, Plan,
-    Subscription, Timestamp,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
+    Plan, Subscription, Timestamp,
 };
 use crate::licensing::{deactivate_in, DeactivationReason};
 use crate::storage::{LicenseRecord, LockedLicense, Store, StoreError, StoreTx};
@@ -45,7 +45,8 @@ impl From<LicenseInputError> for AdminLicenseError {
 pub struct NewLicense {
     /// Whom it is for.
     pub user_id: String,
-    /// A plan id of the catalog: the device limit and features unless overridden.
+    /// A plan id of the catalog (the device limit and features unless
+    /// overridden); without a catalog, the license's plan label.
     pub plan: String,
     /// A device limit other than the plan's.
     pub max_devices: Option<i64>,
@@ -95,10 +96,7 @@ impl<S: Store> Billing<S> {
     ) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
         license::check_user_id(&request.user_id)?;
-        let plan = self
-            .plans()
-            .by_id(&request.plan)
-            .ok_or_else(|| AdminLicenseError::Invalid("plan is not in the catalog".into()))?;
+        let plan = license::plan_for_manual(self.plans(), &request.plan)?;
         let overrides = LicenseOverrides {
             max_devices: request.max_devices.map(license::check_max_devices).transpose()?,
             expires_at: request.expires_at.map(|t| license::check_expires_at(t, now)).transpose()?,
@@ -110,14 +108,17 @@ impl<S: Store> Billing<S> {
             source: LicenseSource::Manual,
             user_id: Some(request.user_id),
             key: LicenseKey::generate(),
-            terms: license::manual_terms(Some(plan), None, &overrides, now),
+            terms: LicenseTerms {
+                plan_id: Some(plan.map_or_else(|| request.plan.clone(), |p| p.id.0.clone())),
+                ..license::manual_terms(plan, None, &overrides, now)
+            },
             entitlements: license::check_entitlements(request.entitlements.unwrap_or_default())?,
             metadata: license::check_metadata(request.metadata.unwrap_or_default())?,
             overrides,
         };
         let mut tx = self.store().begin().await?;
         tx.insert_license(&issued).await?;
-        let detail = json!({ "user_id": issued.user_id, "plan": plan.id, "terms": terms_detail(&issued) });
+        let detail = json!({ "user_id": issued.user_id, "terms": terms_detail(&issued) });
         tx.record_license_change(issued.id, "issued", actor, detail).await?;
         tx.enqueue(&license_message(LICENSE_CREATED, &issued)).await?;
         let record = reread(&mut tx, issued.id).await?;

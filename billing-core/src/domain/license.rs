@@ -449,6 +449,12 @@ pub enum LicenseInputError {
     /// Empty, too long, or with hidden characters.
     #[error("user_id must be 1 to 256 characters without control or invisible characters")]
     UserId,
+    /// Not a plan of the catalog.
+    #[error("plan is not in the catalog")]
+    UnknownPlan,
+    /// A plan label (no catalog) that is empty, too long, or with hidden characters.
+    #[error("plan must be 1 to 64 characters without control or invisible characters")]
+    PlanLabel,
 }
 
 /// Checks an admin device limit.
@@ -508,6 +514,31 @@ pub fn check_user_id(requested: &str) -> Result<(), LicenseInputError> {
         return Err(LicenseInputError::UserId);
     }
     Ok(())
+}
+
+/// The plan a manual license is issued on: one of the catalog's; or, when
+/// the catalog is empty (no plans file: nothing is sold, as on a fresh
+/// install), `None`, the requested id then being the license's plan label,
+/// its device limit the admin's or 1. With a catalog, an unknown plan is
+/// refused, so that a typo does not issue a license on no plan.
+pub fn plan_for_manual<'a>(
+    catalog: &'a super::PlanCatalog,
+    requested: &str,
+) -> Result<Option<&'a Plan>, LicenseInputError> {
+    match catalog.by_id(requested) {
+        Some(plan) => Ok(Some(plan)),
+        None if !catalog.all().is_empty() => Err(LicenseInputError::UnknownPlan),
+        None => {
+            let chars = requested.chars().count();
+            if requested.trim().is_empty()
+                || chars > limits::ENTITLEMENT_CHARS
+                || super::device::check_device_text(requested).is_err()
+            {
+                return Err(LicenseInputError::PlanLabel);
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// How long an admin renews a license for.
@@ -930,6 +961,19 @@ mod tests {
             assert_eq!(check_user_id(bad), Err(LicenseInputError::UserId), "{bad:?}");
         }
         assert_eq!(check_user_id(&"u".repeat(257)), Err(LicenseInputError::UserId));
+    }
+
+    #[test]
+    fn a_manual_plan_comes_from_the_catalog_or_is_a_label_when_there_is_none() {
+        let catalog = crate::domain::PlanCatalog::new(vec![pro()]).unwrap();
+        assert_eq!(plan_for_manual(&catalog, "pro"), Ok(Some(&pro())));
+        assert_eq!(plan_for_manual(&catalog, "platinum"), Err(LicenseInputError::UnknownPlan));
+        let empty = crate::domain::PlanCatalog::default();
+        assert_eq!(plan_for_manual(&empty, "pro"), Ok(None));
+        for bad in ["", " ", "a\u{202E}b"] {
+            assert_eq!(plan_for_manual(&empty, bad), Err(LicenseInputError::PlanLabel), "{bad:?}");
+        }
+        assert_eq!(plan_for_manual(&empty, &"p".repeat(65)), Err(LicenseInputError::PlanLabel));
     }
 
     #[test]

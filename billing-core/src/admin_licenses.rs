@@ -96,7 +96,11 @@ impl<S: Store> Billing<S> {
     ) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
         license::check_user_id(&request.user_id)?;
-        let plan = license::plan_for_manual(self.plans(), &request.plan)?;
+        let plan = license::manual_plan(self.plans(), &request.plan)?;
+        let catalog_plan = match plan {
+            license::ManualPlan::Catalog(plan) => Some(plan),
+            license::ManualPlan::Label(_) => None,
+        };
         let overrides = LicenseOverrides {
             max_devices: request.max_devices.map(license::check_max_devices).transpose()?,
             expires_at: request.expires_at.map(|t| license::check_expires_at(t, now)).transpose()?,
@@ -109,8 +113,8 @@ impl<S: Store> Billing<S> {
             user_id: Some(request.user_id),
             key: LicenseKey::generate(),
             terms: LicenseTerms {
-                plan_id: Some(plan.map_or_else(|| request.plan.clone(), |p| p.id.0.clone())),
-                ..license::manual_terms(plan, None, &overrides, now)
+                plan_id: Some(request.plan.clone()),
+                ..license::manual_terms(catalog_plan, None, &overrides, now)
             },
             entitlements: license::check_entitlements(request.entitlements.unwrap_or_default())?,
             metadata: license::check_metadata(request.metadata.unwrap_or_default())?,
@@ -118,7 +122,7 @@ impl<S: Store> Billing<S> {
         };
         let mut tx = self.store().begin().await?;
         tx.insert_license(&issued).await?;
-        let detail = json!({ "user_id": issued.user_id, "terms": terms_detail(&issued) });
+        let detail = json!({ "user_id": issued.user_id, "plan": request.plan, "terms": terms_detail(&issued) });
         tx.record_license_change(issued.id, "issued", actor, detail).await?;
         tx.enqueue(&license_message(LICENSE_CREATED, &issued)).await?;
         let record = reread(&mut tx, issued.id).await?;

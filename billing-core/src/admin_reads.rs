@@ -225,3 +225,33 @@ fn holds(customer: &CustomerRecord, license: &LicenseSummary) -> bool {
     let by_hand = license.source == "manual" && customer.user_id.is_some() && license.user_id == customer.user_id;
     through_stripe || by_hand
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_term_is_read_as_a_key_an_id_or_plain_text() {
+        let key = LicenseKey::generate();
+        let typed = key.expose().replace('-', " ").to_lowercase();
+        let search = license_search(&typed);
+        assert_eq!((search.key_hash, search.id), (Some(key.lookup_hash()), None), "a key however it is typed");
+        let id = Uuid::new_v4();
+        // A UUID's 32 hex digits are also a well-formed key (of no license,
+        // but looked up like any): both readings are searched.
+        assert_eq!(license_search(&id.to_string()).id, Some(id));
+        let search = license_search("cus_123");
+        assert_eq!((search.text.as_str(), search.key_hash, search.id), ("cus_123", None, None));
+    }
+
+    #[test]
+    fn a_page_read_one_beyond_its_limit_says_whether_another_follows() {
+        let limit = PageLimit::new(2).unwrap();
+        let full = Page::of(vec![1, 2, 3], limit, |n| n.to_string());
+        assert_eq!((full.items, full.next_cursor), (vec![1, 2], Some("2".to_owned())));
+        let last = Page::of(vec![1, 2], limit, |n| n.to_string());
+        assert_eq!((last.items, last.next_cursor), (vec![1, 2], None));
+        let empty = Page::of(Vec::<i32>::new(), limit, |n| n.to_string());
+        assert_eq!((empty.items, empty.next_cursor), (vec![], None));
+    }
+}

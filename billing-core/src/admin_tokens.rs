@@ -63,14 +63,15 @@ impl<S: Store> Billing<S> {
         if !AdminToken::looks_like(presented) {
             return Ok(None);
         }
-        let Some(record) = self.store().admin_token_by_hash(&AdminToken::presented(presented).hash()).await? else {
-            return Ok(None);
-        };
-        // Bookkeeping, not authority: a failure to record the use must not
-        // refuse the request.
-        if let Err(e) = self.store().touch_admin_token(record.id, self.now()).await {
-            tracing::warn!(token_name = %record.name, error = %crate::billing::error_chain(&e), "could not record admin token use");
+        self.store().admin_token_by_hash(&AdminToken::presented(presented).hash()).await
+    }
+
+    /// Records that the token was just used for a request it may make (at
+    /// most once a minute; a refused request records nothing).
+    /// Bookkeeping, not authority: a failure is logged, not raised.
+    pub async fn record_admin_token_use(&self, token: &AdminTokenRecord) {
+        if let Err(e) = self.store().touch_admin_token(token.id, self.now()).await {
+            tracing::warn!(token_name = %token.name, error = %crate::billing::error_chain(&e), "could not record admin token use");
         }
-        Ok(Some(record))
     }
 }

@@ -33,6 +33,9 @@ pub struct BillingConfig {
     pub stripe: Option<StripeClient>,
     /// Devices, heartbeats and certificates.
     pub licensing: crate::licensing::LicensingConfig,
+    /// How the vendor's webhooks are delivered.
+    #[cfg(feature = "vendor-webhooks")]
+    pub vendor_webhooks: crate::vendor_webhooks::VendorWebhookSettings,
 }
 
 impl BillingConfig {
@@ -45,7 +48,16 @@ impl BillingConfig {
             #[cfg(feature = "stripe-api")]
             stripe: None,
             licensing,
+            #[cfg(feature = "vendor-webhooks")]
+            vendor_webhooks: crate::vendor_webhooks::VendorWebhookSettings::default(),
         }
+    }
+
+    /// Sets how the vendor's webhooks are delivered.
+    #[cfg(feature = "vendor-webhooks")]
+    pub fn with_vendor_webhooks(mut self, settings: crate::vendor_webhooks::VendorWebhookSettings) -> Self {
+        self.vendor_webhooks = settings;
+        self
     }
 
     /// How long a past-due subscription keeps its license working.

@@ -15,6 +15,7 @@
 //! | `postgres` | yes | [`storage::postgres::PgStore`]: PostgreSQL, several instances on one database |
 //! | `sqlite` | yes | [`storage::sqlite::SqliteStore`]: an embedded file, one instance, zero setup |
 //! | `stripe-api` | yes | [`stripe::StripeClient`] and the dashboard actions in [`actions`] |
+//! | `vendor-webhooks` | yes | signed webhooks to the vendor's systems: [`vendor_webhooks`] |
 //!
 //! # Quickstart
 //!
@@ -104,5 +105,7 @@ pub mod events;
 pub mod licensing;
 pub mod storage;
 pub mod stripe;
+#[cfg(feature = "vendor-webhooks")]
+pub mod vendor_webhooks;
 
 pub use billing::{Billing, BillingConfig, WebhookError, WebhookOutcome, WebhookReceipt};

@@ -24,6 +24,11 @@ use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::{
     EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx,
 };
+// Webhooks to the vendor (issue 14).
+use billing_core::storage::{
+    NewWebhookEndpoint, WebhookAttempt, WebhookAttemptRecord, WebhookClaim, WebhookDeliveryCursor,
+    WebhookMessageStatus, WebhookRetry,
+};
 use billing_core::stripe::WebhookSecrets;
 use billing_core::{Billing, BillingConfig};
 use deadpool_sqlite::rusqlite;
@@ -1031,6 +1036,178 @@ async fn concurrent_transactions_serialise_without_deadlock_or_busy_errors() {
     assert_eq!(outbox.len() as i64, TASKS * ROUNDS);
     let counters: Vec<i64> = outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect();
     assert_eq!(counters, (1..=TASKS * ROUNDS).collect::<Vec<_>>(), "ids follow commit order");
+}
+
+// ---------------------------------------------------------------------------
+// Webhooks to the vendor (issue 14)
+// ---------------------------------------------------------------------------
+
+async fn endpoint(store: &AnyStore, events: &[&str]) -> Uuid {
+    let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let new = NewWebhookEndpoint {
+        id: Uuid::new_v4(),
+        url: "https://hooks.example.com/in",
+        events: &events,
+        description: Some("crm"),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    };
+    let created = store.create_webhook_endpoint(&new).await.unwrap();
+    assert_eq!((created.id, created.events, created.description.as_deref()), (new.id, events.clone(), Some("crm")));
+    new.id
+}
+
+fn topic_message(topic: &'static str, n: i64) -> OutboxMessage {
+    OutboxMessage { license_id: None, topic, payload: json!({ "n": n, "nested": { "b": [1, 2], "a": null } }) }
+}
+
+fn claim_all(now: Timestamp, lease: Uuid) -> WebhookClaim<'static> {
+    WebhookClaim {
+        now,
+        lease_until: now + time::Duration::seconds(15),
+        lease,
+        busy_endpoints: &[],
+        per_endpoint: 100,
+        limit: 100,
+    }
+}
+
+#[tokio::test]
+async fn enqueue_writes_one_message_per_subscribed_live_endpoint_and_none_on_rollback() {
+    let (_db, store) = fresh_store().await;
+    let all = endpoint(&store, &["*"]).await;
+    let licenses = endpoint(&store, &["license.updated"]).await;
+    let devices = endpoint(&store, &["device.dead"]).await;
+    let deleted = endpoint(&store, &["*"]).await;
+    assert!(store.delete_webhook_endpoint(deleted, Timestamp::now_utc()).await.unwrap());
+    assert!(!store.delete_webhook_endpoint(deleted, Timestamp::now_utc()).await.unwrap(), "once");
+    let live: Vec<Uuid> = store.webhook_endpoints().await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(live, [all, licenses, devices]);
+    assert!(store.webhook_endpoint(deleted).await.unwrap().is_none());
+
+    let mut rolled_back = store.begin().await.unwrap();
+    rolled_back.enqueue(&topic_message("license.updated", 0)).await.unwrap();
+    drop(rolled_back);
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&topic_message("license.updated", 1)).await.unwrap();
+    tx.enqueue(&topic_message("subscription.updated", 2)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let count = |id| {
+        let store = store.clone();
+        async move { store.webhook_deliveries(id, None, 100).await.unwrap() }
+    };
+    let to_all = count(all).await;
+    assert_eq!(to_all.len(), 2);
+    assert_eq!(count(licenses).await.len(), 1);
+    assert!(count(devices).await.is_empty() && count(deleted).await.is_empty());
+    let outbox = store.outbox_after(0, None, 10).await.unwrap();
+    for message in &to_all {
+        assert!(message.id.starts_with("msg_") && message.id.len() == 36, "{}", message.id);
+        assert_eq!((message.status, message.attempts), (WebhookMessageStatus::Pending, 0));
+        assert!(outbox.iter().any(|e| e.created_at == message.created_at), "written with the outbox rows");
+    }
+
+    let claimed = store.claim_webhook_messages(&claim_all(Timestamp::now_utc(), Uuid::new_v4())).await.unwrap();
+    assert_eq!(claimed.len(), 3, "nothing of the rolled-back transaction");
+    for message in &claimed {
+        let event = outbox.iter().find(|e| e.topic == message.event_type).unwrap();
+        assert_eq!((&message.payload, message.event_at), (&event.payload, event.created_at));
+        assert_eq!((message.url.as_str(), message.attempts), ("https://hooks.example.com/in", 0));
+        assert_eq!(message.secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    }
+}
+
+#[tokio::test]
+async fn claims_lease_messages_per_endpoint_and_only_their_holder_records_the_attempt() {
+    let (_db, store) = fresh_store().await;
+    let first = endpoint(&store, &["*"]).await;
+    let second = endpoint(&store, &["*"]).await;
+    let mut tx = store.begin().await.unwrap();
+    for n in 0..3 {
+        tx.enqueue(&topic_message("license.updated", n)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let now = Timestamp::now_utc() + time::Duration::seconds(1);
+
+    // Two per endpoint, none of a busy one.
+    let lease = Uuid::new_v4();
+    let busy = [second];
+    let claim = WebhookClaim { per_endpoint: 2, busy_endpoints: &busy, ..claim_all(now, lease) };
+    let claimed = store.claim_webhook_messages(&claim).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|m| m.endpoint_id == first));
+    // Leased: another sender gets only what is left.
+    let other = store.claim_webhook_messages(&claim_all(now, Uuid::new_v4())).await.unwrap();
+    assert_eq!(other.iter().filter(|m| m.endpoint_id == first).count(), 1);
+    assert_eq!(other.iter().filter(|m| m.endpoint_id == second).count(), 3);
+
+    // The holder records; a stale claim records nothing.
+    let failed = WebhookAttempt {
+        attempted_at: now,
+        status_code: Some(503),
+        error: Some("the receiver answered 503".into()),
+        duration_ms: 12,
+        next_attempt_at: Some(now + time::Duration::seconds(5)),
+    };
+    let record =
+        |lease, status| WebhookAttemptRecord { message_id: &claimed[0].message_id, lease, attempt: &failed, status };
+    assert!(!store.record_webhook_attempt(&record(Uuid::new_v4(), WebhookMessageStatus::Pending)).await.unwrap());
+    assert!(store.record_webhook_attempt(&record(lease, WebhookMessageStatus::Pending)).await.unwrap());
+    assert!(!store.record_webhook_attempt(&record(lease, WebhookMessageStatus::Pending)).await.unwrap(), "once");
+    assert_eq!(store.next_webhook_due().await.unwrap(), Some(as_postgres_keeps(now) + time::Duration::seconds(5)));
+    let retried = store.claim_webhook_messages(&claim_all(now + time::Duration::seconds(6), lease)).await.unwrap();
+    assert_eq!(retried.len(), 1, "due again after its delay; the others are still leased");
+    assert_eq!((retried[0].message_id.as_str(), retried[0].attempts), (claimed[0].message_id.as_str(), 1));
+
+    let delivered = WebhookAttempt { status_code: Some(200), error: None, next_attempt_at: None, ..failed.clone() };
+    let done = WebhookAttemptRecord {
+        message_id: &retried[0].message_id,
+        lease,
+        attempt: &delivered,
+        status: WebhookMessageStatus::Delivered,
+    };
+    assert!(store.record_webhook_attempt(&done).await.unwrap());
+    let history = store.webhook_deliveries(first, None, 10).await.unwrap();
+    let message = history.iter().find(|m| m.id == retried[0].message_id).unwrap();
+    assert_eq!((message.status, message.attempts, message.next_attempt_at), (WebhookMessageStatus::Delivered, 2, None));
+    assert_eq!(message.delivered_at, Some(as_postgres_keeps(now)));
+    let codes: Vec<Option<u16>> = message.attempt_log.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, [Some(503), Some(200)]);
+    assert_eq!(message.attempt_log[0].error.as_deref(), Some("the receiver answered 503"));
+    assert_eq!(message.attempt_log[0].duration_ms, 12);
+
+    // A manual retry: not of a delivered message; a leased one becomes due now.
+    let retry_at = now + time::Duration::seconds(7);
+    assert_eq!(store.retry_webhook_message(&message.id, retry_at).await.unwrap(), WebhookRetry::AlreadyDelivered);
+    assert_eq!(store.retry_webhook_message("msg_nope", retry_at).await.unwrap(), WebhookRetry::NotFound);
+    assert_eq!(store.retry_webhook_message(&claimed[1].message_id, retry_at).await.unwrap(), WebhookRetry::Scheduled);
+    let again = store.claim_webhook_messages(&claim_all(retry_at, Uuid::new_v4())).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, claimed[1].message_id);
+
+    // Deleting an endpoint fails its pending messages and hides them from retries.
+    assert!(store.delete_webhook_endpoint(second, retry_at).await.unwrap());
+    let stopped = store.webhook_deliveries(second, None, 10).await.unwrap();
+    assert!(stopped.iter().all(|m| m.status == WebhookMessageStatus::Failed), "{stopped:?}");
+    assert_eq!(store.retry_webhook_message(&stopped[0].id, retry_at).await.unwrap(), WebhookRetry::NotFound);
+}
+
+#[tokio::test]
+async fn deliveries_page_newest_first_from_a_cursor() {
+    let (_db, store) = fresh_store().await;
+    let target = endpoint(&store, &["*"]).await;
+    for n in 0..5 {
+        let mut tx = store.begin().await.unwrap();
+        tx.enqueue(&topic_message("license.updated", n)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let all = store.webhook_deliveries(target, None, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| (w[0].created_at, &w[0].id) > (w[1].created_at, &w[1].id)));
+    let after = WebhookDeliveryCursor { created_at: all[1].created_at, id: all[1].id.clone() };
+    let rest: Vec<String> =
+        store.webhook_deliveries(target, Some(&after), 100).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(rest, all[2..].iter().map(|d| d.id.clone()).collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------

@@ -51,5 +51,6 @@ pub async fn authorize(
             format!("this token lacks the scope {scope} that this route needs"),
         ));
     }
+    state.billing.record_admin_token_use(&record).await;
     Ok(AdminPrincipal { name: record.name, scopes: record.scopes })
 }

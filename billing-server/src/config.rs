@@ -1,6 +1,7 @@
 //! Configuration, read once from the environment at start-up and validated.
 
 use anyhow::{bail, Context};
+use billing_core::domain::vendor_webhook::RetrySchedule;
 use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::storage::any::StoreLocation;
 use secrecy::SecretString;
@@ -42,6 +43,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
     ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
     ("BILLING_OUTBOX_RETENTION_DAYS", "days outbox events are kept for SSE replay (default 7)"),
+    (
+        "BILLING_WEBHOOK_RETRY_SCHEDULE",
+        "seconds between attempts of a webhook to the vendor, comma-separated (default 5,300,1800,7200,18000,36000,36000); after the last the message has failed",
+    ),
+    (
+        "BILLING_WEBHOOK_ALLOW_PRIVATE",
+        "`true` lets webhook endpoints be on private, loopback or link-local addresses and use plain http (on-premise installs, tests); default `false`",
+    ),
     ("BILLING_LOG_FORMAT", "`text` (default) or `json` (one JSON object per line)"),
     ("RUST_LOG", "log filter (default info)"),
 ];
@@ -96,6 +105,10 @@ pub struct Config {
     pub outbox_retention_days: u32,
     /// JSON log lines instead of text.
     pub log_json: bool,
+    /// Delays between attempts of a webhook to the vendor.
+    pub webhook_retry_schedule: RetrySchedule,
+    /// Whether webhook endpoints may be on private addresses (and plain http).
+    pub webhook_allow_private: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -133,6 +146,17 @@ impl Config {
             None | Some("text") => false,
             Some("json") => true,
             Some(_) => bail!("BILLING_LOG_FORMAT must be `text` or `json`"),
+        };
+        let webhook_retry_schedule = match var("BILLING_WEBHOOK_RETRY_SCHEDULE") {
+            None => RetrySchedule::default(),
+            Some(text) => RetrySchedule::parse_seconds(&text).with_context(|| {
+                "BILLING_WEBHOOK_RETRY_SCHEDULE must be comma-separated whole seconds, e.g. 5,300,1800"
+            })?,
+        };
+        let webhook_allow_private = match var("BILLING_WEBHOOK_ALLOW_PRIVATE").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => bail!("BILLING_WEBHOOK_ALLOW_PRIVATE must be `true` or `false`"),
         };
         let data_dir = PathBuf::from(var("BILLING_DATA_DIR").unwrap_or_else(|| "billing-data".into()));
         let store = StoreLocation::from_url(secret_text("DATABASE_URL")?.as_deref(), &data_dir)
@@ -188,6 +212,8 @@ impl Config {
                 "BILLING_OUTBOX_RETENTION_DAYS",
             )?,
             log_json,
+            webhook_retry_schedule,
+            webhook_allow_private,
         })
     }
 }
@@ -319,6 +345,20 @@ mod tests {
         let mut expected: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
         expected.extend(SECRETS.iter().map(|s| format!("{s}_FILE")));
         assert_eq!(documented, expected, "README configuration table vs config.rs");
+    }
+
+    #[test]
+    fn webhook_delivery_settings_are_read_and_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.webhook_retry_schedule.clone(), c.webhook_allow_private), (RetrySchedule::default(), false));
+        let c =
+            config(&[("BILLING_WEBHOOK_RETRY_SCHEDULE", "1,2"), ("BILLING_WEBHOOK_ALLOW_PRIVATE", "true")]).unwrap();
+        let expected = RetrySchedule::new(vec![std::time::Duration::from_secs(1), std::time::Duration::from_secs(2)]);
+        assert_eq!((c.webhook_retry_schedule, c.webhook_allow_private), (expected, true));
+        let e = config(&[("BILLING_WEBHOOK_RETRY_SCHEDULE", "1,soon")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_WEBHOOK_RETRY_SCHEDULE"));
+        let e = config(&[("BILLING_WEBHOOK_ALLOW_PRIVATE", "yes")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_WEBHOOK_ALLOW_PRIVATE"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use billing_core::storage::any::AnyStore;
 use billing_core::storage::Store;
 use billing_core::storage::StoreError;
 use billing_core::stripe::{StripeClient, WebhookSecrets};
+use billing_core::vendor_webhooks::VendorWebhookSettings;
 use billing_core::{Billing, BillingConfig};
 use config::Config;
 use hyper::header::HeaderValue;
@@ -174,7 +175,12 @@ pub fn engine(store: AnyStore, config: &Config) -> anyhow::Result<Billing<AnySto
         BillingConfig::new(config.plans.clone(), licensing)
             .with_grace(time::Duration::days(i64::from(config.grace_days)))
             .with_webhook_secrets(config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())))
-            .with_stripe(stripe),
+            .with_stripe(stripe)
+            .with_vendor_webhooks(VendorWebhookSettings {
+                retry_schedule: config.webhook_retry_schedule.clone(),
+                allow_private: config.webhook_allow_private,
+                ..VendorWebhookSettings::default()
+            }),
     ))
 }
 
@@ -221,11 +227,16 @@ pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_pkcs8(&der).expect("a generated key loads"))
 }
 
-/// Starts the event hub and the reaper (dead devices, licenses past their
-/// grace period); both stop on shutdown.
+/// Starts the event hub, the reaper (dead devices, licenses past their
+/// grace period) and the dispatcher of the vendor's webhooks; all stop on
+/// shutdown.
 fn spawn_background(state: &Arc<AppState>) {
     let mut stop = state.shutdown.subscribe();
     tokio::spawn(state.hub.clone().run(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(billing_core::vendor_webhooks::Dispatcher::new(state.billing.clone()).run(async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
     let state = state.clone();

@@ -449,12 +449,41 @@ pub enum LicenseInputError {
     /// Empty, too long, or with hidden characters.
     #[error("user_id must be 1 to 256 characters without control or invisible characters")]
     UserId,
-    /// Not a plan of the catalog.
+    /// Not a plan of the configured catalog.
     #[error("plan is not in the catalog")]
     UnknownPlan,
-    /// A plan label (no catalog) that is empty, too long, or with hidden characters.
+    /// A free plan label (no catalog configured) that is empty, too long or hidden.
     #[error("plan must be 1 to 64 characters without control or invisible characters")]
     PlanLabel,
+}
+
+/// The plan a manual license is issued on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualPlan<'a> {
+    /// A plan of the catalog: its device limit and features apply.
+    Catalog(&'a Plan),
+    /// A label, accepted only while no plans are configured (the
+    /// zero-setup start, where there is nothing to check it against).
+    Label(&'a str),
+}
+
+/// Resolves a requested plan: it must be the catalog's once one is
+/// configured; before that, any short printable label names it.
+pub fn manual_plan<'a>(
+    catalog: &'a super::PlanCatalog,
+    requested: &'a str,
+) -> Result<ManualPlan<'a>, LicenseInputError> {
+    if let Some(plan) = catalog.by_id(requested) {
+        return Ok(ManualPlan::Catalog(plan));
+    }
+    if !catalog.all().is_empty() {
+        return Err(LicenseInputError::UnknownPlan);
+    }
+    let printable = super::device::check_device_text(requested).is_ok();
+    match (1..=64).contains(&requested.chars().count()) && !requested.trim().is_empty() && printable {
+        true => Ok(ManualPlan::Label(requested)),
+        false => Err(LicenseInputError::PlanLabel),
+    }
 }
 
 /// Checks an admin device limit.
@@ -514,31 +543,6 @@ pub fn check_user_id(requested: &str) -> Result<(), LicenseInputError> {
         return Err(LicenseInputError::UserId);
     }
     Ok(())
-}
-
-/// The plan a manual license is issued on: one of the catalog's; or, when
-/// the catalog is empty (no plans file: nothing is sold, as on a fresh
-/// install), `None`, the requested id then being the license's plan label,
-/// its device limit the admin's or 1. With a catalog, an unknown plan is
-/// refused, so that a typo does not issue a license on no plan.
-pub fn plan_for_manual<'a>(
-    catalog: &'a super::PlanCatalog,
-    requested: &str,
-) -> Result<Option<&'a Plan>, LicenseInputError> {
-    match catalog.by_id(requested) {
-        Some(plan) => Ok(Some(plan)),
-        None if !catalog.all().is_empty() => Err(LicenseInputError::UnknownPlan),
-        None => {
-            let chars = requested.chars().count();
-            if requested.trim().is_empty()
-                || chars > limits::ENTITLEMENT_CHARS
-                || super::device::check_device_text(requested).is_err()
-            {
-                return Err(LicenseInputError::PlanLabel);
-            }
-            Ok(None)
-        }
-    }
 }
 
 /// How long an admin renews a license for.
@@ -676,7 +680,7 @@ pub fn rederive(
 mod tests {
     use super::*;
     use crate::domain::subscription::tests::snapshot;
-    use crate::domain::PlanId;
+    use crate::domain::{PlanCatalog, PlanId};
     use time::macros::datetime;
     use time::Duration;
 
@@ -710,6 +714,18 @@ mod tests {
             currency: None,
             interval: None,
             features: vec![],
+        }
+    }
+
+    #[test]
+    fn a_manual_plan_is_the_catalogs_once_one_is_configured_and_a_label_before() {
+        let catalog = PlanCatalog::new(vec![pro()]).unwrap();
+        assert_eq!(manual_plan(&catalog, "pro").map(|p| matches!(p, ManualPlan::Catalog(_))), Ok(true));
+        assert_eq!(manual_plan(&catalog, "platinum"), Err(LicenseInputError::UnknownPlan));
+        let none = PlanCatalog::default();
+        assert_eq!(manual_plan(&none, "pro"), Ok(ManualPlan::Label("pro")));
+        for bad in ["", "  ", "a\u{200b}b", &"p".repeat(65)] {
+            assert_eq!(manual_plan(&none, bad), Err(LicenseInputError::PlanLabel), "{bad:?}");
         }
     }
 
@@ -961,19 +977,6 @@ mod tests {
             assert_eq!(check_user_id(bad), Err(LicenseInputError::UserId), "{bad:?}");
         }
         assert_eq!(check_user_id(&"u".repeat(257)), Err(LicenseInputError::UserId));
-    }
-
-    #[test]
-    fn a_manual_plan_comes_from_the_catalog_or_is_a_label_when_there_is_none() {
-        let catalog = crate::domain::PlanCatalog::new(vec![pro()]).unwrap();
-        assert_eq!(plan_for_manual(&catalog, "pro"), Ok(Some(&pro())));
-        assert_eq!(plan_for_manual(&catalog, "platinum"), Err(LicenseInputError::UnknownPlan));
-        let empty = crate::domain::PlanCatalog::default();
-        assert_eq!(plan_for_manual(&empty, "pro"), Ok(None));
-        for bad in ["", " ", "a\u{202E}b"] {
-            assert_eq!(plan_for_manual(&empty, bad), Err(LicenseInputError::PlanLabel), "{bad:?}");
-        }
-        assert_eq!(plan_for_manual(&empty, &"p".repeat(65)), Err(LicenseInputError::PlanLabel));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod license;
 pub mod payment;
 pub mod plan;
 pub mod subscription;
+// Webhooks to the vendor (issue 14).
+pub mod vendor_webhook;
 
 pub use device::{ActivationToken, Device, DeviceStatus, ValidationCode};
 pub use license::{License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms};

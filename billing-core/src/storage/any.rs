@@ -319,6 +319,94 @@ impl Store for AnyStore {
             Self::Sqlite(s) => s.touch_admin_token(id, at).await,
         }
     }
+
+    // --- Webhooks to the vendor (issue 14) ---
+
+    async fn create_webhook_endpoint(&self, endpoint: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.create_webhook_endpoint(endpoint).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.create_webhook_endpoint(endpoint).await,
+        }
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.webhook_endpoints().await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.webhook_endpoints().await,
+        }
+    }
+
+    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.webhook_endpoint(id).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.webhook_endpoint(id).await,
+        }
+    }
+
+    async fn delete_webhook_endpoint(&self, id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.delete_webhook_endpoint(id, at).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.delete_webhook_endpoint(id, at).await,
+        }
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        cursor: Option<&WebhookDeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.webhook_deliveries(endpoint_id, cursor, limit).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.webhook_deliveries(endpoint_id, cursor, limit).await,
+        }
+    }
+
+    async fn retry_webhook_message(&self, message_id: &str, now: Timestamp) -> Result<WebhookRetry, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.retry_webhook_message(message_id, now).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.retry_webhook_message(message_id, now).await,
+        }
+    }
+
+    async fn claim_webhook_messages(&self, claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.claim_webhook_messages(claim).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.claim_webhook_messages(claim).await,
+        }
+    }
+
+    async fn record_webhook_attempt(&self, record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.record_webhook_attempt(record).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.record_webhook_attempt(record).await,
+        }
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.next_webhook_due().await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.next_webhook_due().await,
+        }
+    }
 }
 
 impl StoreTx for AnyTx {

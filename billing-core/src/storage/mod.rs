@@ -238,6 +238,191 @@ pub(crate) fn max_devices_column(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+// --- Webhooks to the vendor (issue 14) ---
+
+/// A webhook endpoint to create.
+#[derive(Debug, Clone)]
+pub struct NewWebhookEndpoint<'a> {
+    /// Its id.
+    pub id: Uuid,
+    /// Where messages are posted.
+    pub url: &'a str,
+    /// The event types it receives, or `["*"]`.
+    pub events: &'a [String],
+    /// The vendor's note.
+    pub description: Option<&'a str>,
+    /// `whsec_…`, kept to sign every message.
+    pub secret: &'a str,
+}
+
+/// A stored webhook endpoint, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Its id.
+    pub id: Uuid,
+    /// Where messages are posted.
+    pub url: String,
+    /// The event types it receives, or `["*"]`.
+    pub events: Vec<String>,
+    /// The vendor's note.
+    pub description: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMessageStatus {
+    /// To be sent (again), at `next_attempt_at`.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Every attempt failed, or its endpoint was deleted.
+    Failed,
+}
+
+impl WebhookMessageStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Reads the stored spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded attempt to send a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    /// When it was sent.
+    pub attempted_at: Timestamp,
+    /// The receiver's status code, when it answered.
+    pub status_code: Option<u16>,
+    /// What went wrong, when it did (never the response body).
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// When the message is tried again; None once delivered or failed.
+    pub next_attempt_at: Option<Timestamp>,
+}
+
+/// A message to one endpoint, with its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDelivery {
+    /// `msg_…`, the `webhook-id`.
+    pub id: String,
+    /// The endpoint it goes to.
+    pub endpoint_id: Uuid,
+    /// Its event type.
+    pub event_type: String,
+    /// Where it stands.
+    pub status: WebhookMessageStatus,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When it is due, while pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When it was written (with the change it announces).
+    pub created_at: Timestamp,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+    /// Its attempts, oldest first.
+    pub attempt_log: Vec<WebhookAttempt>,
+}
+
+/// A position in an endpoint's deliveries (newest first): the last one seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDeliveryCursor {
+    /// Its `created_at`.
+    pub created_at: Timestamp,
+    /// Its id.
+    pub id: String,
+}
+
+/// What [`Store::claim_webhook_messages`] may take.
+#[derive(Debug, Clone)]
+pub struct WebhookClaim<'a> {
+    /// Messages due by now.
+    pub now: Timestamp,
+    /// A claimed message is due again at this time unless its attempt is
+    /// recorded first (its sender died).
+    pub lease_until: Timestamp,
+    /// The claim's token; only its holder records the attempt.
+    pub lease: Uuid,
+    /// Endpoints this sender is still busy with: none of theirs.
+    pub busy_endpoints: &'a [Uuid],
+    /// At most this many per endpoint.
+    pub per_endpoint: i64,
+    /// At most this many in all.
+    pub limit: i64,
+}
+
+/// A message claimed for sending, with what sending it needs.
+#[derive(Clone, PartialEq)]
+pub struct ClaimedWebhook {
+    /// `msg_…`
+    pub message_id: String,
+    /// Its endpoint.
+    pub endpoint_id: Uuid,
+    /// The endpoint's URL.
+    pub url: String,
+    /// The endpoint's secret (`whsec_…`).
+    pub secret: String,
+    /// Its event type.
+    pub event_type: String,
+    /// The time of the change it announces.
+    pub event_at: Timestamp,
+    /// The event's data.
+    pub payload: Value,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}
+
+impl std::fmt::Debug for ClaimedWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedWebhook")
+            .field("message_id", &self.message_id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("event_type", &self.event_type)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one attempt, to record.
+#[derive(Debug, Clone)]
+pub struct WebhookAttemptRecord<'a> {
+    /// The message.
+    pub message_id: &'a str,
+    /// The claim it was sent under.
+    pub lease: Uuid,
+    /// What happened.
+    pub attempt: &'a WebhookAttempt,
+    /// Where the message stands now.
+    pub status: WebhookMessageStatus,
+}
+
+/// What a manual retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRetry {
+    /// The message is due now.
+    Scheduled,
+    /// It was delivered already.
+    AlreadyDelivered,
+    /// No such message, or its endpoint was deleted.
+    NotFound,
+}
+
 /// A storage backend.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Its transaction type.
@@ -371,6 +556,57 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Records a use of the token, at most once a minute (a write per
     /// request would make every admin read a write).
     fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- Webhooks to the vendor (issue 14) ---
+
+    /// Stores a new endpoint.
+    fn create_webhook_endpoint(
+        &self,
+        endpoint: &NewWebhookEndpoint<'_>,
+    ) -> impl Future<Output = Result<WebhookEndpoint, StoreError>> + Send;
+
+    /// Live endpoints, oldest first.
+    fn webhook_endpoints(&self) -> impl Future<Output = Result<Vec<WebhookEndpoint>, StoreError>> + Send;
+
+    /// A live endpoint.
+    fn webhook_endpoint(&self, id: Uuid) -> impl Future<Output = Result<Option<WebhookEndpoint>, StoreError>> + Send;
+
+    /// Deletes a live endpoint at `at`; its pending messages fail. False
+    /// when there was no such live endpoint.
+    fn delete_webhook_endpoint(&self, id: Uuid, at: Timestamp)
+        -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// An endpoint's messages, newest first, after `cursor`, with their attempts.
+    fn webhook_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        cursor: Option<&WebhookDeliveryCursor>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<WebhookDelivery>, StoreError>> + Send;
+
+    /// Makes a pending or failed message of a live endpoint due at `now`.
+    fn retry_webhook_message(
+        &self,
+        message_id: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<WebhookRetry, StoreError>> + Send;
+
+    /// Leases due messages for sending (skipping those another sender
+    /// holds), earliest due first.
+    fn claim_webhook_messages(
+        &self,
+        claim: &WebhookClaim<'_>,
+    ) -> impl Future<Output = Result<Vec<ClaimedWebhook>, StoreError>> + Send;
+
+    /// Records an attempt and where its message now stands, if the attempt
+    /// still holds the message's lease; returns whether it did.
+    fn record_webhook_attempt(
+        &self,
+        record: &WebhookAttemptRecord<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// When the next pending message is due (possibly already).
+    fn next_webhook_due(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
 }
 
 /// One open transaction.
@@ -565,6 +801,8 @@ pub trait StoreTx: Send {
 
     /// Appends to the outbox; visible to readers once committed, in commit
     /// order of ids.
+    /// Also writes one vendor webhook message per live endpoint subscribed
+    /// to the topic, in the same transaction.
     fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     // --- Admin license writes (issue 14) ---

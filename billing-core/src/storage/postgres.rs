@@ -595,6 +595,210 @@ impl Store for PgStore {
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
+    // --- Webhooks to the vendor (issue 14) ---
+
+    async fn create_webhook_endpoint(&self, e: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(
+            &conn,
+            "INSERT INTO webhook_endpoints (id, url, events, description, secret) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, url, events, description, created_at",
+            &[&e.id, &e.url, &e.events, &e.description, &e.secret],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("an insert returned no row".into()))?;
+        Ok(endpoint_from_row(&row))
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT id, url, events, description, created_at FROM webhook_endpoints
+              WHERE deleted_at IS NULL ORDER BY created_at, id",
+            &[],
+        )
+        .await?;
+        Ok(rows.iter().map(endpoint_from_row).collect())
+    }
+
+    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(
+            &conn,
+            "SELECT id, url, events, description, created_at FROM webhook_endpoints
+              WHERE id = $1 AND deleted_at IS NULL",
+            &[&id],
+        )
+        .await?;
+        Ok(row.as_ref().map(endpoint_from_row))
+    }
+
+    async fn delete_webhook_endpoint(&self, id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        // One statement, so no message slips in as pending between the two.
+        let row = query_opt(
+            &conn,
+            "WITH deleted AS (
+                 UPDATE webhook_endpoints SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL RETURNING id
+             ), stopped AS (
+                 UPDATE webhook_messages SET status = 'failed', lease = NULL
+                  WHERE endpoint_id IN (SELECT id FROM deleted) AND status = 'pending'
+             )
+             SELECT count(*) FROM deleted",
+            &[&id, &at],
+        )
+        .await?;
+        Ok(row.is_some_and(|r| r.get::<_, i64>(0) > 0))
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        cursor: Option<&WebhookDeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let conn = self.conn().await?;
+        let (after_at, after_id) = (cursor.map(|c| c.created_at), cursor.map(|c| c.id.as_str()));
+        let rows = query(
+            &conn,
+            "SELECT id, endpoint_id, event_type, status, attempts, next_attempt_at, created_at, delivered_at
+               FROM webhook_messages
+              WHERE endpoint_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text))
+              ORDER BY created_at DESC, id DESC LIMIT $4",
+            &[&endpoint_id, &after_at, &after_id, &limit],
+        )
+        .await?;
+        let mut deliveries = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+        let attempts = query(
+            &conn,
+            "SELECT message_id, attempted_at, status_code, error, duration_ms, next_attempt_at
+               FROM webhook_attempts WHERE message_id = ANY ($1) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+        for row in &attempts {
+            let message_id: &str = row.get(0);
+            let attempt = WebhookAttempt {
+                attempted_at: row.get(1),
+                status_code: row.get::<_, Option<i32>>(2).and_then(|c| u16::try_from(c).ok()),
+                error: row.get(3),
+                duration_ms: i64::from(row.get::<_, i32>(4)),
+                next_attempt_at: row.get(5),
+            };
+            if let Some(delivery) = deliveries.iter_mut().find(|d| d.id == message_id) {
+                delivery.attempt_log.push(attempt);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn retry_webhook_message(&self, message_id: &str, now: Timestamp) -> Result<WebhookRetry, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(
+            &conn,
+            "WITH target AS (
+                 SELECT m.id, m.status FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
+                  WHERE m.id = $1 AND e.deleted_at IS NULL FOR UPDATE OF m
+             ), retried AS (
+                 UPDATE webhook_messages m SET status = 'pending', next_attempt_at = $2, lease = NULL
+                   FROM target WHERE m.id = target.id AND target.status <> 'delivered'
+                 RETURNING m.id
+             )
+             SELECT target.status, EXISTS (SELECT FROM retried) FROM target",
+            &[&message_id, &now],
+        )
+        .await?;
+        Ok(match row {
+            None => WebhookRetry::NotFound,
+            Some(row) if row.get::<_, bool>(1) => WebhookRetry::Scheduled,
+            Some(_) => WebhookRetry::AlreadyDelivered,
+        })
+    }
+
+    async fn claim_webhook_messages(&self, claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        let conn = self.conn().await?;
+        // Window functions cannot take row locks, so the per-endpoint cut is
+        // made first and the rows are locked (skipping other senders') after.
+        let rows = query(
+            &conn,
+            "WITH candidates AS (
+                 SELECT id FROM (
+                     SELECT m.id, row_number() OVER (PARTITION BY m.endpoint_id ORDER BY m.next_attempt_at, m.id) AS place
+                       FROM webhook_messages m
+                      WHERE m.status = 'pending' AND m.next_attempt_at <= $1 AND m.endpoint_id <> ALL ($4)
+                 ) ranked
+                  WHERE place <= $5
+             ), claimed AS (
+                 SELECT m.id FROM webhook_messages m
+                  WHERE m.id IN (SELECT id FROM candidates) AND m.status = 'pending' AND m.next_attempt_at <= $1
+                  ORDER BY m.next_attempt_at, m.id LIMIT $6
+                  FOR UPDATE SKIP LOCKED
+             )
+             UPDATE webhook_messages m SET next_attempt_at = $2, lease = $3
+               FROM claimed, webhook_endpoints e
+              WHERE m.id = claimed.id AND e.id = m.endpoint_id
+             RETURNING m.id, m.endpoint_id, e.url, e.secret, m.event_type, m.event_at, m.payload, m.attempts",
+            &[&claim.now, &claim.lease_until, &claim.lease, &claim.busy_endpoints, &claim.per_endpoint, &claim.limit],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedWebhook {
+                message_id: r.get(0),
+                endpoint_id: r.get(1),
+                url: r.get(2),
+                secret: r.get(3),
+                event_type: r.get(4),
+                event_at: r.get(5),
+                payload: r.get(6),
+                attempts: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn record_webhook_attempt(&self, record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let a = record.attempt;
+        let delivered_at = (record.status == WebhookMessageStatus::Delivered).then_some(a.attempted_at);
+        let status_code = a.status_code.map(i32::from);
+        let duration_ms = i32::try_from(a.duration_ms).unwrap_or(i32::MAX);
+        // The message and its attempt row in one statement: both or neither.
+        let written = execute(
+            &conn,
+            "WITH updated AS (
+                 UPDATE webhook_messages
+                    SET status = $3, attempts = attempts + 1, next_attempt_at = COALESCE($4, next_attempt_at),
+                        delivered_at = $5, lease = NULL
+                  WHERE id = $1 AND lease = $2 AND status = 'pending'
+                 RETURNING id
+             )
+             INSERT INTO webhook_attempts (message_id, attempted_at, status_code, error, duration_ms, next_attempt_at)
+             SELECT id, $6, $7, $8, $9, $4 FROM updated",
+            &[
+                &record.message_id,
+                &record.lease,
+                &record.status.as_str(),
+                &a.next_attempt_at,
+                &delivered_at,
+                &a.attempted_at,
+                &status_code,
+                &a.error,
+                &duration_ms,
+            ],
+        )
+        .await?;
+        Ok(written > 0)
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let conn = self.conn().await?;
+        let row =
+            query_opt(&conn, "SELECT min(next_attempt_at) FROM webhook_messages WHERE status = 'pending'", &[]).await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
     // --- Admin reads (issue 14): Stripe deliveries ---
 
     async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
@@ -673,6 +877,33 @@ fn admin_token_from_row(row: &Row) -> Result<AdminTokenRecord, StoreError> {
         created_at: row.get(3),
         last_used_at: row.get(4),
         revoked_at: row.get(5),
+    })
+}
+
+fn endpoint_from_row(row: &Row) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: row.get(0),
+        url: row.get(1),
+        events: row.get(2),
+        description: row.get(3),
+        created_at: row.get(4),
+    }
+}
+
+fn delivery_from_row(row: &Row) -> Result<WebhookDelivery, StoreError> {
+    let status: String = row.get(3);
+    let status = WebhookMessageStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown webhook message status {status:?}")))?;
+    Ok(WebhookDelivery {
+        id: row.get(0),
+        endpoint_id: row.get(1),
+        event_type: row.get(2),
+        status,
+        attempts: row.get(4),
+        next_attempt_at: (status == WebhookMessageStatus::Pending).then(|| row.get(5)),
+        created_at: row.get(6),
+        delivered_at: row.get(7),
+        attempt_log: Vec::new(),
     })
 }
 
@@ -1387,10 +1618,26 @@ impl StoreTx for PgTx {
             // are assigned in array order, and only after the lock is held:
             // they are drawn as joined rows come out, and no row can come
             // out of the join before the lock's one row exists.
+            //
+            // The vendor's webhook messages (one per live endpoint subscribed
+            // to a topic) travel in the same statement, so they cost no
+            // statement of their own, and are written *before* the lock is
+            // taken (the lock's row is computed from their count), so they do
+            // not lengthen the critical section. Their ids need no order.
             let (a, b) = OUTBOX_LOCK;
             self.defer(
                 format!(
-                    "WITH outbox_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', ''))
+                    "WITH vendor_messages AS (
+                         INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at)
+                         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, m.topic, m.payload, now(), now()
+                           FROM unnest($2::text[], $3::jsonb[]) AS m(topic, payload)
+                           JOIN webhook_endpoints e
+                             ON e.deleted_at IS NULL AND (m.topic = ANY (e.events) OR '*' = ANY (e.events))
+                         RETURNING 1
+                     ), outbox_lock AS MATERIALIZED (
+                         SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', '')
+                           FROM (SELECT count(*) FROM vendor_messages) AS written
+                     )
                      INSERT INTO outbox_events (license_id, topic, payload)
                      SELECT m.license_id, m.topic, m.payload
                        FROM outbox_lock,

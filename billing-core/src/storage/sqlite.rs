@@ -875,6 +875,250 @@ impl Store for SqliteStore {
         .await
     }
 
+    // --- Webhooks to the vendor (issue 14) ---
+
+    async fn create_webhook_endpoint(&self, e: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError> {
+        let (id, url, description, secret) =
+            (e.id.to_string(), e.url.to_owned(), e.description.map(str::to_owned), e.secret.to_owned());
+        let events = serde_json::to_string(e.events).map_err(|e| StoreError::Query(Box::new(e)))?;
+        self.write(move |conn, now| {
+            query_opt(
+                conn,
+                "INSERT INTO webhook_endpoints (id, url, events, description, secret, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 RETURNING id, url, events, description, created_at",
+                params![id, url, events, description, secret, now],
+                endpoint_from_row,
+            )?
+            .ok_or_else(|| StoreError::Corrupt("an insert returned no row".into()))
+        })
+        .await
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        self.read(|conn| {
+            query(
+                conn,
+                "SELECT id, url, events, description, created_at FROM webhook_endpoints
+                  WHERE deleted_at IS NULL ORDER BY created_at, id",
+                [],
+                endpoint_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            query_opt(
+                conn,
+                "SELECT id, url, events, description, created_at FROM webhook_endpoints
+                  WHERE id = ?1 AND deleted_at IS NULL",
+                [id],
+                endpoint_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn delete_webhook_endpoint(&self, id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        let (id, at) = (id.to_string(), micros(at)?);
+        self.write(move |conn, _| {
+            let tx = conn.unchecked_transaction().map_err(query_error)?;
+            let deleted = execute(
+                &tx,
+                "UPDATE webhook_endpoints SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![id, at],
+            )?;
+            if deleted > 0 {
+                execute(
+                    &tx,
+                    "UPDATE webhook_messages SET status = 'failed', lease = NULL WHERE endpoint_id = ?1 AND status = 'pending'",
+                    [&id],
+                )?;
+            }
+            tx.commit().map_err(query_error)?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        cursor: Option<&WebhookDeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let endpoint_id = endpoint_id.to_string();
+        let after_at = cursor.map(|c| micros(c.created_at)).transpose()?;
+        let after_id = cursor.map(|c| c.id.clone());
+        let limit = checked_limit(limit)?;
+        self.read(move |conn| {
+            let mut deliveries = query(
+                conn,
+                "SELECT id, endpoint_id, event_type, status, attempts, next_attempt_at, created_at, delivered_at
+                   FROM webhook_messages
+                  WHERE endpoint_id = ?1 AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
+                  ORDER BY created_at DESC, id DESC LIMIT ?4",
+                params![endpoint_id, after_at, after_id, limit],
+                delivery_from_row,
+            )?;
+            let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+            let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Query(Box::new(e)))?;
+            let attempts = query(
+                conn,
+                "SELECT message_id, attempted_at, status_code, error, duration_ms, next_attempt_at
+                   FROM webhook_attempts WHERE message_id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+                [ids],
+                |row| {
+                    let attempt = WebhookAttempt {
+                        attempted_at: time(row, 1)?,
+                        status_code: get::<Option<i64>>(row, 2)?.and_then(|c| u16::try_from(c).ok()),
+                        error: get(row, 3)?,
+                        duration_ms: get(row, 4)?,
+                        next_attempt_at: opt_time(row, 5)?,
+                    };
+                    Ok((get::<String>(row, 0)?, attempt))
+                },
+            )?;
+            for (message_id, attempt) in attempts {
+                if let Some(delivery) = deliveries.iter_mut().find(|d| d.id == message_id) {
+                    delivery.attempt_log.push(attempt);
+                }
+            }
+            Ok(deliveries)
+        })
+        .await
+    }
+
+    async fn retry_webhook_message(&self, message_id: &str, now: Timestamp) -> Result<WebhookRetry, StoreError> {
+        let (message_id, now) = (message_id.to_owned(), micros(now)?);
+        self.write(move |conn, _| {
+            let tx = conn.unchecked_transaction().map_err(query_error)?;
+            let status: Option<String> = query_opt(
+                &tx,
+                "SELECT m.status FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
+                  WHERE m.id = ?1 AND e.deleted_at IS NULL",
+                [&message_id],
+                |r| get(r, 0),
+            )?;
+            let outcome = match status.as_deref() {
+                None => WebhookRetry::NotFound,
+                Some("delivered") => WebhookRetry::AlreadyDelivered,
+                Some(_) => {
+                    execute(
+                        &tx,
+                        "UPDATE webhook_messages SET status = 'pending', next_attempt_at = ?2, lease = NULL WHERE id = ?1",
+                        params![message_id, now],
+                    )?;
+                    WebhookRetry::Scheduled
+                }
+            };
+            tx.commit().map_err(query_error)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn claim_webhook_messages(&self, claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        // Looked at on a reader first: the dispatcher asks often, and the
+        // one writer is better left to the units of work.
+        if self.next_webhook_due().await?.is_none_or(|due| due > claim.now) {
+            return Ok(Vec::new());
+        }
+        let (now, lease_until, lease) = (micros(claim.now)?, micros(claim.lease_until)?, claim.lease.to_string());
+        let busy: Vec<String> = claim.busy_endpoints.iter().map(Uuid::to_string).collect();
+        let busy = serde_json::to_string(&busy).map_err(|e| StoreError::Query(Box::new(e)))?;
+        let (per_endpoint, limit) = (checked_limit(claim.per_endpoint)?, checked_limit(claim.limit)?);
+        // One process owns the file and the writer serialises claims, so
+        // no row is ever held by another sender.
+        self.write(move |conn, _| {
+            let tx = conn.unchecked_transaction().map_err(query_error)?;
+            let claimed = query(
+                &tx,
+                "SELECT m.id, m.endpoint_id, e.url, e.secret, m.event_type, m.event_at, m.payload, m.attempts
+                   FROM (SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS place
+                           FROM webhook_messages
+                          WHERE status = 'pending' AND next_attempt_at <= ?1
+                            AND endpoint_id NOT IN (SELECT value FROM json_each(?2))) ranked
+                   JOIN webhook_messages m ON m.id = ranked.id
+                   JOIN webhook_endpoints e ON e.id = m.endpoint_id
+                  WHERE ranked.place <= ?3
+                  ORDER BY m.next_attempt_at, m.id LIMIT ?4",
+                params![now, busy, per_endpoint, limit],
+                |r| {
+                    Ok(ClaimedWebhook {
+                        message_id: get(r, 0)?,
+                        endpoint_id: uuid(r, 1)?,
+                        url: get(r, 2)?,
+                        secret: get(r, 3)?,
+                        event_type: get(r, 4)?,
+                        event_at: time(r, 5)?,
+                        payload: json(r, 6)?,
+                        attempts: get(r, 7)?,
+                    })
+                },
+            )?;
+            for message in &claimed {
+                execute(
+                    &tx,
+                    "UPDATE webhook_messages SET next_attempt_at = ?2, lease = ?3 WHERE id = ?1",
+                    params![message.message_id, lease_until, lease],
+                )?;
+            }
+            tx.commit().map_err(query_error)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn record_webhook_attempt(&self, record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError> {
+        let a = record.attempt;
+        let message_id = record.message_id.to_owned();
+        let lease = record.lease.to_string();
+        let status = record.status.as_str();
+        let attempted_at = micros(a.attempted_at)?;
+        let next_attempt_at = opt_micros(a.next_attempt_at)?;
+        let delivered_at = (record.status == WebhookMessageStatus::Delivered).then_some(attempted_at);
+        let (status_code, error, duration_ms) = (a.status_code.map(i64::from), a.error.clone(), a.duration_ms);
+        self.write(move |conn, _| {
+            let tx = conn.unchecked_transaction().map_err(query_error)?;
+            let updated = execute(
+                &tx,
+                "UPDATE webhook_messages
+                    SET status = ?3, attempts = attempts + 1, next_attempt_at = COALESCE(?4, next_attempt_at),
+                        delivered_at = ?5, lease = NULL
+                  WHERE id = ?1 AND lease = ?2 AND status = 'pending'",
+                params![message_id, lease, status, next_attempt_at, delivered_at],
+            )?;
+            if updated > 0 {
+                execute(
+                    &tx,
+                    "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, error, duration_ms, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![message_id, attempted_at, status_code, error, duration_ms, next_attempt_at],
+                )?;
+            }
+            tx.commit().map_err(query_error)?;
+            Ok(updated > 0)
+        })
+        .await
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|conn| {
+            let due = query_opt(
+                conn,
+                "SELECT min(next_attempt_at) FROM webhook_messages WHERE status = 'pending'",
+                [],
+                |r| opt_time(r, 0),
+            )?;
+            Ok(due.flatten())
+        })
+        .await
+    }
+
     // --- Admin reads (issue 14): Stripe deliveries ---
 
     async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
@@ -970,6 +1214,38 @@ fn admin_token_from_row(row: &Row<'_>) -> Result<AdminTokenRecord, StoreError> {
         created_at: time(row, 3)?,
         last_used_at: opt_time(row, 4)?,
         revoked_at: opt_time(row, 5)?,
+    })
+}
+
+fn endpoint_from_row(row: &Row<'_>) -> Result<WebhookEndpoint, StoreError> {
+    let events: String = get(row, 2)?;
+    Ok(WebhookEndpoint {
+        id: uuid(row, 0)?,
+        url: get(row, 1)?,
+        events: serde_json::from_str(&events)
+            .map_err(|_| StoreError::Corrupt("column 2 holds malformed event types".into()))?,
+        description: get(row, 3)?,
+        created_at: time(row, 4)?,
+    })
+}
+
+fn delivery_from_row(row: &Row<'_>) -> Result<WebhookDelivery, StoreError> {
+    let status: String = get(row, 3)?;
+    let status = WebhookMessageStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt("unknown webhook message status".into()))?;
+    Ok(WebhookDelivery {
+        id: get(row, 0)?,
+        endpoint_id: uuid(row, 1)?,
+        event_type: get(row, 2)?,
+        status,
+        attempts: get(row, 4)?,
+        next_attempt_at: match status {
+            WebhookMessageStatus::Pending => Some(time(row, 5)?),
+            _ => None,
+        },
+        created_at: time(row, 6)?,
+        delivered_at: opt_time(row, 7)?,
+        attempt_log: Vec::new(),
     })
 }
 
@@ -1724,6 +2000,17 @@ impl StoreTx for SqliteTx {
                 conn,
                 "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![license_id, topic, payload, now],
+            )?;
+            // The vendor's webhook messages, one per live endpoint subscribed
+            // to the topic, committed (or rolled back) with the change.
+            execute(
+                conn,
+                "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at, created_at)
+                 SELECT 'msg_' || lower(hex(randomblob(16))), e.id, ?1, ?2, ?3, ?3, ?3
+                   FROM webhook_endpoints e
+                  WHERE e.deleted_at IS NULL AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value IN (?1, '*'))
+                  ORDER BY e.created_at, e.id",
+                params![topic, payload, now],
             )
         })
         .await?;

@@ -116,7 +116,6 @@ pub async fn replay_stripe_event(
 ) -> Result<Response, ApiError> {
     let principal = authorize(state, &request, Scope::StripeWrite).await?;
     let replay = state.billing.replay_stripe_event(event_id, &principal.actor()).await.map_err(replay_error)?;
-    state.metrics.observe_webhook(&replay.delivery.kind, replay.outcome.as_str());
     Ok(ok(&json!({ "outcome": replay.outcome.as_str(), "event": StripeDeliveryView::from(&replay.delivery) })))
 }
 

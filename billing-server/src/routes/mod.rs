@@ -1,6 +1,8 @@
 //! The route table and dispatch.
 
 mod actions;
+// Webhooks to the vendor (issue 14).
+mod admin_webhooks;
 // Admin reads (issue 14).
 mod admin_reads;
 // Admin license writes (issue 14).
@@ -47,6 +49,12 @@ pub enum Route {
     BillingPortal,
     PaymentMethod,
     SyncSubscriptions,
+    // Webhooks to the vendor (issue 14).
+    CreateWebhookEndpoint,
+    WebhookEndpoints,
+    DeleteWebhookEndpoint,
+    WebhookDeliveries,
+    RetryWebhookDelivery,
     // Admin reads (issue 14).
     AdminStripeEvents,
     AdminReplayStripeEvent,
@@ -94,6 +102,12 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/stripe/billing/portal", Route::BillingPortal),
     (Method::GET, "/api/stripe/billing/payment-method", Route::PaymentMethod),
     (Method::POST, "/api/stripe/subscriptions/sync", Route::SyncSubscriptions),
+    // Webhooks to the vendor (issue 14).
+    (Method::POST, "/api/admin/webhook-endpoints", Route::CreateWebhookEndpoint),
+    (Method::GET, "/api/admin/webhook-endpoints", Route::WebhookEndpoints),
+    (Method::DELETE, "/api/admin/webhook-endpoints/{id}", Route::DeleteWebhookEndpoint),
+    (Method::GET, "/api/admin/webhook-endpoints/{id}/deliveries", Route::WebhookDeliveries),
+    (Method::POST, "/api/admin/webhook-deliveries/{id}/retry", Route::RetryWebhookDelivery),
     // Admin reads (issue 14).
     (Method::GET, "/api/admin/stripe-events", Route::AdminStripeEvents),
     (Method::POST, "/api/admin/stripe-events/{id}/replay", Route::AdminReplayStripeEvent),
@@ -192,6 +206,12 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::BillingPortal => actions::portal(&state, request).await,
             Route::PaymentMethod => actions::payment_method(&state, request).await,
             Route::SyncSubscriptions => actions::sync(&state, request).await,
+            // Webhooks to the vendor (issue 14).
+            Route::CreateWebhookEndpoint => admin_webhooks::create(&state, request).await,
+            Route::WebhookEndpoints => admin_webhooks::list(&state, request).await,
+            Route::DeleteWebhookEndpoint => admin_webhooks::delete(&state, request, &param("id")).await,
+            Route::WebhookDeliveries => admin_webhooks::deliveries(&state, request, &param("id")).await,
+            Route::RetryWebhookDelivery => admin_webhooks::retry(&state, request, &param("id")).await,
             // Admin reads (issue 14).
             Route::AdminStripeEvents => admin_reads::stripe_events(&state, request).await,
             Route::AdminReplayStripeEvent => admin_reads::replay_stripe_event(&state, request, &param("id")).await,

@@ -10,6 +10,13 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
+/// An RFC 3339 timestamp of an answer (compared as instants: the text drops
+/// trailing zeros of the fraction, so it does not sort as the time does).
+fn instant(value: &Value) -> time::OffsetDateTime {
+    let text = value.as_str().unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
 async fn get(app: &TestApp, token: &str, path: &str) -> Value {
     app.admin_ok(Method::GET, path, token, None, 200).await
 }
@@ -256,7 +263,7 @@ async fn the_audit_walk_returns_every_entry_once_from_every_source() {
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len(), "each entry once: {ids:?}");
     let (single, _) = walk(&app, &token, "/api/admin/audit", "entries", 500).await;
     assert_eq!(single, all, "the walk is the one-page listing, in order");
-    let times: Vec<&str> = all.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    let times: Vec<time::OffsetDateTime> = all.iter().map(|e| instant(&e["at"])).collect();
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(times, sorted, "newest first");
@@ -427,8 +434,8 @@ async fn the_license_walk_returns_each_pre_existing_license_once_while_others_ar
     assert_eq!(unique.len(), ids.len(), "no license twice");
     assert!(existing.is_subset(&unique), "every license that existed when the walk began, exactly once");
     assert!(ids.len() <= existing.len() + issued_meanwhile, "nothing that does not exist");
-    let order: Vec<(&str, &str)> =
-        walked.iter().map(|l| (l["created_at"].as_str().unwrap(), l["id"].as_str().unwrap())).collect();
+    let order: Vec<(time::OffsetDateTime, &str)> =
+        walked.iter().map(|l| (instant(&l["created_at"]), l["id"].as_str().unwrap())).collect();
     let mut newest_first = order.clone();
     newest_first.sort_by(|a, b| b.cmp(a));
     assert_eq!(order, newest_first, "newest first by (created_at, id)");

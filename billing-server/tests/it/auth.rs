@@ -58,6 +58,12 @@ fn access(route: Route) -> Access {
         | Route::SyncSubscriptions
         | Route::Terminals => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
+        // Webhooks to the vendor (issue 14).
+        Route::CreateWebhookEndpoint
+        | Route::WebhookEndpoints
+        | Route::DeleteWebhookEndpoint
+        | Route::WebhookDeliveries
+        | Route::RetryWebhookDelivery => AdminToken,
         // Admin reads (issue 14).
         Route::AdminStripeEvents
         | Route::AdminReplayStripeEvent
@@ -394,6 +400,12 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Heartbeat
         | Route::Deactivate
         | Route::PublicKey
+        // Webhooks to the vendor (issue 14).
+        | Route::CreateWebhookEndpoint
+        | Route::WebhookEndpoints
+        | Route::DeleteWebhookEndpoint
+        | Route::WebhookDeliveries
+        | Route::RetryWebhookDelivery => unreachable!("{pattern} takes no dashboard JWT"),
         // Admin reads (issue 14).
         | Route::AdminStripeEvents
         | Route::AdminReplayStripeEvent

@@ -280,6 +280,8 @@ pub struct Options {
     pub body_timeout: Option<Duration>,
     pub max_pending_bodies: Option<usize>,
     pub header_read_timeout: Option<Duration>,
+    // Webhooks to the vendor (issue 14): retry schedule, private targets.
+    pub vendor_webhooks: Option<billing_core::vendor_webhooks::VendorWebhookSettings>,
 }
 
 impl Options {
@@ -324,7 +326,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let config = BillingConfig::new(plans(), licensing)
         .with_grace(time::Duration::days(options.grace_days.unwrap_or(7)))
         .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))
-        .with_stripe(stripe);
+        .with_stripe(stripe)
+        .with_vendor_webhooks(options.vendor_webhooks.unwrap_or_default());
     let mut billing = Billing::new(store, config);
     if let Some(clock) = options.clock {
         billing = billing.with_clock(clock);

@@ -20,4 +20,6 @@ mod ordering;
 mod properties;
 mod quickstart;
 mod storm;
+// Webhooks to the vendor (issue 14).
+mod vendor_webhooks;
 mod webhooks;

@@ -37,7 +37,7 @@ fn delivery_from_row(row: &Row) -> StripeDelivery {
 /// three pages of rows. A subscription change is about its subscription's
 /// license; a user's entries are those of the subscriptions of the user's
 /// customers and of licenses issued to the user by hand.
-const AUDIT_SQL: &str = "
+const AUDIT_SQL_TEMPLATE: &str = "
     WITH users_subscriptions AS (
         SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE c.user_id = $2::text)
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
@@ -47,7 +47,7 @@ const AUDIT_SQL: &str = "
               FROM subscription_changes h LEFT JOIN licenses l ON l.subscription_id = h.subscription_id
              WHERE ($1::uuid IS NULL OR l.id = $1::uuid)
                AND ($2::text IS NULL OR h.subscription_id IN (SELECT id FROM users_subscriptions))
-               AND ($3::timestamptz IS NULL OR (h.created_at, 0::bigint, h.id) < ($3::timestamptz, $4::bigint, $5::bigint))
+               AND {keyset_h}
              ORDER BY h.created_at DESC, h.id DESC LIMIT $6) AS sub
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
@@ -59,7 +59,7 @@ const AUDIT_SQL: &str = "
              WHERE ($1::uuid IS NULL OR d.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
                     OR l.subscription_id IN (SELECT id FROM users_subscriptions))
-               AND ($3::timestamptz IS NULL OR (d.created_at, 1::bigint, d.id) < ($3::timestamptz, $4::bigint, $5::bigint))
+               AND {keyset_d}
              ORDER BY d.created_at DESC, d.id DESC LIMIT $6) AS dev
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
@@ -71,9 +71,33 @@ const AUDIT_SQL: &str = "
              WHERE ($1::uuid IS NULL OR x.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
                     OR l.subscription_id IN (SELECT id FROM users_subscriptions))
-               AND ($3::timestamptz IS NULL OR (x.created_at, 2::bigint, x.id) < ($3::timestamptz, $4::bigint, $5::bigint))
+               AND {keyset_x}
              ORDER BY x.created_at DESC, x.id DESC LIMIT $6) AS lic
     ORDER BY created_at DESC, rank DESC, id DESC LIMIT $6";
+
+/// [`AUDIT_SQL_TEMPLATE`] for the first page or the pages after a cursor.
+/// After one, each branch reads its index from the cursor's instant on
+/// (`created_at <= $3`, a range) and drops the boundary rows already
+/// listed; a single statement with `$3 IS NULL OR …` would, under a generic
+/// plan, rescan from the newest row on every page. The first page names
+/// `$3`–`$5` only so that their types are known.
+fn audit_sql(after_cursor: bool) -> String {
+    let mut sql = AUDIT_SQL_TEMPLATE.to_owned();
+    for (alias, rank) in [("h", 0), ("d", 1), ("x", 2)] {
+        let keyset = match after_cursor {
+            true => format!(
+                "{alias}.created_at <= $3::timestamptz
+                 AND ({alias}.created_at, {rank}::bigint, {alias}.id) < ($3::timestamptz, $4::bigint, $5::bigint)"
+            ),
+            false => "$3::timestamptz IS NULL AND $4::bigint IS NULL AND $5::bigint IS NULL".to_owned(),
+        };
+        sql = sql.replace(&format!("{{keyset_{alias}}}"), &keyset);
+    }
+    sql
+}
+
+static FIRST_AUDIT_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| audit_sql(false));
+static NEXT_AUDIT_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| audit_sql(true));
 
 fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     let rank: i64 = row.get(0);
@@ -120,7 +144,14 @@ const EFFECTIVE_STATUS: &str = "CASE
         WHEN l.status = 'active' AND l.grace_ends_at <= $4 THEN 'suspended'
         ELSE l.status END";
 
-static LICENSES_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The license listing, as two statements: the first page, and the pages
+/// after a cursor with the keyset condition as an index range. One
+/// statement with `$8 IS NULL OR …` would serve both, but once PostgreSQL
+/// settles on a generic plan that condition becomes a filter, and every
+/// page rescans the index from the newest license (an export of n licenses
+/// would read n²/500 rows). The first page names `$8` and `$9` only so
+/// that their types are known.
+fn licenses_page_sql(keyset: &str) -> String {
     format!(
         "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
                 (SELECT count(*) FROM devices d WHERE d.license_id = l.id AND d.status = 'active')
@@ -135,10 +166,15 @@ static LICENSES_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
                  OR s.stripe_subscription_id = $5::text
                  OR EXISTS (SELECT FROM devices d
                              WHERE d.license_id = l.id AND (d.fingerprint = $5::text OR d.name = $5::text)))
-            AND ($8::timestamptz IS NULL OR (l.created_at, l.id) < ($8::timestamptz, $9::uuid))
+            AND {keyset}
           ORDER BY l.created_at DESC, l.id DESC LIMIT $10"
     )
-});
+}
+
+static FIRST_LICENSES_PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| licenses_page_sql("$8::timestamptz IS NULL AND $9::uuid IS NULL"));
+static NEXT_LICENSES_PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| licenses_page_sql("(l.created_at, l.id) < ($8::timestamptz, $9::uuid)"));
 
 fn listed_from_row(row: &Row) -> Result<ListedLicense, StoreError> {
     Ok(ListedLicense { record: license_record_from_row_at(row, 0)?, device_count: row.get(LICENSE_COLUMN_COUNT + 3) })
@@ -158,9 +194,10 @@ impl AdminReadStore for PgStore {
         let (text, key_hash, id) =
             (search.map(|s| s.text.as_str()), search.and_then(|s| s.key_hash.as_deref()), search.and_then(|s| s.id));
         let (at, last) = (after.map(|c| c.created_at), after.map(|c| c.id));
+        let sql: &str = if after.is_some() { &NEXT_LICENSES_PAGE } else { &FIRST_LICENSES_PAGE };
         let rows = query(
             &conn,
-            &LICENSES_PAGE,
+            sql,
             &[
                 &filter.user_id.as_deref(),
                 &filter.plan.as_deref(),
@@ -214,10 +251,15 @@ impl AdminReadStore for PgStore {
         limit: i64,
     ) -> Result<Vec<StripeDelivery>, StoreError> {
         let conn = self.conn().await?;
+        // Two statements, as for licenses: after a cursor, an index range.
+        let keyset = match after {
+            Some(_) => "(received_at, id) < ($2::timestamptz, $3::text)",
+            None => "$2::timestamptz IS NULL AND $3::text IS NULL",
+        };
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_events
               WHERE CASE $1::text WHEN 'duplicate' THEN duplicates > 0 ELSE $1::text IS NULL OR status = $1::text END
-                AND ($2::timestamptz IS NULL OR (received_at, id) < ($2::timestamptz, $3::text))
+                AND {keyset}
               ORDER BY received_at DESC, id DESC LIMIT $4"
         );
         let status = status.map(DeliveryStatus::as_str);
@@ -246,7 +288,8 @@ impl AdminReadStore for PgStore {
         let conn = self.conn().await?;
         let (at, rank, id) = (after.map(|c| c.at), after.map(|c| c.source.rank()), after.map(|c| c.id));
         let user_id = filter.user_id.as_deref();
-        let rows = query(&conn, AUDIT_SQL, &[&filter.license_id, &user_id, &at, &rank, &id, &limit]).await?;
+        let sql: &str = if after.is_some() { &NEXT_AUDIT_PAGE } else { &FIRST_AUDIT_PAGE };
+        let rows = query(&conn, sql, &[&filter.license_id, &user_id, &at, &rank, &id, &limit]).await?;
         rows.iter().map(audit_from_row).collect()
     }
 

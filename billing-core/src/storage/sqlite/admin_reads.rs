@@ -37,7 +37,7 @@ fn delivery_from_row(row: &Row<'_>) -> Result<StripeDelivery, StoreError> {
 
 /// As on PostgreSQL: each branch cut to the page on its own index, then the
 /// union sorted.
-const AUDIT_SQL: &str = "
+const AUDIT_SQL_TEMPLATE: &str = "
     WITH users_subscriptions AS (
         SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE c.user_id = ?2)
     SELECT * FROM (SELECT 0 AS rank, h.id, h.created_at, h.actor, h.kind, l.id AS license_id, h.subscription_id,
@@ -45,7 +45,7 @@ const AUDIT_SQL: &str = "
                      FROM subscription_changes h LEFT JOIN licenses l ON l.subscription_id = h.subscription_id
                     WHERE (?1 IS NULL OR l.id = ?1)
                       AND (?2 IS NULL OR h.subscription_id IN (SELECT id FROM users_subscriptions))
-                      AND (?3 IS NULL OR (h.created_at, 0, h.id) < (?3, ?4, ?5))
+                      AND {keyset_h}
                     ORDER BY h.created_at DESC, h.id DESC LIMIT ?6)
     UNION ALL
     SELECT * FROM (SELECT 1 AS rank, d.id, d.created_at, d.actor, d.kind, d.license_id, l.subscription_id,
@@ -53,7 +53,7 @@ const AUDIT_SQL: &str = "
                      FROM device_changes d JOIN licenses l ON l.id = d.license_id
                     WHERE (?1 IS NULL OR d.license_id = ?1)
                       AND (?2 IS NULL OR l.user_id = ?2 OR l.subscription_id IN (SELECT id FROM users_subscriptions))
-                      AND (?3 IS NULL OR (d.created_at, 1, d.id) < (?3, ?4, ?5))
+                      AND {keyset_d}
                     ORDER BY d.created_at DESC, d.id DESC LIMIT ?6)
     UNION ALL
     SELECT * FROM (SELECT 2 AS rank, x.id, x.created_at, x.actor, x.kind, x.license_id, l.subscription_id,
@@ -61,9 +61,23 @@ const AUDIT_SQL: &str = "
                      FROM license_changes x JOIN licenses l ON l.id = x.license_id
                     WHERE (?1 IS NULL OR x.license_id = ?1)
                       AND (?2 IS NULL OR l.user_id = ?2 OR l.subscription_id IN (SELECT id FROM users_subscriptions))
-                      AND (?3 IS NULL OR (x.created_at, 2, x.id) < (?3, ?4, ?5))
+                      AND {keyset_x}
                     ORDER BY x.created_at DESC, x.id DESC LIMIT ?6)
     ORDER BY 3 DESC, 1 DESC, 2 DESC LIMIT ?6";
+
+/// [`AUDIT_SQL_TEMPLATE`] for the first page or the pages after a cursor
+/// (see the PostgreSQL twin for why two statements).
+fn audit_sql(after_cursor: bool) -> String {
+    let mut sql = AUDIT_SQL_TEMPLATE.to_owned();
+    for (alias, rank) in [("h", 0), ("d", 1), ("x", 2)] {
+        let keyset = match after_cursor {
+            true => format!("{alias}.created_at <= ?3 AND ({alias}.created_at, {rank}, {alias}.id) < (?3, ?4, ?5)"),
+            false => "?3 IS NULL AND ?4 IS NULL AND ?5 IS NULL".to_owned(),
+        };
+        sql = sql.replace(&format!("{{keyset_{alias}}}"), &keyset);
+    }
+    sql
+}
 
 fn audit_from_row(row: &Row<'_>) -> Result<AuditRecord, StoreError> {
     let rank: i64 = get(row, 0)?;
@@ -132,6 +146,10 @@ impl AdminReadStore for SqliteStore {
         };
         let at = after.map(|c| micros(c.created_at)).transpose()?;
         let last = after.map(|c| c.id.to_string());
+        // As on PostgreSQL, the keyset condition is a range only when the
+        // statement does not also allow its absence: after a cursor, the
+        // index is entered at the cursor rather than scanned from the top.
+        let keyset = if at.is_some() { "(l.created_at, l.id) < (?8, ?9)" } else { "?8 IS NULL AND ?9 IS NULL" };
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at, l.updated_at,
@@ -147,7 +165,7 @@ impl AdminReadStore for SqliteStore {
                          OR s.stripe_subscription_id = ?5
                          OR EXISTS (SELECT 1 FROM devices d
                                      WHERE d.license_id = l.id AND (d.fingerprint = ?5 OR d.name = ?5)))
-                    AND (?8 IS NULL OR (l.created_at, l.id) < (?8, ?9))
+                    AND {keyset}
                   ORDER BY l.created_at DESC, l.id DESC LIMIT ?10"
             );
             query(conn, &sql, params![user_id, plan, status, now, text, key_hash, id, at, last, limit], listed_from_row)
@@ -195,11 +213,12 @@ impl AdminReadStore for SqliteStore {
         let status = status.map(DeliveryStatus::as_str);
         let at = after.map(|c| micros(c.received_at)).transpose()?;
         let id = after.map(|c| c.id.clone());
+        let keyset = if at.is_some() { "(received_at, id) < (?2, ?3)" } else { "?2 IS NULL AND ?3 IS NULL" };
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {DELIVERY_COLUMNS} FROM webhook_events
                   WHERE CASE ?1 WHEN 'duplicate' THEN duplicates > 0 ELSE ?1 IS NULL OR status = ?1 END
-                    AND (?2 IS NULL OR (received_at, id) < (?2, ?3))
+                    AND {keyset}
                   ORDER BY received_at DESC, id DESC LIMIT ?4"
             );
             query(conn, &sql, params![status, at, id, limit], delivery_from_row)
@@ -237,7 +256,8 @@ impl AdminReadStore for SqliteStore {
         let user_id = filter.user_id.clone();
         let at = after.map(|c| micros(c.at)).transpose()?;
         let (rank, id) = (after.map(|c| c.source.rank()), after.map(|c| c.id));
-        self.read(move |conn| query(conn, AUDIT_SQL, params![license_id, user_id, at, rank, id, limit], audit_from_row))
+        let sql = audit_sql(after.is_some());
+        self.read(move |conn| query(conn, &sql, params![license_id, user_id, at, rank, id, limit], audit_from_row))
             .await
     }
 

@@ -45,7 +45,8 @@ impl From<LicenseInputError> for AdminLicenseError {
 pub struct NewLicense {
     /// Whom it is for.
     pub user_id: String,
-    /// A plan id of the catalog: the device limit and features unless overridden.
+    /// A plan id of the catalog (the device limit and features unless
+    /// overridden); without a catalog, the license's plan label.
     pub plan: String,
     /// A device limit other than the plan's.
     pub max_devices: Option<i64>,

@@ -24,6 +24,8 @@ CREATE TABLE webhook_messages (
     delivered_at    INTEGER
 ) STRICT;
 CREATE INDEX webhook_messages_due_idx ON webhook_messages (next_attempt_at) WHERE status = 'pending';
+-- A claim reads each endpoint's due messages as one range of this index.
+CREATE INDEX webhook_messages_pending_idx ON webhook_messages (endpoint_id, next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX webhook_messages_endpoint_idx ON webhook_messages (endpoint_id, created_at DESC, id DESC);
 
 CREATE TABLE webhook_attempts (

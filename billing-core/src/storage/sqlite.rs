@@ -1037,14 +1037,15 @@ impl Store for SqliteStore {
             let tx = conn.unchecked_transaction().map_err(query_error)?;
             let claimed = query(
                 &tx,
+                // Each endpoint's due messages from its own index range: a
+                // claim costs the same however large the backlog.
                 "SELECT m.id, m.endpoint_id, e.url, e.secret, m.event_type, m.event_at, m.payload, m.attempts
-                   FROM (SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS place
-                           FROM webhook_messages
-                          WHERE status = 'pending' AND next_attempt_at <= ?1
-                            AND endpoint_id NOT IN (SELECT value FROM json_each(?2))) ranked
-                   JOIN webhook_messages m ON m.id = ranked.id
-                   JOIN webhook_endpoints e ON e.id = m.endpoint_id
-                  WHERE ranked.place <= ?3
+                   FROM webhook_endpoints e
+                   JOIN webhook_messages m ON m.id IN (
+                        SELECT id FROM webhook_messages
+                         WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= ?1
+                         ORDER BY next_attempt_at, id LIMIT ?3)
+                  WHERE e.id NOT IN (SELECT value FROM json_each(?2))
                   ORDER BY m.next_attempt_at, m.id LIMIT ?4",
                 params![now, busy, per_endpoint, limit],
                 |r| {

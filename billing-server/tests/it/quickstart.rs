@@ -27,6 +27,12 @@ fn desktop_app_binary() -> std::path::PathBuf {
     server.with_file_name(format!("desktop-app{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// `curl -X POST …/api/license/validate -d '{"license_key":…}'`.
+async fn validate(http: &reqwest::Client, server: &ServerProcess, key: &str) -> Value {
+    let response = http.post(server.url("/api/license/validate")).json(&json!({ "license_key": key })).send().await;
+    response.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_quick_start_issues_activates_validates_and_revokes_without_stripe() {
     if backend() == Backend::Postgres {
@@ -102,15 +108,7 @@ async fn the_quick_start_issues_activates_validates_and_revokes_without_stripe()
     wait_for("license valid (VALID)").await;
     wait_for("listening for license changes").await;
 
-    let validated: Value = http
-        .post(server.url("/api/license/validate"))
-        .json(&json!({ "license_key": key }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let validated = validate(&http, &server, key).await;
     assert_eq!(validated["code"], "VALID", "{validated}");
 
     // 5. Revoke it, and watch the app hear it.
@@ -125,15 +123,7 @@ async fn the_quick_start_issues_activates_validates_and_revokes_without_stripe()
     wait_for("license.updated").await;
     wait_for("the license is no longer valid").await;
 
-    let validated: Value = http
-        .post(server.url("/api/license/validate"))
-        .json(&json!({ "license_key": key }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let validated = validate(&http, &server, key).await;
     assert_eq!(validated["code"], "REVOKED", "{validated}");
 
     let _ = app.kill();

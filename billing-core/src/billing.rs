@@ -4,7 +4,7 @@
 
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness};
-use crate::domain::{Actor, License, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp};
+use crate::domain::{Actor, License, Payment, PlanCatalog, Subscription, SubscriptionSnapshot, Timestamp, Topic};
 use crate::storage::{
     ChangeEntry, EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentRecord, PaymentWrite, Store,
     StoreError, StoreTx,
@@ -585,7 +585,7 @@ impl<S: Store> Billing<S> {
             {
                 tx.enqueue(&OutboxMessage {
                     license_id: Some(license_id),
-                    topic: "payment.updated",
+                    topic: Topic::PaymentUpdated,
                     payload: json!({
                         "license_id": license_id,
                         "status": payment.status,
@@ -679,16 +679,16 @@ pub(crate) enum Synced {
 }
 
 /// The topic of a license's changed terms.
-pub const LICENSE_UPDATED: &str = "license.updated";
+pub const LICENSE_UPDATED: Topic = Topic::LicenseUpdated;
 /// The topic of a newly issued license (Stripe's or an admin's).
-pub const LICENSE_CREATED: &str = "license.created";
+pub const LICENSE_CREATED: Topic = Topic::LicenseCreated;
 
 /// `license.updated`: what a license's devices need to know of its terms.
 pub(crate) fn license_updated(license: &License) -> OutboxMessage {
     license_message(LICENSE_UPDATED, license)
 }
 
-pub(crate) fn license_message(topic: &'static str, license: &License) -> OutboxMessage {
+pub(crate) fn license_message(topic: Topic, license: &License) -> OutboxMessage {
     let t = &license.terms;
     OutboxMessage {
         license_id: Some(license.id),
@@ -708,7 +708,7 @@ fn subscription_updated(license_id: Uuid, sub: &Subscription) -> OutboxMessage {
     let s = &sub.snapshot;
     OutboxMessage {
         license_id: Some(license_id),
-        topic: "subscription.updated",
+        topic: Topic::SubscriptionUpdated,
         payload: json!({
             "license_id": license_id,
             "status": s.status,

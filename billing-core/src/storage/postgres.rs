@@ -1612,7 +1612,7 @@ impl StoreTx for PgTx {
         if !self.outbox.is_empty() {
             let outbox = std::mem::take(&mut self.outbox);
             let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
-            let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
+            let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic.as_str()).collect();
             let payloads: Vec<Value> = outbox.into_iter().map(|m| m.payload).collect();
             // One statement for the lock, the notification and all rows. Ids
             // are assigned in array order, and only after the lock is held:

@@ -1995,7 +1995,7 @@ impl StoreTx for SqliteTx {
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         // Ids are handed out by the one writer, so they commit in id order.
         let license_id = message.license_id.map(|l| l.to_string());
-        let (topic, payload) = (message.topic, json_text(&message.payload));
+        let (topic, payload) = (message.topic.as_str(), json_text(&message.payload));
         self.run(move |conn, now| {
             execute(
                 conn,

@@ -9,10 +9,10 @@ use crate::billing::rfc3339;
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
 use crate::domain::{
     Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
-    Plan, Subscription, Timestamp,
+    Plan, Subscription, Timestamp, Topic,
 };
 use crate::licensing::{deactivate_in, DeactivationReason};
-use crate::messages::{license_message, license_updated, LICENSE_CREATED};
+use crate::messages::{license_message, license_updated};
 use crate::storage::{LicenseRecord, LockedLicense, Store, StoreError, StoreTx};
 use crate::Billing;
 use serde_json::{json, Value};
@@ -125,7 +125,7 @@ impl<S: Store> Billing<S> {
         tx.insert_license(&issued).await?;
         let detail = json!({ "user_id": issued.user_id, "plan": request.plan, "terms": terms_detail(&issued) });
         tx.record_license_change(issued.id, "issued", actor, detail).await?;
-        tx.enqueue(&license_message(LICENSE_CREATED, &issued)).await?;
+        tx.enqueue(&license_message(Topic::LicenseCreated, &issued)).await?;
         let record = reread(&mut tx, issued.id).await?;
         tx.commit().await?;
         tracing::info!(license_id = %issued.id, actor = %actor.label(), "manual license issued");

@@ -12,6 +12,7 @@
 //! so nothing more is for it.
 
 use crate::billing::error_chain;
+use crate::domain::Topic;
 use crate::storage::{OutboxEvent, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -22,17 +23,10 @@ use uuid::Uuid;
 
 const PAGE: i64 = 500;
 
-/// Topic of the event a device's deactivation (by the app, the dashboard or
-/// a downgrade's eviction) sends to its license.
-pub const DEVICE_DEACTIVATED: &str = "device.deactivated";
-/// Topic of the event the reaper (or a late heartbeat) sends when a device
-/// missed its heartbeat window.
-pub const DEVICE_DEAD: &str = "device.dead";
-
 /// Whether `event` says that `device_id` left its license, which makes it
 /// the last event of that device's stream.
 pub fn ends_device_stream(event: &OutboxEvent, device_id: Uuid) -> bool {
-    (event.topic == DEVICE_DEACTIVATED || event.topic == DEVICE_DEAD)
+    matches!(Topic::parse(&event.topic), Some(Topic::DeviceDeactivated | Topic::DeviceDead))
         && event.payload.get("device_id").and_then(serde_json::Value::as_str).and_then(|id| Uuid::parse_str(id).ok())
             == Some(device_id)
 }
@@ -302,11 +296,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(topic: &str, payload: serde_json::Value, device_id: Uuid, expected: bool) {
+    fn check(topic: Topic, payload: serde_json::Value, device_id: Uuid, expected: bool) {
         let event = OutboxEvent {
             id: 1,
             license_id: Some(Uuid::nil()),
-            topic: topic.to_owned(),
+            topic: topic.as_str().to_owned(),
             payload,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         };
@@ -316,14 +310,14 @@ mod tests {
     #[test]
     fn only_the_news_that_this_device_left_ends_its_stream() {
         let (device, other) = (Uuid::new_v4(), Uuid::new_v4());
-        check(DEVICE_DEACTIVATED, json!({ "device_id": device, "reason": "app" }), device, true);
-        check(DEVICE_DEAD, json!({ "device_id": device, "reason": "heartbeat_missed" }), device, true);
-        check(DEVICE_DEACTIVATED, json!({ "device_id": other }), device, false);
-        check(DEVICE_DEAD, json!({ "device_id": other }), device, false);
-        check("device.activated", json!({ "device_id": device }), device, false);
-        check("device.updated", json!({ "device_id": device }), device, false);
-        check("license.updated", json!({ "status": "revoked" }), device, false);
-        check(DEVICE_DEACTIVATED, json!({ "device_id": "not a uuid" }), device, false);
-        check(DEVICE_DEACTIVATED, json!({}), device, false);
+        check(Topic::DeviceDeactivated, json!({ "device_id": device, "reason": "app" }), device, true);
+        check(Topic::DeviceDead, json!({ "device_id": device, "reason": "heartbeat_missed" }), device, true);
+        check(Topic::DeviceDeactivated, json!({ "device_id": other }), device, false);
+        check(Topic::DeviceDead, json!({ "device_id": other }), device, false);
+        check(Topic::DeviceActivated, json!({ "device_id": device }), device, false);
+        check(Topic::DeviceUpdated, json!({ "device_id": device }), device, false);
+        check(Topic::LicenseUpdated, json!({ "status": "revoked" }), device, false);
+        check(Topic::DeviceDeactivated, json!({ "device_id": "not a uuid" }), device, false);
+        check(Topic::DeviceDeactivated, json!({}), device, false);
     }
 }

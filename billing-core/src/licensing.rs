@@ -5,9 +5,8 @@ use crate::billing::{rfc3339, Billing};
 use crate::certificate::{self, CertificateClaims, SigningKey};
 use crate::domain::device::{self, ActivationPlan, ActivationRefusal, TextRefusal, MAX_DEVICE_TEXT_CHARS};
 use crate::domain::{
-    ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, ValidationCode,
+    ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, Topic, ValidationCode,
 };
-use crate::events;
 use crate::storage::{OutboxMessage, Store, StoreError, StoreTx};
 use serde_json::json;
 use std::sync::Arc;
@@ -222,7 +221,7 @@ impl<S: Store> Billing<S> {
             }
         };
         tx.record_device_change(&device, "activated", &Actor::System, json!({ "new_slot": created })).await?;
-        tx.enqueue(&device_message("device.activated", &device, None)).await?;
+        tx.enqueue(&device_message(Topic::DeviceActivated, &device, None)).await?;
         tx.commit().await?;
         let certificate = self.certificate(&license, &device, now);
         Ok(Activation { token, device, license, certificate, created })
@@ -361,7 +360,7 @@ impl<S: Store> Billing<S> {
         tx.rename_device(device.id, name).await?;
         let device = Device { name: Some(name.to_owned()), ..device };
         tx.record_device_change(&device, "renamed", actor, json!({ "name": name })).await?;
-        tx.enqueue(&device_message("device.updated", &device, None)).await?;
+        tx.enqueue(&device_message(Topic::DeviceUpdated, &device, None)).await?;
         tx.commit().await?;
         Ok(device)
     }
@@ -451,7 +450,7 @@ pub(crate) async fn deactivate_in<T: StoreTx>(
     tx.set_device_status(device.id, DeviceStatus::Deactivated, now).await?;
     let device = Device { status: DeviceStatus::Deactivated, deactivated_at: Some(now), ..device };
     tx.record_device_change(&device, "deactivated", actor, json!({ "reason": reason.as_str() })).await?;
-    tx.enqueue(&device_message(events::DEVICE_DEACTIVATED, &device, Some(reason.as_str()))).await?;
+    tx.enqueue(&device_message(Topic::DeviceDeactivated, &device, Some(reason.as_str()))).await?;
     Ok(device)
 }
 
@@ -465,11 +464,11 @@ async fn declare_dead<T: StoreTx>(tx: &mut T, device: &Device, now: Timestamp) -
         json!({ "last_heartbeat_at": rfc3339(device.last_heartbeat_at) }),
     )
     .await?;
-    tx.enqueue(&device_message(events::DEVICE_DEAD, &dead, Some("heartbeat_missed"))).await?;
+    tx.enqueue(&device_message(Topic::DeviceDead, &dead, Some("heartbeat_missed"))).await?;
     Ok(())
 }
 
-pub(crate) fn device_message(topic: &'static str, device: &Device, reason: Option<&str>) -> OutboxMessage {
+pub(crate) fn device_message(topic: Topic, device: &Device, reason: Option<&str>) -> OutboxMessage {
     OutboxMessage {
         license_id: Some(device.license_id),
         topic,

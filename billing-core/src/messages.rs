@@ -2,22 +2,22 @@
 //! the vendor's systems hear of a change. Pure.
 
 use crate::billing::rfc3339;
-use crate::domain::{License, Subscription};
+use crate::domain::{License, Subscription, Topic};
 use crate::storage::OutboxMessage;
 use serde_json::json;
 use uuid::Uuid;
 
 /// The topic of a license's changed terms.
-pub const LICENSE_UPDATED: &str = "license.updated";
+pub const LICENSE_UPDATED: Topic = Topic::LicenseUpdated;
 /// The topic of a newly issued license (Stripe's or an admin's).
-pub const LICENSE_CREATED: &str = "license.created";
+pub const LICENSE_CREATED: Topic = Topic::LicenseCreated;
 
 /// `license.updated`: what a license's devices need to know of its terms.
 pub(crate) fn license_updated(license: &License) -> OutboxMessage {
     license_message(LICENSE_UPDATED, license)
 }
 
-pub(crate) fn license_message(topic: &'static str, license: &License) -> OutboxMessage {
+pub(crate) fn license_message(topic: Topic, license: &License) -> OutboxMessage {
     let t = &license.terms;
     OutboxMessage {
         license_id: Some(license.id),
@@ -37,7 +37,7 @@ pub(crate) fn subscription_updated(license_id: Uuid, sub: &Subscription) -> Outb
     let s = &sub.snapshot;
     OutboxMessage {
         license_id: Some(license_id),
-        topic: "subscription.updated",
+        topic: Topic::SubscriptionUpdated,
         payload: json!({
             "license_id": license_id,
             "status": s.status,

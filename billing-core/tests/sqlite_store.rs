@@ -4,6 +4,7 @@
 //! once, against both, in `store_conformance.rs`.
 #![cfg(feature = "sqlite")]
 
+use billing_core::domain::Topic;
 use billing_core::storage::sqlite::SqliteStore;
 use billing_core::storage::{EventDisposition, EventRecord, OutboxMessage, Store, StoreError, StoreTx};
 use deadpool_sqlite::rusqlite;
@@ -66,7 +67,7 @@ fn event(id: &str) -> EventRecord<'_> {
 }
 
 fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {
-    OutboxMessage { license_id, topic: "license.updated", payload: json!({ "n": n }) }
+    OutboxMessage { license_id, topic: Topic::LicenseUpdated, payload: json!({ "n": n }) }
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
     Actor, Device, DeviceStatus, License, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog,
-    PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
+    PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp, Topic,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -278,7 +278,7 @@ fn event(id: &str) -> EventRecord<'_> {
 }
 
 fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {
-    OutboxMessage { license_id, topic: "license.updated", payload: json!({ "n": n }) }
+    OutboxMessage { license_id, topic: Topic::LicenseUpdated, payload: json!({ "n": n }) }
 }
 
 fn at(seconds: i64, nanos: i64) -> Timestamp {
@@ -1056,7 +1056,7 @@ async fn endpoint(store: &AnyStore, events: &[&str]) -> Uuid {
     new.id
 }
 
-fn topic_message(topic: &'static str, n: i64) -> OutboxMessage {
+fn topic_message(topic: Topic, n: i64) -> OutboxMessage {
     OutboxMessage { license_id: None, topic, payload: json!({ "n": n, "nested": { "b": [1, 2], "a": null } }) }
 }
 
@@ -1085,11 +1085,11 @@ async fn enqueue_writes_one_message_per_subscribed_live_endpoint_and_none_on_rol
     assert!(store.webhook_endpoint(deleted).await.unwrap().is_none());
 
     let mut rolled_back = store.begin().await.unwrap();
-    rolled_back.enqueue(&topic_message("license.updated", 0)).await.unwrap();
+    rolled_back.enqueue(&topic_message(Topic::LicenseUpdated, 0)).await.unwrap();
     drop(rolled_back);
     let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&topic_message("license.updated", 1)).await.unwrap();
-    tx.enqueue(&topic_message("subscription.updated", 2)).await.unwrap();
+    tx.enqueue(&topic_message(Topic::LicenseUpdated, 1)).await.unwrap();
+    tx.enqueue(&topic_message(Topic::SubscriptionUpdated, 2)).await.unwrap();
     tx.commit().await.unwrap();
 
     let count = |id| {
@@ -1124,7 +1124,7 @@ async fn claims_lease_messages_per_endpoint_and_only_their_holder_records_the_at
     let second = endpoint(&store, &["*"]).await;
     let mut tx = store.begin().await.unwrap();
     for n in 0..3 {
-        tx.enqueue(&topic_message("license.updated", n)).await.unwrap();
+        tx.enqueue(&topic_message(Topic::LicenseUpdated, n)).await.unwrap();
     }
     tx.commit().await.unwrap();
     let now = Timestamp::now_utc() + time::Duration::seconds(1);
@@ -1198,7 +1198,7 @@ async fn deliveries_page_newest_first_from_a_cursor() {
     let target = endpoint(&store, &["*"]).await;
     for n in 0..5 {
         let mut tx = store.begin().await.unwrap();
-        tx.enqueue(&topic_message("license.updated", n)).await.unwrap();
+        tx.enqueue(&topic_message(Topic::LicenseUpdated, n)).await.unwrap();
         tx.commit().await.unwrap();
     }
     let all = store.webhook_deliveries(target, None, 100).await.unwrap();

@@ -21,7 +21,85 @@ pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-/// `license.updated`: the license's terms changed (plan, limit, status).
+/// An SSE `event:` name. The names this version knows have their own
+/// variant; any other is kept as [`EventName::Unknown`], so that a newer
+/// server's events reach an older client as text instead of breaking it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventName {
+    /// `license.created`
+    LicenseCreated,
+    /// `license.updated`
+    LicenseUpdated,
+    /// `subscription.updated`
+    SubscriptionUpdated,
+    /// `payment.updated`
+    PaymentUpdated,
+    /// `device.activated`
+    DeviceActivated,
+    /// `device.updated`
+    DeviceUpdated,
+    /// `device.deactivated`
+    DeviceDeactivated,
+    /// `device.dead`
+    DeviceDead,
+    /// A name this version does not know.
+    Unknown(String),
+}
+
+impl EventName {
+    /// Every name this version knows.
+    pub const KNOWN: [EventName; 8] = [
+        Self::LicenseCreated,
+        Self::LicenseUpdated,
+        Self::SubscriptionUpdated,
+        Self::PaymentUpdated,
+        Self::DeviceActivated,
+        Self::DeviceUpdated,
+        Self::DeviceDeactivated,
+        Self::DeviceDead,
+    ];
+
+    /// The name of an SSE message's `event:` field.
+    pub fn parse(name: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|known| known.static_name() == name)
+            .unwrap_or_else(|| Self::Unknown(name.to_owned()))
+    }
+
+    /// The wire name, e.g. `license.updated`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Unknown(name) => name,
+            known => known.static_name(),
+        }
+    }
+
+    /// The wire name of a known event; empty for [`EventName::Unknown`],
+    /// whose name is not static (callers handle it first).
+    fn static_name(&self) -> &'static str {
+        match self {
+            Self::LicenseCreated => "license.created",
+            Self::LicenseUpdated => "license.updated",
+            Self::SubscriptionUpdated => "subscription.updated",
+            Self::PaymentUpdated => "payment.updated",
+            Self::DeviceActivated => "device.activated",
+            Self::DeviceUpdated => "device.updated",
+            Self::DeviceDeactivated => "device.deactivated",
+            Self::DeviceDead => "device.dead",
+            Self::Unknown(_) => "",
+        }
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `license.created` and `license.updated`: the license was issued, or its
+/// terms changed (plan, limit, status).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseChanged {
     /// License id.
@@ -87,6 +165,8 @@ pub struct PaymentChanged {
 /// An event's content, by type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventPayload {
+    /// `license.created`
+    LicenseCreated(LicenseChanged),
     /// `license.updated`
     LicenseUpdated(LicenseChanged),
     /// `subscription.updated`
@@ -116,15 +196,16 @@ impl EventPayload {
         fn typed<T: serde::de::DeserializeOwned>(data: &str, wrap: fn(T) -> EventPayload) -> Option<EventPayload> {
             serde_json::from_str(data).ok().map(wrap)
         }
-        let parsed = match topic {
-            "license.updated" => typed(data, Self::LicenseUpdated),
-            "subscription.updated" => typed(data, Self::SubscriptionUpdated),
-            "device.activated" => typed(data, Self::DeviceActivated),
-            "device.deactivated" => typed(data, Self::DeviceDeactivated),
-            "device.dead" => typed(data, Self::DeviceDead),
-            "device.updated" => typed(data, Self::DeviceUpdated),
-            "payment.updated" => typed(data, Self::PaymentUpdated),
-            _ => None,
+        let parsed = match EventName::parse(topic) {
+            EventName::LicenseCreated => typed(data, Self::LicenseCreated),
+            EventName::LicenseUpdated => typed(data, Self::LicenseUpdated),
+            EventName::SubscriptionUpdated => typed(data, Self::SubscriptionUpdated),
+            EventName::DeviceActivated => typed(data, Self::DeviceActivated),
+            EventName::DeviceDeactivated => typed(data, Self::DeviceDeactivated),
+            EventName::DeviceDead => typed(data, Self::DeviceDead),
+            EventName::DeviceUpdated => typed(data, Self::DeviceUpdated),
+            EventName::PaymentUpdated => typed(data, Self::PaymentUpdated),
+            EventName::Unknown(_) => None,
         };
         parsed.unwrap_or_else(|| Self::Other {
             topic: topic.to_owned(),
@@ -132,17 +213,27 @@ impl EventPayload {
         })
     }
 
-    /// The SSE `event:` name, e.g. `license.updated`.
+    /// The SSE `event:` name. Data that did not parse leaves a known name
+    /// in [`EventPayload::Other`], and it is still that name.
+    pub fn name(&self) -> EventName {
+        match self {
+            Self::LicenseCreated(_) => EventName::LicenseCreated,
+            Self::LicenseUpdated(_) => EventName::LicenseUpdated,
+            Self::SubscriptionUpdated(_) => EventName::SubscriptionUpdated,
+            Self::DeviceActivated(_) => EventName::DeviceActivated,
+            Self::DeviceDeactivated(_) => EventName::DeviceDeactivated,
+            Self::DeviceDead(_) => EventName::DeviceDead,
+            Self::DeviceUpdated(_) => EventName::DeviceUpdated,
+            Self::PaymentUpdated(_) => EventName::PaymentUpdated,
+            Self::Other { topic, .. } => EventName::parse(topic),
+        }
+    }
+
+    /// The SSE `event:` name as text, e.g. `license.updated`.
     pub fn topic(&self) -> &str {
         match self {
-            Self::LicenseUpdated(_) => "license.updated",
-            Self::SubscriptionUpdated(_) => "subscription.updated",
-            Self::DeviceActivated(_) => "device.activated",
-            Self::DeviceDeactivated(_) => "device.deactivated",
-            Self::DeviceDead(_) => "device.dead",
-            Self::DeviceUpdated(_) => "device.updated",
-            Self::PaymentUpdated(_) => "payment.updated",
             Self::Other { topic, .. } => topic,
+            typed => typed.name().static_name(),
         }
     }
 
@@ -150,7 +241,7 @@ impl EventPayload {
     pub fn data(&self) -> serde_json::Value {
         let json = |v: Result<serde_json::Value, serde_json::Error>| v.expect("event payloads serialize");
         match self {
-            Self::LicenseUpdated(v) => json(serde_json::to_value(v)),
+            Self::LicenseCreated(v) | Self::LicenseUpdated(v) => json(serde_json::to_value(v)),
             Self::SubscriptionUpdated(v) => json(serde_json::to_value(v)),
             Self::DeviceActivated(v) | Self::DeviceDeactivated(v) | Self::DeviceDead(v) | Self::DeviceUpdated(v) => {
                 json(serde_json::to_value(v))
@@ -348,11 +439,32 @@ mod tests {
         let parsed = EventPayload::parse("license.updated", license);
         assert_eq!(parsed.topic(), "license.updated");
         assert_eq!(parsed.data()["max_devices"], 1);
+        let created = EventPayload::parse("license.created", license);
+        assert!(
+            matches!(&created, EventPayload::LicenseCreated(l) if l.plan.as_deref() == Some("basic")),
+            "{created:?}"
+        );
+        assert_eq!(created.topic(), "license.created");
         let unknown = EventPayload::parse("coupon.applied", r#"{"x":1}"#);
         assert_eq!(unknown.topic(), "coupon.applied");
+        assert_eq!(unknown.name(), EventName::Unknown("coupon.applied".into()));
         assert_eq!(unknown.data()["x"], 1);
         let malformed = EventPayload::parse("license.updated", "not json");
         assert_eq!(malformed.data(), serde_json::json!("not json"));
+        assert_eq!((malformed.name(), malformed.topic()), (EventName::LicenseUpdated, "license.updated"));
+    }
+
+    #[test]
+    fn event_names_parse_back_and_unknown_ones_are_kept() {
+        for known in EventName::KNOWN {
+            assert_eq!(EventName::parse(known.as_str()), known);
+            assert_eq!(known.to_string(), known.as_str());
+            assert!(!known.as_str().is_empty());
+        }
+        for unknown in ["", "coupon.applied", "License.Updated", "license.updated "] {
+            assert_eq!(EventName::parse(unknown), EventName::Unknown(unknown.to_owned()));
+            assert_eq!(EventName::parse(unknown).as_str(), unknown);
+        }
     }
 
     #[test]

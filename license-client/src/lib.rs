@@ -34,7 +34,7 @@ mod types;
 pub use certificate::{CertificateClaims, PublicKey};
 pub use client::{ClientConfig, Clock, LicenseClient, EVENT_READ_TIMEOUT};
 pub use error::Error;
-pub use events::{EventPayload, LicenseEvent, StreamStop, StreamUpdate, Subscription};
+pub use events::{EventName, EventPayload, LicenseEvent, StreamStop, StreamUpdate, Subscription};
 pub use fingerprint::{Fingerprint, FingerprintSource};
 pub use store::STATE_FILE;
 pub use types::{Activation, ActivationOptions, Device, Heartbeat, LicenseInfo, Validation, ValidationCode};

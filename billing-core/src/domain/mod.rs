@@ -8,6 +8,8 @@ pub mod license;
 pub mod payment;
 pub mod plan;
 pub mod subscription;
+// One enum for the outbox topics (SSE event names, vendor webhook event types).
+pub mod topic;
 // Webhooks to the vendor (issue 14).
 pub mod vendor_webhook;
 
@@ -16,6 +18,7 @@ pub use license::{License, LicenseKey, LicenseOverrides, LicenseSource, LicenseS
 pub use payment::{Payment, PaymentStatus};
 pub use plan::{Plan, PlanCatalog, PlanId};
 pub use subscription::{Subscription, SubscriptionSnapshot, SubscriptionStatus};
+pub use topic::Topic;
 
 /// A point in time. All timestamps in the domain are UTC.
 pub type Timestamp = time::OffsetDateTime;

@@ -3,25 +3,15 @@
 //! a message may never be sent to (SSRF). Randomness only where a secret is
 //! generated on purpose.
 
-use super::Timestamp;
+use super::{Timestamp, Topic};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ring::hmac;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-/// Every event type an endpoint may subscribe to: the topics the SSE stream
-/// carries, plus `license.created`.
-pub const EVENT_TYPES: &[&str] = &[
-    "license.created",
-    "license.updated",
-    "subscription.updated",
-    "payment.updated",
-    "device.activated",
-    "device.updated",
-    "device.deactivated",
-    "device.dead",
-];
+/// Every event type an endpoint may subscribe to: every topic.
+pub const EVENT_TYPES: &[&str] = Topic::NAMES;
 
 /// Subscribes to every event type.
 pub const ALL_EVENTS: &str = "*";
@@ -53,7 +43,7 @@ impl EventFilter {
         }
         let mut kept: Vec<String> = Vec::with_capacity(events.len());
         for event in events.iter().map(AsRef::as_ref) {
-            if event != ALL_EVENTS && !EVENT_TYPES.contains(&event) {
+            if event != ALL_EVENTS && Topic::parse(event).is_none() {
                 return Err(EventFilterError::Unknown(event.to_owned()));
             }
             if !kept.iter().any(|k| k == event) {
@@ -71,9 +61,10 @@ impl EventFilter {
         &self.0
     }
 
-    /// Whether a message of `event_type` goes to an endpoint with this filter.
-    pub fn matches(&self, event_type: &str) -> bool {
-        self.0.iter().any(|e| e == ALL_EVENTS || e == event_type)
+    /// Whether a message of `topic` goes to an endpoint with this filter
+    /// (the stores' enqueue applies the same rule in SQL).
+    pub fn matches(&self, topic: Topic) -> bool {
+        self.0.iter().any(|e| e == ALL_EVENTS || e == topic.as_str())
     }
 }
 
@@ -353,8 +344,9 @@ mod tests {
     fn event_filters_accept_known_types_or_everything() {
         let filter = EventFilter::parse(&["license.updated", "license.created", "license.updated"]).unwrap();
         assert_eq!(filter.as_slice(), &["license.updated".to_owned(), "license.created".to_owned()]);
-        assert!(filter.matches("license.created") && !filter.matches("device.dead"));
-        assert!(EventFilter::parse(&["*"]).unwrap().matches("device.dead"));
+        assert!(filter.matches(Topic::LicenseCreated) && !filter.matches(Topic::DeviceDead));
+        assert!(Topic::ALL.into_iter().all(|topic| EventFilter::parse(&["*"]).unwrap().matches(topic)));
+        assert!(Topic::ALL.into_iter().all(|topic| EventFilter::parse(&[topic.as_str()]).unwrap().matches(topic)));
         assert_eq!(EventFilter::parse::<&str>(&[]), Err(EventFilterError::Empty));
         assert_eq!(EventFilter::parse(&["license.deleted"]), Err(EventFilterError::Unknown("license.deleted".into())));
         assert_eq!(EventFilter::parse(&["*", "device.dead"]), Err(EventFilterError::WildcardWithOthers));

@@ -7,7 +7,38 @@ use super::postgres::{PgStore, PgTx};
 use super::sqlite::{SqliteStore, SqliteTx};
 use super::*;
 
-// Admin reads (issue 14).
+/// Calls the same method on whichever backend `$self` holds. Each arm is
+/// compiled only with its backend's feature, so a one-backend build has a
+/// one-armed match.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(inner) => inner.$method($($arg),*).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(inner) => inner.$method($($arg),*).await,
+        }
+    };
+}
+
+/// Trait methods that do nothing but forward to the backend, one line each:
+/// `fn name(arg: Type, ...) -> Result<..., StoreError>;`. The receiver is
+/// given once per block because `self` must come from this macro's own
+/// tokens to be usable in the body it writes.
+macro_rules! delegate {
+    (&self; $(fn $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;)*) => {
+        $(async fn $method(&self, $($arg: $ty),*) -> $ret {
+            dispatch!(self.$method($($arg),*))
+        })*
+    };
+    (&mut self; $(fn $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;)*) => {
+        $(async fn $method(&mut self, $($arg: $ty),*) -> $ret {
+            dispatch!(self.$method($($arg),*))
+        })*
+    };
+}
+
+// Admin reads (issue 14); declared after the macros so that it can use them.
 mod admin_reads;
 
 /// PostgreSQL or the embedded SQLite store.
@@ -50,12 +81,7 @@ impl AnyStore {
     /// How the migrations applied to the database compare with those this
     /// build embeds (`/readyz`).
     pub async fn migration_check(&self) -> Result<super::migration_check::MigrationCheck, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.migration_check().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.migration_check().await,
-        }
+        dispatch!(self.migration_check())
     }
 }
 
@@ -98,678 +124,89 @@ impl Store for AnyStore {
         })
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.migrate().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.migrate().await,
-        }
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.ping().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.ping().await,
-        }
-    }
-
-    async fn record_event_failure(&self, event: &EventRecord<'_>, error: &str) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.record_event_failure(event, error).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.record_event_failure(event, error).await,
-        }
-    }
-
-    async fn subscriptions_of_user(&self, user_id: &str) -> Result<Vec<Subscription>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.subscriptions_of_user(user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.subscriptions_of_user(user_id).await,
-        }
-    }
-
-    async fn changes_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.changes_of_user(user_id, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.changes_of_user(user_id, limit).await,
-        }
-    }
-
-    async fn payments_of_user(&self, user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.payments_of_user(user_id, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.payments_of_user(user_id, limit).await,
-        }
-    }
-
-    async fn stripe_customers_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.stripe_customers_of_user(user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.stripe_customers_of_user(user_id).await,
-        }
-    }
-
-    async fn licenses_of_user(&self, user_id: &str) -> Result<Vec<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.licenses_of_user(user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.licenses_of_user(user_id).await,
-        }
-    }
-
-    async fn outbox_after(
-        &self,
-        after_id: i64,
-        license_id: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.outbox_after(after_id, license_id, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.outbox_after(after_id, license_id, limit).await,
-        }
-    }
-
-    async fn license_by_key_hash(&self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.license_by_key_hash(key_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.license_by_key_hash(key_hash).await,
-        }
-    }
-
-    async fn license_and_device(
-        &self,
-        key_hash: &[u8],
-        fingerprint: Option<&str>,
-    ) -> Result<(Option<License>, Option<Device>), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.license_and_device(key_hash, fingerprint).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.license_and_device(key_hash, fingerprint).await,
-        }
-    }
-
-    async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.device_by_token_hash(token_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.device_by_token_hash(token_hash).await,
-        }
-    }
-
-    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.devices_of_user(user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.devices_of_user(user_id).await,
-        }
-    }
-
-    async fn license_belongs_to(&self, license_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.license_belongs_to(license_id, user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.license_belongs_to(license_id, user_id).await,
-        }
-    }
-
-    async fn latest_outbox_id(&self) -> Result<i64, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.latest_outbox_id().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.latest_outbox_id().await,
-        }
-    }
-
-    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.prune_outbox(before).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.prune_outbox(before).await,
-        }
-    }
-
-    async fn watch_outbox(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.watch_outbox().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.watch_outbox().await,
-        }
-    }
-
-    async fn webhook_event_status(&self, event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.webhook_event_status(event_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.webhook_event_status(event_id).await,
-        }
-    }
-
-    // --- Admin reads (issue 14): Stripe deliveries ---
-
-    async fn record_event_duplicate(&self, event_id: &str) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.record_event_duplicate(event_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.record_event_duplicate(event_id).await,
-        }
-    }
-
-    // --- admin API tokens ---
-
-    async fn insert_admin_token(
-        &self,
-        id: Uuid,
-        name: &str,
-        token_hash: &[u8],
-        scopes: &Scopes,
-    ) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.insert_admin_token(id, name, token_hash, scopes).await,
-        }
-    }
-
-    async fn admin_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.admin_token_by_hash(token_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.admin_token_by_hash(token_hash).await,
-        }
-    }
-
-    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.admin_tokens().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.admin_tokens().await,
-        }
-    }
-
-    async fn revoke_admin_token(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.revoke_admin_token(name, at).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.revoke_admin_token(name, at).await,
-        }
-    }
-
-    async fn touch_admin_token(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.touch_admin_token(id, at).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.touch_admin_token(id, at).await,
-        }
-    }
-
-    // --- Webhooks to the vendor (issue 14) ---
-
-    async fn create_webhook_endpoint(&self, endpoint: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.create_webhook_endpoint(endpoint).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.create_webhook_endpoint(endpoint).await,
-        }
-    }
-
-    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.webhook_endpoints().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.webhook_endpoints().await,
-        }
-    }
-
-    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.webhook_endpoint(id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.webhook_endpoint(id).await,
-        }
-    }
-
-    async fn delete_webhook_endpoint(&self, id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.delete_webhook_endpoint(id, at).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.delete_webhook_endpoint(id, at).await,
-        }
-    }
-
-    async fn webhook_deliveries(
-        &self,
-        endpoint_id: Uuid,
-        cursor: Option<&WebhookDeliveryCursor>,
-        limit: i64,
-    ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.webhook_deliveries(endpoint_id, cursor, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.webhook_deliveries(endpoint_id, cursor, limit).await,
-        }
-    }
-
-    async fn retry_webhook_message(&self, message_id: &str, now: Timestamp) -> Result<WebhookRetry, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.retry_webhook_message(message_id, now).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.retry_webhook_message(message_id, now).await,
-        }
-    }
-
-    async fn claim_webhook_messages(&self, claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.claim_webhook_messages(claim).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.claim_webhook_messages(claim).await,
-        }
-    }
-
-    async fn record_webhook_attempt(&self, record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.record_webhook_attempt(record).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.record_webhook_attempt(record).await,
-        }
-    }
-
-    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => s.next_webhook_due().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => s.next_webhook_due().await,
-        }
+    delegate! { &self;
+        fn migrate() -> Result<(), StoreError>;
+        fn ping() -> Result<(), StoreError>;
+        fn record_event_failure(event: &EventRecord<'_>, error: &str) -> Result<(), StoreError>;
+        fn subscriptions_of_user(user_id: &str) -> Result<Vec<Subscription>, StoreError>;
+        fn changes_of_user(user_id: &str, limit: i64) -> Result<Vec<ChangeEntry>, StoreError>;
+        fn payments_of_user(user_id: &str, limit: i64) -> Result<Vec<PaymentRecord>, StoreError>;
+        fn stripe_customers_of_user(user_id: &str) -> Result<Vec<String>, StoreError>;
+        fn licenses_of_user(user_id: &str) -> Result<Vec<License>, StoreError>;
+        fn outbox_after(after_id: i64, license_id: Option<Uuid>, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
+        fn license_by_key_hash(key_hash: &[u8]) -> Result<Option<License>, StoreError>;
+        fn license_and_device(key_hash: &[u8], fingerprint: Option<&str>)
+            -> Result<(Option<License>, Option<Device>), StoreError>;
+        fn device_by_token_hash(token_hash: &[u8]) -> Result<Option<Device>, StoreError>;
+        fn devices_of_user(user_id: &str) -> Result<Vec<Device>, StoreError>;
+        fn license_belongs_to(license_id: Uuid, user_id: &str) -> Result<bool, StoreError>;
+        fn latest_outbox_id() -> Result<i64, StoreError>;
+        fn prune_outbox(before: Timestamp) -> Result<u64, StoreError>;
+        fn watch_outbox() -> Result<tokio::sync::mpsc::Receiver<()>, StoreError>;
+        fn webhook_event_status(event_id: &str) -> Result<Option<(String, i32, Option<String>)>, StoreError>;
+        // Admin reads (issue 14): Stripe deliveries.
+        fn record_event_duplicate(event_id: &str) -> Result<(), StoreError>;
+        // Admin API tokens.
+        fn insert_admin_token(id: Uuid, name: &str, token_hash: &[u8], scopes: &Scopes) -> Result<bool, StoreError>;
+        fn admin_token_by_hash(token_hash: &[u8]) -> Result<Option<AdminTokenRecord>, StoreError>;
+        fn admin_tokens() -> Result<Vec<AdminTokenRecord>, StoreError>;
+        fn revoke_admin_token(name: &str, at: Timestamp) -> Result<bool, StoreError>;
+        fn touch_admin_token(id: Uuid, at: Timestamp) -> Result<(), StoreError>;
+        // Webhooks to the vendor (issue 14).
+        fn create_webhook_endpoint(endpoint: &NewWebhookEndpoint<'_>) -> Result<WebhookEndpoint, StoreError>;
+        fn webhook_endpoints() -> Result<Vec<WebhookEndpoint>, StoreError>;
+        fn webhook_endpoint(id: Uuid) -> Result<Option<WebhookEndpoint>, StoreError>;
+        fn delete_webhook_endpoint(id: Uuid, at: Timestamp) -> Result<bool, StoreError>;
+        fn webhook_deliveries(endpoint_id: Uuid, cursor: Option<&WebhookDeliveryCursor>, limit: i64)
+            -> Result<Vec<WebhookDelivery>, StoreError>;
+        fn retry_webhook_message(message_id: &str, now: Timestamp) -> Result<WebhookRetry, StoreError>;
+        fn claim_webhook_messages(claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError>;
+        fn record_webhook_attempt(record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError>;
+        fn next_webhook_due() -> Result<Option<Timestamp>, StoreError>;
     }
 }
 
 impl StoreTx for AnyTx {
-    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.claim_event(event).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.claim_event(event).await,
-        }
-    }
-
-    async fn finish_event(
-        &mut self,
-        event_id: &str,
-        disposition: EventDisposition,
-        note: Option<&str>,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.finish_event(event_id, disposition, note).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.finish_event(event_id, disposition, note).await,
-        }
-    }
-
-    async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.upsert_customer(stripe_customer_id, user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.upsert_customer(stripe_customer_id, user_id).await,
-        }
-    }
-
-    async fn lock_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> Result<Option<LockedSubscription>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_subscription(stripe_subscription_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_subscription(stripe_subscription_id).await,
-        }
-    }
-
-    async fn save_subscription(
-        &mut self,
-        customer_id: Uuid,
-        subscription: &Subscription,
-        actor: &Actor,
-        changes: &[SubscriptionChange],
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.save_subscription(customer_id, subscription, actor, changes).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.save_subscription(customer_id, subscription, actor, changes).await,
-        }
-    }
-
-    async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.license_of_subscription(subscription_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.license_of_subscription(subscription_id).await,
-        }
-    }
-
-    async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.insert_license(license).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.insert_license(license).await,
-        }
-    }
-
-    async fn update_license_terms(&mut self, license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.update_license_terms(license_id, terms).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.update_license_terms(license_id, terms).await,
-        }
-    }
-
-    async fn record_change(
-        &mut self,
-        subscription_id: Uuid,
-        actor: &Actor,
-        change: &SubscriptionChange,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.record_change(subscription_id, actor, change).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.record_change(subscription_id, actor, change).await,
-        }
-    }
-
-    async fn upsert_payment(&mut self, customer_id: Uuid, payment: &Payment) -> Result<PaymentWrite, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.upsert_payment(customer_id, payment).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.upsert_payment(customer_id, payment).await,
-        }
-    }
-
-    async fn has_paid_invoice(&mut self, stripe_subscription_id: &str) -> Result<bool, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.has_paid_invoice(stripe_subscription_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.has_paid_invoice(stripe_subscription_id).await,
-        }
-    }
-
-    async fn mark_customer_deleted(&mut self, customer_id: Uuid) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.mark_customer_deleted(customer_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.mark_customer_deleted(customer_id).await,
-        }
-    }
-
-    async fn license_of_stripe_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.license_of_stripe_subscription(stripe_subscription_id).await,
-        }
-    }
-
-    async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_license_by_key_hash(key_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_license_by_key_hash(key_hash).await,
-        }
-    }
-
-    async fn lock_licenses_past_grace(&mut self, now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_licenses_past_grace(now, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_licenses_past_grace(now, limit).await,
-        }
-    }
-
-    async fn license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.license(license_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.license(license_id).await,
-        }
-    }
-
-    async fn lock_license(&mut self, license_id: Uuid) -> Result<Option<License>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_license(license_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_license(license_id).await,
-        }
-    }
-
-    async fn devices_of_license(&mut self, license_id: Uuid) -> Result<Vec<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.devices_of_license(license_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.devices_of_license(license_id).await,
-        }
-    }
-
-    async fn insert_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.insert_device(device, token_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.insert_device(device, token_hash).await,
-        }
-    }
-
-    async fn reactivate_device(&mut self, device: &Device, token_hash: &[u8]) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.reactivate_device(device, token_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.reactivate_device(device, token_hash).await,
-        }
-    }
-
-    async fn lock_device_by_token_hash(&mut self, token_hash: &[u8]) -> Result<Option<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_device_by_token_hash(token_hash).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_device_by_token_hash(token_hash).await,
-        }
-    }
-
-    async fn lock_device_of_user(
-        &mut self,
-        device_id: Uuid,
-        user_id: Option<&str>,
-    ) -> Result<Option<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_device_of_user(device_id, user_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_device_of_user(device_id, user_id).await,
-        }
-    }
-
-    async fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.touch_device(device_id, at).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.touch_device(device_id, at).await,
-        }
-    }
-
-    async fn set_device_status(
-        &mut self,
-        device_id: Uuid,
-        status: DeviceStatus,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.set_device_status(device_id, status, at).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.set_device_status(device_id, status, at).await,
-        }
-    }
-
-    async fn rename_device(&mut self, device_id: Uuid, name: &str) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.rename_device(device_id, name).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.rename_device(device_id, name).await,
-        }
-    }
-
-    async fn lock_overdue_devices(&mut self, cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_overdue_devices(cutoff, limit).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_overdue_devices(cutoff, limit).await,
-        }
-    }
-
-    async fn record_device_change(
-        &mut self,
-        device: &Device,
-        kind: &str,
-        actor: &Actor,
-        detail: Value,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.record_device_change(device, kind, actor, detail).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.record_device_change(device, kind, actor, detail).await,
-        }
-    }
-
-    // --- Admin reads (issue 14): customers ---
-
-    async fn set_customer_email(
-        &mut self,
-        customer_id: Uuid,
-        email: Option<&str>,
-        created: i64,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.set_customer_email(customer_id, email, created).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.set_customer_email(customer_id, email, created).await,
-        }
-    }
-
-    async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.enqueue(message).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.enqueue(message).await,
-        }
-    }
-
-    // --- Admin license writes (issue 14) ---
-
-    async fn lock_license_record(&mut self, license_id: Uuid) -> Result<Option<LockedLicense>, StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.lock_license_record(license_id).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.lock_license_record(license_id).await,
-        }
-    }
-
-    async fn save_license(&mut self, license: &License) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.save_license(license).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.save_license(license).await,
-        }
-    }
-
-    async fn record_license_change(
-        &mut self,
-        license_id: Uuid,
-        kind: &str,
-        actor: &Actor,
-        detail: Value,
-    ) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.record_license_change(license_id, kind, actor, detail).await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.record_license_change(license_id, kind, actor, detail).await,
-        }
+    delegate! { &mut self;
+        fn claim_event(event: &EventRecord<'_>) -> Result<(), StoreError>;
+        fn finish_event(event_id: &str, disposition: EventDisposition, note: Option<&str>) -> Result<(), StoreError>;
+        fn upsert_customer(stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError>;
+        fn lock_subscription(stripe_subscription_id: &str) -> Result<Option<LockedSubscription>, StoreError>;
+        fn save_subscription(customer_id: Uuid, subscription: &Subscription, actor: &Actor, changes: &[SubscriptionChange])
+            -> Result<(), StoreError>;
+        fn license_of_subscription(subscription_id: Uuid) -> Result<Option<License>, StoreError>;
+        fn insert_license(license: &License) -> Result<(), StoreError>;
+        fn update_license_terms(license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError>;
+        fn record_change(subscription_id: Uuid, actor: &Actor, change: &SubscriptionChange) -> Result<(), StoreError>;
+        fn upsert_payment(customer_id: Uuid, payment: &Payment) -> Result<PaymentWrite, StoreError>;
+        fn has_paid_invoice(stripe_subscription_id: &str) -> Result<bool, StoreError>;
+        fn mark_customer_deleted(customer_id: Uuid) -> Result<(), StoreError>;
+        fn license_of_stripe_subscription(stripe_subscription_id: &str) -> Result<Option<License>, StoreError>;
+        fn lock_license_by_key_hash(key_hash: &[u8]) -> Result<Option<License>, StoreError>;
+        fn lock_licenses_past_grace(now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError>;
+        fn license(license_id: Uuid) -> Result<Option<License>, StoreError>;
+        fn lock_license(license_id: Uuid) -> Result<Option<License>, StoreError>;
+        fn devices_of_license(license_id: Uuid) -> Result<Vec<Device>, StoreError>;
+        fn insert_device(device: &Device, token_hash: &[u8]) -> Result<(), StoreError>;
+        fn reactivate_device(device: &Device, token_hash: &[u8]) -> Result<(), StoreError>;
+        fn lock_device_by_token_hash(token_hash: &[u8]) -> Result<Option<Device>, StoreError>;
+        fn lock_device_of_user(device_id: Uuid, user_id: Option<&str>) -> Result<Option<Device>, StoreError>;
+        fn touch_device(device_id: Uuid, at: Timestamp) -> Result<(), StoreError>;
+        fn set_device_status(device_id: Uuid, status: DeviceStatus, at: Timestamp) -> Result<(), StoreError>;
+        fn rename_device(device_id: Uuid, name: &str) -> Result<(), StoreError>;
+        fn lock_overdue_devices(cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError>;
+        fn record_device_change(device: &Device, kind: &str, actor: &Actor, detail: Value) -> Result<(), StoreError>;
+        // Admin reads (issue 14): customers.
+        fn set_customer_email(customer_id: Uuid, email: Option<&str>, created: i64) -> Result<(), StoreError>;
+        fn enqueue(message: &OutboxMessage) -> Result<(), StoreError>;
+        // Admin license writes (issue 14).
+        fn lock_license_record(license_id: Uuid) -> Result<Option<LockedLicense>, StoreError>;
+        fn save_license(license: &License) -> Result<(), StoreError>;
+        fn record_license_change(license_id: Uuid, kind: &str, actor: &Actor, detail: Value) -> Result<(), StoreError>;
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(t) => t.commit().await,
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(t) => t.commit().await,
-        }
+        dispatch!(self.commit())
     }
 }
 

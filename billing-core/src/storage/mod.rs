@@ -111,8 +111,8 @@ pub struct PaymentRecord {
 pub struct OutboxMessage {
     /// The license whose clients should hear it (None: operators only).
     pub license_id: Option<Uuid>,
-    /// Event name, e.g. `license.updated`.
-    pub topic: &'static str,
+    /// What kind of change: the SSE event name and vendor webhook type.
+    pub topic: crate::domain::Topic,
     /// JSON body.
     pub payload: Value,
 }
@@ -124,7 +124,10 @@ pub struct OutboxEvent {
     pub id: i64,
     /// Target license.
     pub license_id: Option<Uuid>,
-    /// Event name.
+    /// Event name, as stored: text rather than a [`crate::domain::Topic`] so
+    /// that an instance still running an older build, on a database shared
+    /// with a newer one, relays topics it does not know instead of failing
+    /// every read of the outbox after them.
     pub topic: String,
     /// JSON body.
     pub payload: Value,

@@ -1089,7 +1089,7 @@ impl Drop for PgTx {
 /// the rows and the vendor's webhook messages for them, in one.
 fn outbox_write(outbox: &[OutboxMessage]) -> (String, Vec<Param>) {
     let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
-    let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
+    let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic.as_str()).collect();
     let payloads: Vec<Value> = outbox.iter().map(|m| m.payload.clone()).collect();
     // Ids are assigned in array order, and only after the lock is held:
     // they are drawn as joined rows come out, and no row can come out of

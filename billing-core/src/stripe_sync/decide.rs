@@ -13,7 +13,7 @@ use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
 use crate::domain::{
     Actor, Device, DeviceStatus, License, Payment, PaymentStatus, PlanCatalog, Subscription, SubscriptionSnapshot,
-    SubscriptionStatus, Timestamp,
+    SubscriptionStatus, Timestamp, Topic,
 };
 use crate::licensing::{device_message, DeactivationReason};
 use crate::messages::{license_message, license_updated, subscription_updated, LICENSE_CREATED};
@@ -45,7 +45,7 @@ pub(crate) struct Decisions<'a> {
 
 /// Whether a snapshot changed our state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Synced {
+enum Synced {
     Applied,
     Stale,
     Ambiguous,
@@ -117,7 +117,7 @@ impl<'a> Decisions<'a> {
                     return InputOutcome::Duplicate;
                 }
                 let actor = Actor::Stripe { event_id: event.id.clone() };
-                match self.sync_subscription(&actor, snapshot, event.created, Ambiguity::Authoritative) {
+                match self.sync_subscription(&actor, snapshot, event.created, input.ambiguity()) {
                     Synced::Stale => self
                         .changes
                         .record_delivery(&event.id, DeliveryRecord::Noted("stale snapshot: a newer one is held")),
@@ -322,7 +322,7 @@ impl<'a> Decisions<'a> {
                 actor: actor.label(),
                 detail: json!({ "reason": reason.as_str() }),
             });
-            self.enqueue(device_message(crate::events::DEVICE_DEACTIVATED, &device, Some(reason.as_str())));
+            self.enqueue(device_message(Topic::DeviceDeactivated, &device, Some(reason.as_str())));
         }
     }
 
@@ -395,7 +395,7 @@ impl<'a> Decisions<'a> {
             if let (true, Some(license_id)) = (moved && payment.status != PaymentStatus::Paid, license_id) {
                 self.enqueue(OutboxMessage {
                     license_id: Some(license_id),
-                    topic: "payment.updated",
+                    topic: Topic::PaymentUpdated,
                     payload: json!({
                         "license_id": license_id,
                         "status": payment.status,

@@ -156,7 +156,8 @@ impl StripeInput {
     fn ambiguity(&self) -> Ambiguity {
         match self {
             Self::Delivery { ambiguity, .. } => *ambiguity,
-            Self::Refetched { .. } | Self::Snapshot { .. } => Ambiguity::Authoritative,
+            Self::Refetched { .. } => Ambiguity::ApplyLaterArrival,
+            Self::Snapshot { .. } => Ambiguity::Authoritative,
         }
     }
 

@@ -106,6 +106,7 @@ async fn resuming_with_last_event_id_replays_exactly_the_missed_events() {
 
 #[tokio::test]
 async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
+    use billing_core::domain::Topic;
     use billing_core::storage::{OutboxMessage, Store, StoreTx};
     let app = spawn_app().await;
     let key = app.issue_license("u", PRICE_PRO).await;
@@ -119,8 +120,13 @@ async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
         let store = app.billing.store().clone();
         tokio::spawn(async move {
             let mut tx = store.begin().await.unwrap();
-            let message =
-                OutboxMessage { license_id: Some(license_id), topic: "test.ping", payload: json!({ "n": n }) };
+            // A topic nothing else in this test sends, so that the stream's
+            // other events (the activation's) are told apart.
+            let message = OutboxMessage {
+                license_id: Some(license_id),
+                topic: Topic::PaymentUpdated,
+                payload: json!({ "n": n }),
+            };
             tx.enqueue(&message).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis((n * 7) % 23)).await;
             tx.commit().await.unwrap();
@@ -133,7 +139,7 @@ async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
     let mut seen = Vec::new();
     let mut last_id = 0;
     while seen.len() < WRITERS as usize {
-        let message = events.next_of("test.ping").await;
+        let message = events.next_of(Topic::PaymentUpdated.as_str()).await;
         let id = message.id.unwrap();
         assert!(id > last_id, "ids only grow: {id} after {last_id}");
         last_id = id;

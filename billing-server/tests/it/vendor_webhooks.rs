@@ -4,6 +4,7 @@
 
 use crate::helpers::*;
 use billing_core::domain::vendor_webhook::RetrySchedule;
+use billing_core::domain::Topic;
 use billing_core::storage::any::AnyStore;
 use billing_core::storage::{NewWebhookEndpoint, OutboxMessage, Store, StoreTx, WebhookDelivery, WebhookMessageStatus};
 use billing_core::vendor_webhooks::{EndpointError, VendorWebhookSettings};
@@ -310,7 +311,7 @@ async fn nothing_is_sent_for_a_rolled_back_change() {
     let mut receiver = Receiver::start(&secret, port, Answer::Ok).await;
     let message = |marker: &str| OutboxMessage {
         license_id: None,
-        topic: "license.updated",
+        topic: Topic::LicenseUpdated,
         payload: json!({ "marker": marker }),
     };
 

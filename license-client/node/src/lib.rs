@@ -145,7 +145,7 @@ pub struct HeartbeatResult {
 
 /// What a subscription delivers: `type` is `connected`, `disconnected`,
 /// `stopped` (for good; see `code`), or an event type such as
-/// `license.updated`, `subscription.updated`, `device.activated`,
+/// `license.created`, `license.updated`, `subscription.updated`, `device.activated`,
 /// `device.deactivated`, `device.dead`, `device.updated`, `payment.updated`.
 #[napi(object)]
 pub struct LicenseEvent {

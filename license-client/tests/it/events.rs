@@ -124,3 +124,22 @@ async fn a_refused_stream_stops_instead_of_retrying_forever() {
     tokio::time::timeout(DEADLINE, subscription.closed()).await.expect("the task ended");
     assert_eq!(client.validate_offline().unwrap().code, ValidationCode::NotActivated);
 }
+
+/// The client's event names are the server's topics: a topic the client did
+/// not know would reach apps only as untyped text, and a name the server
+/// never sends would be a variant apps wait on in vain.
+#[test]
+fn the_client_knows_exactly_the_topics_the_server_sends() {
+    use billing_core::domain::Topic;
+    use license_client::EventName;
+    use std::collections::BTreeSet;
+
+    let server: BTreeSet<&str> = Topic::ALL.iter().map(|topic| topic.as_str()).collect();
+    let client: BTreeSet<&str> = EventName::KNOWN.iter().map(EventName::as_str).collect();
+    assert_eq!(client, server);
+    for topic in Topic::ALL {
+        let name = EventName::parse(topic.as_str());
+        assert!(!matches!(name, EventName::Unknown(_)), "{topic} parses as {name:?}");
+        assert_eq!(name.as_str(), topic.as_str());
+    }
+}

@@ -333,7 +333,7 @@ pub(super) fn insert_license(conn: &Connection, now: i64, license: &crate::domai
 /// live endpoint subscribed to the topic), committed or rolled back with the
 /// change. Ids are handed out by the one writer, so they commit in id order.
 pub(super) fn enqueue(conn: &Connection, now: i64, message: &OutboxMessage) -> Result<(), StoreError> {
-    let (topic, payload) = (message.topic, json_text(&message.payload));
+    let (topic, payload) = (message.topic.as_str(), json_text(&message.payload));
     execute(
         conn,
         "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",

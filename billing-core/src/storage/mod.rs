@@ -6,6 +6,7 @@
 //! commit). A transaction dropped without `commit` rolls back.
 
 pub mod admin_reads;
+pub mod changeset;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
 pub mod migration_check;

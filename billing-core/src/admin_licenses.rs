@@ -7,13 +7,15 @@
 
 use crate::billing::rfc3339;
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
+use crate::domain::{cursor, PlanCatalog};
 use crate::domain::{
     Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
     Plan, Subscription, Timestamp, Topic,
 };
-use crate::licensing::{deactivate_in, DeactivationReason};
+use crate::licensing::{deactivate, DeactivationReason};
 use crate::messages::{license_message, license_updated};
-use crate::storage::{LicenseRecord, LockedLicense, Store, StoreError, StoreTx};
+use crate::storage::license_work::{Changeset, HeldLicense, LicenseAudit, LicenseBundle, LicenseKeys};
+use crate::storage::{LicenseRecord, Store, StoreError};
 use crate::Billing;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -96,6 +98,7 @@ impl<S: Store> Billing<S> {
         request: NewLicense,
     ) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
+        let actor_label = actor.label();
         license::check_user_id(&request.user_id)?;
         let plan = license::manual_plan(self.plans(), &request.plan)?;
         let catalog_plan = match plan {
@@ -121,14 +124,15 @@ impl<S: Store> Billing<S> {
             metadata: license::check_metadata(request.metadata.unwrap_or_default())?,
             overrides,
         };
-        let mut tx = self.store().begin().await?;
-        tx.insert_license(&issued).await?;
-        let detail = json!({ "user_id": issued.user_id, "plan": request.plan, "terms": terms_detail(&issued) });
-        tx.record_license_change(issued.id, "issued", actor, detail).await?;
-        tx.enqueue(&license_message(Topic::LicenseCreated, &issued)).await?;
-        let record = reread(&mut tx, issued.id).await?;
-        tx.commit().await?;
-        tracing::info!(license_id = %issued.id, actor = %actor.label(), "manual license issued");
+        let issued = as_stored(issued);
+        let (actor, plan) = (actor.clone(), request.plan);
+        let record = self
+            .store()
+            .license_work(LicenseKeys::Nothing, move |bundle| {
+                Changeset::from_decision(|changes| decide_issue(bundle, issued, &plan, &actor, changes))
+            })
+            .await?;
+        tracing::info!(license_id = %record.license.id, actor = %actor_label, "manual license issued");
         Ok(AdminLicense { record, device_count: 0, devices: None, subscription: None })
     }
 
@@ -181,7 +185,7 @@ impl<S: Store> Billing<S> {
         // the same way whether or not the license exists.
         let now = self.now();
         license::renewal_end(renewal, None, now)?;
-        self.change_license(actor, license_id, |held| {
+        self.change_license(actor, license_id, move |held| {
             Ok(AdminChange::Renew(license::renewal_end(renewal, held.terms.expires_at, now)?))
         })
         .await
@@ -191,47 +195,25 @@ impl<S: Store> Billing<S> {
     /// dashboard removal is (its event stream then ends).
     pub async fn admin_deactivate_device(&self, actor: &Actor, device_id: Uuid) -> Result<Device, AdminLicenseError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let device = tx.lock_device_of_user(device_id, None).await?.ok_or(AdminLicenseError::NotFound("device"))?;
-        // Read, not locked: this holds the device, and licenses are locked
-        // before their devices.
-        let license = tx.license(device.license_id).await?.ok_or(AdminLicenseError::NotFound("device"))?;
-        if license.terms.status == LicenseStatus::Revoked {
-            return Err(AdminLicenseError::Conflict);
-        }
-        if device.status != DeviceStatus::Active {
-            return Ok(device);
-        }
-        let device = deactivate_in(&mut tx, device, DeactivationReason::Dashboard, actor, now).await?;
-        tx.commit().await?;
-        Ok(device)
+        let actor = actor.clone();
+        let keys = LicenseKeys::DeviceOfUser { device_id, user_id: None };
+        self.store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_device_removal(bundle, &actor, now, changes))
+            })
+            .await?
     }
 
     /// Deactivates every device of a license, each announced as
     /// `device.deactivated`.
     pub async fn reset_devices(&self, actor: &Actor, license_id: Uuid) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let locked = tx.lock_license_record(license_id).await?.ok_or(AdminLicenseError::NotFound("license"))?;
-        if locked.record.license.terms.status == LicenseStatus::Revoked {
-            return Err(AdminLicenseError::Conflict);
-        }
-        let mut devices = tx.devices_of_license(license_id).await?;
-        let mut reset = 0;
-        for device in &mut devices {
-            if device.status == DeviceStatus::Active {
-                *device = deactivate_in(&mut tx, device.clone(), DeactivationReason::Dashboard, actor, now).await?;
-                reset += 1;
-            }
-        }
-        let LockedLicense { record, subscription } = locked;
-        let reset_all = AdminLicense { record, device_count: 0, devices: Some(devices), subscription };
-        if reset == 0 {
-            return Ok(reset_all);
-        }
-        tx.record_license_change(license_id, "devices_reset", actor, json!({ "deactivated": reset })).await?;
-        tx.commit().await?;
-        Ok(reset_all)
+        let actor = actor.clone();
+        self.store()
+            .license_work(LicenseKeys::License { license_id }, move |bundle| {
+                Changeset::from_decision(|changes| decide_reset(bundle, &actor, now, changes))
+            })
+            .await?
     }
 
     /// The one shape of every license change: lock, decide (`change` sees
@@ -240,82 +222,191 @@ impl<S: Store> Billing<S> {
         &self,
         actor: &Actor,
         license_id: Uuid,
-        change: impl FnOnce(&License) -> Result<AdminChange, AdminLicenseError>,
+        change: impl FnOnce(&License) -> Result<AdminChange, AdminLicenseError> + Send + 'static,
     ) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let locked = tx.lock_license_record(license_id).await?.ok_or(AdminLicenseError::NotFound("license"))?;
-        let held = &locked.record.license;
-        if held.terms.status == LicenseStatus::Revoked {
-            return Err(AdminLicenseError::Conflict);
+        let config = self.config_arc();
+        let decided_by = actor.clone();
+        let (changed, kind) = self
+            .store()
+            .license_work(LicenseKeys::License { license_id }, move |bundle| {
+                let rules = LicenseRules {
+                    plans: &config.plans,
+                    grace: config.grace,
+                    heartbeat_window: config.licensing.heartbeat_window,
+                    now,
+                };
+                Changeset::from_decision(|changes| decide_change(bundle, rules, &decided_by, change, changes))
+            })
+            .await??;
+        if let Some(kind) = kind {
+            tracing::info!(license_id = %license_id, actor = %actor.label(), change = kind, "license changed by an admin");
         }
-        let change = change(held)?;
-        let mut next = license::apply_admin_change(held, &change, now).map_err(|_| AdminLicenseError::Conflict)?;
-        next.terms =
-            license::rederive(&next, locked.subscription.as_ref(), self.plan_of(&locked), self.config().grace, now)
-                .ok_or_else(|| StoreError::Corrupt("a Stripe license without its subscription".into()))?;
-        let devices = tx.devices_of_license(license_id).await?;
-        if &next == held {
-            // Nothing changed: nothing to record or announce.
-            return Ok(AdminLicense {
-                device_count: holding_slots(&devices),
-                record: locked.record,
-                devices: None,
-                subscription: None,
-            });
-        }
-        tx.save_license(&next).await?;
-        let detail = json!({
-            "from": terms_detail(held),
-            "to": terms_detail(&next),
-        });
-        tx.record_license_change(license_id, change.kind(), actor, detail).await?;
-        tx.enqueue(&license_updated(&next)).await?;
-        let mut device_count = holding_slots(&devices);
-        if next.terms.max_devices < held.terms.max_devices {
-            self.evict_beyond_limit(&mut tx, &next, actor, now).await?;
-            device_count = device_count.min(next.terms.max_devices as usize);
-        }
-        let record = reread(&mut tx, license_id).await?;
-        tx.commit().await?;
-        tracing::info!(license_id = %license_id, actor = %actor.label(), change = change.kind(), "license changed by an admin");
-        Ok(AdminLicense { record, device_count, devices: None, subscription: None })
-    }
-
-    /// The plan a license's terms come from: its subscription's price for a
-    /// Stripe license (as webhooks derive it), its own plan for a manual one.
-    fn plan_of(&self, locked: &LockedLicense) -> Option<&Plan> {
-        match &locked.subscription {
-            Some(sub) => sub.snapshot.price_id.as_deref().and_then(|p| self.plans().by_price(p)),
-            None => locked.record.license.terms.plan_id.as_deref().and_then(|p| self.plans().by_id(p)),
-        }
-    }
-
-    /// After a downgrade, the least recently seen live devices beyond the
-    /// new limit lose their slot and are told so.
-    pub(crate) async fn evict_beyond_limit(
-        &self,
-        tx: &mut S::Tx,
-        license: &License,
-        actor: &Actor,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let window = self.config().licensing.heartbeat_window;
-        let devices = tx.devices_of_license(license.id).await?;
-        for id in crate::domain::device::evicted_by_limit(&devices, license.terms.max_devices, now, window) {
-            let device = devices.iter().find(|d| d.id == id).expect("evicted devices come from the list").clone();
-            deactivate_in(tx, device, DeactivationReason::Downgrade, actor, now).await?;
-        }
-        Ok(())
+        Ok(changed)
     }
 }
 
-/// The license as just written, with the dates the store gave it.
-async fn reread<T: StoreTx>(tx: &mut T, license_id: Uuid) -> Result<LicenseRecord, StoreError> {
-    tx.lock_license_record(license_id)
-        .await?
-        .map(|locked| locked.record)
-        .ok_or_else(|| StoreError::Corrupt("a license vanished inside its own transaction".into()))
+/// What the decisions of license changes read besides the bundle.
+#[derive(Clone, Copy)]
+struct LicenseRules<'a> {
+    plans: &'a PlanCatalog,
+    grace: time::Duration,
+    heartbeat_window: time::Duration,
+    now: Timestamp,
+}
+
+/// A manual license issued: the row, its audit row, `license.created`.
+/// Returns it as the store records it.
+fn decide_issue(
+    bundle: LicenseBundle,
+    issued: License,
+    plan: &str,
+    actor: &Actor,
+    changes: &mut Changeset,
+) -> LicenseRecord {
+    let detail = json!({ "user_id": issued.user_id, "plan": plan, "terms": terms_detail(&issued) });
+    changes.license_audit.push(LicenseAudit { license_id: issued.id, kind: "issued", actor: actor.label(), detail });
+    changes.outbox.push(license_message(Topic::LicenseCreated, &issued));
+    changes.new_licenses.push(issued.clone());
+    let at = bundle.stamped_at;
+    LicenseRecord { owner_user_id: issued.user_id.clone(), license: issued, created_at: at, updated_at: at }
+}
+
+/// An admin change of a license, re-derived from its source; nothing is
+/// written when it changes nothing. Returns the license as committed and
+/// the kind of change, when there was one (owned: a borrowed `&'static str`
+/// trips rustc into finding the unit of work's future not general enough to
+/// be `Send`).
+fn decide_change(
+    bundle: LicenseBundle,
+    rules: LicenseRules<'_>,
+    actor: &Actor,
+    change: impl FnOnce(&License) -> Result<AdminChange, AdminLicenseError>,
+    changes: &mut Changeset,
+) -> Result<(AdminLicense, Option<String>), AdminLicenseError> {
+    let held = bundle.licenses.into_iter().next().ok_or(AdminLicenseError::NotFound("license"))?;
+    let current = &held.record.license;
+    if current.terms.status == LicenseStatus::Revoked {
+        return Err(AdminLicenseError::Conflict);
+    }
+    let change = change(current)?;
+    let mut next = license::apply_admin_change(current, &change, rules.now).map_err(|_| AdminLicenseError::Conflict)?;
+    next.terms =
+        license::rederive(&next, held.subscription.as_ref(), plan_of(rules.plans, &held), rules.grace, rules.now)
+            .ok_or_else(|| StoreError::Corrupt("a Stripe license without its subscription".into()))?;
+    let next = as_stored(next);
+    let mut device_count = holding_slots(&held.devices);
+    if &next == current {
+        // Nothing changed: nothing to record or announce.
+        let unchanged = AdminLicense { device_count, record: held.record, devices: None, subscription: None };
+        return Ok((unchanged, None));
+    }
+    changes.saved_licenses.push(next.clone());
+    let detail = json!({ "from": terms_detail(current), "to": terms_detail(&next) });
+    changes.license_audit.push(LicenseAudit { license_id: next.id, kind: change.kind(), actor: actor.label(), detail });
+    changes.outbox.push(license_updated(&next));
+    if next.terms.max_devices < current.terms.max_devices {
+        evict_beyond_limit(changes, &next, &held.devices, actor, rules.now, rules.heartbeat_window);
+        device_count = device_count.min(next.terms.max_devices as usize);
+    }
+    let record = LicenseRecord { license: next, updated_at: bundle.stamped_at, ..held.record };
+    Ok((AdminLicense { record, device_count, devices: None, subscription: None }, Some(change.kind().to_owned())))
+}
+
+/// An admin removing one device; a revoked license's devices are left as
+/// they are, and a device holding no slot changes nothing.
+fn decide_device_removal(
+    bundle: LicenseBundle,
+    actor: &Actor,
+    now: Timestamp,
+    changes: &mut Changeset,
+) -> Result<Device, AdminLicenseError> {
+    let device = bundle.devices.into_iter().next().ok_or(AdminLicenseError::NotFound("device"))?;
+    let license = bundle.licenses.into_iter().next().ok_or(AdminLicenseError::NotFound("device"))?;
+    if license.record.license.terms.status == LicenseStatus::Revoked {
+        return Err(AdminLicenseError::Conflict);
+    }
+    if device.status != DeviceStatus::Active {
+        return Ok(device);
+    }
+    Ok(deactivate(changes, device, DeactivationReason::Dashboard, actor, now))
+}
+
+/// Every active device of a license deactivated, and one audit row for the
+/// reset (none when there was nothing to reset).
+fn decide_reset(
+    bundle: LicenseBundle,
+    actor: &Actor,
+    now: Timestamp,
+    changes: &mut Changeset,
+) -> Result<AdminLicense, AdminLicenseError> {
+    let held = bundle.licenses.into_iter().next().ok_or(AdminLicenseError::NotFound("license"))?;
+    if held.record.license.terms.status == LicenseStatus::Revoked {
+        return Err(AdminLicenseError::Conflict);
+    }
+    let HeldLicense { record, subscription, mut devices } = held;
+    let mut reset = 0;
+    for device in &mut devices {
+        if device.status == DeviceStatus::Active {
+            *device = deactivate(changes, device.clone(), DeactivationReason::Dashboard, actor, now);
+            reset += 1;
+        }
+    }
+    if reset > 0 {
+        let detail = json!({ "deactivated": reset });
+        changes.license_audit.push(LicenseAudit {
+            license_id: record.license.id,
+            kind: "devices_reset",
+            actor: actor.label(),
+            detail,
+        });
+    }
+    Ok(AdminLicense { record, device_count: 0, devices: Some(devices), subscription })
+}
+
+/// The plan a license's terms come from: its subscription's price for a
+/// Stripe license (as webhooks derive it), its own plan for a manual one.
+fn plan_of<'a>(plans: &'a PlanCatalog, held: &HeldLicense) -> Option<&'a Plan> {
+    match &held.subscription {
+        Some(sub) => sub.snapshot.price_id.as_deref().and_then(|p| plans.by_price(p)),
+        None => held.record.license.terms.plan_id.as_deref().and_then(|p| plans.by_id(p)),
+    }
+}
+
+/// After a downgrade, the least recently seen live devices beyond the new
+/// limit lose their slot and are told so.
+fn evict_beyond_limit(
+    changes: &mut Changeset,
+    license: &License,
+    devices: &[Device],
+    actor: &Actor,
+    now: Timestamp,
+    window: time::Duration,
+) {
+    for id in crate::domain::device::evicted_by_limit(devices, license.terms.max_devices, now, window) {
+        let device = devices.iter().find(|d| d.id == id).expect("evicted devices come from the list").clone();
+        deactivate(changes, device, DeactivationReason::Downgrade, actor, now);
+    }
+}
+
+/// The license as the stores keep it: times in whole microseconds, so
+/// that what a use case returns is what a later read finds.
+fn as_stored(license: License) -> License {
+    let micros = |t: Option<Timestamp>| t.and_then(|t| cursor::from_micros(cursor::to_micros(t)));
+    let (terms, overrides) = (&license.terms, &license.overrides);
+    License {
+        terms: LicenseTerms {
+            expires_at: micros(terms.expires_at),
+            grace_ends_at: micros(terms.grace_ends_at),
+            ..terms.clone()
+        },
+        overrides: LicenseOverrides {
+            expires_at: micros(overrides.expires_at),
+            suspended_at: micros(overrides.suspended_at),
+            ..overrides.clone()
+        },
+        ..license
+    }
 }
 
 fn holding_slots(devices: &[Device]) -> usize {

@@ -7,7 +7,8 @@ use crate::domain::device::{self, ActivationPlan, ActivationRefusal, TextRefusal
 use crate::domain::{
     ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, Topic, ValidationCode,
 };
-use crate::storage::{OutboxMessage, Store, StoreError, StoreTx};
+use crate::storage::license_work::{Changeset, DeviceActivation, DeviceAudit, LicenseBundle, LicenseKeys};
+use crate::storage::{OutboxMessage, Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -188,41 +189,22 @@ impl<S: Store> Billing<S> {
         let key = LicenseKey::parse(request.license_key).ok_or(LicensingError::LicenseNotFound)?;
         let now = self.now();
         let window = self.licensing().heartbeat_window;
-        let mut tx = self.store().begin().await?;
-        let license = tx.lock_license_by_key_hash(&key.lookup_hash()).await?.ok_or(LicensingError::LicenseNotFound)?;
-        let devices = tx.devices_of_license(license.id).await?;
-        let plan =
-            device::plan_activation(&license, &devices, request.fingerprint, now, window).map_err(|r| match r {
-                ActivationRefusal::LicenseNotActive(status) => LicensingError::LicenseNotActive(status),
-                ActivationRefusal::TooManyDevices { max_devices } => LicensingError::TooManyDevices { max_devices },
-            })?;
         let token = ActivationToken::generate();
-        let mut device = Device {
-            id: Uuid::new_v4(),
-            license_id: license.id,
+        let activating = Activating {
+            device_id: Uuid::new_v4(),
+            token_hash: token.hash(),
             fingerprint: request.fingerprint.to_owned(),
             name: request.name.map(str::to_owned),
             platform: request.platform.map(str::to_owned),
             app_version: request.app_version.map(str::to_owned),
-            status: DeviceStatus::Active,
-            activated_at: now,
-            last_heartbeat_at: now,
-            deactivated_at: None,
         };
-        let created = match plan {
-            ActivationPlan::New => {
-                tx.insert_device(&device, &token.hash()).await?;
-                true
-            }
-            ActivationPlan::Reuse(id) => {
-                device.id = id;
-                tx.reactivate_device(&device, &token.hash()).await?;
-                false
-            }
-        };
-        tx.record_device_change(&device, "activated", &Actor::System, json!({ "new_slot": created })).await?;
-        tx.enqueue(&device_message(Topic::DeviceActivated, &device, None)).await?;
-        tx.commit().await?;
+        let keys = LicenseKeys::ActivationOf { key_hash: key.lookup_hash() };
+        let (license, device, created) = self
+            .store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_activation(bundle, activating, now, window, changes))
+            })
+            .await??;
         let certificate = self.certificate(&license, &device, now);
         Ok(Activation { token, device, license, certificate, created })
     }
@@ -247,19 +229,14 @@ impl<S: Store> Billing<S> {
     /// Records a heartbeat from the device holding `token`.
     pub async fn heartbeat(&self, token: &str) -> Result<Heartbeat, LicensingError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let device = self.live_device(&mut tx, token, now).await?;
-        let Some(device) = device else {
-            // The death was recorded; tell the app.
-            tx.commit().await?;
-            return Err(LicensingError::HeartbeatDead);
-        };
-        tx.touch_device(device.id, now).await?;
-        // Read, not locked: this holds the device, and an activation or a
-        // downgrade locks the license first and then its devices.
-        let license = tx.license(device.license_id).await?.ok_or(LicensingError::InvalidToken)?;
-        tx.commit().await?;
-        let device = Device { last_heartbeat_at: now, ..device };
+        let window = self.licensing().heartbeat_window;
+        let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
+        let (device, license) = self
+            .store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_heartbeat(bundle, now, window, changes))
+            })
+            .await??;
         let certificate = self.certificate(&license, &device, now);
         Ok(Heartbeat { device, license, certificate })
     }
@@ -267,35 +244,12 @@ impl<S: Store> Billing<S> {
     /// Deactivates the device holding `token`, freeing its slot.
     pub async fn deactivate(&self, token: &str) -> Result<Device, LicensingError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let device = tx
-            .lock_device_by_token_hash(&ActivationToken::presented(token).hash())
+        let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
+        self.store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_app_deactivation(bundle, now, changes))
+            })
             .await?
-            .ok_or(LicensingError::InvalidToken)?;
-        if device.status == DeviceStatus::Deactivated {
-            return Err(LicensingError::DeviceDeactivated);
-        }
-        let device = deactivate_in(&mut tx, device, DeactivationReason::App, &Actor::System, now).await?;
-        tx.commit().await?;
-        Ok(device)
-    }
-
-    /// Looks up the device of a token; records its death if it is overdue
-    /// (returning None then).
-    async fn live_device(&self, tx: &mut S::Tx, token: &str, now: Timestamp) -> Result<Option<Device>, LicensingError> {
-        let device = tx
-            .lock_device_by_token_hash(&ActivationToken::presented(token).hash())
-            .await?
-            .ok_or(LicensingError::InvalidToken)?;
-        match device.status {
-            DeviceStatus::Deactivated => Err(LicensingError::DeviceDeactivated),
-            DeviceStatus::Dead => Err(LicensingError::HeartbeatDead),
-            DeviceStatus::Active if device.is_overdue(now, self.licensing().heartbeat_window) => {
-                declare_dead(tx, &device, now).await?;
-                Ok(None)
-            }
-            DeviceStatus::Active => Ok(Some(device)),
-        }
     }
 
     /// Marks every overdue device dead (audit row + `device.dead` event).
@@ -305,16 +259,17 @@ impl<S: Store> Billing<S> {
         let cutoff = now - self.licensing().heartbeat_window;
         let mut total = 0;
         loop {
-            let mut tx = self.store().begin().await?;
-            let overdue = tx.lock_overdue_devices(cutoff, 500).await?;
-            if overdue.is_empty() {
+            let keys = LicenseKeys::OverdueDevices { cutoff, limit: 500 };
+            let reaped = self
+                .store()
+                .license_work(keys, move |bundle| {
+                    Changeset::from_decision(|changes| decide_reaping(bundle, now, changes))
+                })
+                .await?;
+            if reaped == 0 {
                 return Ok(total);
             }
-            for device in &overdue {
-                declare_dead(&mut tx, device, now).await?;
-            }
-            tx.commit().await?;
-            total += overdue.len();
+            total += reaped;
         }
     }
 
@@ -332,14 +287,13 @@ impl<S: Store> Billing<S> {
         actor: &Actor,
     ) -> Result<Device, LicensingError> {
         let now = self.now();
-        let mut tx = self.store().begin().await?;
-        let device = tx.lock_device_of_user(device_id, user_id).await?.ok_or(LicensingError::DeviceNotFound)?;
-        if device.status == DeviceStatus::Deactivated {
-            return Ok(device);
-        }
-        let device = deactivate_in(&mut tx, device, DeactivationReason::Dashboard, actor, now).await?;
-        tx.commit().await?;
-        Ok(device)
+        let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
+        let actor = actor.clone();
+        self.store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_dashboard_removal(bundle, &actor, now, changes))
+            })
+            .await?
     }
 
     /// Renames a device from the dashboard.
@@ -355,14 +309,13 @@ impl<S: Store> Billing<S> {
             return Err(LicensingError::Invalid("name must not be empty"));
         }
         check_field(Some(name), DeviceField::Name)?;
-        let mut tx = self.store().begin().await?;
-        let device = tx.lock_device_of_user(device_id, user_id).await?.ok_or(LicensingError::DeviceNotFound)?;
-        tx.rename_device(device.id, name).await?;
-        let device = Device { name: Some(name.to_owned()), ..device };
-        tx.record_device_change(&device, "renamed", actor, json!({ "name": name })).await?;
-        tx.enqueue(&device_message(Topic::DeviceUpdated, &device, None)).await?;
-        tx.commit().await?;
-        Ok(device)
+        let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
+        let (name, actor) = (name.to_owned(), actor.clone());
+        self.store()
+            .license_work(keys, move |bundle| {
+                Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes))
+            })
+            .await?
     }
 
     /// Signs an offline certificate for a device.
@@ -439,33 +392,172 @@ impl<S: Store> Billing<S> {
     }
 }
 
-/// Deactivates a device inside a transaction, with audit and event.
-pub(crate) async fn deactivate_in<T: StoreTx>(
-    tx: &mut T,
+/// A device to activate, as the request gave it, with the id a new slot
+/// gets and its new token's hash.
+struct Activating {
+    device_id: Uuid,
+    token_hash: Vec<u8>,
+    fingerprint: String,
+    name: Option<String>,
+    platform: Option<String>,
+    app_version: Option<String>,
+}
+
+/// An activation: a new slot, or the fingerprint's own taken again, with a
+/// new token. Returns the license, the device and whether the slot is new.
+fn decide_activation(
+    bundle: LicenseBundle,
+    activating: Activating,
+    now: Timestamp,
+    window: time::Duration,
+    changes: &mut Changeset,
+) -> Result<(License, Device, bool), LicensingError> {
+    let held = bundle.licenses.into_iter().next().ok_or(LicensingError::LicenseNotFound)?;
+    let plan = device::plan_activation(&held.record.license, &held.devices, &activating.fingerprint, now, window)
+        .map_err(|r| match r {
+            ActivationRefusal::LicenseNotActive(status) => LicensingError::LicenseNotActive(status),
+            ActivationRefusal::TooManyDevices { max_devices } => LicensingError::TooManyDevices { max_devices },
+        })?;
+    let Activating { device_id, token_hash, fingerprint, name, platform, app_version } = activating;
+    let mut device = Device {
+        id: device_id,
+        license_id: held.record.license.id,
+        fingerprint,
+        name,
+        platform,
+        app_version,
+        status: DeviceStatus::Active,
+        activated_at: now,
+        last_heartbeat_at: now,
+        deactivated_at: None,
+    };
+    let created = match plan {
+        ActivationPlan::New => {
+            changes.new_devices.push(DeviceActivation { device: device.clone(), token_hash });
+            true
+        }
+        ActivationPlan::Reuse(id) => {
+            device.id = id;
+            changes.reactivated_devices.push(DeviceActivation { device: device.clone(), token_hash });
+            false
+        }
+    };
+    changes.device_audit.push(device_audit(&device, "activated", &Actor::System, json!({ "new_slot": created })));
+    changes.outbox.push(device_message(Topic::DeviceActivated, &device, None));
+    Ok((held.record.license, device, created))
+}
+
+/// A heartbeat of a live device; one found overdue is declared dead (and
+/// the app told so, with the death recorded).
+fn decide_heartbeat(
+    bundle: LicenseBundle,
+    now: Timestamp,
+    window: time::Duration,
+    changes: &mut Changeset,
+) -> Result<(Device, License), LicensingError> {
+    let device = live_device(bundle.device(), now, window, changes)?;
+    let license = bundle.licenses.into_iter().next().ok_or(LicensingError::InvalidToken)?.record.license;
+    changes.heartbeats.push((device.id, now));
+    Ok((Device { last_heartbeat_at: now, ..device }, license))
+}
+
+/// The device of a token when it is alive; one overdue is declared dead
+/// in `changes` (and refused all the same).
+fn live_device(
+    device: Option<&Device>,
+    now: Timestamp,
+    window: time::Duration,
+    changes: &mut Changeset,
+) -> Result<Device, LicensingError> {
+    let device = device.ok_or(LicensingError::InvalidToken)?;
+    match device.status {
+        DeviceStatus::Deactivated => Err(LicensingError::DeviceDeactivated),
+        DeviceStatus::Dead => Err(LicensingError::HeartbeatDead),
+        DeviceStatus::Active if device.is_overdue(now, window) => {
+            declare_dead(changes, device, now);
+            Err(LicensingError::HeartbeatDead)
+        }
+        DeviceStatus::Active => Ok(device.clone()),
+    }
+}
+
+/// The app deactivating its own device; a second time is refused.
+fn decide_app_deactivation(
+    bundle: LicenseBundle,
+    now: Timestamp,
+    changes: &mut Changeset,
+) -> Result<Device, LicensingError> {
+    let device = bundle.devices.into_iter().next().ok_or(LicensingError::InvalidToken)?;
+    if device.status == DeviceStatus::Deactivated {
+        return Err(LicensingError::DeviceDeactivated);
+    }
+    Ok(deactivate(changes, device, DeactivationReason::App, &Actor::System, now))
+}
+
+/// A removal from the dashboard; removing a removed device changes nothing.
+fn decide_dashboard_removal(
+    bundle: LicenseBundle,
+    actor: &Actor,
+    now: Timestamp,
+    changes: &mut Changeset,
+) -> Result<Device, LicensingError> {
+    let device = bundle.devices.into_iter().next().ok_or(LicensingError::DeviceNotFound)?;
+    if device.status == DeviceStatus::Deactivated {
+        return Ok(device);
+    }
+    Ok(deactivate(changes, device, DeactivationReason::Dashboard, actor, now))
+}
+
+/// A new name for a device (`name` checked already).
+fn decide_rename(
+    bundle: LicenseBundle,
+    name: String,
+    actor: &Actor,
+    changes: &mut Changeset,
+) -> Result<Device, LicensingError> {
+    let device = bundle.devices.into_iter().next().ok_or(LicensingError::DeviceNotFound)?;
+    changes.device_names.push((device.id, name.clone()));
+    let detail = json!({ "name": name });
+    let device = Device { name: Some(name), ..device };
+    changes.device_audit.push(device_audit(&device, "renamed", actor, detail));
+    changes.outbox.push(device_message(Topic::DeviceUpdated, &device, None));
+    Ok(device)
+}
+
+/// Every overdue device loaded is declared dead; returns how many.
+fn decide_reaping(bundle: LicenseBundle, now: Timestamp, changes: &mut Changeset) -> usize {
+    for device in &bundle.devices {
+        declare_dead(changes, device, now);
+    }
+    bundle.devices.len()
+}
+
+/// Deactivates a device: its status, audit row and event. Returns it as
+/// deactivated.
+pub(crate) fn deactivate(
+    changes: &mut Changeset,
     device: Device,
     reason: DeactivationReason,
     actor: &Actor,
     now: Timestamp,
-) -> Result<Device, StoreError> {
-    tx.set_device_status(device.id, DeviceStatus::Deactivated, now).await?;
+) -> Device {
+    changes.device_statuses.push((device.id, DeviceStatus::Deactivated, now));
     let device = Device { status: DeviceStatus::Deactivated, deactivated_at: Some(now), ..device };
-    tx.record_device_change(&device, "deactivated", actor, json!({ "reason": reason.as_str() })).await?;
-    tx.enqueue(&device_message(Topic::DeviceDeactivated, &device, Some(reason.as_str()))).await?;
-    Ok(device)
+    changes.device_audit.push(device_audit(&device, "deactivated", actor, json!({ "reason": reason.as_str() })));
+    changes.outbox.push(device_message(Topic::DeviceDeactivated, &device, Some(reason.as_str())));
+    device
 }
 
-async fn declare_dead<T: StoreTx>(tx: &mut T, device: &Device, now: Timestamp) -> Result<(), StoreError> {
-    tx.set_device_status(device.id, DeviceStatus::Dead, now).await?;
+fn declare_dead(changes: &mut Changeset, device: &Device, now: Timestamp) {
+    changes.device_statuses.push((device.id, DeviceStatus::Dead, now));
     let dead = Device { status: DeviceStatus::Dead, deactivated_at: Some(now), ..device.clone() };
-    tx.record_device_change(
-        &dead,
-        "dead",
-        &Actor::System,
-        json!({ "last_heartbeat_at": rfc3339(device.last_heartbeat_at) }),
-    )
-    .await?;
-    tx.enqueue(&device_message(Topic::DeviceDead, &dead, Some("heartbeat_missed"))).await?;
-    Ok(())
+    let detail = json!({ "last_heartbeat_at": rfc3339(device.last_heartbeat_at) });
+    changes.device_audit.push(device_audit(&dead, "dead", &Actor::System, detail));
+    changes.outbox.push(device_message(Topic::DeviceDead, &dead, Some("heartbeat_missed")));
+}
+
+fn device_audit(device: &Device, kind: &'static str, actor: &Actor, detail: serde_json::Value) -> DeviceAudit {
+    DeviceAudit { device_id: device.id, license_id: device.license_id, kind, actor: actor.label(), detail }
 }
 
 pub(crate) fn device_message(topic: Topic, device: &Device, reason: Option<&str>) -> OutboxMessage {

@@ -115,6 +115,19 @@ impl Store for AnyStore {
         }
     }
 
+    async fn license_work<T, F>(&self, keys: super::license_work::LicenseKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(super::license_work::LicenseBundle) -> (super::changeset::Changeset, T) + Send + 'static,
+    {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.license_work(keys, decide).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.license_work(keys, decide).await,
+        }
+    }
+
     async fn begin(&self) -> Result<AnyTx, StoreError> {
         Ok(match self {
             #[cfg(feature = "postgres")]

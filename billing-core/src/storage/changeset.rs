@@ -3,7 +3,7 @@
 //! in the order the decisions made them.
 
 use crate::domain::subscription::SubscriptionChange;
-use crate::domain::{DeviceStatus, License, LicenseTerms, Payment, Subscription, Timestamp};
+use crate::domain::{Device, DeviceStatus, License, LicenseTerms, Payment, Subscription, Timestamp};
 use crate::storage::OutboxMessage;
 use serde_json::Value;
 use uuid::Uuid;
@@ -79,6 +79,30 @@ pub struct PaymentUpsert {
     pub new: bool,
 }
 
+/// A device to write with the hash of its new activation token: a new
+/// slot, or a held slot taken again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceActivation {
+    /// The device as it is to be stored.
+    pub device: Device,
+    /// The hash of the token it now authenticates with (never the token).
+    pub token_hash: Vec<u8>,
+}
+
+/// A `license_changes` row: what happened to a license that no
+/// subscription's audit trail records (admin changes, manual licenses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LicenseAudit {
+    /// The license.
+    pub license_id: Uuid,
+    /// `issued`, `suspended`, `devices_reset`, …
+    pub kind: &'static str,
+    /// Who did it.
+    pub actor: String,
+    /// Details.
+    pub detail: Value,
+}
+
 /// Every write of a unit of work, in the order the decisions made them.
 /// Rows written twice (a subscription two events of one group moved) are
 /// held once, in their last state.
@@ -110,9 +134,30 @@ pub struct Changeset {
     pub device_audit: Vec<DeviceAudit>,
     /// Client-visible changes, in order.
     pub outbox: Vec<OutboxMessage>,
+    /// Held licenses whose admin fields changed too (overrides,
+    /// entitlements, metadata): written whole, terms included.
+    pub saved_licenses: Vec<License>,
+    /// `license_changes` rows, in order.
+    pub license_audit: Vec<LicenseAudit>,
+    /// Devices activated in a new slot.
+    pub new_devices: Vec<DeviceActivation>,
+    /// Held devices activated again: new token, details and times, active.
+    pub reactivated_devices: Vec<DeviceActivation>,
+    /// Heartbeats: devices heard from at a time.
+    pub heartbeats: Vec<(Uuid, Timestamp)>,
+    /// Devices renamed.
+    pub device_names: Vec<(Uuid, String)>,
 }
 
 impl Changeset {
+    /// Runs a decision that writes into a changeset: what a unit of work's
+    /// `decide` hands back, its writes with its result.
+    pub fn from_decision<R>(decide: impl FnOnce(&mut Changeset) -> R) -> (Changeset, R) {
+        let mut changes = Changeset::default();
+        let result = decide(&mut changes);
+        (changes, result)
+    }
+
     /// Whether nothing at all is written.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()

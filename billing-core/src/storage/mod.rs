@@ -6,9 +6,10 @@
 //! commit). A transaction dropped without `commit` rolls back.
 
 pub mod admin_reads;
-pub mod changeset;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
+pub mod changeset;
+pub mod license_work;
 pub mod migration_check;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -447,6 +448,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     where
         T: Send + 'static,
         F: FnOnce(stripe_sync::StripeBundle) -> (stripe_sync::Changeset, T) + Send + 'static;
+
+    /// One license-centred unit of work, atomically: locks and reads what
+    /// `keys` names ([`license_work`] has the lock order), hands that bundle
+    /// to `decide`, writes the changeset it returns and commits. An empty
+    /// changeset commits nothing. On failure nothing is written.
+    fn license_work<T, F>(
+        &self,
+        keys: license_work::LicenseKeys,
+        decide: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(license_work::LicenseBundle) -> (changeset::Changeset, T) + Send + 'static;
 
     /// Starts a unit of work.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;

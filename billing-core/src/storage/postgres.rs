@@ -14,6 +14,7 @@ mod embedded {
 
 // Admin reads (issue 14).
 mod admin_reads;
+mod license_work;
 mod stripe_sync;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
@@ -331,6 +332,14 @@ impl Store for PgStore {
         F: FnOnce(super::stripe_sync::StripeBundle) -> (super::stripe_sync::Changeset, T) + Send + 'static,
     {
         stripe_sync::sync_stripe(self, keys, decide).await
+    }
+
+    async fn license_work<T, F>(&self, keys: super::license_work::LicenseKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(super::license_work::LicenseBundle) -> (super::changeset::Changeset, T) + Send + 'static,
+    {
+        license_work::license_work(self, keys, decide).await
     }
 
     async fn begin(&self) -> Result<PgTx, StoreError> {

@@ -43,7 +43,7 @@ macro_rules! params {
 /// in order; one that fails before it is even sent (a parameter that cannot
 /// be encoded) stops the rest there, so a `COMMIT` at the end is never sent
 /// after a statement the database did not see.
-async fn pipeline(conn: &ClientWrapper, statements: &[Statement]) -> Result<Vec<Vec<Row>>, StoreError> {
+pub(super) async fn pipeline(conn: &ClientWrapper, statements: &[Statement]) -> Result<Vec<Vec<Row>>, StoreError> {
     let mut prepared = Vec::with_capacity(statements.len());
     for s in statements {
         // A round trip only the first time a connection sees the statement.
@@ -69,10 +69,10 @@ async fn pipeline(conn: &ClientWrapper, statements: &[Statement]) -> Result<Vec<
 }
 
 /// A connection inside a transaction: rolled back unless committed.
-struct Open(Option<Object>);
+pub(super) struct Open(pub(super) Option<Object>);
 
 impl Open {
-    fn conn(&self) -> &ClientWrapper {
+    pub(super) fn conn(&self) -> &ClientWrapper {
         self.0.as_ref().expect("open until committed")
     }
 }
@@ -263,8 +263,9 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
 }
 
 /// The changeset's statements, parents before children, the outbox (and
-/// its lock) last; none when nothing is written.
-fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Vec<Statement> {
+/// its lock) last; none when nothing is written. `reclaimed` names the
+/// claimed deliveries that had failed before (none outside webhooks).
+pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Vec<Statement> {
     let mut out = Vec::new();
     if !c.new_customers.is_empty() {
         out.push(Statement::new(
@@ -415,6 +416,50 @@ fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Vec<Statement
             ],
         ));
     }
+    if !c.saved_licenses.is_empty() {
+        let l = &c.saved_licenses;
+        out.push(Statement::new(
+            "UPDATE licenses l SET status = u.status, plan_id = u.plan_id, max_devices = u.max_devices,
+                    expires_at = u.expires_at, grace_ends_at = u.grace_ends_at, entitlements = u.entitlements,
+                    metadata = u.metadata, max_devices_override = u.max_devices_override,
+                    expires_at_override = u.expires_at_override, admin_suspended_at = u.admin_suspended_at,
+                    updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[],
+                    $7::jsonb[], $8::jsonb[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+                    AS u(id, status, plan_id, max_devices, expires_at, grace_ends_at, entitlements, metadata,
+                         max_devices_override, expires_at_override, admin_suspended_at)
+              WHERE l.id = u.id",
+            params![
+                l.iter().map(|l| l.id).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.status.as_str()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.plan_id.clone()).collect::<Vec<_>>(),
+                l.iter().map(|l| max_devices_param(&l.terms)).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.expires_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.grace_ends_at).collect::<Vec<_>>(),
+                l.iter().map(|l| Value::from(l.entitlements.clone())).collect::<Vec<_>>(),
+                l.iter().map(|l| Value::Object(l.metadata.clone())).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.max_devices.map(crate::storage::max_devices_column)).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.license_audit.is_empty() {
+        let a = &c.license_audit;
+        out.push(Statement::new(
+            "INSERT INTO license_changes (license_id, kind, actor, detail)
+             SELECT a.license_id, a.kind, a.actor, a.detail
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+                    WITH ORDINALITY AS a(license_id, kind, actor, detail, n)
+              ORDER BY a.n",
+            params![
+                a.iter().map(|r| r.license_id).collect::<Vec<_>>(),
+                a.iter().map(|r| r.kind).collect::<Vec<_>>(),
+                a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
     let (new_payments, moved_payments): (Vec<_>, Vec<_>) = c.payments.iter().partition(|p| p.new);
     if !new_payments.is_empty() {
         let p = &new_payments;
@@ -446,6 +491,69 @@ fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Vec<Statement
                 p.iter().map(|p| p.payment.status.as_str()).collect::<Vec<_>>(),
                 p.iter().map(|p| p.payment.amount).collect::<Vec<_>>(),
                 p.iter().map(|p| p.payment.paid_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.new_devices.is_empty() {
+        let d = &c.new_devices;
+        out.push(Statement::new(
+            "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
+                    activated_at, last_heartbeat_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::bytea[], $8::text[], $9::timestamptz[], $10::timestamptz[])",
+            params![
+                d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.license_id).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.fingerprint.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.name.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.platform.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.app_version.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.token_hash.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.status.as_str()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.reactivated_devices.is_empty() {
+        let d = &c.reactivated_devices;
+        out.push(Statement::new(
+            "UPDATE devices d SET name = u.name, platform = u.platform, app_version = u.app_version,
+                    token_hash = u.token_hash, status = 'active', activated_at = u.activated_at,
+                    last_heartbeat_at = u.last_heartbeat_at, deactivated_at = NULL, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
+                    $7::timestamptz[]) AS u(id, name, platform, app_version, token_hash, activated_at,
+                                            last_heartbeat_at)
+              WHERE d.id = u.id",
+            params![
+                d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.name.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.platform.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.app_version.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.token_hash.clone()).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.heartbeats.is_empty() {
+        let h = &c.heartbeats;
+        out.push(Statement::new(
+            "UPDATE devices d SET last_heartbeat_at = u.at
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+              WHERE d.id = u.id",
+            params![h.iter().map(|(id, _)| *id).collect::<Vec<_>>(), h.iter().map(|(_, at)| *at).collect::<Vec<_>>()],
+        ));
+    }
+    if !c.device_names.is_empty() {
+        let n = &c.device_names;
+        out.push(Statement::new(
+            "UPDATE devices d SET name = u.name, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[]) AS u(id, name)
+              WHERE d.id = u.id",
+            params![
+                n.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                n.iter().map(|(_, name)| name.clone()).collect::<Vec<_>>()
             ],
         ));
     }

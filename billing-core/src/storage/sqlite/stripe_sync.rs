@@ -9,6 +9,7 @@ use super::{
     LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
 };
 use crate::domain::{PaymentStatus, SubscriptionStatus};
+use crate::storage::changeset::DeviceActivation;
 use crate::storage::stripe_sync::{
     Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
 };
@@ -116,7 +117,10 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
     Ok((bundle, reclaimed))
 }
 
-fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &HashSet<String>) -> Result<(), StoreError> {
+/// Writes the changeset, parents before children, the outbox last.
+/// `reclaimed` names the claimed deliveries that had failed before (none
+/// outside webhooks).
+pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &HashSet<String>) -> Result<(), StoreError> {
     for n in &c.new_customers {
         execute(
             conn,
@@ -224,6 +228,16 @@ fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &HashSet<String>
             ],
         )?;
     }
+    for license in &c.saved_licenses {
+        save_license(conn, now, license)?;
+    }
+    for a in &c.license_audit {
+        execute(
+            conn,
+            "INSERT INTO license_changes (license_id, kind, actor, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![a.license_id.to_string(), a.kind, a.actor, json_text(&a.detail), now],
+        )?;
+    }
     for p in &c.payments {
         let (pay, paid_at) = (&p.payment, opt_micros(p.payment.paid_at)?);
         if p.new {
@@ -251,6 +265,59 @@ fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &HashSet<String>
                 params![pay.stripe_invoice_id, pay.status.as_str(), pay.amount, paid_at, now],
             )?;
         }
+    }
+    for DeviceActivation { device: d, token_hash } in &c.new_devices {
+        execute(
+            conn,
+            "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
+                    activated_at, last_heartbeat_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            params![
+                d.id.to_string(),
+                d.license_id.to_string(),
+                d.fingerprint,
+                d.name,
+                d.platform,
+                d.app_version,
+                token_hash,
+                d.status.as_str(),
+                micros(d.activated_at)?,
+                micros(d.last_heartbeat_at)?,
+                now
+            ],
+        )?;
+    }
+    for DeviceActivation { device: d, token_hash } in &c.reactivated_devices {
+        execute(
+            conn,
+            "UPDATE devices SET name = ?2, platform = ?3, app_version = ?4, token_hash = ?5, status = 'active',
+                    activated_at = ?6, last_heartbeat_at = ?7, deactivated_at = NULL, updated_at = ?8
+              WHERE id = ?1",
+            params![
+                d.id.to_string(),
+                d.name,
+                d.platform,
+                d.app_version,
+                token_hash,
+                micros(d.activated_at)?,
+                micros(d.last_heartbeat_at)?,
+                now
+            ],
+        )?;
+    }
+    for (id, at) in &c.heartbeats {
+        execute(
+            conn,
+            "UPDATE devices SET last_heartbeat_at = ?2 WHERE id = ?1",
+            params![id.to_string(), micros(*at)?],
+        )?;
+    }
+    for (id, name) in &c.device_names {
+        execute(
+            conn,
+            "UPDATE devices SET name = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id.to_string(), name, now],
+        )?;
     }
     for (id, status, at) in &c.device_statuses {
         execute(
@@ -324,6 +391,34 @@ pub(super) fn insert_license(conn: &Connection, now: i64, license: &crate::domai
             o.max_devices.map(max_devices_column),
             opt_micros(o.expires_at)?,
             opt_micros(o.suspended_at)?
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores everything an admin may change on a license: terms,
+/// entitlements, metadata and overrides.
+fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -> Result<(), StoreError> {
+    let (t, o) = (&license.terms, &license.overrides);
+    execute(
+        conn,
+        "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
+                entitlements = ?7, metadata = ?8, max_devices_override = ?9, expires_at_override = ?10,
+                admin_suspended_at = ?11, updated_at = ?12
+          WHERE id = ?1",
+        params![
+            license.id.to_string(),
+            t.status.as_str(),
+            t.plan_id,
+            max_devices_param(t),
+            opt_micros(t.expires_at)?,
+            opt_micros(t.grace_ends_at)?,
+            json_text(&Value::from(license.entitlements.clone())),
+            json_text(&Value::Object(license.metadata.clone())),
+            o.max_devices.map(max_devices_column),
+            opt_micros(o.expires_at)?,
+            opt_micros(o.suspended_at)?,
+            now
         ],
     )?;
     Ok(())

@@ -145,13 +145,18 @@ async fn a_poisoned_delivery_fails_alone_and_the_deliveries_beside_it_are_applie
             assert_eq!((answer.status, answer.outcome()), (200, "processed"), "{}: {}", answer.event_id, answer.body);
             let user = answer.event_id.strip_prefix("evt_").unwrap().strip_suffix("_created").unwrap();
             let seen = answer.seen.expect("read after a 200");
-            assert_eq!(seen.subscription["stripe_subscription_id"], format!("sub_{user}"), "{user} right after its 200");
+            assert_eq!(
+                seen.subscription["stripe_subscription_id"],
+                format!("sub_{user}"),
+                "{user} right after its 200"
+            );
             assert_eq!(seen.subscription["status"], "active", "{user} right after its 200");
             let licenses: Vec<_> = seen.licenses.iter().map(|l| (&l["status"], &l["plan"])).collect();
             assert_eq!(licenses, [(&json!("active"), &json!("pro"))], "{user} right after its 200");
         }
 
-        let (status, attempts, error) = app.webhook_status("evt_poison_created").await.expect("the failure is recorded");
+        let (status, attempts, error) =
+            app.webhook_status("evt_poison_created").await.expect("the failure is recorded");
         assert_eq!((status.as_str(), attempts), ("failed", round as i32 + 1), "one attempt per delivery");
         assert!(error.is_some_and(|e| !e.is_empty()), "the failure's reason is recorded");
         let applied = (HEALTHY * (round + 1)) as i64;
@@ -174,7 +179,10 @@ async fn a_poisoned_delivery_fails_alone_and_the_deliveries_beside_it_are_applie
     assert_eq!((status.as_str(), attempts, error), ("processed", POISON_ROUNDS as i32 + 1, None));
     assert_eq!(app.get_current_subscription("poison").await["status"], "active");
     assert_eq!(app.get_licenses("poison").await.len(), 1);
-    assert_eq!(app.db.int("SELECT count(*) FROM subscription_changes WHERE stripe_event_id = 'evt_poison_created'").await, 1);
+    assert_eq!(
+        app.db.int("SELECT count(*) FROM subscription_changes WHERE stripe_event_id = 'evt_poison_created'").await,
+        1
+    );
 }
 
 /// One subscription's life as four events a second apart, oldest first:
@@ -222,7 +230,11 @@ async fn same_object_bursts(instances: &[Arc<TestApp>], truth: &TestApp) {
         let deliveries = deliveries
             .into_iter()
             .enumerate()
-            .map(|(i, event)| Delivery { app: instances[i % instances.len()].clone(), event: event.clone(), reader: None })
+            .map(|(i, event)| Delivery {
+                app: instances[i % instances.len()].clone(),
+                event: event.clone(),
+                reader: None,
+            })
             .collect();
 
         let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -233,7 +245,12 @@ async fn same_object_bursts(instances: &[Arc<TestApp>], truth: &TestApp) {
         for (event, &n) in life.iter().zip(&copies) {
             let got = &outcomes[event["id"].as_str().unwrap()];
             let duplicates = got.iter().filter(|o| *o == "duplicate").count();
-            assert_eq!((got.len(), duplicates), (n, n - 1), "{}: applied once, the other copies duplicates: {got:?}", event["id"]);
+            assert_eq!(
+                (got.len(), duplicates),
+                (n, n - 1),
+                "{}: applied once, the other copies duplicates: {got:?}",
+                event["id"]
+            );
         }
 
         let expected = state_of(truth, &user).await;
@@ -242,14 +259,22 @@ async fn same_object_bursts(instances: &[Arc<TestApp>], truth: &TestApp) {
         }
         let app = &instances[0];
         let ids: Vec<String> = life.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-        let recorded = format!("SELECT id || ':' || status FROM webhook_events WHERE id IN ({}) ORDER BY id", quoted(&ids));
-        assert_eq!(app.db.strings(&recorded).await, truth.db.strings(&recorded).await, "{user}: each event recorded once");
-        let counted = format!("SELECT CAST(duplicates AS bigint) FROM webhook_events WHERE id IN ({}) ORDER BY id", quoted(&ids));
+        let recorded =
+            format!("SELECT id || ':' || status FROM webhook_events WHERE id IN ({}) ORDER BY id", quoted(&ids));
+        assert_eq!(
+            app.db.strings(&recorded).await,
+            truth.db.strings(&recorded).await,
+            "{user}: each event recorded once"
+        );
+        let counted =
+            format!("SELECT CAST(duplicates AS bigint) FROM webhook_events WHERE id IN ({}) ORDER BY id", quoted(&ids));
         let extra: Vec<i64> = copies.iter().map(|&n| n as i64 - 1).collect();
         assert_eq!(app.db.ints(&counted).await, extra, "{user}: each extra delivery counted as a duplicate");
 
-        let audit =
-            format!("SELECT stripe_event_id || ':' || kind FROM subscription_changes WHERE stripe_event_id IN ({})", quoted(&ids));
+        let audit = format!(
+            "SELECT stripe_event_id || ':' || kind FROM subscription_changes WHERE stripe_event_id IN ({})",
+            quoted(&ids)
+        );
         let audit = app.db.strings(&audit).await;
         let distinct: HashSet<&String> = audit.iter().collect();
         assert_eq!(distinct.len(), audit.len(), "{user}: no audit row twice: {audit:?}");
@@ -287,7 +312,8 @@ async fn a_200_means_applied_the_dashboard_read_that_follows_sees_it() {
     let app = Arc::new(spawn_app().await);
     let users: Vec<String> = (0..READERS).map(|n| format!("reader_{n}")).collect();
     let start = now() - 120;
-    let signups = users.iter().map(|user| Delivery { app: app.clone(), event: created(user, start), reader: Some(user.clone()) });
+    let signups =
+        users.iter().map(|user| Delivery { app: app.clone(), event: created(user, start), reader: Some(user.clone()) });
     for answer in burst(signups.collect()).await {
         assert_eq!((answer.status, answer.outcome()), (200, "processed"), "{}: {}", answer.event_id, answer.body);
         let seen = answer.seen.unwrap();

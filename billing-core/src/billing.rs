@@ -89,6 +89,42 @@ pub struct Billing<S: Store> {
     store: S,
     config: Arc<BillingConfig>,
     clock: Clock,
+    groups: Arc<GroupCounters>,
+}
+
+/// How webhook deliveries have been grouped into units of work since the
+/// engine was built (cumulative; a bench takes the difference of two reads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookGroupStats {
+    /// Units of work committed (or attempted) for groups of deliveries.
+    pub groups: u64,
+    /// Deliveries they carried.
+    pub events: u64,
+}
+
+impl WebhookGroupStats {
+    /// Deliveries per group (0 before the first).
+    pub fn mean_group_size(&self) -> f64 {
+        if self.groups == 0 {
+            0.0
+        } else {
+            self.events as f64 / self.groups as f64
+        }
+    }
+}
+
+#[derive(Default)]
+struct GroupCounters {
+    groups: std::sync::atomic::AtomicU64,
+    events: std::sync::atomic::AtomicU64,
+}
+
+impl GroupCounters {
+    fn record(&self, events: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.groups.fetch_add(1, Relaxed);
+        self.events.fetch_add(events as u64, Relaxed);
+    }
 }
 
 /// Whether the customer stored with a subscription is the snapshot's and
@@ -160,7 +196,7 @@ pub type ReadError = StoreError;
 impl<S: Store> Billing<S> {
     /// Builds the engine.
     pub fn new(store: S, config: BillingConfig) -> Self {
-        Self { store, config: Arc::new(config), clock: Arc::new(time::OffsetDateTime::now_utc) }
+        Self { store, config: Arc::new(config), clock: Arc::new(time::OffsetDateTime::now_utc), groups: Arc::default() }
     }
 
     /// Replaces the clock (tests of grace periods and expiry).
@@ -189,6 +225,12 @@ impl<S: Store> Billing<S> {
         &self.config.plans
     }
 
+    /// How deliveries have been grouped so far.
+    pub fn webhook_group_stats(&self) -> WebhookGroupStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WebhookGroupStats { groups: self.groups.groups.load(Relaxed), events: self.groups.events.load(Relaxed) }
+    }
+
     /// Whether webhook secrets are configured.
     pub fn webhooks_enabled(&self) -> bool {
         self.config.webhook_secrets.is_some()
@@ -202,6 +244,7 @@ impl<S: Store> Billing<S> {
         // same signed bytes: refuse it (Stripe stops retrying a 4xx) and
         // store nothing, rather than fail it for days.
         let event = Event::parse(body).map_err(WebhookError::Malformed)?;
+        self.groups.record(1);
         let receipt = self.apply_delivery(&event, body).await?;
         if receipt.outcome == WebhookOutcome::Duplicate {
             // Counted on its own: the duplicate's transaction was refused.

@@ -108,4 +108,4 @@ pub mod stripe;
 #[cfg(feature = "vendor-webhooks")]
 pub mod vendor_webhooks;
 
-pub use billing::{Billing, BillingConfig, WebhookError, WebhookOutcome, WebhookReceipt};
+pub use billing::{Billing, BillingConfig, WebhookError, WebhookGroupStats, WebhookOutcome, WebhookReceipt};

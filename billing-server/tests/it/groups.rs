@@ -64,6 +64,21 @@ async fn burst(deliveries: Vec<Delivery>) -> Vec<Answer> {
     join_all(tasks).await.into_iter().map(|task| task.expect("a delivery task panicked")).collect()
 }
 
+/// Prints how each instance grouped its deliveries. Grouping is the
+/// implementation's choice and not asserted, but a run in which no burst
+/// shared a unit of work tested less than it seems.
+fn print_group_sizes(test: &str, instances: &[&TestApp]) {
+    for (n, app) in instances.iter().enumerate() {
+        let stats = app.billing.webhook_group_stats();
+        eprintln!(
+            "{test}: instance {n}: {} deliveries in {} units of work (mean {:.2})",
+            stats.events,
+            stats.groups,
+            stats.mean_group_size()
+        );
+    }
+}
+
 /// `user`'s subscription (`sub_<user>` of `cus_<user>`) with a period
 /// around now, so that its license is live whenever the test reads it.
 fn live(user: &str, status: &str, price: &str) -> Value {
@@ -183,6 +198,7 @@ async fn a_poisoned_delivery_fails_alone_and_the_deliveries_beside_it_are_applie
         app.db.int("SELECT count(*) FROM subscription_changes WHERE stripe_event_id = 'evt_poison_created'").await,
         1
     );
+    print_group_sizes("poisoned", &[&app]);
 }
 
 /// One subscription's life as four events a second apart, oldest first:
@@ -284,6 +300,8 @@ async fn same_object_bursts(instances: &[Arc<TestApp>], truth: &TestApp) {
             assert_eq!(app.db.int(&sql).await, round as i64 + 1, "{user}: one {table} row per subscription");
         }
     }
+    let instances: Vec<&TestApp> = instances.iter().map(|app| &**app).collect();
+    print_group_sizes("one subscription", &instances);
 }
 
 async fn state_of(app: &TestApp, user: &str) -> Value {
@@ -335,4 +353,5 @@ async fn a_200_means_applied_the_dashboard_read_that_follows_sees_it() {
         let license: Vec<_> = seen.licenses.iter().map(|l| (&l["plan"], &l["max_devices"])).collect();
         assert_eq!(license, [(&json!("basic"), &json!(1))], "{} right after its 200", answer.event_id);
     }
+    print_group_sizes("a 200 means applied", &[&app]);
 }

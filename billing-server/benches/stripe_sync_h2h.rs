@@ -426,7 +426,7 @@ async fn run_system(
     let note = match (&server, &engine) {
         (Some(server), _) => {
             let groups = support::group_stats_between(groups_before.unwrap_or_default(), server.group_stats());
-            format!("mean group size {:.2}", groups.mean_group_size())
+            format!("outcomes: {}; mean group size {:.2}", load.outcomes_line(), groups.mean_group_size())
         }
         (_, Some(engine)) => format!("Stripe API requests attempted: {}", engine.stripe_api_requests(http).await?),
         _ => unreachable!("one system runs"),

@@ -7,9 +7,9 @@
 //! as actor, outbox). The webhook Stripe sends later carries the same state
 //! and so changes nothing.
 
-use crate::billing::{Ambiguity, Billing, Synced};
-use crate::domain::{Actor, Subscription, SubscriptionSnapshot, SubscriptionStatus};
-use crate::storage::{Store, StoreError, StoreTx};
+use crate::billing::Billing;
+use crate::domain::{Actor, Subscription, SubscriptionStatus};
+use crate::storage::{Store, StoreError};
 use crate::stripe::client::Card;
 use crate::stripe::{StripeClient, StripeError};
 use uuid::Uuid;
@@ -77,16 +77,6 @@ impl<S: Store> Billing<S> {
 
     async fn actionable_subscription(&self, user_id: &str) -> Result<Subscription, ActionError> {
         self.current_subscription(user_id).await?.ok_or(ActionError::NoSubscription)
-    }
-
-    /// Applies a snapshot Stripe just returned, as `actor`, in one transaction.
-    async fn apply_api_snapshot(&self, actor: &Actor, snapshot: &SubscriptionSnapshot) -> Result<(), StoreError> {
-        let mut tx = self.store().begin().await?;
-        let now = self.now().unix_timestamp();
-        match self.sync_subscription(&mut tx, actor, snapshot, now, Ambiguity::Authoritative).await? {
-            Synced::Applied | Synced::Stale | Synced::Ambiguous => {}
-        }
-        tx.commit().await
     }
 
     /// Cancels `user_id`'s subscription: at period end (`POST` with
@@ -238,14 +228,9 @@ impl<S: Store> Billing<S> {
             for mut snapshot in stripe.list_subscriptions(customer).await? {
                 // The customer is already linked to this user; keep it so.
                 snapshot.user_id = snapshot.user_id.or_else(|| Some(user_id.to_owned()));
-                let mut tx = self.store().begin().await?;
-                let now = self.now().unix_timestamp();
-                if let Synced::Applied =
-                    self.sync_subscription(&mut tx, actor, &snapshot, now, Ambiguity::Authoritative).await?
-                {
+                if self.apply_api_snapshot(actor, &snapshot).await? {
                     changed += 1;
                 }
-                tx.commit().await?;
             }
         }
         Ok((self.store().subscriptions_of_user(user_id).await?, changed))

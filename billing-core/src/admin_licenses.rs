@@ -5,13 +5,14 @@
 //! [`crate::domain::license`] → terms + `license_changes` row + outbox →
 //! commit. A change that changes nothing writes nothing.
 
-use crate::billing::{license_message, license_updated, rfc3339, LICENSE_CREATED};
+use crate::billing::rfc3339;
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
 use crate::domain::{
     Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
     Plan, Subscription, Timestamp,
 };
 use crate::licensing::{deactivate_in, DeactivationReason};
+use crate::messages::{license_message, license_updated, LICENSE_CREATED};
 use crate::storage::{LicenseRecord, LockedLicense, Store, StoreError, StoreTx};
 use crate::Billing;
 use serde_json::{json, Value};
@@ -288,6 +289,24 @@ impl<S: Store> Billing<S> {
             Some(sub) => sub.snapshot.price_id.as_deref().and_then(|p| self.plans().by_price(p)),
             None => locked.record.license.terms.plan_id.as_deref().and_then(|p| self.plans().by_id(p)),
         }
+    }
+
+    /// After a downgrade, the least recently seen live devices beyond the
+    /// new limit lose their slot and are told so.
+    pub(crate) async fn evict_beyond_limit(
+        &self,
+        tx: &mut S::Tx,
+        license: &License,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let window = self.config().licensing.heartbeat_window;
+        let devices = tx.devices_of_license(license.id).await?;
+        for id in crate::domain::device::evicted_by_limit(&devices, license.terms.max_devices, now, window) {
+            let device = devices.iter().find(|d| d.id == id).expect("evicted devices come from the list").clone();
+            deactivate_in(tx, device, DeactivationReason::Downgrade, actor, now).await?;
+        }
+        Ok(())
     }
 }
 

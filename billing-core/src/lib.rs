@@ -102,9 +102,13 @@ pub mod billing;
 pub mod certificate;
 pub mod domain;
 pub mod events;
+pub mod grace;
 pub mod licensing;
+pub(crate) mod messages;
+pub mod reads;
 pub mod storage;
 pub mod stripe;
+pub mod stripe_sync;
 #[cfg(feature = "vendor-webhooks")]
 pub mod vendor_webhooks;
 

@@ -135,7 +135,7 @@ pub enum DeactivationReason {
 }
 
 impl DeactivationReason {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::App => "app",
             Self::Dashboard => "dashboard",
@@ -469,7 +469,7 @@ async fn declare_dead<T: StoreTx>(tx: &mut T, device: &Device, now: Timestamp) -
     Ok(())
 }
 
-fn device_message(topic: &'static str, device: &Device, reason: Option<&str>) -> OutboxMessage {
+pub(crate) fn device_message(topic: &'static str, device: &Device, reason: Option<&str>) -> OutboxMessage {
     OutboxMessage {
         license_id: Some(device.license_id),
         topic,

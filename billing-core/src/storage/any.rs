@@ -76,6 +76,19 @@ impl From<SqliteStore> for AnyStore {
 impl Store for AnyStore {
     type Tx = AnyTx;
 
+    async fn sync_stripe<T, F>(&self, keys: super::stripe_sync::StripeKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(super::stripe_sync::StripeBundle) -> (super::stripe_sync::Changeset, T) + Send + 'static,
+    {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.sync_stripe(keys, decide).await,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => s.sync_stripe(keys, decide).await,
+        }
+    }
+
     async fn begin(&self) -> Result<AnyTx, StoreError> {
         Ok(match self {
             #[cfg(feature = "postgres")]

@@ -13,6 +13,7 @@ pub mod migration_check;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod stripe_sync;
 
 use crate::domain::admin::Scopes;
 use crate::domain::subscription::SubscriptionChange;
@@ -427,6 +428,21 @@ pub enum WebhookRetry {
 pub trait Store: Clone + Send + Sync + 'static {
     /// Its transaction type.
     type Tx: StoreTx;
+
+    /// One Stripe unit of work, atomically: claims the deliveries `keys`
+    /// names and locks and reads every row they touch ([`stripe_sync`] has
+    /// the lock order), hands that bundle to `decide`, writes the changeset
+    /// it returns and commits. A delivery that was applied before is
+    /// claimed by no one and absent from the bundle's `claimed`. On failure
+    /// nothing is written.
+    fn sync_stripe<T, F>(
+        &self,
+        keys: stripe_sync::StripeKeys,
+        decide: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(stripe_sync::StripeBundle) -> (stripe_sync::Changeset, T) + Send + 'static;
 
     /// Starts a unit of work.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;

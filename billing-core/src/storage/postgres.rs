@@ -14,6 +14,7 @@ mod embedded {
 
 // Admin reads (issue 14).
 mod admin_reads;
+mod stripe_sync;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
@@ -323,6 +324,14 @@ fn max_devices_param(terms: &LicenseTerms) -> i32 {
 
 impl Store for PgStore {
     type Tx = PgTx;
+
+    async fn sync_stripe<T, F>(&self, keys: crate::storage::stripe_sync::StripeKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(super::stripe_sync::StripeBundle) -> (super::stripe_sync::Changeset, T) + Send + 'static,
+    {
+        stripe_sync::sync_stripe(self, keys, decide).await
+    }
 
     async fn begin(&self) -> Result<PgTx, StoreError> {
         // `BEGIN` goes out with the transaction's first statement.
@@ -1076,6 +1085,43 @@ impl Drop for PgTx {
     }
 }
 
+/// The statement writing outbox rows: the outbox lock, the notification,
+/// the rows and the vendor's webhook messages for them, in one.
+fn outbox_write(outbox: &[OutboxMessage]) -> (String, Vec<Param>) {
+    let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
+    let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
+    let payloads: Vec<Value> = outbox.iter().map(|m| m.payload.clone()).collect();
+    // Ids are assigned in array order, and only after the lock is held:
+    // they are drawn as joined rows come out, and no row can come out of
+    // the join before the lock's one row exists.
+    //
+    // The vendor's webhook messages (one per live endpoint subscribed to a
+    // topic) travel in the same statement, so they cost no statement of
+    // their own, and are written *before* the lock is taken (the lock's row
+    // is computed from their count), so they do not lengthen the critical
+    // section. Their ids need no order.
+    let (a, b) = OUTBOX_LOCK;
+    let sql = format!(
+        "WITH vendor_messages AS (
+             INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at)
+             SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, m.topic, m.payload, now(), now()
+               FROM unnest($2::text[], $3::jsonb[]) AS m(topic, payload)
+               JOIN webhook_endpoints e
+                 ON e.deleted_at IS NULL AND (m.topic = ANY (e.events) OR '*' = ANY (e.events))
+             RETURNING 1
+         ), outbox_lock AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', '')
+               FROM (SELECT count(*) FROM vendor_messages) AS written
+         )
+         INSERT INTO outbox_events (license_id, topic, payload)
+         SELECT m.license_id, m.topic, m.payload
+           FROM outbox_lock,
+                unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS m(license_id, topic, payload, n)
+          ORDER BY m.n"
+    );
+    (sql, params![license_ids, topics, payloads])
+}
+
 impl StoreTx for PgTx {
     async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
         // Sent with whatever comes next, possibly the COMMIT, so a duplicate
@@ -1610,42 +1656,8 @@ impl StoreTx for PgTx {
             return Err(StoreError::Query("the transaction was aborted by a failed statement".into()));
         }
         if !self.outbox.is_empty() {
-            let outbox = std::mem::take(&mut self.outbox);
-            let license_ids: Vec<Option<Uuid>> = outbox.iter().map(|m| m.license_id).collect();
-            let topics: Vec<&'static str> = outbox.iter().map(|m| m.topic).collect();
-            let payloads: Vec<Value> = outbox.into_iter().map(|m| m.payload).collect();
-            // One statement for the lock, the notification and all rows. Ids
-            // are assigned in array order, and only after the lock is held:
-            // they are drawn as joined rows come out, and no row can come
-            // out of the join before the lock's one row exists.
-            //
-            // The vendor's webhook messages (one per live endpoint subscribed
-            // to a topic) travel in the same statement, so they cost no
-            // statement of their own, and are written *before* the lock is
-            // taken (the lock's row is computed from their count), so they do
-            // not lengthen the critical section. Their ids need no order.
-            let (a, b) = OUTBOX_LOCK;
-            self.defer(
-                format!(
-                    "WITH vendor_messages AS (
-                         INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at)
-                         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, m.topic, m.payload, now(), now()
-                           FROM unnest($2::text[], $3::jsonb[]) AS m(topic, payload)
-                           JOIN webhook_endpoints e
-                             ON e.deleted_at IS NULL AND (m.topic = ANY (e.events) OR '*' = ANY (e.events))
-                         RETURNING 1
-                     ), outbox_lock AS MATERIALIZED (
-                         SELECT pg_advisory_xact_lock({a}, {b}), pg_notify('{OUTBOX_CHANNEL}', '')
-                           FROM (SELECT count(*) FROM vendor_messages) AS written
-                     )
-                     INSERT INTO outbox_events (license_id, topic, payload)
-                     SELECT m.license_id, m.topic, m.payload
-                       FROM outbox_lock,
-                            unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS m(license_id, topic, payload, n)
-                      ORDER BY m.n"
-                ),
-                params![license_ids, topics, payloads],
-            );
+            let (sql, params) = outbox_write(&std::mem::take(&mut self.outbox));
+            self.defer(sql, params);
         }
         if !self.begun && self.deferred.is_empty() {
             return Ok(()); // Nothing was sent, so there is nothing to commit.

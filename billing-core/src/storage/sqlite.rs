@@ -45,6 +45,7 @@ mod embedded {
 
 // Admin reads (issue 14).
 mod admin_reads;
+mod stripe_sync;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
@@ -609,6 +610,14 @@ impl Drop for Writer {
 
 impl Store for SqliteStore {
     type Tx = SqliteTx;
+
+    async fn sync_stripe<T, F>(&self, keys: super::stripe_sync::StripeKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(super::stripe_sync::StripeBundle) -> (super::stripe_sync::Changeset, T) + Send + 'static,
+    {
+        stripe_sync::sync_stripe(self, keys, decide).await
+    }
 
     async fn begin(&self) -> Result<SqliteTx, StoreError> {
         let writer = Writer(self.shared.writer.clone().lock_owned().await);
@@ -1540,47 +1549,8 @@ impl StoreTx for SqliteTx {
     }
 
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
-        let t = &license.terms;
-        let (id, subscription_id) = (license.id.to_string(), license.subscription_id.map(|s| s.to_string()));
-        let (key, key_hash) = (license.key.expose().to_owned(), license.key.lookup_hash());
-        let (status, plan_id, max_devices) = (t.status.as_str(), t.plan_id.clone(), max_devices_param(t));
-        let (expires_at, grace_ends_at) = (opt_micros(t.expires_at)?, opt_micros(t.grace_ends_at)?);
-        let (source, user_id) = (license.source.as_str(), license.user_id.clone());
-        let entitlements = json_text(&Value::from(license.entitlements.clone()));
-        let metadata = json_text(&Value::Object(license.metadata.clone()));
-        let o = &license.overrides;
-        let max_devices_override = o.max_devices.map(max_devices_column);
-        let (expires_at_override, suspended_at) = (opt_micros(o.expires_at)?, opt_micros(o.suspended_at)?);
-        self.run(move |conn, now| {
-            execute(
-                conn,
-                "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
-                        grace_ends_at, created_at, updated_at, source, user_id, entitlements, metadata,
-                        max_devices_override, expires_at_override, admin_suspended_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                params![
-                    id,
-                    subscription_id,
-                    key,
-                    key_hash,
-                    status,
-                    plan_id,
-                    max_devices,
-                    expires_at,
-                    grace_ends_at,
-                    now,
-                    source,
-                    user_id,
-                    entitlements,
-                    metadata,
-                    max_devices_override,
-                    expires_at_override,
-                    suspended_at
-                ],
-            )
-        })
-        .await?;
-        Ok(())
+        let license = license.clone();
+        self.run(move |conn, now| stripe_sync::insert_license(conn, now, &license)).await
     }
 
     async fn update_license_terms(&mut self, license_id: Uuid, t: &LicenseTerms) -> Result<(), StoreError> {
@@ -1993,28 +1963,8 @@ impl StoreTx for SqliteTx {
     }
 
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
-        // Ids are handed out by the one writer, so they commit in id order.
-        let license_id = message.license_id.map(|l| l.to_string());
-        let (topic, payload) = (message.topic, json_text(&message.payload));
-        self.run(move |conn, now| {
-            execute(
-                conn,
-                "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![license_id, topic, payload, now],
-            )?;
-            // The vendor's webhook messages, one per live endpoint subscribed
-            // to the topic, committed (or rolled back) with the change.
-            execute(
-                conn,
-                "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at, created_at)
-                 SELECT 'msg_' || lower(hex(randomblob(16))), e.id, ?1, ?2, ?3, ?3, ?3
-                   FROM webhook_endpoints e
-                  WHERE e.deleted_at IS NULL AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value IN (?1, '*'))
-                  ORDER BY e.created_at, e.id",
-                params![topic, payload, now],
-            )
-        })
-        .await?;
+        let message = message.clone();
+        self.run(move |conn, now| stripe_sync::enqueue(conn, now, &message)).await?;
         self.enqueued = true;
         Ok(())
     }

@@ -1,0 +1,530 @@
+//! [`Store::sync_stripe`](crate::storage::Store::sync_stripe) on
+//! PostgreSQL: the load is one pipelined round trip (`BEGIN`, the claim,
+//! every lock and read), the changeset with its `COMMIT` another. Each kind
+//! of row is one statement for the whole group (`unnest` of arrays), so a
+//! group of N deliveries costs what one did.
+
+use super::{
+    device_from_row, license_from_row, max_devices_param, outbox_write, query_error, subscription_from_row, PgStore,
+    DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+};
+use crate::domain::{PaymentStatus, SubscriptionStatus, Timestamp};
+use crate::storage::stripe_sync::{
+    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+};
+use crate::storage::StoreError;
+use deadpool_postgres::{ClientWrapper, Object};
+use serde_json::Value;
+use std::collections::HashSet;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// One statement of a pipeline, with owned parameters.
+pub(super) struct Statement {
+    sql: std::borrow::Cow<'static, str>,
+    params: Vec<Param>,
+}
+
+impl Statement {
+    pub(super) fn new(sql: impl Into<std::borrow::Cow<'static, str>>, params: Vec<Param>) -> Self {
+        Self { sql: sql.into(), params }
+    }
+}
+
+macro_rules! params {
+    ($($param:expr),* $(,)?) => { vec![$(Box::new($param) as Param),*] };
+}
+
+/// Sends the statements in one round trip and returns each one's rows, or
+/// the first failure in order. Every statement goes out on the first poll,
+/// in order; one that fails before it is even sent (a parameter that cannot
+/// be encoded) stops the rest there, so a `COMMIT` at the end is never sent
+/// after a statement the database did not see.
+async fn pipeline(conn: &ClientWrapper, statements: &[Statement]) -> Result<Vec<Vec<Row>>, StoreError> {
+    let mut prepared = Vec::with_capacity(statements.len());
+    for s in statements {
+        // A round trip only the first time a connection sees the statement.
+        prepared.push(conn.prepare_cached(&s.sql).await.map_err(query_error)?);
+    }
+    let mut running: Vec<_> = prepared
+        .iter()
+        .zip(statements)
+        .map(|(prepared, s)| {
+            let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            Box::pin(futures_util::future::maybe_done(async move { conn.query(prepared, &params).await }))
+        })
+        .collect();
+    for statement in &mut running {
+        if futures_util::poll!(statement.as_mut()).is_ready() && matches!(statement.as_mut().output_mut(), Some(Err(_)))
+        {
+            let failed = statement.as_mut().take_output().expect("checked above");
+            return Err(query_error(failed.expect_err("checked above")));
+        }
+    }
+    futures_util::future::join_all(running.iter_mut()).await;
+    running.iter_mut().map(|statement| statement.as_mut().take_output().expect("joined").map_err(query_error)).collect()
+}
+
+/// A connection inside a transaction: rolled back unless committed.
+struct Open(Option<Object>);
+
+impl Open {
+    fn conn(&self) -> &ClientWrapper {
+        self.0.as_ref().expect("open until committed")
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let Some(conn) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if conn.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(conn));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(conn)),
+        }
+    }
+}
+
+pub(super) async fn sync_stripe<T, F>(store: &PgStore, keys: StripeKeys, decide: F) -> Result<T, StoreError>
+where
+    F: FnOnce(StripeBundle) -> (Changeset, T),
+{
+    let mut open = Open(Some(store.conn().await?));
+    let (bundle, reclaimed) = load(open.conn(), &keys).await?;
+    let claimed = !bundle.claimed.is_empty();
+    let (changes, decided) = decide(bundle);
+    let mut statements = apply_statements(&changes, &reclaimed);
+    if statements.is_empty() && !claimed {
+        return Ok(decided); // Nothing to keep: dropping `open` rolls back.
+    }
+    statements.push(Statement::new("COMMIT", params![]));
+    // On failure `open` rolls back (a no-op when the database already
+    // turned the COMMIT of a failed transaction into a rollback).
+    pipeline(open.conn(), &statements).await?;
+    drop(open.0.take());
+    Ok(decided)
+}
+
+const LOAD_SUBSCRIPTIONS: &str = "FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+     WHERE s.stripe_subscription_id = ANY ($1) ORDER BY s.stripe_subscription_id FOR NO KEY UPDATE OF s";
+
+/// Claims the deliveries and reads (locking) every row the group touches,
+/// in the one lock order: claims, subscription identities, subscriptions,
+/// licenses, devices, customers, payments. Returns the bundle and which of
+/// its claims were failed deliveries claimed again.
+async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {
+    let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();
+    let customers: Vec<String> = keys.customers.iter().cloned().collect();
+    let invoices: Vec<String> = keys.invoices.iter().cloned().collect();
+    let mut statements = vec![Statement::new("BEGIN", params![])];
+    let claim = !keys.deliveries.is_empty();
+    if claim {
+        let d = &keys.deliveries;
+        // A new delivery is inserted; a failed one is claimed again, also
+        // when that failure is still being recorded (the insert waits for
+        // it). Anything else was applied already: a duplicate, claimed by
+        // no one. Rows are taken in id order, so claims cannot deadlock.
+        // `xmax = 0` tells a row inserted from one updated.
+        statements.push(Statement::new(
+            "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
+             SELECT i.id, i.type, i.created, i.api_version, 'processed', now(), i.object_id, i.payload
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::bytea[])
+                    AS i(id, type, created, api_version, object_id, payload)
+              ORDER BY i.id
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
+                    processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
+              WHERE webhook_events.status = 'failed'
+             RETURNING id, xmax <> 0",
+            params![
+                d.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+                d.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
+                d.iter().map(|c| c.created).collect::<Vec<_>>(),
+                d.iter().map(|c| c.api_version.clone()).collect::<Vec<_>>(),
+                d.iter().map(|c| c.object_id.clone()).collect::<Vec<_>>(),
+                d.iter().map(|c| c.payload.to_vec()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    let with_subscriptions = !subscriptions.is_empty();
+    if with_subscriptions {
+        // The identity of each subscription, also one with no row yet, so
+        // that parallel first deliveries cannot both insert it. Taken in
+        // array (sorted) order.
+        statements.push(Statement::new(
+            "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS id",
+            params![subscriptions.clone()],
+        ));
+        // Each a statement of its own: one that waited for a lock must see
+        // what its holder committed, which a later statement's snapshot does.
+        statements.push(Statement::new(
+            format!("SELECT {SUBSCRIPTION_COLUMNS}, s.customer_id {LOAD_SUBSCRIPTIONS}"),
+            params![subscriptions.clone()],
+        ));
+        statements.push(Statement::new(
+            format!(
+                "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
+                  WHERE s.stripe_subscription_id = ANY ($1) ORDER BY l.id FOR NO KEY UPDATE OF l"
+            ),
+            params![subscriptions.clone()],
+        ));
+        statements.push(Statement::new(
+            format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d JOIN licenses l ON l.id = d.license_id
+                   JOIN subscriptions s ON s.id = l.subscription_id
+                  WHERE s.stripe_subscription_id = ANY ($1) ORDER BY d.id FOR NO KEY UPDATE OF d"
+            ),
+            params![subscriptions.clone()],
+        ));
+    }
+    let with_customers = !customers.is_empty();
+    if with_customers {
+        statements.push(Statement::new(
+            "SELECT stripe_customer_id, id, user_id FROM customers WHERE stripe_customer_id = ANY ($1)
+              ORDER BY stripe_customer_id FOR NO KEY UPDATE",
+            params![customers],
+        ));
+    }
+    if with_subscriptions {
+        statements.push(Statement::new(
+            "SELECT DISTINCT stripe_subscription_id FROM payments
+              WHERE stripe_subscription_id = ANY ($1) AND status = 'paid'",
+            params![subscriptions],
+        ));
+    }
+    let with_invoices = !invoices.is_empty();
+    if with_invoices {
+        statements.push(Statement::new(
+            "SELECT stripe_invoice_id, status FROM payments WHERE stripe_invoice_id = ANY ($1)
+              ORDER BY stripe_invoice_id FOR NO KEY UPDATE",
+            params![invoices],
+        ));
+    }
+    let mut results = pipeline(conn, &statements).await?.into_iter().skip(1);
+    let mut next = || results.next().expect("one result per statement");
+    let mut bundle = StripeBundle::default();
+    let mut reclaimed = HashSet::new();
+    if claim {
+        for row in next() {
+            let id: String = row.get(0);
+            if row.get::<_, bool>(1) {
+                reclaimed.insert(id.clone());
+            }
+            bundle.claimed.insert(id);
+        }
+    }
+    if with_subscriptions {
+        next(); // the identity locks
+        for row in next() {
+            let subscription = subscription_from_row(&row)?;
+            let customer_id = row.get(SUBSCRIPTION_COLUMN_COUNT);
+            let stripe_id = subscription.snapshot.stripe_subscription_id.clone();
+            bundle.subscriptions.insert(stripe_id, HeldSubscription { subscription, customer_id });
+        }
+        for row in next() {
+            let license = license_from_row(&row)?;
+            let subscription_id = license.subscription_id.ok_or_else(|| StoreError::Corrupt("joined".into()))?;
+            bundle.devices.entry(license.id).or_default();
+            bundle.licenses.insert(subscription_id, license);
+        }
+        for row in next() {
+            let device = device_from_row(&row)?;
+            bundle.devices.entry(device.license_id).or_default().push(device);
+        }
+        for devices in bundle.devices.values_mut() {
+            devices.sort_by(|a, b| a.activated_at.cmp(&b.activated_at).then(a.id.cmp(&b.id)));
+        }
+    }
+    if with_customers {
+        for row in next() {
+            bundle.customers.insert(row.get(0), HeldCustomer { id: row.get(1), user_id: row.get(2) });
+        }
+    }
+    if with_subscriptions {
+        bundle.paid_subscriptions = next().iter().map(|row| row.get(0)).collect();
+    }
+    if with_invoices {
+        for row in next() {
+            let status: String = row.get(1);
+            let status = PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
+            bundle.payments.insert(row.get(0), status);
+        }
+    }
+    Ok((bundle, reclaimed))
+}
+
+/// The changeset's statements, parents before children, the outbox (and
+/// its lock) last; none when nothing is written.
+fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Vec<Statement> {
+    let mut out = Vec::new();
+    if !c.new_customers.is_empty() {
+        out.push(Statement::new(
+            "INSERT INTO customers (id, stripe_customer_id, user_id)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])",
+            params![
+                c.new_customers.iter().map(|n| n.id).collect::<Vec<_>>(),
+                c.new_customers.iter().map(|n| n.stripe_customer_id.clone()).collect::<Vec<_>>(),
+                c.new_customers.iter().map(|n| n.user_id.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.customer_links.is_empty() {
+        out.push(Statement::new(
+            "UPDATE customers c SET user_id = u.user_id, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[]) AS u(id, user_id)
+              WHERE c.id = u.id AND c.user_id IS NULL",
+            params![
+                c.customer_links.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                c.customer_links.iter().map(|(_, user)| user.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.customer_emails.is_empty() {
+        out.push(Statement::new(
+            "UPDATE customers c SET email = u.email, email_created = u.created, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS u(id, email, created)
+              WHERE c.id = u.id AND (c.email_created IS NULL OR c.email_created <= u.created)",
+            params![
+                c.customer_emails.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(),
+                c.customer_emails.iter().map(|(_, email, _)| email.clone()).collect::<Vec<_>>(),
+                c.customer_emails.iter().map(|(_, _, created)| *created).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.deleted_customers.is_empty() {
+        out.push(Statement::new(
+            "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = ANY ($1) AND deleted_at IS NULL",
+            params![c.deleted_customers.clone()],
+        ));
+    }
+    if !c.subscriptions.is_empty() {
+        let subs = &c.subscriptions;
+        let col = |f: &dyn Fn(&HeldSubscription) -> Option<Timestamp>| subs.iter().map(f).collect::<Vec<_>>();
+        out.push(Statement::new(
+            "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+                    cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
+                    current_period_end, trial_end, metadata_user_id, past_due_since, source_created)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::bool[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
+                    $13::timestamptz[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::int8[])
+             ON CONFLICT (id) DO UPDATE SET
+                    customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
+                    price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
+                    cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+                    canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+                    current_period_start = EXCLUDED.current_period_start,
+                    current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
+                    metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
+                    source_created = EXCLUDED.source_created, updated_at = now()",
+            params![
+                subs.iter().map(|h| h.subscription.id).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.snapshot.stripe_subscription_id.clone()).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.customer_id).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.snapshot.status.as_str()).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.plan_id.clone()).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.snapshot.price_id.clone()).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.snapshot.item_id.clone()).collect::<Vec<_>>(),
+                subs.iter().map(|h| h.subscription.snapshot.cancel_at_period_end).collect::<Vec<_>>(),
+                col(&|h| h.subscription.snapshot.cancel_at),
+                col(&|h| h.subscription.snapshot.canceled_at),
+                col(&|h| h.subscription.snapshot.ended_at),
+                col(&|h| h.subscription.snapshot.current_period_start),
+                col(&|h| h.subscription.snapshot.current_period_end),
+                col(&|h| h.subscription.snapshot.trial_end),
+                subs.iter().map(|h| h.subscription.snapshot.user_id.clone()).collect::<Vec<_>>(),
+                col(&|h| h.subscription.past_due_since),
+                subs.iter().map(|h| h.subscription.source_created).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.subscription_audit.is_empty() {
+        let a = &c.subscription_audit;
+        // Audit ids are drawn in the changeset's order.
+        out.push(Statement::new(
+            "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
+                    stripe_event_id)
+             SELECT c.subscription_id, c.kind, c.from_status, c.to_status, c.detail, c.actor, c.stripe_event_id
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[])
+                    WITH ORDINALITY AS c(subscription_id, kind, from_status, to_status, detail, actor,
+                                         stripe_event_id, n)
+              ORDER BY c.n",
+            params![
+                a.iter().map(|r| r.subscription_id).collect::<Vec<_>>(),
+                a.iter().map(|r| r.change.kind()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.change.from_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
+                a.iter().map(|r| r.change.to_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
+                a.iter().map(|r| r.change.detail()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.stripe_event_id.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.new_licenses.is_empty() {
+        let l = &c.new_licenses;
+        out.push(Statement::new(
+            "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
+                    grace_ends_at, source, user_id, entitlements, metadata, max_devices_override,
+                    expires_at_override, admin_suspended_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], $6::text[],
+                    $7::int4[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::jsonb[],
+                    $13::jsonb[], $14::int4[], $15::timestamptz[], $16::timestamptz[])",
+            params![
+                l.iter().map(|l| l.id).collect::<Vec<_>>(),
+                l.iter().map(|l| l.subscription_id).collect::<Vec<_>>(),
+                l.iter().map(|l| l.key.expose().to_owned()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.key.lookup_hash()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.status.as_str()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.plan_id.clone()).collect::<Vec<_>>(),
+                l.iter().map(|l| max_devices_param(&l.terms)).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.expires_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.terms.grace_ends_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.source.as_str()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.user_id.clone()).collect::<Vec<_>>(),
+                l.iter().map(|l| Value::from(l.entitlements.clone())).collect::<Vec<_>>(),
+                l.iter().map(|l| Value::Object(l.metadata.clone())).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.max_devices.map(crate::storage::max_devices_column)).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.license_terms.is_empty() {
+        let t = &c.license_terms;
+        out.push(Statement::new(
+            "UPDATE licenses l SET status = u.status, plan_id = u.plan_id, max_devices = u.max_devices,
+                    expires_at = u.expires_at, grace_ends_at = u.grace_ends_at, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[])
+                    AS u(id, status, plan_id, max_devices, expires_at, grace_ends_at)
+              WHERE l.id = u.id",
+            params![
+                t.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                t.iter().map(|(_, t)| t.status.as_str()).collect::<Vec<_>>(),
+                t.iter().map(|(_, t)| t.plan_id.clone()).collect::<Vec<_>>(),
+                t.iter().map(|(_, t)| max_devices_param(t)).collect::<Vec<_>>(),
+                t.iter().map(|(_, t)| t.expires_at).collect::<Vec<_>>(),
+                t.iter().map(|(_, t)| t.grace_ends_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    let (new_payments, moved_payments): (Vec<_>, Vec<_>) = c.payments.iter().partition(|p| p.new);
+    if !new_payments.is_empty() {
+        let p = &new_payments;
+        out.push(Statement::new(
+            "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency,
+                    status, paid_at)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], $6::text[],
+                    $7::text[], $8::timestamptz[])",
+            params![
+                p.iter().map(|_| Uuid::new_v4()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.stripe_invoice_id.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.customer_id).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.stripe_subscription_id.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.amount).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.currency.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.status.as_str()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.paid_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !moved_payments.is_empty() {
+        let p = &moved_payments;
+        out.push(Statement::new(
+            "UPDATE payments p SET status = u.status, amount = u.amount, paid_at = u.paid_at, updated_at = now()
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::timestamptz[]) AS u(id, status, amount, paid_at)
+              WHERE p.stripe_invoice_id = u.id",
+            params![
+                p.iter().map(|p| p.payment.stripe_invoice_id.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.status.as_str()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.amount).collect::<Vec<_>>(),
+                p.iter().map(|p| p.payment.paid_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.device_statuses.is_empty() {
+        let d = &c.device_statuses;
+        out.push(Statement::new(
+            "UPDATE devices d SET status = u.status, deactivated_at = u.at, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, status, at)
+              WHERE d.id = u.id",
+            params![
+                d.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(),
+                d.iter().map(|(_, status, _)| status.as_str()).collect::<Vec<_>>(),
+                d.iter().map(|(_, _, at)| *at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.device_audit.is_empty() {
+        let a = &c.device_audit;
+        out.push(Statement::new(
+            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail)
+             SELECT a.device_id, a.license_id, a.kind, a.actor, a.detail
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+                    WITH ORDINALITY AS a(device_id, license_id, kind, actor, detail, n)
+              ORDER BY a.n",
+            params![
+                a.iter().map(|r| r.device_id).collect::<Vec<_>>(),
+                a.iter().map(|r| r.license_id).collect::<Vec<_>>(),
+                a.iter().map(|r| r.kind).collect::<Vec<_>>(),
+                a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    let mut finished = (Vec::new(), Vec::new(), Vec::new());
+    let mut released = (Vec::new(), Vec::new());
+    let mut unclaimed = Vec::new();
+    for (id, record) in &c.deliveries {
+        match record {
+            DeliveryRecord::Noted(note) => {
+                finished.0.push(id.clone());
+                finished.1.push("processed");
+                finished.2.push(Some(*note));
+            }
+            DeliveryRecord::Ignored => {
+                finished.0.push(id.clone());
+                finished.1.push("ignored");
+                finished.2.push(None);
+            }
+            // What the claim did is undone: a new row goes, a failed one is
+            // failed again, so the next claim is its next attempt.
+            DeliveryRecord::Released(why) if reclaimed.contains(id) => {
+                released.0.push(id.clone());
+                released.1.push(*why);
+            }
+            DeliveryRecord::Released(_) => unclaimed.push(id.clone()),
+        }
+    }
+    if !finished.0.is_empty() {
+        out.push(Statement::new(
+            "UPDATE webhook_events w SET status = u.status, note = u.note, last_error = NULL, processed_at = now()
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, status, note)
+              WHERE w.id = u.id",
+            params![finished.0, finished.1, finished.2],
+        ));
+    }
+    if !released.0.is_empty() {
+        out.push(Statement::new(
+            "UPDATE webhook_events w SET status = 'failed', attempts = w.attempts - 1, last_error = u.why
+               FROM unnest($1::text[], $2::text[]) AS u(id, why)
+              WHERE w.id = u.id",
+            params![released.0, released.1],
+        ));
+    }
+    if !unclaimed.is_empty() {
+        out.push(Statement::new("DELETE FROM webhook_events WHERE id = ANY ($1)", params![unclaimed]));
+    }
+    if !c.outbox.is_empty() {
+        let (sql, params) = outbox_write(&c.outbox);
+        out.push(Statement::new(sql, params));
+    }
+    out
+}

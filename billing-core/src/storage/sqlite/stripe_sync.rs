@@ -1,0 +1,352 @@
+//! [`Store::sync_stripe`](crate::storage::Store::sync_stripe) on SQLite:
+//! load, decide and apply in one blocking call on the writer connection,
+//! inside one `BEGIN IMMEDIATE` transaction. The write lock is the lock of
+//! every row: nothing needs locking one by one.
+
+use super::{
+    device_from_row, execute, get, json_text, license_from_row, max_devices_param, micros, now_micros, opt_micros,
+    query, query_error, query_opt, subscription_from_row, uuid, worker_error, SqliteStore, Writer, DEVICE_COLUMNS,
+    LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+};
+use crate::domain::{PaymentStatus, SubscriptionStatus};
+use crate::storage::stripe_sync::{
+    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+};
+use crate::storage::{max_devices_column, OutboxMessage, StoreError};
+use deadpool_sqlite::rusqlite::{params, Connection};
+use serde_json::Value;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+pub(super) async fn sync_stripe<T, F>(store: &SqliteStore, keys: StripeKeys, decide: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(StripeBundle) -> (Changeset, T) + Send + 'static,
+{
+    let writer = Writer(store.shared.writer.clone().lock_owned().await);
+    let shared = store.shared.clone();
+    tokio::task::spawn_blocking(move || {
+        // Taken once the lock is held: the transaction's start, as `now()` is.
+        let now = now_micros()?;
+        writer.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
+        // Any early return drops `writer`, which rolls back.
+        let (bundle, reclaimed) = load(&writer, now, &keys)?;
+        let (changes, decided) = decide(bundle);
+        apply(&writer, now, &changes, &reclaimed)?;
+        writer.execute_batch("COMMIT").map_err(query_error)?;
+        drop(writer);
+        if !changes.outbox.is_empty() {
+            shared.signal_outbox();
+        }
+        Ok(decided)
+    })
+    .await
+    .map_err(worker_error)?
+}
+
+fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {
+    let mut bundle = StripeBundle::default();
+    let mut reclaimed = HashSet::new();
+    for d in &keys.deliveries {
+        // New, or failed before and claimed again: `attempts` tells which.
+        let claimed = query_opt(
+            conn,
+            "INSERT INTO webhook_events (id, type, created, api_version, status, received_at, processed_at,
+                    object_id, payload)
+             VALUES (?1, ?2, ?3, ?4, 'processed', ?5, ?5, ?6, ?7)
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
+                    processed_at = ?5, object_id = excluded.object_id, payload = excluded.payload
+              WHERE webhook_events.status = 'failed'
+             RETURNING attempts",
+            params![d.id, d.kind, d.created, d.api_version, now, d.object_id, d.payload.as_ref()],
+            |row| get::<i64>(row, 0),
+        )?;
+        if let Some(attempts) = claimed {
+            if attempts > 1 {
+                reclaimed.insert(d.id.clone());
+            }
+            bundle.claimed.insert(d.id.clone());
+        }
+    }
+    let subscription_sql = format!(
+        "SELECT {SUBSCRIPTION_COLUMNS}, s.customer_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+          WHERE s.stripe_subscription_id = ?1"
+    );
+    let license_sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+    let devices_sql =
+        format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at, d.id");
+    for stripe_id in &keys.subscriptions {
+        let held = query_opt(conn, &subscription_sql, [stripe_id], |row| {
+            Ok(HeldSubscription {
+                subscription: subscription_from_row(row)?,
+                customer_id: uuid(row, SUBSCRIPTION_COLUMN_COUNT)?,
+            })
+        })?;
+        if let Some(held) = held {
+            let license = query_opt(conn, &license_sql, [held.subscription.id.to_string()], license_from_row)?;
+            if let Some(license) = license {
+                let devices = query(conn, &devices_sql, [license.id.to_string()], device_from_row)?;
+                bundle.devices.insert(license.id, devices);
+                bundle.licenses.insert(held.subscription.id, license);
+            }
+            bundle.subscriptions.insert(stripe_id.clone(), held);
+        }
+        let paid = "SELECT EXISTS (SELECT 1 FROM payments WHERE stripe_subscription_id = ?1 AND status = 'paid')";
+        if query_opt(conn, paid, [stripe_id], |row| get::<bool>(row, 0))?.unwrap_or(false) {
+            bundle.paid_subscriptions.insert(stripe_id.clone());
+        }
+    }
+    for stripe_id in &keys.customers {
+        let sql = "SELECT id, user_id FROM customers WHERE stripe_customer_id = ?1";
+        if let Some(held) =
+            query_opt(conn, sql, [stripe_id], |row| Ok(HeldCustomer { id: uuid(row, 0)?, user_id: get(row, 1)? }))?
+        {
+            bundle.customers.insert(stripe_id.clone(), held);
+        }
+    }
+    for invoice in &keys.invoices {
+        let sql = "SELECT status FROM payments WHERE stripe_invoice_id = ?1";
+        if let Some(status) = query_opt(conn, sql, [invoice], |row| get::<String>(row, 0))? {
+            let status = PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
+            bundle.payments.insert(invoice.clone(), status);
+        }
+    }
+    Ok((bundle, reclaimed))
+}
+
+fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &HashSet<String>) -> Result<(), StoreError> {
+    for n in &c.new_customers {
+        execute(
+            conn,
+            "INSERT INTO customers (id, stripe_customer_id, user_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![n.id.to_string(), n.stripe_customer_id, n.user_id, now],
+        )?;
+    }
+    for (id, user_id) in &c.customer_links {
+        execute(
+            conn,
+            "UPDATE customers SET user_id = ?2, updated_at = ?3 WHERE id = ?1 AND user_id IS NULL",
+            params![id.to_string(), user_id, now],
+        )?;
+    }
+    for (id, email, created) in &c.customer_emails {
+        execute(
+            conn,
+            "UPDATE customers SET email = ?2, email_created = ?3, updated_at = ?4
+              WHERE id = ?1 AND (email_created IS NULL OR email_created <= ?3)",
+            params![id.to_string(), email, created, now],
+        )?;
+    }
+    for id in &c.deleted_customers {
+        execute(
+            conn,
+            "UPDATE customers SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+            params![id.to_string(), now],
+        )?;
+    }
+    for held in &c.subscriptions {
+        let (sub, s) = (&held.subscription, &held.subscription.snapshot);
+        execute(
+            conn,
+            "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+                    cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
+                    current_period_end, trial_end, metadata_user_id, past_due_since, source_created, created_at,
+                    updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18)
+             ON CONFLICT (id) DO UPDATE SET
+                    customer_id = excluded.customer_id, status = excluded.status, plan_id = excluded.plan_id,
+                    price_id = excluded.price_id, item_id = excluded.item_id,
+                    cancel_at_period_end = excluded.cancel_at_period_end, cancel_at = excluded.cancel_at,
+                    canceled_at = excluded.canceled_at, ended_at = excluded.ended_at,
+                    current_period_start = excluded.current_period_start,
+                    current_period_end = excluded.current_period_end, trial_end = excluded.trial_end,
+                    metadata_user_id = excluded.metadata_user_id, past_due_since = excluded.past_due_since,
+                    source_created = excluded.source_created, updated_at = excluded.updated_at",
+            params![
+                sub.id.to_string(),
+                s.stripe_subscription_id,
+                held.customer_id.to_string(),
+                s.status.as_str(),
+                sub.plan_id,
+                s.price_id,
+                s.item_id,
+                s.cancel_at_period_end,
+                opt_micros(s.cancel_at)?,
+                opt_micros(s.canceled_at)?,
+                opt_micros(s.ended_at)?,
+                opt_micros(s.current_period_start)?,
+                opt_micros(s.current_period_end)?,
+                opt_micros(s.trial_end)?,
+                s.user_id,
+                opt_micros(sub.past_due_since)?,
+                sub.source_created,
+                now,
+            ],
+        )?;
+    }
+    for a in &c.subscription_audit {
+        execute(
+            conn,
+            "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
+                    stripe_event_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                a.subscription_id.to_string(),
+                a.change.kind(),
+                a.change.from_status().map(SubscriptionStatus::as_str),
+                a.change.to_status().map(SubscriptionStatus::as_str),
+                json_text(&a.change.detail()),
+                a.actor,
+                a.stripe_event_id,
+                now
+            ],
+        )?;
+    }
+    for license in &c.new_licenses {
+        insert_license(conn, now, license)?;
+    }
+    for (id, t) in &c.license_terms {
+        execute(
+            conn,
+            "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
+                    updated_at = ?7
+              WHERE id = ?1",
+            params![
+                id.to_string(),
+                t.status.as_str(),
+                t.plan_id,
+                max_devices_param(t),
+                opt_micros(t.expires_at)?,
+                opt_micros(t.grace_ends_at)?,
+                now
+            ],
+        )?;
+    }
+    for p in &c.payments {
+        let (pay, paid_at) = (&p.payment, opt_micros(p.payment.paid_at)?);
+        if p.new {
+            execute(
+                conn,
+                "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency,
+                        status, paid_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    Uuid::new_v4().to_string(),
+                    pay.stripe_invoice_id,
+                    p.customer_id.to_string(),
+                    pay.stripe_subscription_id,
+                    pay.amount,
+                    pay.currency,
+                    pay.status.as_str(),
+                    paid_at,
+                    now
+                ],
+            )?;
+        } else {
+            execute(
+                conn,
+                "UPDATE payments SET status = ?2, amount = ?3, paid_at = ?4, updated_at = ?5 WHERE stripe_invoice_id = ?1",
+                params![pay.stripe_invoice_id, pay.status.as_str(), pay.amount, paid_at, now],
+            )?;
+        }
+    }
+    for (id, status, at) in &c.device_statuses {
+        execute(
+            conn,
+            "UPDATE devices SET status = ?2, deactivated_at = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id.to_string(), status.as_str(), micros(*at)?, now],
+        )?;
+    }
+    for a in &c.device_audit {
+        execute(
+            conn,
+            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.device_id.to_string(), a.license_id.to_string(), a.kind, a.actor, json_text(&a.detail), now],
+        )?;
+    }
+    for (id, record) in &c.deliveries {
+        match record {
+            DeliveryRecord::Noted(note) => execute(
+                conn,
+                "UPDATE webhook_events SET status = 'processed', note = ?2, last_error = NULL, processed_at = ?3
+                  WHERE id = ?1",
+                params![id, note, now],
+            )?,
+            DeliveryRecord::Ignored => execute(
+                conn,
+                "UPDATE webhook_events SET status = 'ignored', note = NULL, last_error = NULL, processed_at = ?2
+                  WHERE id = ?1",
+                params![id, now],
+            )?,
+            // What the claim did is undone: a new row goes, a failed one is
+            // failed again, so the next claim is its next attempt.
+            DeliveryRecord::Released(why) if reclaimed.contains(id) => execute(
+                conn,
+                "UPDATE webhook_events SET status = 'failed', attempts = attempts - 1, last_error = ?2 WHERE id = ?1",
+                params![id, why],
+            )?,
+            DeliveryRecord::Released(_) => execute(conn, "DELETE FROM webhook_events WHERE id = ?1", [id])?,
+        };
+    }
+    for message in &c.outbox {
+        enqueue(conn, now, message)?;
+    }
+    Ok(())
+}
+
+/// Stores a newly issued license.
+pub(super) fn insert_license(conn: &Connection, now: i64, license: &crate::domain::License) -> Result<(), StoreError> {
+    let (t, o) = (&license.terms, &license.overrides);
+    execute(
+        conn,
+        "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
+                grace_ends_at, created_at, updated_at, source, user_id, entitlements, metadata,
+                max_devices_override, expires_at_override, admin_suspended_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            license.id.to_string(),
+            license.subscription_id.map(|s| s.to_string()),
+            license.key.expose(),
+            license.key.lookup_hash(),
+            t.status.as_str(),
+            t.plan_id,
+            max_devices_param(t),
+            opt_micros(t.expires_at)?,
+            opt_micros(t.grace_ends_at)?,
+            now,
+            license.source.as_str(),
+            license.user_id,
+            json_text(&Value::from(license.entitlements.clone())),
+            json_text(&Value::Object(license.metadata.clone())),
+            o.max_devices.map(max_devices_column),
+            opt_micros(o.expires_at)?,
+            opt_micros(o.suspended_at)?
+        ],
+    )?;
+    Ok(())
+}
+
+/// Appends an outbox row, and the vendor's webhook messages for it (one per
+/// live endpoint subscribed to the topic), committed or rolled back with the
+/// change. Ids are handed out by the one writer, so they commit in id order.
+pub(super) fn enqueue(conn: &Connection, now: i64, message: &OutboxMessage) -> Result<(), StoreError> {
+    let (topic, payload) = (message.topic, json_text(&message.payload));
+    execute(
+        conn,
+        "INSERT INTO outbox_events (license_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![message.license_id.map(|l| l.to_string()), topic, payload, now],
+    )?;
+    execute(
+        conn,
+        "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, event_at, next_attempt_at, created_at)
+         SELECT 'msg_' || lower(hex(randomblob(16))), e.id, ?1, ?2, ?3, ?3, ?3
+           FROM webhook_endpoints e
+          WHERE e.deleted_at IS NULL AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value IN (?1, '*'))
+          ORDER BY e.created_at, e.id",
+        params![topic, payload, now],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The decisions of the Stripe units of work: pure functions of what the
+//! store loaded ([`StripeBundle`]), the input and the clock, writing a
+//! [`Changeset`]. No I/O: every rule here is tested without a database.
+//!
+//! The inputs of one group are decided one after the other against the
+//! same bundle, which each decision updates as it writes, so that a later
+//! event of an object sees what an earlier one did (in `created` order,
+//! which [`super::StripeInput::order`] gives).
+
+use super::{Ambiguity, InputOutcome, StripeInput};
+use crate::domain::device::evicted_by_limit;
+use crate::domain::license::{self, LicenseDecision};
+use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
+use crate::domain::{
+    Actor, Device, DeviceStatus, License, Payment, PaymentStatus, PlanCatalog, Subscription, SubscriptionSnapshot,
+    SubscriptionStatus, Timestamp,
+};
+use crate::licensing::{device_message, DeactivationReason};
+use crate::messages::{license_message, license_updated, subscription_updated, LICENSE_CREATED};
+use crate::storage::stripe_sync::{
+    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert, StripeBundle,
+    SubscriptionAudit,
+};
+use crate::storage::OutboxMessage;
+use crate::stripe::{CheckoutSession, EventPayload, StripeCustomer};
+use serde_json::json;
+use uuid::Uuid;
+
+/// The rules' settings, read by every decision.
+#[derive(Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    pub(crate) plans: &'a PlanCatalog,
+    pub(crate) grace: time::Duration,
+    pub(crate) heartbeat_window: time::Duration,
+    pub(crate) now: Timestamp,
+}
+
+/// A group's decisions in progress: the bundle as the decisions so far
+/// left it, and their writes.
+pub(crate) struct Decisions<'a> {
+    rules: Rules<'a>,
+    held: StripeBundle,
+    changes: Changeset,
+}
+
+/// Whether a snapshot changed our state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Synced {
+    Applied,
+    Stale,
+    Ambiguous,
+}
+
+impl<'a> Decisions<'a> {
+    pub(crate) fn new(rules: Rules<'a>, held: StripeBundle) -> Self {
+        Self { rules, held, changes: Changeset::default() }
+    }
+
+    /// The writes decided so far.
+    pub(crate) fn into_changeset(self) -> Changeset {
+        self.changes
+    }
+
+    /// Decides one input. A delivery this transaction did not claim was
+    /// applied before (or earlier in this group): a duplicate, no writes.
+    pub(crate) fn decide(&mut self, input: &StripeInput) -> InputOutcome {
+        match input {
+            StripeInput::Delivery { event, .. } => {
+                if !self.held.claimed.remove(&event.id) {
+                    return InputOutcome::Duplicate;
+                }
+                let actor = Actor::Stripe { event_id: event.id.clone() };
+                match &event.payload {
+                    EventPayload::Subscription(snapshot) => {
+                        match self.sync_subscription(&actor, snapshot, event.created, input.ambiguity()) {
+                            Synced::Applied => InputOutcome::Processed,
+                            Synced::Stale => {
+                                self.changes.record_delivery(
+                                    &event.id,
+                                    DeliveryRecord::Noted("stale snapshot: a newer one is held"),
+                                );
+                                InputOutcome::Processed
+                            }
+                            Synced::Ambiguous => {
+                                self.changes.record_delivery(
+                                    &event.id,
+                                    DeliveryRecord::Released("same-second snapshot: awaiting Stripe's current object"),
+                                );
+                                InputOutcome::Ambiguous
+                            }
+                        }
+                    }
+                    EventPayload::CheckoutCompleted(session) => {
+                        if let Some(note) = self.checkout(&actor, session) {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::Invoice(payment) => {
+                        if !self.invoice(&actor, payment) {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted("payment already recorded"));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::Customer(customer) => {
+                        self.customer(customer, event.created);
+                        InputOutcome::Processed
+                    }
+                    EventPayload::Ignored => {
+                        self.changes.record_delivery(&event.id, DeliveryRecord::Ignored);
+                        InputOutcome::Ignored
+                    }
+                }
+            }
+            StripeInput::Refetched { event, snapshot, .. } => {
+                if !self.held.claimed.remove(&event.id) {
+                    return InputOutcome::Duplicate;
+                }
+                let actor = Actor::Stripe { event_id: event.id.clone() };
+                match self.sync_subscription(&actor, snapshot, event.created, Ambiguity::Authoritative) {
+                    Synced::Stale => self
+                        .changes
+                        .record_delivery(&event.id, DeliveryRecord::Noted("stale snapshot: a newer one is held")),
+                    Synced::Applied | Synced::Ambiguous => {}
+                }
+                InputOutcome::Processed
+            }
+            StripeInput::Snapshot { snapshot, actor } => {
+                match self.sync_subscription(actor, snapshot, self.rules.now.unix_timestamp(), Ambiguity::Authoritative)
+                {
+                    Synced::Applied => InputOutcome::Processed,
+                    Synced::Stale | Synced::Ambiguous => InputOutcome::Unchanged,
+                }
+            }
+        }
+    }
+
+    /// Finds or creates the customer of a Stripe customer id, linking it to
+    /// `user_id` when it had no user. Returns our id.
+    fn customer_id(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Uuid {
+        match self.held.customers.get_mut(stripe_customer_id) {
+            Some(held) => {
+                if let (None, Some(user_id)) = (&held.user_id, user_id) {
+                    held.user_id = Some(user_id.to_owned());
+                    self.changes.customer_links.push((held.id, user_id.to_owned()));
+                }
+                held.id
+            }
+            None => {
+                let id = Uuid::new_v4();
+                let user_id = user_id.map(str::to_owned);
+                self.held
+                    .customers
+                    .insert(stripe_customer_id.to_owned(), HeldCustomer { id, user_id: user_id.clone() });
+                self.changes.new_customers.push(NewCustomer {
+                    id,
+                    stripe_customer_id: stripe_customer_id.to_owned(),
+                    user_id,
+                });
+                id
+            }
+        }
+    }
+
+    fn customer_user(&self, stripe_customer_id: &str) -> Option<&str> {
+        self.held.customers.get(stripe_customer_id).and_then(|c| c.user_id.as_deref())
+    }
+
+    /// Brings our copy of one subscription (and its license) in line with a
+    /// snapshot. A stale snapshot changes no state, but it is still
+    /// evidence: of entitlement (so the license exists whatever order the
+    /// events come in) and of when the period's grace began.
+    fn sync_subscription(
+        &mut self,
+        actor: &Actor,
+        snapshot: &SubscriptionSnapshot,
+        created: i64,
+        ambiguity: Ambiguity,
+    ) -> Synced {
+        let held = self.held.subscriptions.get(&snapshot.stripe_subscription_id).cloned();
+        let up_to_date = held.as_ref().is_some_and(|h| {
+            h.subscription.snapshot.stripe_customer_id == snapshot.stripe_customer_id
+                && (self.customer_user(&snapshot.stripe_customer_id).is_some() || snapshot.user_id.is_none())
+        });
+        let customer_id = match &held {
+            Some(h) if up_to_date => h.customer_id,
+            _ => self.customer_id(&snapshot.stripe_customer_id, snapshot.user_id.as_deref()),
+        };
+        let Some(held) = held.map(|h| h.subscription) else {
+            return self.apply_snapshot(customer_id, None, snapshot, created, actor);
+        };
+        let fresh = match (subscription::freshness(&held, snapshot, created), ambiguity) {
+            // Fresh from the API: the current truth, whatever the clocks say.
+            (_, Ambiguity::Authoritative) if held.snapshot != *snapshot => true,
+            (Freshness::Stale, _) | (_, Ambiguity::Authoritative) => false,
+            (Freshness::Ambiguous, Ambiguity::Refuse) => return Synced::Ambiguous,
+            (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => true,
+        };
+        if fresh {
+            return self.apply_snapshot(customer_id, Some(held), snapshot, created, actor);
+        }
+        let held = match subscription::earlier_past_due_since(&held, snapshot, created) {
+            Some(since) => {
+                let earlier = Subscription { past_due_since: Some(since), ..held };
+                self.save_subscription(customer_id, earlier.clone());
+                earlier
+            }
+            None => held,
+        };
+        self.settle_license(&held, snapshot.status, actor);
+        Synced::Stale
+    }
+
+    fn save_subscription(&mut self, customer_id: Uuid, subscription: Subscription) {
+        let held = HeldSubscription { subscription, customer_id };
+        self.held.subscriptions.insert(held.subscription.snapshot.stripe_subscription_id.clone(), held.clone());
+        self.changes.save_subscription(held);
+    }
+
+    fn audit(&mut self, subscription_id: Uuid, actor: &Actor, change: SubscriptionChange) {
+        self.changes.subscription_audit.push(SubscriptionAudit {
+            subscription_id,
+            change,
+            actor: actor.label(),
+            stripe_event_id: actor.stripe_event_id().map(str::to_owned),
+        });
+    }
+
+    fn enqueue(&mut self, message: OutboxMessage) {
+        self.changes.outbox.push(message);
+    }
+
+    /// Stores a snapshot that is newer than what we hold, with its audit
+    /// rows, its license's terms and the event the license's devices hear.
+    fn apply_snapshot(
+        &mut self,
+        customer_id: Uuid,
+        held: Option<Subscription>,
+        snapshot: &SubscriptionSnapshot,
+        created: i64,
+        actor: &Actor,
+    ) -> Synced {
+        let plan = snapshot.price_id.as_deref().and_then(|p| self.rules.plans.by_price(p));
+        let next = Subscription {
+            id: held.as_ref().map_or_else(Uuid::new_v4, |h| h.id),
+            snapshot: snapshot.clone(),
+            plan_id: plan.map(|p| p.id.0.clone()),
+            past_due_since: subscription::past_due_since(held.as_ref(), snapshot, created),
+            source_created: held.as_ref().map_or(created, |h| h.source_created.max(created)),
+        };
+        let changes = changes_between(held.as_ref().map(|h| &h.snapshot), &next.snapshot);
+        self.save_subscription(customer_id, next.clone());
+        let client_visible = changes.iter().any(|c| !matches!(c, SubscriptionChange::Created { .. }));
+        for change in changes {
+            self.audit(next.id, actor, change);
+        }
+        let license_id = self.settle_license(&next, snapshot.status, actor);
+        if let (Some(license_id), true) = (license_id, client_visible) {
+            self.enqueue(subscription_updated(license_id, &next));
+        }
+        Synced::Applied
+    }
+
+    /// Issues or updates the license of `sub` (as now held) so that it
+    /// follows the subscription: issued once anything proves entitlement
+    /// (`seen`, the status a snapshot just reported, however stale; the
+    /// current status; a paid invoice), its terms derived from the current
+    /// state. Returns the license's id, if it has one.
+    fn settle_license(&mut self, sub: &Subscription, seen: SubscriptionStatus, actor: &Actor) -> Option<Uuid> {
+        let rules = self.rules;
+        let plan = sub.snapshot.price_id.as_deref().and_then(|p| rules.plans.by_price(p));
+        let license = self.held.licenses.get(&sub.id).cloned();
+        let entitled = license.is_some()
+            || seen.proves_entitlement()
+            || sub.snapshot.status.proves_entitlement()
+            || self.held.paid_subscriptions.contains(&sub.snapshot.stripe_subscription_id);
+        match (license::decide(sub, plan, license.as_ref(), entitled, rules.grace, rules.now), license) {
+            (LicenseDecision::Issue(terms), _) => {
+                let issued = License::for_subscription(sub.id, terms);
+                self.held.licenses.insert(sub.id, issued.clone());
+                self.held.devices.insert(issued.id, Vec::new());
+                // Heard by the vendor's systems (webhooks), not by devices:
+                // a new license has none yet.
+                self.enqueue(license_message(LICENSE_CREATED, &issued));
+                self.changes.new_licenses.push(issued.clone());
+                Some(issued.id)
+            }
+            (LicenseDecision::Update(terms), Some(held)) => {
+                let shrunk = terms.max_devices < held.terms.max_devices;
+                let updated = License { terms: terms.clone(), ..held };
+                self.held.licenses.insert(sub.id, updated.clone());
+                self.changes.set_license_terms(updated.id, terms);
+                self.enqueue(license_updated(&updated));
+                if shrunk {
+                    self.evict_beyond_limit(&updated, actor);
+                }
+                Some(updated.id)
+            }
+            (LicenseDecision::Update(_), None) => unreachable!("updates are decided only for held licenses"),
+            (LicenseDecision::Keep, held) => held.map(|l| l.id),
+        }
+    }
+
+    /// After a downgrade, the least recently seen live devices beyond the
+    /// new limit lose their slot and are told so.
+    fn evict_beyond_limit(&mut self, license: &License, actor: &Actor) {
+        let now = self.rules.now;
+        let devices = self.held.devices.get(&license.id).cloned().unwrap_or_default();
+        for id in evicted_by_limit(&devices, license.terms.max_devices, now, self.rules.heartbeat_window) {
+            let Some(device) = self.held.devices.get_mut(&license.id).and_then(|ds| ds.iter_mut().find(|d| d.id == id))
+            else {
+                continue;
+            };
+            *device = Device { status: DeviceStatus::Deactivated, deactivated_at: Some(now), ..device.clone() };
+            let device = device.clone();
+            let reason = DeactivationReason::Downgrade;
+            self.changes.device_statuses.push((device.id, DeviceStatus::Deactivated, now));
+            self.changes.device_audit.push(DeviceAudit {
+                device_id: device.id,
+                license_id: device.license_id,
+                kind: "deactivated",
+                actor: actor.label(),
+                detail: json!({ "reason": reason.as_str() }),
+            });
+            self.enqueue(device_message(crate::events::DEVICE_DEACTIVATED, &device, Some(reason.as_str())));
+        }
+    }
+
+    /// Links the checkout's customer (and with it any subscription that
+    /// arrived before this checkout) to its user. Returns a note when
+    /// there was nothing to link.
+    fn checkout(&mut self, actor: &Actor, session: &CheckoutSession) -> Option<&'static str> {
+        let subscription = match (session.mode.as_str(), session.subscription.as_deref()) {
+            ("subscription", Some(id)) => self.held.subscriptions.get(id).map(|h| h.subscription.clone()),
+            _ => None,
+        };
+        let note = match (session.customer.as_deref(), session.user_id()) {
+            (Some(customer), Some(user_id)) => {
+                self.customer_id(customer, Some(user_id));
+                if let Some(sub) = subscription.filter(|s| s.snapshot.stripe_customer_id == customer) {
+                    let change = SubscriptionChange::CheckoutLinked { checkout_session_id: session.id.clone() };
+                    self.audit(sub.id, actor, change);
+                }
+                None
+            }
+            (Some(customer), None) => {
+                self.customer_id(customer, None);
+                Some("checkout names no user")
+            }
+            (None, _) => Some("checkout has no customer"),
+        };
+        if session.mode != "subscription" {
+            Some("not a subscription checkout")
+        } else {
+            note
+        }
+    }
+
+    /// Records an invoice's payment. A paid one proves its subscription was
+    /// entitled, so a subscription whose earlier events have not arrived
+    /// (or only its end has) gets its license now. Returns whether the
+    /// payment moved (false: already recorded in this or a later status).
+    fn invoice(&mut self, actor: &Actor, payment: &Payment) -> bool {
+        let held = payment.stripe_subscription_id.as_deref().and_then(|s| self.held.subscriptions.get(s)).cloned();
+        let customer_id = match &held {
+            Some(h) if h.subscription.snapshot.stripe_customer_id == payment.stripe_customer_id => h.customer_id,
+            _ => self.customer_id(&payment.stripe_customer_id, None),
+        };
+        let moved = match self.held.payments.get(&payment.stripe_invoice_id) {
+            None => true,
+            Some(status) => status.may_become(payment.status),
+        };
+        if moved {
+            let new = !self.held.payments.contains_key(&payment.stripe_invoice_id);
+            self.held.payments.insert(payment.stripe_invoice_id.clone(), payment.status);
+            if payment.status == PaymentStatus::Paid {
+                if let Some(sub) = &payment.stripe_subscription_id {
+                    self.held.paid_subscriptions.insert(sub.clone());
+                }
+            }
+            self.changes.save_payment(PaymentUpsert { customer_id, payment: payment.clone(), new });
+        }
+        if let Some(held) = held {
+            let sub = held.subscription;
+            if moved {
+                let change = SubscriptionChange::Payment {
+                    invoice_id: payment.stripe_invoice_id.clone(),
+                    status: payment.status,
+                    amount: payment.amount,
+                    currency: payment.currency.clone(),
+                };
+                self.audit(sub.id, actor, change);
+            }
+            let license_id = self.settle_license(&sub, sub.snapshot.status, actor);
+            if let (true, Some(license_id)) = (moved && payment.status != PaymentStatus::Paid, license_id) {
+                self.enqueue(OutboxMessage {
+                    license_id: Some(license_id),
+                    topic: "payment.updated",
+                    payload: json!({
+                        "license_id": license_id,
+                        "status": payment.status,
+                        "amount": payment.amount,
+                        "currency": payment.currency,
+                    }),
+                });
+            }
+        }
+        moved
+    }
+
+    /// Links a Stripe customer to the user its metadata names and keeps its
+    /// e-mail, or records its deletion (its subscriptions end through their
+    /// own events).
+    fn customer(&mut self, customer: &StripeCustomer, created: i64) {
+        let id = self.customer_id(&customer.id, customer.user_id.as_deref());
+        if customer.deleted {
+            if !self.changes.deleted_customers.contains(&id) {
+                self.changes.deleted_customers.push(id);
+            }
+        } else {
+            // A deleted customer's object still carries its last address;
+            // keeping the one held is as good and needs no write.
+            self.changes.set_customer_email(id, customer.email.clone(), created);
+        }
+    }
+}

@@ -430,3 +430,191 @@ fn terms_detail(license: &License) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PlanId, Topic};
+    use crate::storage::license_work::fixtures::{device, device_bundle, license, license_bundle, NOW, STAMPED_AT};
+    use crate::storage::license_work::LicenseBundle;
+
+    fn plans() -> PlanCatalog {
+        let plan = Plan {
+            id: PlanId("pro".into()),
+            name: "Pro".into(),
+            stripe_price_id: "price_pro".into(),
+            max_devices: 3,
+            amount: None,
+            currency: None,
+            interval: None,
+            features: Vec::new(),
+        };
+        PlanCatalog::new(vec![plan]).unwrap()
+    }
+
+    fn admin() -> Actor {
+        Actor::Admin { token_name: "ops".into() }
+    }
+
+    fn change(
+        bundle: LicenseBundle,
+        change: AdminChange,
+    ) -> (Changeset, Result<(AdminLicense, Option<String>), AdminLicenseError>) {
+        let catalog = plans();
+        let rules = LicenseRules {
+            plans: &catalog,
+            grace: time::Duration::days(7),
+            heartbeat_window: time::Duration::minutes(10),
+            now: NOW,
+        };
+        Changeset::from_decision(|c| decide_change(bundle, rules, &admin(), |_| Ok(change), c))
+    }
+
+    fn topics(changes: &Changeset) -> Vec<Topic> {
+        changes.outbox.iter().map(|m| m.topic).collect()
+    }
+
+    #[test]
+    fn an_issued_license_is_inserted_audited_and_announced_as_created() {
+        let issued = license(3);
+        let bundle = LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() };
+        let (changes, record) = Changeset::from_decision(|c| decide_issue(bundle, issued.clone(), "pro", &admin(), c));
+        assert_eq!(record.license, issued);
+        assert_eq!(record.owner_user_id.as_deref(), Some("user_1"));
+        assert_eq!((record.created_at, record.updated_at), (STAMPED_AT, STAMPED_AT), "the store's stamps");
+        assert_eq!(changes.new_licenses, [issued.clone()]);
+        assert_eq!(changes.license_audit.len(), 1);
+        let audit = &changes.license_audit[0];
+        assert_eq!((audit.license_id, audit.kind, audit.actor.as_str()), (issued.id, "issued", "admin:ops"));
+        assert_eq!(audit.detail["plan"], "pro");
+        assert_eq!(audit.detail["terms"], terms_detail(&issued));
+        assert_eq!(topics(&changes), [Topic::LicenseCreated]);
+    }
+
+    #[test]
+    fn a_suspension_saves_the_license_audits_from_and_to_and_announces_it_once() {
+        let held = license(3);
+        let (changes, result) = change(license_bundle(held.clone(), Vec::new()), AdminChange::Suspend);
+        let (changed, kind) = result.unwrap();
+        assert_eq!(kind.as_deref(), Some("suspended"));
+        let saved = &changed.record.license;
+        assert_eq!((saved.terms.status, saved.overrides.suspended_at), (LicenseStatus::Suspended, Some(NOW)));
+        assert_eq!(changed.record.updated_at, STAMPED_AT);
+        assert_eq!(changes.saved_licenses, [saved.clone()]);
+        let audit = &changes.license_audit[0];
+        assert_eq!((audit.kind, audit.detail["from"]["status"].as_str()), ("suspended", Some("active")));
+        assert_eq!(audit.detail["to"]["status"], "suspended");
+        assert_eq!(topics(&changes), [Topic::LicenseUpdated]);
+        assert!(changes.device_statuses.is_empty());
+
+        let (changes, result) = change(license_bundle(saved.clone(), Vec::new()), AdminChange::Suspend);
+        let (unchanged, kind) = result.unwrap();
+        assert_eq!((unchanged.record.license, kind), (saved.clone(), None));
+        assert!(changes.is_empty(), "suspending a suspended license changes nothing");
+    }
+
+    #[test]
+    fn a_revoked_license_takes_no_change_and_a_missing_one_is_not_found() {
+        let held = license(3);
+        let (changes, result) = change(license_bundle(held.clone(), Vec::new()), AdminChange::Revoke);
+        let revoked = result.unwrap().0.record.license;
+        assert_eq!(revoked.terms.status, LicenseStatus::Revoked);
+        assert_eq!(changes.license_audit[0].kind, "revoked");
+        let (changes, result) = change(license_bundle(revoked, Vec::new()), AdminChange::Reinstate);
+        assert!(matches!(result, Err(AdminLicenseError::Conflict)), "{result:?}");
+        assert!(changes.is_empty());
+        let nothing = LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() };
+        let (changes, result) = change(nothing, AdminChange::Suspend);
+        assert!(matches!(result, Err(AdminLicenseError::NotFound("license"))), "{result:?}");
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_lower_device_limit_evicts_the_least_recently_seen_live_devices() {
+        let held = license(3);
+        let devices = vec![
+            device(&held, "fp-recent", 1, DeviceStatus::Active),
+            device(&held, "fp-older", 3, DeviceStatus::Active),
+            device(&held, "fp-oldest", 5, DeviceStatus::Active),
+            device(&held, "fp-gone", 2, DeviceStatus::Deactivated),
+        ];
+        let patch = LicensePatch { max_devices: Some(Some(1)), ..LicensePatch::default() };
+        let (changes, result) = change(license_bundle(held, devices.clone()), AdminChange::Patch(patch));
+        let (changed, kind) = result.unwrap();
+        assert_eq!((kind.as_deref(), changed.record.license.terms.max_devices), (Some("patched"), 1));
+        assert_eq!(changed.device_count, 1);
+        let evicted: Vec<_> = changes.device_statuses.iter().map(|(id, status, at)| (*id, *status, *at)).collect();
+        assert_eq!(
+            evicted,
+            [(devices[1].id, DeviceStatus::Deactivated, NOW), (devices[2].id, DeviceStatus::Deactivated, NOW)]
+        );
+        assert!(changes.device_audit.iter().all(|a| a.detail == json!({ "reason": "downgrade" })));
+        assert_eq!(topics(&changes), [Topic::LicenseUpdated, Topic::DeviceDeactivated, Topic::DeviceDeactivated]);
+    }
+
+    #[test]
+    fn a_reset_deactivates_every_active_device_with_one_audit_row() {
+        let held = license(3);
+        let devices = vec![
+            device(&held, "fp-1", 1, DeviceStatus::Active),
+            device(&held, "fp-2", 30, DeviceStatus::Active),
+            device(&held, "fp-3", 2, DeviceStatus::Deactivated),
+        ];
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_reset(license_bundle(held.clone(), devices.clone()), &admin(), NOW, c));
+        let reset = result.unwrap();
+        let after = reset.devices.unwrap();
+        assert!(after.iter().all(|d| d.status == DeviceStatus::Deactivated));
+        assert_eq!(after[2], devices[2], "a deactivated device is left as it was");
+        assert_eq!(changes.device_statuses.len(), 2, "every device stored as active, overdue or not");
+        assert_eq!(changes.license_audit.len(), 1);
+        assert_eq!(
+            (changes.license_audit[0].kind, &changes.license_audit[0].detail),
+            ("devices_reset", &json!({ "deactivated": 2 }))
+        );
+        assert_eq!(topics(&changes), [Topic::DeviceDeactivated, Topic::DeviceDeactivated]);
+
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_reset(license_bundle(held, after.clone()), &admin(), NOW, c));
+        assert_eq!(result.unwrap().devices, Some(after));
+        assert!(changes.is_empty(), "nothing to reset, nothing recorded");
+    }
+
+    #[test]
+    fn an_admin_removal_refuses_a_revoked_license_and_leaves_inactive_devices_alone() {
+        let held = license(3);
+        let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
+        let revoked =
+            License { terms: LicenseTerms { status: LicenseStatus::Revoked, ..held.terms.clone() }, ..held.clone() };
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_device_removal(device_bundle(revoked, alive.clone()), &admin(), NOW, c)
+        });
+        assert!(matches!(result, Err(AdminLicenseError::Conflict)), "{result:?}");
+        assert!(changes.is_empty());
+
+        let dead = device(&held, "fp-2", 60, DeviceStatus::Dead);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_device_removal(device_bundle(held.clone(), dead.clone()), &admin(), NOW, c)
+        });
+        assert_eq!(result.unwrap(), dead);
+        assert!(changes.is_empty());
+
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_device_removal(device_bundle(held, alive.clone()), &admin(), NOW, c));
+        assert_eq!(result.unwrap().status, DeviceStatus::Deactivated);
+        assert_eq!(changes.device_statuses, [(alive.id, DeviceStatus::Deactivated, NOW)]);
+        assert_eq!(changes.device_audit[0].actor, "admin:ops");
+    }
+
+    #[test]
+    fn what_is_written_is_kept_to_the_microsecond() {
+        let mut held = license(3);
+        held.overrides.expires_at = Some(NOW + time::Duration::nanoseconds(30 * 86_400_000_000_000 + 1_999));
+        let stored = as_stored(held.clone());
+        assert_eq!(
+            stored.overrides.expires_at,
+            Some(NOW + time::Duration::nanoseconds(30 * 86_400_000_000_000 + 1_000))
+        );
+        assert_eq!(License { overrides: held.overrides.clone(), ..stored.clone() }, held);
+    }
+}

@@ -73,3 +73,67 @@ fn decide_grace_expiry(bundle: LicenseBundle, now: Timestamp, changes: &mut Chan
     }
     (suspended, loaded)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LicenseSource, LicenseStatus, Topic};
+    use crate::storage::license_work::fixtures::{held, license, NOW, STAMPED_AT};
+
+    fn in_grace_until(grace_ends_at: Timestamp, subscription_id: Option<Uuid>) -> License {
+        let mut l = license(3);
+        l.terms.grace_ends_at = Some(grace_ends_at);
+        if subscription_id.is_some() {
+            l.subscription_id = subscription_id;
+            l.source = LicenseSource::Stripe;
+            l.user_id = None;
+        }
+        l
+    }
+
+    #[test]
+    fn a_lapsed_license_is_suspended_audited_on_its_subscription_and_announced() {
+        let subscription_id = Uuid::new_v4();
+        let ended = NOW - time::Duration::hours(1);
+        let lapsed = in_grace_until(ended, Some(subscription_id));
+        let bundle = LicenseBundle {
+            stamped_at: STAMPED_AT,
+            licenses: vec![held(lapsed.clone(), Vec::new())],
+            devices: Vec::new(),
+        };
+        let (changes, (suspended, loaded)) = Changeset::from_decision(|c| decide_grace_expiry(bundle, NOW, c));
+        assert_eq!((suspended, loaded), (vec![lapsed.id], 1));
+        let terms = license::LicenseTerms { status: LicenseStatus::Suspended, ..lapsed.terms.clone() };
+        assert_eq!(changes.license_terms, [(lapsed.id, terms)]);
+        assert_eq!(
+            changes.subscription_audit,
+            [SubscriptionAudit {
+                subscription_id,
+                change: SubscriptionChange::GraceExpired { grace_ended_at: ended },
+                actor: "system".into(),
+                stripe_event_id: None,
+            }]
+        );
+        assert!(changes.license_audit.is_empty());
+        assert_eq!(changes.outbox.iter().map(|m| m.topic).collect::<Vec<_>>(), [Topic::LicenseUpdated]);
+        assert_eq!(changes.outbox[0].payload["status"], "suspended");
+    }
+
+    #[test]
+    fn a_manual_license_is_audited_on_its_own_and_one_still_in_grace_is_left_alone() {
+        let ended = NOW - time::Duration::minutes(1);
+        let lapsed = in_grace_until(ended, None);
+        let not_yet = in_grace_until(NOW + time::Duration::hours(1), None);
+        let licenses = vec![held(lapsed.clone(), Vec::new()), held(not_yet, Vec::new())];
+        let bundle = LicenseBundle { stamped_at: STAMPED_AT, licenses, devices: Vec::new() };
+        let (changes, (suspended, loaded)) = Changeset::from_decision(|c| decide_grace_expiry(bundle, NOW, c));
+        assert_eq!((suspended, loaded), (vec![lapsed.id], 2), "both count as loaded, one was due");
+        assert_eq!(changes.license_terms.len(), 1);
+        assert!(changes.subscription_audit.is_empty());
+        assert_eq!(changes.license_audit.len(), 1);
+        let audit = &changes.license_audit[0];
+        assert_eq!((audit.license_id, audit.kind, audit.actor.as_str()), (lapsed.id, "grace_expired", "system"));
+        assert_eq!(audit.detail, json!({ "grace_ended_at": rfc3339(ended) }));
+        assert_eq!(changes.outbox.len(), 1);
+    }
+}

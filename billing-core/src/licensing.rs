@@ -574,3 +574,216 @@ pub(crate) fn device_message(topic: Topic, device: &Device, reason: Option<&str>
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::license_work::fixtures::{device, device_bundle, empty_bundle, license, license_bundle, NOW};
+
+    const WINDOW: time::Duration = time::Duration::minutes(10);
+
+    fn activating(fingerprint: &str) -> Activating {
+        Activating {
+            device_id: Uuid::new_v4(),
+            token_hash: b"token-hash".to_vec(),
+            fingerprint: fingerprint.into(),
+            name: Some("Laptop".into()),
+            platform: Some("macos".into()),
+            app_version: Some("2.0.0".into()),
+        }
+    }
+
+    fn topics(changes: &Changeset) -> Vec<Topic> {
+        changes.outbox.iter().map(|m| m.topic).collect()
+    }
+
+    fn audit_kinds(changes: &Changeset) -> Vec<&'static str> {
+        changes.device_audit.iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn an_activation_in_a_new_slot_inserts_the_device_with_its_token_hash() {
+        let held = license(2);
+        let request = activating("fp-new");
+        let new_id = request.device_id;
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), Vec::new()), request, NOW, WINDOW, c)
+        });
+        let (returned, device, created) = result.unwrap();
+        assert_eq!((returned, created), (held.clone(), true));
+        assert_eq!(
+            (device.id, device.status, device.activated_at, device.last_heartbeat_at),
+            (new_id, DeviceStatus::Active, NOW, NOW)
+        );
+        assert_eq!(
+            changes.new_devices,
+            [DeviceActivation { device: device.clone(), token_hash: b"token-hash".to_vec() }]
+        );
+        assert!(changes.reactivated_devices.is_empty());
+        assert_eq!(audit_kinds(&changes), ["activated"]);
+        assert_eq!(changes.device_audit[0].detail, json!({ "new_slot": true }));
+        assert_eq!(changes.device_audit[0].actor, "system");
+        assert_eq!(topics(&changes), [Topic::DeviceActivated]);
+        assert_eq!(changes.outbox[0].license_id, Some(held.id));
+    }
+
+    #[test]
+    fn an_activation_of_a_known_fingerprint_takes_its_slot_again() {
+        let held = license(1);
+        let dead = device(&held, "fp-1", 60, DeviceStatus::Dead);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), vec![dead.clone()]), activating("fp-1"), NOW, WINDOW, c)
+        });
+        let (_, device, created) = result.unwrap();
+        assert!(!created);
+        assert_eq!((device.id, device.status, device.deactivated_at), (dead.id, DeviceStatus::Active, None));
+        assert_eq!(device.name.as_deref(), Some("Laptop"), "the request's details replace the held ones");
+        assert!(changes.new_devices.is_empty());
+        assert_eq!(changes.reactivated_devices, [DeviceActivation { device, token_hash: b"token-hash".to_vec() }]);
+        assert_eq!(changes.device_audit[0].detail, json!({ "new_slot": false }));
+        assert_eq!(topics(&changes), [Topic::DeviceActivated]);
+    }
+
+    #[test]
+    fn a_refused_activation_writes_nothing() {
+        let held = license(1);
+        let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), vec![alive]), activating("fp-2"), NOW, WINDOW, c)
+        });
+        assert!(matches!(result, Err(LicensingError::TooManyDevices { max_devices: 1 })), "{result:?}");
+        assert!(changes.is_empty());
+
+        let revoked = License {
+            terms: crate::domain::LicenseTerms { status: LicenseStatus::Revoked, ..held.terms.clone() },
+            ..held
+        };
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(revoked, Vec::new()), activating("fp-2"), NOW, WINDOW, c)
+        });
+        assert!(matches!(result, Err(LicensingError::LicenseNotActive(LicenseStatus::Revoked))), "{result:?}");
+        assert!(changes.is_empty());
+
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_activation(empty_bundle(), activating("fp-2"), NOW, WINDOW, c));
+        assert!(matches!(result, Err(LicensingError::LicenseNotFound)), "{result:?}");
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_of_a_live_device_only_touches_it() {
+        let held = license(1);
+        let alive = device(&held, "fp-1", 5, DeviceStatus::Active);
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), alive.clone()), NOW, WINDOW, c));
+        let (device, license) = result.unwrap();
+        assert_eq!((device.id, device.last_heartbeat_at, license), (alive.id, NOW, held));
+        assert_eq!(changes, Changeset { heartbeats: vec![(alive.id, NOW)], ..Changeset::default() });
+    }
+
+    #[test]
+    fn a_heartbeat_of_an_overdue_device_records_its_death_and_is_refused() {
+        let held = license(1);
+        let overdue = device(&held, "fp-1", 11, DeviceStatus::Active);
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held, overdue.clone()), NOW, WINDOW, c));
+        assert!(matches!(result, Err(LicensingError::HeartbeatDead)), "{result:?}");
+        assert_eq!(changes.device_statuses, [(overdue.id, DeviceStatus::Dead, NOW)]);
+        assert!(changes.heartbeats.is_empty());
+        assert_eq!(audit_kinds(&changes), ["dead"]);
+        assert_eq!(changes.device_audit[0].detail, json!({ "last_heartbeat_at": rfc3339(overdue.last_heartbeat_at) }));
+        assert_eq!(topics(&changes), [Topic::DeviceDead]);
+        assert_eq!(changes.outbox[0].payload["reason"], "heartbeat_missed");
+        assert_eq!(changes.outbox[0].payload["status"], "dead");
+    }
+
+    #[test]
+    fn a_heartbeat_of_a_device_that_left_or_of_no_device_writes_nothing() {
+        let held = license(1);
+        for (status, refused) in
+            [(DeviceStatus::Deactivated, "DeviceDeactivated"), (DeviceStatus::Dead, "HeartbeatDead")]
+        {
+            let gone = device(&held, "fp-1", 1, status);
+            let (changes, result) =
+                Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), gone), NOW, WINDOW, c));
+            assert_eq!(format!("{:?}", result.unwrap_err()), refused);
+            assert!(changes.is_empty());
+        }
+        let (changes, result) = Changeset::from_decision(|c| decide_heartbeat(empty_bundle(), NOW, WINDOW, c));
+        assert!(matches!(result, Err(LicensingError::InvalidToken)), "{result:?}");
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn the_app_deactivates_its_device_once() {
+        let held = license(1);
+        let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_app_deactivation(device_bundle(held.clone(), alive.clone()), NOW, c));
+        let left = result.unwrap();
+        assert_eq!((left.id, left.status, left.deactivated_at), (alive.id, DeviceStatus::Deactivated, Some(NOW)));
+        assert_eq!(changes.device_statuses, [(alive.id, DeviceStatus::Deactivated, NOW)]);
+        assert_eq!(audit_kinds(&changes), ["deactivated"]);
+        assert_eq!(changes.device_audit[0].detail, json!({ "reason": "app" }));
+        assert_eq!(topics(&changes), [Topic::DeviceDeactivated]);
+        assert_eq!(changes.outbox[0].payload["reason"], "app");
+
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_app_deactivation(device_bundle(held, left), NOW, c));
+        assert!(matches!(result, Err(LicensingError::DeviceDeactivated)), "{result:?}");
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_dashboard_removal_is_audited_with_its_actor_and_a_second_one_changes_nothing() {
+        let held = license(1);
+        let actor = Actor::User { user_id: "user_1".into() };
+        let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_dashboard_removal(device_bundle(held.clone(), alive.clone()), &actor, NOW, c)
+        });
+        let left = result.unwrap();
+        assert_eq!(changes.device_audit[0].actor, "user:user_1");
+        assert_eq!(changes.device_audit[0].detail, json!({ "reason": "dashboard" }));
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_dashboard_removal(device_bundle(held, left.clone()), &actor, NOW, c));
+        assert_eq!(result.unwrap(), left);
+        assert!(changes.is_empty());
+        let (changes, result) = Changeset::from_decision(|c| decide_dashboard_removal(empty_bundle(), &actor, NOW, c));
+        assert!(matches!(result, Err(LicensingError::DeviceNotFound)), "{result:?}");
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_rename_writes_the_name_an_audit_row_and_device_updated() {
+        let held = license(1);
+        let actor = Actor::User { user_id: "user_1".into() };
+        let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_rename(device_bundle(held, alive.clone()), "Work laptop".into(), &actor, c)
+        });
+        assert_eq!(result.unwrap().name.as_deref(), Some("Work laptop"));
+        assert_eq!(changes.device_names, [(alive.id, "Work laptop".to_owned())]);
+        assert_eq!(audit_kinds(&changes), ["renamed"]);
+        assert_eq!(changes.device_audit[0].detail, json!({ "name": "Work laptop" }));
+        assert_eq!(topics(&changes), [Topic::DeviceUpdated]);
+        assert_eq!(changes.outbox[0].payload["name"], "Work laptop");
+        assert!(changes.device_statuses.is_empty());
+    }
+
+    #[test]
+    fn the_reaper_declares_each_loaded_device_dead() {
+        let held = license(3);
+        let overdue =
+            [device(&held, "fp-1", 30, DeviceStatus::Active), device(&held, "fp-2", 20, DeviceStatus::Active)];
+        let bundle = LicenseBundle { devices: overdue.to_vec(), ..empty_bundle() };
+        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(bundle, NOW, c));
+        assert_eq!(reaped, 2);
+        let statuses: Vec<_> = overdue.iter().map(|d| (d.id, DeviceStatus::Dead, NOW)).collect();
+        assert_eq!(changes.device_statuses, statuses);
+        assert_eq!(audit_kinds(&changes), ["dead", "dead"]);
+        assert_eq!(topics(&changes), [Topic::DeviceDead, Topic::DeviceDead]);
+        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(empty_bundle(), NOW, c));
+        assert_eq!((reaped, changes.is_empty()), (0, true));
+    }
+}

@@ -110,3 +110,82 @@ impl LicenseBundle {
         self.devices.first()
     }
 }
+
+/// Bundles built by hand, for the decisions' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::domain::{
+        DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
+    };
+    use time::macros::datetime;
+
+    /// The clock of every test.
+    pub(crate) const NOW: Timestamp = datetime!(2026-11-15 12:00 UTC);
+    /// The transaction's time as a store would report it.
+    pub(crate) const STAMPED_AT: Timestamp = datetime!(2026-11-15 12:00:00.5 UTC);
+
+    /// An active manual license of `user_1` on the `pro` plan.
+    pub(crate) fn license(max_devices: u32) -> License {
+        License {
+            id: Uuid::new_v4(),
+            subscription_id: None,
+            source: LicenseSource::Manual,
+            user_id: Some("user_1".into()),
+            key: LicenseKey::generate(),
+            terms: LicenseTerms {
+                status: LicenseStatus::Active,
+                max_devices,
+                expires_at: None,
+                grace_ends_at: None,
+                plan_id: Some("pro".into()),
+            },
+            entitlements: Vec::new(),
+            metadata: serde_json::Map::new(),
+            overrides: LicenseOverrides::default(),
+        }
+    }
+
+    /// A device of `license`, last heard from `minutes_ago` before [`NOW`].
+    pub(crate) fn device(license: &License, fingerprint: &str, minutes_ago: i64, status: DeviceStatus) -> Device {
+        let seen = NOW - time::Duration::minutes(minutes_ago);
+        Device {
+            id: Uuid::new_v4(),
+            license_id: license.id,
+            fingerprint: fingerprint.into(),
+            name: Some(format!("{fingerprint}'s machine")),
+            platform: Some("linux".into()),
+            app_version: Some("1.0.0".into()),
+            status,
+            activated_at: seen - time::Duration::days(1),
+            last_heartbeat_at: seen,
+            deactivated_at: (status != DeviceStatus::Active).then_some(seen),
+        }
+    }
+
+    /// A license as loaded with its devices.
+    pub(crate) fn held(license: License, devices: Vec<Device>) -> HeldLicense {
+        let record = LicenseRecord {
+            owner_user_id: license.user_id.clone(),
+            license,
+            created_at: datetime!(2026-01-01 0:00 UTC),
+            updated_at: datetime!(2026-02-01 0:00 UTC),
+        };
+        HeldLicense { record, subscription: None, devices }
+    }
+
+    /// What [`LicenseKeys::License`] or [`LicenseKeys::ActivationOf`] loads.
+    pub(crate) fn license_bundle(license: License, devices: Vec<Device>) -> LicenseBundle {
+        LicenseBundle { stamped_at: STAMPED_AT, licenses: vec![held(license, devices)], devices: Vec::new() }
+    }
+
+    /// What a key naming a device loads: the device, and its license without devices.
+    pub(crate) fn device_bundle(license: License, device: Device) -> LicenseBundle {
+        LicenseBundle { stamped_at: STAMPED_AT, licenses: vec![held(license, Vec::new())], devices: vec![device] }
+    }
+
+    /// What a key naming nothing that exists loads.
+    pub(crate) fn empty_bundle() -> LicenseBundle {
+        LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() }
+    }
+}

@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(record.license, issued);
         assert_eq!(record.owner_user_id.as_deref(), Some("user_1"));
         assert_eq!((record.created_at, record.updated_at), (STAMPED_AT, STAMPED_AT), "the store's stamps");
-        assert_eq!(changes.new_licenses, [issued.clone()]);
+        assert_eq!(changes.new_licenses, std::slice::from_ref(&issued));
         assert_eq!(changes.license_audit.len(), 1);
         let audit = &changes.license_audit[0];
         assert_eq!((audit.license_id, audit.kind, audit.actor.as_str()), (issued.id, "issued", "admin:ops"));
@@ -500,7 +500,7 @@ mod tests {
         let saved = &changed.record.license;
         assert_eq!((saved.terms.status, saved.overrides.suspended_at), (LicenseStatus::Suspended, Some(NOW)));
         assert_eq!(changed.record.updated_at, STAMPED_AT);
-        assert_eq!(changes.saved_licenses, [saved.clone()]);
+        assert_eq!(changes.saved_licenses, std::slice::from_ref(saved));
         let audit = &changes.license_audit[0];
         assert_eq!((audit.kind, audit.detail["from"]["status"].as_str()), ("suspended", Some("active")));
         assert_eq!(audit.detail["to"]["status"], "suspended");

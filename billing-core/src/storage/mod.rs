@@ -6,9 +6,9 @@
 //! commit). A transaction dropped without `commit` rolls back.
 
 pub mod admin_reads;
-pub mod changeset;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
+pub mod changeset;
 pub mod migration_check;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -93,4 +93,3 @@ pub struct StripeBundle {
     /// By Stripe invoice id.
     pub payments: HashMap<String, PaymentStatus>,
 }
-

@@ -424,3 +424,7 @@ impl<'a> Decisions<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -10,6 +10,8 @@ mod admin_licenses;
 mod auth;
 mod dashboard;
 mod events;
+// Deliveries applied together (group commit).
+mod groups;
 mod helpers;
 mod hostile_http;
 mod licensing;

@@ -1,7 +1,8 @@
 //! Deliveries as Stripe really makes them: every customer's events shuffled
 //! together, 30 % of them twice, several at once, each refused delivery
 //! retried, compared customer by customer with in-order, exactly-once
-//! delivery of the same events. `benches/storm.rs` runs the same at 1,000
+//! delivery of the same events; once to one instance, once spread over two
+//! instances sharing the store. `benches/storm.rs` runs the same at 1,000
 //! customers against the real binary, with `kill -9` and a PostgreSQL restart.
 
 use crate::helpers::*;
@@ -13,14 +14,19 @@ use std::collections::HashMap;
 const CUSTOMERS: usize = 120;
 const IN_FLIGHT: usize = 8;
 
-/// Delivers each event until it is acknowledged, `IN_FLIGHT` at a time.
-async fn deliver_all(app: &TestApp, mut pending: Vec<&Value>) -> usize {
+/// Delivers each event until it is acknowledged, `IN_FLIGHT` at a time per
+/// instance. Every attempt goes to an instance `rng` picks, so the instances
+/// receive at once and a refused event may be retried on another one, as
+/// behind a load balancer.
+async fn deliver_all(instances: &[&TestApp], mut pending: Vec<&Value>, rng: &mut Rng) -> usize {
     let mut attempts = 0;
     while !pending.is_empty() {
         attempts += pending.len();
-        let refused: Vec<&Value> = futures_util::stream::iter(pending)
-            .map(|event| async move { (event, app.post_stripe_webhook(event).await.status()) })
-            .buffered(IN_FLIGHT)
+        let routed: Vec<(&Value, &TestApp)> =
+            pending.into_iter().map(|event| (event, instances[rng.below(instances.len() as u64) as usize])).collect();
+        let refused: Vec<&Value> = futures_util::stream::iter(routed)
+            .map(|(event, app)| async move { (event, app.post_stripe_webhook(event).await.status()) })
+            .buffered(IN_FLIGHT * instances.len())
             .filter_map(|(event, status)| async move { (status != 200).then_some(event) })
             .collect()
             .await;
@@ -52,6 +58,20 @@ fn ever_entitled(life: &Lifecycle) -> bool {
 
 #[tokio::test]
 async fn shuffled_duplicated_concurrent_deliveries_end_where_in_order_delivery_does() {
+    storm(1).await;
+}
+
+/// Two instances on one store, as behind a load balancer. On SQLite they
+/// are two stores opened on one file, whose writers take turns through
+/// SQLite's own write lock (`BEGIN IMMEDIATE` within `busy_timeout`).
+#[tokio::test]
+async fn the_storm_split_across_two_instances_sharing_one_store_ends_where_in_order_delivery_does() {
+    storm(2).await;
+}
+
+/// Delivers the storm to `instances` servers sharing one store and compares
+/// the end state, customer by customer, with in-order delivery.
+async fn storm(instances: usize) {
     let seed = std::env::var("STORM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| now() as u64);
     eprintln!("storm seed {seed} (rerun with STORM_SEED={seed})");
     let lives = generate(CUSTOMERS, seed, now(), [PRICE_PRO, PRICE_BASIC]);
@@ -66,19 +86,31 @@ async fn shuffled_duplicated_concurrent_deliveries_end_where_in_order_delivery_d
         .await;
 
     let storm = spawn_app().await;
+    let mut others = Vec::new();
+    for _ in 1..instances {
+        others.push(spawn_app_with(Options::sharing(&storm)).await);
+    }
+    let instances: Vec<&TestApp> = std::iter::once(&storm).chain(&others).collect();
     let mut rng = Rng::new(seed ^ 0x5EED);
     let mut deliveries: Vec<&Value> = lives.iter().flat_map(|l| &l.events).collect();
     let distinct = deliveries.len();
     let duplicates: Vec<&Value> = deliveries.iter().copied().filter(|_| rng.chance(30)).collect();
     deliveries.extend(duplicates);
     rng.shuffle(&mut deliveries);
-    let attempts = deliver_all(&storm, deliveries.clone()).await;
-    eprintln!("{} customers, {distinct} events, {} deliveries, {attempts} attempts", lives.len(), deliveries.len());
+    let attempts = deliver_all(&instances, deliveries.clone(), &mut rng).await;
+    eprintln!(
+        "{} customers, {distinct} events, {} deliveries, {attempts} attempts, {} instance(s)",
+        lives.len(),
+        deliveries.len(),
+        instances.len()
+    );
 
     let mut differing = Vec::new();
     let mut statuses: HashMap<String, usize> = HashMap::new();
-    for life in &lives {
-        let (expected, got) = (state_of(&truth, &life.user_id).await, state_of(&storm, &life.user_id).await);
+    for (n, life) in lives.iter().enumerate() {
+        // Read through every instance in turn: each must serve the one truth.
+        let reader = instances[n % instances.len()];
+        let (expected, got) = (state_of(&truth, &life.user_id).await, state_of(reader, &life.user_id).await);
         let licenses = expected["licenses"].as_array().unwrap();
         assert_eq!(licenses.len(), usize::from(ever_entitled(life)), "{}: {expected}", life.user_id);
         let status = licenses.first().map_or("none", |l| l["status"].as_str().unwrap());

@@ -1,0 +1,302 @@
+//! The Stripe decisions, on bundles built by hand: what each input writes.
+
+use super::*;
+use crate::domain::{LicenseStatus, Plan, PlanId};
+use crate::storage::stripe_sync::HeldCustomer;
+use crate::stripe::Event;
+use bytes::Bytes;
+use time::macros::datetime;
+
+const NOW: Timestamp = datetime!(2026-11-15 12:00 UTC);
+
+fn plans() -> PlanCatalog {
+    let plan = |id: &str, price: &str, max_devices| Plan {
+        id: PlanId(id.into()),
+        name: id.into(),
+        stripe_price_id: price.into(),
+        max_devices,
+        amount: None,
+        currency: None,
+        interval: None,
+        features: Vec::new(),
+    };
+    PlanCatalog::new(vec![plan("basic", "price_basic", 1), plan("pro", "price_pro", 3)]).unwrap()
+}
+
+fn snapshot(status: SubscriptionStatus, price: &str) -> SubscriptionSnapshot {
+    SubscriptionSnapshot {
+        stripe_subscription_id: "sub_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        status,
+        price_id: Some(price.into()),
+        item_id: Some("si_1".into()),
+        cancel_at_period_end: false,
+        cancel_at: None,
+        canceled_at: None,
+        ended_at: None,
+        current_period_start: Some(datetime!(2026-11-01 0:00 UTC)),
+        current_period_end: Some(datetime!(2026-12-01 0:00 UTC)),
+        trial_end: None,
+        user_id: Some("user_1".into()),
+    }
+}
+
+fn delivery(id: &str, created: i64, payload: EventPayload) -> StripeInput {
+    let event = Event {
+        id: id.into(),
+        kind: "customer.subscription.updated".into(),
+        created,
+        api_version: None,
+        object_id: None,
+        payload,
+    };
+    StripeInput::Delivery { event, body: Bytes::new(), ambiguity: Ambiguity::ApplyLaterArrival }
+}
+
+fn sub_event(id: &str, created: i64, snapshot: SubscriptionSnapshot) -> StripeInput {
+    delivery(id, created, EventPayload::Subscription(snapshot))
+}
+
+/// Decides `inputs` in order against `held`, every delivery claimed.
+fn decide_all(mut held: StripeBundle, inputs: &[StripeInput]) -> (Vec<InputOutcome>, Changeset) {
+    let catalog = plans();
+    for input in inputs {
+        if let Some((event, _)) = input.delivery() {
+            held.claimed.insert(event.id.clone());
+        }
+    }
+    let rules = Rules {
+        plans: &catalog,
+        grace: time::Duration::days(7),
+        heartbeat_window: time::Duration::minutes(10),
+        now: NOW,
+    };
+    let mut decisions = Decisions::new(rules, held);
+    let outcomes = inputs.iter().map(|i| decisions.decide(i)).collect();
+    (outcomes, decisions.into_changeset())
+}
+
+/// What the store would hold after `changes` (for the next group's bundle).
+fn held_after(changes: &Changeset) -> StripeBundle {
+    let mut held = StripeBundle::default();
+    for s in &changes.subscriptions {
+        held.subscriptions.insert(s.subscription.snapshot.stripe_subscription_id.clone(), s.clone());
+    }
+    for l in &changes.new_licenses {
+        held.licenses.insert(l.subscription_id.unwrap(), l.clone());
+        held.devices.insert(l.id, Vec::new());
+    }
+    for c in &changes.new_customers {
+        held.customers.insert(c.stripe_customer_id.clone(), HeldCustomer { id: c.id, user_id: c.user_id.clone() });
+    }
+    held
+}
+
+#[test]
+fn a_first_subscription_event_creates_customer_subscription_audit_and_license() {
+    let (outcomes, changes) = decide_all(
+        StripeBundle::default(),
+        &[sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"))],
+    );
+    assert_eq!(outcomes, [InputOutcome::Processed]);
+    assert_eq!(changes.new_customers.len(), 1);
+    assert_eq!(changes.new_customers[0].user_id.as_deref(), Some("user_1"));
+    assert_eq!(changes.subscriptions.len(), 1);
+    let sub = &changes.subscriptions[0];
+    assert_eq!((sub.customer_id, sub.subscription.plan_id.as_deref()), (changes.new_customers[0].id, Some("pro")));
+    let kinds: Vec<&str> = changes.subscription_audit.iter().map(|a| a.change.kind()).collect();
+    assert_eq!(kinds, ["created"]);
+    assert_eq!(changes.subscription_audit[0].stripe_event_id.as_deref(), Some("evt_1"));
+    assert_eq!(changes.new_licenses.len(), 1);
+    assert_eq!(
+        (changes.new_licenses[0].terms.status, changes.new_licenses[0].terms.max_devices),
+        (LicenseStatus::Active, 3)
+    );
+    // A new license is announced to the vendor only: nothing else is client-visible yet.
+    let topics: Vec<Topic> = changes.outbox.iter().map(|m| m.topic).collect();
+    assert_eq!(topics, [Topic::LicenseCreated]);
+    assert!(changes.deliveries.is_empty(), "plainly processed");
+}
+
+#[test]
+fn events_of_one_subscription_in_a_group_see_each_other_and_write_each_row_once() {
+    let mut canceling = snapshot(SubscriptionStatus::Active, "price_basic");
+    canceling.cancel_at_period_end = true;
+    let inputs = [
+        sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro")),
+        sub_event("evt_2", 101, snapshot(SubscriptionStatus::Active, "price_basic")),
+        sub_event("evt_3", 102, canceling),
+    ];
+    let (outcomes, changes) = decide_all(StripeBundle::default(), &inputs);
+    assert_eq!(outcomes, [InputOutcome::Processed; 3]);
+    assert_eq!(changes.new_customers.len(), 1, "the second event found the customer the first created");
+    assert_eq!(changes.subscriptions.len(), 1, "one row, in its last state");
+    let last = &changes.subscriptions[0].subscription;
+    assert_eq!(
+        (last.plan_id.as_deref(), last.snapshot.cancel_at_period_end, last.source_created),
+        (Some("basic"), true, 102)
+    );
+    assert_eq!(changes.new_licenses.len(), 1, "issued once");
+    assert_eq!(changes.new_licenses[0].terms.max_devices, 1, "issued with its last terms");
+    assert!(changes.license_terms.is_empty(), "no update of a row this changeset inserts");
+    let kinds: Vec<&str> = changes.subscription_audit.iter().map(|a| a.change.kind()).collect();
+    assert_eq!(kinds.first(), Some(&"created"));
+    assert_eq!(kinds, ["created", "plan_changed", "cancel_at_period_end_changed"]);
+    let topics: Vec<Topic> = changes.outbox.iter().map(|m| m.topic).collect();
+    assert_eq!(topics[0], Topic::LicenseCreated);
+    assert!(topics.contains(&Topic::LicenseUpdated) && topics.contains(&Topic::SubscriptionUpdated), "{topics:?}");
+}
+
+#[test]
+fn a_stale_snapshot_writes_nothing_but_its_note() {
+    let newer = sub_event("evt_2", 200, snapshot(SubscriptionStatus::Active, "price_pro"));
+    let (_, first) = decide_all(StripeBundle::default(), &[newer]);
+    let older = sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_basic"));
+    let (outcomes, changes) = decide_all(held_after(&first), &[older]);
+    assert_eq!(outcomes, [InputOutcome::Processed]);
+    let expected = Changeset {
+        deliveries: vec![("evt_1".to_owned(), DeliveryRecord::Noted("stale snapshot: a newer one is held"))],
+        ..Changeset::default()
+    };
+    assert_eq!(changes, expected, "the older plan is not applied");
+}
+
+#[test]
+fn a_stale_snapshot_is_still_evidence_of_entitlement() {
+    let ended = sub_event("evt_2", 200, snapshot(SubscriptionStatus::IncompleteExpired, "price_pro"));
+    let (_, first) = decide_all(StripeBundle::default(), &[ended]);
+    assert!(first.new_licenses.is_empty(), "never entitled so far");
+    let trialing = sub_event("evt_1", 100, snapshot(SubscriptionStatus::Trialing, "price_pro"));
+    let (_, changes) = decide_all(held_after(&first), &[trialing]);
+    assert!(changes.subscriptions.is_empty(), "the held state stays");
+    assert_eq!(changes.new_licenses.len(), 1, "issued: the subscription was entitled once");
+}
+
+#[test]
+fn a_delivery_the_unit_of_work_did_not_claim_is_a_duplicate_and_writes_nothing() {
+    let catalog = plans();
+    let rules = Rules {
+        plans: &catalog,
+        grace: time::Duration::days(7),
+        heartbeat_window: time::Duration::minutes(10),
+        now: NOW,
+    };
+    let mut held = StripeBundle::default();
+    held.claimed.insert("evt_1".into());
+    let mut decisions = Decisions::new(rules, held);
+    let input = sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"));
+    assert_eq!(decisions.decide(&input), InputOutcome::Processed);
+    assert_eq!(decisions.decide(&input), InputOutcome::Duplicate, "the same event twice in one group counts once");
+    let changes = decisions.into_changeset();
+    assert_eq!(changes.subscriptions.len(), 1);
+    assert_eq!(changes.subscription_audit.len(), 1, "no second audit row");
+}
+
+#[test]
+fn a_paid_invoice_earlier_in_the_group_entitles_a_subscription_that_never_was_active() {
+    let payment = Payment {
+        stripe_invoice_id: "in_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        stripe_subscription_id: Some("sub_1".into()),
+        amount: 1200,
+        currency: "eur".into(),
+        status: PaymentStatus::Paid,
+        paid_at: Some(NOW),
+    };
+    let inputs = [
+        delivery("evt_paid", 100, EventPayload::Invoice(payment)),
+        sub_event("evt_sub", 101, snapshot(SubscriptionStatus::Incomplete, "price_pro")),
+    ];
+    let (outcomes, changes) = decide_all(StripeBundle::default(), &inputs);
+    assert_eq!(outcomes, [InputOutcome::Processed; 2]);
+    assert_eq!(changes.payments.len(), 1);
+    assert!(changes.payments[0].new);
+    assert_eq!(changes.new_customers.len(), 1, "invoice and subscription share the customer");
+    assert_eq!(changes.new_licenses.len(), 1, "the payment proved entitlement");
+}
+
+#[test]
+fn a_downgrade_evicts_the_least_recently_seen_devices_beyond_the_new_limit() {
+    let (_, first) = decide_all(
+        StripeBundle::default(),
+        &[sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"))],
+    );
+    let mut held = held_after(&first);
+    let license = first.new_licenses[0].clone();
+    let device = |n: i64| Device {
+        id: Uuid::from_u128(n as u128),
+        license_id: license.id,
+        fingerprint: format!("fp{n}"),
+        name: None,
+        platform: None,
+        app_version: None,
+        status: DeviceStatus::Active,
+        activated_at: NOW - time::Duration::hours(1),
+        last_heartbeat_at: NOW - time::Duration::minutes(n),
+        deactivated_at: None,
+    };
+    held.devices.insert(license.id, vec![device(1), device(2), device(3)]);
+    let (_, changes) =
+        decide_all(held, &[sub_event("evt_2", 101, snapshot(SubscriptionStatus::Active, "price_basic"))]);
+    assert_eq!(changes.license_terms.len(), 1);
+    assert_eq!(changes.license_terms[0].1.max_devices, 1);
+    let evicted: Vec<Uuid> = changes.device_statuses.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(evicted, [Uuid::from_u128(2), Uuid::from_u128(3)], "the most recently seen keeps its slot");
+    assert!(changes.device_statuses.iter().all(|(_, status, at)| *status == DeviceStatus::Deactivated && *at == NOW));
+    assert_eq!(changes.device_audit.len(), 2);
+    assert_eq!(changes.device_audit[0].detail["reason"], "downgrade");
+    let deactivations = changes.outbox.iter().filter(|m| m.topic == Topic::DeviceDeactivated).count();
+    assert_eq!(deactivations, 2);
+}
+
+#[test]
+fn a_same_second_snapshot_is_released_unapplied_when_stripe_can_be_asked() {
+    let (_, first) = decide_all(
+        StripeBundle::default(),
+        &[sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"))],
+    );
+    let mut past_due = snapshot(SubscriptionStatus::PastDue, "price_pro");
+    past_due.cancel_at_period_end = true;
+    let StripeInput::Delivery { event, body, .. } = sub_event("evt_2", 100, past_due) else { unreachable!() };
+    let input = StripeInput::Delivery { event, body, ambiguity: Ambiguity::Refuse };
+    let (outcomes, changes) = decide_all(held_after(&first), &[input]);
+    assert_eq!(outcomes, [InputOutcome::Ambiguous]);
+    assert!(changes.subscriptions.is_empty() && changes.outbox.is_empty() && changes.license_terms.is_empty());
+    assert!(matches!(&changes.deliveries[..], [(id, DeliveryRecord::Released(_))] if id == "evt_2"));
+}
+
+#[test]
+fn the_newest_event_s_email_is_kept_whatever_the_order_in_the_group() {
+    let customer =
+        |email: &str| StripeCustomer { id: "cus_1".into(), user_id: None, deleted: false, email: Some(email.into()) };
+    let inputs = [
+        delivery("evt_new", 200, EventPayload::Customer(customer("new@example.com"))),
+        delivery("evt_old", 100, EventPayload::Customer(customer("old@example.com"))),
+    ];
+    let (_, changes) = decide_all(StripeBundle::default(), &inputs);
+    assert_eq!(changes.customer_emails.len(), 1);
+    assert_eq!(changes.customer_emails[0].1.as_deref(), Some("new@example.com"));
+    assert_eq!(changes.new_customers.len(), 1);
+}
+
+#[test]
+fn an_api_snapshot_identical_to_what_is_held_changes_nothing() {
+    let (_, first) = decide_all(
+        StripeBundle::default(),
+        &[sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"))],
+    );
+    let actor = Actor::User { user_id: "user_1".into() };
+    let same = StripeInput::Snapshot {
+        snapshot: Box::new(snapshot(SubscriptionStatus::Active, "price_pro")),
+        actor: actor.clone(),
+    };
+    let (outcomes, changes) = decide_all(held_after(&first), &[same]);
+    assert_eq!(outcomes, [InputOutcome::Unchanged]);
+    assert!(changes.is_empty(), "{changes:?}");
+    let mut canceling = snapshot(SubscriptionStatus::Active, "price_pro");
+    canceling.cancel_at_period_end = true;
+    let changed = StripeInput::Snapshot { snapshot: Box::new(canceling), actor };
+    let (outcomes, changes) = decide_all(held_after(&first), &[changed]);
+    assert_eq!(outcomes, [InputOutcome::Processed]);
+    assert_eq!(changes.subscription_audit[0].actor, "user:user_1");
+}

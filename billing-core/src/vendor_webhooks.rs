@@ -2,7 +2,8 @@
 //! endpoints it registers, and the [`Dispatcher`] that delivers their
 //! messages.
 //!
-//! Messages are rows, written by [`crate::storage::StoreTx::enqueue`] in the
+//! Messages are rows, written with the outbox rows of a unit of work's
+//! changeset ([`crate::storage::changeset::Changeset::outbox`]) in the
 //! transaction of the change they announce, so a rolled-back change sends
 //! nothing and a committed one is never lost (not to a restart, not to
 //! `kill -9`). The dispatcher claims due messages with a lease (several

@@ -5,9 +5,10 @@
 #![cfg(feature = "sqlite")]
 
 use billing_core::domain::Topic;
+use billing_core::storage::license_work::LicenseKeys;
 use billing_core::storage::sqlite::SqliteStore;
 use billing_core::storage::stripe_sync::{Changeset, DeliveryClaim, NewCustomer, StripeKeys};
-use billing_core::storage::{OutboxMessage, Store, StoreError, StoreTx};
+use billing_core::storage::{OutboxMessage, Store, StoreError};
 use deadpool_sqlite::rusqlite;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -191,7 +192,8 @@ async fn committed_rows_survive_sigkill() {
     let outbox = store.outbox_after(0, None, 10).await.unwrap();
     assert_eq!(outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1]);
     // The dead process's write lock is gone with it.
-    let claimed = store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |b| (Changeset::default(), b.claimed));
+    let claimed =
+        store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |b| (Changeset::default(), b.claimed));
     assert!(claimed.await.unwrap().contains("evt_uncommitted"), "the uncommitted claim died with its process");
 }
 
@@ -211,9 +213,8 @@ async fn umask_child() {
     let Ok(path) = std::env::var(UMASK_CHILD_DB_ENV) else { return };
     let store = AnyStore::open(&StoreLocation::Sqlite(PathBuf::from(path)), 1).await.unwrap();
     store.migrate().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 1)).await.unwrap();
-    tx.commit().await.unwrap();
+    let announced = Changeset { outbox: vec![message(None, 1)], ..Changeset::default() };
+    store.license_work(LicenseKeys::Nothing, move |_| (announced, ())).await.unwrap();
     println!("\n{UMASK_CHILD_READY}");
     use std::io::Write;
     std::io::stdout().flush().unwrap();

@@ -1,4 +1,4 @@
-//! The storage conformance suite: what `Store` and `StoreTx` promise, written
+//! The storage conformance suite: what `Store` promises, written
 //! once and run against the backend `TEST_STORE` selects: PostgreSQL (the
 //! default; a fresh database per test on `TEST_DATABASE_URL`) or, with
 //! `TEST_STORE=sqlite`, the embedded store (a fresh file per test).
@@ -21,12 +21,13 @@ use billing_core::domain::{
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
+use billing_core::storage::license_work::{DeviceActivation, LicenseAudit, LicenseBundle, LicenseKeys};
 use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::stripe_sync::{
     Changeset, DeliveryClaim, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert,
     StripeBundle, StripeKeys, SubscriptionAudit,
 };
-use billing_core::storage::{EventRecord, OutboxMessage, Store, StoreError, StoreTx};
+use billing_core::storage::{EventRecord, OutboxMessage, Store, StoreError};
 // Webhooks to the vendor (issue 14).
 use billing_core::storage::{
     NewWebhookEndpoint, WebhookAttempt, WebhookAttemptRecord, WebhookClaim, WebhookDeliveryCursor,
@@ -525,8 +526,8 @@ async fn customer<S: Store>(store: &S, cus: &str, user: Option<&str>) -> Uuid {
     store.sync_stripe(keys(&[], &[], &[cus], &[]), decide).await.unwrap()
 }
 
-/// A manual license of `user`: a row the remaining `StoreTx` writes can
-/// insert with no parent row.
+/// A manual license of `user`: a row a unit of work can insert with no
+/// parent row.
 fn manual_license(user: &str) -> License {
     License {
         id: Uuid::new_v4(),
@@ -545,6 +546,38 @@ fn manual_license(user: &str) -> License {
         metadata: serde_json::Map::new(),
         overrides: LicenseOverrides::default(),
     }
+}
+
+/// One license unit of work that writes `changes` whatever it loads;
+/// returns what it loaded.
+async fn work<S: Store>(store: &S, keys: LicenseKeys, changes: Changeset) -> Result<LicenseBundle, StoreError> {
+    store.license_work(keys, move |bundle| (changes, bundle)).await
+}
+
+/// What a license unit of work naming `keys` loads; it writes nothing.
+async fn load_license<S: Store>(store: &S, keys: LicenseKeys) -> LicenseBundle {
+    work(store, keys, Changeset::default()).await.expect("load")
+}
+
+/// Commits `messages` to the outbox in one unit of work.
+async fn publish<S: Store>(store: &S, messages: Vec<OutboxMessage>) {
+    let changes = Changeset { outbox: messages, ..Changeset::default() };
+    work(store, LicenseKeys::Nothing, changes).await.expect("published");
+}
+
+/// A device activated with a token hash, as a changeset holds it.
+fn activation(device: &Device, token_hash: &[u8]) -> DeviceActivation {
+    DeviceActivation { device: device.clone(), token_hash: token_hash.to_vec() }
+}
+
+/// Adds a write that cannot succeed (a device of no license) to `changes`,
+/// so that applying them fails and writes nothing; returns the error.
+async fn apply_failing<S: Store>(store: &S, mut changes: Changeset) -> StoreError {
+    let ghost = device(Uuid::new_v4(), "fp_ghost", Timestamp::now_utc());
+    changes.new_devices.push(activation(&ghost, b"token-ghost"));
+    let err = work(store, LicenseKeys::Nothing, changes).await.expect_err("foreign keys are enforced");
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    err
 }
 
 fn device(license_id: Uuid, fingerprint: &str, seen: Timestamp) -> Device {
@@ -770,10 +803,9 @@ async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
     let whole = LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..license.terms.clone() };
     let seen = at(1_764_000_500, 0);
     let (a, b) = (device(license.id, "fp_a", seen), device(license.id, "fp_b", seen + time::Duration::seconds(1)));
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_device(&b, b"token-b").await.unwrap();
-    tx.insert_device(&a, b"token-a").await.unwrap();
-    tx.commit().await.unwrap();
+    let inserted =
+        Changeset { new_devices: vec![activation(&b, b"token-b"), activation(&a, b"token-a")], ..Changeset::default() };
+    work(&store, LicenseKeys::Nothing, inserted).await.unwrap();
     let customer_id = load(&store, keys(&[], &["sub_1"], &[], &[])).await.subscriptions["sub_1"].customer_id;
 
     // A second subscription, issued its license with every column set, and
@@ -1100,15 +1132,28 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     let bundle = load(&store, keys(&[], &["sub_1"], &[], &[])).await;
     assert_eq!(bundle.licenses.get(&sub.id), Some(&stored_license), "loaded with its subscription");
     assert_eq!(bundle.devices.get(&stored_license.id), Some(&Vec::new()), "a license without devices has none");
-    let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.lock_license_by_key_hash(&hash).await.unwrap().as_ref(), Some(&stored_license));
-    assert_eq!(tx.lock_license(stored_license.id).await.unwrap().as_ref(), Some(&stored_license));
-    tx.insert_device(&a, b"token-a").await.unwrap();
-    tx.insert_device(&b, b"token-b").await.unwrap();
-    tx.record_device_change(&a, "activated", &Actor::System, json!({ "new_slot": true })).await.unwrap();
+    let by_key = load_license(&store, LicenseKeys::ActivationOf { key_hash: hash.clone() }).await;
+    let licenses: Vec<&License> = by_key.licenses.iter().map(|l| &l.record.license).collect();
+    assert_eq!(licenses, [&stored_license]);
+    assert_eq!(by_key.licenses[0].devices, [], "a license without devices has none");
+    let by_id = load_license(&store, LicenseKeys::License { license_id: stored_license.id }).await;
+    assert_eq!(by_id.license().map(|l| &l.record.license), Some(&stored_license));
+    assert_eq!(by_id.license().and_then(|l| l.subscription.as_ref()), Some(&as_stored(&sub)), "with its subscription");
+    assert_eq!(by_id.license().and_then(|l| l.record.owner_user_id.as_deref()), Some("user_1"));
     let terms = LicenseTerms { status: LicenseStatus::Suspended, max_devices: 1, ..stored_license.terms.clone() };
-    tx.update_license_terms(stored_license.id, &terms).await.unwrap();
-    tx.commit().await.unwrap();
+    let activated = Changeset {
+        new_devices: vec![activation(&a, b"token-a"), activation(&b, b"token-b")],
+        device_audit: vec![DeviceAudit {
+            device_id: a.id,
+            license_id: stored_license.id,
+            kind: "activated",
+            actor: Actor::System.label(),
+            detail: json!({ "new_slot": true }),
+        }],
+        license_terms: vec![(stored_license.id, terms.clone())],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::ActivationOf { key_hash: hash.clone() }, activated).await.unwrap();
     let stored_license = License { terms, ..stored_license };
 
     let keep = |d: &Device| Device {
@@ -1131,22 +1176,34 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert_eq!(store.devices_of_user("user_1").await.unwrap(), [keep(&b), keep(&a)], "most recently seen first");
 
     let later = seen + time::Duration::minutes(20);
-    let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.devices_of_license(stored_license.id).await.unwrap(), [keep(&a), keep(&b)], "activation order");
-    assert_eq!(tx.lock_device_by_token_hash(b"token-b").await.unwrap(), Some(keep(&b)));
-    assert_eq!(tx.lock_device_of_user(a.id, Some("user_1")).await.unwrap(), Some(keep(&a)));
-    assert_eq!(tx.lock_device_of_user(a.id, Some("user_2")).await.unwrap(), None);
-    assert_eq!(tx.lock_device_of_user(a.id, None).await.unwrap(), Some(keep(&a)), "None means any user");
-    tx.touch_device(a.id, later).await.unwrap();
-    tx.rename_device(a.id, "Work laptop").await.unwrap();
+    let by_key = load_license(&store, LicenseKeys::ActivationOf { key_hash: hash.clone() }).await;
+    assert_eq!(by_key.licenses[0].devices, [keep(&a), keep(&b)], "activation order");
+    let by_token = load_license(&store, LicenseKeys::DeviceByToken { token_hash: b"token-b".to_vec() }).await;
+    assert_eq!(by_token.devices, [keep(&b)]);
+    assert_eq!(by_token.license().map(|l| &l.record.license), Some(&stored_license), "with its license");
+    assert_eq!(by_token.license().map(|l| l.devices.len()), Some(0), "whose devices are not read");
+    let of_user = |user: Option<&str>| LicenseKeys::DeviceOfUser { device_id: a.id, user_id: user.map(str::to_owned) };
+    let mine = load_license(&store, of_user(Some("user_1"))).await;
+    assert_eq!((mine.devices, mine.licenses.len()), (vec![keep(&a)], 1));
+    let theirs = load_license(&store, of_user(Some("user_2"))).await;
+    assert!(theirs.devices.is_empty() && theirs.licenses.is_empty(), "nothing of another user's");
+    assert_eq!(load_license(&store, of_user(None)).await.devices, [keep(&a)], "None means any user");
+    let touched = Changeset {
+        heartbeats: vec![(a.id, later)],
+        device_names: vec![(a.id, "Work laptop".to_owned())],
+        ..Changeset::default()
+    };
+    work(&store, of_user(Some("user_1")), touched).await.unwrap();
     let cutoff = seen + time::Duration::minutes(10);
-    let overdue = tx.lock_overdue_devices(cutoff, 10).await.unwrap();
-    assert_eq!(overdue, [keep(&b)], "only b has been silent since before the cutoff");
-    tx.set_device_status(b.id, DeviceStatus::Dead, later).await.unwrap();
-    assert!(tx.lock_overdue_devices(cutoff, 10).await.unwrap().is_empty(), "dead devices are not overdue");
+    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
+    assert_eq!(overdue.devices, [keep(&b)], "only b has been silent since before the cutoff");
+    let dead = Changeset { device_statuses: vec![(b.id, DeviceStatus::Dead, later)], ..Changeset::default() };
+    work(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }, dead).await.unwrap();
+    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
+    assert!(overdue.devices.is_empty(), "dead devices are not overdue");
     let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, ..b.clone() };
-    tx.reactivate_device(&again, b"token-b2").await.unwrap();
-    tx.commit().await.unwrap();
+    let reactivated = Changeset { reactivated_devices: vec![activation(&again, b"token-b2")], ..Changeset::default() };
+    work(&store, LicenseKeys::DeviceByToken { token_hash: b"token-b".to_vec() }, reactivated).await.unwrap();
 
     let a_now = Device { name: Some("Work laptop".to_owned()), last_heartbeat_at: later, ..a.clone() };
     assert_eq!(store.device_by_token_hash(b"token-a").await.unwrap(), Some(keep(&a_now)));
@@ -1223,12 +1280,11 @@ async fn outbox_ids_increase_and_rows_appear_only_after_commit() {
     let license = Uuid::new_v4();
     assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
 
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(Some(license), 1)).await.unwrap();
-    tx.enqueue(&message(None, 2)).await.unwrap();
-    assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty(), "invisible before commit");
+    // The rows of a unit of work that does not commit are never seen.
+    apply_failing(&store, Changeset { outbox: vec![message(Some(license), 0)], ..Changeset::default() }).await;
+    assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty(), "invisible unless committed");
     assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
-    tx.commit().await.unwrap();
+    publish(&store, vec![message(Some(license), 1), message(None, 2)]).await;
 
     let events = store.outbox_after(0, None, 10).await.unwrap();
     let [first, second] = [events[0].id, events[1].id];
@@ -1240,9 +1296,7 @@ async fn outbox_ids_increase_and_rows_appear_only_after_commit() {
     assert_eq!(events[1].license_id, None);
     assert_eq!(store.latest_outbox_id().await.unwrap(), second);
 
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(Some(license), 3)).await.unwrap();
-    tx.commit().await.unwrap();
+    publish(&store, vec![message(Some(license), 3)]).await;
     let third = store.latest_outbox_id().await.unwrap();
     assert!(third > second);
     let of_license: Vec<i64> = store.outbox_after(0, Some(license), 10).await.unwrap().iter().map(|e| e.id).collect();
@@ -1253,37 +1307,38 @@ async fn outbox_ids_increase_and_rows_appear_only_after_commit() {
 }
 
 #[tokio::test]
-async fn a_dropped_transaction_rolls_back_and_frees_what_it_held() {
+async fn a_failed_unit_of_work_rolls_back_and_frees_what_it_held() {
     let (_db, store) = fresh_store().await;
     let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
     let manual = manual_license("user_2");
 
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&manual).await.unwrap();
-    tx.insert_device(&device(license.id, "fp", Timestamp::now_utc()), b"token").await.unwrap();
-    tx.enqueue(&message(Some(license.id), 1)).await.unwrap();
-    drop(tx);
+    let failed = Changeset {
+        new_licenses: vec![manual.clone()],
+        new_devices: vec![activation(&device(license.id, "fp", Timestamp::now_utc()), b"token")],
+        outbox: vec![message(Some(license.id), 1)],
+        ..Changeset::default()
+    };
+    apply_failing(&store, failed).await;
+    let held = LicenseKeys::License { license_id: license.id };
 
-    // The next transaction (on SQLite: waits for the writer, then) sees
-    // nothing of it, and may take what it held.
-    let mut tx = store.begin().await.unwrap();
-    assert!(tx.lock_device_by_token_hash(b"token").await.unwrap().is_none());
-    assert!(tx.devices_of_license(license.id).await.unwrap().is_empty());
-    assert!(tx.lock_license(manual.id).await.unwrap().is_none());
+    // The next unit of work sees nothing of it, and may take what it held.
+    let next = load_license(&store, LicenseKeys::DeviceByToken { token_hash: b"token".to_vec() }).await;
+    assert!(next.devices.is_empty());
+    assert!(load_license(&store, held).await.licenses[0].devices.is_empty());
+    assert!(load_license(&store, LicenseKeys::License { license_id: manual.id }).await.licenses.is_empty());
     let taken = License { user_id: Some("user_3".to_owned()), ..manual.clone() };
-    tx.insert_license(&taken).await.unwrap();
-    tx.commit().await.unwrap();
+    work(&store, LicenseKeys::Nothing, Changeset { new_licenses: vec![taken.clone()], ..Changeset::default() })
+        .await
+        .unwrap();
     assert!(store.licenses_of_user("user_2").await.unwrap().is_empty());
     assert_eq!(store.licenses_of_user("user_3").await.unwrap(), [taken]);
     assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
 }
 
 #[tokio::test]
-async fn a_failed_statement_aborts_the_transaction() {
+async fn a_failed_statement_fails_the_unit_of_work_and_writes_nothing() {
     let (_db, store) = fresh_store().await;
-    let mut tx = store.begin().await.unwrap();
     let first = manual_license("user_1");
-    tx.insert_license(&first).await.unwrap();
     let orphan = License::for_subscription(
         Uuid::new_v4(),
         LicenseTerms {
@@ -1294,63 +1349,62 @@ async fn a_failed_statement_aborts_the_transaction() {
             plan_id: None,
         },
     );
-    // SQLite reports the failure at the statement. PostgreSQL holds writes
-    // whose results nobody reads back and pipelines them ahead of the next
-    // read or the commit (ARCHITECTURE.md), so it reports it there.
-    let inserted = tx.insert_license(&orphan).await;
-    let next = tx.lock_license(first.id).await;
-    let err = match (backend(), inserted, next) {
-        (_, Err(err), Err(_)) => err,
-        (Backend::Postgres, Ok(()), Err(err)) => err,
-        (backend, inserted, next) => panic!("{backend:?}: foreign keys are enforced: {inserted:?} then {next:?}"),
-    };
+    let both = Changeset { new_licenses: vec![first.clone(), orphan.clone()], ..Changeset::default() };
+    let err = work(&store, LicenseKeys::Nothing, both).await.expect_err("foreign keys are enforced");
     assert!(matches!(err, StoreError::Query(_)), "{err:?}");
     assert!(!error_chain(&err).contains(orphan.key.expose()), "no row contents in errors");
-    assert!(tx.license(first.id).await.is_err(), "further statements are refused");
-    assert!(tx.commit().await.is_err(), "commit of an aborted transaction fails");
 
     assert!(store.licenses_of_user("user_1").await.unwrap().is_empty(), "rolled back");
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&first).await.unwrap();
-    tx.commit().await.unwrap();
+    work(&store, LicenseKeys::Nothing, Changeset { new_licenses: vec![first.clone()], ..Changeset::default() })
+        .await
+        .unwrap();
     assert_eq!(store.licenses_of_user("user_1").await.unwrap(), [first]);
 }
 
 #[tokio::test]
 async fn a_failed_write_fails_the_commit() {
-    // Nothing read after the failing write: the commit is where it shows.
+    // The failing write is the last statement before the COMMIT.
     let (_db, store) = fresh_store().await;
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&manual_license("user_1")).await.unwrap();
-    let ghost = device(Uuid::new_v4(), "fp", Timestamp::now_utc());
-    let outcome = match tx.insert_device(&ghost, b"token").await {
-        Err(err) => Err(err),
-        Ok(()) => tx.commit().await,
-    };
-    let err = outcome.expect_err("foreign keys are enforced");
-    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    apply_failing(&store, Changeset { new_licenses: vec![manual_license("user_1")], ..Changeset::default() }).await;
     assert!(store.licenses_of_user("user_1").await.unwrap().is_empty(), "rolled back");
-    assert_eq!(store.device_by_token_hash(b"token").await.unwrap(), None);
+    assert_eq!(store.device_by_token_hash(b"token-ghost").await.unwrap(), None);
 }
 
 #[tokio::test]
-async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
-    let (_db, store) = fresh_store().await;
+async fn a_license_unit_of_work_abandoned_mid_flight_is_all_or_nothing() {
+    let (db, store) = fresh_store().await;
     let manual = manual_license("user_cancelled");
-    let mut tx = store.begin().await.unwrap();
     {
-        let work = async {
-            tx.insert_license(&manual).await?;
-            tx.lock_license(manual.id).await
-        };
+        let changes = Changeset { new_licenses: vec![manual.clone()], ..Changeset::default() };
+        let work = work(&store, LicenseKeys::License { license_id: manual.id }, changes);
         tokio::pin!(work);
         // Polled once, then abandoned, whether or not the statements finished.
         let _ = futures_util::poll!(work.as_mut());
     }
-    drop(tx);
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&manual).await.unwrap();
-    tx.commit().await.expect("the abandoned insert was rolled back");
+    if backend() == Backend::Postgres {
+        let idle_in_transaction = "SELECT count(*) FROM pg_stat_activity
+                                    WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while db.count(idle_in_transaction).await > 0 {
+            assert!(std::time::Instant::now() < deadline, "a session was left in a transaction");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // SQLite may have handed the work to its writer before it was
+    // abandoned, and then commits it whole; PostgreSQL rolls it back.
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        load_license(&store, LicenseKeys::License { license_id: manual.id }),
+    )
+    .await
+    .expect("nothing left locked");
+    match next.licenses.is_empty() {
+        true => {
+            let again = Changeset { new_licenses: vec![manual.clone()], ..Changeset::default() };
+            work(&store, LicenseKeys::Nothing, again).await.expect("the abandoned insert was rolled back");
+        }
+        false => assert_ne!(backend(), Backend::Postgres, "PostgreSQL: rolled back"),
+    }
     assert_eq!(store.licenses_of_user("user_cancelled").await.unwrap(), [manual]);
 }
 
@@ -1406,23 +1460,16 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     assert_woken(backend, &mut watch, "a first wake-up").await;
     assert_not_woken(backend, &mut log, &mut watch, "only one").await;
 
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 1)).await.unwrap();
-    assert_not_woken(backend, &mut log, &mut watch, "nothing before commit").await;
-    tx.commit().await.unwrap();
+    publish(&store, vec![message(None, 1)]).await;
     assert_woken(backend, &mut watch, "signalled once commit returned").await;
     if let Some(log) = &mut log {
         assert_eq!(log.sent_since_last().await, [""], "one NOTIFY for the commit");
         assert_woken(backend, &mut watch, "the marker reaches the watcher").await;
     }
 
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 2)).await.unwrap();
-    drop(tx);
-    // Once the next transaction has begun, the rollback is over.
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&manual_license("user_1")).await.unwrap();
-    tx.commit().await.unwrap();
+    apply_failing(&store, Changeset { outbox: vec![message(None, 2)], ..Changeset::default() }).await;
+    let licensed = Changeset { new_licenses: vec![manual_license("user_1")], ..Changeset::default() };
+    work(&store, LicenseKeys::Nothing, licensed).await.unwrap();
     customer(&store, "cus_1", None).await;
     assert_not_woken(backend, &mut log, &mut watch, "neither a rollback nor a commit without outbox rows signals")
         .await;
@@ -1443,9 +1490,7 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     let mut second = clone.watch_outbox().await.unwrap();
     second.recv().await.unwrap();
     for n in 0..3 {
-        let mut tx = clone.begin().await.unwrap();
-        tx.enqueue(&message(None, n)).await.unwrap();
-        tx.commit().await.unwrap();
+        publish(&clone, vec![message(None, n)]).await;
     }
     assert_woken(backend, &mut watch, "the first watcher hears the clone's commits").await;
     assert_woken(backend, &mut second, "the clone's watcher hears them").await;
@@ -1464,9 +1509,8 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     }
 
     drop(second);
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 9)).await.unwrap();
-    tx.commit().await.expect("a closed watcher does not disturb commits");
+    let announced = Changeset { outbox: vec![message(None, 9)], ..Changeset::default() };
+    work(&store, LicenseKeys::Nothing, announced).await.expect("a closed watcher does not disturb commits");
     if let Some(log) = &mut log {
         assert_eq!(log.sent_since_last().await, [""], "the commit after the clone's watcher closed notified");
     }
@@ -1476,10 +1520,7 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
 #[tokio::test]
 async fn prune_outbox_deletes_old_rows_and_ids_are_never_reused() {
     let (_db, store) = fresh_store().await;
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 1)).await.unwrap();
-    tx.enqueue(&message(None, 2)).await.unwrap();
-    tx.commit().await.unwrap();
+    publish(&store, vec![message(None, 1), message(None, 2)]).await;
 
     let events = store.outbox_after(0, None, 10).await.unwrap();
     let [first, last] = [events[0].id, events[1].id];
@@ -1491,9 +1532,7 @@ async fn prune_outbox_deletes_old_rows_and_ids_are_never_reused() {
     assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty());
     assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
 
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&message(None, 3)).await.unwrap();
-    tx.commit().await.unwrap();
+    publish(&store, vec![message(None, 3)]).await;
     let next = store.latest_outbox_id().await.unwrap();
     assert!(next > last && last > first, "ids keep growing after the newest rows were pruned");
 }
@@ -1691,13 +1730,9 @@ async fn enqueue_writes_one_message_per_subscribed_live_endpoint_and_none_on_rol
     assert_eq!(live, [all, licenses, devices]);
     assert!(store.webhook_endpoint(deleted).await.unwrap().is_none());
 
-    let mut rolled_back = store.begin().await.unwrap();
-    rolled_back.enqueue(&topic_message(Topic::LicenseUpdated, 0)).await.unwrap();
-    drop(rolled_back);
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&topic_message(Topic::LicenseUpdated, 1)).await.unwrap();
-    tx.enqueue(&topic_message(Topic::SubscriptionUpdated, 2)).await.unwrap();
-    tx.commit().await.unwrap();
+    let rolled_back = Changeset { outbox: vec![topic_message(Topic::LicenseUpdated, 0)], ..Changeset::default() };
+    apply_failing(&store, rolled_back).await;
+    publish(&store, vec![topic_message(Topic::LicenseUpdated, 1), topic_message(Topic::SubscriptionUpdated, 2)]).await;
 
     let count = |id| {
         let store = store.clone();
@@ -1729,11 +1764,7 @@ async fn claims_lease_messages_per_endpoint_and_only_their_holder_records_the_at
     let (_db, store) = fresh_store().await;
     let first = endpoint(&store, &["*"]).await;
     let second = endpoint(&store, &["*"]).await;
-    let mut tx = store.begin().await.unwrap();
-    for n in 0..3 {
-        tx.enqueue(&topic_message(Topic::LicenseUpdated, n)).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+    publish(&store, (0..3).map(|n| topic_message(Topic::LicenseUpdated, n)).collect()).await;
     let now = Timestamp::now_utc() + time::Duration::seconds(1);
 
     // Two per endpoint, none of a busy one.
@@ -1804,9 +1835,7 @@ async fn deliveries_page_newest_first_from_a_cursor() {
     let (_db, store) = fresh_store().await;
     let target = endpoint(&store, &["*"]).await;
     for n in 0..5 {
-        let mut tx = store.begin().await.unwrap();
-        tx.enqueue(&topic_message(Topic::LicenseUpdated, n)).await.unwrap();
-        tx.commit().await.unwrap();
+        publish(&store, vec![topic_message(Topic::LicenseUpdated, n)]).await;
     }
     let all = store.webhook_deliveries(target, None, 100).await.unwrap();
     assert_eq!(all.len(), 5);
@@ -2268,21 +2297,20 @@ async fn the_sqlite_store_gives_the_same_results_as_the_postgres_store() {
 }
 
 #[tokio::test]
-async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
+async fn a_unit_of_work_abandoned_mid_flight_leaves_no_transaction_open() {
     let (db, store) = fresh_store().await;
     let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
     let idle_in_transaction = "SELECT count(*) FROM pg_stat_activity
                                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
     for round in 0..20 {
-        let mut tx = store.begin().await.unwrap();
-        tx.lock_license(license.id).await.unwrap();
-        tx.enqueue(&message(Some(license.id), round)).await.unwrap();
+        let held = LicenseKeys::License { license_id: license.id };
+        let changes = Changeset { outbox: vec![message(Some(license.id), round)], ..Changeset::default() };
         // Polled once, so it is under way, then given up (as when a client
         // hangs up and its request's future is dropped).
-        let mut commit = Box::pin(tx.commit());
+        let mut abandoned = Box::pin(work(&store, held.clone(), changes));
         let waker = std::task::Waker::noop();
-        let _ = std::future::Future::poll(commit.as_mut(), &mut std::task::Context::from_waker(waker));
-        drop(commit);
+        let _ = std::future::Future::poll(abandoned.as_mut(), &mut std::task::Context::from_waker(waker));
+        drop(abandoned);
         // No pooled session is left inside the transaction (before anything
         // else could reuse it and so end it).
         if backend() == Backend::Postgres {
@@ -2293,15 +2321,11 @@ async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
             }
         }
         // Committed or rolled back, the license is free again at once.
-        let mut next = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut next = store.begin().await.unwrap();
-            next.lock_license(license.id).await.unwrap();
-            next
-        })
-        .await
-        .unwrap_or_else(|_| panic!("round {round}: the license was left locked"));
-        next.enqueue(&message(Some(license.id), 100 + round)).await.unwrap();
-        next.commit().await.unwrap();
+        let next = Changeset { outbox: vec![message(Some(license.id), 100 + round)], ..Changeset::default() };
+        tokio::time::timeout(Duration::from_secs(5), work(&store, held, next))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the license was left locked"))
+            .unwrap();
     }
     let committed = db.count("SELECT count(*) FROM outbox_events WHERE CAST(payload->>'n' AS INTEGER) >= 100").await;
     assert_eq!(committed, 20, "every later transaction committed");
@@ -2441,21 +2465,29 @@ async fn the_audit_walk_covers_three_tables_once_each_and_filters_by_license_and
     let m = device(manual, "fp_m", seen);
     let status = |from, to| billing_core::domain::subscription::SubscriptionChange::StatusChanged { from, to };
     for round in 0..3 {
-        let mut tx = store.begin().await.unwrap();
-        tx.record_change(
-            sub.id,
-            &Actor::Stripe { event_id: format!("evt_{round}") },
-            &status(SubscriptionStatus::Trialing, SubscriptionStatus::Active),
-        )
-        .await
-        .unwrap();
-        if round == 0 {
-            tx.insert_device(&a, b"token-a").await.unwrap();
-            tx.insert_device(&m, b"token-m").await.unwrap();
-        }
-        tx.record_device_change(&a, "activated", &Actor::System, json!({ "round": round })).await.unwrap();
-        tx.record_device_change(&m, "activated", &Actor::System, json!({ "round": round })).await.unwrap();
-        tx.commit().await.unwrap();
+        let stripe = Actor::Stripe { event_id: format!("evt_{round}") };
+        let activated = |d: &Device| DeviceAudit {
+            device_id: d.id,
+            license_id: d.license_id,
+            kind: "activated",
+            actor: Actor::System.label(),
+            detail: json!({ "round": round }),
+        };
+        let changes = Changeset {
+            subscription_audit: vec![SubscriptionAudit {
+                subscription_id: sub.id,
+                change: status(SubscriptionStatus::Trialing, SubscriptionStatus::Active),
+                actor: stripe.label(),
+                stripe_event_id: stripe.stripe_event_id().map(str::to_owned),
+            }],
+            new_devices: match round {
+                0 => vec![activation(&a, b"token-a"), activation(&m, b"token-m")],
+                _ => Vec::new(),
+            },
+            device_audit: vec![activated(&a), activated(&m)],
+            ..Changeset::default()
+        };
+        work(&store, LicenseKeys::Nothing, changes).await.unwrap();
         db.execute(&format!(
             "INSERT INTO license_changes (license_id, kind, actor, detail) VALUES
                 ('{manual}', 'renewed', 'admin:ops', '{{\"round\": {round}}}'),
@@ -2622,12 +2654,12 @@ async fn the_license_listing_filters_by_the_effective_status_the_domain_computes
         // A Stripe license's own period end is no hard expiry.
         License { terms: terms(LicenseStatus::Active, Some(past), None), ..stripe_license.clone() },
     ];
-    let mut tx = store.begin().await.unwrap();
-    for license in &cases[..cases.len() - 1] {
-        tx.insert_license(license).await.unwrap();
-    }
-    tx.update_license_terms(stripe_license.id, &cases[cases.len() - 1].terms).await.unwrap();
-    tx.commit().await.unwrap();
+    let inserted = Changeset {
+        new_licenses: cases[..cases.len() - 1].to_vec(),
+        license_terms: vec![(stripe_license.id, cases[cases.len() - 1].terms.clone())],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, inserted).await.unwrap();
     // A second Stripe license whose admin expiry override has passed.
     let customer = Uuid::new_v4();
     let sub_2 =
@@ -2685,10 +2717,18 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
             suspended_at: None,
         },
     };
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_license(&manual).await.unwrap();
-    tx.record_license_change(manual.id, "issued", &Actor::System, json!({ "plan": "pro" })).await.unwrap();
-    tx.commit().await.unwrap();
+    let audit = |license: &License, kind| LicenseAudit {
+        license_id: license.id,
+        kind,
+        actor: Actor::System.label(),
+        detail: json!({ "plan": "pro" }),
+    };
+    let issued = Changeset {
+        new_licenses: vec![manual.clone()],
+        license_audit: vec![audit(&manual, "issued")],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, issued).await.unwrap();
 
     assert_eq!(store.license_by_key_hash(&manual.key.lookup_hash()).await.unwrap().as_ref(), Some(&manual));
     assert_eq!(store.licenses_of_user("reseller_7").await.unwrap(), std::slice::from_ref(&manual));
@@ -2696,12 +2736,18 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
     assert!(!store.license_belongs_to(manual.id, "user_1").await.unwrap());
     assert_eq!(store.licenses_of_user("user_1").await.unwrap().len(), 1, "the Stripe license only");
 
-    let mut tx = store.begin().await.unwrap();
-    let locked = tx.lock_license_record(manual.id).await.unwrap().expect("exists");
+    let record = |license_id| {
+        let store = store.clone();
+        async move {
+            let bundle = load_license(&store, LicenseKeys::License { license_id }).await;
+            bundle.licenses.into_iter().next()
+        }
+    };
+    let locked = record(manual.id).await.expect("exists");
     assert_eq!((&locked.record.license, locked.record.owner_user_id.as_deref()), (&manual, Some("reseller_7")));
     assert_eq!(locked.subscription, None);
     assert!(locked.record.updated_at >= locked.record.created_at);
-    let locked = tx.lock_license_record(stripe.id).await.unwrap().expect("exists");
+    let locked = record(stripe.id).await.expect("exists");
     let stored_stripe = License {
         terms: LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..stripe.terms.clone() },
         ..stripe.clone()
@@ -2709,7 +2755,7 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
     assert_eq!(locked.record.license, stored_stripe);
     assert_eq!(locked.record.owner_user_id.as_deref(), Some("user_1"), "a Stripe license's user is its customer's");
     assert_eq!(locked.subscription.as_ref(), Some(&as_stored(&sub)));
-    assert!(tx.lock_license_record(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(record(Uuid::new_v4()).await.is_none());
 
     // Everything an admin may change is saved, and read back by every read.
     let overridden = License {
@@ -2723,10 +2769,17 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
         },
         ..stored_stripe.clone()
     };
-    tx.save_license(&overridden).await.unwrap();
-    tx.record_license_change(overridden.id, "suspended", &Actor::System, json!({})).await.unwrap();
-    assert_eq!(tx.lock_license(overridden.id).await.unwrap().as_ref(), Some(&overridden), "read your writes");
-    tx.commit().await.unwrap();
+    let saved = Changeset {
+        saved_licenses: vec![overridden.clone()],
+        license_audit: vec![LicenseAudit { detail: json!({}), ..audit(&overridden, "suspended") }],
+        ..Changeset::default()
+    };
+    let before = work(&store, LicenseKeys::License { license_id: overridden.id }, saved).await.unwrap();
+    assert_eq!(before.licenses[0].record.license, stored_stripe, "loaded before the change");
+    let after = record(overridden.id).await.expect("exists");
+    assert_eq!(after.record.license, overridden, "what was saved");
+    assert!(after.record.updated_at >= before.licenses[0].record.updated_at);
+    assert_eq!(after.record.created_at, before.licenses[0].record.created_at);
     assert_eq!(store.license_by_key_hash(&overridden.key.lookup_hash()).await.unwrap().as_ref(), Some(&overridden));
     let bundle = load(&store, keys(&[], &["sub_1"], &[], &[])).await;
     assert_eq!(bundle.licenses.get(&sub.id), Some(&overridden), "webhooks see the overrides");

@@ -2,9 +2,9 @@
 //! the server and embedders need not be generic over the backend.
 
 #[cfg(feature = "postgres")]
-use super::postgres::{PgStore, PgTx};
+use super::postgres::PgStore;
 #[cfg(feature = "sqlite")]
-use super::sqlite::{SqliteStore, SqliteTx};
+use super::sqlite::SqliteStore;
 use super::*;
 
 /// Calls the same method on whichever backend `$self` holds. Each arm is
@@ -55,18 +55,6 @@ pub enum AnyStore {
     Sqlite(SqliteStore),
 }
 
-/// A transaction of an [`AnyStore`].
-// Lives on the stack of one unit of work; not worth a heap allocation.
-#[allow(clippy::large_enum_variant)]
-pub enum AnyTx {
-    /// PostgreSQL transaction.
-    #[cfg(feature = "postgres")]
-    Postgres(PgTx),
-    /// SQLite transaction.
-    #[cfg(feature = "sqlite")]
-    Sqlite(SqliteTx),
-}
-
 impl AnyStore {
     /// `postgres` or `sqlite`, for logs and banners.
     pub fn kind(&self) -> &'static str {
@@ -100,8 +88,6 @@ impl From<SqliteStore> for AnyStore {
 }
 
 impl Store for AnyStore {
-    type Tx = AnyTx;
-
     async fn sync_stripe<T, F>(&self, keys: super::stripe_sync::StripeKeys, decide: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -126,15 +112,6 @@ impl Store for AnyStore {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => s.license_work(keys, decide).await,
         }
-    }
-
-    async fn begin(&self) -> Result<AnyTx, StoreError> {
-        Ok(match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => AnyTx::Postgres(s.begin().await?),
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => AnyTx::Sqlite(s.begin().await?),
-        })
     }
 
     delegate! { &self;
@@ -176,37 +153,6 @@ impl Store for AnyStore {
         fn claim_webhook_messages(claim: &WebhookClaim<'_>) -> Result<Vec<ClaimedWebhook>, StoreError>;
         fn record_webhook_attempt(record: &WebhookAttemptRecord<'_>) -> Result<bool, StoreError>;
         fn next_webhook_due() -> Result<Option<Timestamp>, StoreError>;
-    }
-}
-
-impl StoreTx for AnyTx {
-    delegate! { &mut self;
-        fn insert_license(license: &License) -> Result<(), StoreError>;
-        fn update_license_terms(license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError>;
-        fn record_change(subscription_id: Uuid, actor: &Actor, change: &SubscriptionChange) -> Result<(), StoreError>;
-        fn lock_license_by_key_hash(key_hash: &[u8]) -> Result<Option<License>, StoreError>;
-        fn lock_licenses_past_grace(now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError>;
-        fn license(license_id: Uuid) -> Result<Option<License>, StoreError>;
-        fn lock_license(license_id: Uuid) -> Result<Option<License>, StoreError>;
-        fn devices_of_license(license_id: Uuid) -> Result<Vec<Device>, StoreError>;
-        fn insert_device(device: &Device, token_hash: &[u8]) -> Result<(), StoreError>;
-        fn reactivate_device(device: &Device, token_hash: &[u8]) -> Result<(), StoreError>;
-        fn lock_device_by_token_hash(token_hash: &[u8]) -> Result<Option<Device>, StoreError>;
-        fn lock_device_of_user(device_id: Uuid, user_id: Option<&str>) -> Result<Option<Device>, StoreError>;
-        fn touch_device(device_id: Uuid, at: Timestamp) -> Result<(), StoreError>;
-        fn set_device_status(device_id: Uuid, status: DeviceStatus, at: Timestamp) -> Result<(), StoreError>;
-        fn rename_device(device_id: Uuid, name: &str) -> Result<(), StoreError>;
-        fn lock_overdue_devices(cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError>;
-        fn record_device_change(device: &Device, kind: &str, actor: &Actor, detail: Value) -> Result<(), StoreError>;
-        fn enqueue(message: &OutboxMessage) -> Result<(), StoreError>;
-        // Admin license writes (issue 14).
-        fn lock_license_record(license_id: Uuid) -> Result<Option<LockedLicense>, StoreError>;
-        fn save_license(license: &License) -> Result<(), StoreError>;
-        fn record_license_change(license_id: Uuid, kind: &str, actor: &Actor, detail: Value) -> Result<(), StoreError>;
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        dispatch!(self.commit())
     }
 }
 

@@ -1,9 +1,11 @@
 //! Persistence. The only module that knows SQL.
 //!
-//! A [`Store`] hands out transactions ([`StoreTx`]) offering typed reads and
-//! writes; the use cases in [`crate::billing`] compose them into units of
-//! work (begin, read, apply a pure rule, write state + audit + outbox,
-//! commit). A transaction dropped without `commit` rolls back.
+//! A [`Store`] offers reads and two kinds of unit of work, each one
+//! transaction: [`Store::sync_stripe`] ([`stripe_sync`]) and
+//! [`Store::license_work`] ([`license_work`]). Each *loads* what its keys
+//! name (locks taken in the one order), hands the bundle to a pure
+//! *decision*, and *applies* the [`changeset::Changeset`] it returns (state +
+//! audit + outbox) with the commit; on any failure nothing is written.
 
 pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -18,9 +20,8 @@ pub mod sqlite;
 pub mod stripe_sync;
 
 use crate::domain::admin::Scopes;
-use crate::domain::subscription::SubscriptionChange;
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseSource, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
+    Device, DeviceStatus, License, LicenseSource, LicenseTerms, Payment, PaymentStatus, Subscription, Timestamp,
 };
 use serde_json::Value;
 use std::future::Future;
@@ -155,16 +156,6 @@ pub struct LicenseRecord {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
-}
-
-/// A license locked for an admin change, with its subscription (locked
-/// first) when it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockedLicense {
-    /// The license and its owner.
-    pub record: LicenseRecord,
-    /// Its subscription as stored (None for a manual license).
-    pub subscription: Option<Subscription>,
 }
 
 /// The columns a license carries besides its terms, as the stores read
@@ -389,9 +380,6 @@ pub enum WebhookRetry {
 
 /// A storage backend.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Its transaction type.
-    type Tx: StoreTx;
-
     /// One Stripe unit of work, atomically: claims the deliveries `keys`
     /// names and locks and reads every row they touch ([`stripe_sync`] has
     /// the lock order), hands that bundle to `decide`, writes the changeset
@@ -419,9 +407,6 @@ pub trait Store: Clone + Send + Sync + 'static {
     where
         T: Send + 'static,
         F: FnOnce(license_work::LicenseBundle) -> (changeset::Changeset, T) + Send + 'static;
-
-    /// Starts a unit of work.
-    fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -599,142 +584,4 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// When the next pending message is due (possibly already).
     fn next_webhook_due(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
-}
-
-/// One open transaction.
-pub trait StoreTx: Send {
-    /// Stores a newly issued license.
-    fn insert_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Replaces a license's terms.
-    fn update_license_terms(
-        &mut self,
-        license_id: Uuid,
-        terms: &LicenseTerms,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Appends an audit row.
-    fn record_change(
-        &mut self,
-        subscription_id: Uuid,
-        actor: &Actor,
-        change: &SubscriptionChange,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The license with this key hash, locked for update (serialises
-    /// activations of one license).
-    fn lock_license_by_key_hash(
-        &mut self,
-        key_hash: &[u8],
-    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
-
-    /// The license with this id, not locked: for a unit of work that holds
-    /// one of its devices, since licenses are locked before devices.
-    fn license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
-
-    /// The license with this id, locked for update.
-    fn lock_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
-
-    /// Licenses stored as active whose grace period ended by `now`, locked
-    /// (skipping rows another instance holds), at most `limit`.
-    fn lock_licenses_past_grace(
-        &mut self,
-        now: Timestamp,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<License>, StoreError>> + Send;
-
-    /// All devices of a license, locked for update.
-    fn devices_of_license(&mut self, license_id: Uuid) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
-
-    /// Stores a new device with its token hash.
-    fn insert_device(
-        &mut self,
-        device: &Device,
-        token_hash: &[u8],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Reactivates a device: new token, new details, heartbeat now.
-    fn reactivate_device(
-        &mut self,
-        device: &Device,
-        token_hash: &[u8],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The device holding this token hash (any status), locked for update.
-    fn lock_device_by_token_hash(
-        &mut self,
-        token_hash: &[u8],
-    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
-
-    /// The device with this id, if it is on one of the user's licenses
-    /// (any user's when `user_id` is None), locked for update.
-    fn lock_device_of_user(
-        &mut self,
-        device_id: Uuid,
-        user_id: Option<&str>,
-    ) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
-
-    /// Records a heartbeat.
-    fn touch_device(&mut self, device_id: Uuid, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Moves a device to `status` (deactivated or dead) at `at`.
-    fn set_device_status(
-        &mut self,
-        device_id: Uuid,
-        status: DeviceStatus,
-        at: Timestamp,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Renames a device.
-    fn rename_device(&mut self, device_id: Uuid, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Active devices silent since before `cutoff`, locked (skipping rows
-    /// another reaper holds).
-    fn lock_overdue_devices(
-        &mut self,
-        cutoff: Timestamp,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
-
-    /// Appends a device audit row.
-    fn record_device_change(
-        &mut self,
-        device: &Device,
-        kind: &str,
-        actor: &Actor,
-        detail: Value,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    // --- Admin reads (issue 14): customers ---
-
-    /// Appends to the outbox; visible to readers once committed, in commit
-    /// order of ids.
-    /// Also writes one vendor webhook message per live endpoint subscribed
-    /// to the topic, in the same transaction.
-    fn enqueue(&mut self, message: &OutboxMessage) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    // --- Admin license writes (issue 14) ---
-
-    /// Locks a license for an admin change: its subscription first (the one
-    /// lock order), then the license; with its owner and dates.
-    fn lock_license_record(
-        &mut self,
-        license_id: Uuid,
-    ) -> impl Future<Output = Result<Option<LockedLicense>, StoreError>> + Send;
-
-    /// Stores everything an admin may change on a license: terms,
-    /// entitlements, metadata and overrides.
-    fn save_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Appends a `license_changes` row.
-    fn record_license_change(
-        &mut self,
-        license_id: Uuid,
-        kind: &str,
-        actor: &Actor,
-        detail: Value,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Makes everything durable.
-    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -107,19 +107,20 @@ async fn resuming_with_last_event_id_replays_exactly_the_missed_events() {
 #[tokio::test]
 async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
     use billing_core::domain::Topic;
-    use billing_core::storage::{OutboxMessage, Store, StoreTx};
+    use billing_core::storage::license_work::{Changeset, LicenseKeys};
+    use billing_core::storage::{OutboxMessage, Store};
     let app = spawn_app().await;
     let key = app.issue_license("u", PRICE_PRO).await;
     let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
     let license_id = app.billing.license_by_key(&key).await.unwrap().unwrap().id;
     let mut events = EventReader::new(app.open_event_stream(&key, &token, None).await);
 
-    // Transactions that commit in another order than they began, several at once.
+    // Units of work started in a scattered order, several at once.
     const WRITERS: u64 = 40;
     let writers = (0..WRITERS).map(|n| {
         let store = app.billing.store().clone();
         tokio::spawn(async move {
-            let mut tx = store.begin().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis((n * 7) % 23)).await;
             // A topic nothing else in this test sends, so that the stream's
             // other events (the activation's) are told apart.
             let message = OutboxMessage {
@@ -127,9 +128,8 @@ async fn concurrent_commits_reach_the_stream_once_each_in_id_order() {
                 topic: Topic::PaymentUpdated,
                 payload: json!({ "n": n }),
             };
-            tx.enqueue(&message).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis((n * 7) % 23)).await;
-            tx.commit().await.unwrap();
+            let changes = Changeset { outbox: vec![message], ..Changeset::default() };
+            store.license_work(LicenseKeys::Nothing, move |_| (changes, ())).await.unwrap();
         })
     });
     for writer in futures_util::future::join_all(writers).await {

@@ -1,7 +1,8 @@
 //! Operations: metrics, readiness, request ids, graceful shutdown.
 
 use crate::helpers::*;
-use billing_core::storage::{Store, StoreTx};
+use billing_core::storage::license_work::{Changeset, LicenseKeys};
+use billing_core::storage::Store;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,7 +124,9 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
     // the lock of its identity (there is no row yet), on SQLite the writer.
     enum Blocker {
         Postgres(tokio_postgres::Client),
-        Sqlite(billing_core::storage::any::AnyTx),
+        /// A unit of work whose decision waits, holding the writer, until
+        /// its sender is dropped.
+        Sqlite(std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>),
     }
     let blocker = match &app.store {
         billing_core::storage::any::StoreLocation::Postgres(url) => {
@@ -132,7 +135,19 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
             Blocker::Postgres(client)
         }
         billing_core::storage::any::StoreLocation::Sqlite(_) => {
-            Blocker::Sqlite(app.billing.store().begin().await.unwrap())
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (holding, held) = tokio::sync::oneshot::channel();
+            let store = app.billing.store().clone();
+            let holder = tokio::spawn(async move {
+                let wait = move |_| {
+                    let _ = holding.send(());
+                    let _ = released.recv();
+                    (Changeset::default(), ())
+                };
+                store.license_work(LicenseKeys::Nothing, wait).await.unwrap();
+            });
+            held.await.expect("the writer is held");
+            Blocker::Sqlite(release, holder)
         }
     };
     let delivery = {
@@ -173,7 +188,10 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
 
     match blocker {
         Blocker::Postgres(client) => client.batch_execute("ROLLBACK").await.unwrap(),
-        Blocker::Sqlite(tx) => drop(tx),
+        Blocker::Sqlite(release, holder) => {
+            drop(release);
+            holder.await.unwrap();
+        }
     }
     let response = delivery.await.unwrap().expect("the in-flight request is answered");
     assert_eq!(response.status(), 200);

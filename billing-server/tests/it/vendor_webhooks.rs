@@ -6,7 +6,8 @@ use crate::helpers::*;
 use billing_core::domain::vendor_webhook::RetrySchedule;
 use billing_core::domain::Topic;
 use billing_core::storage::any::AnyStore;
-use billing_core::storage::{NewWebhookEndpoint, OutboxMessage, Store, StoreTx, WebhookDelivery, WebhookMessageStatus};
+use billing_core::storage::license_work::{Changeset, DeviceActivation, LicenseKeys};
+use billing_core::storage::{NewWebhookEndpoint, OutboxMessage, Store, WebhookDelivery, WebhookMessageStatus};
 use billing_core::vendor_webhooks::{EndpointError, VendorWebhookSettings};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -315,12 +316,29 @@ async fn nothing_is_sent_for_a_rolled_back_change() {
         payload: json!({ "marker": marker }),
     };
 
-    let mut rolled_back = app.billing.store().begin().await.unwrap();
-    rolled_back.enqueue(&message("rolled back")).await.unwrap();
-    drop(rolled_back);
-    let mut committed = app.billing.store().begin().await.unwrap();
-    committed.enqueue(&message("committed")).await.unwrap();
-    committed.commit().await.unwrap();
+    // A change whose unit of work fails (a device of no license) is rolled
+    // back with its outbox row.
+    let ghost = billing_core::domain::Device {
+        id: uuid::Uuid::new_v4(),
+        license_id: uuid::Uuid::new_v4(),
+        fingerprint: "fp-ghost".into(),
+        name: None,
+        platform: None,
+        app_version: None,
+        status: billing_core::domain::DeviceStatus::Active,
+        activated_at: time::OffsetDateTime::now_utc(),
+        last_heartbeat_at: time::OffsetDateTime::now_utc(),
+        deactivated_at: None,
+    };
+    let rolled_back = Changeset {
+        outbox: vec![message("rolled back")],
+        new_devices: vec![DeviceActivation { device: ghost, token_hash: b"ghost".to_vec() }],
+        ..Changeset::default()
+    };
+    let store = app.billing.store();
+    store.license_work(LicenseKeys::Nothing, move |_| (rolled_back, ())).await.expect_err("refused");
+    let committed = Changeset { outbox: vec![message("committed")], ..Changeset::default() };
+    store.license_work(LicenseKeys::Nothing, move |_| (committed, ())).await.unwrap();
 
     let seen = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(seen[0]["payload"]["data"], json!({ "marker": "committed" }));

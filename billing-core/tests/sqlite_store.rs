@@ -191,7 +191,8 @@ async fn committed_rows_survive_sigkill() {
     let outbox = store.outbox_after(0, None, 10).await.unwrap();
     assert_eq!(outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1]);
     // The dead process's write lock is gone with it.
-    let claimed = store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |b| (Changeset::default(), b.claimed));
+    let claimed =
+        store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |b| (Changeset::default(), b.claimed));
     assert!(claimed.await.unwrap().contains("evt_uncommitted"), "the uncommitted claim died with its process");
 }
 

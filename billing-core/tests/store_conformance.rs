@@ -1,4 +1,5 @@
-//! The storage conformance suite: what `Store` and `StoreTx` promise, written
+//! The storage conformance suite: what `Store` (its Stripe seam `sync_stripe`
+//! included) and `StoreTx` promise, written
 //! once and run against the backend `TEST_STORE` selects: PostgreSQL (the
 //! default; a fresh database per test on `TEST_DATABASE_URL`) or, with
 //! `TEST_STORE=sqlite`, the embedded store (a fresh file per test).

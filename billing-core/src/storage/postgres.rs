@@ -1068,7 +1068,6 @@ fn outbox_write(outbox: &[OutboxMessage]) -> (String, Vec<Param>) {
 }
 
 impl StoreTx for PgTx {
-
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let t = &license.terms;
         self.defer(

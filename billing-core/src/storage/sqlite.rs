@@ -1367,7 +1367,6 @@ impl AuditRow {
 }
 
 impl StoreTx for SqliteTx {
-
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let license = license.clone();
         self.run(move |conn, now| stripe_sync::insert_license(conn, now, &license)).await

@@ -1,7 +1,7 @@
 //! Operations: metrics, readiness, request ids, graceful shutdown.
 
 use crate::helpers::*;
-use billing_core::storage::{Store, StoreTx};
+use billing_core::storage::Store;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -6,7 +6,8 @@
 
 use billing_core::domain::Topic;
 use billing_core::storage::sqlite::SqliteStore;
-use billing_core::storage::{EventDisposition, EventRecord, OutboxMessage, Store, StoreError, StoreTx};
+use billing_core::storage::stripe_sync::{Changeset, DeliveryClaim, NewCustomer, StripeKeys};
+use billing_core::storage::{OutboxMessage, Store, StoreError, StoreTx};
 use deadpool_sqlite::rusqlite;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -55,15 +56,18 @@ async fn fresh_store() -> (TempDb, SqliteStore) {
     (db, store)
 }
 
-fn event(id: &str) -> EventRecord<'_> {
-    EventRecord {
-        id,
-        kind: "customer.subscription.updated",
+/// A unit of work claiming `id` and naming customer `cus`.
+fn claiming(id: &str, cus: &str) -> StripeKeys {
+    let mut keys = StripeKeys { customers: [cus.to_owned()].into(), ..StripeKeys::default() };
+    keys.claim(DeliveryClaim {
+        id: id.to_owned(),
+        kind: "customer.subscription.updated".to_owned(),
         created: 1_764_000_000,
-        api_version: Some("2025-03-31"),
-        object_id: Some("sub_1"),
-        payload: b"{}",
-    }
+        api_version: Some("2025-03-31".to_owned()),
+        object_id: Some("sub_1".to_owned()),
+        payload: b"{}".to_vec().into(),
+    });
+    keys
 }
 
 fn message(license_id: Option<Uuid>, n: i64) -> OutboxMessage {
@@ -106,24 +110,30 @@ async fn crash_child() {
     let Ok(path) = std::env::var(CHILD_DB_ENV) else { return };
     let store = SqliteStore::open(Path::new(&path)).await.unwrap();
     store.migrate().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_committed")).await.unwrap();
-    tx.upsert_customer("cus_committed", Some("user_crash")).await.unwrap();
-    tx.enqueue(&message(None, 1)).await.unwrap();
-    tx.finish_event("evt_committed", EventDisposition::Processed, None).await.unwrap();
-    tx.commit().await.unwrap();
+    let committed = Changeset {
+        new_customers: vec![NewCustomer {
+            id: Uuid::new_v4(),
+            stripe_customer_id: "cus_committed".into(),
+            user_id: Some("user_crash".into()),
+        }],
+        outbox: vec![message(None, 1)],
+        ..Changeset::default()
+    };
+    store.sync_stripe(claiming("evt_committed", "cus_committed"), move |_| (committed, ())).await.unwrap();
 
-    let mut open = store.begin().await.unwrap();
-    open.claim_event(&event("evt_uncommitted")).await.unwrap();
-    open.upsert_customer("cus_uncommitted", Some("user_crash")).await.unwrap();
-    open.enqueue(&message(None, 2)).await.unwrap();
-    // On a line of its own: libtest has already written "test crash_child ... ".
-    println!("\n{CHILD_READY}");
-    use std::io::Write;
-    std::io::stdout().flush().unwrap();
-    // Wait to be killed, holding the open transaction. Should the parent die
+    // Killed between its load (the claim is written) and its apply: the
+    // decision waits, holding the open transaction. Should the parent die
     // first, its end of stdin closes and the child leaves without committing.
-    let _ = std::io::stdin().read_line(&mut String::new());
+    let open = store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |bundle| -> (Changeset, ()) {
+        assert!(bundle.claimed.contains("evt_uncommitted"));
+        // On a line of its own: libtest has already written "test crash_child ... ".
+        println!("\n{CHILD_READY}");
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        let _ = std::io::stdin().read_line(&mut String::new());
+        std::process::exit(1)
+    });
+    let _ = open.await;
     std::process::exit(1);
 }
 
@@ -181,9 +191,9 @@ async fn committed_rows_survive_sigkill() {
     let outbox = store.outbox_after(0, None, 10).await.unwrap();
     assert_eq!(outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1]);
     // The dead process's write lock is gone with it.
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_uncommitted")).await.expect("the uncommitted claim died with its process");
-    tx.commit().await.unwrap();
+    let claimed =
+        store.sync_stripe(claiming("evt_uncommitted", "cus_uncommitted"), |b| (Changeset::default(), b.claimed));
+    assert!(claimed.await.unwrap().contains("evt_uncommitted"), "the uncommitted claim died with its process");
 }
 
 // ---------------------------------------------------------------------------

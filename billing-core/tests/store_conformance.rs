@@ -1,4 +1,5 @@
-//! The storage conformance suite: what `Store` and `StoreTx` promise, written
+//! The storage conformance suite: what `Store` (its Stripe seam `sync_stripe`
+//! included) and `StoreTx` promise, written
 //! once and run against the backend `TEST_STORE` selects: PostgreSQL (the
 //! default; a fresh database per test on `TEST_DATABASE_URL`) or, with
 //! `TEST_STORE=sqlite`, the embedded store (a fresh file per test).
@@ -15,15 +16,18 @@
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
-    Actor, Device, DeviceStatus, License, LicenseStatus, LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog,
-    PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp, Topic,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
+    Payment, PaymentStatus, Plan, PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus,
+    Timestamp, Topic,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::postgres::OUTBOX_CHANNEL;
-use billing_core::storage::{
-    EventDisposition, EventRecord, LockedSubscription, OutboxMessage, PaymentWrite, Store, StoreError, StoreTx,
+use billing_core::storage::stripe_sync::{
+    Changeset, DeliveryClaim, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert,
+    StripeBundle, StripeKeys, SubscriptionAudit,
 };
+use billing_core::storage::{EventRecord, OutboxMessage, Store, StoreError, StoreTx};
 // Webhooks to the vendor (issue 14).
 use billing_core::storage::{
     NewWebhookEndpoint, WebhookAttempt, WebhookAttemptRecord, WebhookClaim, WebhookDeliveryCursor,
@@ -33,7 +37,7 @@ use billing_core::stripe::WebhookSecrets;
 use billing_core::{Billing, BillingConfig};
 use deadpool_sqlite::rusqlite;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -137,6 +141,100 @@ impl TestDb {
                 })
                 .await
                 .unwrap()
+            }
+        }
+    }
+}
+
+impl TestDb {
+    /// Every row of every table, as sorted text: equal before and after a
+    /// unit of work exactly when it committed nothing.
+    async fn fingerprint(&self) -> Vec<String> {
+        let mut rows = match &self.location {
+            StoreLocation::Postgres(url) => {
+                let client = pg_connect(url).await;
+                let tables = client
+                    .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
+                    .await
+                    .unwrap();
+                let mut rows = Vec::new();
+                for table in tables.iter().map(|r| r.get::<_, String>(0)) {
+                    for row in client.query(&format!("SELECT t::text FROM {table} t"), &[]).await.unwrap() {
+                        rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+                    }
+                }
+                rows
+            }
+            StoreLocation::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let raw = sqlite_raw(&path);
+                    let mut tables = raw.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").unwrap();
+                    let tables: Vec<String> = tables.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+                    let mut rows = Vec::new();
+                    for table in tables {
+                        let mut statement = raw.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+                        let columns = statement.column_count();
+                        let mut result = statement.query([]).unwrap();
+                        while let Some(row) = result.next().unwrap() {
+                            let values: Vec<String> =
+                                (0..columns).map(|i| format!("{:?}", row.get_ref(i).unwrap())).collect();
+                            rows.push(format!("{table}: {}", values.join(",")));
+                        }
+                    }
+                    rows
+                })
+                .await
+                .unwrap()
+            }
+        };
+        rows.sort();
+        rows
+    }
+
+    /// Runs `sql` in a transaction of the test's own, past the store, and
+    /// leaves it open (on SQLite holding the file's write lock) until
+    /// [`Held::end`].
+    async fn hold(&self, sql: &str) -> Held {
+        match &self.location {
+            StoreLocation::Postgres(url) => {
+                let client = pg_connect(url).await;
+                client.batch_execute(&format!("BEGIN; {sql}")).await.unwrap();
+                Held::Postgres(client)
+            }
+            StoreLocation::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                let (begun, has_begun) = tokio::sync::oneshot::channel();
+                let (end, ending) = std::sync::mpsc::channel::<bool>();
+                let thread = tokio::task::spawn_blocking(move || {
+                    let raw = sqlite_raw(&path);
+                    raw.execute_batch(&format!("BEGIN IMMEDIATE; {sql}")).unwrap();
+                    begun.send(()).unwrap();
+                    let commit = ending.recv().unwrap_or(false);
+                    raw.execute_batch(if commit { "COMMIT" } else { "ROLLBACK" }).unwrap();
+                });
+                has_begun.await.unwrap();
+                Held::Sqlite(end, thread)
+            }
+        }
+    }
+}
+
+/// An open transaction of [`TestDb::hold`].
+enum Held {
+    Postgres(tokio_postgres::Client),
+    Sqlite(std::sync::mpsc::Sender<bool>, tokio::task::JoinHandle<()>),
+}
+
+impl Held {
+    /// Commits or rolls back.
+    async fn end(self, commit: bool) {
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        match self {
+            Held::Postgres(client) => client.batch_execute(end).await.unwrap(),
+            Held::Sqlite(ending, thread) => {
+                ending.send(commit).unwrap();
+                thread.await.unwrap();
             }
         }
     }
@@ -337,12 +435,11 @@ fn as_stored(sub: &Subscription) -> Subscription {
     }
 }
 
-/// Creates customer `cus`, subscription `sub_id` and its license; returns them.
+/// Creates customer `cus`, subscription `sub_id` and its license through one
+/// Stripe unit of work; returns them.
 async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) -> (Subscription, License) {
-    let mut tx = store.begin().await.unwrap();
-    let customer = tx.upsert_customer(cus, Some(user)).await.unwrap();
+    let customer = Uuid::new_v4();
     let sub = full_subscription(sub_id, cus, user);
-    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
     let license = License::for_subscription(
         sub.id,
         LicenseTerms {
@@ -353,9 +450,102 @@ async fn seed_license<S: Store>(store: &S, sub_id: &str, cus: &str, user: &str) 
             plan_id: Some("pro".to_owned()),
         },
     );
-    tx.insert_license(&license).await.unwrap();
-    tx.commit().await.unwrap();
+    let changes = Changeset {
+        new_customers: vec![NewCustomer {
+            id: customer,
+            stripe_customer_id: cus.to_owned(),
+            user_id: Some(user.into()),
+        }],
+        subscriptions: vec![HeldSubscription { subscription: sub.clone(), customer_id: customer }],
+        new_licenses: vec![license.clone()],
+        ..Changeset::default()
+    };
+    apply(store, keys(&[], &[sub_id], &[cus], &[]), changes).await.unwrap();
     (sub, license)
+}
+
+/// A delivery to claim, with the envelope facts of [`event`].
+fn claim(id: &str) -> DeliveryClaim {
+    DeliveryClaim {
+        id: id.to_owned(),
+        kind: "customer.subscription.updated".to_owned(),
+        created: 1_764_000_000,
+        api_version: Some("2025-03-31".to_owned()),
+        object_id: Some("sub_1".to_owned()),
+        payload: b"{}".to_vec().into(),
+    }
+}
+
+/// What a Stripe unit of work names: deliveries to claim, rows to lock.
+fn keys(claims: &[&str], subscriptions: &[&str], customers: &[&str], invoices: &[&str]) -> StripeKeys {
+    let set = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect();
+    let mut keys = StripeKeys {
+        subscriptions: set(subscriptions),
+        customers: set(customers),
+        invoices: set(invoices),
+        ..StripeKeys::default()
+    };
+    for id in claims {
+        keys.claim(claim(id));
+    }
+    keys
+}
+
+/// One Stripe unit of work that writes `changes` whatever it loads; returns
+/// what it loaded.
+async fn apply<S: Store>(store: &S, keys: StripeKeys, changes: Changeset) -> Result<StripeBundle, StoreError> {
+    store.sync_stripe(keys, move |bundle| (changes, bundle)).await
+}
+
+/// What a unit of work naming `keys` loads; it writes nothing but its claims.
+async fn load<S: Store>(store: &S, keys: StripeKeys) -> StripeBundle {
+    apply(store, keys, Changeset::default()).await.expect("load")
+}
+
+/// Customer `cus`, created, or linked to `user` when it has no user yet: the
+/// tests' find-or-create through the seam. Returns our id.
+async fn customer<S: Store>(store: &S, cus: &str, user: Option<&str>) -> Uuid {
+    let (stripe_id, user) = (cus.to_owned(), user.map(str::to_owned));
+    let decide = move |bundle: StripeBundle| {
+        let mut changes = Changeset::default();
+        let id = match bundle.customers.get(&stripe_id) {
+            Some(held) => {
+                if let (None, Some(user)) = (&held.user_id, user) {
+                    changes.customer_links.push((held.id, user));
+                }
+                held.id
+            }
+            None => {
+                let id = Uuid::new_v4();
+                changes.new_customers.push(NewCustomer { id, stripe_customer_id: stripe_id, user_id: user });
+                id
+            }
+        };
+        (changes, id)
+    };
+    store.sync_stripe(keys(&[], &[], &[cus], &[]), decide).await.unwrap()
+}
+
+/// A manual license of `user`: a row the remaining `StoreTx` writes can
+/// insert with no parent row.
+fn manual_license(user: &str) -> License {
+    License {
+        id: Uuid::new_v4(),
+        subscription_id: None,
+        source: LicenseSource::Manual,
+        user_id: Some(user.to_owned()),
+        key: LicenseKey::generate(),
+        terms: LicenseTerms {
+            status: LicenseStatus::Active,
+            max_devices: 1,
+            expires_at: None,
+            grace_ends_at: None,
+            plan_id: None,
+        },
+        entitlements: Vec::new(),
+        metadata: serde_json::Map::new(),
+        overrides: LicenseOverrides::default(),
+    }
 }
 
 fn device(license_id: Uuid, fingerprint: &str, seen: Timestamp) -> Device {
@@ -430,34 +620,40 @@ async fn migrating_twice_is_a_no_op() {
 
 #[tokio::test]
 async fn a_claimed_event_is_a_duplicate_and_a_failed_one_is_claimed_again() {
-    let (_db, store) = fresh_store().await;
+    let (db, store) = fresh_store().await;
+    let record = |id: &str, how| Changeset { deliveries: vec![(id.to_owned(), how)], ..Changeset::default() };
 
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_1")).await.unwrap();
-    tx.finish_event("evt_1", EventDisposition::Processed, Some("stale snapshot")).await.unwrap();
-    tx.commit().await.unwrap();
+    let first =
+        apply(&store, keys(&["evt_1"], &[], &[], &[]), record("evt_1", DeliveryRecord::Noted("stale snapshot")))
+            .await
+            .unwrap();
+    assert_eq!(first.claimed, HashSet::from(["evt_1".to_owned()]));
     let processed = Some(("processed".to_owned(), 1, None));
     assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed);
 
-    // A duplicate fails its transaction, at the claim or at the latest at
-    // the commit, which then commits nothing: neither what came after the
-    // claim (pipelined with the COMMIT on PostgreSQL) nor a read's writes.
-    let mut tx = store.begin().await.unwrap();
-    let outcome = async {
-        tx.claim_event(&event("evt_1")).await?;
-        tx.finish_event("evt_1", EventDisposition::Ignored, Some("overwritten")).await?;
-        tx.commit().await
+    // A duplicate is claimed by no one: it is absent from `claimed`, its row
+    // is left as it was, and the rest of its group applies.
+    let claimed_only = |bundle: StripeBundle| {
+        let mut changes = Changeset::default();
+        for id in &bundle.claimed {
+            changes.new_customers.push(NewCustomer {
+                id: Uuid::new_v4(),
+                stripe_customer_id: format!("cus_{id}"),
+                user_id: Some("user_duplicate".to_owned()),
+            });
+        }
+        (changes, bundle.claimed)
     };
-    assert!(matches!(outcome.await, Err(StoreError::AlreadyApplied)), "a duplicate claim");
-    let mut tx = store.begin().await.unwrap();
-    let outcome = async {
-        tx.claim_event(&event("evt_1")).await?;
-        tx.upsert_customer("cus_duplicate", Some("user_duplicate")).await?;
-        tx.commit().await
-    };
-    assert!(matches!(outcome.await, Err(StoreError::AlreadyApplied)), "a duplicate claim");
+    let claimed = store.sync_stripe(keys(&["evt_1", "evt_4"], &[], &[], &[]), claimed_only).await.unwrap();
+    assert_eq!(claimed, HashSet::from(["evt_4".to_owned()]), "a duplicate claim");
+    let before = db.fingerprint().await;
+    let claimed = store.sync_stripe(keys(&["evt_1"], &[], &[], &[]), claimed_only).await.unwrap();
+    assert!(claimed.is_empty(), "a duplicate claim");
+    assert_eq!(db.fingerprint().await, before, "a group of duplicates writes nothing");
     assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed, "unchanged");
-    assert!(store.stripe_customers_of_user("user_duplicate").await.unwrap().is_empty(), "nothing committed");
+    let duplicate = store.stripe_delivery("evt_1").await.unwrap().unwrap();
+    assert_eq!((duplicate.attempts, duplicate.note.as_deref()), (1, Some("stale snapshot")), "unchanged");
+    assert_eq!(store.stripe_customers_of_user("user_duplicate").await.unwrap(), ["cus_evt_4"], "nothing for evt_1");
     // A failure is not recorded over a processed delivery.
     store.record_event_failure(&event("evt_1"), "boom").await.unwrap();
     assert_eq!(store.webhook_event_status("evt_1").await.unwrap(), processed);
@@ -468,41 +664,270 @@ async fn a_claimed_event_is_a_duplicate_and_a_failed_one_is_claimed_again() {
         store.webhook_event_status("evt_2").await.unwrap(),
         Some(("failed".to_owned(), 2, Some("second failure".to_owned())))
     );
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_2")).await.expect("a failed delivery is claimed again");
-    tx.finish_event("evt_2", EventDisposition::Ignored, None).await.unwrap();
-    tx.commit().await.unwrap();
+    let again = apply(&store, keys(&["evt_2"], &[], &[], &[]), record("evt_2", DeliveryRecord::Ignored)).await.unwrap();
+    assert!(again.claimed.contains("evt_2"), "a failed delivery is claimed again");
     assert_eq!(store.webhook_event_status("evt_2").await.unwrap(), Some(("ignored".to_owned(), 3, None)));
 
-    // A claim rolled back is no claim.
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_3")).await.unwrap();
-    tx.upsert_customer("cus_3", None).await.unwrap();
-    drop(tx);
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_3")).await.unwrap();
-    tx.upsert_customer("cus_3", None).await.unwrap();
-    assert_eq!(store.webhook_event_status("evt_3").await.unwrap(), None, "uncommitted claims are invisible");
-    tx.commit().await.expect("the first claim was rolled back");
+    // A claim rolled back is no claim: here the apply fails (cus_evt_4 exists).
+    let failing = Changeset {
+        new_customers: vec![NewCustomer { id: Uuid::new_v4(), stripe_customer_id: "cus_evt_4".into(), user_id: None }],
+        ..Changeset::default()
+    };
+    let err = apply(&store, keys(&["evt_3"], &[], &[], &[]), failing).await.expect_err("a unique violation");
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    assert_eq!(store.webhook_event_status("evt_3").await.unwrap(), None, "rolled back with its unit of work");
+    let third = load(&store, keys(&["evt_3"], &[], &[], &[])).await;
+    assert!(third.claimed.contains("evt_3"), "the first claim was rolled back");
+    assert_eq!(store.webhook_event_status("evt_3").await.unwrap(), processed);
 }
 
 #[tokio::test]
-async fn upsert_customer_links_a_user_once_and_never_steals_it() {
+async fn a_claim_waits_for_an_uncommitted_claim_of_the_same_delivery() {
+    for commit in [false, true] {
+        let (db, store) = fresh_store().await;
+        let holder = db
+            .hold("INSERT INTO webhook_events (id, type, created, status) VALUES ('evt_race', 'held', 1, 'processed')")
+            .await;
+        assert_eq!(store.webhook_event_status("evt_race").await.unwrap(), None, "uncommitted claims are invisible");
+        let racing = tokio::spawn({
+            let store = store.clone();
+            async move { load(&store, keys(&["evt_race"], &[], &[], &[])).await.claimed }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!racing.is_finished(), "commit {commit}: the claim waits for the uncommitted one");
+        holder.end(commit).await;
+        let claimed = tokio::time::timeout(Duration::from_secs(10), racing).await.expect("no deadlock").unwrap();
+        let kind = store.stripe_delivery("evt_race").await.unwrap().expect("recorded").kind;
+        match commit {
+            true => {
+                assert!(claimed.is_empty(), "applied by the other transaction: a duplicate");
+                assert_eq!(kind, "held");
+            }
+            false => {
+                assert_eq!(claimed, HashSet::from(["evt_race".to_owned()]), "the other one rolled back");
+                assert_eq!(kind, "customer.subscription.updated", "recorded by this claim");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_group_claims_each_delivery_once() {
     let (_db, store) = fresh_store().await;
+    store.record_event_failure(&event("evt_failed"), "boom").await.unwrap();
+    load(&store, keys(&["evt_done"], &[], &[], &[])).await;
+
+    let mut group = keys(&["evt_new", "evt_failed", "evt_done"], &[], &[], &[]);
+    assert!(!group.claim(claim("evt_new")), "the group claims it already");
+    assert_eq!(
+        group.deliveries.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["evt_done", "evt_failed", "evt_new"]
+    );
+    let bundle = load(&store, group).await;
+    assert_eq!(
+        bundle.claimed,
+        HashSet::from(["evt_new".to_owned(), "evt_failed".to_owned()]),
+        "new and failed before; not the processed one"
+    );
+    assert_eq!(store.webhook_event_status("evt_new").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+    assert_eq!(store.webhook_event_status("evt_failed").await.unwrap(), Some(("processed".to_owned(), 2, None)));
+    assert_eq!(store.webhook_event_status("evt_done").await.unwrap(), Some(("processed".to_owned(), 1, None)));
+}
+
+#[tokio::test]
+async fn a_released_delivery_is_left_as_it_was_before_the_claim() {
+    let (db, store) = fresh_store().await;
+    store.record_event_failure(&event("evt_failed"), "first failure").await.unwrap();
+    store.record_event_failure(&event("evt_failed"), "second failure").await.unwrap();
+    let before = db.fingerprint().await;
+    let release = Changeset {
+        deliveries: vec![
+            ("evt_new".to_owned(), DeliveryRecord::Released("waits for Stripe")),
+            ("evt_failed".to_owned(), DeliveryRecord::Released("waits for Stripe")),
+        ],
+        ..Changeset::default()
+    };
+    let bundle = apply(&store, keys(&["evt_new", "evt_failed"], &[], &[], &[]), release).await.unwrap();
+    assert_eq!(bundle.claimed.len(), 2, "both were claimed");
+    assert_eq!(store.webhook_event_status("evt_new").await.unwrap(), None, "a new one leaves no row");
+    assert_eq!(
+        store.webhook_event_status("evt_failed").await.unwrap(),
+        Some(("failed".to_owned(), 2, Some("waits for Stripe".to_owned()))),
+        "a failed one is failed again, its attempts as before, with why it waits"
+    );
+    assert_eq!(db.fingerprint().await.len(), before.len(), "no row more or less");
+    let again = load(&store, keys(&["evt_new", "evt_failed"], &[], &[], &[])).await;
+    assert_eq!(again.claimed.len(), 2, "both are claimable again");
+    assert_eq!(store.webhook_event_status("evt_failed").await.unwrap(), Some(("processed".to_owned(), 3, None)));
+}
+
+#[tokio::test]
+async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
+    use billing_core::domain::subscription::SubscriptionChange;
+    let (db, store) = fresh_store().await;
+    let hook = endpoint(&store, &["license.updated"]).await;
+    let (sub, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    // Whole microseconds, so that what is written reads back equal.
+    let whole = LicenseTerms { expires_at: Some(at(1_766_592_000, 0)), ..license.terms.clone() };
+    let seen = at(1_764_000_500, 0);
+    let (a, b) = (device(license.id, "fp_a", seen), device(license.id, "fp_b", seen + time::Duration::seconds(1)));
     let mut tx = store.begin().await.unwrap();
-    let id = tx.upsert_customer("cus_1", None).await.unwrap();
-    assert_eq!(tx.upsert_customer("cus_1", None).await.unwrap(), id);
-    assert_eq!(tx.upsert_customer("cus_1", Some("user_1")).await.unwrap(), id, "linking keeps the id");
-    assert_eq!(tx.upsert_customer("cus_1", Some("user_2")).await.unwrap(), id);
-    let other = tx.upsert_customer("cus_2", Some("user_2")).await.unwrap();
-    assert_ne!(other, id);
+    tx.insert_device(&b, b"token-b").await.unwrap();
+    tx.insert_device(&a, b"token-a").await.unwrap();
     tx.commit().await.unwrap();
+    let customer_id = load(&store, keys(&[], &["sub_1"], &[], &[])).await.subscriptions["sub_1"].customer_id;
+
+    // A second subscription, issued its license with every column set, and
+    // the first one's license, devices and audit in the same changeset.
+    let sub_2 = full_subscription("sub_2", "cus_1", "user_1");
+    let issued = License {
+        entitlements: vec!["export".into()],
+        metadata: [("order".to_owned(), json!("R-2"))].into_iter().collect(),
+        overrides: LicenseOverrides {
+            max_devices: Some(5),
+            expires_at: Some(at(1_800_000_000, 0)),
+            suspended_at: None,
+        },
+        ..License::for_subscription(sub_2.id, LicenseTerms { max_devices: 5, ..whole.clone() })
+    };
+    let terms = LicenseTerms {
+        status: LicenseStatus::Suspended,
+        max_devices: 1,
+        grace_ends_at: Some(at(1_765_000_000, 0)),
+        ..whole.clone()
+    };
+    let off = at(1_764_000_900, 0);
+    let mut changes = Changeset {
+        subscriptions: vec![HeldSubscription { subscription: sub_2.clone(), customer_id }],
+        subscription_audit: vec![SubscriptionAudit {
+            subscription_id: sub_2.id,
+            change: SubscriptionChange::StatusChanged {
+                from: SubscriptionStatus::Incomplete,
+                to: SubscriptionStatus::Trialing,
+            },
+            actor: "stripe".into(),
+            stripe_event_id: Some("evt_2".into()),
+        }],
+        new_licenses: vec![issued.clone()],
+        device_statuses: vec![(a.id, DeviceStatus::Deactivated, off)],
+        device_audit: vec![
+            DeviceAudit {
+                device_id: a.id,
+                license_id: license.id,
+                kind: "deactivated",
+                actor: "stripe".into(),
+                detail: json!({ "why": "downgrade" }),
+            },
+            DeviceAudit {
+                device_id: b.id,
+                license_id: license.id,
+                kind: "kept",
+                actor: "stripe".into(),
+                detail: json!({}),
+            },
+        ],
+        outbox: (1..=3).map(|n| message(Some(license.id), n)).collect(),
+        ..Changeset::default()
+    };
+    changes.set_license_terms(license.id, LicenseTerms { max_devices: 2, ..terms.clone() });
+    changes.set_license_terms(license.id, terms.clone());
+    assert_eq!(changes.license_terms.len(), 1, "held once, in its last state");
+    apply(&store, keys(&[], &["sub_1", "sub_2"], &[], &[]), changes).await.unwrap();
+
+    let bundle = load(&store, keys(&[], &["sub_1", "sub_2"], &[], &[])).await;
+    assert_eq!(bundle.subscriptions["sub_2"], HeldSubscription { subscription: as_stored(&sub_2), customer_id });
+    assert_eq!(bundle.licenses.get(&sub_2.id), Some(&issued), "issued with every column");
+    assert_eq!(store.license_by_key_hash(&issued.key.lookup_hash()).await.unwrap(), Some(issued.clone()));
+    let first = &bundle.licenses[&sub.id];
+    assert_eq!(first.terms, terms, "the last terms");
+    let devices: Vec<_> =
+        bundle.devices[&license.id].iter().map(|d| (d.fingerprint.as_str(), d.status, d.deactivated_at)).collect();
+    assert_eq!(
+        devices,
+        [("fp_a", DeviceStatus::Deactivated, Some(off)), ("fp_b", DeviceStatus::Active, None)],
+        "oldest activation first, with their new statuses"
+    );
+    assert_eq!(bundle.devices.get(&issued.id), Some(&Vec::new()));
+    let audit = db.texts("SELECT kind || ':' || actor || ':' || device_id FROM device_changes ORDER BY id").await;
+    assert_eq!(audit, [format!("deactivated:stripe:{}", a.id), format!("kept:stripe:{}", b.id)], "in order");
+    let history = store.changes_of_user("user_1", 10).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|c| (c.subscription_id, c.to_status.as_deref(), c.stripe_event_id.as_deref()))
+            .collect::<Vec<_>>(),
+        [(sub_2.id, Some("trialing"), Some("evt_2"))]
+    );
+    let outbox = store.outbox_after(0, Some(license.id), 10).await.unwrap();
+    assert_eq!(outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3], "in order");
+    assert!(outbox.windows(2).all(|w| w[1].id == w[0].id + 1));
+    let messages = store.webhook_deliveries(hook, None, 10).await.unwrap();
+    assert_eq!(messages.len(), 3, "one vendor message per outbox row of a subscribed topic");
+    assert!(messages.iter().all(|m| m.event_type == "license.updated" && m.status == WebhookMessageStatus::Pending));
+}
+
+#[tokio::test]
+async fn a_failing_statement_in_the_apply_commits_nothing() {
+    let (db, store) = fresh_store().await;
+    let (sub, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let before = db.fingerprint().await;
+    let customer_id = load(&store, keys(&[], &["sub_1"], &[], &[])).await.subscriptions["sub_1"].customer_id;
+    let orphan = License::for_subscription(Uuid::new_v4(), license.terms.clone());
+    let moved = Subscription { source_created: sub.source_created + 1, ..sub.clone() };
+    let everything = |failing: Changeset| Changeset {
+        deliveries: vec![("evt_x".to_owned(), DeliveryRecord::Noted("applied"))],
+        subscriptions: vec![HeldSubscription { subscription: moved.clone(), customer_id }],
+        license_terms: vec![(license.id, LicenseTerms { max_devices: 9, ..license.terms.clone() })],
+        outbox: vec![message(Some(license.id), 1)],
+        ..failing
+    };
+    for (case, failing) in [
+        (
+            "a customer that exists (the first statement)",
+            Changeset {
+                new_customers: vec![NewCustomer {
+                    id: Uuid::new_v4(),
+                    stripe_customer_id: "cus_1".into(),
+                    user_id: None,
+                }],
+                ..Changeset::default()
+            },
+        ),
+        (
+            "a license of no subscription (a later one)",
+            Changeset { new_licenses: vec![orphan.clone()], ..Changeset::default() },
+        ),
+    ] {
+        let err =
+            apply(&store, keys(&["evt_x"], &["sub_1"], &["cus_1"], &[]), everything(failing)).await.expect_err(case);
+        assert!(matches!(err, StoreError::Query(_)), "{case}: {err:?}");
+        assert!(!error_chain(&err).contains(orphan.key.expose()), "no row contents in errors");
+        assert_eq!(db.fingerprint().await, before, "{case}: nothing committed");
+    }
+    assert!(store.outbox_after(0, None, 10).await.unwrap().is_empty());
+    assert!(load(&store, keys(&["evt_x"], &[], &[], &[])).await.claimed.contains("evt_x"), "claimable again");
+}
+
+#[tokio::test]
+async fn new_customers_and_links_give_a_user_once_and_never_steal_it() {
+    let (_db, store) = fresh_store().await;
+    let id = customer(&store, "cus_1", None).await;
+    assert_eq!(customer(&store, "cus_1", None).await, id, "loaded, not created again");
+    let held = load(&store, keys(&[], &[], &["cus_1", "cus_missing"], &[])).await.customers;
+    assert_eq!(held, HashMap::from([("cus_1".to_owned(), HeldCustomer { id, user_id: None })]));
+
+    assert_eq!(customer(&store, "cus_1", Some("user_1")).await, id, "linking keeps the id");
+    // A link to a customer that has a user already changes nothing.
+    let steal = Changeset { customer_links: vec![(id, "user_2".to_owned())], ..Changeset::default() };
+    apply(&store, keys(&[], &[], &["cus_1"], &[]), steal).await.unwrap();
+    let other = customer(&store, "cus_2", Some("user_2")).await;
+    assert_ne!(other, id);
+    let held = load(&store, keys(&[], &[], &["cus_1"], &[])).await.customers;
+    assert_eq!(held["cus_1"], HeldCustomer { id, user_id: Some("user_1".to_owned()) });
 
     assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1"]);
     assert_eq!(store.stripe_customers_of_user("user_2").await.unwrap(), ["cus_2"], "cus_1 is not stolen");
-    let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_3", Some("user_1")).await.unwrap();
-    tx.commit().await.unwrap();
+    customer(&store, "cus_3", Some("user_1")).await;
     assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1", "cus_3"], "oldest first");
 }
 
@@ -510,23 +935,20 @@ async fn upsert_customer_links_a_user_once_and_never_steals_it() {
 async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precision() {
     let (_db, store) = fresh_store().await;
     let sub = full_subscription("sub_1", "cus_1", "user_1");
+    let sub_1 = || keys(&[], &["sub_1"], &["cus_1"], &[]);
 
-    let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), None);
-    let customer = tx.upsert_customer("cus_1", None).await.unwrap();
-    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
-    let locked = LockedSubscription {
-        subscription: as_stored(&sub),
-        customer_id: customer,
-        customer_user_id: None,
-        license: None,
+    let customer = Uuid::new_v4();
+    let first = Changeset {
+        new_customers: vec![NewCustomer { id: customer, stripe_customer_id: "cus_1".into(), user_id: None }],
+        subscriptions: vec![HeldSubscription { subscription: sub.clone(), customer_id: customer }],
+        ..Changeset::default()
     };
-    assert_eq!(tx.lock_subscription("sub_1").await.unwrap(), Some(locked), "read inside the transaction");
-    tx.commit().await.unwrap();
+    let before = apply(&store, sub_1(), first).await.unwrap();
+    assert!(before.subscriptions.is_empty() && before.customers.is_empty(), "nothing held yet");
 
-    let mut tx = store.begin().await.unwrap();
-    let held = tx.lock_subscription("sub_1").await.unwrap().expect("saved").subscription;
-    assert_eq!(held, as_stored(&sub));
+    let held = load(&store, sub_1()).await.subscriptions.remove("sub_1").expect("saved");
+    assert_eq!(held, HeldSubscription { subscription: as_stored(&sub), customer_id: customer });
+    let held = held.subscription;
     // Like PostgreSQL: sub-microsecond digits are cut toward 2000-01-01, so
     // earlier instants round up.
     assert_eq!(held.snapshot.cancel_at, Some(datetime!(2025-12-24 16:00:00.999999 UTC)));
@@ -552,20 +974,50 @@ async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precisio
         source_created: held.source_created + 1,
         ..held.clone()
     };
-    tx.save_subscription(customer, &next, &Actor::System, &[]).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.lock_subscription("sub_1").await.unwrap().map(|l| l.subscription), Some(next.clone()));
-    drop(tx);
+    let update = Changeset {
+        subscriptions: vec![HeldSubscription { subscription: next.clone(), customer_id: customer }],
+        ..Changeset::default()
+    };
+    apply(&store, sub_1(), update).await.unwrap();
+    let bundle = load(&store, sub_1()).await;
+    assert_eq!(bundle.subscriptions["sub_1"].subscription, next);
 
     // The customer's user, not the snapshot's, decides whose it is.
     assert!(store.subscriptions_of_user("user_1").await.unwrap().is_empty());
-    let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
-    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("saved");
-    assert_eq!((locked.customer_id, locked.customer_user_id.as_deref()), (customer, Some("user_1")));
-    tx.commit().await.unwrap();
+    assert_eq!(bundle.customers["cus_1"], HeldCustomer { id: customer, user_id: None });
+    customer_link(&store, customer, "user_1").await;
+    let bundle = load(&store, sub_1()).await;
+    assert_eq!(bundle.subscriptions["sub_1"].customer_id, customer);
+    assert_eq!(bundle.customers["cus_1"].user_id.as_deref(), Some("user_1"));
     assert_eq!(store.subscriptions_of_user("user_1").await.unwrap(), [next]);
+}
+
+async fn customer_link<S: Store>(store: &S, customer: Uuid, user: &str) {
+    let link = Changeset { customer_links: vec![(customer, user.to_owned())], ..Changeset::default() };
+    apply(store, StripeKeys::default(), link).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subscription_written_twice_in_one_changeset_is_stored_in_its_last_state() {
+    let (_db, store) = fresh_store().await;
+    let customer = Uuid::new_v4();
+    let sub = full_subscription("sub_1", "cus_1", "user_1");
+    let last = Subscription {
+        snapshot: SubscriptionSnapshot { status: SubscriptionStatus::Active, ..sub.snapshot.clone() },
+        source_created: sub.source_created + 5,
+        ..sub.clone()
+    };
+    let mut changes = Changeset {
+        new_customers: vec![NewCustomer { id: customer, stripe_customer_id: "cus_1".into(), user_id: None }],
+        ..Changeset::default()
+    };
+    changes.save_subscription(HeldSubscription { subscription: sub.clone(), customer_id: customer });
+    changes.save_subscription(HeldSubscription { subscription: last.clone(), customer_id: customer });
+    assert_eq!(changes.subscriptions.len(), 1, "held once");
+    apply(&store, keys(&[], &["sub_1"], &[], &[]), changes).await.unwrap();
+    let held = load(&store, keys(&[], &["sub_1"], &[], &[])).await.subscriptions;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held["sub_1"].subscription, as_stored(&last));
 }
 
 #[tokio::test]
@@ -580,13 +1032,29 @@ async fn a_saved_subscription_carries_its_audit_rows_in_order() {
         SubscriptionChange::StatusChanged { from: SubscriptionStatus::PastDue, to: SubscriptionStatus::Canceled },
     ];
 
-    let mut tx = store.begin().await.unwrap();
-    let customer = tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
-    tx.save_subscription(customer, &sub, &actor, &changes).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    tx.save_subscription(customer, &sub, &Actor::System, &[]).await.unwrap();
-    tx.commit().await.unwrap();
+    let customer = Uuid::new_v4();
+    let held = HeldSubscription { subscription: sub.clone(), customer_id: customer };
+    let first = Changeset {
+        new_customers: vec![NewCustomer {
+            id: customer,
+            stripe_customer_id: "cus_1".into(),
+            user_id: Some("user_1".into()),
+        }],
+        subscriptions: vec![held.clone()],
+        subscription_audit: changes
+            .iter()
+            .map(|change| SubscriptionAudit {
+                subscription_id: sub.id,
+                change: change.clone(),
+                actor: actor.label(),
+                stripe_event_id: Some("evt_7".to_owned()),
+            })
+            .collect(),
+        ..Changeset::default()
+    };
+    apply(&store, keys(&[], &["sub_1"], &[], &[]), first).await.unwrap();
+    let again = Changeset { subscriptions: vec![held], ..Changeset::default() };
+    apply(&store, keys(&[], &["sub_1"], &[], &[]), again).await.unwrap();
 
     let rows = store.changes_of_user("user_1", 10).await.unwrap();
     let read: Vec<_> = rows
@@ -612,6 +1080,7 @@ async fn a_saved_subscription_carries_its_audit_rows_in_order() {
         "oldest first here; a save without changes adds none"
     );
     assert!(rows.iter().all(|c| c.kind == "status_changed"));
+    assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "ids drawn in the changeset's order");
 }
 
 #[tokio::test]
@@ -629,13 +1098,12 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     let seen = at(1_764_000_500, 987_654_321);
     let a = device(stored_license.id, "fp_a", seen);
     let b = device(stored_license.id, "fp_b", seen + time::Duration::seconds(1));
+    let bundle = load(&store, keys(&[], &["sub_1"], &[], &[])).await;
+    assert_eq!(bundle.licenses.get(&sub.id), Some(&stored_license), "loaded with its subscription");
+    assert_eq!(bundle.devices.get(&stored_license.id), Some(&Vec::new()), "a license without devices has none");
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.lock_license_by_key_hash(&hash).await.unwrap().as_ref(), Some(&stored_license));
     assert_eq!(tx.lock_license(stored_license.id).await.unwrap().as_ref(), Some(&stored_license));
-    assert_eq!(tx.license_of_subscription(sub.id).await.unwrap().as_ref(), Some(&stored_license));
-    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("seeded");
-    assert_eq!(locked.license.as_ref(), Some(&stored_license), "locked with its subscription");
-    assert_eq!(tx.license_of_stripe_subscription("sub_1").await.unwrap().as_ref(), Some(&stored_license));
     tx.insert_device(&a, b"token-a").await.unwrap();
     tx.insert_device(&b, b"token-b").await.unwrap();
     tx.record_device_change(&a, "activated", &Actor::System, json!({ "new_slot": true })).await.unwrap();
@@ -650,6 +1118,9 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
         deactivated_at: d.deactivated_at.map(as_postgres_keeps),
         ..d.clone()
     };
+    let bundle = load(&store, keys(&[], &["sub_1"], &[], &[])).await;
+    assert_eq!(bundle.licenses.get(&sub.id), Some(&stored_license));
+    assert_eq!(bundle.devices.get(&stored_license.id), Some(&vec![keep(&a), keep(&b)]), "oldest activation first");
     assert_eq!(store.device_by_token_hash(b"token-a").await.unwrap(), Some(keep(&a)));
     let key_hash = stored_license.key.lookup_hash();
     let (license, device) = store.license_and_device(&key_hash, Some("fp_b")).await.unwrap();
@@ -683,7 +1154,8 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert_eq!(store.device_by_token_hash(b"token-b").await.unwrap(), None, "the old token is gone");
     assert_eq!(store.device_by_token_hash(b"token-b2").await.unwrap(), Some(keep(&again)));
 
-    // Payments: inserted, then only moved forward.
+    // Payments: inserted, then updated; what is held is loaded by invoice,
+    // and a paid one marks its subscription.
     let failed = Payment {
         stripe_invoice_id: "in_1".to_owned(),
         stripe_customer_id: "cus_1".to_owned(),
@@ -694,31 +1166,37 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
         paid_at: None,
     };
     let paid = Payment { status: PaymentStatus::Paid, paid_at: Some(at(1_764_000_100, 777)), ..failed.clone() };
-    let mut tx = store.begin().await.unwrap();
-    let customer = tx.upsert_customer("cus_1", None).await.unwrap();
-    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Inserted);
-    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged);
-    assert!(!tx.has_paid_invoice("sub_1").await.unwrap(), "a failed invoice proves nothing");
-    assert_eq!(
-        tx.upsert_payment(customer, &paid).await.unwrap(),
-        PaymentWrite::Updated { from: PaymentStatus::Failed }
-    );
-    assert_eq!(tx.upsert_payment(customer, &failed).await.unwrap(), PaymentWrite::Unchanged, "paid is final");
-    assert!(tx.has_paid_invoice("sub_1").await.unwrap(), "seen by the transaction that wrote it");
-    assert!(!tx.has_paid_invoice("sub_2").await.unwrap());
-    tx.mark_customer_deleted(customer).await.unwrap();
-    tx.mark_customer_deleted(customer).await.unwrap();
-    tx.record_change(
-        sub.id,
-        &Actor::Stripe { event_id: "evt_9".to_owned() },
-        &billing_core::domain::subscription::SubscriptionChange::StatusChanged {
-            from: SubscriptionStatus::Trialing,
-            to: SubscriptionStatus::Active,
-        },
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let customer = customer(&store, "cus_1", None).await;
+    let payment_keys = || keys(&[], &["sub_1", "sub_2"], &[], &["in_1", "in_2"]);
+    let upsert = |payment: &Payment, new| Changeset {
+        payments: vec![PaymentUpsert { customer_id: customer, payment: payment.clone(), new }],
+        ..Changeset::default()
+    };
+    let before = apply(&store, payment_keys(), upsert(&failed, true)).await.unwrap();
+    assert!(before.payments.is_empty() && before.paid_subscriptions.is_empty(), "nothing held yet");
+    let held = load(&store, payment_keys()).await;
+    assert_eq!(held.payments, HashMap::from([("in_1".to_owned(), PaymentStatus::Failed)]));
+    assert!(held.paid_subscriptions.is_empty(), "a failed invoice proves nothing");
+    let moved = Changeset {
+        deleted_customers: vec![customer],
+        subscription_audit: vec![SubscriptionAudit {
+            subscription_id: sub.id,
+            change: billing_core::domain::subscription::SubscriptionChange::StatusChanged {
+                from: SubscriptionStatus::Trialing,
+                to: SubscriptionStatus::Active,
+            },
+            actor: Actor::Stripe { event_id: "evt_9".to_owned() }.label(),
+            stripe_event_id: Some("evt_9".to_owned()),
+        }],
+        ..upsert(&paid, false)
+    };
+    apply(&store, payment_keys(), moved).await.unwrap();
+    let held = load(&store, payment_keys()).await;
+    assert_eq!(held.payments, HashMap::from([("in_1".to_owned(), PaymentStatus::Paid)]));
+    assert_eq!(held.paid_subscriptions, HashSet::from(["sub_1".to_owned()]), "committed; not sub_2");
+    let deleted_at = db.texts("SELECT CAST(deleted_at AS TEXT) FROM customers WHERE deleted_at IS NOT NULL").await;
+    let deleted_again = Changeset { deleted_customers: vec![customer], ..Changeset::default() };
+    apply(&store, StripeKeys::default(), deleted_again).await.unwrap();
     let payments = store.payments_of_user("user_1", 10).await.unwrap();
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].payment, Payment { paid_at: Some(at(1_764_000_100, 0)), ..paid });
@@ -731,11 +1209,13 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert_eq!((changes[0].actor.as_str(), changes[0].stripe_event_id.as_deref()), ("stripe", Some("evt_9")));
     assert_eq!(changes[0].subscription_id, sub.id);
     assert!(matches!(store.changes_of_user("user_1", -1).await, Err(StoreError::Query(_))), "negative LIMIT");
-    let mut tx = store.begin().await.unwrap();
-    assert!(tx.has_paid_invoice("sub_1").await.unwrap(), "committed");
-    tx.commit().await.unwrap();
     let deleted = db.texts("SELECT stripe_customer_id FROM customers WHERE deleted_at IS NOT NULL").await;
-    assert_eq!(deleted, ["cus_1"], "marked once, kept with its history");
+    assert_eq!(deleted, ["cus_1"], "marked, kept with its history");
+    assert_eq!(
+        db.texts("SELECT CAST(deleted_at AS TEXT) FROM customers WHERE deleted_at IS NOT NULL").await,
+        deleted_at,
+        "marked once: a second deletion keeps the first's time"
+    );
 }
 
 #[tokio::test]
@@ -777,9 +1257,10 @@ async fn outbox_ids_increase_and_rows_appear_only_after_commit() {
 async fn a_dropped_transaction_rolls_back_and_frees_what_it_held() {
     let (_db, store) = fresh_store().await;
     let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let manual = manual_license("user_2");
 
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_dropped", Some("user_2")).await.unwrap();
+    tx.insert_license(&manual).await.unwrap();
     tx.insert_device(&device(license.id, "fp", Timestamp::now_utc()), b"token").await.unwrap();
     tx.enqueue(&message(Some(license.id), 1)).await.unwrap();
     drop(tx);
@@ -789,10 +1270,12 @@ async fn a_dropped_transaction_rolls_back_and_frees_what_it_held() {
     let mut tx = store.begin().await.unwrap();
     assert!(tx.lock_device_by_token_hash(b"token").await.unwrap().is_none());
     assert!(tx.devices_of_license(license.id).await.unwrap().is_empty());
-    tx.upsert_customer("cus_dropped", Some("user_3")).await.unwrap();
+    assert!(tx.lock_license(manual.id).await.unwrap().is_none());
+    let taken = License { user_id: Some("user_3".to_owned()), ..manual.clone() };
+    tx.insert_license(&taken).await.unwrap();
     tx.commit().await.unwrap();
-    assert!(store.stripe_customers_of_user("user_2").await.unwrap().is_empty());
-    assert_eq!(store.stripe_customers_of_user("user_3").await.unwrap(), ["cus_dropped"]);
+    assert!(store.licenses_of_user("user_2").await.unwrap().is_empty());
+    assert_eq!(store.licenses_of_user("user_3").await.unwrap(), [taken]);
     assert_eq!(store.latest_outbox_id().await.unwrap(), 0);
 }
 
@@ -800,7 +1283,8 @@ async fn a_dropped_transaction_rolls_back_and_frees_what_it_held() {
 async fn a_failed_statement_aborts_the_transaction() {
     let (_db, store) = fresh_store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    let first = manual_license("user_1");
+    tx.insert_license(&first).await.unwrap();
     let orphan = License::for_subscription(
         Uuid::new_v4(),
         LicenseTerms {
@@ -815,7 +1299,7 @@ async fn a_failed_statement_aborts_the_transaction() {
     // whose results nobody reads back and pipelines them ahead of the next
     // read or the commit (ARCHITECTURE.md), so it reports it there.
     let inserted = tx.insert_license(&orphan).await;
-    let next = tx.upsert_customer("cus_2", None).await;
+    let next = tx.lock_license(first.id).await;
     let err = match (backend(), inserted, next) {
         (_, Err(err), Err(_)) => err,
         (Backend::Postgres, Ok(()), Err(err)) => err,
@@ -823,14 +1307,14 @@ async fn a_failed_statement_aborts_the_transaction() {
     };
     assert!(matches!(err, StoreError::Query(_)), "{err:?}");
     assert!(!error_chain(&err).contains(orphan.key.expose()), "no row contents in errors");
-    assert!(tx.upsert_customer("cus_3", None).await.is_err(), "further statements are refused");
+    assert!(tx.license(first.id).await.is_err(), "further statements are refused");
     assert!(tx.commit().await.is_err(), "commit of an aborted transaction fails");
 
-    assert!(store.stripe_customers_of_user("user_1").await.unwrap().is_empty(), "rolled back");
+    assert!(store.licenses_of_user("user_1").await.unwrap().is_empty(), "rolled back");
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    tx.insert_license(&first).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1"]);
+    assert_eq!(store.licenses_of_user("user_1").await.unwrap(), [first]);
 }
 
 #[tokio::test]
@@ -838,7 +1322,7 @@ async fn a_failed_write_fails_the_commit() {
     // Nothing read after the failing write: the commit is where it shows.
     let (_db, store) = fresh_store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_1", Some("user_1")).await.unwrap();
+    tx.insert_license(&manual_license("user_1")).await.unwrap();
     let ghost = device(Uuid::new_v4(), "fp", Timestamp::now_utc());
     let outcome = match tx.insert_device(&ghost, b"token").await {
         Err(err) => Err(err),
@@ -846,19 +1330,19 @@ async fn a_failed_write_fails_the_commit() {
     };
     let err = outcome.expect_err("foreign keys are enforced");
     assert!(matches!(err, StoreError::Query(_)), "{err:?}");
-    assert!(store.stripe_customers_of_user("user_1").await.unwrap().is_empty(), "rolled back");
+    assert!(store.licenses_of_user("user_1").await.unwrap().is_empty(), "rolled back");
     assert_eq!(store.device_by_token_hash(b"token").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
     let (_db, store) = fresh_store().await;
+    let manual = manual_license("user_cancelled");
     let mut tx = store.begin().await.unwrap();
     {
-        let record = event("evt_cancelled");
         let work = async {
-            tx.claim_event(&record).await?;
-            tx.upsert_customer("cus_cancelled", Some("user_cancelled")).await
+            tx.insert_license(&manual).await?;
+            tx.lock_license(manual.id).await
         };
         tokio::pin!(work);
         // Polled once, then abandoned, whether or not the statements finished.
@@ -866,9 +1350,51 @@ async fn a_statement_cancelled_mid_flight_leaves_no_transaction_behind() {
     }
     drop(tx);
     let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&event("evt_cancelled")).await.unwrap();
-    tx.commit().await.expect("the abandoned claim was rolled back");
-    assert!(store.stripe_customers_of_user("user_cancelled").await.unwrap().is_empty());
+    tx.insert_license(&manual).await.unwrap();
+    tx.commit().await.expect("the abandoned insert was rolled back");
+    assert_eq!(store.licenses_of_user("user_cancelled").await.unwrap(), [manual]);
+}
+
+#[tokio::test]
+async fn a_stripe_unit_of_work_abandoned_mid_flight_is_all_or_nothing() {
+    let (db, store) = fresh_store().await;
+    {
+        let changes = Changeset {
+            new_customers: vec![NewCustomer {
+                id: Uuid::new_v4(),
+                stripe_customer_id: "cus_cancelled".into(),
+                user_id: Some("user_cancelled".into()),
+            }],
+            ..Changeset::default()
+        };
+        let work = apply(&store, keys(&["evt_cancelled"], &[], &["cus_cancelled"], &[]), changes);
+        tokio::pin!(work);
+        // Polled once, then abandoned (as when a client hangs up).
+        let _ = futures_util::poll!(work.as_mut());
+    }
+    if backend() == Backend::Postgres {
+        // Nothing went further than the load: no session is left inside it.
+        let idle_in_transaction = "SELECT count(*) FROM pg_stat_activity
+                                    WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while db.count(idle_in_transaction).await > 0 {
+            assert!(std::time::Instant::now() < deadline, "a session was left in a transaction");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // SQLite may have handed the work to its writer before it was abandoned,
+    // and then commits it whole; PostgreSQL rolls it back. Never half.
+    let next = tokio::time::timeout(Duration::from_secs(10), load(&store, keys(&["evt_cancelled"], &[], &[], &[])))
+        .await
+        .expect("nothing left locked");
+    let customers = store.stripe_customers_of_user("user_cancelled").await.unwrap();
+    match next.claimed.contains("evt_cancelled") {
+        true => assert!(customers.is_empty(), "the abandoned claim was rolled back with its writes"),
+        false => assert_eq!(customers, ["cus_cancelled"], "the abandoned claim was committed with its writes"),
+    }
+    if backend() == Backend::Postgres {
+        assert!(next.claimed.contains("evt_cancelled"), "PostgreSQL: rolled back");
+    }
 }
 
 #[tokio::test]
@@ -896,10 +1422,21 @@ async fn watch_outbox_signals_after_commit_and_not_after_rollback() {
     drop(tx);
     // Once the next transaction has begun, the rollback is over.
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_customer("cus_1", None).await.unwrap();
+    tx.insert_license(&manual_license("user_1")).await.unwrap();
     tx.commit().await.unwrap();
+    customer(&store, "cus_1", None).await;
     assert_not_woken(backend, &mut log, &mut watch, "neither a rollback nor a commit without outbox rows signals")
         .await;
+
+    // A Stripe unit of work with outbox rows signals like any commit of them.
+    let announced = Changeset { outbox: vec![message(None, 3), message(None, 4)], ..Changeset::default() };
+    apply(&store, StripeKeys::default(), announced).await.unwrap();
+    assert_woken(backend, &mut watch, "signalled once sync_stripe returned").await;
+    if let Some(log) = &mut log {
+        assert_eq!(log.sent_since_last().await, [""], "one NOTIFY for the unit of work");
+        assert_woken(backend, &mut watch, "the marker reaches the watcher").await;
+    }
+    assert!(watch.try_recv().is_err(), "one wake-up for the unit of work");
 
     // Clones' watchers hear every commit; several commits before a read
     // leave one wake-up.
@@ -994,24 +1531,40 @@ async fn concurrent_transactions_serialise_without_deadlock_or_busy_errors() {
                 for round in 0..ROUNDS {
                     // A read-modify-write on one row: lost updates would show
                     // in the final count, and parallel first deliveries would
-                    // both try to insert.
-                    let mut tx = store.begin().await?;
+                    // both try to insert (the customer and the subscription).
                     let event_id = format!("evt_{task}_{round}");
-                    tx.claim_event(&event(&event_id)).await?;
-                    let customer = tx.upsert_customer("cus_shared", Some("user_1")).await?;
-                    let next = match tx.lock_subscription("sub_shared").await? {
-                        Some(held) => {
-                            let held = held.subscription;
-                            Subscription { source_created: held.source_created + 1, ..held }
-                        }
-                        None => {
-                            Subscription { source_created: 1, ..full_subscription("sub_shared", "cus_shared", "u") }
-                        }
-                    };
-                    tx.save_subscription(customer, &next, &Actor::System, &[]).await?;
-                    tx.enqueue(&message(None, next.source_created)).await?;
-                    tx.finish_event(&event_id, EventDisposition::Processed, None).await?;
-                    tx.commit().await?;
+                    let keys = keys(&[event_id.as_str()], &["sub_shared"], &["cus_shared"], &[]);
+                    let claimed = store
+                        .sync_stripe(keys, move |bundle| {
+                            let mut changes = Changeset::default();
+                            let customer_id = match bundle.customers.get("cus_shared") {
+                                Some(held) => held.id,
+                                None => {
+                                    let id = Uuid::new_v4();
+                                    changes.new_customers.push(NewCustomer {
+                                        id,
+                                        stripe_customer_id: "cus_shared".into(),
+                                        user_id: Some("user_1".into()),
+                                    });
+                                    id
+                                }
+                            };
+                            let next = match bundle.subscriptions.get("sub_shared") {
+                                Some(held) => {
+                                    let held = held.subscription.clone();
+                                    Subscription { source_created: held.source_created + 1, ..held }
+                                }
+                                None => Subscription {
+                                    source_created: 1,
+                                    ..full_subscription("sub_shared", "cus_shared", "u")
+                                },
+                            };
+                            changes.outbox.push(message(None, next.source_created));
+                            changes.save_subscription(HeldSubscription { subscription: next, customer_id });
+                            (changes, bundle.claimed)
+                        })
+                        .await?;
+                    assert_eq!(claimed, HashSet::from([event_id]));
                 }
                 Ok::<_, StoreError>(())
             })
@@ -1036,6 +1589,61 @@ async fn concurrent_transactions_serialise_without_deadlock_or_busy_errors() {
     assert_eq!(outbox.len() as i64, TASKS * ROUNDS);
     let counters: Vec<i64> = outbox.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect();
     assert_eq!(counters, (1..=TASKS * ROUNDS).collect::<Vec<_>>(), "ids follow commit order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_units_of_work_on_one_subscription_serialise_and_the_second_sees_the_first() {
+    let (db, store) = fresh_store().await;
+    let customer = customer(&store, "cus_1", Some("user_1")).await;
+    // Both start while the subscription's lock is held elsewhere, so they
+    // are certainly concurrent (on SQLite: the file's write lock).
+    let holder = match backend() {
+        Backend::Postgres => db.hold("SELECT pg_advisory_xact_lock(hashtextextended('sub_1', 0))").await,
+        Backend::Sqlite => db.hold("").await,
+    };
+    let increment = |store: AnyStore| async move {
+        store
+            .sync_stripe(keys(&[], &["sub_1"], &[], &[]), move |bundle| {
+                let seen = bundle.subscriptions.get("sub_1").map(|h| h.subscription.source_created);
+                let next = match bundle.subscriptions.get("sub_1") {
+                    Some(held) => Subscription {
+                        source_created: held.subscription.source_created + 1,
+                        ..held.subscription.clone()
+                    },
+                    None => Subscription { source_created: 1, ..full_subscription("sub_1", "cus_1", "user_1") },
+                };
+                let changes = Changeset {
+                    subscriptions: vec![HeldSubscription { subscription: next, customer_id: customer }],
+                    ..Changeset::default()
+                };
+                (changes, seen)
+            })
+            .await
+            .unwrap()
+    };
+    let first = tokio::spawn(increment(store.clone()));
+    let second = tokio::spawn(increment(store.clone()));
+    if backend() == Backend::Postgres {
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                        WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.count(waiting).await < 2 {
+            assert!(std::time::Instant::now() < deadline, "both wait for the subscription");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!first.is_finished() && !second.is_finished(), "both wait for the held lock");
+    holder.end(false).await;
+    let within = Duration::from_secs(10);
+    let mut seen = [
+        tokio::time::timeout(within, first).await.expect("no deadlock").unwrap(),
+        tokio::time::timeout(within, second).await.expect("no deadlock").unwrap(),
+    ];
+    seen.sort();
+    assert_eq!(seen, [None, Some(1)], "one inserted, the other loaded its commit");
+    assert_eq!(store.subscriptions_of_user("user_1").await.unwrap()[0].source_created, 2, "no lost update");
 }
 
 // ---------------------------------------------------------------------------
@@ -1641,12 +2249,18 @@ async fn the_sqlite_store_gives_the_same_results_as_the_postgres_store() {
 
     // Instants at the edges of microsecond truncation come back the same.
     async fn round_trip<S: Store>(store: &S, sub: &Subscription) -> Subscription {
-        let mut tx = store.begin().await.unwrap();
-        let customer = tx.upsert_customer("cus_edges", Some("user_edges")).await.unwrap();
-        tx.save_subscription(customer, sub, &Actor::System, &[]).await.unwrap();
-        tx.commit().await.unwrap();
-        let mut tx = store.begin().await.unwrap();
-        tx.lock_subscription("sub_edges").await.unwrap().expect("saved").subscription
+        let customer_id = customer(store, "cus_edges", Some("user_edges")).await;
+        let save = Changeset {
+            subscriptions: vec![HeldSubscription { subscription: sub.clone(), customer_id }],
+            ..Changeset::default()
+        };
+        apply(store, keys(&[], &["sub_edges"], &[], &[]), save).await.unwrap();
+        load(store, keys(&[], &["sub_edges"], &[], &[]))
+            .await
+            .subscriptions
+            .remove("sub_edges")
+            .expect("saved")
+            .subscription
     }
     let sub = full_subscription("sub_edges", "cus_edges", "user_edges");
     let from_pg = round_trip(&pg_store, &sub).await;
@@ -1699,7 +2313,6 @@ async fn a_commit_abandoned_mid_flight_leaves_no_transaction_open() {
 // ---------------------------------------------------------------------------
 
 use billing_core::domain::cursor::{AuditSource, CustomerCursor, DeliveryCursor};
-use billing_core::domain::LicenseKey;
 use billing_core::storage::admin_reads::{AdminReadStore, AuditFilter, DeliveryStatus};
 
 impl TestDb {
@@ -1737,16 +2350,23 @@ fn delivery<'a>(id: &'a str, object_id: Option<&'a str>, payload: &'a [u8]) -> E
     EventRecord { object_id, payload, ..event(id) }
 }
 
+/// `delivery` as a claim of a Stripe unit of work.
+fn delivery_claim(id: &str, object_id: Option<&str>, payload: &[u8]) -> StripeKeys {
+    let mut keys = StripeKeys::default();
+    keys.claim(DeliveryClaim {
+        object_id: object_id.map(str::to_owned),
+        payload: payload.to_vec().into(),
+        ..claim(id)
+    });
+    keys
+}
+
 #[tokio::test]
 async fn deliveries_keep_their_payload_and_object_and_count_duplicates() {
     let (_db, store) = fresh_store().await;
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&delivery("evt_ok", Some("sub_9"), b"{\"id\":\"evt_ok\"}")).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&delivery("evt_ping", None, b"ping")).await.unwrap();
-    tx.finish_event("evt_ping", EventDisposition::Ignored, None).await.unwrap();
-    tx.commit().await.unwrap();
+    load(&store, delivery_claim("evt_ok", Some("sub_9"), b"{\"id\":\"evt_ok\"}")).await;
+    let ignored = Changeset { deliveries: vec![("evt_ping".into(), DeliveryRecord::Ignored)], ..Changeset::default() };
+    apply(&store, delivery_claim("evt_ping", None, b"ping"), ignored).await.unwrap();
     store.record_event_failure(&delivery("evt_bad", Some("in_1"), b"first body"), "boom").await.unwrap();
     store.record_event_failure(&delivery("evt_bad", Some("in_1"), b"second body"), "boom again").await.unwrap();
     store.record_event_duplicate("evt_ok").await.unwrap();
@@ -1782,9 +2402,8 @@ async fn deliveries_keep_their_payload_and_object_and_count_duplicates() {
     assert_eq!(of(None).await, ["evt_bad", "evt_ping", "evt_ok"], "newest first");
 
     // A failed delivery claimed again keeps the body it was applied with.
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_event(&delivery("evt_bad", Some("in_1"), b"applied body")).await.unwrap();
-    tx.commit().await.unwrap();
+    let again = load(&store, delivery_claim("evt_bad", Some("in_1"), b"applied body")).await;
+    assert!(again.claimed.contains("evt_bad"));
     let applied = store.stored_delivery("evt_bad").await.unwrap().unwrap();
     assert_eq!((applied.status.as_str(), applied.payload.as_deref()), ("processed", Some(&b"applied body"[..])));
 }
@@ -1794,9 +2413,7 @@ async fn the_delivery_walk_returns_each_delivery_once_in_order() {
     let (_db, store) = fresh_store().await;
     let ids: Vec<String> = (0..23).map(|n| format!("evt_{n:02}")).collect();
     for id in &ids {
-        let mut tx = store.begin().await.unwrap();
-        tx.claim_event(&delivery(id, None, b"{}")).await.unwrap();
-        tx.commit().await.unwrap();
+        load(&store, delivery_claim(id, None, b"{}")).await;
     }
     let mut seen = Vec::new();
     let mut after: Option<DeliveryCursor> = None;
@@ -1899,15 +2516,20 @@ async fn the_audit_walk_covers_three_tables_once_each_and_filters_by_license_and
 async fn customers_are_found_by_user_stripe_id_or_email_and_manual_only_users_appear() {
     let (db, store) = fresh_store().await;
     seed_license(&store, "sub_1", "cus_1", "user_1").await;
-    let mut tx = store.begin().await.unwrap();
-    let unlinked = tx.upsert_customer("cus_unlinked", None).await.unwrap();
-    let linked = tx.upsert_customer("cus_1", None).await.unwrap();
-    tx.set_customer_email(linked, Some("Ada@Example.com"), 200).await.unwrap();
+    let unlinked = customer(&store, "cus_unlinked", None).await;
+    let linked = customer(&store, "cus_1", None).await;
+    let emails = |list: &[(Uuid, &str, i64)]| Changeset {
+        customer_emails: list.iter().map(|&(id, email, created)| (id, Some(email.to_owned()), created)).collect(),
+        ..Changeset::default()
+    };
+    let both = || keys(&[], &[], &["cus_1", "cus_unlinked"], &[]);
+    apply(&store, both(), emails(&[(linked, "Ada@Example.com", 200), (unlinked, "first@example.com", 100)]))
+        .await
+        .unwrap();
     // An older event's address does not replace a newer one's.
-    tx.set_customer_email(linked, Some("old@example.com"), 100).await.unwrap();
-    tx.set_customer_email(unlinked, Some("first@example.com"), 100).await.unwrap();
-    tx.set_customer_email(unlinked, Some("same-second@example.com"), 100).await.unwrap();
-    tx.commit().await.unwrap();
+    apply(&store, both(), emails(&[(linked, "old@example.com", 100), (unlinked, "same-second@example.com", 100)]))
+        .await
+        .unwrap();
     let manual = db.insert_manual_license("user_manual").await;
     db.insert_manual_license("user_1").await;
 
@@ -2006,13 +2628,22 @@ async fn the_license_listing_filters_by_the_effective_status_the_domain_computes
         tx.insert_license(license).await.unwrap();
     }
     tx.update_license_terms(stripe_license.id, &cases[cases.len() - 1].terms).await.unwrap();
+    tx.commit().await.unwrap();
     // A second Stripe license whose admin expiry override has passed.
-    let customer = tx.upsert_customer("cus_2", Some("user_2")).await.unwrap();
+    let customer = Uuid::new_v4();
     let sub_2 =
         Subscription { id: stripe_expired.subscription_id.unwrap(), ..full_subscription("sub_2", "cus_2", "user_2") };
-    tx.save_subscription(customer, &sub_2, &Actor::System, &[]).await.unwrap();
-    tx.insert_license(&stripe_expired).await.unwrap();
-    tx.commit().await.unwrap();
+    let second = Changeset {
+        new_customers: vec![NewCustomer {
+            id: customer,
+            stripe_customer_id: "cus_2".into(),
+            user_id: Some("user_2".into()),
+        }],
+        subscriptions: vec![HeldSubscription { subscription: sub_2, customer_id: customer }],
+        new_licenses: vec![stripe_expired.clone()],
+        ..Changeset::default()
+    };
+    apply(&store, keys(&[], &["sub_2"], &["cus_2"], &[]), second).await.unwrap();
     let all: Vec<License> = cases.into_iter().chain([stripe_expired]).collect();
 
     for status in [LicenseStatus::Active, LicenseStatus::Suspended, LicenseStatus::Expired, LicenseStatus::Revoked] {
@@ -2098,10 +2729,8 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
     assert_eq!(tx.lock_license(overridden.id).await.unwrap().as_ref(), Some(&overridden), "read your writes");
     tx.commit().await.unwrap();
     assert_eq!(store.license_by_key_hash(&overridden.key.lookup_hash()).await.unwrap().as_ref(), Some(&overridden));
-    let mut tx = store.begin().await.unwrap();
-    let locked = tx.lock_subscription("sub_1").await.unwrap().expect("seeded");
-    assert_eq!(locked.license.as_ref(), Some(&overridden), "webhooks see the overrides");
-    drop(tx);
+    let bundle = load(&store, keys(&[], &["sub_1"], &[], &[])).await;
+    assert_eq!(bundle.licenses.get(&sub.id), Some(&overridden), "webhooks see the overrides");
 
     let rows = db.texts("SELECT kind || ':' || actor FROM license_changes ORDER BY id").await;
     assert_eq!(rows, ["issued:system", "suspended:system"]);

@@ -168,20 +168,9 @@ impl Store for AnyStore {
 
 impl StoreTx for AnyTx {
     delegate! { &mut self;
-        fn claim_event(event: &EventRecord<'_>) -> Result<(), StoreError>;
-        fn finish_event(event_id: &str, disposition: EventDisposition, note: Option<&str>) -> Result<(), StoreError>;
-        fn upsert_customer(stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError>;
-        fn lock_subscription(stripe_subscription_id: &str) -> Result<Option<LockedSubscription>, StoreError>;
-        fn save_subscription(customer_id: Uuid, subscription: &Subscription, actor: &Actor, changes: &[SubscriptionChange])
-            -> Result<(), StoreError>;
-        fn license_of_subscription(subscription_id: Uuid) -> Result<Option<License>, StoreError>;
         fn insert_license(license: &License) -> Result<(), StoreError>;
         fn update_license_terms(license_id: Uuid, terms: &LicenseTerms) -> Result<(), StoreError>;
         fn record_change(subscription_id: Uuid, actor: &Actor, change: &SubscriptionChange) -> Result<(), StoreError>;
-        fn upsert_payment(customer_id: Uuid, payment: &Payment) -> Result<PaymentWrite, StoreError>;
-        fn has_paid_invoice(stripe_subscription_id: &str) -> Result<bool, StoreError>;
-        fn mark_customer_deleted(customer_id: Uuid) -> Result<(), StoreError>;
-        fn license_of_stripe_subscription(stripe_subscription_id: &str) -> Result<Option<License>, StoreError>;
         fn lock_license_by_key_hash(key_hash: &[u8]) -> Result<Option<License>, StoreError>;
         fn lock_licenses_past_grace(now: Timestamp, limit: i64) -> Result<Vec<License>, StoreError>;
         fn license(license_id: Uuid) -> Result<Option<License>, StoreError>;
@@ -196,8 +185,6 @@ impl StoreTx for AnyTx {
         fn rename_device(device_id: Uuid, name: &str) -> Result<(), StoreError>;
         fn lock_overdue_devices(cutoff: Timestamp, limit: i64) -> Result<Vec<Device>, StoreError>;
         fn record_device_change(device: &Device, kind: &str, actor: &Actor, detail: Value) -> Result<(), StoreError>;
-        // Admin reads (issue 14): customers.
-        fn set_customer_email(customer_id: Uuid, email: Option<&str>, created: i64) -> Result<(), StoreError>;
         fn enqueue(message: &OutboxMessage) -> Result<(), StoreError>;
         // Admin license writes (issue 14).
         fn lock_license_record(license_id: Uuid) -> Result<Option<LockedLicense>, StoreError>;

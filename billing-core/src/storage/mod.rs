@@ -40,10 +40,6 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The webhook delivery claimed by the transaction was already applied
-    /// (a duplicate): the transaction cannot commit.
-    #[error("the webhook event was already applied")]
-    AlreadyApplied,
 }
 
 /// The envelope facts of a webhook delivery, recorded for deduplication.
@@ -62,15 +58,6 @@ pub struct EventRecord<'a> {
     /// The body as received (its signature checked then), kept so the
     /// delivery can be replayed.
     pub payload: &'a [u8],
-}
-
-/// How an event was disposed of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventDisposition {
-    /// Its effects were applied (possibly none, e.g. a stale snapshot).
-    Processed,
-    /// A type we do not act on.
-    Ignored,
 }
 
 /// An audit-trail row, as read back.
@@ -134,35 +121,6 @@ pub struct OutboxEvent {
     pub payload: Value,
     /// When it was committed.
     pub created_at: Timestamp,
-}
-
-/// A subscription locked by [`StoreTx::lock_subscription`], with its
-/// customer and its license as stored, so that applying a snapshot of it
-/// needs no further lookups.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockedSubscription {
-    /// The subscription as held.
-    pub subscription: Subscription,
-    /// Our id of its customer.
-    pub customer_id: Uuid,
-    /// The dashboard user its customer is linked to, when known.
-    pub customer_user_id: Option<String>,
-    /// Its license, if one was issued, locked for update too.
-    pub license: Option<License>,
-}
-
-/// What became of a payment upsert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaymentWrite {
-    /// First time we see this invoice.
-    Inserted,
-    /// Status moved (e.g. failed → paid).
-    Updated {
-        /// The status it had.
-        from: PaymentStatus,
-    },
-    /// Already recorded in this or a final status.
-    Unchanged,
 }
 
 /// An admin API token as stored: never the token, only its hash.
@@ -631,56 +589,6 @@ pub trait Store: Clone + Send + Sync + 'static {
 
 /// One open transaction.
 pub trait StoreTx: Send {
-    /// Records the delivery as processed by this transaction (so nothing
-    /// is recorded unless it commits); a delivery that failed before is
-    /// claimed again. One already applied (a duplicate) fails the
-    /// transaction with [`StoreError::AlreadyApplied`]: here, or (so that
-    /// the claim costs no round trip of its own) at the transaction's next
-    /// read or its commit, which then commits nothing.
-    fn claim_event(&mut self, event: &EventRecord<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Records the claimed delivery with another disposition or a note;
-    /// a plain `processed` needs no call.
-    fn finish_event(
-        &mut self,
-        event_id: &str,
-        disposition: EventDisposition,
-        note: Option<&str>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Finds or creates the customer for a Stripe customer id; sets its user
-    /// when one is given and none was known. Returns our customer id.
-    fn upsert_customer(
-        &mut self,
-        stripe_customer_id: &str,
-        user_id: Option<&str>,
-    ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
-
-    /// Locks the subscription's identity for this transaction (even when no
-    /// row exists yet, so parallel first deliveries cannot both insert) and
-    /// returns what we hold, with its customer and its license (locked too).
-    /// A subscription is always locked before its license.
-    fn lock_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> impl Future<Output = Result<Option<LockedSubscription>, StoreError>> + Send;
-
-    /// Inserts or updates the subscription and appends its audit rows
-    /// (`changes`, in order, made by `actor`).
-    fn save_subscription(
-        &mut self,
-        customer_id: Uuid,
-        subscription: &Subscription,
-        actor: &Actor,
-        changes: &[SubscriptionChange],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The license of a subscription, locked for update.
-    fn license_of_subscription(
-        &mut self,
-        subscription_id: Uuid,
-    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
-
     /// Stores a newly issued license.
     fn insert_license(&mut self, license: &License) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -691,37 +599,13 @@ pub trait StoreTx: Send {
         terms: &LicenseTerms,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends an audit row (the changes of a saved subscription go with
-    /// [`StoreTx::save_subscription`]).
+    /// Appends an audit row.
     fn record_change(
         &mut self,
         subscription_id: Uuid,
         actor: &Actor,
         change: &SubscriptionChange,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Inserts or advances a payment (a paid invoice is never downgraded).
-    fn upsert_payment(
-        &mut self,
-        customer_id: Uuid,
-        payment: &Payment,
-    ) -> impl Future<Output = Result<PaymentWrite, StoreError>> + Send;
-
-    /// Whether an invoice of this Stripe subscription was paid: proof that
-    /// the subscription was entitled, even before its own events arrive.
-    fn has_paid_invoice(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Records that Stripe deleted the customer (kept, with its history).
-    fn mark_customer_deleted(&mut self, customer_id: Uuid) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The license of a Stripe subscription, if both exist.
-    fn license_of_stripe_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> impl Future<Output = Result<Option<License>, StoreError>> + Send;
 
     /// The license with this key hash, locked for update (serialises
     /// activations of one license).
@@ -808,16 +692,6 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     // --- Admin reads (issue 14): customers ---
-
-    /// Records the customer's e-mail as of the Stripe event `created` (Unix
-    /// seconds): an older event than the one the held address came from
-    /// changes nothing, so the address does not depend on delivery order.
-    fn set_customer_email(
-        &mut self,
-        customer_id: Uuid,
-        email: Option<&str>,
-        created: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends to the outbox; visible to readers once committed, in commit
     /// order of ids.

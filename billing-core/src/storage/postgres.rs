@@ -41,16 +41,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn query_error(e: tokio_postgres::Error) -> StoreError {
-    // Raised for a duplicate claim (migration V4); every other write to
-    // `webhook_events` resolves its conflicts itself.
-    let duplicate = e.as_db_error().is_some_and(|db| {
-        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-            && db.constraint() == Some("webhook_events_pkey")
-    });
-    match duplicate {
-        true => StoreError::AlreadyApplied,
-        false => StoreError::Query(Box::new(e)),
-    }
+    StoreError::Query(Box::new(e))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -175,36 +166,6 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
 
 /// How many columns [`SUBSCRIPTION_COLUMNS`] names.
 const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
-
-static LOCK_SUBSCRIPTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id
-           FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s"
-    )
-});
-
-/// Locks the subscription, then its license (rows are locked in the order
-/// the locking clauses name them), re-reading both if either changed
-/// meanwhile. Finds nothing when there is no license.
-static LOCK_SUBSCRIPTION_WITH_LICENSE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT {SUBSCRIPTION_COLUMNS}, c.id, c.user_id, {LICENSE_COLUMNS}
-           FROM subscriptions s JOIN customers c ON c.id = s.customer_id JOIN licenses l ON l.subscription_id = s.id
-          WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s FOR NO KEY UPDATE OF l"
-    )
-});
-
-/// A row of [`SUBSCRIPTION_COLUMNS`] followed by the customer's id and
-/// user; the license is left for the caller.
-fn locked_subscription_from_row(row: &Row) -> Result<LockedSubscription, StoreError> {
-    Ok(LockedSubscription {
-        subscription: subscription_from_row(row)?,
-        customer_id: row.get(SUBSCRIPTION_COLUMN_COUNT),
-        customer_user_id: row.get(SUBSCRIPTION_COLUMN_COUNT + 1),
-        license: None,
-    })
-}
 
 const LICENSE_COLUMNS: &str =
     "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
@@ -981,22 +942,6 @@ impl PgTx {
         Ok(rows)
     }
 
-    /// Locks a subscription that has no license, or had none when the
-    /// caller's last statement began: a license issued since (by the
-    /// transaction whose lock this one waited for) is read, and locked, by
-    /// a statement of its own, which sees it.
-    async fn lock_subscription_without_license(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> Result<Option<LockedSubscription>, StoreError> {
-        let Some(row) = self.read_opt(&LOCK_SUBSCRIPTION, &[&stripe_subscription_id]).await? else {
-            return Ok(None);
-        };
-        let locked = locked_subscription_from_row(&row)?;
-        let license = self.license_of_subscription(locked.subscription.id).await?;
-        Ok(Some(LockedSubscription { license, ..locked }))
-    }
-
     /// What must be sent before the next statement: `BEGIN` (the first
     /// time) and the deferred writes.
     fn take_pending(&mut self) -> Vec<Deferred> {
@@ -1123,205 +1068,6 @@ fn outbox_write(outbox: &[OutboxMessage]) -> (String, Vec<Param>) {
 }
 
 impl StoreTx for PgTx {
-    async fn claim_event(&mut self, event: &EventRecord<'_>) -> Result<(), StoreError> {
-        // Sent with whatever comes next, possibly the COMMIT, so a duplicate
-        // must abort the transaction, not merely claim nothing: it fails as
-        // a unique violation (see `query_error` and migration V4). A row of
-        // a failed attempt is claimed again, also when that attempt is still
-        // recording its failure: the INSERT waits for it.
-        self.defer(
-            "WITH claimed AS (
-                INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
-                VALUES ($1, $2, $3, $4, 'processed', now(), $5, $6)
-                ON CONFLICT (id) DO UPDATE
-                   SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                       processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
-                 WHERE webhook_events.status = 'failed'
-                RETURNING id)
-             SELECT billing_webhook_event_already_applied() WHERE NOT EXISTS (SELECT FROM claimed)",
-            params![
-                event.id.to_owned(),
-                event.kind.to_owned(),
-                event.created,
-                event.api_version.map(str::to_owned),
-                event.object_id.map(str::to_owned),
-                event.payload.to_vec()
-            ],
-        );
-        Ok(())
-    }
-
-    async fn finish_event(
-        &mut self,
-        event_id: &str,
-        disposition: EventDisposition,
-        note: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let status = match disposition {
-            EventDisposition::Processed => "processed",
-            EventDisposition::Ignored => "ignored",
-        };
-        self.defer(
-            "UPDATE webhook_events SET status = $2, note = $3, last_error = NULL, processed_at = now() WHERE id = $1",
-            params![event_id.to_owned(), status, note.map(str::to_owned)],
-        );
-        Ok(())
-    }
-
-    async fn upsert_customer(&mut self, stripe_customer_id: &str, user_id: Option<&str>) -> Result<Uuid, StoreError> {
-        // Found or inserted in one statement; it finds nothing only when a
-        // parallel transaction inserted the same customer first, which a new
-        // statement then sees.
-        let found_or_inserted = self
-            .read_opt(
-                "WITH existing AS (SELECT id, user_id FROM customers WHERE stripe_customer_id = $2),
-                      inserted AS (
-                        INSERT INTO customers (id, stripe_customer_id, user_id)
-                        SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT FROM existing)
-                        ON CONFLICT (stripe_customer_id) DO NOTHING
-                        RETURNING id, user_id)
-                 SELECT id, user_id FROM existing UNION ALL SELECT id, user_id FROM inserted",
-                &[&Uuid::new_v4(), &stripe_customer_id, &user_id],
-            )
-            .await?;
-        let existing = match found_or_inserted {
-            Some(row) => Some(row),
-            None => {
-                self.read_opt("SELECT id, user_id FROM customers WHERE stripe_customer_id = $1", &[&stripe_customer_id])
-                    .await?
-            }
-        };
-        let row = existing.ok_or_else(|| StoreError::Corrupt("customer vanished during upsert".into()))?;
-        let id: Uuid = row.get(0);
-        let known_user: Option<String> = row.get(1);
-        if let (None, Some(user_id)) = (known_user, user_id) {
-            self.defer(
-                "UPDATE customers SET user_id = $2, updated_at = now() WHERE id = $1 AND user_id IS NULL",
-                params![id, user_id.to_owned()],
-            );
-        }
-        Ok(id)
-    }
-
-    async fn lock_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> Result<Option<LockedSubscription>, StoreError> {
-        // Rows that exist are locked themselves, the subscription before its
-        // license (`NO KEY UPDATE` on the subscription, so rows referencing
-        // it can still be written): one statement in the common case. Only
-        // when there is no subscription yet is its identity locked, so that
-        // parallel first deliveries cannot both insert; whoever waited there
-        // then finds what its holder committed (the lock is granted before
-        // the next statement runs: PostgreSQL runs a pipeline in order).
-        if let Some(row) = self.read_opt(&LOCK_SUBSCRIPTION_WITH_LICENSE, &[&stripe_subscription_id]).await? {
-            let license = license_from_row_at(&row, SUBSCRIPTION_COLUMN_COUNT + 2)?;
-            return Ok(Some(LockedSubscription { license: Some(license), ..locked_subscription_from_row(&row)? }));
-        }
-        if let Some(locked) = self.lock_subscription_without_license(stripe_subscription_id).await? {
-            return Ok(Some(locked));
-        }
-        self.defer("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", params![stripe_subscription_id.to_owned()]);
-        self.lock_subscription_without_license(stripe_subscription_id).await
-    }
-
-    async fn save_subscription(
-        &mut self,
-        customer_id: Uuid,
-        sub: &Subscription,
-        actor: &Actor,
-        changes: &[SubscriptionChange],
-    ) -> Result<(), StoreError> {
-        let s = &sub.snapshot;
-        let kinds: Vec<&'static str> = changes.iter().map(SubscriptionChange::kind).collect();
-        let from: Vec<Option<&'static str>> =
-            changes.iter().map(|c| c.from_status().map(SubscriptionStatus::as_str)).collect();
-        let to: Vec<Option<&'static str>> =
-            changes.iter().map(|c| c.to_status().map(SubscriptionStatus::as_str)).collect();
-        let details: Vec<Value> = changes.iter().map(SubscriptionChange::detail).collect();
-        // The row and its audit trail in one statement; audit ids are drawn
-        // in the order of `changes`.
-        self.defer(
-            "WITH saved AS (
-                INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
-                        cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
-                        current_period_end, trial_end, metadata_user_id, past_due_since, source_created)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-                ON CONFLICT (id) DO UPDATE SET
-                        customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
-                        price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
-                        cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
-                        canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
-                        current_period_start = EXCLUDED.current_period_start,
-                        current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
-                        metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
-                        source_created = EXCLUDED.source_created, updated_at = now()
-                RETURNING id)
-             INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
-             SELECT saved.id, c.kind, c.from_status, c.to_status, c.detail, $22, $23
-               FROM saved,
-                    unnest($18::text[], $19::text[], $20::text[], $21::jsonb[])
-                        WITH ORDINALITY AS c(kind, from_status, to_status, detail, n)
-              ORDER BY c.n",
-            params![
-                sub.id,
-                s.stripe_subscription_id.clone(),
-                customer_id,
-                s.status.as_str(),
-                sub.plan_id.clone(),
-                s.price_id.clone(),
-                s.item_id.clone(),
-                s.cancel_at_period_end,
-                s.cancel_at,
-                s.canceled_at,
-                s.ended_at,
-                s.current_period_start,
-                s.current_period_end,
-                s.trial_end,
-                s.user_id.clone(),
-                sub.past_due_since,
-                sub.source_created,
-                kinds,
-                from,
-                to,
-                details,
-                actor.label(),
-                actor.stripe_event_id().map(str::to_owned),
-            ],
-        );
-        Ok(())
-    }
-
-    async fn license_of_subscription(&mut self, subscription_id: Uuid) -> Result<Option<License>, StoreError> {
-        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = $1 FOR NO KEY UPDATE");
-        self.read_opt(&sql, &[&subscription_id]).await?.as_ref().map(license_from_row).transpose()
-    }
-
-    async fn has_paid_invoice(&mut self, stripe_subscription_id: &str) -> Result<bool, StoreError> {
-        let sql = "SELECT EXISTS (SELECT FROM payments WHERE stripe_subscription_id = $1 AND status = 'paid')";
-        let row = self.read_opt(sql, &[&stripe_subscription_id]).await?;
-        Ok(row.is_some_and(|row| row.get(0)))
-    }
-
-    async fn mark_customer_deleted(&mut self, customer_id: Uuid) -> Result<(), StoreError> {
-        self.defer(
-            "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL",
-            params![customer_id],
-        );
-        Ok(())
-    }
-
-    async fn license_of_stripe_subscription(
-        &mut self,
-        stripe_subscription_id: &str,
-    ) -> Result<Option<License>, StoreError> {
-        let sql = format!(
-            "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
-              WHERE s.stripe_subscription_id = $1"
-        );
-        self.read_opt(&sql, &[&stripe_subscription_id]).await?.as_ref().map(license_from_row).transpose()
-    }
-
     async fn insert_license(&mut self, license: &License) -> Result<(), StoreError> {
         let t = &license.terms;
         self.defer(
@@ -1388,44 +1134,6 @@ impl StoreTx for PgTx {
             ],
         );
         Ok(())
-    }
-
-    async fn upsert_payment(&mut self, customer_id: Uuid, p: &Payment) -> Result<PaymentWrite, StoreError> {
-        let inserted = self
-            .read_opt(
-                "INSERT INTO payments (id, stripe_invoice_id, customer_id, stripe_subscription_id, amount, currency, status, paid_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (stripe_invoice_id) DO NOTHING RETURNING id",
-            &[
-                &Uuid::new_v4(),
-                &p.stripe_invoice_id,
-                &customer_id,
-                &p.stripe_subscription_id,
-                &p.amount,
-                &p.currency,
-                &p.status.as_str(),
-                &p.paid_at,
-            ],
-        )
-        .await?;
-        if inserted.is_some() {
-            return Ok(PaymentWrite::Inserted);
-        }
-        let row = self
-            .read_opt("SELECT status FROM payments WHERE stripe_invoice_id = $1 FOR UPDATE", &[&p.stripe_invoice_id])
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("payment vanished during upsert".into()))?;
-        let status: String = row.get(0);
-        let held = PaymentStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
-        if !held.may_become(p.status) {
-            return Ok(PaymentWrite::Unchanged);
-        }
-        self.defer(
-            "UPDATE payments SET status = $2, amount = $3, paid_at = $4, updated_at = now() WHERE stripe_invoice_id = $1",
-            params![p.stripe_invoice_id.clone(), p.status.as_str(), p.amount, p.paid_at],
-        );
-        Ok(PaymentWrite::Updated { from: held })
     }
 
     async fn lock_license_by_key_hash(&mut self, key_hash: &[u8]) -> Result<Option<License>, StoreError> {
@@ -1623,20 +1331,6 @@ impl StoreTx for PgTx {
     }
 
     // --- Admin reads (issue 14): customers ---
-
-    async fn set_customer_email(
-        &mut self,
-        customer_id: Uuid,
-        email: Option<&str>,
-        created: i64,
-    ) -> Result<(), StoreError> {
-        self.defer(
-            "UPDATE customers SET email = $2, email_created = $3, updated_at = now()
-              WHERE id = $1 AND (email_created IS NULL OR email_created <= $3)",
-            params![customer_id, email.map(str::to_owned), created],
-        );
-        Ok(())
-    }
 
     async fn enqueue(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         self.outbox.push(message.clone());

@@ -1,7 +1,7 @@
 //! Operations: metrics, readiness, request ids, graceful shutdown.
 
 use crate::helpers::*;
-use billing_core::storage::{Store, StoreTx};
+use billing_core::storage::Store;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,9 +119,22 @@ async fn readyz_answers_503_naming_migrations_while_the_database_is_not_at_this_
 async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections() {
     let mut app = spawn_app().await;
     // Hold the subscription's lock so the delivery is provably in flight,
-    // blocked inside its unit of work, when shutdown begins.
-    let mut blocker = app.billing.store().begin().await.unwrap();
-    blocker.lock_subscription("sub_1").await.unwrap();
+    // blocked inside its unit of work, when shutdown begins: on PostgreSQL
+    // the lock of its identity (there is no row yet), on SQLite the writer.
+    enum Blocker {
+        Postgres(tokio_postgres::Client),
+        Sqlite(billing_core::storage::any::AnyTx),
+    }
+    let blocker = match &app.store {
+        billing_core::storage::any::StoreLocation::Postgres(url) => {
+            let client = connect(url).await;
+            client.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('sub_1', 0))").await.unwrap();
+            Blocker::Postgres(client)
+        }
+        billing_core::storage::any::StoreLocation::Sqlite(_) => {
+            Blocker::Sqlite(app.billing.store().begin().await.unwrap())
+        }
+    };
     let delivery = {
         let e = event(
             "evt_inflight",
@@ -158,7 +171,10 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_refuses_new_connections()
         tokio::task::yield_now().await;
     }
 
-    drop(blocker);
+    match blocker {
+        Blocker::Postgres(client) => client.batch_execute("ROLLBACK").await.unwrap(),
+        Blocker::Sqlite(tx) => drop(tx),
+    }
     let response = delivery.await.unwrap().expect("the in-flight request is answered");
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "processed");

@@ -1,4 +1,5 @@
-//! The storage conformance suite: what `Store` promises, written
+//! The storage conformance suite: what `Store` promises (its two seams,
+//! `sync_stripe` and `license_work`, included), written
 //! once and run against the backend `TEST_STORE` selects: PostgreSQL (the
 //! default; a fresh database per test on `TEST_DATABASE_URL`) or, with
 //! `TEST_STORE=sqlite`, the embedded store (a fresh file per test).

@@ -127,6 +127,7 @@ pub(crate) enum StripeInput {
     /// Stripe's API holds now.
     Refetched { event: Event, body: Bytes, snapshot: Box<SubscriptionSnapshot> },
     /// A snapshot Stripe's API returned to an action of `actor`.
+    #[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
     Snapshot { snapshot: Box<SubscriptionSnapshot>, actor: Actor },
 }
 
@@ -402,6 +403,7 @@ impl<S: Store> Billing<S> {
 
     /// Applies a snapshot Stripe's API just returned, as `actor`, in its own
     /// unit of work. Returns whether it changed what we hold.
+    #[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
     pub(crate) async fn apply_api_snapshot(
         &self,
         actor: &Actor,

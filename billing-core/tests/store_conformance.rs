@@ -1685,6 +1685,139 @@ async fn two_units_of_work_on_one_subscription_serialise_and_the_second_sees_the
     assert_eq!(store.subscriptions_of_user("user_1").await.unwrap()[0].source_created, 2, "no lost update");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activations_of_one_license_serialise_and_each_sees_the_devices_before_it() {
+    const TASKS: usize = 8;
+    let (db, store) = fresh_store().await;
+    let manual = manual_license("user_1");
+    work(&store, LicenseKeys::Nothing, Changeset { new_licenses: vec![manual.clone()], ..Changeset::default() })
+        .await
+        .unwrap();
+    // Held first, so that every activation is under way (waiting for the
+    // license, on SQLite for the writer) before any proceeds.
+    let holder = match backend() {
+        Backend::Postgres => db.hold(&format!("SELECT 1 FROM licenses WHERE id = '{}' FOR UPDATE", manual.id)).await,
+        Backend::Sqlite => db.hold("").await,
+    };
+    let activations: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let (store, key_hash) = (store.clone(), manual.key.lookup_hash());
+            tokio::spawn(async move {
+                store
+                    .license_work(LicenseKeys::ActivationOf { key_hash }, move |bundle| {
+                        // One slot: a device is added only to a license without one.
+                        let held = &bundle.licenses[0];
+                        let mut changes = Changeset::default();
+                        if held.devices.is_empty() {
+                            let new = device(held.record.license.id, &format!("fp_{n}"), Timestamp::now_utc());
+                            changes.new_devices.push(activation(&new, format!("token-{n}").as_bytes()));
+                        }
+                        (changes, held.devices.len())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(activations.iter().all(|a| !a.is_finished()), "every activation waits for the held license");
+    holder.end(false).await;
+    let mut seen = Vec::new();
+    for activation in activations {
+        seen.push(activation.await.unwrap().expect("no store error under contention"));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0].into_iter().chain([1; TASKS - 1]).collect::<Vec<_>>(), "one saw no device, then all saw it");
+    let held = load_license(&store, LicenseKeys::License { license_id: manual.id }).await;
+    assert_eq!(held.licenses[0].devices.len(), 1, "one slot, one device");
+}
+
+#[tokio::test]
+async fn the_reaper_and_the_grace_sweep_skip_rows_another_unit_holds() {
+    let (db, store) = fresh_store().await;
+    let (_, license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
+    let long_ago = Timestamp::now_utc() - time::Duration::hours(1);
+    let (a, b) = (device(license.id, "fp_a", long_ago), device(license.id, "fp_b", long_ago));
+    let lapsed = |user| License {
+        terms: LicenseTerms { grace_ends_at: Some(long_ago), ..manual_license(user).terms },
+        ..manual_license(user)
+    };
+    let (l1, l2) = (lapsed("user_2"), lapsed("user_3"));
+    let seeded = Changeset {
+        new_devices: vec![activation(&a, b"token-a"), activation(&b, b"token-b")],
+        new_licenses: vec![l1.clone(), l2.clone()],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
+    let now = Timestamp::now_utc();
+    let overdue = LicenseKeys::OverdueDevices { cutoff: now, limit: 10 };
+    let past_grace = LicenseKeys::LicensesPastGrace { now, limit: 10 };
+    let ids = |devices: &[Device]| devices.iter().map(|d| d.id).collect::<HashSet<_>>();
+    let license_ids = |b: &LicenseBundle| b.licenses.iter().map(|l| l.record.license.id).collect::<HashSet<_>>();
+    assert_eq!(ids(&load_license(&store, overdue.clone()).await.devices), HashSet::from([a.id, b.id]));
+    assert_eq!(license_ids(&load_license(&store, past_grace.clone()).await), HashSet::from([l1.id, l2.id]));
+    let limited = load_license(&store, LicenseKeys::OverdueDevices { cutoff: now, limit: 1 }).await;
+    assert_eq!(limited.devices.len(), 1, "at most the limit");
+    if backend() == Backend::Postgres {
+        // Another reaper holds a and l1: this one takes the rest, at once.
+        let holder = db
+            .hold(&format!(
+                "SELECT 1 FROM devices WHERE id = '{}' FOR NO KEY UPDATE;
+                 SELECT 1 FROM licenses WHERE id = '{}' FOR NO KEY UPDATE",
+                a.id, l1.id
+            ))
+            .await;
+        let within = Duration::from_secs(5);
+        let reaped = tokio::time::timeout(within, load_license(&store, overdue)).await.expect("not blocked");
+        assert_eq!(ids(&reaped.devices), HashSet::from([b.id]));
+        let swept = tokio::time::timeout(within, load_license(&store, past_grace)).await.expect("not blocked");
+        assert_eq!(license_ids(&swept), HashSet::from([l2.id]));
+        holder.end(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_and_downgrades_of_one_license_do_not_deadlock() {
+    // A heartbeat holds its device and reads the license; a downgrade holds
+    // the license, then its devices: if the heartbeat locked the license
+    // too, the two would wait on each other.
+    let (_db, store) = fresh_store().await;
+    let manual = manual_license("user_1");
+    let seen = Timestamp::now_utc();
+    let devices: Vec<Device> = (0..4).map(|n| device(manual.id, &format!("fp_{n}"), seen)).collect();
+    let seeded = Changeset {
+        new_licenses: vec![manual.clone()],
+        new_devices: devices.iter().enumerate().map(|(n, d)| activation(d, format!("token-{n}").as_bytes())).collect(),
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let store = store.clone();
+            let device_id = devices[n % devices.len()].id;
+            let license_id = manual.id;
+            tokio::spawn(async move {
+                let (keys, changes) = match n % 2 {
+                    0 => (
+                        LicenseKeys::DeviceByToken { token_hash: format!("token-{}", n % 4).into_bytes() },
+                        Changeset { heartbeats: vec![(device_id, Timestamp::now_utc())], ..Changeset::default() },
+                    ),
+                    _ => (
+                        LicenseKeys::License { license_id },
+                        Changeset { device_names: vec![(device_id, format!("renamed {n}"))], ..Changeset::default() },
+                    ),
+                };
+                work(&store, keys, changes).await.map(drop)
+            })
+        })
+        .collect();
+    let all = async {
+        for task in tasks {
+            task.await.unwrap().expect("no deadlock error, no busy error");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all).await.expect("no deadlock");
+}
+
 // ---------------------------------------------------------------------------
 // Webhooks to the vendor (issue 14)
 // ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 /// The most deliveries one group carries.
 pub const GROUP_LIMIT: usize = 64;
 /// The most groups applied at once by one engine.
-pub const GROUPS_IN_FLIGHT: usize = 2;
+pub const GROUPS_IN_FLIGHT: usize = 1;
 
 /// What became of a webhook delivery that was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

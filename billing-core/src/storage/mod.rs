@@ -69,7 +69,7 @@ pub struct ChangeEntry {
     pub id: i64,
     /// Our subscription id.
     pub subscription_id: Uuid,
-    /// Change kind (see [`SubscriptionChange::kind`]).
+    /// Change kind (see [`SubscriptionChange::kind`](crate::domain::subscription::SubscriptionChange::kind)).
     pub kind: String,
     /// Status before, for status changes.
     pub from_status: Option<String>,

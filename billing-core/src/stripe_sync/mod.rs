@@ -1,7 +1,7 @@
 //! The Stripe-initiated use cases: webhook deliveries, applied in groups,
 //! and the snapshots Stripe's API returns to the dashboard's actions, each
 //! through the one seam [`Store::sync_stripe`]: *load* (claims, locks,
-//! reads), *decide* ([`decide`], pure), *apply* (the changeset, one commit).
+//! reads), *decide* (`decide`, pure), *apply* (the changeset, one commit).
 //!
 //! **Groups.** Deliveries that arrive while a group is being applied wait
 //! for the next one (at most [`GROUP_LIMIT`] events, at most

@@ -579,6 +579,36 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Runs one unit of work on the writer inside `BEGIN IMMEDIATE`, off the
+    /// async threads: `work` loads, decides and applies, and says whether it
+    /// wrote to the outbox (watchers are woken after the commit). Any
+    /// failure rolls back.
+    async fn unit_of_work<T, W>(&self, work: W) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection, i64) -> Result<(T, bool), StoreError> + Send + 'static,
+    {
+        let writer = Writer(self.shared.writer.clone().lock_owned().await);
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            // Taken once the lock is held: the transaction's start, as `now()` is.
+            let now = now_micros()?;
+            writer.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
+            // Any early return drops `writer`, which rolls back.
+            let (done, wrote_outbox) = work(&writer, now)?;
+            writer.execute_batch("COMMIT").map_err(query_error)?;
+            drop(writer);
+            if wrote_outbox {
+                shared.signal_outbox();
+            }
+            Ok(done)
+        })
+        .await
+        .map_err(worker_error)?
+    }
+}
+
 /// The writer connection, held exclusively. However it is let go (commit,
 /// drop, a cancelled or panicking task), it is left outside any transaction,
 /// so the next holder starts clean.

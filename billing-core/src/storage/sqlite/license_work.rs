@@ -5,9 +5,8 @@
 
 use super::stripe_sync::apply;
 use super::{
-    checked_limit, device_from_row, license_record_from_row, micros, now_micros, query, query_error,
-    subscription_from_row, time_from_micros, worker_error, SqliteStore, Writer, DEVICE_COLUMNS, LICENSE_COLUMNS,
-    SUBSCRIPTION_COLUMNS,
+    checked_limit, device_from_row, license_record_from_row, micros, query, subscription_from_row, time_from_micros,
+    SqliteStore, DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS,
 };
 use crate::domain::Device;
 use crate::storage::changeset::Changeset;
@@ -21,28 +20,14 @@ where
     T: Send + 'static,
     F: FnOnce(LicenseBundle) -> (Changeset, T) + Send + 'static,
 {
-    let writer = Writer(store.shared.writer.clone().lock_owned().await);
-    let shared = store.shared.clone();
-    tokio::task::spawn_blocking(move || {
-        // Taken once the lock is held: the transaction's start, as `now()` is.
-        let now = now_micros()?;
-        writer.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
-        // Any early return drops `writer`, which rolls back.
-        let bundle = load(&writer, now, keys)?;
-        let (changes, decided) = decide(bundle);
-        if changes.is_empty() {
-            return Ok(decided);
-        }
-        apply(&writer, now, &changes, &HashSet::new())?;
-        writer.execute_batch("COMMIT").map_err(query_error)?;
-        drop(writer);
-        if !changes.outbox.is_empty() {
-            shared.signal_outbox();
-        }
-        Ok(decided)
-    })
-    .await
-    .map_err(worker_error)?
+    store
+        .unit_of_work(move |conn, now| {
+            let bundle = load(conn, now, keys)?;
+            let (changes, decided) = decide(bundle);
+            apply(conn, now, &changes, &HashSet::new())?;
+            Ok((decided, !changes.outbox.is_empty()))
+        })
+        .await
 }
 
 /// A license with its owner and dates ([`license_record_from_row`]), from

@@ -4,9 +4,9 @@
 //! every row: nothing needs locking one by one.
 
 use super::{
-    device_from_row, execute, get, json_text, license_from_row, max_devices_param, micros, now_micros, opt_micros,
-    query, query_error, query_opt, subscription_from_row, uuid, worker_error, SqliteStore, Writer, DEVICE_COLUMNS,
-    LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+    device_from_row, execute, get, json_text, license_from_row, max_devices_param, micros, opt_micros, query,
+    query_opt, subscription_from_row, uuid, SqliteStore, DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTION_COLUMN_COUNT,
 };
 use crate::domain::{PaymentStatus, SubscriptionStatus};
 use crate::storage::changeset::DeviceActivation;
@@ -24,25 +24,14 @@ where
     T: Send + 'static,
     F: FnOnce(StripeBundle) -> (Changeset, T) + Send + 'static,
 {
-    let writer = Writer(store.shared.writer.clone().lock_owned().await);
-    let shared = store.shared.clone();
-    tokio::task::spawn_blocking(move || {
-        // Taken once the lock is held: the transaction's start, as `now()` is.
-        let now = now_micros()?;
-        writer.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
-        // Any early return drops `writer`, which rolls back.
-        let (bundle, reclaimed) = load(&writer, now, &keys)?;
-        let (changes, decided) = decide(bundle);
-        apply(&writer, now, &changes, &reclaimed)?;
-        writer.execute_batch("COMMIT").map_err(query_error)?;
-        drop(writer);
-        if !changes.outbox.is_empty() {
-            shared.signal_outbox();
-        }
-        Ok(decided)
-    })
-    .await
-    .map_err(worker_error)?
+    store
+        .unit_of_work(move |conn, now| {
+            let (bundle, reclaimed) = load(conn, now, &keys)?;
+            let (changes, decided) = decide(bundle);
+            apply(conn, now, &changes, &reclaimed)?;
+            Ok((decided, !changes.outbox.is_empty()))
+        })
+        .await
 }
 
 fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {

@@ -117,46 +117,62 @@ const LOAD_SUBSCRIPTIONS: &str = "FROM subscriptions s JOIN customers c ON c.id 
      WHERE s.stripe_subscription_id = ANY ($1) ORDER BY s.stripe_subscription_id FOR NO KEY UPDATE OF s";
 
 /// Claims the deliveries and reads (locking) every row the group touches,
-/// in the one lock order: claims, subscription identities, subscriptions,
-/// licenses, devices, customers, payments. Returns the bundle and which of
-/// its claims were failed deliveries claimed again.
+/// in the one lock order: subscription identities, claims, subscriptions,
+/// licenses, devices, payments. Returns the bundle and which of its claims
+/// were failed deliveries claimed again.
 async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {
     let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();
     let customers: Vec<String> = keys.customers.iter().cloned().collect();
     let invoices: Vec<String> = keys.invoices.iter().cloned().collect();
-    let mut statements = vec![
-        Statement::new("BEGIN", params![]),
-        // Every lookup of the group is a few dozen keys on a unique index;
-        // a plan made from a young table's statistics (or a generic plan,
-        // which guesses ten keys) scans the table instead, which cost ~2 ms
-        // of PostgreSQL CPU per group at 5,000 subscriptions. Penalised
-        // plans cost ~1e10, which must not trigger JIT compilation (~100 ms).
-        Statement::new(
-            "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
-                    set_config('jit', 'off', true)",
-            params![],
-        ),
-    ];
+    let mut statements = vec![Statement::new("BEGIN", params![])];
+    // The transaction's planner settings come first (each statement is
+    // planned when it comes). Every lookup of the group is a few
+    // dozen keys on a unique index; a plan made from a young table's
+    // statistics (or a generic plan, which guesses ten keys) scans the
+    // table instead, which cost ~2 ms of PostgreSQL CPU per group at 5,000
+    // subscriptions. Penalised plans cost ~1e10, which must not trigger JIT
+    // compilation (~100 ms). With index plans whatever the number of keys,
+    // the generic plan is as good as any, and planning once per connection
+    // is cheaper than for every group.
+    statements.push(Statement::new(
+        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
+                set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)",
+        params![],
+    ));
+    const IDENTITIES: &str = "identities AS MATERIALIZED (
+            SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(id, 0))
+                                    FROM unnest($1::text[]) AS id) AS locked
+        )";
     let claim = !keys.deliveries.is_empty();
     if claim {
         let d = &keys.deliveries;
         // A new delivery is inserted; a failed one is claimed again, also
         // when that failure is still being recorded (the insert waits for
         // it). Anything else was applied already: a duplicate, claimed by
-        // no one. Rows are taken in id order, so claims cannot deadlock.
-        // `xmax = 0` tells a row inserted from one updated.
+        // no one. Rows are taken in id order, so claims cannot deadlock,
+        // and only once the identities are held (the join's one row): the
+        // identity of each subscription, also one with no row yet, so that
+        // parallel first deliveries cannot both insert it (advisory locks,
+        // in array order, which is sorted).
+        // `xmax <> 0` tells a row updated from one inserted.
         statements.push(Statement::new(
-            "INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
-             SELECT i.id, i.type, i.created, i.api_version, 'processed', now(), i.object_id, i.payload
-               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::bytea[])
-                    AS i(id, type, created, api_version, object_id, payload)
-              ORDER BY i.id
-             ON CONFLICT (id) DO UPDATE
-                SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL, last_error = NULL,
-                    processed_at = now(), object_id = EXCLUDED.object_id, payload = EXCLUDED.payload
-              WHERE webhook_events.status = 'failed'
-             RETURNING id, xmax <> 0",
+            format!(
+                "WITH {IDENTITIES}
+                 INSERT INTO webhook_events (id, type, created, api_version, status, processed_at, object_id, payload)
+                 SELECT i.id, i.type, i.created, i.api_version, 'processed', now(), i.object_id, i.payload
+                   FROM identities,
+                        unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::bytea[])
+                            AS i(id, type, created, api_version, object_id, payload)
+                  ORDER BY i.id
+                 ON CONFLICT (id) DO UPDATE
+                    SET status = 'processed', attempts = webhook_events.attempts + 1, note = NULL,
+                        last_error = NULL, processed_at = now(), object_id = EXCLUDED.object_id,
+                        payload = EXCLUDED.payload
+                  WHERE webhook_events.status = 'failed'
+                 RETURNING id, xmax <> 0"
+            ),
             params![
+                subscriptions.clone(),
                 d.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.created).collect::<Vec<_>>(),
@@ -165,16 +181,14 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
                 d.iter().map(|c| c.payload.to_vec()).collect::<Vec<_>>(),
             ],
         ));
+    } else {
+        statements.push(Statement::new(
+            format!("WITH {IDENTITIES} SELECT count(*) FROM identities"),
+            params![subscriptions.clone()],
+        ));
     }
     let with_subscriptions = !subscriptions.is_empty();
     if with_subscriptions {
-        // The identity of each subscription, also one with no row yet, so
-        // that parallel first deliveries cannot both insert it. Taken in
-        // array (sorted) order.
-        statements.push(Statement::new(
-            "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS id",
-            params![subscriptions.clone()],
-        ));
         // Each a statement of its own: one that waited for a lock must see
         // what its holder committed, which a later statement's snapshot does.
         statements.push(Statement::new(
@@ -197,19 +211,20 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             params![subscriptions.clone()],
         ));
     }
-    let with_customers = !customers.is_empty();
+    // Customers are read, not locked: every write to one is conditional
+    // (a user linked only if none is, an address only if newer, a deletion
+    // once) and a new one's insert fails on a parallel one's (the group is
+    // then applied again, and finds it). One statement with the paid
+    // invoices, which prove entitlement; after the identities, so that it
+    // sees a payment whose holder we waited for.
+    let with_customers = !customers.is_empty() || with_subscriptions;
     if with_customers {
         statements.push(Statement::new(
             "SELECT stripe_customer_id, id, user_id FROM customers WHERE stripe_customer_id = ANY ($1)
-              ORDER BY stripe_customer_id FOR NO KEY UPDATE",
-            params![customers],
-        ));
-    }
-    if with_subscriptions {
-        statements.push(Statement::new(
-            "SELECT DISTINCT stripe_subscription_id FROM payments
-              WHERE stripe_subscription_id = ANY ($1) AND status = 'paid'",
-            params![subscriptions],
+             UNION ALL
+             SELECT DISTINCT stripe_subscription_id, NULL::uuid, NULL FROM payments
+              WHERE stripe_subscription_id = ANY ($2) AND status = 'paid'",
+            params![customers, subscriptions],
         ));
     }
     let with_invoices = !invoices.is_empty();
@@ -224,8 +239,9 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
     let mut next = || results.next().expect("one result per statement");
     let mut bundle = StripeBundle::default();
     let mut reclaimed = HashSet::new();
+    let first = next();
     if claim {
-        for row in next() {
+        for row in first {
             let id: String = row.get(0);
             if row.get::<_, bool>(1) {
                 reclaimed.insert(id.clone());
@@ -234,7 +250,6 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
         }
     }
     if with_subscriptions {
-        next(); // the identity locks
         for row in next() {
             let subscription = subscription_from_row(&row)?;
             let customer_id = row.get(SUBSCRIPTION_COLUMN_COUNT);
@@ -257,11 +272,15 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
     }
     if with_customers {
         for row in next() {
-            bundle.customers.insert(row.get(0), HeldCustomer { id: row.get(1), user_id: row.get(2) });
+            match row.get::<_, Option<Uuid>>(1) {
+                Some(id) => {
+                    bundle.customers.insert(row.get(0), HeldCustomer { id, user_id: row.get(2) });
+                }
+                None => {
+                    bundle.paid_subscriptions.insert(row.get(0));
+                }
+            }
         }
-    }
-    if with_subscriptions {
-        bundle.paid_subscriptions = next().iter().map(|row| row.get(0)).collect();
     }
     if with_invoices {
         for row in next() {
@@ -272,6 +291,36 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
         }
     }
     Ok((bundle, reclaimed))
+}
+
+const SAVE_SUBSCRIPTIONS: &str =
+    "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
+            cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
+            trial_end, metadata_user_id, past_due_since, source_created)
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::bool[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
+            $13::timestamptz[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::int8[])
+     ON CONFLICT (id) DO UPDATE SET
+            customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
+            price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
+            cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+            canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+            current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+            trial_end = EXCLUDED.trial_end, metadata_user_id = EXCLUDED.metadata_user_id,
+            past_due_since = EXCLUDED.past_due_since, source_created = EXCLUDED.source_created, updated_at = now()";
+
+/// The audit rows' insert, its seven arrays numbered from `$first`; ids
+/// are drawn in the changeset's order.
+fn audit_insert(first: usize) -> String {
+    let p: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
+    format!(
+        "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
+         SELECT c.subscription_id, c.kind, c.from_status, c.to_status, c.detail, c.actor, c.stripe_event_id
+           FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::text[], {}::text[])
+                WITH ORDINALITY AS c(subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id, n)
+          ORDER BY c.n",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    )
 }
 
 /// The changeset's statements, parents before children, the outbox (and
@@ -319,67 +368,46 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
             params![c.deleted_customers.clone()],
         ));
     }
-    if !c.subscriptions.is_empty() {
+    let subscription_rows = (!c.subscriptions.is_empty()).then(|| {
         let subs = &c.subscriptions;
         let col = |f: &dyn Fn(&HeldSubscription) -> Option<Timestamp>| subs.iter().map(f).collect::<Vec<_>>();
-        out.push(Statement::new(
-            "INSERT INTO subscriptions (id, stripe_subscription_id, customer_id, status, plan_id, price_id, item_id,
-                    cancel_at_period_end, cancel_at, canceled_at, ended_at, current_period_start,
-                    current_period_end, trial_end, metadata_user_id, past_due_since, source_created)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::bool[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
-                    $13::timestamptz[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::int8[])
-             ON CONFLICT (id) DO UPDATE SET
-                    customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, plan_id = EXCLUDED.plan_id,
-                    price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id,
-                    cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
-                    canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
-                    current_period_start = EXCLUDED.current_period_start,
-                    current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end,
-                    metadata_user_id = EXCLUDED.metadata_user_id, past_due_since = EXCLUDED.past_due_since,
-                    source_created = EXCLUDED.source_created, updated_at = now()",
-            params![
-                subs.iter().map(|h| h.subscription.id).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.snapshot.stripe_subscription_id.clone()).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.customer_id).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.snapshot.status.as_str()).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.plan_id.clone()).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.snapshot.price_id.clone()).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.snapshot.item_id.clone()).collect::<Vec<_>>(),
-                subs.iter().map(|h| h.subscription.snapshot.cancel_at_period_end).collect::<Vec<_>>(),
-                col(&|h| h.subscription.snapshot.cancel_at),
-                col(&|h| h.subscription.snapshot.canceled_at),
-                col(&|h| h.subscription.snapshot.ended_at),
-                col(&|h| h.subscription.snapshot.current_period_start),
-                col(&|h| h.subscription.snapshot.current_period_end),
-                col(&|h| h.subscription.snapshot.trial_end),
-                subs.iter().map(|h| h.subscription.snapshot.user_id.clone()).collect::<Vec<_>>(),
-                col(&|h| h.subscription.past_due_since),
-                subs.iter().map(|h| h.subscription.source_created).collect::<Vec<_>>(),
-            ],
-        ));
-    }
-    if !c.subscription_audit.is_empty() {
+        params![
+            subs.iter().map(|h| h.subscription.id).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.snapshot.stripe_subscription_id.clone()).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.customer_id).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.snapshot.status.as_str()).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.plan_id.clone()).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.snapshot.price_id.clone()).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.snapshot.item_id.clone()).collect::<Vec<_>>(),
+            subs.iter().map(|h| h.subscription.snapshot.cancel_at_period_end).collect::<Vec<_>>(),
+            col(&|h| h.subscription.snapshot.cancel_at),
+            col(&|h| h.subscription.snapshot.canceled_at),
+            col(&|h| h.subscription.snapshot.ended_at),
+            col(&|h| h.subscription.snapshot.current_period_start),
+            col(&|h| h.subscription.snapshot.current_period_end),
+            col(&|h| h.subscription.snapshot.trial_end),
+            subs.iter().map(|h| h.subscription.snapshot.user_id.clone()).collect::<Vec<_>>(),
+            col(&|h| h.subscription.past_due_since),
+            subs.iter().map(|h| h.subscription.source_created).collect::<Vec<_>>(),
+        ]
+    });
+    let audit_rows = (!c.subscription_audit.is_empty()).then(|| {
         let a = &c.subscription_audit;
-        // Audit ids are drawn in the changeset's order.
-        out.push(Statement::new(
-            "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
-                    stripe_event_id)
-             SELECT c.subscription_id, c.kind, c.from_status, c.to_status, c.detail, c.actor, c.stripe_event_id
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[])
-                    WITH ORDINALITY AS c(subscription_id, kind, from_status, to_status, detail, actor,
-                                         stripe_event_id, n)
-              ORDER BY c.n",
-            params![
-                a.iter().map(|r| r.subscription_id).collect::<Vec<_>>(),
-                a.iter().map(|r| r.change.kind()).collect::<Vec<_>>(),
-                a.iter().map(|r| r.change.from_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
-                a.iter().map(|r| r.change.to_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
-                a.iter().map(|r| r.change.detail()).collect::<Vec<_>>(),
-                a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
-                a.iter().map(|r| r.stripe_event_id.clone()).collect::<Vec<_>>(),
-            ],
-        ));
+        params![
+            a.iter().map(|r| r.subscription_id).collect::<Vec<_>>(),
+            a.iter().map(|r| r.change.kind()).collect::<Vec<_>>(),
+            a.iter().map(|r| r.change.from_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
+            a.iter().map(|r| r.change.to_status().map(SubscriptionStatus::as_str)).collect::<Vec<_>>(),
+            a.iter().map(|r| r.change.detail()).collect::<Vec<_>>(),
+            a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
+            a.iter().map(|r| r.stripe_event_id.clone()).collect::<Vec<_>>(),
+        ]
+    });
+    if let Some(params) = subscription_rows {
+        out.push(Statement::new(SAVE_SUBSCRIPTIONS, params));
+    }
+    if let Some(audit) = audit_rows {
+        out.push(Statement::new(audit_insert(1), audit));
     }
     if !c.new_licenses.is_empty() {
         let l = &c.new_licenses;
@@ -642,9 +670,82 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
     if !unclaimed.is_empty() {
         out.push(Statement::new("DELETE FROM webhook_events WHERE id = ANY ($1)", params![unclaimed]));
     }
+    let mut statements = combine(out);
     if !c.outbox.is_empty() {
         let (sql, params) = outbox_write(&c.outbox);
-        out.push(Statement::new(sql, params));
+        statements.push(Statement::new(sql, params));
+    }
+    statements
+}
+
+/// The writes in as few statements as they allow: consecutive writes to
+/// different tables become one (each a data-modifying `WITH` of it, their
+/// parameters renumbered), since statements, not rows, are what costs
+/// here. Two writes to one table stay apart, in order: within a statement
+/// the second would not see the first's rows. Foreign keys are checked at
+/// a statement's end, so a row may reference one written beside it.
+fn combine(writes: Vec<Statement>) -> Vec<Statement> {
+    let mut combined = Vec::new();
+    let mut batch: Vec<Statement> = Vec::new();
+    for write in writes {
+        let table = written_table(&write.sql);
+        if batch.iter().any(|w| written_table(&w.sql) == table) {
+            combined.extend(one_statement(std::mem::take(&mut batch)));
+        }
+        batch.push(write);
+    }
+    combined.extend(one_statement(batch));
+    combined
+}
+
+/// The table a plain `INSERT INTO`, `UPDATE` or `DELETE FROM` writes.
+fn written_table(sql: &str) -> &str {
+    let mut words = sql.split_whitespace();
+    match words.next() {
+        Some("INSERT") | Some("DELETE") => words.nth(1),
+        _ => words.next(),
+    }
+    .unwrap_or_default()
+}
+
+fn one_statement(mut writes: Vec<Statement>) -> Option<Statement> {
+    let last = writes.pop()?;
+    if writes.is_empty() {
+        return Some(last);
+    }
+    let mut sql = String::from("WITH ");
+    let mut params = Vec::new();
+    for (n, write) in writes.into_iter().enumerate() {
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("w{n} AS ({})", renumber(&write.sql, params.len())));
+        params.extend(write.params);
+    }
+    sql.push(' ');
+    sql.push_str(&renumber(&last.sql, params.len()));
+    params.extend(last.params);
+    Some(Statement::new(sql, params))
+}
+
+/// `sql` with each parameter `$n` made `$(n + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some((_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
     }
     out
 }

@@ -124,29 +124,30 @@ async fn main() -> anyhow::Result<()> {
                 on_off(state.jwt.is_some()),
                 on_off(state.billing.config().stripe.is_some()),
             );
-            billing_server::serve(listener, state, shutdown_signal()).await;
+            // Handlers installed before the first request is answered: a
+            // signal that arrived before them would kill the process.
+            let shutdown = shutdown_signal()?;
+            billing_server::serve(listener, state, shutdown).await;
             tracing::info!("stopped");
             Ok(())
         }
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C or SIGTERM, whichever comes first, listened for from now on.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {

@@ -39,10 +39,19 @@ async fn metrics_count_requests_webhooks_and_streams() {
     let token = app.activate_ok(&key, "fp").await["activation_token"].as_str().unwrap().to_owned();
     let _stream = EventReader::new(app.open_event_stream(&key, &token, None).await);
 
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    let text = response.text().await.unwrap();
+    // The hub reads the outbox after each commit's wake-up, so the lag is
+    // 0 once it has caught up with the activation's event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = response.text().await.unwrap();
+        if text.contains("billing_outbox_lag_events 0") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for line in [
         r#"billing_http_requests_total{method="GET",route="/healthz",status="200"} 2"#,
         r#"billing_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,

@@ -98,6 +98,7 @@ pub mod actions;
 pub mod admin_licenses;
 pub mod admin_reads;
 pub mod admin_tokens;
+pub mod background;
 pub mod billing;
 pub mod certificate;
 pub mod domain;

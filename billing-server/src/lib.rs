@@ -135,8 +135,7 @@ impl AppState {
     pub async fn new(billing: Billing<AnyStore>, options: ServerOptions) -> Result<Self, StoreError> {
         let hub = EventHub::start(billing.store().clone(), options.hub).await?;
         let per_minute = NonZeroU32::new(options.rate_limit_per_minute.max(1)).expect("at least one");
-        let window = billing.config().licensing.heartbeat_window;
-        let reaper_interval = Duration::from_secs_f64((window.as_seconds_f64() / 4.0).clamp(0.25, 60.0));
+        let reaper_interval = billing.sweep_interval();
         Ok(Self {
             billing,
             hub,
@@ -227,18 +226,20 @@ pub fn write_new_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_pkcs8(&der).expect("a generated key loads"))
 }
 
-/// Starts the event hub, the reaper (dead devices, licenses past their
-/// grace period) and the dispatcher of the vendor's webhooks; all stop on
+/// Starts the engine's background work (`Billing::run_background`: the
+/// event hub, the reaper of dead devices and lapsed licenses, the vendor's
+/// webhooks) and the pruning of the failed-lookup limiters; all stop on
 /// shutdown.
 fn spawn_background(state: &Arc<AppState>) {
     let mut stop = state.shutdown.subscribe();
-    tokio::spawn(state.hub.clone().run(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
-    let mut stop = state.shutdown.subscribe();
-    tokio::spawn(billing_core::vendor_webhooks::Dispatcher::new(state.billing.clone()).run(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
+    let (billing, hub) = (state.billing.clone(), state.hub.clone());
+    tokio::spawn(async move {
+        billing
+            .run_background(Some(hub), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
     let state = state.clone();
     tokio::spawn(async move {
         let mut stop = state.shutdown.subscribe();
@@ -247,20 +248,6 @@ fn spawn_background(state: &Arc<AppState>) {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = tick.tick() => {}
-            }
-            match state.billing.reap_dead_devices().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(devices = n, "declared devices dead after missed heartbeats"),
-                Err(e) => {
-                    tracing::warn!(error = %billing_core::billing::error_chain(&e), "reaping dead devices failed")
-                }
-            }
-            match state.billing.suspend_lapsed_licenses().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(licenses = n, "suspended licenses whose past-due grace period ended"),
-                Err(e) => {
-                    tracing::warn!(error = %billing_core::billing::error_chain(&e), "suspending lapsed licenses failed")
-                }
             }
             state.failures_by_addr.prune();
             state.failures_by_key.prune();

@@ -26,6 +26,27 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("EMBEDDED_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("embedded-service listening on http://{addr}");
-    axum::serve(listener, embedded_service::router(billing)).await?;
+    // The engine's own work (dead devices, lapsed licenses, the vendor's
+    // webhooks), beside the routes, until Ctrl-C; then both stop.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn({
+        let (billing, mut stopped) = (billing.clone(), stopped.clone());
+        async move {
+            billing
+                .run_background(None, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let mut stopped = stopped;
+    axum::serve(listener, embedded_service::router(billing))
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop.send(true);
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await?;
+    background.await?;
     Ok(())
 }

@@ -85,3 +85,95 @@ async fn the_embedded_routes_ingest_webhooks_and_check_licenses() {
     assert_eq!(unknown["code"], "NOT_FOUND");
     drop_database(&name).await;
 }
+
+/// The engine's background work runs inside the embedding service: a
+/// past-due subscription's license is suspended once its grace period has
+/// run out, with no billing-server anywhere.
+#[tokio::test]
+async fn the_background_work_suspends_a_license_whose_grace_ran_out() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (url, name) = fresh_database().await;
+    let store = AnyStore::open(&StoreLocation::Postgres(url), 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let plan = Plan {
+        id: PlanId("pro".into()),
+        name: "Pro".into(),
+        stripe_price_id: "price_pro".into(),
+        max_devices: 1,
+        amount: None,
+        currency: None,
+        interval: None,
+        features: vec![],
+    };
+    // A short heartbeat window makes the sweeps frequent (a quarter of it).
+    let licensing = LicensingConfig {
+        heartbeat_window: time::Duration::seconds(2),
+        ..LicensingConfig::new(Arc::new(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap()))
+    };
+    let config = BillingConfig::new(PlanCatalog::new(vec![plan]).unwrap(), licensing)
+        .with_webhook_secrets(WebhookSecrets::parse(SECRET))
+        .with_grace(time::Duration::days(3));
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let clock_offset = offset.clone();
+    let billing = Billing::new(store, config).with_clock(Arc::new(move || {
+        time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(clock_offset.load(std::sync::atomic::Ordering::Relaxed))
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn({
+        let billing = billing.clone();
+        async move { axum::serve(listener, embedded_service::router(billing)).await }
+    });
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn({
+        let billing = billing.clone();
+        async move {
+            billing
+                .run_background(None, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = json!({
+        "id": "evt_due", "type": "customer.subscription.updated", "created": now,
+        "data": { "object": {
+            "id": "sub_due", "customer": "cus_due", "status": "past_due", "metadata": { "user_id": "late" },
+            "items": { "data": [{ "id": "si_1", "price": { "id": "price_pro" },
+                                  "current_period_start": now - 86_400, "current_period_end": now + 2_592_000 }] }
+        } }
+    })
+    .to_string();
+    let signature = WebhookSecrets::parse(SECRET).unwrap().sign(body.as_bytes(), now);
+    let http = reqwest::Client::new();
+    let hook = http.post(format!("{base}/hooks/stripe")).header("Stripe-Signature", signature).body(body);
+    let answer: Value = hook.send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["outcome"], "processed", "{answer}");
+    let key = billing.licenses("late").await.unwrap().remove(0).key;
+    let check = || http.post(format!("{base}/v1/licenses/check")).json(&json!({ "key": key.expose() })).send();
+    let in_grace: Value = check().await.unwrap().json().await.unwrap();
+    assert_eq!(in_grace["ok"], true, "past due, within its grace: {in_grace}");
+
+    offset.store(4 * 86_400, std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stored = billing.licenses("late").await.unwrap().remove(0);
+        if stored.terms.status == billing_core::domain::LicenseStatus::Suspended {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the license was never suspended: {:?}", stored.terms);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let suspended: Value = check().await.unwrap().json().await.unwrap();
+    assert_eq!((&suspended["ok"], &suspended["code"]), (&json!(false), &json!("SUSPENDED")), "{suspended}");
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), background)
+        .await
+        .expect("the background work returns once stopped")
+        .unwrap();
+    drop_database(&name).await;
+}

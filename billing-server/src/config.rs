@@ -42,6 +42,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_OFFLINE_TTL_SECS", "lifetime of offline certificates (default 604800 = 7 days)"),
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
     ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
+    (
+        "BILLING_TRUSTED_PROXIES",
+        "comma-separated proxy addresses or ranges (e.g. 10.0.0.0/8): only from these is the client address read from Forwarded or X-Forwarded-For (default none)",
+    ),
     ("BILLING_OUTBOX_RETENTION_DAYS", "days outbox events are kept for SSE replay (default 7)"),
     (
         "BILLING_WEBHOOK_RETRY_SCHEDULE",
@@ -101,6 +105,8 @@ pub struct Config {
     pub license_signing_key: Option<PathBuf>,
     /// Failed lookups per address and minute.
     pub rate_limit_per_minute: u32,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Outbox retention in days.
     pub outbox_retention_days: u32,
     /// JSON log lines instead of text.
@@ -158,6 +164,9 @@ impl Config {
             Some("true") => true,
             Some(_) => bail!("BILLING_WEBHOOK_ALLOW_PRIVATE must be `true` or `false`"),
         };
+        let trusted_proxies =
+            crate::client_addr::TrustedProxies::parse(&var("BILLING_TRUSTED_PROXIES").unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("BILLING_TRUSTED_PROXIES: {e}"))?;
         let data_dir = PathBuf::from(var("BILLING_DATA_DIR").unwrap_or_else(|| "billing-data".into()));
         let store = StoreLocation::from_url(secret_text("DATABASE_URL")?.as_deref(), &data_dir)
             .map_err(|message| anyhow::anyhow!(message))?;
@@ -170,6 +179,7 @@ impl Config {
             None => PlanCatalog::default(),
         };
         Ok(Self {
+            trusted_proxies,
             store,
             data_dir,
             addr,
@@ -359,6 +369,18 @@ mod tests {
         assert!(e.to_string().contains("BILLING_WEBHOOK_RETRY_SCHEDULE"));
         let e = config(&[("BILLING_WEBHOOK_ALLOW_PRIVATE", "yes")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_WEBHOOK_ALLOW_PRIVATE"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_read_and_checked() {
+        assert_eq!(config(&[]).unwrap().trusted_proxies, crate::client_addr::TrustedProxies::default());
+        let c = config(&[("BILLING_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")]).unwrap();
+        assert!(
+            c.trusted_proxies.trusts("10.1.2.3".parse().unwrap())
+                && !c.trusted_proxies.trusts("192.0.2.2".parse().unwrap())
+        );
+        let e = config(&[("BILLING_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_TRUSTED_PROXIES") && e.to_string().contains("lb.internal"), "{e}");
     }
 
     #[test]

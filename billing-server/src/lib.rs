@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub header_read_timeout: Duration,
     /// The route table.
     pub router: routes::Router,
+    /// Proxies whose forwarding headers name the client (`ClientAddr`).
+    pub trusted_proxies: client_addr::TrustedProxies,
     /// Failed lookups per client address.
     pub failures_by_addr: FailureLimiter<IpAddr>,
     /// Failed activations per license key (hash).
@@ -91,6 +94,8 @@ pub struct ServerOptions {
     pub rate_limit_per_minute: u32,
     /// Event hub settings.
     pub hub: HubConfig,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: client_addr::TrustedProxies,
 }
 
 impl Default for ServerOptions {
@@ -103,6 +108,7 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(30),
             rate_limit_per_minute: 60,
             hub: HubConfig::default(),
+            trusted_proxies: client_addr::TrustedProxies::default(),
         }
     }
 }
@@ -122,6 +128,7 @@ impl AppState {
             body_timeout: Duration::from_secs(config.body_timeout_secs),
             max_pending_bodies: config.max_pending_bodies,
             rate_limit_per_minute: config.rate_limit_per_minute,
+            trusted_proxies: config.trusted_proxies.clone(),
             hub: HubConfig {
                 retention: time::Duration::days(i64::from(config.outbox_retention_days)),
                 ..HubConfig::default()
@@ -145,6 +152,7 @@ impl AppState {
             pending_bodies: Arc::new(tokio::sync::Semaphore::new(options.max_pending_bodies)),
             header_read_timeout: options.header_read_timeout,
             router: routes::Router::new(),
+            trusted_proxies: options.trusted_proxies,
             failures_by_addr: FailureLimiter::per_minute(per_minute),
             failures_by_key: FailureLimiter::per_minute(per_minute),
             reaper_interval,
@@ -255,7 +263,8 @@ fn spawn_background(state: &Arc<AppState>) {
     });
 }
 
-/// The peer address of a request's connection.
+/// The client's address: the connection's peer, or the client a trusted
+/// proxy names (see [`client_addr::TrustedProxies::client_addr`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -337,7 +346,8 @@ async fn serve_connection(
         let places = state.pending_bodies.clone();
         let mut request =
             request.map(|body| http_body_util::BodyExt::boxed(http::GuardedBody::new(body, deadline, places)));
-        request.extensions_mut().insert(ClientAddr(peer.ip()));
+        let client = state.trusted_proxies.client_addr(peer.ip(), request.headers());
+        request.extensions_mut().insert(ClientAddr(client));
         // Boxed so the connection's task does not reserve room for the
         // largest handler future for as long as the connection lives.
         Box::pin(handle(state.clone(), request))

@@ -83,7 +83,7 @@ pub async fn read_first_request(stream: &mut TcpStream, timeout: Duration) -> io
 /// Answers an event stream request read by [`read_first_request`], then
 /// closes the connection.
 pub async fn serve_event_stream(state: Arc<AppState>, mut stream: TcpStream, peer: SocketAddr, head: Bytes) {
-    let (request, http10) = match parse_head(&head, peer) {
+    let (mut request, http10) = match parse_head(&head, peer) {
         Ok(parsed) => parsed,
         Err(error) => {
             if write_response(&mut stream, error.into_response(), false).await.is_ok() {
@@ -93,6 +93,8 @@ pub async fn serve_event_stream(state: Arc<AppState>, mut stream: TcpStream, pee
         }
     };
     drop(head);
+    let client = state.trusted_proxies.client_addr(peer.ip(), request.headers());
+    request.extensions_mut().insert(ClientAddr(client));
     // Boxed: the routing future is large and done long before the stream is.
     let response = Box::pin(crate::handle(state, request)).await.unwrap_or_else(|never| match never {});
     match write_response(&mut stream, response, http10).await {

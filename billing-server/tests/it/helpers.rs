@@ -276,6 +276,7 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
+    pub trusted_proxies: Option<billing_server::client_addr::TrustedProxies>,
     pub store: Option<StoreLocation>,
     pub body_timeout: Option<Duration>,
     pub max_pending_bodies: Option<usize>,
@@ -341,6 +342,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         header_read_timeout: options.header_read_timeout.unwrap_or(defaults.header_read_timeout),
         rate_limit_per_minute: options.rate_limit_per_minute.unwrap_or(60),
         hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
+        trusted_proxies: options.trusted_proxies.unwrap_or_default(),
     };
     let state = AppState::new(billing.clone(), server_options).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -20,6 +20,7 @@ mod openapi;
 mod ops;
 mod ordering;
 mod properties;
+mod proxies;
 mod quickstart;
 mod storm;
 // Webhooks to the vendor (issue 14).

@@ -157,6 +157,7 @@ impl TestEnv {
             max_body_bytes: 1 << 20,
             rate_limit_per_minute: 600,
             hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
+            trusted_proxies: Default::default(),
             ..ServerOptions::default()
         };
         // A new AppState (event hub, limiters) over the same database, as a new process would have.

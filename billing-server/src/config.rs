@@ -118,6 +118,7 @@ pub struct Config {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PlansFile {
     #[serde(default)]
     plans: Vec<Plan>,
@@ -369,6 +370,16 @@ mod tests {
         assert!(e.to_string().contains("BILLING_WEBHOOK_RETRY_SCHEDULE"));
         let e = config(&[("BILLING_WEBHOOK_ALLOW_PRIVATE", "yes")]).unwrap_err();
         assert!(e.to_string().contains("BILLING_WEBHOOK_ALLOW_PRIVATE"));
+    }
+
+    #[test]
+    fn a_misspelt_key_in_the_plans_file_is_an_error_naming_it() {
+        let plan = "[[plans]]\nid = \"pro\"\nname = \"Pro\"\nstripe_price_id = \"price_pro\"\n";
+        assert_eq!(parse_plans(&format!("{plan}max_devices = 3\n")).unwrap().all().len(), 1);
+        let e = format!("{:#}", parse_plans(&format!("{plan}max_devics = 3\n")).unwrap_err());
+        assert!(e.contains("max_devics"), "{e}");
+        let e = format!("{:#}", parse_plans(&plan.replace("[[plans]]", "[[plan]]")).unwrap_err());
+        assert!(e.contains("plan"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ impl std::fmt::Display for PlanId {
 
 /// One plan of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// A misspelt field (`max_devics = 3`) is an error, not a silent default.
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Stable identifier used by the dashboard and in license certificates.
     pub id: PlanId,

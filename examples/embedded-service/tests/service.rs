@@ -30,12 +30,17 @@ async fn drop_database(name: &str) {
     client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
 }
 
-#[tokio::test]
-async fn the_embedded_routes_ingest_webhooks_and_check_licenses() {
+/// A migrated store on a fresh database, and the database's name.
+async fn fresh_store() -> (AnyStore, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (url, name) = fresh_database().await;
     let store = AnyStore::open(&StoreLocation::Postgres(url), 2).await.unwrap();
     store.migrate().await.unwrap();
+    (store, name)
+}
+
+/// The one plan the service sells.
+fn plans() -> PlanCatalog {
     let plan = Plan {
         id: PlanId("pro".into()),
         name: "Pro".into(),
@@ -46,9 +51,14 @@ async fn the_embedded_routes_ingest_webhooks_and_check_licenses() {
         interval: None,
         features: vec![],
     };
+    PlanCatalog::new(vec![plan]).unwrap()
+}
+
+#[tokio::test]
+async fn the_embedded_routes_ingest_webhooks_and_check_licenses() {
+    let (store, name) = fresh_store().await;
     let licensing = LicensingConfig::new(Arc::new(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap()));
-    let config = BillingConfig::new(PlanCatalog::new(vec![plan]).unwrap(), licensing)
-        .with_webhook_secrets(WebhookSecrets::parse(SECRET));
+    let config = BillingConfig::new(plans(), licensing).with_webhook_secrets(WebhookSecrets::parse(SECRET));
     let billing = Billing::new(store, config);
     let billing_for_server = billing.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,26 +101,13 @@ async fn the_embedded_routes_ingest_webhooks_and_check_licenses() {
 /// run out, with no billing-server anywhere.
 #[tokio::test]
 async fn the_background_work_suspends_a_license_whose_grace_ran_out() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (url, name) = fresh_database().await;
-    let store = AnyStore::open(&StoreLocation::Postgres(url), 2).await.unwrap();
-    store.migrate().await.unwrap();
-    let plan = Plan {
-        id: PlanId("pro".into()),
-        name: "Pro".into(),
-        stripe_price_id: "price_pro".into(),
-        max_devices: 1,
-        amount: None,
-        currency: None,
-        interval: None,
-        features: vec![],
-    };
+    let (store, name) = fresh_store().await;
     // A short heartbeat window makes the sweeps frequent (a quarter of it).
     let licensing = LicensingConfig {
         heartbeat_window: time::Duration::seconds(2),
         ..LicensingConfig::new(Arc::new(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap()))
     };
-    let config = BillingConfig::new(PlanCatalog::new(vec![plan]).unwrap(), licensing)
+    let config = BillingConfig::new(plans(), licensing)
         .with_webhook_secrets(WebhookSecrets::parse(SECRET))
         .with_grace(time::Duration::days(3));
     let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));

@@ -265,7 +265,13 @@ fn decide_issue(
     changes: &mut Changeset,
 ) -> LicenseRecord {
     let detail = json!({ "user_id": issued.user_id, "plan": plan, "terms": terms_detail(&issued) });
-    changes.license_audit.push(LicenseAudit { license_id: issued.id, kind: "issued", actor: actor.label(), detail });
+    changes.license_audit.push(LicenseAudit {
+        license_id: issued.id,
+        kind: "issued",
+        actor: actor.label(),
+        detail,
+        client_addr: actor.client_addr(),
+    });
     changes.outbox.push(license_message(Topic::LicenseCreated, &issued));
     changes.new_licenses.push(issued.clone());
     let at = bundle.stamped_at;
@@ -303,7 +309,13 @@ fn decide_change(
     }
     changes.saved_licenses.push(next.clone());
     let detail = json!({ "from": terms_detail(current), "to": terms_detail(&next) });
-    changes.license_audit.push(LicenseAudit { license_id: next.id, kind: change.kind(), actor: actor.label(), detail });
+    changes.license_audit.push(LicenseAudit {
+        license_id: next.id,
+        kind: change.kind(),
+        actor: actor.label(),
+        detail,
+        client_addr: actor.client_addr(),
+    });
     changes.outbox.push(license_updated(&next));
     if next.terms.max_devices < current.terms.max_devices {
         evict_beyond_limit(changes, &next, &held.devices, actor, rules.now, rules.heartbeat_window);
@@ -359,6 +371,7 @@ fn decide_reset(
             kind: "devices_reset",
             actor: actor.label(),
             detail,
+            client_addr: actor.client_addr(),
         });
     }
     Ok(AdminLicense { record, device_count: 0, devices: Some(devices), subscription })
@@ -453,7 +466,7 @@ mod tests {
     }
 
     fn admin() -> Actor {
-        Actor::Admin { token_name: "ops".into() }
+        Actor::admin("ops")
     }
 
     fn change(

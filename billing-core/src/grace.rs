@@ -59,12 +59,14 @@ fn decide_grace_expiry(bundle: LicenseBundle, now: Timestamp, changes: &mut Chan
                 change,
                 actor: Actor::System.label(),
                 stripe_event_id: None,
+                client_addr: None,
             }),
             None => changes.license_audit.push(LicenseAudit {
                 license_id: held.id,
                 kind: "grace_expired",
                 actor: Actor::System.label(),
                 detail: json!({ "grace_ended_at": rfc3339(grace_ended_at) }),
+                client_addr: None,
             }),
         }
         let lapsed = License { terms, ..held };
@@ -112,6 +114,7 @@ mod tests {
                 change: SubscriptionChange::GraceExpired { grace_ended_at: ended },
                 actor: "system".into(),
                 stripe_event_id: None,
+                client_addr: None,
             }]
         );
         assert!(changes.license_audit.is_empty());

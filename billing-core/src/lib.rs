@@ -79,6 +79,7 @@
 //!         name: Some("Laptop"),
 //!         platform: None,
 //!         app_version: None,
+//!         client_addr: None,
 //!     })
 //!     .await?;
 //! assert!(activation.created);

@@ -51,6 +51,8 @@ pub struct ActivationRequest<'a> {
     pub platform: Option<&'a str>,
     /// App version.
     pub app_version: Option<&'a str>,
+    /// Where the request came from, for the audit trail.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// A successful activation.
@@ -197,6 +199,7 @@ impl<S: Store> Billing<S> {
             name: request.name.map(str::to_owned),
             platform: request.platform.map(str::to_owned),
             app_version: request.app_version.map(str::to_owned),
+            client_addr: request.client_addr,
         };
         let keys = LicenseKeys::ActivationOf { key_hash: key.lookup_hash() };
         let (license, device, created) = self
@@ -241,13 +244,18 @@ impl<S: Store> Billing<S> {
         Ok(Heartbeat { device, license, certificate })
     }
 
-    /// Deactivates the device holding `token`, freeing its slot.
-    pub async fn deactivate(&self, token: &str) -> Result<Device, LicensingError> {
+    /// Deactivates the device holding `token`, freeing its slot; the app
+    /// asked from `client_addr`.
+    pub async fn deactivate(
+        &self,
+        token: &str,
+        client_addr: Option<std::net::IpAddr>,
+    ) -> Result<Device, LicensingError> {
         let now = self.now();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
         self.store()
             .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_app_deactivation(bundle, now, changes))
+                Changeset::from_decision(|changes| decide_app_deactivation(bundle, client_addr, now, changes))
             })
             .await?
     }
@@ -401,6 +409,7 @@ struct Activating {
     name: Option<String>,
     platform: Option<String>,
     app_version: Option<String>,
+    client_addr: Option<std::net::IpAddr>,
 }
 
 /// An activation: a new slot, or the fingerprint's own taken again, with a
@@ -418,7 +427,7 @@ fn decide_activation(
             ActivationRefusal::LicenseNotActive(status) => LicensingError::LicenseNotActive(status),
             ActivationRefusal::TooManyDevices { max_devices } => LicensingError::TooManyDevices { max_devices },
         })?;
-    let Activating { device_id, token_hash, fingerprint, name, platform, app_version } = activating;
+    let Activating { device_id, token_hash, fingerprint, name, platform, app_version, client_addr } = activating;
     let mut device = Device {
         id: device_id,
         license_id: held.record.license.id,
@@ -442,7 +451,12 @@ fn decide_activation(
             false
         }
     };
-    changes.device_audit.push(device_audit(&device, "activated", &Actor::System, json!({ "new_slot": created })));
+    changes.device_audit.push(device_audit(
+        &device,
+        "activated",
+        &Actor::Device { client_addr },
+        json!({ "new_slot": created }),
+    ));
     changes.outbox.push(device_message(Topic::DeviceActivated, &device, None));
     Ok((held.record.license, device, created))
 }
@@ -484,6 +498,7 @@ fn live_device(
 /// The app deactivating its own device; a second time is refused.
 fn decide_app_deactivation(
     bundle: LicenseBundle,
+    client_addr: Option<std::net::IpAddr>,
     now: Timestamp,
     changes: &mut Changeset,
 ) -> Result<Device, LicensingError> {
@@ -491,7 +506,7 @@ fn decide_app_deactivation(
     if device.status == DeviceStatus::Deactivated {
         return Err(LicensingError::DeviceDeactivated);
     }
-    Ok(deactivate(changes, device, DeactivationReason::App, &Actor::System, now))
+    Ok(deactivate(changes, device, DeactivationReason::App, &Actor::Device { client_addr }, now))
 }
 
 /// A removal from the dashboard; removing a removed device changes nothing.
@@ -557,7 +572,14 @@ fn declare_dead(changes: &mut Changeset, device: &Device, now: Timestamp) {
 }
 
 fn device_audit(device: &Device, kind: &'static str, actor: &Actor, detail: serde_json::Value) -> DeviceAudit {
-    DeviceAudit { device_id: device.id, license_id: device.license_id, kind, actor: actor.label(), detail }
+    DeviceAudit {
+        device_id: device.id,
+        license_id: device.license_id,
+        kind,
+        actor: actor.label(),
+        detail,
+        client_addr: actor.client_addr(),
+    }
 }
 
 pub(crate) fn device_message(topic: Topic, device: &Device, reason: Option<&str>) -> OutboxMessage {
@@ -581,6 +603,7 @@ mod tests {
     use crate::storage::license_work::fixtures::{device, device_bundle, empty_bundle, license, license_bundle, NOW};
 
     const WINDOW: time::Duration = time::Duration::minutes(10);
+    const APP_ADDR: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
 
     fn activating(fingerprint: &str) -> Activating {
         Activating {
@@ -590,6 +613,7 @@ mod tests {
             name: Some("Laptop".into()),
             platform: Some("macos".into()),
             app_version: Some("2.0.0".into()),
+            client_addr: Some("198.51.100.7".parse().unwrap()),
         }
     }
 
@@ -718,18 +742,20 @@ mod tests {
     fn the_app_deactivates_its_device_once() {
         let held = license(1);
         let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
-        let (changes, result) =
-            Changeset::from_decision(|c| decide_app_deactivation(device_bundle(held.clone(), alive.clone()), NOW, c));
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_app_deactivation(device_bundle(held.clone(), alive.clone()), Some(APP_ADDR), NOW, c)
+        });
         let left = result.unwrap();
         assert_eq!((left.id, left.status, left.deactivated_at), (alive.id, DeviceStatus::Deactivated, Some(NOW)));
         assert_eq!(changes.device_statuses, [(alive.id, DeviceStatus::Deactivated, NOW)]);
         assert_eq!(audit_kinds(&changes), ["deactivated"]);
         assert_eq!(changes.device_audit[0].detail, json!({ "reason": "app" }));
+        assert_eq!(changes.device_audit[0].client_addr, Some(APP_ADDR), "where the app asked from");
         assert_eq!(topics(&changes), [Topic::DeviceDeactivated]);
         assert_eq!(changes.outbox[0].payload["reason"], "app");
 
         let (changes, result) =
-            Changeset::from_decision(|c| decide_app_deactivation(device_bundle(held, left), NOW, c));
+            Changeset::from_decision(|c| decide_app_deactivation(device_bundle(held, left), None, NOW, c));
         assert!(matches!(result, Err(LicensingError::DeviceDeactivated)), "{result:?}");
         assert!(changes.is_empty());
     }
@@ -737,7 +763,7 @@ mod tests {
     #[test]
     fn a_dashboard_removal_is_audited_with_its_actor_and_a_second_one_changes_nothing() {
         let held = license(1);
-        let actor = Actor::User { user_id: "user_1".into() };
+        let actor = Actor::user("user_1");
         let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
         let (changes, result) = Changeset::from_decision(|c| {
             decide_dashboard_removal(device_bundle(held.clone(), alive.clone()), &actor, NOW, c)
@@ -757,7 +783,7 @@ mod tests {
     #[test]
     fn a_rename_writes_the_name_an_audit_row_and_device_updated() {
         let held = license(1);
-        let actor = Actor::User { user_id: "user_1".into() };
+        let actor = Actor::user("user_1");
         let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
         let (changes, result) = Changeset::from_decision(|c| {
             decide_rename(device_bundle(held, alive.clone()), "Work laptop".into(), &actor, c)

@@ -839,6 +839,7 @@ async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
             },
             actor: "stripe".into(),
             stripe_event_id: Some("evt_2".into()),
+            client_addr: None,
         }],
         new_licenses: vec![issued.clone()],
         device_statuses: vec![(a.id, DeviceStatus::Deactivated, off)],
@@ -849,13 +850,15 @@ async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
                 kind: "deactivated",
                 actor: "stripe".into(),
                 detail: json!({ "why": "downgrade" }),
+                client_addr: None,
             },
             DeviceAudit {
                 device_id: b.id,
                 license_id: license.id,
                 kind: "kept",
-                actor: "stripe".into(),
+                actor: "admin:ops".into(),
                 detail: json!({}),
+                client_addr: Some("2001:db8::7".parse().unwrap()),
             },
         ],
         outbox: (1..=3).map(|n| message(Some(license.id), n)).collect(),
@@ -881,7 +884,16 @@ async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
     );
     assert_eq!(bundle.devices.get(&issued.id), Some(&Vec::new()));
     let audit = db.texts("SELECT kind || ':' || actor || ':' || device_id FROM device_changes ORDER BY id").await;
-    assert_eq!(audit, [format!("deactivated:stripe:{}", a.id), format!("kept:stripe:{}", b.id)], "in order");
+    assert_eq!(audit, [format!("deactivated:stripe:{}", a.id), format!("kept:admin:ops:{}", b.id)], "in order");
+    let page =
+        store.audit_entries(&AuditFilter { license_id: Some(license.id), user_id: None }, None, 10).await.unwrap();
+    let addrs: Vec<_> =
+        page.iter().filter(|e| e.device_id.is_some()).map(|e| (e.kind.as_str(), e.client_addr)).collect();
+    assert_eq!(
+        addrs,
+        [("kept", Some("2001:db8::7".parse().unwrap())), ("deactivated", None)],
+        "where each was asked from"
+    );
     let history = store.changes_of_user("user_1", 10).await.unwrap();
     assert_eq!(
         history
@@ -1080,6 +1092,7 @@ async fn a_saved_subscription_carries_its_audit_rows_in_order() {
                 change: change.clone(),
                 actor: actor.label(),
                 stripe_event_id: Some("evt_7".to_owned()),
+                client_addr: actor.client_addr(),
             })
             .collect(),
         ..Changeset::default()
@@ -1145,6 +1158,7 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     let activated = Changeset {
         new_devices: vec![activation(&a, b"token-a"), activation(&b, b"token-b")],
         device_audit: vec![DeviceAudit {
+            client_addr: None,
             device_id: a.id,
             license_id: stored_license.id,
             kind: "activated",
@@ -1237,6 +1251,7 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     let moved = Changeset {
         deleted_customers: vec![customer],
         subscription_audit: vec![SubscriptionAudit {
+            client_addr: None,
             subscription_id: sub.id,
             change: billing_core::domain::subscription::SubscriptionChange::StatusChanged {
                 from: SubscriptionStatus::Trialing,
@@ -2160,6 +2175,7 @@ async fn activate<S: Store>(billing: &Billing<S>, key: &str, fingerprint: &str) 
         name: Some(fingerprint),
         platform: Some("linux"),
         app_version: None,
+        client_addr: None,
     };
     match billing.activate(&request).await {
         Ok(a) => Ok((a.token.expose().to_owned(), a.device)),
@@ -2273,6 +2289,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
             name: Some("renamed"),
             platform: None,
             app_version: Some("2.0"),
+            client_addr: None,
         })
         .await
         .unwrap();
@@ -2334,14 +2351,14 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     let refused = activate(&billing, &key, "fp_f").await.unwrap_err();
     assert_eq!(refused, json!({ "error": "TooManyDevices { max_devices: 1 }" }));
 
-    let user = Actor::User { user_id: "user_1".to_owned() };
+    let user = Actor::user("user_1");
     let renamed = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
     assert_eq!(renamed.name.as_deref(), Some("Laptop"));
     let stranger = billing.rename_device_of_user(Some("user_2"), e.id, "Mine", &user).await.unwrap_err();
     assert!(matches!(stranger, LicensingError::DeviceNotFound), "{stranger:?}");
-    let gone = billing.deactivate(&token_e).await.unwrap();
+    let gone = billing.deactivate(&token_e, None).await.unwrap();
     assert_eq!(gone.status, DeviceStatus::Deactivated);
-    assert!(matches!(billing.deactivate(&token_e).await, Err(LicensingError::DeviceDeactivated)));
+    assert!(matches!(billing.deactivate(&token_e, None).await, Err(LicensingError::DeviceDeactivated)));
     let kept = billing.deactivate_device_of_user(None, e.id, &Actor::System).await.unwrap();
     assert_eq!(kept.deactivated_at, Some(as_postgres_keeps(clock.now())), "already deactivated: unchanged");
     assert!(!billing.device_token_grants(&token_e, license.id).await.unwrap());
@@ -2601,6 +2618,7 @@ async fn the_audit_walk_covers_three_tables_once_each_and_filters_by_license_and
     for round in 0..3 {
         let stripe = Actor::Stripe { event_id: format!("evt_{round}") };
         let activated = |d: &Device| DeviceAudit {
+            client_addr: None,
             device_id: d.id,
             license_id: d.license_id,
             kind: "activated",
@@ -2609,6 +2627,7 @@ async fn the_audit_walk_covers_three_tables_once_each_and_filters_by_license_and
         };
         let changes = Changeset {
             subscription_audit: vec![SubscriptionAudit {
+                client_addr: None,
                 subscription_id: sub.id,
                 change: status(SubscriptionStatus::Trialing, SubscriptionStatus::Active),
                 actor: stripe.label(),
@@ -2852,6 +2871,7 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
         },
     };
     let audit = |license: &License, kind| LicenseAudit {
+        client_addr: None,
         license_id: license.id,
         kind,
         actor: Actor::System.label(),
@@ -2905,7 +2925,7 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
     };
     let saved = Changeset {
         saved_licenses: vec![overridden.clone()],
-        license_audit: vec![LicenseAudit { detail: json!({}), ..audit(&overridden, "suspended") }],
+        license_audit: vec![LicenseAudit { client_addr: None, detail: json!({}), ..audit(&overridden, "suspended") }],
         ..Changeset::default()
     };
     let before = work(&store, LicenseKeys::License { license_id: overridden.id }, saved).await.unwrap();

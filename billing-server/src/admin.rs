@@ -18,12 +18,14 @@ pub struct AdminPrincipal {
     pub name: String,
     /// What it may do.
     pub scopes: Scopes,
+    /// Where the request came from (see [`crate::ClientAddr`]).
+    pub client_addr: std::net::IpAddr,
 }
 
 impl AdminPrincipal {
     /// The audit trail's actor: `admin:<name>`.
     pub fn actor(&self) -> Actor {
-        Actor::Admin { token_name: self.name.clone() }
+        Actor::admin(self.name.clone()).from_addr(self.client_addr)
     }
 }
 
@@ -52,5 +54,5 @@ pub async fn authorize(
         ));
     }
     state.billing.record_admin_token_use(&record).await;
-    Ok(AdminPrincipal { name: record.name, scopes: record.scopes })
+    Ok(AdminPrincipal { name: record.name, scopes: record.scopes, client_addr: addr })
 }

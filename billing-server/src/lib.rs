@@ -373,7 +373,8 @@ pub(crate) async fn handle(
         .unwrap_or_else(|| format!("req-{}", state.next_request_id.fetch_add(1, Ordering::Relaxed)));
     let route = routes::route_label(&state, request.method(), request.uri().path());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", id = %request_id, method = %method, route);
+    let client = request.extensions().get::<ClientAddr>().map_or_else(String::new, |a| a.0.to_string());
+    let span = tracing::info_span!("request", id = %request_id, method = %method, route, client = %client);
     let started = std::time::Instant::now();
     state.metrics.in_flight.inc();
     let refusal = refuse_nul_in_uri(request.uri()).err();

@@ -20,6 +20,8 @@ pub use plan::{Plan, PlanCatalog, PlanId};
 pub use subscription::{Subscription, SubscriptionSnapshot, SubscriptionStatus};
 pub use topic::Topic;
 
+use std::net::IpAddr;
+
 /// A point in time. All timestamps in the domain are UTC.
 pub type Timestamp = time::OffsetDateTime;
 
@@ -41,13 +43,24 @@ pub enum Actor {
     User {
         /// The acting user (the admin, when an admin acts for someone).
         user_id: String,
+        /// The address the request came from, when it came over the network.
+        client_addr: Option<IpAddr>,
     },
     /// Background work of the server itself (grace expiry, heartbeat reaper).
     System,
+    /// A desktop app acting on its own device (activation, deactivation):
+    /// labelled `system` like the server's own work, as it always was, since
+    /// the app holds no identity beyond the device the row names.
+    Device {
+        /// The address the request came from.
+        client_addr: Option<IpAddr>,
+    },
     /// A vendor's script or operator through the admin API, by token name.
     Admin {
         /// The name the token was created with.
         token_name: String,
+        /// The address the request came from, when it came over the network.
+        client_addr: Option<IpAddr>,
     },
 }
 
@@ -56,9 +69,39 @@ impl Actor {
     pub fn label(&self) -> String {
         match self {
             Actor::Stripe { .. } => "stripe".to_owned(),
-            Actor::User { user_id } => format!("user:{user_id}"),
-            Actor::System => "system".to_owned(),
-            Actor::Admin { token_name } => format!("admin:{token_name}"),
+            Actor::User { user_id, .. } => format!("user:{user_id}"),
+            Actor::System | Actor::Device { .. } => "system".to_owned(),
+            Actor::Admin { token_name, .. } => format!("admin:{token_name}"),
+        }
+    }
+
+    /// A dashboard user, acting from no known address.
+    pub fn user(user_id: impl Into<String>) -> Self {
+        Actor::User { user_id: user_id.into(), client_addr: None }
+    }
+
+    /// An admin token, used from no known address.
+    pub fn admin(token_name: impl Into<String>) -> Self {
+        Actor::Admin { token_name: token_name.into(), client_addr: None }
+    }
+
+    /// The same actor, acting from `addr` (a request of a user, an admin or an app).
+    pub fn from_addr(mut self, addr: IpAddr) -> Self {
+        if let Actor::User { client_addr, .. } | Actor::Admin { client_addr, .. } | Actor::Device { client_addr } =
+            &mut self
+        {
+            *client_addr = Some(addr);
+        }
+        self
+    }
+
+    /// Where the request that made the change came from, for the audit trail.
+    pub fn client_addr(&self) -> Option<IpAddr> {
+        match self {
+            Actor::User { client_addr, .. } | Actor::Admin { client_addr, .. } | Actor::Device { client_addr } => {
+                *client_addr
+            }
+            Actor::Stripe { .. } | Actor::System => None,
         }
     }
 

@@ -128,6 +128,9 @@ pub struct AuditRecord {
     pub stripe_event_id: Option<String>,
     /// Details as recorded.
     pub detail: Value,
+    /// Where the request that caused it came from (none for Stripe's
+    /// deliveries and background work).
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 impl AuditRecord {

@@ -40,6 +40,8 @@ pub struct SubscriptionAudit {
     pub actor: String,
     /// The event that caused it.
     pub stripe_event_id: Option<String>,
+    /// Where the request that caused it came from.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// A device audit row.
@@ -55,6 +57,8 @@ pub struct DeviceAudit {
     pub actor: String,
     /// Details.
     pub detail: Value,
+    /// Where the request that caused it came from.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// A customer row to write.
@@ -101,6 +105,8 @@ pub struct LicenseAudit {
     pub actor: String,
     /// Details.
     pub detail: Value,
+    /// Where the request that caused it came from.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// Every write of a unit of work, in the order the decisions made them.

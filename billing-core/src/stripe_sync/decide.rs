@@ -223,6 +223,7 @@ impl<'a> Decisions<'a> {
             change,
             actor: actor.label(),
             stripe_event_id: actor.stripe_event_id().map(str::to_owned),
+            client_addr: actor.client_addr(),
         });
     }
 
@@ -321,6 +322,7 @@ impl<'a> Decisions<'a> {
                 kind: "deactivated",
                 actor: actor.label(),
                 detail: json!({ "reason": reason.as_str() }),
+                client_addr: actor.client_addr(),
             });
             self.enqueue(device_message(Topic::DeviceDeactivated, &device, Some(reason.as_str())));
         }

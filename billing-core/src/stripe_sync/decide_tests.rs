@@ -285,7 +285,7 @@ fn an_api_snapshot_identical_to_what_is_held_changes_nothing() {
         StripeBundle::default(),
         &[sub_event("evt_1", 100, snapshot(SubscriptionStatus::Active, "price_pro"))],
     );
-    let actor = Actor::User { user_id: "user_1".into() };
+    let actor = Actor::user("user_1");
     let same = StripeInput::Snapshot {
         snapshot: Box::new(snapshot(SubscriptionStatus::Active, "price_pro")),
         actor: actor.clone(),

@@ -1,6 +1,7 @@
 //! Dashboard actions through the Stripe API (JWT bearer).
 
 use super::dashboard::target;
+use super::license::client_addr;
 use crate::error::ApiError;
 use crate::http::RequestBody;
 use crate::http::{ok, parse_json, read_body, Response};
@@ -101,8 +102,9 @@ fn yes() -> bool {
 
 pub async fn cancel(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
+    let addr = client_addr(&request);
     let body: CancelBody = body(state, request).await?;
-    let actor = Actor::User { user_id: caller.user_id };
+    let actor = Actor::user(caller.user_id).from_addr(addr);
     let sub = state.billing.cancel_subscription(&actor, &user, body.at_period_end).await.map_err(action_error)?;
     Ok(subscription_response(&sub))
 }
@@ -113,8 +115,9 @@ struct EmptyBody {}
 
 pub async fn reactivate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
+    let addr = client_addr(&request);
     let _: EmptyBody = body(state, request).await?;
-    let actor = Actor::User { user_id: caller.user_id };
+    let actor = Actor::user(caller.user_id).from_addr(addr);
     let sub = state.billing.reactivate_subscription(&actor, &user).await.map_err(action_error)?;
     Ok(subscription_response(&sub))
 }
@@ -127,8 +130,9 @@ struct ChangePlanBody {
 
 pub async fn change_plan(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
+    let addr = client_addr(&request);
     let body: ChangePlanBody = required_body(state, request).await?;
-    let actor = Actor::User { user_id: caller.user_id };
+    let actor = Actor::user(caller.user_id).from_addr(addr);
     let sub = state.billing.change_plan(&actor, &user, &body.plan).await.map_err(action_error)?;
     Ok(subscription_response(&sub))
 }
@@ -175,8 +179,9 @@ pub async fn payment_method(state: &AppState, request: Request<RequestBody>) -> 
 
 pub async fn sync(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (caller, user) = target(state, &request)?;
+    let addr = client_addr(&request);
     let _: EmptyBody = body(state, request).await?;
-    let actor = Actor::User { user_id: caller.user_id };
+    let actor = Actor::user(caller.user_id).from_addr(addr);
     let (subs, changed) = state.billing.sync_from_stripe(&actor, &user).await.map_err(action_error)?;
     Ok(ok(&json!({
         "subscriptions": subs.iter().map(SubscriptionView::from).collect::<Vec<_>>(),

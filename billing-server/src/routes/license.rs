@@ -91,6 +91,7 @@ pub async fn activate(state: &AppState, request: Request<RequestBody>) -> Result
             name: body.name.as_deref(),
             platform: body.platform.as_deref(),
             app_version: body.app_version.as_deref(),
+            client_addr: Some(addr),
         })
         .await;
     let activation = match result {
@@ -160,7 +161,7 @@ pub async fn heartbeat(state: &AppState, request: Request<RequestBody>) -> Resul
 
 pub async fn deactivate(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let token = activation_token(&request)?;
-    let device = state.billing.deactivate(&token).await.map_err(licensing_error)?;
+    let device = state.billing.deactivate(&token, Some(client_addr(&request))).await.map_err(licensing_error)?;
     let window = state.billing.config().licensing.heartbeat_window;
     Ok(ok(&json!({ "device": DeviceView::new(&device, state.billing.now(), window) })))
 }

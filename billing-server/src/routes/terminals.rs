@@ -31,7 +31,7 @@ pub async fn delete(state: &AppState, request: Request<RequestBody>, id: &str) -
     let caller = caller(state, &request)?;
     let id = device_id(id)?;
     let owner = (!caller.is_admin).then_some(caller.user_id.as_str());
-    let actor = Actor::User { user_id: caller.user_id.clone() };
+    let actor = Actor::user(caller.user_id.clone()).from_addr(client_addr(&request));
     let device = state.billing.deactivate_device_of_user(owner, id, &actor).await.map_err(licensing_error)?;
     let window = state.billing.config().licensing.heartbeat_window;
     Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), window) })))
@@ -46,10 +46,11 @@ struct RenameBody {
 pub async fn rename(state: &AppState, request: Request<RequestBody>, id: &str) -> Result<Response, ApiError> {
     let caller = caller(state, &request)?;
     let id = device_id(id)?;
+    let addr = client_addr(&request);
     let (parts, body) = request.into_parts();
     let body: RenameBody = parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)?;
     let owner = (!caller.is_admin).then_some(caller.user_id.as_str());
-    let actor = Actor::User { user_id: caller.user_id.clone() };
+    let actor = Actor::user(caller.user_id.clone()).from_addr(addr);
     let device = state.billing.rename_device_of_user(owner, id, &body.name, &actor).await.map_err(licensing_error)?;
     let window = state.billing.config().licensing.heartbeat_window;
     Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), window) })))

@@ -55,6 +55,10 @@ pub struct AuditEntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     subscription_id: Option<Uuid>,
     detail: Value,
+    /// The client address of the request that made the change (behind a
+    /// trusted proxy, the one it names); absent for Stripe and the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_addr: Option<String>,
 }
 
 impl From<&AuditRecord> for AuditEntryView {
@@ -85,6 +89,7 @@ impl From<&AuditRecord> for AuditEntryView {
             license_id: e.license_id,
             subscription_id: e.subscription_id,
             detail: Value::Object(detail),
+            client_addr: e.client_addr.map(|a| a.to_string()),
         }
     }
 }

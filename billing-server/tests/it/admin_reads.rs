@@ -50,7 +50,7 @@ async fn walk(app: &TestApp, token: &str, path: &str, items: &str, limit: usize)
 /// case as the admin route does. Returns its id.
 async fn issue_manual(app: &TestApp, user: &str) -> Uuid {
     let request = NewLicense { user_id: user.to_owned(), plan: "pro".to_owned(), ..NewLicense::default() };
-    let actor = Actor::Admin { token_name: "ops".to_owned() };
+    let actor = Actor::admin("ops");
     app.billing.issue_manual_license(&actor, request).await.expect("issued").record.license.id
 }
 
@@ -417,7 +417,7 @@ async fn the_license_walk_returns_each_pre_existing_license_once_while_others_ar
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let request =
                     NewLicense { user_id: format!("late_{issued}"), plan: "basic".to_owned(), ..NewLicense::default() };
-                billing.issue_manual_license(&Actor::Admin { token_name: "ops".into() }, request).await.unwrap();
+                billing.issue_manual_license(&Actor::admin("ops"), request).await.unwrap();
                 issued += 1;
             }
             issued
@@ -458,7 +458,7 @@ async fn a_license_is_found_by_every_kind_of_search_term_and_filtered() {
     app.issue_license("mo", PRICE_BASIC).await;
     let manual = issue_manual(&app, "lena").await;
     let revoked = issue_manual(&app, "nina").await;
-    app.billing.revoke_license(&Actor::Admin { token_name: "ops".into() }, revoked).await.unwrap();
+    app.billing.revoke_license(&Actor::admin("ops"), revoked).await.unwrap();
 
     let find = |q: String| {
         let (app, token) = (&app, &token);

@@ -60,3 +60,48 @@ async fn a_forwarding_header_from_an_untrusted_peer_changes_nothing() {
         assert_eq!(miss(&app, 3, Some(("forwarded", "for=203.0.113.5"))).await, 429);
     }
 }
+
+/// The audit trail records where each change was asked from: the client a
+/// trusted proxy names, or the peer itself; nothing for Stripe's deliveries.
+#[tokio::test]
+async fn the_audit_trail_records_the_client_address() {
+    let trusted = TrustedProxies::parse("127.0.0.2").unwrap();
+    let app = spawn_app_with(Options { trusted_proxies: Some(trusted), ..Default::default() }).await;
+    let key = app.issue_license("user_addr", PRICE_PRO).await;
+    let license_id = app.validate(&key, None).await["license"]["id"].as_str().unwrap().to_owned();
+    let via_proxy = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let direct = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 9])).build().unwrap();
+    let activated = via_proxy
+        .post(app.url("/api/license/activate"))
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.20")
+        .json(&json!({ "license_key": key, "fingerprint": "fp-addr" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(activated.status().is_success(), "{}", activated.status());
+    let token = app.admin_token(&["*"]).await;
+    let suspended = direct
+        .post(app.url(&format!("/api/admin/licenses/{license_id}/suspend")))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspended.status(), 200);
+
+    let audit = app
+        .admin_ok(reqwest::Method::GET, &format!("/api/admin/audit?license_id={license_id}"), &token, None, 200)
+        .await;
+    let addr_of = |action: &str| {
+        let entry = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("{action} in {audit}"));
+        entry.get("client_addr").and_then(|a| a.as_str()).map(str::to_owned)
+    };
+    assert_eq!(addr_of("activated").as_deref(), Some("198.51.100.20"), "the client the trusted proxy names");
+    assert_eq!(addr_of("suspended").as_deref(), Some("127.0.0.9"), "an untrusted peer's header is not believed");
+    assert_eq!(addr_of("created"), None, "Stripe's delivery has no client address");
+}

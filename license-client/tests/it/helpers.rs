@@ -203,10 +203,7 @@ impl TestEnv {
     /// Deactivates a device the way the dashboard does.
     pub async fn deactivate_from_dashboard(&self, device_id: &str) {
         let id = uuid::Uuid::parse_str(device_id).unwrap();
-        self.billing
-            .deactivate_device_of_user(None, id, &Actor::User { user_id: "admin".into() })
-            .await
-            .expect("device deactivates");
+        self.billing.deactivate_device_of_user(None, id, &Actor::user("admin")).await.expect("device deactivates");
     }
 
     /// The server's public key, as an app would have it built in.

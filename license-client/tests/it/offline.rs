@@ -115,7 +115,7 @@ async fn an_admin_revoke_heard_over_the_stream_ends_offline_validation_too() {
     let subscription = client.subscribe(callback).unwrap();
     assert_eq!(updates.next().await, license_client::StreamUpdate::Connected);
 
-    let admin = Actor::Admin { token_name: "support".into() };
+    let admin = Actor::admin("support");
     env.billing.revoke_license(&admin, license_id).await.expect("the license is revoked");
     let revoked = updates
         .until(

@@ -41,9 +41,10 @@ const AUDIT_SQL_TEMPLATE: &str = "
     WITH users_subscriptions AS (
         SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE c.user_id = $2::text)
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail, device_id
+           stripe_event_id, detail, device_id, client_addr
       FROM (SELECT 0::bigint AS rank, h.id, h.created_at, h.actor, h.kind, l.id AS license_id, h.subscription_id,
-                   h.from_status, h.to_status, h.stripe_event_id, h.detail, NULL::uuid AS device_id
+                   h.from_status, h.to_status, h.stripe_event_id, h.detail, NULL::uuid AS device_id,
+                   h.client_addr
               FROM subscription_changes h LEFT JOIN licenses l ON l.subscription_id = h.subscription_id
              WHERE ($1::uuid IS NULL OR l.id = $1::uuid)
                AND ($2::text IS NULL OR h.subscription_id IN (SELECT id FROM users_subscriptions))
@@ -51,10 +52,10 @@ const AUDIT_SQL_TEMPLATE: &str = "
              ORDER BY h.created_at DESC, h.id DESC LIMIT $6) AS sub
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail, device_id
+           stripe_event_id, detail, device_id, client_addr
       FROM (SELECT 1::bigint AS rank, d.id, d.created_at, d.actor, d.kind, d.license_id, l.subscription_id,
                    NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, d.detail,
-                   d.device_id
+                   d.device_id, d.client_addr
               FROM device_changes d JOIN licenses l ON l.id = d.license_id
              WHERE ($1::uuid IS NULL OR d.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
@@ -63,10 +64,10 @@ const AUDIT_SQL_TEMPLATE: &str = "
              ORDER BY d.created_at DESC, d.id DESC LIMIT $6) AS dev
     UNION ALL
     SELECT rank, id, created_at, actor, kind, license_id, subscription_id, from_status, to_status,
-           stripe_event_id, detail, device_id
+           stripe_event_id, detail, device_id, client_addr
       FROM (SELECT 2::bigint AS rank, x.id, x.created_at, x.actor, x.kind, x.license_id, l.subscription_id,
                    NULL::text AS from_status, NULL::text AS to_status, NULL::text AS stripe_event_id, x.detail,
-                   NULL::uuid AS device_id
+                   NULL::uuid AS device_id, x.client_addr
               FROM license_changes x JOIN licenses l ON l.id = x.license_id
              WHERE ($1::uuid IS NULL OR x.license_id = $1::uuid)
                AND ($2::text IS NULL OR l.user_id = $2::text
@@ -114,6 +115,7 @@ fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
         stripe_event_id: row.get(9),
         detail: row.get(10),
         device_id: row.get(11),
+        client_addr: row.get::<_, Option<String>>(12).and_then(|a| a.parse().ok()),
     })
 }
 

@@ -309,17 +309,21 @@ const SAVE_SUBSCRIPTIONS: &str =
             trial_end = EXCLUDED.trial_end, metadata_user_id = EXCLUDED.metadata_user_id,
             past_due_since = EXCLUDED.past_due_since, source_created = EXCLUDED.source_created, updated_at = now()";
 
-/// The audit rows' insert, its seven arrays numbered from `$first`; ids
+/// The audit rows' insert, its eight arrays numbered from `$first`; ids
 /// are drawn in the changeset's order.
 fn audit_insert(first: usize) -> String {
-    let p: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
+    let p: Vec<String> = (first..first + 8).map(|n| format!("${n}")).collect();
     format!(
-        "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id)
-         SELECT c.subscription_id, c.kind, c.from_status, c.to_status, c.detail, c.actor, c.stripe_event_id
-           FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::text[], {}::text[])
-                WITH ORDINALITY AS c(subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id, n)
+        "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id,
+                client_addr)
+         SELECT c.subscription_id, c.kind, c.from_status, c.to_status, c.detail, c.actor, c.stripe_event_id,
+                c.client_addr
+           FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::text[], {}::text[],
+                {}::text[])
+                WITH ORDINALITY AS c(subscription_id, kind, from_status, to_status, detail, actor, stripe_event_id,
+                client_addr, n)
           ORDER BY c.n",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     )
 }
 
@@ -401,6 +405,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
             a.iter().map(|r| r.change.detail()).collect::<Vec<_>>(),
             a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
             a.iter().map(|r| r.stripe_event_id.clone()).collect::<Vec<_>>(),
+            a.iter().map(|r| r.client_addr.map(|ip| ip.to_string())).collect::<Vec<_>>(),
         ]
     });
     if let Some(params) = subscription_rows {
@@ -487,16 +492,17 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
     if !c.license_audit.is_empty() {
         let a = &c.license_audit;
         out.push(Statement::new(
-            "INSERT INTO license_changes (license_id, kind, actor, detail)
-             SELECT a.license_id, a.kind, a.actor, a.detail
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
-                    WITH ORDINALITY AS a(license_id, kind, actor, detail, n)
+            "INSERT INTO license_changes (license_id, kind, actor, detail, client_addr)
+             SELECT a.license_id, a.kind, a.actor, a.detail, a.client_addr
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
+                    WITH ORDINALITY AS a(license_id, kind, actor, detail, client_addr, n)
               ORDER BY a.n",
             params![
                 a.iter().map(|r| r.license_id).collect::<Vec<_>>(),
                 a.iter().map(|r| r.kind).collect::<Vec<_>>(),
                 a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
                 a.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.client_addr.map(|ip| ip.to_string())).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -613,10 +619,10 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
     if !c.device_audit.is_empty() {
         let a = &c.device_audit;
         out.push(Statement::new(
-            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail)
-             SELECT a.device_id, a.license_id, a.kind, a.actor, a.detail
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
-                    WITH ORDINALITY AS a(device_id, license_id, kind, actor, detail, n)
+            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, client_addr)
+             SELECT a.device_id, a.license_id, a.kind, a.actor, a.detail, a.client_addr
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[])
+                    WITH ORDINALITY AS a(device_id, license_id, kind, actor, detail, client_addr, n)
               ORDER BY a.n",
             params![
                 a.iter().map(|r| r.device_id).collect::<Vec<_>>(),
@@ -624,6 +630,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 a.iter().map(|r| r.kind).collect::<Vec<_>>(),
                 a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
                 a.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
+                a.iter().map(|r| r.client_addr.map(|ip| ip.to_string())).collect::<Vec<_>>(),
             ],
         ));
     }

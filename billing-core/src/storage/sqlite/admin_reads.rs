@@ -41,7 +41,8 @@ const AUDIT_SQL_TEMPLATE: &str = "
     WITH users_subscriptions AS (
         SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE c.user_id = ?2)
     SELECT * FROM (SELECT 0 AS rank, h.id, h.created_at, h.actor, h.kind, l.id AS license_id, h.subscription_id,
-                          h.from_status, h.to_status, h.stripe_event_id, h.detail, NULL AS device_id
+                          h.from_status, h.to_status, h.stripe_event_id, h.detail, NULL AS device_id,
+                          h.client_addr
                      FROM subscription_changes h LEFT JOIN licenses l ON l.subscription_id = h.subscription_id
                     WHERE (?1 IS NULL OR l.id = ?1)
                       AND (?2 IS NULL OR h.subscription_id IN (SELECT id FROM users_subscriptions))
@@ -49,7 +50,7 @@ const AUDIT_SQL_TEMPLATE: &str = "
                     ORDER BY h.created_at DESC, h.id DESC LIMIT ?6)
     UNION ALL
     SELECT * FROM (SELECT 1 AS rank, d.id, d.created_at, d.actor, d.kind, d.license_id, l.subscription_id,
-                          NULL, NULL, NULL, d.detail, d.device_id
+                          NULL, NULL, NULL, d.detail, d.device_id, d.client_addr
                      FROM device_changes d JOIN licenses l ON l.id = d.license_id
                     WHERE (?1 IS NULL OR d.license_id = ?1)
                       AND (?2 IS NULL OR l.user_id = ?2 OR l.subscription_id IN (SELECT id FROM users_subscriptions))
@@ -57,7 +58,7 @@ const AUDIT_SQL_TEMPLATE: &str = "
                     ORDER BY d.created_at DESC, d.id DESC LIMIT ?6)
     UNION ALL
     SELECT * FROM (SELECT 2 AS rank, x.id, x.created_at, x.actor, x.kind, x.license_id, l.subscription_id,
-                          NULL, NULL, NULL, x.detail, NULL
+                          NULL, NULL, NULL, x.detail, NULL, x.client_addr
                      FROM license_changes x JOIN licenses l ON l.id = x.license_id
                     WHERE (?1 IS NULL OR x.license_id = ?1)
                       AND (?2 IS NULL OR l.user_id = ?2 OR l.subscription_id IN (SELECT id FROM users_subscriptions))
@@ -94,6 +95,7 @@ fn audit_from_row(row: &Row<'_>) -> Result<AuditRecord, StoreError> {
         stripe_event_id: get(row, 9)?,
         detail: json(row, 10)?,
         device_id: opt_uuid(row, 11)?,
+        client_addr: get::<Option<String>>(row, 12)?.and_then(|a| a.parse().ok()),
     })
 }
 

@@ -183,8 +183,8 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
         execute(
             conn,
             "INSERT INTO subscription_changes (subscription_id, kind, from_status, to_status, detail, actor,
-                    stripe_event_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    stripe_event_id, created_at, client_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 a.subscription_id.to_string(),
                 a.change.kind(),
@@ -193,7 +193,8 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
                 json_text(&a.change.detail()),
                 a.actor,
                 a.stripe_event_id,
-                now
+                now,
+                a.client_addr.map(|ip| ip.to_string())
             ],
         )?;
     }
@@ -223,8 +224,16 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
     for a in &c.license_audit {
         execute(
             conn,
-            "INSERT INTO license_changes (license_id, kind, actor, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![a.license_id.to_string(), a.kind, a.actor, json_text(&a.detail), now],
+            "INSERT INTO license_changes (license_id, kind, actor, detail, created_at, client_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                a.license_id.to_string(),
+                a.kind,
+                a.actor,
+                json_text(&a.detail),
+                now,
+                a.client_addr.map(|ip| ip.to_string())
+            ],
         )?;
     }
     for p in &c.payments {
@@ -318,9 +327,17 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
     for a in &c.device_audit {
         execute(
             conn,
-            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![a.device_id.to_string(), a.license_id.to_string(), a.kind, a.actor, json_text(&a.detail), now],
+            "INSERT INTO device_changes (device_id, license_id, kind, actor, detail, created_at, client_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                a.device_id.to_string(),
+                a.license_id.to_string(),
+                a.kind,
+                a.actor,
+                json_text(&a.detail),
+                now,
+                a.client_addr.map(|ip| ip.to_string())
+            ],
         )?;
     }
     for (id, record) in &c.deliveries {

@@ -441,7 +441,7 @@ mod tests {
                 read.insert(rest[..rest.find('"').unwrap()].to_owned());
             }
         }
-        let mut listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
+        let listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(read, listed);
         for secret in SECRETS {
             assert!(listed.contains(*secret), "{secret}");
@@ -529,12 +529,24 @@ mod tests {
             assert_eq!(c.store, StoreLocation::Postgres(expected.into()), "{url} with {root_cert}");
         }
         check("postgres://h/db", "/etc/ca.pem", "postgres://h/db?sslrootcert=/etc/ca.pem");
-        check("postgresql://h/db?sslmode=verify-full", "/etc/ca.pem", "postgresql://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem");
+        check(
+            "postgresql://h/db?sslmode=verify-full",
+            "/etc/ca.pem",
+            "postgresql://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        );
         check("postgres://h/db?", "/etc/ca.pem", "postgres://h/db?sslrootcert=/etc/ca.pem");
         check("postgres://h/db?sslmode=require&", "ca.pem", "postgres://h/db?sslmode=require&sslrootcert=ca.pem");
-        check("postgres://h/db", "/etc/my certs/ca+1&2.pem", "postgres://h/db?sslrootcert=/etc/my%20certs/ca%2B1%262.pem");
+        check(
+            "postgres://h/db",
+            "/etc/my certs/ca+1&2.pem",
+            "postgres://h/db?sslrootcert=/etc/my%20certs/ca%2B1%262.pem",
+        );
         check("postgres://h/db?sslrootcert=/own.pem", "/etc/ca.pem", "postgres://h/db?sslrootcert=/own.pem");
-        check("postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem", "/etc/ca.pem", "postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem");
+        check(
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem",
+            "/etc/ca.pem",
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem",
+        );
         let c = config(&[("DATABASE_URL", "sqlite:///tmp/x.db"), ("PGSSLROOTCERT", "/etc/ca.pem")]).unwrap();
         assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("/tmp/x.db")));
         assert!(matches!(config(&[("PGSSLROOTCERT", "/etc/ca.pem")]).unwrap().store, StoreLocation::Sqlite(_)));

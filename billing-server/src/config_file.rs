@@ -95,8 +95,8 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and checks the file at `path`.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let path = std::path::absolute(path)
-            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        let path =
+            std::path::absolute(path).with_context(|| format!("cannot read configuration file {}", path.display()))?;
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read configuration file {}", path.display()))?;
         let mut file = Self::parse(&text, &path)?;
@@ -108,8 +108,7 @@ impl ConfigFile {
     /// errors and anchors relative paths).
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
         let shown = path.display();
-        let table: toml::Table =
-            toml::from_str(text).with_context(|| format!("invalid configuration file {shown}"))?;
+        let table: toml::Table = toml::from_str(text).with_context(|| format!("invalid configuration file {shown}"))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let variables = settable_variables();
         let mut values = BTreeMap::new();
@@ -252,11 +251,12 @@ impl ConfigNotes {
     }
 }
 
-/// The configuration from the process environment over the file at `file`,
-/// if one is named (the `--config` flag, or else `BILLING_CONFIG`: clap
-/// reads both).
-pub fn load(file: Option<&Path>) -> anyhow::Result<(Config, ConfigNotes)> {
-    let file = file.map(ConfigFile::read).transpose()?;
+/// The configuration from the process environment over the configuration
+/// file, if one is named: `flag` (`--config`), or else `BILLING_CONFIG` (an
+/// empty one counts as unset, as every variable does).
+pub fn load(flag: Option<&Path>) -> anyhow::Result<(Config, ConfigNotes)> {
+    let named = std::env::var_os(CONFIG_VARIABLE).filter(|path| !path.is_empty()).map(PathBuf::from);
+    let file = flag.map(Path::to_path_buf).or(named).map(|path| ConfigFile::read(&path)).transpose()?;
     let config = config_from(|name| std::env::var(name).ok(), file.as_ref())?;
     let warnings = file.as_ref().and_then(|f| f.exposure.clone()).into_iter().collect();
     Ok((config, ConfigNotes { file: file.map(|f| f.path), warnings }))
@@ -380,7 +380,10 @@ mod tests {
     fn the_environment_overrides_the_file_key_by_key() {
         let text = "addr = \"0.0.0.0:9000\"\ngrace_days = 3\nrust_log = \"debug\"\n";
         let c = config(&[("BILLING_GRACE_DAYS", "9"), ("RUST_LOG", "warn")], text).unwrap();
-        assert_eq!((c.addr.to_string().as_str(), c.grace_days, c.rust_log.as_deref()), ("0.0.0.0:9000", 9, Some("warn")));
+        assert_eq!(
+            (c.addr.to_string().as_str(), c.grace_days, c.rust_log.as_deref()),
+            ("0.0.0.0:9000", 9, Some("warn"))
+        );
         // An empty variable is unset, as everywhere else: the file's value stays.
         let c = config(&[("BILLING_GRACE_DAYS", "")], text).unwrap();
         assert_eq!(c.grace_days, 3);
@@ -453,7 +456,12 @@ mod tests {
             ("addr = 8080", "addr", "a string", "an integer"),
             ("plans = [\"a.toml\"]", "plans", "a string (a path)", "an array"),
             ("grace_days = 7.5", "grace_days", "an integer", "a float"),
-            ("trusted_proxies = [[\"10.0.0.0/8\"]]", "trusted_proxies", "a string or an array", "an array holding an array"),
+            (
+                "trusted_proxies = [[\"10.0.0.0/8\"]]",
+                "trusted_proxies",
+                "a string or an array",
+                "an array holding an array",
+            ),
         ] {
             let e = file_error(text);
             assert!(e.contains(&format!("`{key}`")) && e.contains(PATH), "{e}");

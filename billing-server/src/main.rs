@@ -13,8 +13,9 @@ use std::sync::Arc;
 #[command(version, about = "Stripe-synced billing and desktop licensing server")]
 struct Cli {
     /// The configuration file (TOML; keys are the environment variables'
-    /// names in lower case without BILLING_); the environment overrides it.
-    #[arg(long, global = true, value_name = "FILE", env = billing_server::config_file::CONFIG_VARIABLE)]
+    /// names in lower case without BILLING_), instead of the one
+    /// BILLING_CONFIG names; the environment overrides it.
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -100,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.addr))?;
+            // Handlers installed before the banner says the server is up: a
+            // signal that arrived before them would kill the process.
+            let shutdown = shutdown_signal()?;
             let store = match &config.store {
                 StoreLocation::Postgres(_) => "postgresql".to_owned(),
                 StoreLocation::Sqlite(path) => format!("embedded sqlite at {}", path.display()),
@@ -129,9 +133,6 @@ async fn main() -> anyhow::Result<()> {
                 on_off(state.jwt.is_some()),
                 on_off(state.billing.config().stripe.is_some()),
             );
-            // Handlers installed before the first request is answered: a
-            // signal that arrived before them would kill the process.
-            let shutdown = shutdown_signal()?;
             billing_server::serve(listener, state, shutdown).await;
             tracing::info!("stopped");
             Ok(())

@@ -108,7 +108,14 @@ impl ConfigFile {
     /// errors and anchors relative paths).
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
         let shown = path.display();
-        let table: toml::Table = toml::from_str(text).with_context(|| format!("invalid configuration file {shown}"))?;
+        // The parser's own message quotes the offending line, which may be a
+        // secret's: only its position and reason are shown.
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |span| span.start);
+            let line = text[..at].matches('\n').count() + 1;
+            let column = text[..at].rsplit('\n').next().map_or(0, |before| before.chars().count()) + 1;
+            anyhow!("invalid configuration file {shown}, line {line}, column {column}: {}", e.message())
+        })?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let variables = settable_variables();
         let mut values = BTreeMap::new();
@@ -124,11 +131,6 @@ impl ConfigFile {
             values.insert(variable.clone(), text);
         }
         Ok(Self { path: path.to_owned(), values, exposure: None })
-    }
-
-    /// Where the file is.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The value the file gives `variable`, as the environment would spell it.
@@ -278,7 +280,7 @@ pub fn config_from(env: impl Fn(&str) -> Option<String>, file: Option<&ConfigFil
         let message = format!("{error:#}");
         let blamed: Vec<String> = settable_variables()
             .iter()
-            .filter(|variable| !env_decides(variable) && from_file(variable).is_some() && mentions(&message, variable))
+            .filter(|variable| from_file(variable).is_some() && mentions(&message, variable))
             .map(|variable| format!("`{}`", file_key(variable)))
             .collect();
         match file {
@@ -467,8 +469,9 @@ mod tests {
             assert!(e.contains(&format!("`{key}`")) && e.contains(PATH), "{e}");
             assert!(e.contains(expected) && e.contains(&format!("not {found}")), "{e}");
         }
-        let e = file_error("grace_days = ");
-        assert!(e.contains("invalid configuration file") && e.contains(PATH), "{e}");
+        let e = file_error("grace_days = 3\njwt_secret = \"hunter2");
+        assert!(e.contains("invalid configuration file") && e.contains(PATH) && e.contains("line 2"), "{e}");
+        assert!(!e.contains("hunter2"), "the parser's excerpt is not shown: {e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Configuration, read once from the environment at start-up and validated.
+//! Configuration, read once at start-up (from the environment, and from the
+//! configuration file through [`crate::config_file`]) and validated.
 
 use anyhow::{bail, Context};
 use billing_core::domain::vendor_webhook::RetrySchedule;
@@ -17,12 +18,20 @@ pub const SECRETS: &[&str] = &["DATABASE_URL", "STRIPE_WEBHOOK_SECRET", "STRIPE_
 /// checked against this list and against the source by tests.
 pub const VARIABLES: &[(&str, &str)] = &[
     ("DATABASE_URL", "postgres://… for PostgreSQL, sqlite://path for an SQLite file; unset: the embedded store"),
+    (
+        "PGSSLROOTCERT",
+        "CA certificate(s) trusted for PostgreSQL's TLS (libpq's variable): added to DATABASE_URL as `sslrootcert` unless the URL has one",
+    ),
     ("BILLING_DATA_DIR", "where the embedded store and the generated signing key live (default ./billing-data)"),
     ("BILLING_ADDR", "listen address (default 127.0.0.1:8080)"),
     ("BILLING_DB_POOL_SIZE", "maximum PostgreSQL connections (default 4 per CPU core; PostgreSQL only)"),
     ("STRIPE_WEBHOOK_SECRET", "webhook signing secret(s), comma-separated while rotating"),
     ("STRIPE_SECRET_KEY", "Stripe API key, used to re-fetch ambiguous subscription snapshots"),
     ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
+    (
+        "BILLING_STRIPE_SYNC_RATE",
+        "requests per second of `billing-server stripe sync` and `stripe check-plans` (default 20, minimum 1)",
+    ),
     ("BILLING_JWT_SECRET", "HS256 secret of the dashboard's JWTs"),
     ("BILLING_PLANS", "path to the plans TOML file"),
     (
@@ -68,8 +77,12 @@ pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 10;
 /// default). Bodies that arrive with their head, nearly all, never count.
 pub const DEFAULT_MAX_PENDING_BODIES: usize = 64;
 
+/// Default of `BILLING_STRIPE_SYNC_RATE`: Stripe allows 100 read requests
+/// per second in live mode and 25 in test mode; 20 leaves room for the
+/// server's own calls in either.
+pub const DEFAULT_STRIPE_SYNC_RATE: u32 = 20;
+
 /// The server's settings.
-#[derive(Debug)]
 pub struct Config {
     /// Where the data lives.
     pub store: StoreLocation,
@@ -85,6 +98,8 @@ pub struct Config {
     pub stripe_secret_key: Option<SecretString>,
     /// Stripe API base URL.
     pub stripe_api_base: String,
+    /// Requests per second of the Stripe backfill commands (at least 1).
+    pub stripe_sync_rate: u32,
     /// Dashboard JWT secret; None disables the dashboard routes.
     pub jwt_secret: Option<SecretString>,
     /// The plans on sale.
@@ -115,6 +130,45 @@ pub struct Config {
     pub webhook_retry_schedule: RetrySchedule,
     /// Whether webhook endpoints may be on private addresses (and plain http).
     pub webhook_allow_private: bool,
+    /// The log filter (`RUST_LOG`'s syntax); None: the command's default.
+    pub rust_log: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field but the store's location, whose PostgreSQL URL may hold a
+    /// password (the secrets print as `[REDACTED]` by themselves).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = match &self.store {
+            StoreLocation::Postgres(_) => "Postgres([REDACTED])".to_owned(),
+            StoreLocation::Sqlite(path) => format!("Sqlite({path:?})"),
+        };
+        f.debug_struct("Config")
+            .field("store", &format_args!("{store}"))
+            .field("data_dir", &self.data_dir)
+            .field("addr", &self.addr)
+            .field("pool_size", &self.pool_size)
+            .field("webhook_secret", &self.webhook_secret)
+            .field("stripe_secret_key", &self.stripe_secret_key)
+            .field("stripe_api_base", &self.stripe_api_base)
+            .field("stripe_sync_rate", &self.stripe_sync_rate)
+            .field("jwt_secret", &self.jwt_secret)
+            .field("plans", &self.plans)
+            .field("grace_days", &self.grace_days)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_timeout_secs", &self.body_timeout_secs)
+            .field("max_pending_bodies", &self.max_pending_bodies)
+            .field("heartbeat_window_secs", &self.heartbeat_window_secs)
+            .field("offline_ttl_secs", &self.offline_ttl_secs)
+            .field("license_signing_key", &self.license_signing_key)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("outbox_retention_days", &self.outbox_retention_days)
+            .field("log_json", &self.log_json)
+            .field("webhook_retry_schedule", &self.webhook_retry_schedule)
+            .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("rust_log", &self.rust_log)
+            .finish()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -125,9 +179,20 @@ struct PlansFile {
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment alone (the binary also reads the
+    /// configuration file: [`crate::config_file::load`]).
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The log filter: the configured `RUST_LOG`, or `default` when there is
+    /// none or it cannot be read (as tracing-subscriber does with the
+    /// environment's).
+    pub fn log_filter(&self, default: &str) -> tracing_subscriber::EnvFilter {
+        self.rust_log
+            .as_deref()
+            .and_then(|filter| tracing_subscriber::EnvFilter::try_new(filter).ok())
+            .unwrap_or_else(|| default.into())
     }
 
     /// Reads settings through `lookup` (tests pass a map).
@@ -169,14 +234,21 @@ impl Config {
             crate::client_addr::TrustedProxies::parse(&var("BILLING_TRUSTED_PROXIES").unwrap_or_default())
                 .map_err(|e| anyhow::anyhow!("BILLING_TRUSTED_PROXIES: {e}"))?;
         let data_dir = PathBuf::from(var("BILLING_DATA_DIR").unwrap_or_else(|| "billing-data".into()));
-        let store = StoreLocation::from_url(secret_text("DATABASE_URL")?.as_deref(), &data_dir)
-            .map_err(|message| anyhow::anyhow!(message))?;
+        let store = match StoreLocation::from_url(secret_text("DATABASE_URL")?.as_deref(), &data_dir)
+            .map_err(|message| anyhow::anyhow!(message))?
+        {
+            StoreLocation::Postgres(url) => match var("PGSSLROOTCERT") {
+                Some(root_cert) => StoreLocation::Postgres(with_ssl_root_cert(&url, &root_cert)),
+                None => StoreLocation::Postgres(url),
+            },
+            sqlite => sqlite,
+        };
         let addr = var("BILLING_ADDR")
             .unwrap_or_else(|| "127.0.0.1:8080".into())
             .parse()
             .context("BILLING_ADDR must be host:port, e.g. 127.0.0.1:8080")?;
         let plans = match var("BILLING_PLANS") {
-            Some(path) => load_plans(&PathBuf::from(path))?,
+            Some(path) => load_plans(&PathBuf::from(path)).context("BILLING_PLANS")?,
             None => PlanCatalog::default(),
         };
         Ok(Self {
@@ -189,6 +261,10 @@ impl Config {
             stripe_secret_key: secret("STRIPE_SECRET_KEY")?,
             stripe_api_base: var("STRIPE_API_BASE")
                 .unwrap_or_else(|| billing_core::stripe::client::DEFAULT_API_BASE.into()),
+            stripe_sync_rate: at_least_one(
+                parse_number(var("BILLING_STRIPE_SYNC_RATE"), "BILLING_STRIPE_SYNC_RATE", DEFAULT_STRIPE_SYNC_RATE)?,
+                "BILLING_STRIPE_SYNC_RATE",
+            )?,
             jwt_secret: secret("BILLING_JWT_SECRET")?,
             plans,
             grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,
@@ -225,8 +301,39 @@ impl Config {
             log_json,
             webhook_retry_schedule,
             webhook_allow_private,
+            rust_log: var("RUST_LOG"),
         })
     }
+}
+
+/// `url` with `sslrootcert=<root_cert>` added to its query, unless it names
+/// one already (the URL's own setting wins, as in libpq).
+fn with_ssl_root_cert(url: &str, root_cert: &str) -> String {
+    let separator = match url.split_once('?') {
+        None => "?",
+        Some((_, query)) if query.split('&').any(|pair| pair.split('=').next() == Some("sslrootcert")) => {
+            return url.to_owned();
+        }
+        Some((_, query)) if query.is_empty() || query.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    format!("{url}{separator}sslrootcert={}", percent_encode(root_cert))
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters and `/`, so a
+/// path stays readable and a space never becomes a `+`.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => encoded.push(byte as char),
+            _ => {
+                use std::fmt::Write;
+                let _ = write!(encoded, "%{byte:02X}");
+            }
+        }
+    }
+    encoded
 }
 
 /// More connections than this only queue inside PostgreSQL: on 2 cores, 16
@@ -334,28 +441,43 @@ mod tests {
                 read.insert(rest[..rest.find('"').unwrap()].to_owned());
             }
         }
-        let mut listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
-        listed.remove("RUST_LOG"); // read by tracing-subscriber's EnvFilter
+        let listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(read, listed);
         for secret in SECRETS {
             assert!(listed.contains(*secret), "{secret}");
         }
     }
 
-    /// The README's configuration table lists exactly what the code reads.
+    /// The README's configuration table lists exactly what the code reads,
+    /// each variable with its configuration-file key.
     #[test]
     fn the_readme_reference_matches_the_code() {
+        use crate::config_file::{file_key, settable_variables, CONFIG_VARIABLE};
         let readme = include_str!("../../README.md");
         let section = &readme[readme.find("## Configuration").unwrap()..];
         let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
-        let documented: std::collections::BTreeSet<String> = section
+        let rows: Vec<(String, String)> = section
             .lines()
-            .filter_map(|line| line.strip_prefix("| `"))
-            .map(|rest| rest[..rest.find('`').unwrap()].to_owned())
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_owned(), cells[2].trim_matches('`').to_owned())
+            })
             .collect();
+        let documented: std::collections::BTreeSet<String> = rows.iter().map(|(name, _)| name.clone()).collect();
         let mut expected: std::collections::BTreeSet<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
         expected.extend(SECRETS.iter().map(|s| format!("{s}_FILE")));
+        expected.insert(CONFIG_VARIABLE.to_owned());
         assert_eq!(documented, expected, "README configuration table vs config.rs");
+        for (name, key) in &rows {
+            let expected_key = if name == CONFIG_VARIABLE { "—".to_owned() } else { file_key(name) };
+            assert_eq!(*key, expected_key, "README: the file key of {name}");
+        }
+        let documented_keys: std::collections::BTreeSet<&str> =
+            rows.iter().map(|(_, key)| key.as_str()).filter(|key| *key != "—").collect();
+        let known_keys: Vec<String> = settable_variables().iter().map(|v| file_key(v)).collect();
+        let known_keys: std::collections::BTreeSet<&str> = known_keys.iter().map(String::as_str).collect();
+        assert_eq!(documented_keys, known_keys, "README file keys vs the keys the file accepts");
     }
 
     #[test]
@@ -398,5 +520,59 @@ mod tests {
     fn secrets_do_not_print() {
         let c = config(&[("DATABASE_URL", "postgres://x/y"), ("BILLING_JWT_SECRET", "hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn pgsslrootcert_is_added_to_a_postgres_url_without_one() {
+        fn check(url: &str, root_cert: &str, expected: &str) {
+            let c = config(&[("DATABASE_URL", url), ("PGSSLROOTCERT", root_cert)]).unwrap();
+            assert_eq!(c.store, StoreLocation::Postgres(expected.into()), "{url} with {root_cert}");
+        }
+        check("postgres://h/db", "/etc/ca.pem", "postgres://h/db?sslrootcert=/etc/ca.pem");
+        check(
+            "postgresql://h/db?sslmode=verify-full",
+            "/etc/ca.pem",
+            "postgresql://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        );
+        check("postgres://h/db?", "/etc/ca.pem", "postgres://h/db?sslrootcert=/etc/ca.pem");
+        check("postgres://h/db?sslmode=require&", "ca.pem", "postgres://h/db?sslmode=require&sslrootcert=ca.pem");
+        check(
+            "postgres://h/db",
+            "/etc/my certs/ca+1&2.pem",
+            "postgres://h/db?sslrootcert=/etc/my%20certs/ca%2B1%262.pem",
+        );
+        check("postgres://h/db?sslrootcert=/own.pem", "/etc/ca.pem", "postgres://h/db?sslrootcert=/own.pem");
+        check(
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem",
+            "/etc/ca.pem",
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/own.pem",
+        );
+        let c = config(&[("DATABASE_URL", "sqlite:///tmp/x.db"), ("PGSSLROOTCERT", "/etc/ca.pem")]).unwrap();
+        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("/tmp/x.db")));
+        assert!(matches!(config(&[("PGSSLROOTCERT", "/etc/ca.pem")]).unwrap().store, StoreLocation::Sqlite(_)));
+    }
+
+    #[test]
+    fn the_stripe_sync_rate_defaults_to_20_and_is_at_least_1() {
+        assert_eq!(config(&[]).unwrap().stripe_sync_rate, DEFAULT_STRIPE_SYNC_RATE);
+        assert_eq!(config(&[("BILLING_STRIPE_SYNC_RATE", "5")]).unwrap().stripe_sync_rate, 5);
+        let e = config(&[("BILLING_STRIPE_SYNC_RATE", "0")]).unwrap_err();
+        assert!(e.to_string().contains("BILLING_STRIPE_SYNC_RATE"), "{e}");
+    }
+
+    #[test]
+    fn rust_log_is_the_log_filter_when_set() {
+        assert_eq!(config(&[]).unwrap().rust_log, None);
+        let c = config(&[("RUST_LOG", "warn,billing_server=debug")]).unwrap();
+        assert_eq!(c.rust_log.as_deref(), Some("warn,billing_server=debug"));
+        assert_eq!(c.log_filter("info").to_string(), "billing_server=debug,warn");
+        assert_eq!(config(&[]).unwrap().log_filter("info").to_string(), "info");
+    }
+
+    #[test]
+    fn the_database_url_does_not_print() {
+        let c = config(&[("DATABASE_URL", "postgres://billing:hunter2@db/x")]).unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2") && printed.contains("grace_days"), "{printed}");
     }
 }

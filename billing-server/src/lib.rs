@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod client_addr;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod http;
 pub mod last_event_id;

@@ -12,6 +12,11 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(version, about = "Stripe-synced billing and desktop licensing server")]
 struct Cli {
+    /// The configuration file (TOML; keys are the environment variables'
+    /// names in lower case without BILLING_), instead of the one
+    /// BILLING_CONFIG names; the environment overrides it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,18 +72,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Keygen { out }) = &cli.command {
         return keygen(out);
     }
-    let config = Config::from_env()?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (config, config_notes) = billing_server::config_file::load(cli.config.as_deref())?;
+    let filter = config.log_filter("info");
     if matches!(cli.command, Some(Command::AdminToken { .. })) {
         // stdout is the command's answer (scripts capture the token from
         // it); the store's start-up chatter is not.
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let filter = config.log_filter("warn");
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else if config.log_json {
         tracing_subscriber::fmt().json().with_current_span(true).with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    config_notes.log();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen { .. } => unreachable!("handled above"),
         Command::AdminToken { command } => admin_token(&config, command).await,
@@ -95,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.addr))?;
+            // Handlers installed before the banner says the server is up: a
+            // signal that arrived before them would kill the process.
+            let shutdown = shutdown_signal()?;
             let store = match &config.store {
                 StoreLocation::Postgres(_) => "postgresql".to_owned(),
                 StoreLocation::Sqlite(path) => format!("embedded sqlite at {}", path.display()),
@@ -124,9 +133,6 @@ async fn main() -> anyhow::Result<()> {
                 on_off(state.jwt.is_some()),
                 on_off(state.billing.config().stripe.is_some()),
             );
-            // Handlers installed before the first request is answered: a
-            // signal that arrived before them would kill the process.
-            let shutdown = shutdown_signal()?;
             billing_server::serve(listener, state, shutdown).await;
             tracing::info!("stopped");
             Ok(())

@@ -8,6 +8,8 @@ mod admin_reads;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod auth;
+// The configuration file (issue 16).
+mod config_file;
 mod dashboard;
 mod events;
 // Deliveries applied together (group commit).

@@ -235,24 +235,28 @@ impl ServerProcess {
 
     /// As [`Self::start_in`], with the process's umask set to `umask` (octal).
     async fn start_under_umask(dir: &std::path::Path, env: &[(&str, String)], umask: Option<&str>) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let binary = env!("CARGO_BIN_EXE_billing-server");
         let mut command = std::process::Command::new(binary);
         if let Some(umask) = umask {
             command = std::process::Command::new("sh");
             command.args(["-c", &format!("umask {umask} && exec \"$0\""), binary]);
         }
-        let mut child = command
+        command
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BILLING_ADDR", "127.0.0.1:0")
             .env("BILLING_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn(command).await
+    }
+
+    /// Runs `command` (the server, configured by the caller) and waits for
+    /// its start-up banner, which names the address it listens on.
+    pub(crate) async fn spawn(mut command: std::process::Command) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut child = command.stdout(std::process::Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let output = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -266,9 +270,11 @@ impl ServerProcess {
                     (entry["fields"]["message"] == "billing-server listening")
                         .then(|| entry["fields"]["addr"].as_str().map(str::to_owned))?
                 });
-                addr = addr.or(listening);
-                // The start-up banner is printed after the JSON log line.
-                let banner = line.starts_with("billing-server listening on http://");
+                // The start-up banner is printed after the JSON log line (if
+                // logs are on) and names the address too.
+                let banner = line.strip_prefix("billing-server listening on http://");
+                addr = addr.or(listening).or_else(|| Some(banner?.split(' ').next()?.to_owned()));
+                let banner = banner.is_some();
                 lines_seen.lock().unwrap().push(line);
                 if banner {
                     if let Some(tx) = tx.take() {
@@ -294,7 +300,7 @@ impl ServerProcess {
         self.output.lock().unwrap().join("\n")
     }
 
-    async fn deliver(&self, event: &Value) -> Value {
+    pub(crate) async fn deliver(&self, event: &Value) -> Value {
         let body = serde_json::to_vec(event).unwrap();
         let response = reqwest::Client::new()
             .post(self.url("/api/stripe/webhooks/handler"))
@@ -307,12 +313,12 @@ impl ServerProcess {
         response.json().await.unwrap()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let sent = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(sent.success());
     }
 
-    async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + within;
             loop {

@@ -49,16 +49,21 @@ pub enum Actor {
         /// The name the token was created with.
         token_name: String,
     },
+    /// `billing-server stripe sync`: an object read from Stripe's list
+    /// endpoints (no event behind it).
+    Backfill,
 }
 
 impl Actor {
-    /// The audit-trail spelling: `stripe`, `user:<id>`, `system` or `admin:<token name>`.
+    /// The audit-trail spelling: `stripe`, `user:<id>`, `system`,
+    /// `admin:<token name>` or `stripe:backfill`.
     pub fn label(&self) -> String {
         match self {
             Actor::Stripe { .. } => "stripe".to_owned(),
             Actor::User { user_id } => format!("user:{user_id}"),
             Actor::System => "system".to_owned(),
             Actor::Admin { token_name } => format!("admin:{token_name}"),
+            Actor::Backfill => "stripe:backfill".to_owned(),
         }
     }
 

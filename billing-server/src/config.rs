@@ -23,6 +23,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("STRIPE_WEBHOOK_SECRET", "webhook signing secret(s), comma-separated while rotating"),
     ("STRIPE_SECRET_KEY", "Stripe API key, used to re-fetch ambiguous subscription snapshots"),
     ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
+    (
+        "BILLING_STRIPE_SYNC_RATE",
+        "requests per second `billing-server stripe sync` and `stripe check-plans` send to Stripe (default 20, minimum 1; `--rate` overrides it)",
+    ),
     ("BILLING_JWT_SECRET", "HS256 secret of the dashboard's JWTs"),
     ("BILLING_PLANS", "path to the plans TOML file"),
     (
@@ -85,6 +89,8 @@ pub struct Config {
     pub stripe_secret_key: Option<SecretString>,
     /// Stripe API base URL.
     pub stripe_api_base: String,
+    /// Requests per second the Stripe backfill and plan check send.
+    pub stripe_sync_rate: u32,
     /// Dashboard JWT secret; None disables the dashboard routes.
     pub jwt_secret: Option<SecretString>,
     /// The plans on sale.
@@ -189,6 +195,10 @@ impl Config {
             stripe_secret_key: secret("STRIPE_SECRET_KEY")?,
             stripe_api_base: var("STRIPE_API_BASE")
                 .unwrap_or_else(|| billing_core::stripe::client::DEFAULT_API_BASE.into()),
+            stripe_sync_rate: at_least_one(
+                parse_number(var("BILLING_STRIPE_SYNC_RATE"), "BILLING_STRIPE_SYNC_RATE", 20)?,
+                "BILLING_STRIPE_SYNC_RATE",
+            )?,
             jwt_secret: secret("BILLING_JWT_SECRET")?,
             plans,
             grace_days: parse_number(var("BILLING_GRACE_DAYS"), "BILLING_GRACE_DAYS", 7)?,

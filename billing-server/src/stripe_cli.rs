@@ -219,7 +219,8 @@ impl BackfillProgress for Bars {
 /// skipped objects by why.
 pub fn render_summary(summary: &BackfillSummary) -> String {
     let mut out = format!("stripe sync finished (run {}):\n", summary.run_id);
-    let _ = writeln!(out, "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "seen", "created", "updated", "unchanged", "skipped");
+    let _ =
+        writeln!(out, "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "seen", "created", "updated", "unchanged", "skipped");
     let row = |out: &mut String, name: &str, c: &Counts| {
         let _ = writeln!(
             out,

@@ -8,6 +8,8 @@ mod admin_reads;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod auth;
+// The Stripe backfill and plan check (issue 16).
+mod backfill;
 mod dashboard;
 mod events;
 // Deliveries applied together (group commit).
@@ -23,6 +25,7 @@ mod properties;
 mod proxies;
 mod quickstart;
 mod storm;
+mod stripe_world;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;

@@ -335,7 +335,7 @@ async fn a_run_killed_half_way_resumes_where_it_stopped_and_ends_as_an_uninterru
 
     let store = AnyStore::open(&resumed.store, 1).await.unwrap();
     let run = store.running_backfill_run().await.unwrap().expect("the killed run is unfinished");
-    let last_served = stripe.log().into_iter().filter(|r| r.status == 200).last().unwrap();
+    let last_served = stripe.log().into_iter().rfind(|r| r.status == 200).unwrap();
     assert_eq!(last_served.path, SUBSCRIPTIONS);
     assert_eq!(run.checkpoint.resource, "subscriptions");
     assert_eq!(run.checkpoint.after, last_served.last_id, "checkpointed after its last applied page");
@@ -414,8 +414,10 @@ async fn a_backfill_concurrent_with_webhooks_for_the_same_objects_converges_to_t
         // The lists show every object as it was before the newer updates.
         let app = spawn_app().await;
         let stripe = FakeStripe::start(&world).await;
-        let engine = backfill_engine(&app.store, &stripe, 40 + rng.below(200) as u32).await;
-        let split = rng.below(events.len() as u64) as usize;
+        // Slow enough (15 requests in about one to two seconds) that the
+        // late deliveries arrive between its pages.
+        let engine = backfill_engine(&app.store, &stripe, 8 + rng.below(8) as u32).await;
+        let split = rng.below(events.len() as u64 / 2) as usize;
         let (early, late) = events.split_at(split);
         deliver_all(&app, early, 8).await;
         let (summary, ()) = tokio::join!(
@@ -445,12 +447,21 @@ async fn a_backfill_since_a_day_asks_for_newer_objects_only_at_twenty_requests_a
     let log = stripe.log();
     assert!(log.len() >= 6, "{} requests", log.len());
     assert!(log.iter().all(|r| r.param("created[gte]") == Some(&middle.to_string()[..])), "{log:?}");
+    // Spaced by the limiter when they leave: on arrival one may be a little
+    // late and the next on time, but never bunched, and never more than
+    // 20 a second over the run.
     for pair in log.windows(2) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap >= Duration::from_millis(45), "two requests {gap:?} apart at 20/s");
+        assert!(gap >= Duration::from_millis(25), "two requests {gap:?} apart at 20/s");
     }
+    let span = log.last().unwrap().at - log[0].at;
+    let least = Duration::from_millis(50) * (log.len() as u32 - 2);
+    assert!(span >= least, "{} requests in {span:?}: faster than 20/s", log.len());
     let listed = world.count(CUSTOMERS, |c| c["created"].as_i64().unwrap() >= middle);
-    assert_eq!(app.count("customers").await as usize, listed, "only the newer customers");
+    // Addresses come from the customers list only (an invoice or a
+    // subscription of an older customer creates its row without one).
+    let with_email = app.db.int("SELECT count(*) FROM customers WHERE email IS NOT NULL").await;
+    assert_eq!(with_email as usize, listed, "only the newer customers");
     // Not a terminal: plain progress lines, then the summary.
     assert!(stdout.contains(&format!("lists objects created since {since_text}")), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("customers: ") && l.contains(" seen, ")), "{stdout}");

@@ -6,10 +6,12 @@
 //!
 //! * **Order and versions.** Lists are paged newest first with
 //!   `starting_after`, in a fixed order of resources ([`Resource::ALL`]).
-//!   Each object counts as of the moment its list request was sent (see
-//!   [`StripeInput::Listed`]): an event created later is newer and wins, one
-//!   created earlier is older and loses, so a backfill running while
-//!   webhooks arrive converges to the newest state.
+//!   Each object counts as of the moment its list request was sent, less a
+//!   margin of 5 s for the clocks: an event created later is newer and
+//!   wins, one created earlier is older and loses, so a backfill running
+//!   while webhooks arrive converges to the newest state. On a tie the
+//!   payload's evidence decides as for webhooks, and failing that the held
+//!   state stays.
 //! * **Checkpoints.** After each page commits, the run's position and counts
 //!   are saved ([`BackfillRunStore`]); `resume` continues from there. A page
 //!   applied but not checkpointed (a crash in between) is applied again on
@@ -33,7 +35,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// How many times a page's unit of work is tried before the run fails.
-const PAGE_ATTEMPTS: u32 = 3;
+const PAGE_ATTEMPTS: u32 = 5;
 
 /// The lists a backfill pages through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

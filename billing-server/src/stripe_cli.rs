@@ -206,6 +206,10 @@ impl BackfillProgress for Bars {
         eprintln!("{}", start_line(start));
     }
 
+    fn resource_started(&mut self, resource: Resource, counts: &Counts) {
+        self.bar(resource).set_message(counts_line(resource, counts));
+    }
+
     fn page_applied(&mut self, resource: Resource, counts: &Counts) {
         self.bar(resource).set_message(counts_line(resource, counts));
     }

@@ -239,6 +239,9 @@ pub struct BackfillStart {
 pub trait BackfillProgress: Send {
     /// The run starts, or resumes.
     fn started(&mut self, _start: &BackfillStart) {}
+    /// Paging through `resource` begins (or resumes: `counts` are the
+    /// list's so far).
+    fn resource_started(&mut self, _resource: Resource, _counts: &Counts) {}
     /// A page of `resource` was applied; `counts` are the list's so far.
     fn page_applied(&mut self, _resource: Resource, _counts: &Counts) {}
     /// Every page of `resource` was applied.
@@ -352,6 +355,7 @@ impl<S: Store + BackfillRunStore> Billing<S> {
         for resource in Resource::ALL.into_iter().skip_while(|r| *r != first) {
             let mut after = position.take().and_then(|(_, after)| after);
             let params = resource.params(since);
+            progress.resource_started(resource, &summary.per_resource[&resource]);
             loop {
                 // The object's version: taken before the request leaves.
                 let listed_at = self.now();

@@ -107,6 +107,8 @@ pub mod events;
 pub mod grace;
 pub mod licensing;
 pub(crate) mod messages;
+#[cfg(feature = "stripe-api")]
+pub mod plan_check;
 pub mod reads;
 pub mod storage;
 pub mod stripe;

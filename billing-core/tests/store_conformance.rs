@@ -22,6 +22,7 @@ use billing_core::domain::{
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
+use billing_core::storage::backfill_runs::{BackfillCheckpoint, BackfillRunStore};
 use billing_core::storage::license_work::{DeviceActivation, LicenseAudit, LicenseBundle, LicenseKeys};
 use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::stripe_sync::{
@@ -958,7 +959,8 @@ async fn new_customers_and_links_give_a_user_once_and_never_steal_it() {
     let id = customer(&store, "cus_1", None).await;
     assert_eq!(customer(&store, "cus_1", None).await, id, "loaded, not created again");
     let held = load(&store, keys(&[], &[], &["cus_1", "cus_missing"], &[])).await.customers;
-    assert_eq!(held, HashMap::from([("cus_1".to_owned(), HeldCustomer { id, user_id: None })]));
+    let unlinked = HeldCustomer { id, user_id: None, email: None, email_created: None };
+    assert_eq!(held, HashMap::from([("cus_1".to_owned(), unlinked)]));
 
     assert_eq!(customer(&store, "cus_1", Some("user_1")).await, id, "linking keeps the id");
     // A link to a customer that has a user already changes nothing.
@@ -967,7 +969,16 @@ async fn new_customers_and_links_give_a_user_once_and_never_steal_it() {
     let other = customer(&store, "cus_2", Some("user_2")).await;
     assert_ne!(other, id);
     let held = load(&store, keys(&[], &[], &["cus_1"], &[])).await.customers;
-    assert_eq!(held["cus_1"], HeldCustomer { id, user_id: Some("user_1".to_owned()) });
+    assert_eq!(
+        held["cus_1"],
+        HeldCustomer { id, user_id: Some("user_1".to_owned()), email: None, email_created: None }
+    );
+
+    // The address is loaded with the `created` it came with.
+    let email = Changeset { customer_emails: vec![(id, Some("a@example.com".into()), 1_700)], ..Changeset::default() };
+    apply(&store, keys(&[], &[], &["cus_1"], &[]), email).await.unwrap();
+    let held = load(&store, keys(&[], &[], &["cus_1"], &[])).await.customers;
+    assert_eq!((held["cus_1"].email.as_deref(), held["cus_1"].email_created), (Some("a@example.com"), Some(1_700)));
 
     assert_eq!(store.stripe_customers_of_user("user_1").await.unwrap(), ["cus_1"]);
     assert_eq!(store.stripe_customers_of_user("user_2").await.unwrap(), ["cus_2"], "cus_1 is not stolen");
@@ -1028,7 +1039,10 @@ async fn a_saved_subscription_reads_back_field_for_field_at_microsecond_precisio
 
     // The customer's user, not the snapshot's, decides whose it is.
     assert!(store.subscriptions_of_user("user_1").await.unwrap().is_empty());
-    assert_eq!(bundle.customers["cus_1"], HeldCustomer { id: customer, user_id: None });
+    assert_eq!(
+        bundle.customers["cus_1"],
+        HeldCustomer { id: customer, user_id: None, email: None, email_created: None }
+    );
     customer_link(&store, customer, "user_1").await;
     let bundle = load(&store, sub_1()).await;
     assert_eq!(bundle.subscriptions["sub_1"].customer_id, customer);
@@ -2940,4 +2954,52 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
 
     let rows = db.texts("SELECT kind || ':' || actor FROM license_changes ORDER BY id").await;
     assert_eq!(rows, ["issued:system", "suspended:system"]);
+}
+
+// ---------------------------------------------------------------------------
+// Stripe backfill runs (issue 16)
+// ---------------------------------------------------------------------------
+
+fn backfill_checkpoint(resource: &str, after: Option<&str>, seen: u64) -> BackfillCheckpoint {
+    BackfillCheckpoint {
+        resource: resource.to_owned(),
+        after: after.map(str::to_owned),
+        counts: json!({ "customers": { "seen": seen, "skipped": { "why": 1 } } }),
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_run_saves_its_checkpoints_until_finished_or_superseded() {
+    let (_db, store) = fresh_store().await;
+    assert_eq!(store.running_backfill_run().await.unwrap(), None);
+
+    let first = Uuid::new_v4();
+    store.start_backfill_run(first, Some(1_700_000_000), &backfill_checkpoint("customers", None, 0)).await.unwrap();
+    let run = store.running_backfill_run().await.unwrap().expect("running");
+    assert_eq!((run.id, run.since), (first, Some(1_700_000_000)));
+    assert_eq!(run.checkpoint, backfill_checkpoint("customers", None, 0));
+    assert!(run.updated_at >= run.started_at);
+
+    let page = backfill_checkpoint("subscriptions", Some("sub_100"), 250);
+    assert!(store.save_backfill_checkpoint(first, &page).await.unwrap());
+    let run = store.running_backfill_run().await.unwrap().unwrap();
+    assert_eq!(run.checkpoint, page, "read back as saved, counts included");
+
+    // A new run supersedes it: the old one's checkpoints are refused.
+    let second = Uuid::new_v4();
+    store.start_backfill_run(second, None, &backfill_checkpoint("customers", None, 0)).await.unwrap();
+    let run = store.running_backfill_run().await.unwrap().unwrap();
+    assert_eq!((run.id, run.since), (second, None));
+    assert!(!store.save_backfill_checkpoint(first, &page).await.unwrap(), "superseded");
+    assert!(!store.finish_backfill_run(first, &page).await.unwrap(), "superseded");
+    assert_eq!(
+        store.running_backfill_run().await.unwrap().unwrap().checkpoint,
+        backfill_checkpoint("customers", None, 0)
+    );
+
+    let done = backfill_checkpoint("checkout_sessions", None, 9_000);
+    assert!(store.finish_backfill_run(second, &done).await.unwrap());
+    assert_eq!(store.running_backfill_run().await.unwrap(), None, "nothing left to resume");
+    assert!(!store.save_backfill_checkpoint(second, &page).await.unwrap(), "a finished run takes no checkpoint");
+    assert!(!store.save_backfill_checkpoint(Uuid::new_v4(), &page).await.unwrap(), "nor does an unknown one");
 }

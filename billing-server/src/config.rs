@@ -30,7 +30,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("STRIPE_API_BASE", "Stripe API base URL (default https://api.stripe.com)"),
     (
         "BILLING_STRIPE_SYNC_RATE",
-        "requests per second of `billing-server stripe sync` and `stripe check-plans` (default 20, minimum 1)",
+        "requests per second `billing-server stripe sync` and `stripe check-plans` send to Stripe (default 20, minimum 1; `--rate` overrides it)",
     ),
     ("BILLING_JWT_SECRET", "HS256 secret of the dashboard's JWTs"),
     ("BILLING_PLANS", "path to the plans TOML file"),
@@ -98,7 +98,7 @@ pub struct Config {
     pub stripe_secret_key: Option<SecretString>,
     /// Stripe API base URL.
     pub stripe_api_base: String,
-    /// Requests per second of the Stripe backfill commands (at least 1).
+    /// Requests per second the Stripe backfill and plan check send.
     pub stripe_sync_rate: u32,
     /// Dashboard JWT secret; None disables the dashboard routes.
     pub jwt_secret: Option<SecretString>,

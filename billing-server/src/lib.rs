@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod sse;
 pub mod stream_conn;
+pub mod stripe_cli;
 pub mod views;
 
 use anyhow::Context;
@@ -171,6 +172,15 @@ pub fn engine(store: AnyStore, config: &Config) -> anyhow::Result<Billing<AnySto
         .stripe_secret_key
         .as_ref()
         .map(|key| StripeClient::new(key.expose_secret(), config.stripe_api_base.clone()));
+    engine_with_stripe(store, config, stripe)
+}
+
+/// [`engine`] with this Stripe client (the backfill's, rate-limited).
+pub fn engine_with_stripe(
+    store: AnyStore,
+    config: &Config,
+    stripe: Option<StripeClient>,
+) -> anyhow::Result<Billing<AnyStore>> {
     let signing_key = match &config.license_signing_key {
         Some(path) => load_signing_key(path)?,
         None => load_or_create_signing_key(&config.data_dir.join("license-signing-key.pem"))?,

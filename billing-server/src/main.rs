@@ -1,5 +1,5 @@
-//! The `billing-server` binary: `serve` (default), `migrate`, `keygen` and
-//! `admin-token`.
+//! The `billing-server` binary: `serve` (default), `migrate`, `keygen`,
+//! `admin-token` and `stripe`.
 
 use anyhow::Context;
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -39,6 +39,40 @@ enum Command {
         #[command(subcommand)]
         command: AdminTokenCommand,
     },
+    /// Catch up with Stripe (`sync`) and check the plans file against it
+    /// (`check-plans`), with STRIPE_SECRET_KEY, on the store DATABASE_URL names.
+    Stripe {
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StripeCommand {
+    /// Page through Stripe's customers, subscriptions, paid invoices and
+    /// completed Checkout Sessions and apply each as its webhook would be
+    /// (a stale object never overwrites newer state; nothing is applied
+    /// twice); checkpointed after every page; ends with a summary.
+    Sync {
+        /// Only objects created on or after this day (2024-01-31, UTC) or
+        /// time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Continue the interrupted run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Requests per second to Stripe (default BILLING_STRIPE_SYNC_RATE, else 20).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Report plans whose price Stripe lacks or has inactive, and prices
+    /// running subscriptions use that no plan names. Exit code 0 when all
+    /// is well, 1 when something is wrong, 2 when the check failed.
+    CheckPlans {
+        /// Requests per second to Stripe (default BILLING_STRIPE_SYNC_RATE, else 20).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,9 +108,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let (config, config_notes) = billing_server::config_file::load(cli.config.as_deref())?;
     let filter = config.log_filter("info");
-    if matches!(cli.command, Some(Command::AdminToken { .. })) {
-        // stdout is the command's answer (scripts capture the token from
-        // it); the store's start-up chatter is not.
+    if matches!(cli.command, Some(Command::AdminToken { .. } | Command::Stripe { .. })) {
+        // stdout is the command's answer (scripts capture the token, the
+        // backfill's summary from it); the store's start-up chatter is not.
         let filter = config.log_filter("warn");
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else if config.log_json {
@@ -88,6 +122,15 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen { .. } => unreachable!("handled above"),
         Command::AdminToken { command } => admin_token(&config, command).await,
+        Command::Stripe { command: StripeCommand::Sync { since, resume, rate } } => {
+            billing_server::stripe_cli::sync(&config, since.as_deref(), resume, rate).await
+        }
+        Command::Stripe { command: StripeCommand::CheckPlans { rate } } => {
+            let code = billing_server::stripe_cli::check_plans(&config, rate).await;
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
         Command::Migrate => {
             let store = AnyStore::open(&config.store, 1)
                 .await

@@ -62,16 +62,21 @@ pub enum Actor {
         /// The address the request came from, when it came over the network.
         client_addr: Option<IpAddr>,
     },
+    /// `billing-server stripe sync`: an object read from Stripe's list
+    /// endpoints (no event behind it).
+    Backfill,
 }
 
 impl Actor {
-    /// The audit-trail spelling: `stripe`, `user:<id>`, `system` or `admin:<token name>`.
+    /// The audit-trail spelling: `stripe`, `user:<id>`, `system`,
+    /// `admin:<token name>` or `stripe:backfill`.
     pub fn label(&self) -> String {
         match self {
             Actor::Stripe { .. } => "stripe".to_owned(),
             Actor::User { user_id, .. } => format!("user:{user_id}"),
             Actor::System | Actor::Device { .. } => "system".to_owned(),
             Actor::Admin { token_name, .. } => format!("admin:{token_name}"),
+            Actor::Backfill => "stripe:backfill".to_owned(),
         }
     }
 
@@ -101,7 +106,7 @@ impl Actor {
             Actor::User { client_addr, .. } | Actor::Admin { client_addr, .. } | Actor::Device { client_addr } => {
                 *client_addr
             }
-            Actor::Stripe { .. } | Actor::System => None,
+            Actor::Stripe { .. } | Actor::System | Actor::Backfill => None,
         }
     }
 

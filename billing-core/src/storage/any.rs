@@ -40,6 +40,8 @@ macro_rules! delegate {
 
 // Admin reads (issue 14); declared after the macros so that it can use them.
 mod admin_reads;
+// Stripe backfill runs (issue 16).
+mod backfill_runs;
 
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the

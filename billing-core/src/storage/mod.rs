@@ -10,6 +10,7 @@
 pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
+pub mod backfill_runs;
 pub mod changeset;
 pub mod license_work;
 pub mod migration_check;

@@ -46,6 +46,8 @@ mod embedded {
 
 // Admin reads (issue 14).
 mod admin_reads;
+// Stripe backfill runs (issue 16).
+mod backfill_runs;
 mod license_work;
 mod stripe_sync;
 

@@ -72,6 +72,11 @@ pub struct HeldCustomer {
     pub id: Uuid,
     /// The dashboard user it is linked to.
     pub user_id: Option<String>,
+    /// Its e-mail address, as last kept.
+    pub email: Option<String>,
+    /// The `created` of what that address came from (an event, or a
+    /// backfill's list read).
+    pub email_created: Option<i64>,
 }
 
 /// Everything a group's decisions read, locked for the transaction.

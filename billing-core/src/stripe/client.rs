@@ -1,12 +1,16 @@
 //! A thin Stripe API client over reqwest: form-encoded parameters, a pinned
-//! API version, idempotency keys on writes, retries with backoff.
+//! API version, idempotency keys on writes, retries with backoff (and
+//! `Retry-After`), list pages, and an optional client-side rate limit.
 //!
 //! We call a dozen endpoints; a full SDK (async-stripe) would cost minutes of
 //! compile time and bring its own HTTP stack for that (see ARCHITECTURE.md).
 
 use crate::domain::SubscriptionSnapshot;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The API version every request pins, so payload shapes do not drift with
@@ -14,6 +18,11 @@ use std::time::Duration;
 pub const STRIPE_VERSION: &str = "2025-03-31.basil";
 /// Stripe's production API.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+/// The most objects a list page holds (Stripe's own maximum).
+pub const LIST_LIMIT: usize = 100;
+/// The longest `Retry-After` we wait for between two attempts; a longer
+/// one is cut to this (Stripe asks for seconds, never minutes).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Talks to the Stripe API.
 #[derive(Clone)]
@@ -23,6 +32,18 @@ pub struct StripeClient {
     secret_key: String,
     max_retries: u32,
     initial_backoff: Duration,
+    /// Shared by the clones of one client: every attempt of every call
+    /// waits for its turn.
+    rate: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+/// One page of a list endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// The objects, newest first, as Stripe shapes them.
+    pub data: Vec<Value>,
+    /// Whether a page follows (ask again with `starting_after` = the last id).
+    pub has_more: bool,
 }
 
 impl std::fmt::Debug for StripeClient {
@@ -72,7 +93,16 @@ impl StripeClient {
             secret_key: secret_key.into(),
             max_retries: 2,
             initial_backoff: Duration::from_millis(250),
+            rate: None,
         }
+    }
+
+    /// Sends at most `per_second` requests a second, retries included,
+    /// evenly spaced (no burst), across every clone of this client.
+    pub fn with_rate_limit(mut self, per_second: NonZeroU32) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(NonZeroU32::MIN);
+        self.rate = Some(Arc::new(RateLimiter::direct(quota)));
+        self
     }
 
     /// Sets how many times a failed call is retried and the first backoff
@@ -122,31 +152,42 @@ impl StripeClient {
 
     /// `GET /v1/subscriptions?customer=…&status=all`: every subscription of a customer.
     pub async fn list_subscriptions(&self, customer: &str) -> Result<Vec<SubscriptionSnapshot>, StripeError> {
+        let params = [("customer".to_owned(), customer.to_owned()), ("status".to_owned(), "all".to_owned())];
         let mut all = Vec::new();
         let mut starting_after: Option<String> = None;
         loop {
-            let mut query = vec![
-                ("customer".to_owned(), customer.to_owned()),
-                ("status".to_owned(), "all".to_owned()),
-                ("limit".to_owned(), "100".to_owned()),
-            ];
-            if let Some(after) = &starting_after {
-                query.push(("starting_after".to_owned(), after.clone()));
-            }
-            let body = self.send(Method::GET, "/v1/subscriptions", &query, None).await?;
-            let data = body
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| StripeError::Protocol("list without data".into()))?;
-            for object in data {
+            let page = self.list_page("/v1/subscriptions", &params, starting_after.as_deref()).await?;
+            for object in &page.data {
                 all.push(super::event::parse_subscription(object).map_err(StripeError::Protocol)?);
             }
-            let has_more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
-            match (has_more, all.last()) {
+            match (page.has_more, all.last()) {
                 (true, Some(last)) => starting_after = Some(last.stripe_subscription_id.clone()),
                 _ => return Ok(all),
             }
         }
+    }
+
+    /// One page of a list endpoint (`GET /v1/customers`, `/v1/prices`, …):
+    /// `limit=100`, the `params` given, and `starting_after` for every page
+    /// but the first.
+    pub async fn list_page(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        starting_after: Option<&str>,
+    ) -> Result<ListPage, StripeError> {
+        let mut query = params.to_vec();
+        query.push(("limit".to_owned(), LIST_LIMIT.to_string()));
+        if let Some(after) = starting_after {
+            query.push(("starting_after".to_owned(), after.to_owned()));
+        }
+        let mut body = self.send(Method::GET, path, &query, None).await?;
+        let data = match body.get_mut("data").map(Value::take) {
+            Some(Value::Array(data)) => data,
+            _ => return Err(StripeError::Protocol("list without data".into())),
+        };
+        let has_more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+        Ok(ListPage { data, has_more })
     }
 
     /// `POST /v1/checkout/sessions` → (id, url).
@@ -188,7 +229,8 @@ impl StripeClient {
     }
 
     /// Sends one request, retrying network errors, 409, 429 and 5xx with
-    /// exponential backoff unless Stripe says `Stripe-Should-Retry: false`.
+    /// exponential backoff unless Stripe says `Stripe-Should-Retry: false`,
+    /// waiting at least as long as a `Retry-After` asks (in seconds).
     /// Writes must pass an idempotency key; it stays the same across retries.
     pub async fn send(
         &self,
@@ -199,6 +241,10 @@ impl StripeClient {
     ) -> Result<Value, StripeError> {
         let mut attempt = 0;
         loop {
+            if let Some(rate) = &self.rate {
+                rate.until_ready().await;
+            }
+            let mut retry_after = None;
             let mut request = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.base))
@@ -218,6 +264,12 @@ impl StripeClient {
                         .get("stripe-should-retry")
                         .and_then(|v| v.to_str().ok())
                         .map(|v| v == "true");
+                    retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
                     let body =
                         response.bytes().await.map_err(|e| StripeError::Unavailable(e.without_url().to_string()))?;
                     if status.is_success() {
@@ -244,7 +296,8 @@ impl StripeClient {
                     other => other,
                 });
             }
-            tokio::time::sleep(self.initial_backoff * 2u32.pow(attempt)).await;
+            let backoff = self.initial_backoff * 2u32.pow(attempt);
+            tokio::time::sleep(retry_after.map_or(backoff, |asked| asked.max(backoff))).await;
             attempt += 1;
         }
     }

@@ -286,7 +286,7 @@ struct RawCustomer {
     email: Option<Text>,
 }
 
-fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, String> {
+pub(crate) fn parse_customer(object: &Value, deleted: bool) -> Result<StripeCustomer, String> {
     let raw = RawCustomer::deserialize(object).map_err(|e| e.to_string())?;
     Ok(StripeCustomer {
         id: raw.id.into(),
@@ -307,7 +307,7 @@ struct RawCheckout {
     metadata: HashMap<String, Value>,
 }
 
-fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
+pub(crate) fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
     let raw = RawCheckout::deserialize(object).map_err(|e| e.to_string())?;
     Ok(CheckoutSession {
         id: raw.id.into(),
@@ -348,7 +348,7 @@ struct RawStatusTransitions {
     paid_at: Option<i64>,
 }
 
-fn parse_invoice(object: &Value, status: PaymentStatus, event_created: i64) -> Result<Payment, String> {
+pub(crate) fn parse_invoice(object: &Value, status: PaymentStatus, event_created: i64) -> Result<Payment, String> {
     let raw = RawInvoice::deserialize(object).map_err(|e| e.to_string())?;
     let id = text(raw.id).ok_or_else(|| "missing field `id`".to_owned())?;
     let subscription = raw

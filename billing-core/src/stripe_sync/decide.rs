@@ -7,7 +7,7 @@
 //! event of an object sees what an earlier one did (in `created` order,
 //! which [`super::StripeInput::order`] gives).
 
-use super::{Ambiguity, InputOutcome, StripeInput};
+use super::{Ambiguity, InputOutcome, ListedObject, ListedOutcome, StripeInput};
 use crate::domain::device::evicted_by_limit;
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
@@ -132,7 +132,90 @@ impl<'a> Decisions<'a> {
                     Synced::Stale | Synced::Ambiguous => InputOutcome::Unchanged,
                 }
             }
+            StripeInput::Listed { object, as_of } => InputOutcome::Listed(self.listed(object, *as_of)),
         }
+    }
+
+    /// Applies an object a backfill listed, as of `as_of`, through the
+    /// decisions its webhook takes, and says what that changed by comparing
+    /// what we hold of it before and after (a version bump alone is no
+    /// change).
+    fn listed(&mut self, object: &ListedObject, as_of: i64) -> ListedOutcome {
+        let actor = Actor::Backfill;
+        match object {
+            ListedObject::Customer(customer) => {
+                let before = self.customer_state(&customer.id);
+                self.customer(customer, as_of);
+                compare(before, self.customer_state(&customer.id))
+            }
+            ListedObject::Subscription(snapshot) => {
+                let id = &snapshot.stripe_subscription_id;
+                let before = self.subscription_state(id);
+                match self.sync_subscription(&actor, snapshot, as_of, Ambiguity::KeepHeld) {
+                    Synced::Applied | Synced::Stale => compare(before, self.subscription_state(id)),
+                    Synced::Ambiguous => unreachable!("a listed object keeps the held state on a tie"),
+                }
+            }
+            ListedObject::Invoice(payment) => {
+                let subscription = payment.stripe_subscription_id.as_deref().unwrap_or_default();
+                let before = self.held.payments.get(&payment.stripe_invoice_id).copied();
+                let subscription_before = self.subscription_state(subscription);
+                self.invoice(&actor, payment);
+                match compare(before, self.held.payments.get(&payment.stripe_invoice_id).copied()) {
+                    ListedOutcome::Unchanged if subscription_before != self.subscription_state(subscription) => {
+                        ListedOutcome::Updated
+                    }
+                    outcome => outcome,
+                }
+            }
+            ListedObject::Checkout(session) => self.listed_checkout(session),
+        }
+    }
+
+    /// A completed checkout, listed: what its webhook does to our state,
+    /// which is linking its customer to its user (whatever its mode; the
+    /// subscription of a subscription checkout is listed on its own). The
+    /// audit row of the link is written only when the link is new, so
+    /// listing it again writes nothing.
+    fn listed_checkout(&mut self, session: &CheckoutSession) -> ListedOutcome {
+        let Some(customer) = session.customer.as_deref() else {
+            return ListedOutcome::Skipped("checkout session has no customer");
+        };
+        let before = self.customer_state(customer);
+        let id = self.customer_id(customer, session.user_id());
+        let after = self.customer_state(customer);
+        let linked = before.as_ref().map(|(user, _)| user.is_none()).unwrap_or(true)
+            && after.as_ref().is_some_and(|(user, _)| user.is_some());
+        if let (true, "subscription", Some(sub)) = (linked, session.mode.as_str(), session.subscription.as_deref()) {
+            if let Some(held) = self.held.subscriptions.get(sub).filter(|h| h.customer_id == id) {
+                let sub_id = held.subscription.id;
+                let change = SubscriptionChange::CheckoutLinked { checkout_session_id: session.id.clone() };
+                self.audit(sub_id, &Actor::Backfill, change);
+            }
+        }
+        match compare(before, after) {
+            ListedOutcome::Unchanged if session.user_id().is_none() => {
+                ListedOutcome::Skipped("checkout session names no user")
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// What we hold of a customer, as far as a change to it goes.
+    fn customer_state(&self, stripe_customer_id: &str) -> Option<(Option<String>, Option<String>)> {
+        self.held.customers.get(stripe_customer_id).map(|c| (c.user_id.clone(), c.email.clone()))
+    }
+
+    /// What we hold of a subscription, as far as a change to it goes: the
+    /// subscription but for its version, its customer's user and its license.
+    fn subscription_state(
+        &self,
+        stripe_subscription_id: &str,
+    ) -> Option<(Subscription, Option<String>, Option<License>)> {
+        let held = self.held.subscriptions.get(stripe_subscription_id)?;
+        let user = self.customer_user(&held.subscription.snapshot.stripe_customer_id).map(str::to_owned);
+        let license = self.held.licenses.get(&held.subscription.id).cloned();
+        Some((Subscription { source_created: 0, ..held.subscription.clone() }, user, license))
     }
 
     /// Finds or creates the customer of a Stripe customer id, linking it to
@@ -149,9 +232,8 @@ impl<'a> Decisions<'a> {
             None => {
                 let id = Uuid::new_v4();
                 let user_id = user_id.map(str::to_owned);
-                self.held
-                    .customers
-                    .insert(stripe_customer_id.to_owned(), HeldCustomer { id, user_id: user_id.clone() });
+                let held = HeldCustomer { id, user_id: user_id.clone(), email: None, email_created: None };
+                self.held.customers.insert(stripe_customer_id.to_owned(), held);
                 self.changes.new_customers.push(NewCustomer {
                     id,
                     stripe_customer_id: stripe_customer_id.to_owned(),
@@ -194,6 +276,7 @@ impl<'a> Decisions<'a> {
             (_, Ambiguity::Authoritative) if held.snapshot != *snapshot => true,
             (Freshness::Stale, _) | (_, Ambiguity::Authoritative) => false,
             (Freshness::Ambiguous, Ambiguity::Refuse) => return Synced::Ambiguous,
+            (Freshness::Ambiguous, Ambiguity::KeepHeld) => false,
             (Freshness::Ambiguous, Ambiguity::ApplyLaterArrival) | (Freshness::Newer, _) => true,
         };
         if fresh {
@@ -423,7 +506,23 @@ impl<'a> Decisions<'a> {
             // A deleted customer's object still carries its last address;
             // keeping the one held is as good and needs no write.
             self.changes.set_customer_email(id, customer.email.clone(), created);
+            if let Some(held) = self.held.customers.get_mut(&customer.id) {
+                // As the store keeps it: unless a newer address is held.
+                if held.email_created.is_none_or(|held_created| held_created <= created) {
+                    held.email = customer.email.clone();
+                    held.email_created = Some(created);
+                }
+            }
         }
+    }
+}
+
+/// What a listed object changed, from what we held of it before and after.
+fn compare<T: PartialEq>(before: Option<T>, after: Option<T>) -> ListedOutcome {
+    match (before, after) {
+        (None, Some(_)) => ListedOutcome::Created,
+        (before, after) if before != after => ListedOutcome::Updated,
+        _ => ListedOutcome::Unchanged,
     }
 }
 

@@ -78,18 +78,53 @@ fn decide_all(mut held: StripeBundle, inputs: &[StripeInput]) -> (Vec<InputOutco
 
 /// What the store would hold after `changes` (for the next group's bundle).
 fn held_after(changes: &Changeset) -> StripeBundle {
-    let mut held = StripeBundle::default();
+    held_after_both(&StripeBundle::default(), changes)
+}
+
+/// What the store would hold after `changes`, having held `held`.
+fn held_after_both(held: &StripeBundle, changes: &Changeset) -> StripeBundle {
+    let mut next = held.clone();
+    next.claimed.clear();
     for s in &changes.subscriptions {
-        held.subscriptions.insert(s.subscription.snapshot.stripe_subscription_id.clone(), s.clone());
+        next.subscriptions.insert(s.subscription.snapshot.stripe_subscription_id.clone(), s.clone());
     }
     for l in &changes.new_licenses {
-        held.licenses.insert(l.subscription_id.unwrap(), l.clone());
-        held.devices.insert(l.id, Vec::new());
+        next.licenses.insert(l.subscription_id.unwrap(), l.clone());
+        next.devices.insert(l.id, Vec::new());
     }
     for c in &changes.new_customers {
-        held.customers.insert(c.stripe_customer_id.clone(), HeldCustomer { id: c.id, user_id: c.user_id.clone() });
+        let customer = HeldCustomer { id: c.id, user_id: c.user_id.clone(), email: None, email_created: None };
+        next.customers.insert(c.stripe_customer_id.clone(), customer);
     }
-    held
+    for customer in next.customers.values_mut() {
+        if let Some((_, user)) = changes.customer_links.iter().find(|(id, _)| *id == customer.id) {
+            customer.user_id = Some(user.clone());
+        }
+        if let Some((_, email, created)) = changes.customer_emails.iter().find(|(id, _, _)| *id == customer.id) {
+            (customer.email, customer.email_created) = (email.clone(), Some(*created));
+        }
+    }
+    for p in &changes.payments {
+        next.payments.insert(p.payment.stripe_invoice_id.clone(), p.payment.status);
+        if let (PaymentStatus::Paid, Some(sub)) = (p.payment.status, &p.payment.stripe_subscription_id) {
+            next.paid_subscriptions.insert(sub.clone());
+        }
+    }
+    next
+}
+
+fn listed(object: ListedObject, as_of: i64) -> StripeInput {
+    StripeInput::Listed { object: Box::new(object), as_of }
+}
+
+fn listed_outcomes(outcomes: &[InputOutcome]) -> Vec<ListedOutcome> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            InputOutcome::Listed(o) => *o,
+            other => panic!("not a listed outcome: {other:?}"),
+        })
+        .collect()
 }
 
 #[test]
@@ -299,4 +334,152 @@ fn an_api_snapshot_identical_to_what_is_held_changes_nothing() {
     let (outcomes, changes) = decide_all(held_after(&first), &[changed]);
     assert_eq!(outcomes, [InputOutcome::Processed]);
     assert_eq!(changes.subscription_audit[0].actor, "user:user_1");
+}
+
+#[test]
+fn a_listed_subscription_is_created_once_then_unchanged_with_the_backfill_as_actor() {
+    let sub = || listed(ListedObject::Subscription(snapshot(SubscriptionStatus::Active, "price_pro")), 1_000);
+    let (outcomes, first) = decide_all(StripeBundle::default(), &[sub()]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Created]);
+    assert_eq!(first.new_licenses.len(), 1);
+    assert_eq!(first.subscription_audit.len(), 1);
+    assert_eq!(
+        (first.subscription_audit[0].actor.as_str(), first.subscription_audit[0].stripe_event_id.as_deref()),
+        ("stripe:backfill", None)
+    );
+    assert!(first.deliveries.is_empty(), "no event, no delivery record");
+    let (outcomes, again) = decide_all(held_after(&first), &[sub()]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert!(again.is_empty(), "the same object as of the same moment writes nothing: {again:?}");
+    // Listed again later: nothing changes but the version held.
+    let later = listed(ListedObject::Subscription(snapshot(SubscriptionStatus::Active, "price_pro")), 2_000);
+    let (outcomes, bumped) = decide_all(held_after(&first), &[later]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert_eq!(bumped.subscriptions.len(), 1);
+    assert_eq!(bumped.subscriptions[0].subscription.source_created, 2_000, "older events are now stale");
+    assert!(bumped.subscription_audit.is_empty() && bumped.outbox.is_empty() && bumped.new_licenses.is_empty());
+}
+
+#[test]
+fn an_event_created_after_the_list_read_wins_whatever_the_order() {
+    let mut canceled = snapshot(SubscriptionStatus::Canceled, "price_pro");
+    canceled.ended_at = Some(NOW);
+    let event = || sub_event("evt_cancel", 1_010, canceled.clone());
+    let list = || listed(ListedObject::Subscription(snapshot(SubscriptionStatus::Active, "price_pro")), 1_000);
+    // The event first, then the listed object: stale, unchanged.
+    let (_, first) = decide_all(StripeBundle::default(), &[event()]);
+    let (outcomes, changes) = decide_all(held_after(&first), &[list()]);
+    assert!(changes.subscriptions.is_empty(), "the newer cancellation stays");
+    // Still evidence: it was active once, so its license exists (as the
+    // webhook of its start would have issued it).
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
+    assert_eq!(changes.new_licenses.len(), 1);
+    // The listed object first, then the event: applied over it.
+    let (_, first) = decide_all(StripeBundle::default(), &[list()]);
+    let (_, changes) = decide_all(held_after(&first), &[event()]);
+    assert_eq!(changes.subscriptions[0].subscription.snapshot.status, SubscriptionStatus::Canceled);
+    // An event older than the list read loses to the listed object.
+    let old = sub_event("evt_old", 990, snapshot(SubscriptionStatus::PastDue, "price_pro"));
+    let (_, changes) = decide_all(held_after(&first), &[old]);
+    assert!(changes.subscriptions.is_empty());
+}
+
+#[test]
+fn a_listed_object_as_old_as_the_held_state_keeps_it_unless_the_payload_proves_it_newer() {
+    let (_, first) = decide_all(
+        StripeBundle::default(),
+        &[sub_event("evt_1", 1_000, snapshot(SubscriptionStatus::Active, "price_pro"))],
+    );
+    let mut canceling = snapshot(SubscriptionStatus::Active, "price_pro");
+    canceling.cancel_at_period_end = true;
+    let (outcomes, changes) = decide_all(held_after(&first), &[listed(ListedObject::Subscription(canceling), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged], "a tie nothing settles: the held state");
+    assert!(changes.subscriptions.is_empty());
+    let ended = snapshot(SubscriptionStatus::Canceled, "price_pro");
+    let (outcomes, changes) = decide_all(held_after(&first), &[listed(ListedObject::Subscription(ended), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated], "a terminal status is final");
+    assert_eq!(changes.subscription_audit[0].actor, "stripe:backfill");
+}
+
+#[test]
+fn a_listed_paid_invoice_is_recorded_once_and_issues_the_license_it_proves() {
+    let (_, first) = decide_all(
+        StripeBundle::default(),
+        &[listed(ListedObject::Subscription(snapshot(SubscriptionStatus::Incomplete, "price_pro")), 1_000)],
+    );
+    assert!(first.new_licenses.is_empty());
+    let payment = Payment {
+        stripe_invoice_id: "in_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        stripe_subscription_id: Some("sub_1".into()),
+        amount: 1200,
+        currency: "eur".into(),
+        status: PaymentStatus::Paid,
+        paid_at: Some(NOW),
+    };
+    let invoice = || listed(ListedObject::Invoice(payment.clone()), 1_000);
+    let held = held_after(&first);
+    let (outcomes, changes) = decide_all(held.clone(), &[invoice()]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Created]);
+    assert_eq!((changes.payments.len(), changes.new_licenses.len()), (1, 1));
+    let (outcomes, again) = decide_all(held_after_both(&held, &changes), &[invoice()]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn a_listed_customer_is_created_then_updated_by_a_new_address_then_unchanged() {
+    let customer = |email: &str| {
+        ListedObject::Customer(StripeCustomer {
+            id: "cus_1".into(),
+            user_id: Some("user_1".into()),
+            deleted: false,
+            email: Some(email.into()),
+        })
+    };
+    let (outcomes, first) = decide_all(StripeBundle::default(), &[listed(customer("a@example.com"), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Created]);
+    let held = held_after(&first);
+    let (outcomes, _) = decide_all(held.clone(), &[listed(customer("a@example.com"), 2_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    let (outcomes, changes) = decide_all(held.clone(), &[listed(customer("b@example.com"), 2_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
+    assert_eq!(changes.customer_emails[0].1.as_deref(), Some("b@example.com"));
+    let (outcomes, _) = decide_all(held, &[listed(customer("old@example.com"), 500)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged], "an address older than the one held");
+}
+
+#[test]
+fn a_listed_checkout_links_its_customer_once_whatever_its_mode() {
+    let mut unlinked = snapshot(SubscriptionStatus::Active, "price_pro");
+    unlinked.user_id = None;
+    let (_, first) = decide_all(StripeBundle::default(), &[listed(ListedObject::Subscription(unlinked), 1_000)]);
+    let session = |user: Option<&str>| {
+        ListedObject::Checkout(CheckoutSession {
+            id: "cs_1".into(),
+            mode: "subscription".into(),
+            client_reference_id: user.map(str::to_owned),
+            metadata_user_id: None,
+            customer: Some("cus_1".into()),
+            subscription: Some("sub_1".into()),
+        })
+    };
+    let held = held_after(&first);
+    let (outcomes, changes) = decide_all(held.clone(), &[listed(session(None), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Skipped("checkout session names no user")]);
+    assert!(changes.is_empty());
+    let (outcomes, linked) = decide_all(held.clone(), &[listed(session(Some("user_1")), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
+    assert_eq!(linked.customer_links.len(), 1);
+    let kinds: Vec<&str> = linked.subscription_audit.iter().map(|a| a.change.kind()).collect();
+    assert_eq!(kinds, ["checkout_linked"]);
+    let (outcomes, again) = decide_all(held_after_both(&held, &linked), &[listed(session(Some("user_1")), 2_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert!(again.is_empty(), "no second audit row: {again:?}");
+    let mut payment = session(Some("user_1"));
+    if let ListedObject::Checkout(s) = &mut payment {
+        (s.mode, s.subscription, s.customer) = ("payment".into(), None, None);
+    }
+    let (outcomes, _) = decide_all(held, &[listed(payment, 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Skipped("checkout session has no customer")]);
 }

@@ -11,14 +11,20 @@
 //! once its group has committed: a 200 still means *applied*. A group that
 //! fails is applied again event by event, so only the failing delivery
 //! answers 500.
+//!
+//! **Backfill** (`backfill`, with the `stripe-api` feature): objects read
+//! from Stripe's list endpoints go through the same unit of work and the
+//! same decisions, a page at a time, as of the moment their list was read.
 
+#[cfg(feature = "stripe-api")]
+pub mod backfill;
 mod decide;
 
 use crate::billing::{error_chain, Billing};
-use crate::domain::{Actor, SubscriptionSnapshot};
+use crate::domain::{Actor, Payment, SubscriptionSnapshot};
 use crate::storage::stripe_sync::{DeliveryClaim, StripeKeys};
 use crate::storage::{EventRecord, Store, StoreError};
-use crate::stripe::{Event, EventError, EventPayload, SignatureError};
+use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, StripeCustomer};
 use bytes::Bytes;
 use decide::{Decisions, Rules};
 use std::collections::VecDeque;
@@ -116,6 +122,9 @@ pub(crate) enum Ambiguity {
     ApplyLaterArrival,
     /// The snapshot was just read from the Stripe API: apply it unless identical.
     Authoritative,
+    /// A backfill's listed object, as old as the held state: keep the held
+    /// state (see [`StripeInput::Listed`]).
+    KeepHeld,
 }
 
 /// One input of a Stripe unit of work.
@@ -129,6 +138,53 @@ pub(crate) enum StripeInput {
     /// A snapshot Stripe's API returned to an action of `actor`.
     #[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
     Snapshot { snapshot: Box<SubscriptionSnapshot>, actor: Actor },
+    /// An object a backfill read from a list endpoint, as of `as_of` (Unix
+    /// seconds, our clock): the moment its list request was sent, less
+    /// [`LISTED_MARGIN_SECS`]. Everything Stripe recorded before the request
+    /// is in the object, so an event created before `as_of` is older than
+    /// it (the object wins) and one created after is newer (the event's
+    /// state wins): a stale listed object never overwrites newer state.
+    /// There is no event, so no delivery to claim: applying it again finds
+    /// the state it left and changes nothing.
+    #[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
+    Listed { object: Box<ListedObject>, as_of: i64 },
+}
+
+/// How much older than its list request a listed object is taken to be.
+/// Stripe's clock and ours differ by a little, and an event may be created a
+/// moment before the change it announces is visible to list reads: an event
+/// created within this margin of the request is taken as newer than the
+/// object, so its state wins (it is as new as the object at worst).
+#[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
+pub(crate) const LISTED_MARGIN_SECS: i64 = 5;
+
+/// An object read from one of Stripe's list endpoints, parsed as the
+/// webhooks' payload of the same type is.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "stripe-api"), allow(dead_code))]
+pub(crate) enum ListedObject {
+    /// `GET /v1/customers`
+    Customer(StripeCustomer),
+    /// `GET /v1/subscriptions?status=all`
+    Subscription(SubscriptionSnapshot),
+    /// `GET /v1/invoices?status=paid`
+    Invoice(Payment),
+    /// `GET /v1/checkout/sessions?status=complete`
+    Checkout(CheckoutSession),
+}
+
+/// What a listed object changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListedOutcome {
+    /// We held nothing of it: now we do.
+    Created,
+    /// We held it in another state (or without what it proves, e.g. a
+    /// license): now we hold its state.
+    Updated,
+    /// We held it as it is (or held newer state).
+    Unchanged,
+    /// Not acted on, and why.
+    Skipped(&'static str),
 }
 
 /// What one input came to.
@@ -144,13 +200,15 @@ pub(crate) enum InputOutcome {
     Unchanged,
     /// A same-second snapshot: released unapplied, for a re-fetch.
     Ambiguous,
+    /// A backfill's listed object.
+    Listed(ListedOutcome),
 }
 
 impl StripeInput {
     fn delivery(&self) -> Option<(&Event, &Bytes)> {
         match self {
             Self::Delivery { event, body, .. } | Self::Refetched { event, body, .. } => Some((event, body)),
-            Self::Snapshot { .. } => None,
+            Self::Snapshot { .. } | Self::Listed { .. } => None,
         }
     }
 
@@ -159,12 +217,16 @@ impl StripeInput {
             Self::Delivery { ambiguity, .. } => *ambiguity,
             Self::Refetched { .. } => Ambiguity::ApplyLaterArrival,
             Self::Snapshot { .. } => Ambiguity::Authoritative,
+            Self::Listed { .. } => Ambiguity::KeepHeld,
         }
     }
 
     /// When it happened, by Stripe's clock: the order a group decides in.
     fn created(&self, now: i64) -> i64 {
-        self.delivery().map_or(now, |(event, _)| event.created)
+        match self {
+            Self::Listed { as_of, .. } => *as_of,
+            _ => self.delivery().map_or(now, |(event, _)| event.created),
+        }
     }
 
     /// Adds what deciding it reads to `keys`.
@@ -183,25 +245,35 @@ impl StripeInput {
                 payload: body.clone(),
             });
         }
+        let checkout_keys = |keys: &mut StripeKeys, session: &CheckoutSession| {
+            if let (Some(sub), "subscription") = (&session.subscription, session.mode.as_str()) {
+                keys.subscriptions.insert(sub.clone());
+            }
+            keys.customers.extend(session.customer.clone());
+        };
+        let invoice_keys = |keys: &mut StripeKeys, payment: &Payment| {
+            keys.subscriptions.extend(payment.stripe_subscription_id.clone());
+            keys.customers.insert(payment.stripe_customer_id.clone());
+            keys.invoices.insert(payment.stripe_invoice_id.clone());
+        };
         match self {
             Self::Snapshot { snapshot, .. } | Self::Refetched { snapshot, .. } => snapshot_keys(keys, snapshot),
             Self::Delivery { event, .. } => match &event.payload {
                 EventPayload::Subscription(snapshot) => snapshot_keys(keys, snapshot),
-                EventPayload::CheckoutCompleted(session) => {
-                    if let (Some(sub), "subscription") = (&session.subscription, session.mode.as_str()) {
-                        keys.subscriptions.insert(sub.clone());
-                    }
-                    keys.customers.extend(session.customer.clone());
-                }
-                EventPayload::Invoice(payment) => {
-                    keys.subscriptions.extend(payment.stripe_subscription_id.clone());
-                    keys.customers.insert(payment.stripe_customer_id.clone());
-                    keys.invoices.insert(payment.stripe_invoice_id.clone());
-                }
+                EventPayload::CheckoutCompleted(session) => checkout_keys(keys, session),
+                EventPayload::Invoice(payment) => invoice_keys(keys, payment),
                 EventPayload::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }
                 EventPayload::Ignored => {}
+            },
+            Self::Listed { object, .. } => match object.as_ref() {
+                ListedObject::Subscription(snapshot) => snapshot_keys(keys, snapshot),
+                ListedObject::Checkout(session) => checkout_keys(keys, session),
+                ListedObject::Invoice(payment) => invoice_keys(keys, payment),
+                ListedObject::Customer(customer) => {
+                    keys.customers.insert(customer.id.clone());
+                }
             },
         }
     }
@@ -355,9 +427,9 @@ impl<S: Store> Billing<S> {
             other => other,
         };
         match outcome {
-            Ok(InputOutcome::Processed | InputOutcome::Unchanged | InputOutcome::Ambiguous) => {
-                receipt(WebhookOutcome::Processed)
-            }
+            Ok(
+                InputOutcome::Processed | InputOutcome::Unchanged | InputOutcome::Ambiguous | InputOutcome::Listed(_),
+            ) => receipt(WebhookOutcome::Processed),
             Ok(InputOutcome::Ignored) => receipt(WebhookOutcome::Ignored),
             Ok(InputOutcome::Duplicate) => receipt(WebhookOutcome::Duplicate),
             Err(e) => {

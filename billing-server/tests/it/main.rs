@@ -10,6 +10,8 @@ mod admin_licenses;
 mod auth;
 // The configuration file (issue 16).
 mod config_file;
+// The Stripe backfill and plan check (issue 16).
+mod backfill;
 mod dashboard;
 mod events;
 // Deliveries applied together (group commit).
@@ -25,6 +27,7 @@ mod properties;
 mod proxies;
 mod quickstart;
 mod storm;
+mod stripe_world;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;

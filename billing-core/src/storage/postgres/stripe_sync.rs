@@ -220,9 +220,10 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
     let with_customers = !customers.is_empty() || with_subscriptions;
     if with_customers {
         statements.push(Statement::new(
-            "SELECT stripe_customer_id, id, user_id FROM customers WHERE stripe_customer_id = ANY ($1)
+            "SELECT stripe_customer_id, id, user_id, email, email_created FROM customers
+              WHERE stripe_customer_id = ANY ($1)
              UNION ALL
-             SELECT DISTINCT stripe_subscription_id, NULL::uuid, NULL FROM payments
+             SELECT DISTINCT stripe_subscription_id, NULL::uuid, NULL, NULL, NULL::int8 FROM payments
               WHERE stripe_subscription_id = ANY ($2) AND status = 'paid'",
             params![customers, subscriptions],
         ));
@@ -274,7 +275,8 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
         for row in next() {
             match row.get::<_, Option<Uuid>>(1) {
                 Some(id) => {
-                    bundle.customers.insert(row.get(0), HeldCustomer { id, user_id: row.get(2) });
+                    let held = HeldCustomer { id, user_id: row.get(2), email: row.get(3), email_created: row.get(4) };
+                    bundle.customers.insert(row.get(0), held);
                 }
                 None => {
                     bundle.paid_subscriptions.insert(row.get(0));

@@ -88,10 +88,16 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
         }
     }
     for stripe_id in &keys.customers {
-        let sql = "SELECT id, user_id FROM customers WHERE stripe_customer_id = ?1";
-        if let Some(held) =
-            query_opt(conn, sql, [stripe_id], |row| Ok(HeldCustomer { id: uuid(row, 0)?, user_id: get(row, 1)? }))?
-        {
+        let sql = "SELECT id, user_id, email, email_created FROM customers WHERE stripe_customer_id = ?1";
+        let held = query_opt(conn, sql, [stripe_id], |row| {
+            Ok(HeldCustomer {
+                id: uuid(row, 0)?,
+                user_id: get(row, 1)?,
+                email: get(row, 2)?,
+                email_created: get(row, 3)?,
+            })
+        })?;
+        if let Some(held) = held {
             bundle.customers.insert(stripe_id.clone(), held);
         }
     }

@@ -81,10 +81,11 @@ impl Connector {
         let mode = self.tls.mode;
         match error {
             rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { expected, presented }) => {
+                let names: Vec<_> = presented.iter().map(|name| presented_name(name)).collect();
+                let names = if names.is_empty() { "no host name".to_owned() } else { names.join(" or ") };
                 format!(
-                    "PostgreSQL's certificate does not match the host name {} (sslmode={mode}); it is for {}",
-                    expected.to_str(),
-                    presented.join(", ")
+                    "PostgreSQL's certificate does not match the host name {} (sslmode={mode}); it is for {names}",
+                    expected.to_str()
                 )
             }
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
@@ -170,6 +171,13 @@ fn rustls_error(error: &tokio_postgres::Error) -> Option<&rustls::Error> {
         cause = e.source();
     }
     None
+}
+
+/// A subject name as rustls-webpki reports it (`DnsName("localhost")`,
+/// `IpAddress(127.0.0.1)`), as an operator writes it.
+fn presented_name(name: &str) -> &str {
+    let inner = |prefix: &str, suffix: &str| name.strip_prefix(prefix)?.strip_suffix(suffix);
+    inner("DnsName(\"", "\")").or_else(|| inner("IpAddress(", ")")).unwrap_or(name)
 }
 
 fn certificate_problem(problem: &CertificateError) -> String {
@@ -408,6 +416,13 @@ mod tests {
         assert_eq!(names("postgres://u@[::1]:5433/db"), "[::1]:5433");
         assert_eq!(names("postgres://u@%2Frun%2Fpg/db"), "/run/pg/.s.PGSQL.5432");
         assert_eq!(names("hostaddr=127.0.0.2 port=6543 user=u"), "127.0.0.2:6543");
+    }
+
+    #[test]
+    fn presented_names_read_as_written() {
+        assert_eq!(presented_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(presented_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(presented_name("DirectoryName"), "DirectoryName");
     }
 
     #[test]

@@ -155,7 +155,8 @@ async fn verify_full_with_the_ca_at_localhost_connects_and_hears_outbox_notifica
     let first = tokio::time::timeout(Duration::from_secs(10), watch.recv()).await;
     assert_eq!(first, Ok(Some(())), "a first wake-up, as after every LISTEN");
 
-    let message = OutboxMessage { license_id: None, topic: Topic::LicenseUpdated, payload: serde_json::json!({"n": 1}) };
+    let message =
+        OutboxMessage { license_id: None, topic: Topic::LicenseUpdated, payload: serde_json::json!({"n": 1}) };
     let changes = Changeset { outbox: vec![message], ..Changeset::default() };
     store.license_work(LicenseKeys::Nothing, move |_| (changes, ())).await.expect("published");
     let woken = tokio::time::timeout(Duration::from_secs(10), watch.recv()).await;
@@ -253,6 +254,21 @@ async fn disable_against_a_tls_only_server_passes_on_its_refusal() {
 }
 
 #[tokio::test]
+async fn a_server_that_cannot_be_reached_is_named_with_the_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/db?sslmode=verify-full");
+    assert_eq!(
+        migration_failure(&url).await,
+        format!(
+            "database unavailable: cannot connect to PostgreSQL at 127.0.0.1:{port} (sslmode=verify-full): \
+             error connecting to server: Connection refused (os error 111)"
+        )
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_sslmode_is_refused_naming_the_accepted_values() {
     let err = PgStore::connect(&format!("postgres://postgres:{PASSWORD}@localhost/db?sslmode=bogus"), 1)
         .expect_err("refused before any connection");
@@ -298,6 +314,11 @@ async fn require_and_verify_full_against_a_server_without_tls_say_so() {
     // prefer goes on without it.
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/db?sslmode=prefer");
     let failure = migration_failure(&url).await;
-    assert!(failure.starts_with(&format!("database unavailable: cannot connect to PostgreSQL at 127.0.0.1:{port}")));
+    assert!(
+        failure.starts_with(&format!(
+            "database unavailable: cannot connect to PostgreSQL at 127.0.0.1:{port} (sslmode=prefer): "
+        )),
+        "{failure}"
+    );
     assert_eq!(server.await.unwrap(), [false, false, true], "only prefer went on in plain text");
 }

@@ -115,6 +115,11 @@ impl PgStore {
         self.connector.config()
     }
 
+    /// The `sslmode` the connection string asked for (`prefer` if none).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.connector.ssl_mode()
+    }
+
     /// Pool usage: (connections open, connections idle, max size).
     pub fn pool_status(&self) -> (usize, usize, usize) {
         let s = self.pool.status();

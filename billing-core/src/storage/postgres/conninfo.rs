@@ -211,12 +211,9 @@ mod tests {
 
     #[test]
     fn without_tls_parameters_the_mode_is_prefer_and_the_string_is_unchanged() {
-        for conninfo in [
-            "postgres://u@h/db",
-            "postgresql://u:p@h:5433/db?application_name=billing",
-            "host=h user=u dbname=db",
-            "",
-        ] {
+        for conninfo in
+            ["postgres://u@h/db", "postgresql://u:p@h:5433/db?application_name=billing", "host=h user=u dbname=db", ""]
+        {
             assert_eq!(split(conninfo), (conninfo.to_owned(), TlsParams::default()), "{conninfo}");
         }
     }
@@ -224,7 +221,10 @@ mod tests {
     #[test]
     fn every_mode_is_read_from_a_url_and_from_key_values() {
         for mode in SslMode::ALL {
-            assert_eq!(split(&format!("postgres://u@h/db?sslmode={mode}")), ("postgres://u@h/db".into(), params(mode, None)));
+            assert_eq!(
+                split(&format!("postgres://u@h/db?sslmode={mode}")),
+                ("postgres://u@h/db".into(), params(mode, None))
+            );
             assert_eq!(split(&format!("postgresql://u@h/db?sslmode={mode}")).1, params(mode, None));
             assert_eq!(split(&format!("host=h sslmode={mode} user=u")), ("host=h user=u".into(), params(mode, None)));
         }
@@ -307,9 +307,8 @@ mod tests {
 
     #[test]
     fn key_value_strings_keep_quoting_and_escapes() {
-        let (rest, tls) = split(
-            r"host=localhost port = 5433 sslmode='verify-full' sslrootcert='/tmp/my ca\'s.pem' options='-c a=1'",
-        );
+        let (rest, tls) =
+            split(r"host=localhost port = 5433 sslmode='verify-full' sslrootcert='/tmp/my ca\'s.pem' options='-c a=1'");
         assert_eq!(rest, "host=localhost port = 5433 options='-c a=1'");
         assert_eq!(tls, params(SslMode::VerifyFull, Some("/tmp/my ca's.pem")));
         let config: tokio_postgres::Config = rest.parse().unwrap();

@@ -48,6 +48,10 @@ impl Connector {
         &self.config
     }
 
+    pub(super) fn ssl_mode(&self) -> SslMode {
+        self.tls.mode
+    }
+
     pub(super) fn make_tls(&self) -> MakeRustlsConnect {
         self.make_tls.clone()
     }
@@ -74,7 +78,7 @@ impl Connector {
             }
             return message;
         }
-        format!("cannot connect to PostgreSQL at {at} (sslmode={mode}): {error}")
+        format!("cannot connect to PostgreSQL at {at} (sslmode={mode}): {}", crate::billing::error_chain(error))
     }
 
     fn describe_tls(&self, error: &rustls::Error, at: &str) -> String {
@@ -96,7 +100,10 @@ impl Connector {
                     Some(path) => format!("sslrootcert={}", path.display()),
                     None => "no sslrootcert: the system's trusted roots".to_owned(),
                 };
-                format!("PostgreSQL's certificate is not trusted (sslmode={mode}, {roots}): {}", certificate_problem(problem))
+                format!(
+                    "PostgreSQL's certificate is not trusted (sslmode={mode}, {roots}): {}",
+                    certificate_problem(problem)
+                )
             }
             other => format!("TLS handshake with PostgreSQL at {at} failed (sslmode={mode}): {other}"),
         }
@@ -224,8 +231,11 @@ fn client_config(tls: &TlsParams) -> Result<ClientConfig, TlsSetupError> {
         }
         // libpq: require with a root certificate verifies like verify-ca.
         (SslMode::Require | SslMode::VerifyCa, root_cert) => Arc::new(ChainOnly {
-            inner: WebPkiServerVerifier::builder_with_provider(roots(tls.mode, root_cert.as_deref())?, provider.clone())
-                .build()?,
+            inner: WebPkiServerVerifier::builder_with_provider(
+                roots(tls.mode, root_cert.as_deref())?,
+                provider.clone(),
+            )
+            .build()?,
         }),
         (SslMode::VerifyFull, root_cert) => {
             WebPkiServerVerifier::builder_with_provider(roots(tls.mode, root_cert.as_deref())?, provider.clone())
@@ -256,9 +266,11 @@ fn roots(mode: SslMode, root_cert: Option<&Path>) -> Result<Arc<RootCertStore>, 
                 return Err(TlsSetupError::RootCertEmpty { path: shown() });
             }
             for (index, cert) in certs.into_iter().enumerate() {
-                roots
-                    .add(cert)
-                    .map_err(|source| TlsSetupError::RootCertInvalid { path: shown(), index: index + 1, source })?;
+                roots.add(cert).map_err(|source| TlsSetupError::RootCertInvalid {
+                    path: shown(),
+                    index: index + 1,
+                    source,
+                })?;
             }
         }
         None => {
@@ -266,7 +278,8 @@ fn roots(mode: SslMode, root_cert: Option<&Path>) -> Result<Arc<RootCertStore>, 
             let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 let problems: Vec<_> = found.errors.iter().map(ToString::to_string).collect();
-                let problems = if problems.is_empty() { "none in the system store".to_owned() } else { problems.join("; ") };
+                let problems =
+                    if problems.is_empty() { "none in the system store".to_owned() } else { problems.join("; ") };
                 return Err(TlsSetupError::NoSystemRoots { mode, problems });
             }
         }

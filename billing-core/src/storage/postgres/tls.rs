@@ -20,7 +20,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// What tokio-postgres returns for `sslmode=require` when the server
-/// answers the TLS request with "no"; it has no error kind of its own.
+/// answers the TLS request with "no"; it has no error kind of its own
+/// (`tests/pg_tls.rs` holds it to these words).
 const SERVER_WITHOUT_TLS: &str = "server does not support TLS";
 
 /// The connection settings of a store: tokio-postgres's, and the TLS that
@@ -93,7 +94,7 @@ impl Connector {
                 )
             }
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
-                format!("PostgreSQL's certificate does not match the host name {at} (sslmode={mode})")
+                format!("PostgreSQL's certificate does not match the host name of {at} (sslmode={mode})")
             }
             rustls::Error::InvalidCertificate(problem) => {
                 let roots = match &self.tls.root_cert {
@@ -201,19 +202,19 @@ fn certificate_problem(problem: &CertificateError) -> String {
 /// A TLS setting that cannot be put to use.
 #[derive(Debug, thiserror::Error)]
 enum TlsSetupError {
-    #[error("cannot read sslrootcert={path}: {source}")]
-    RootCertUnreadable { path: String, source: rustls::pki_types::pem::Error },
+    #[error("cannot read sslrootcert={path}: {problem}")]
+    RootCertUnreadable { path: String, problem: rustls::pki_types::pem::Error },
     #[error("sslrootcert={path} holds no PEM certificate")]
     RootCertEmpty { path: String },
-    #[error("sslrootcert={path}: certificate {index} cannot be a trusted root: {source}")]
-    RootCertInvalid { path: String, index: usize, source: rustls::Error },
+    #[error("sslrootcert={path}: certificate {index} cannot be a trusted root: {problem}")]
+    RootCertInvalid { path: String, index: usize, problem: rustls::Error },
     #[error(
         "no trusted root certificates found on this system for sslmode={mode} ({problems}); \
          give sslrootcert=<PEM file of the CA certificates>"
     )]
     NoSystemRoots { mode: SslMode, problems: String },
     #[error("cannot build the certificate verifier: {0}")]
-    Verifier(#[from] rustls::client::VerifierBuilderError),
+    Verifier(rustls::client::VerifierBuilderError),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -235,11 +236,13 @@ fn client_config(tls: &TlsParams) -> Result<ClientConfig, TlsSetupError> {
                 roots(tls.mode, root_cert.as_deref())?,
                 provider.clone(),
             )
-            .build()?,
+            .build()
+            .map_err(TlsSetupError::Verifier)?,
         }),
         (SslMode::VerifyFull, root_cert) => {
             WebPkiServerVerifier::builder_with_provider(roots(tls.mode, root_cert.as_deref())?, provider.clone())
-                .build()?
+                .build()
+                .map_err(TlsSetupError::Verifier)?
         }
     };
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -261,15 +264,15 @@ fn roots(mode: SslMode, root_cert: Option<&Path>) -> Result<Arc<RootCertStore>, 
             let shown = || path.display().to_string();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|source| TlsSetupError::RootCertUnreadable { path: shown(), source })?;
+                .map_err(|problem| TlsSetupError::RootCertUnreadable { path: shown(), problem })?;
             if certs.is_empty() {
                 return Err(TlsSetupError::RootCertEmpty { path: shown() });
             }
             for (index, cert) in certs.into_iter().enumerate() {
-                roots.add(cert).map_err(|source| TlsSetupError::RootCertInvalid {
+                roots.add(cert).map_err(|problem| TlsSetupError::RootCertInvalid {
                     path: shown(),
                     index: index + 1,
-                    source,
+                    problem,
                 })?;
             }
         }
@@ -445,9 +448,10 @@ mod tests {
             "database unavailable: sslmode \"bogus\" is not one of: disable, prefer, require, verify-ca, verify-full"
         );
         let missing = setup_error("postgres://u:secret@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
-        assert!(
-            missing.starts_with("database unavailable: cannot read sslrootcert=/nonexistent/ca.pem: "),
-            "{missing}"
+        assert_eq!(
+            missing,
+            "database unavailable: cannot read sslrootcert=/nonexistent/ca.pem: \
+             I/O error: No such file or directory (os error 2)"
         );
         let dir = std::env::temp_dir().join(format!("billing-tls-unit-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();

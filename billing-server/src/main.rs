@@ -148,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
             // signal that arrived before them would kill the process.
             let shutdown = shutdown_signal()?;
             let store = match &config.store {
-                StoreLocation::Postgres(_) => "postgresql".to_owned(),
+                StoreLocation::Postgres(_) => match state.billing.store() {
+                    AnyStore::Postgres(pg) => format!("postgresql (sslmode={})", pg.ssl_mode()),
+                    _ => "postgresql".to_owned(),
+                },
                 StoreLocation::Sqlite(path) => format!("embedded sqlite at {}", path.display()),
             };
             if !state.billing.webhooks_enabled() {

@@ -5,7 +5,7 @@ use crate::domain::{LicenseKey, LicenseOverrides, LicenseStatus, SubscriptionSna
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
@@ -15,8 +15,13 @@ mod embedded {
 mod admin_reads;
 // Stripe backfill runs (issue 16).
 mod backfill_runs;
+mod conninfo;
 mod license_work;
 mod stripe_sync;
+mod tls;
+
+pub use conninfo::SslMode;
+use tls::Connector;
 
 use super::migration_check::{applied_stamp, embedded_stamps, MigrationCheck};
 
@@ -33,7 +38,7 @@ pub const OUTBOX_CHANNEL: &str = "billing_outbox";
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
-    config: tokio_postgres::Config,
+    connector: Connector,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -53,10 +58,11 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 /// Opens a dedicated connection that `LISTEN`s on the outbox channel and
 /// forwards each notification.
 async fn listen(
-    config: &tokio_postgres::Config,
+    connector: &Connector,
 ) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>), StoreError> {
     use futures_util::StreamExt;
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+    let (client, mut connection) =
+        connector.config().connect(connector.make_tls()).await.map_err(|e| connector.connect_error(&e))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
@@ -78,11 +84,22 @@ async fn listen(
 
 impl PgStore {
     /// Connects lazily: the pool opens connections when first needed.
-    /// `url` is a `postgres://` URL; `max_connections` bounds the pool.
+    /// `url` is a `postgres://` URL (or key=value connection string);
+    /// `max_connections` bounds the pool.
+    ///
+    /// `sslmode` has libpq's meaning (`disable`, `prefer` — the default —,
+    /// `require`, `verify-ca`, `verify-full`) and `sslrootcert` names a PEM
+    /// file of the certificate authorities to trust; without it
+    /// `verify-ca` and `verify-full` trust the system's roots. A bad mode
+    /// or an unreadable `sslrootcert` fails here; a server that fails the
+    /// checks fails the first connection, with a message that says why.
     pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connector = Connector::from_url(url)?;
+        let manager = Manager::from_config(
+            connector.config().clone(),
+            connector.make_tls(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -90,12 +107,19 @@ impl PgStore {
             .create_timeout(Some(std::time::Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, connector })
     }
 
-    /// The connection settings, for opening a dedicated `LISTEN` connection.
+    /// The connection settings as tokio-postgres holds them. Its `sslmode`
+    /// is only disable, prefer or require: the certificate checks of
+    /// `verify-ca` and `verify-full` are the store's own TLS connector's.
     pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+        self.connector.config()
+    }
+
+    /// The `sslmode` the connection string asked for (`prefer` if none).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.connector.ssl_mode()
     }
 
     /// Pool usage: (connections open, connections idle, max size).
@@ -105,7 +129,10 @@ impl PgStore {
     }
 
     async fn conn(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => self.connector.connect_error(&e),
+            e => pool_error(e),
+        })
     }
 
     /// How the migrations applied to the database compare with those this
@@ -513,16 +540,16 @@ impl Store for PgStore {
 
     async fn watch_outbox(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let config = self.config.clone();
+        let connector = self.connector.clone();
         // Fail fast when the database cannot be reached at all.
-        let first = listen(&config).await?;
+        let first = listen(&connector).await?;
         tokio::spawn(async move {
             let mut connection = Some(first);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let (client, stream) = match connection.take() {
                     Some(c) => c,
-                    None => match listen(&config).await {
+                    None => match listen(&connector).await {
                         Ok(c) => {
                             backoff = Duration::from_millis(100);
                             c

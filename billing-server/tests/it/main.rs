@@ -21,8 +21,10 @@ mod hostile_http;
 mod licensing;
 mod lifecycles;
 mod openapi;
+// TLS to PostgreSQL (issue 16).
 mod ops;
 mod ordering;
+mod pg_tls;
 mod properties;
 mod proxies;
 mod quickstart;

@@ -109,3 +109,51 @@ fn serve_refuses_an_unknown_sslmode_before_connecting() {
          \"verify\" is not one of: disable, prefer, require, verify-ca, verify-full\n"
     );
 }
+
+/// `PGSSLROOTCERT` (from the environment, or `pgsslrootcert` in the
+/// configuration file, relative to it) is the CA `verify-full` trusts when
+/// the URL names none: `migrate` connects to the TLS-only cluster.
+#[test]
+fn migrate_trusts_the_ca_pgsslrootcert_names_from_the_environment_or_the_file() {
+    let (port, dir) = tls_cluster();
+    let ca = dir.join("ca.crt");
+    let database = format!("pgsslrootcert_{}", uuid::Uuid::new_v4().simple());
+    let created = std::process::Command::new("psql")
+        .arg(format!(
+            "host=localhost port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ))
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", &format!("CREATE DATABASE {database}")])
+        .output()
+        .expect("psql runs");
+    assert!(created.status.success(), "{created:?}");
+    let url = format!("postgres://postgres@localhost:{port}/{database}?sslmode=verify-full");
+    let work = std::env::temp_dir().join(format!("billing-pgsslrootcert-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(work.join("certs")).unwrap();
+    std::fs::copy(&ca, work.join("certs/ca.crt")).unwrap();
+    std::fs::write(work.join("billing.toml"), format!("database_url = \"{url}\"\npgsslrootcert = \"certs/ca.crt\"\n"))
+        .unwrap();
+    let migrate = |configure: &dyn Fn(&mut std::process::Command)| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_billing-server"));
+        command
+            .arg("migrate")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BILLING_DATA_DIR", work.join("data"));
+        configure(&mut command);
+        command.output().unwrap()
+    };
+    let from_env = migrate(&|c| {
+        c.env("DATABASE_URL", &url).env("PGSSLROOTCERT", &ca);
+    });
+    assert!(from_env.status.success(), "{}", String::from_utf8_lossy(&from_env.stderr));
+    let without = migrate(&|c| {
+        c.env("DATABASE_URL", &url);
+    });
+    assert!(stderr(&without).contains("is not trusted"), "the system's roots do not know the test CA: {without:?}");
+    let from_file = migrate(&|c| {
+        c.arg("--config").arg(work.join("billing.toml")).current_dir(std::env::temp_dir());
+    });
+    assert!(from_file.status.success(), "{}", String::from_utf8_lossy(&from_file.stderr));
+    std::fs::remove_dir_all(work).unwrap();
+}

@@ -447,21 +447,12 @@ fn terms_detail(license: &License) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PlanId, Topic};
+    use crate::domain::Topic;
     use crate::storage::license_work::fixtures::{device, device_bundle, license, license_bundle, NOW, STAMPED_AT};
     use crate::storage::license_work::LicenseBundle;
 
     fn plans() -> PlanCatalog {
-        let plan = Plan {
-            id: PlanId("pro".into()),
-            name: "Pro".into(),
-            stripe_price_id: "price_pro".into(),
-            max_devices: 3,
-            amount: None,
-            currency: None,
-            interval: None,
-            features: Vec::new(),
-        };
+        let plan = Plan::new("pro", "Pro", "price_pro", 3);
         PlanCatalog::new(vec![plan]).unwrap()
     }
 

@@ -17,8 +17,8 @@ use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
     Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
-    Payment, PaymentStatus, Plan, PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus,
-    Timestamp, Topic,
+    Payment, PaymentStatus, Plan, PlanCatalog, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
+    Topic,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -2007,14 +2007,11 @@ const T: i64 = 1_764_000_000;
 
 fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).unwrap()
 }

@@ -505,6 +505,36 @@ mod tests {
     }
 
     #[test]
+    fn the_plans_file_reads_every_policy_key_and_refuses_bad_values_naming_them() {
+        use billing_core::domain::{DevicePolicy, LicenseKind};
+        let plan = "[[plans]]\nid = \"studio\"\nname = \"Studio\"\nstripe_price_id = \"price_s\"\nmax_devices = 1\n";
+        let full = format!(
+            "{plan}kind = \"perpetual\"\nupdates_months = 12\ndevice_policy = \"node_locked\"\n\
+             heartbeat_window_secs = 86400\noffline_ttl_secs = 2592000\ntrial_days = 14\noffline_activation_days = 30\n"
+        );
+        let catalog = parse_plans(&full).unwrap();
+        let p = &catalog.all()[0];
+        assert_eq!(
+            (p.kind, p.updates_months, p.device_policy),
+            (LicenseKind::Perpetual, Some(12), DevicePolicy::NodeLocked)
+        );
+        assert_eq!((p.heartbeat_window_secs, p.offline_ttl_secs), (Some(86400), Some(2_592_000)));
+        assert_eq!((p.trial_days, p.offline_activation_days), (Some(14), 30));
+        let defaults = parse_plans(plan).unwrap();
+        assert_eq!(defaults.all()[0].offline_activation_days, 365);
+        for (bad, named) in [
+            ("kind = \"forever\"\n", "forever"),
+            ("device_policy = \"nodelocked\"\n", "nodelocked"),
+            ("trial_days = 0\n", "trial_days"),
+            ("heartbeat_window_secs = -5\n", "heartbeat_window_secs"),
+            ("updates_months = 12\n", "updates_months"),
+        ] {
+            let e = format!("{:#}", parse_plans(&format!("{plan}{bad}")).unwrap_err());
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn trusted_proxies_are_read_and_checked() {
         assert_eq!(config(&[]).unwrap().trusted_proxies, crate::client_addr::TrustedProxies::default());
         let c = config(&[("BILLING_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")]).unwrap();

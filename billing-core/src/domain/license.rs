@@ -705,16 +705,7 @@ mod tests {
     }
 
     fn pro() -> Plan {
-        Plan {
-            id: PlanId("pro".into()),
-            name: "Pro".into(),
-            stripe_price_id: "price_pro".into(),
-            max_devices: 3,
-            amount: None,
-            currency: None,
-            interval: None,
-            features: vec![],
-        }
+        Plan::new("pro", "Pro", "price_pro", 3)
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! license clients with their own store directories and clocks.
 
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Actor, Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Actor, Plan, PlanCatalog};
 use billing_core::events::HubConfig;
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -77,14 +77,11 @@ pub fn signing_key() -> Arc<SigningKey> {
 
 fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 2), plan("basic", PRICE_BASIC, 1)]).unwrap()
 }

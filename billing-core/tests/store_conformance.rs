@@ -16,13 +16,15 @@
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
-    Payment, PaymentStatus, Plan, PlanCatalog, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp,
-    Topic,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseKind, LicenseOverrides, LicenseSource, LicenseStatus,
+    LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog, Subscription, SubscriptionSnapshot, SubscriptionStatus,
+    Timestamp, Topic,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
-use billing_core::storage::license_work::{DeviceActivation, LicenseAudit, LicenseBundle, LicenseKeys};
+use billing_core::storage::license_work::{
+    DeviceActivation, HeartbeatWrite, LicenseAudit, LicenseBundle, LicenseKeys, TrialUse,
+};
 use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::stripe_sync::{
     Changeset, DeliveryClaim, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert,
@@ -546,6 +548,9 @@ fn manual_license(user: &str) -> License {
         entitlements: Vec::new(),
         metadata: serde_json::Map::new(),
         overrides: LicenseOverrides::default(),
+        kind: LicenseKind::Subscription,
+        updates_until: None,
+        trial: false,
     }
 }
 
@@ -566,9 +571,17 @@ async fn publish<S: Store>(store: &S, messages: Vec<OutboxMessage>) {
     work(store, LicenseKeys::Nothing, changes).await.expect("published");
 }
 
-/// A device activated with a token hash, as a changeset holds it.
+/// The heartbeat window of the devices these tests write.
+const WINDOW: time::Duration = time::Duration::minutes(10);
+
+/// A device activated with a token hash, as a changeset holds it, due
+/// [`WINDOW`] after it was last heard from.
 fn activation(device: &Device, token_hash: &[u8]) -> DeviceActivation {
-    DeviceActivation { device: device.clone(), token_hash: token_hash.to_vec() }
+    DeviceActivation {
+        device: device.clone(),
+        token_hash: token_hash.to_vec(),
+        heartbeat_deadline: Some(device.last_heartbeat_at + WINDOW),
+    }
 }
 
 /// Adds a write that cannot succeed (a device of no license) to `changes`,
@@ -640,6 +653,7 @@ async fn migrating_twice_is_a_no_op() {
         "device_changes",
         "license_changes",
         "admin_tokens",
+        "trial_uses",
     ] {
         assert_eq!(db.count(&format!("SELECT count(*) FROM {table}")).await, 0, "{table} exists, empty");
     }
@@ -1204,18 +1218,22 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert!(theirs.devices.is_empty() && theirs.licenses.is_empty(), "nothing of another user's");
     assert_eq!(load_license(&store, of_user(None)).await.devices, [keep(&a)], "None means any user");
     let touched = Changeset {
-        heartbeats: vec![(a.id, later)],
+        heartbeats: vec![HeartbeatWrite { device_id: a.id, at: later, heartbeat_deadline: Some(later + WINDOW) }],
         device_names: vec![(a.id, "Work laptop".to_owned())],
         ..Changeset::default()
     };
     work(&store, of_user(Some("user_1")), touched).await.unwrap();
-    let cutoff = seen + time::Duration::minutes(10);
-    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
-    assert_eq!(overdue.devices, [keep(&b)], "only b has been silent since before the cutoff");
+    // b's deadline (a second after seen + WINDOW) has passed, a's (later + WINDOW) not.
+    let sweep = LicenseKeys::OverdueDevices { now: seen + WINDOW + time::Duration::seconds(2), limit: 10 };
+    let overdue = load_license(&store, sweep.clone()).await;
+    assert_eq!(overdue.devices, [keep(&b)], "only b's deadline has passed");
+    let licenses: Vec<&License> = overdue.licenses.iter().map(|l| &l.record.license).collect();
+    assert_eq!(licenses, [&stored_license], "with its license, whose plan judges it");
+    assert_eq!(overdue.licenses[0].record.owner_user_id.as_deref(), Some("user_1"));
     let dead = Changeset { device_statuses: vec![(b.id, DeviceStatus::Dead, later)], ..Changeset::default() };
-    work(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }, dead).await.unwrap();
-    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
-    assert!(overdue.devices.is_empty(), "dead devices are not overdue");
+    work(&store, sweep.clone(), dead).await.unwrap();
+    let overdue = load_license(&store, sweep).await;
+    assert!(overdue.devices.is_empty() && overdue.licenses.is_empty(), "dead devices are not overdue");
     let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, ..b.clone() };
     let reactivated = Changeset { reactivated_devices: vec![activation(&again, b"token-b2")], ..Changeset::default() };
     work(&store, LicenseKeys::DeviceByToken { token_hash: b"token-b".to_vec() }, reactivated).await.unwrap();
@@ -1764,13 +1782,13 @@ async fn the_reaper_and_the_grace_sweep_skip_rows_another_unit_holds() {
     };
     work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
     let now = Timestamp::now_utc();
-    let overdue = LicenseKeys::OverdueDevices { cutoff: now, limit: 10 };
+    let overdue = LicenseKeys::OverdueDevices { now, limit: 10 };
     let past_grace = LicenseKeys::LicensesPastGrace { now, limit: 10 };
     let ids = |devices: &[Device]| devices.iter().map(|d| d.id).collect::<HashSet<_>>();
     let license_ids = |b: &LicenseBundle| b.licenses.iter().map(|l| l.record.license.id).collect::<HashSet<_>>();
     assert_eq!(ids(&load_license(&store, overdue.clone()).await.devices), HashSet::from([a.id, b.id]));
     assert_eq!(license_ids(&load_license(&store, past_grace.clone()).await), HashSet::from([l1.id, l2.id]));
-    let limited = load_license(&store, LicenseKeys::OverdueDevices { cutoff: now, limit: 1 }).await;
+    let limited = load_license(&store, LicenseKeys::OverdueDevices { now, limit: 1 }).await;
     assert_eq!(limited.devices.len(), 1, "at most the limit");
     if backend() == Backend::Postgres {
         // Another reaper holds a and l1: this one takes the rest, at once.
@@ -1787,6 +1805,121 @@ async fn the_reaper_and_the_grace_sweep_skip_rows_another_unit_holds() {
         let swept = tokio::time::timeout(within, load_license(&store, past_grace)).await.expect("not blocked");
         assert_eq!(license_ids(&swept), HashSet::from([l2.id]));
         holder.end(false).await;
+    }
+}
+
+#[tokio::test]
+async fn the_reaper_sweeps_by_stored_deadline_and_a_device_without_one_is_never_swept() {
+    let (_db, store) = fresh_store().await;
+    let manual = manual_license("user_1");
+    let long_ago = Timestamp::now_utc() - time::Duration::days(30);
+    let (due, locked, later) = (
+        device(manual.id, "fp_due", long_ago),
+        device(manual.id, "fp_locked", long_ago),
+        device(manual.id, "fp_later", long_ago),
+    );
+    let future = Timestamp::now_utc() + time::Duration::hours(1);
+    let seeded = Changeset {
+        new_licenses: vec![manual.clone()],
+        new_devices: vec![
+            activation(&due, b"token-due"),
+            DeviceActivation { heartbeat_deadline: None, ..activation(&locked, b"token-locked") },
+            DeviceActivation { heartbeat_deadline: Some(future), ..activation(&later, b"token-later") },
+        ],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
+    let sweep = || LicenseKeys::OverdueDevices { now: Timestamp::now_utc(), limit: 10 };
+    let ids = |b: &LicenseBundle| b.devices.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(&load_license(&store, sweep()).await), [due.id], "a silent node-locked device has no deadline");
+    let corrected = Changeset { device_deadlines: vec![(due.id, Some(future))], ..Changeset::default() };
+    work(&store, sweep(), corrected).await.unwrap();
+    assert!(ids(&load_license(&store, sweep()).await).is_empty(), "a corrected deadline is not due yet");
+    let beat = HeartbeatWrite { device_id: later.id, at: Timestamp::now_utc(), heartbeat_deadline: Some(long_ago) };
+    work(&store, LicenseKeys::Nothing, Changeset { heartbeats: vec![beat], ..Changeset::default() }).await.unwrap();
+    assert_eq!(ids(&load_license(&store, sweep()).await), [later.id], "a heartbeat writes the deadline it is given");
+}
+
+#[tokio::test]
+async fn licenses_keep_their_kind_updates_window_and_trial_flag_and_a_trial_is_recorded_once() {
+    let (_db, store) = fresh_store().await;
+    let trial = License {
+        kind: LicenseKind::Perpetual,
+        updates_until: Some(at(1_790_000_000, 123_000)),
+        trial: true,
+        user_id: None,
+        ..manual_license("nobody")
+    };
+    let hash = vec![7u8; 32];
+    let taken = TrialUse { plan_id: "pro".into(), fingerprint_hash: hash.clone(), license_id: trial.id };
+    let changes =
+        Changeset { new_licenses: vec![trial.clone()], trial_uses: vec![taken.clone()], ..Changeset::default() };
+    let tried =
+        |plan: &str, hash: &[u8]| LicenseKeys::Trial { plan_id: plan.to_owned(), fingerprint_hash: hash.to_vec() };
+    let before = work(&store, tried("pro", &hash), changes).await.unwrap();
+    assert_eq!(before.used_trial, None, "no trial yet");
+    assert!(before.licenses.is_empty() && before.devices.is_empty(), "a trial's unit reads nothing else");
+    assert_eq!(
+        store.license_by_key_hash(&trial.key.lookup_hash()).await.unwrap(),
+        Some(trial.clone()),
+        "read back whole"
+    );
+    assert_eq!(load_license(&store, tried("pro", &hash)).await.used_trial, Some(trial.id));
+    assert_eq!(load_license(&store, tried("team", &hash)).await.used_trial, None, "per plan");
+    assert_eq!(load_license(&store, tried("pro", &[8u8; 32])).await.used_trial, None, "per machine");
+    let twice = Changeset { trial_uses: vec![taken], ..Changeset::default() };
+    let err = work(&store, LicenseKeys::Nothing, twice).await.expect_err("one trial per plan and machine");
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+
+    // An admin save keeps the kind and trial flag and moves the window.
+    let moved = License { updates_until: None, ..trial.clone() };
+    work(&store, LicenseKeys::Nothing, Changeset { saved_licenses: vec![moved.clone()], ..Changeset::default() })
+        .await
+        .unwrap();
+    assert_eq!(store.license_by_key_hash(&trial.key.lookup_hash()).await.unwrap(), Some(moved));
+}
+
+#[tokio::test]
+async fn a_trial_waits_for_an_uncommitted_trial_of_the_same_plan_and_machine() {
+    for commit in [false, true] {
+        let (db, store) = fresh_store().await;
+        let license = manual_license("nobody");
+        work(&store, LicenseKeys::Nothing, Changeset { new_licenses: vec![license.clone()], ..Changeset::default() })
+            .await
+            .unwrap();
+        let hash = [9u8; 32];
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let holder = match backend() {
+            // What a trial's own unit of work takes and writes.
+            Backend::Postgres => {
+                db.hold(&format!(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('trial pro {hex}', 0));
+                     INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id)
+                     VALUES ('pro', '\\x{hex}', '{}')",
+                    license.id
+                ))
+                .await
+            }
+            Backend::Sqlite => {
+                db.hold(&format!(
+                    "INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id) VALUES ('pro', x'{hex}', '{}')",
+                    license.id
+                ))
+                .await
+            }
+        };
+        let racing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let keys = LicenseKeys::Trial { plan_id: "pro".into(), fingerprint_hash: hash.to_vec() };
+                load_license(&store, keys).await.used_trial
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!racing.is_finished(), "commit {commit}: the second trial waits for the first");
+        holder.end(commit).await;
+        let used = tokio::time::timeout(Duration::from_secs(10), racing).await.expect("no deadlock").unwrap();
+        assert_eq!(used, commit.then_some(license.id), "commit {commit}: it sees what the first committed");
     }
 }
 
@@ -1814,7 +1947,14 @@ async fn heartbeats_and_downgrades_of_one_license_do_not_deadlock() {
                 let (keys, changes) = match n % 2 {
                     0 => (
                         LicenseKeys::DeviceByToken { token_hash: format!("token-{}", n % 4).into_bytes() },
-                        Changeset { heartbeats: vec![(device_id, Timestamp::now_utc())], ..Changeset::default() },
+                        Changeset {
+                            heartbeats: vec![HeartbeatWrite {
+                                device_id,
+                                at: Timestamp::now_utc(),
+                                heartbeat_deadline: None,
+                            }],
+                            ..Changeset::default()
+                        },
                     ),
                     _ => (
                         LicenseKeys::License { license_id },
@@ -2304,7 +2444,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
 
     let mut codes = vec![];
     for (k, fp) in [(key.as_str(), None), (&key, Some("fp_a")), (&key, Some("fp_z")), ("NOT-A-KEY", None)] {
-        codes.push(billing.validate(k, fp).await.unwrap().code.as_str());
+        codes.push(billing.validate(k, fp, None).await.unwrap().code.as_str());
     }
     assert_eq!(codes, ["VALID", "VALID", "NOT_ACTIVATED", "NOT_FOUND"]);
     t.note("validate", json!(codes));
@@ -2321,7 +2461,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     let dead = billing.heartbeat(&token_c).await.unwrap_err();
     assert!(matches!(dead, LicensingError::HeartbeatDead), "{dead:?}");
     assert!(matches!(billing.heartbeat(&token_c).await, Err(LicensingError::HeartbeatDead)));
-    assert_eq!(billing.validate(&key, Some("fp_c")).await.unwrap().code.as_str(), "HEARTBEAT_DEAD");
+    assert_eq!(billing.validate(&key, Some("fp_c"), None).await.unwrap().code.as_str(), "HEARTBEAT_DEAD");
     assert_eq!(billing.reap_dead_devices().await.unwrap(), 0, "c was declared dead by its heartbeat");
     clock.advance(300);
     assert_eq!(billing.reap_dead_devices().await.unwrap(), 2, "a and b went silent too");
@@ -2349,7 +2489,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     assert_eq!(refused, json!({ "error": "TooManyDevices { max_devices: 1 }" }));
 
     let user = Actor::user("user_1");
-    let renamed = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
+    let (renamed, _) = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
     assert_eq!(renamed.name.as_deref(), Some("Laptop"));
     let stranger = billing.rename_device_of_user(Some("user_2"), e.id, "Mine", &user).await.unwrap_err();
     assert!(matches!(stranger, LicensingError::DeviceNotFound), "{stranger:?}");
@@ -2368,7 +2508,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     assert_eq!(deliver(&billing, &clock, &canceled).await, "processed");
     t.note("canceled", subscription_json(&billing.current_subscription("user_1").await.unwrap().unwrap()));
     t.note("ended_license", license_json(&billing.licenses("user_1").await.unwrap()[0]));
-    assert_eq!(billing.validate(&key, None).await.unwrap().code.as_str(), "EXPIRED");
+    assert_eq!(billing.validate(&key, None, None).await.unwrap().code.as_str(), "EXPIRED");
 
     // Everything the stores now hold, through their read paths.
     let mut devices = billing.devices_of_user("user_1").await.unwrap();
@@ -2783,6 +2923,9 @@ async fn the_license_listing_filters_by_the_effective_status_the_domain_computes
         entitlements: Vec::new(),
         metadata: serde_json::Map::new(),
         overrides,
+        kind: LicenseKind::Subscription,
+        updates_until: None,
+        trial: false,
     };
     let none = LicenseOverrides::default();
     let (_, stripe_license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
@@ -2866,6 +3009,9 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
             expires_at: Some(at(1_900_000_000, 123_000)),
             suspended_at: None,
         },
+        kind: LicenseKind::Perpetual,
+        updates_until: Some(at(1_950_000_000, 456_000)),
+        trial: false,
     };
     let audit = |license: &License, kind| LicenseAudit {
         client_addr: None,

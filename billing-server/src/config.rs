@@ -52,6 +52,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
     ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
     (
+        "BILLING_TRIALS_PER_HOUR",
+        "trial requests allowed per client address and hour, every attempt counted (default 5, minimum 1)",
+    ),
+    (
         "BILLING_TRUSTED_PROXIES",
         "comma-separated proxy addresses or ranges (e.g. 10.0.0.0/8): only from these is the client address read from Forwarded or X-Forwarded-For (default none)",
     ),
@@ -76,6 +80,10 @@ pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 10;
 /// arriving can hold to this many times `BILLING_MAX_BODY_BYTES` (64 MB by
 /// default). Bodies that arrive with their head, nearly all, never count.
 pub const DEFAULT_MAX_PENDING_BODIES: usize = 64;
+
+/// Default of `BILLING_TRIALS_PER_HOUR`: a household or an office behind
+/// one address tries a handful of machines, not dozens.
+pub const DEFAULT_TRIALS_PER_HOUR: u32 = 5;
 
 /// Default of `BILLING_STRIPE_SYNC_RATE`: Stripe allows 100 read requests
 /// per second in live mode and 25 in test mode; 20 leaves room for the
@@ -120,6 +128,8 @@ pub struct Config {
     pub license_signing_key: Option<PathBuf>,
     /// Failed lookups per address and minute.
     pub rate_limit_per_minute: u32,
+    /// Trial requests per address and hour.
+    pub trials_per_hour: u32,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Outbox retention in days.
@@ -161,6 +171,7 @@ impl std::fmt::Debug for Config {
             .field("offline_ttl_secs", &self.offline_ttl_secs)
             .field("license_signing_key", &self.license_signing_key)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("trials_per_hour", &self.trials_per_hour)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("outbox_retention_days", &self.outbox_retention_days)
             .field("log_json", &self.log_json)
@@ -293,6 +304,10 @@ impl Config {
             rate_limit_per_minute: at_least_one(
                 parse_number(var("BILLING_RATE_LIMIT_PER_MINUTE"), "BILLING_RATE_LIMIT_PER_MINUTE", 60)?,
                 "BILLING_RATE_LIMIT_PER_MINUTE",
+            )?,
+            trials_per_hour: at_least_one(
+                parse_number(var("BILLING_TRIALS_PER_HOUR"), "BILLING_TRIALS_PER_HOUR", DEFAULT_TRIALS_PER_HOUR)?,
+                "BILLING_TRIALS_PER_HOUR",
             )?,
             outbox_retention_days: at_least_one(
                 parse_number(var("BILLING_OUTBOX_RETENTION_DAYS"), "BILLING_OUTBOX_RETENTION_DAYS", 7)?,

@@ -273,6 +273,7 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
+    pub trials_per_hour: Option<u32>,
     pub trusted_proxies: Option<billing_server::client_addr::TrustedProxies>,
     pub store: Option<StoreLocation>,
     pub body_timeout: Option<Duration>,
@@ -338,6 +339,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         max_pending_bodies: options.max_pending_bodies.unwrap_or(defaults.max_pending_bodies),
         header_read_timeout: options.header_read_timeout.unwrap_or(defaults.header_read_timeout),
         rate_limit_per_minute: options.rate_limit_per_minute.unwrap_or(60),
+        trials_per_hour: options.trials_per_hour.unwrap_or(defaults.trials_per_hour),
         hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
         trusted_proxies: options.trusted_proxies.unwrap_or_default(),
     };

@@ -274,6 +274,8 @@ pub struct Options {
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
     pub trials_per_hour: Option<u32>,
+    /// A catalog other than [`plans`].
+    pub plans: Option<PlanCatalog>,
     pub trusted_proxies: Option<billing_server::client_addr::TrustedProxies>,
     pub store: Option<StoreLocation>,
     pub body_timeout: Option<Duration>,
@@ -322,7 +324,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         heartbeat_window: time::Duration::seconds(options.heartbeat_window_secs.unwrap_or(600)),
         ..LicensingConfig::new(signing_key())
     };
-    let config = BillingConfig::new(plans(), licensing)
+    let config = BillingConfig::new(options.plans.unwrap_or_else(plans), licensing)
         .with_grace(time::Duration::days(options.grace_days.unwrap_or(7)))
         .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))
         .with_stripe(stripe)

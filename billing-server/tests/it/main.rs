@@ -21,10 +21,14 @@ mod lifecycles;
 mod openapi;
 mod ops;
 mod ordering;
+// What plans say about their licenses (issue 17).
+mod policy;
 mod properties;
 mod proxies;
 mod quickstart;
 mod storm;
+// Card-less trials (issue 17).
+mod trials;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;

@@ -329,9 +329,15 @@ impl<S: Store> Billing<S> {
         Ok(Activation { token, device, license, certificate, created: true })
     }
 
-    /// Validates a key, and optionally that a fingerprint is alive on it
-    /// and that a build released at `app_released_at` is covered.
-    pub async fn validate(
+    /// Validates a key, and optionally that a fingerprint is alive on it.
+    pub async fn validate(&self, license_key: &str, fingerprint: Option<&str>) -> Result<Validation, LicensingError> {
+        self.validate_with_release(license_key, fingerprint, None).await
+    }
+
+    /// [`Billing::validate`], and when `app_released_at` is given, that the
+    /// license's updates window covers a build released then
+    /// (`UPDATES_EXPIRED` otherwise).
+    pub async fn validate_with_release(
         &self,
         license_key: &str,
         fingerprint: Option<&str>,

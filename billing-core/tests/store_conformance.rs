@@ -2444,7 +2444,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
 
     let mut codes = vec![];
     for (k, fp) in [(key.as_str(), None), (&key, Some("fp_a")), (&key, Some("fp_z")), ("NOT-A-KEY", None)] {
-        codes.push(billing.validate(k, fp, None).await.unwrap().code.as_str());
+        codes.push(billing.validate(k, fp).await.unwrap().code.as_str());
     }
     assert_eq!(codes, ["VALID", "VALID", "NOT_ACTIVATED", "NOT_FOUND"]);
     t.note("validate", json!(codes));
@@ -2461,7 +2461,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     let dead = billing.heartbeat(&token_c).await.unwrap_err();
     assert!(matches!(dead, LicensingError::HeartbeatDead), "{dead:?}");
     assert!(matches!(billing.heartbeat(&token_c).await, Err(LicensingError::HeartbeatDead)));
-    assert_eq!(billing.validate(&key, Some("fp_c"), None).await.unwrap().code.as_str(), "HEARTBEAT_DEAD");
+    assert_eq!(billing.validate(&key, Some("fp_c")).await.unwrap().code.as_str(), "HEARTBEAT_DEAD");
     assert_eq!(billing.reap_dead_devices().await.unwrap(), 0, "c was declared dead by its heartbeat");
     clock.advance(300);
     assert_eq!(billing.reap_dead_devices().await.unwrap(), 2, "a and b went silent too");
@@ -2508,7 +2508,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     assert_eq!(deliver(&billing, &clock, &canceled).await, "processed");
     t.note("canceled", subscription_json(&billing.current_subscription("user_1").await.unwrap().unwrap()));
     t.note("ended_license", license_json(&billing.licenses("user_1").await.unwrap()[0]));
-    assert_eq!(billing.validate(&key, None, None).await.unwrap().code.as_str(), "EXPIRED");
+    assert_eq!(billing.validate(&key, None).await.unwrap().code.as_str(), "EXPIRED");
 
     // Everything the stores now hold, through their read paths.
     let mut devices = billing.devices_of_user("user_1").await.unwrap();

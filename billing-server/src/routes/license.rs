@@ -197,8 +197,11 @@ pub async fn validate(state: &AppState, request: Request<RequestBody>) -> Result
                 })
         })
         .transpose()?;
-    let validation =
-        state.billing.validate(&key, body.fingerprint.as_deref(), app_released_at).await.map_err(licensing_error)?;
+    let validation = state
+        .billing
+        .validate_with_release(&key, body.fingerprint.as_deref(), app_released_at)
+        .await
+        .map_err(licensing_error)?;
     if validation.license.is_none() {
         state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
     }

@@ -43,7 +43,7 @@ struct CheckLicense {
 }
 
 async fn check_license(State(billing): State<Billing<AnyStore>>, Json(request): Json<CheckLicense>) -> Response {
-    match billing.validate(&request.key, request.machine.as_deref(), None).await {
+    match billing.validate(&request.key, request.machine.as_deref()).await {
         Ok(validation) => Json(json!({
             "ok": validation.code.as_str() == "VALID",
             "code": validation.code.as_str(),

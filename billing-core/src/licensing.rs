@@ -1,5 +1,8 @@
-//! Licensing use cases: activate, validate, heartbeat, deactivate, the
-//! dashboard's terminals, and the reaper of dead devices.
+//! Licensing use cases: activate, card-less trials, validate, heartbeat,
+//! deactivate, the dashboard's terminals, and the reaper of dead devices.
+//! Each license's devices are judged by its plan (floating or node-locked,
+//! its heartbeat window and certificate lifetime, the server's where the
+//! plan sets none).
 
 use crate::billing::{rfc3339, Billing, BillingConfig};
 use crate::certificate::{self, CertificateClaims, SigningKey};

@@ -6,11 +6,12 @@
 //! commit. A change that changes nothing writes nothing.
 
 use crate::billing::rfc3339;
+use crate::domain::device::Liveness;
 use crate::domain::license::{self, AdminChange, LicenseInputError, LicensePatch, Renewal};
 use crate::domain::{cursor, PlanCatalog};
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
-    Plan, Subscription, Timestamp, Topic,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseKind, LicenseOverrides, LicenseSource, LicenseStatus,
+    LicenseTerms, Plan, Subscription, Timestamp, Topic,
 };
 use crate::licensing::{deactivate, DeactivationReason};
 use crate::messages::{license_message, license_updated};
@@ -59,6 +60,12 @@ pub struct NewLicense {
     pub entitlements: Option<Vec<String>>,
     /// The vendor's notes.
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// Subscription or perpetual (default: the catalog plan's kind, else
+    /// subscription).
+    pub kind: Option<LicenseKind>,
+    /// The end of its updates window (default: for a perpetual license of
+    /// a plan with `updates_months`, that many months from now; else none).
+    pub updates_until: Option<Timestamp>,
 }
 
 /// Overrides to set, as the admin asked for them (checked here). `None`
@@ -73,6 +80,8 @@ pub struct PatchRequest {
     pub entitlements: Option<Vec<String>>,
     /// Replaces the metadata.
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// Moves (or, `Some(None)`, removes) the end of the updates window.
+    pub updates_until: Option<Option<Timestamp>>,
 }
 
 /// A license after an admin use case, with what the admin API shows of it.
@@ -110,6 +119,11 @@ impl<S: Store> Billing<S> {
             expires_at: request.expires_at.map(|t| license::check_expires_at(t, now)).transpose()?,
             suspended_at: None,
         };
+        let kind = request.kind.or(catalog_plan.map(|p| p.kind)).unwrap_or_default();
+        let updates_until = request.updates_until.or_else(|| match (kind, catalog_plan) {
+            (LicenseKind::Perpetual, Some(plan)) => license::updates_window_end(plan, now),
+            _ => None,
+        });
         let issued = License {
             id: Uuid::new_v4(),
             subscription_id: None,
@@ -123,6 +137,9 @@ impl<S: Store> Billing<S> {
             entitlements: license::check_entitlements(request.entitlements.unwrap_or_default())?,
             metadata: license::check_metadata(request.metadata.unwrap_or_default())?,
             overrides,
+            kind,
+            updates_until,
+            trial: false,
         };
         let issued = as_stored(issued);
         let (actor, plan) = (actor.clone(), request.plan);
@@ -152,6 +169,7 @@ impl<S: Store> Billing<S> {
                 .transpose()?,
             entitlements: request.entitlements.map(license::check_entitlements).transpose()?,
             metadata: request.metadata.map(license::check_metadata).transpose()?,
+            updates_until: request.updates_until,
         };
         self.change_license(actor, license_id, |_| Ok(AdminChange::Patch(patch))).await
     }
@@ -318,7 +336,8 @@ fn decide_change(
     });
     changes.outbox.push(license_updated(&next));
     if next.terms.max_devices < current.terms.max_devices {
-        evict_beyond_limit(changes, &next, &held.devices, actor, rules.now, rules.heartbeat_window);
+        let liveness = Liveness::of_license(&next, rules.plans, rules.heartbeat_window);
+        evict_beyond_limit(changes, &next, &held.devices, actor, rules.now, liveness);
         device_count = device_count.min(next.terms.max_devices as usize);
     }
     let record = LicenseRecord { license: next, updated_at: bundle.stamped_at, ..held.record };
@@ -394,9 +413,9 @@ fn evict_beyond_limit(
     devices: &[Device],
     actor: &Actor,
     now: Timestamp,
-    window: time::Duration,
+    liveness: Liveness,
 ) {
-    for id in crate::domain::device::evicted_by_limit(devices, license.terms.max_devices, now, window) {
+    for id in crate::domain::device::evicted_by_limit(devices, license.terms.max_devices, now, liveness) {
         let device = devices.iter().find(|d| d.id == id).expect("evicted devices come from the list").clone();
         deactivate(changes, device, DeactivationReason::Downgrade, actor, now);
     }
@@ -404,7 +423,7 @@ fn evict_beyond_limit(
 
 /// The license as the stores keep it: times in whole microseconds, so
 /// that what a use case returns is what a later read finds.
-fn as_stored(license: License) -> License {
+pub(crate) fn as_stored(license: License) -> License {
     let micros = |t: Option<Timestamp>| t.and_then(|t| cursor::from_micros(cursor::to_micros(t)));
     let (terms, overrides) = (&license.terms, &license.overrides);
     License {
@@ -418,6 +437,7 @@ fn as_stored(license: License) -> License {
             suspended_at: micros(overrides.suspended_at),
             ..overrides.clone()
         },
+        updates_until: micros(license.updates_until),
         ..license
     }
 }
@@ -431,6 +451,8 @@ fn terms_detail(license: &License) -> Value {
     let (t, o) = (&license.terms, &license.overrides);
     json!({
         "status": t.status,
+        "kind": license.kind,
+        "updates_until": license.updates_until.map(rfc3339),
         "max_devices": t.max_devices,
         "expires_at": t.expires_at.map(rfc3339),
         "plan": t.plan_id,
@@ -447,21 +469,12 @@ fn terms_detail(license: &License) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PlanId, Topic};
+    use crate::domain::Topic;
     use crate::storage::license_work::fixtures::{device, device_bundle, license, license_bundle, NOW, STAMPED_AT};
     use crate::storage::license_work::LicenseBundle;
 
     fn plans() -> PlanCatalog {
-        let plan = Plan {
-            id: PlanId("pro".into()),
-            name: "Pro".into(),
-            stripe_price_id: "price_pro".into(),
-            max_devices: 3,
-            amount: None,
-            currency: None,
-            interval: None,
-            features: Vec::new(),
-        };
+        let plan = Plan::new("pro", "Pro", "price_pro", 3);
         PlanCatalog::new(vec![plan]).unwrap()
     }
 
@@ -490,7 +503,8 @@ mod tests {
     #[test]
     fn an_issued_license_is_inserted_audited_and_announced_as_created() {
         let issued = license(3);
-        let bundle = LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() };
+        let bundle =
+            LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new(), used_trial: None };
         let (changes, record) = Changeset::from_decision(|c| decide_issue(bundle, issued.clone(), "pro", &admin(), c));
         assert_eq!(record.license, issued);
         assert_eq!(record.owner_user_id.as_deref(), Some("user_1"));
@@ -536,7 +550,8 @@ mod tests {
         let (changes, result) = change(license_bundle(revoked, Vec::new()), AdminChange::Reinstate);
         assert!(matches!(result, Err(AdminLicenseError::Conflict)), "{result:?}");
         assert!(changes.is_empty());
-        let nothing = LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() };
+        let nothing =
+            LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new(), used_trial: None };
         let (changes, result) = change(nothing, AdminChange::Suspend);
         assert!(matches!(result, Err(AdminLicenseError::NotFound("license"))), "{result:?}");
         assert!(changes.is_empty());

@@ -39,10 +39,12 @@ impl<S: Store> Billing<S> {
     }
 
     /// How often the background work looks for dead devices and lapsed
-    /// licenses: a quarter of the heartbeat window, within 0.25–60 s, so a
-    /// silent device is declared dead at most a quarter window late.
+    /// licenses: a quarter of the shortest heartbeat window any floating
+    /// plan (or the server) has, within 0.25–60 s, so a silent device is
+    /// declared dead at most a quarter window late.
     pub fn sweep_interval(&self) -> Duration {
-        let window = self.config().licensing.heartbeat_window.as_seconds_f64();
+        let config = self.config();
+        let window = config.plans.shortest_heartbeat_window(config.licensing.heartbeat_window).as_seconds_f64();
         Duration::from_secs_f64((window / 4.0).clamp(0.25, 60.0))
     }
 

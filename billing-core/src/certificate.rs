@@ -51,6 +51,13 @@ pub struct CertificateClaims {
     pub max_devices: u32,
     /// The plan's features.
     pub entitlements: Vec<String>,
+    /// `subscription` or `perpetual`.
+    pub kind: String,
+    /// Builds released after this (Unix seconds) are not covered; `None`:
+    /// every build is.
+    pub updates_until: Option<i64>,
+    /// A card-less trial.
+    pub trial: bool,
     /// Issued at (Unix seconds).
     pub iat: i64,
     /// Expires at (Unix seconds).
@@ -158,6 +165,9 @@ mod tests {
             status: "active".into(),
             max_devices: 2,
             entitlements: vec!["export".into()],
+            kind: "perpetual".into(),
+            updates_until: Some(1),
+            trial: false,
             iat: 1,
             exp: 2,
         }

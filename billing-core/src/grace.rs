@@ -102,6 +102,7 @@ mod tests {
             stamped_at: STAMPED_AT,
             licenses: vec![held(lapsed.clone(), Vec::new())],
             devices: Vec::new(),
+            used_trial: None,
         };
         let (changes, (suspended, loaded)) = Changeset::from_decision(|c| decide_grace_expiry(bundle, NOW, c));
         assert_eq!((suspended, loaded), (vec![lapsed.id], 1));
@@ -128,7 +129,7 @@ mod tests {
         let lapsed = in_grace_until(ended, None);
         let not_yet = in_grace_until(NOW + time::Duration::hours(1), None);
         let licenses = vec![held(lapsed.clone(), Vec::new()), held(not_yet, Vec::new())];
-        let bundle = LicenseBundle { stamped_at: STAMPED_AT, licenses, devices: Vec::new() };
+        let bundle = LicenseBundle { stamped_at: STAMPED_AT, licenses, devices: Vec::new(), used_trial: None };
         let (changes, (suspended, loaded)) = Changeset::from_decision(|c| decide_grace_expiry(bundle, NOW, c));
         assert_eq!((suspended, loaded), (vec![lapsed.id], 2), "both count as loaded, one was due");
         assert_eq!(changes.license_terms.len(), 1);

@@ -26,7 +26,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use billing_core::certificate::SigningKey;
-//! use billing_core::domain::{Plan, PlanCatalog, PlanId};
+//! use billing_core::domain::{Plan, PlanCatalog};
 //! use billing_core::licensing::{ActivationRequest, LicensingConfig};
 //! use billing_core::storage::{sqlite::SqliteStore, Store};
 //! use billing_core::stripe::WebhookSecrets;
@@ -39,14 +39,11 @@
 //! store.migrate().await?;
 //!
 //! let plans = PlanCatalog::new(vec![Plan {
-//!     id: PlanId("pro".into()),
-//!     name: "Pro".into(),
-//!     stripe_price_id: "price_pro".into(),
-//!     max_devices: 2,
 //!     amount: Some(1900),
 //!     currency: Some("usd".into()),
 //!     interval: Some("month".into()),
 //!     features: vec!["export".into()],
+//!     ..Plan::new("pro", "Pro", "price_pro", 2)
 //! }])?;
 //! let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8())?;
 //! let secrets = WebhookSecrets::parse("whsec_example").expect("one secret");

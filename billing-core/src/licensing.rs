@@ -1,13 +1,22 @@
-//! Licensing use cases: activate, validate, heartbeat, deactivate, the
-//! dashboard's terminals, and the reaper of dead devices.
+//! Licensing use cases: activate, card-less trials, validate, heartbeat,
+//! deactivate, the dashboard's terminals, and the reaper of dead devices.
+//! Each license's devices are judged by its plan (floating or node-locked,
+//! its heartbeat window and certificate lifetime, the server's where the
+//! plan sets none).
 
-use crate::billing::{rfc3339, Billing};
+use crate::billing::{rfc3339, Billing, BillingConfig};
 use crate::certificate::{self, CertificateClaims, SigningKey};
-use crate::domain::device::{self, ActivationPlan, ActivationRefusal, TextRefusal, MAX_DEVICE_TEXT_CHARS};
-use crate::domain::{
-    ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseStatus, Timestamp, Topic, ValidationCode,
+use crate::domain::device::{
+    self, ActivationPlan, ActivationRefusal, Liveness, TextRefusal, ValidationQuery, MAX_DEVICE_TEXT_CHARS,
 };
-use crate::storage::license_work::{Changeset, DeviceActivation, DeviceAudit, LicenseBundle, LicenseKeys};
+use crate::domain::{
+    license, ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource,
+    LicenseStatus, LicenseTerms, Plan, PlanCatalog, Timestamp, Topic, ValidationCode,
+};
+use crate::messages::license_message;
+use crate::storage::license_work::{
+    Changeset, DeviceActivation, DeviceAudit, HeartbeatWrite, LicenseAudit, LicenseBundle, LicenseKeys, TrialUse,
+};
 use crate::storage::{OutboxMessage, Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
@@ -43,6 +52,23 @@ impl LicensingConfig {
 pub struct ActivationRequest<'a> {
     /// The license key as typed.
     pub license_key: &'a str,
+    /// Machine fingerprint.
+    pub fingerprint: &'a str,
+    /// Display name.
+    pub name: Option<&'a str>,
+    /// Platform.
+    pub platform: Option<&'a str>,
+    /// App version.
+    pub app_version: Option<&'a str>,
+    /// Where the request came from, for the audit trail.
+    pub client_addr: Option<std::net::IpAddr>,
+}
+
+/// What a machine sends to start a trial.
+#[derive(Debug, Clone)]
+pub struct TrialRequest<'a> {
+    /// The plan to try; `None`: the first plan offering trials.
+    pub plan: Option<&'a str>,
     /// Machine fingerprint.
     pub fingerprint: &'a str,
     /// Display name.
@@ -117,6 +143,13 @@ pub enum LicensingError {
     /// No such device among the caller's.
     #[error("device not found")]
     DeviceNotFound,
+    /// The plan asked for offers no trial (or does not exist), or no plan
+    /// offers one.
+    #[error("no trial is offered for this plan")]
+    NoTrial,
+    /// This machine has had its trial of this plan.
+    #[error("this machine has already had a trial of this plan")]
+    TrialUsed,
     /// A field is not acceptable.
     #[error("{0}")]
     Invalid(&'static str),
@@ -174,23 +207,75 @@ fn check_field(value: Option<&str>, field: DeviceField) -> Result<(), LicensingE
     }))
 }
 
+/// The plans and the server's heartbeat window: what judges a license's
+/// devices in the decisions.
+#[derive(Clone, Copy)]
+pub(crate) struct DeviceRules<'a> {
+    pub(crate) plans: &'a PlanCatalog,
+    pub(crate) heartbeat_window: time::Duration,
+}
+
+impl<'a> DeviceRules<'a> {
+    fn of(config: &'a BillingConfig) -> Self {
+        Self { plans: &config.plans, heartbeat_window: config.licensing.heartbeat_window }
+    }
+
+    fn liveness(&self, license: &License) -> Liveness {
+        Liveness::of_license(license, self.plans, self.heartbeat_window)
+    }
+}
+
+impl BillingConfig {
+    /// The catalog plan a license's terms name, if the catalog holds it.
+    pub fn plan_of(&self, license: &License) -> Option<&Plan> {
+        license.terms.plan_id.as_deref().and_then(|id| self.plans.by_id(id))
+    }
+
+    /// How `license`'s devices keep their slots: its plan's policy and
+    /// heartbeat window, the server's window where the plan sets none.
+    pub fn liveness_of(&self, license: &License) -> Liveness {
+        DeviceRules::of(self).liveness(license)
+    }
+
+    /// How long `license`'s offline certificates last: its plan's
+    /// `offline_ttl_secs`, else the server's.
+    pub fn offline_ttl_of(&self, license: &License) -> time::Duration {
+        let server = self.licensing.offline_ttl;
+        self.plan_of(license).map_or(server, |plan| plan.offline_ttl(server))
+    }
+}
+
+fn check_device_fields(
+    fingerprint: &str,
+    name: Option<&str>,
+    platform: Option<&str>,
+    app_version: Option<&str>,
+) -> Result<(), LicensingError> {
+    if fingerprint.trim().is_empty() {
+        return Err(LicensingError::Invalid("fingerprint must not be empty"));
+    }
+    check_field(Some(fingerprint), DeviceField::Fingerprint)?;
+    check_field(name, DeviceField::Name)?;
+    check_field(platform, DeviceField::Platform)?;
+    check_field(app_version, DeviceField::AppVersion)
+}
+
 impl<S: Store> Billing<S> {
     fn licensing(&self) -> &LicensingConfig {
         &self.config().licensing
     }
 
+    /// How `license`'s devices keep their slots (see [`BillingConfig::liveness_of`]).
+    pub fn liveness_of(&self, license: &License) -> Liveness {
+        self.config().liveness_of(license)
+    }
+
     /// Activates a license on a device.
     pub async fn activate(&self, request: &ActivationRequest<'_>) -> Result<Activation, LicensingError> {
-        if request.fingerprint.trim().is_empty() {
-            return Err(LicensingError::Invalid("fingerprint must not be empty"));
-        }
-        check_field(Some(request.fingerprint), DeviceField::Fingerprint)?;
-        check_field(request.name, DeviceField::Name)?;
-        check_field(request.platform, DeviceField::Platform)?;
-        check_field(request.app_version, DeviceField::AppVersion)?;
+        check_device_fields(request.fingerprint, request.name, request.platform, request.app_version)?;
         let key = LicenseKey::parse(request.license_key).ok_or(LicensingError::LicenseNotFound)?;
         let now = self.now();
-        let window = self.licensing().heartbeat_window;
+        let config = self.config_arc();
         let token = ActivationToken::generate();
         let activating = Activating {
             device_id: Uuid::new_v4(),
@@ -205,39 +290,85 @@ impl<S: Store> Billing<S> {
         let (license, device, created) = self
             .store()
             .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_activation(bundle, activating, now, window, changes))
+                let rules = DeviceRules::of(&config);
+                Changeset::from_decision(|changes| decide_activation(bundle, activating, now, rules, changes))
             })
             .await??;
         let certificate = self.certificate(&license, &device, now);
         Ok(Activation { token, device, license, certificate, created })
     }
 
+    /// Starts a card-less trial of a plan on a machine: a license of its
+    /// own (`trial`, expiring after the plan's `trial_days`) with this
+    /// device activated on it, once per plan and machine, ever. Announced
+    /// as `license.created` and `device.activated`.
+    pub async fn start_trial(&self, request: &TrialRequest<'_>) -> Result<Activation, LicensingError> {
+        check_device_fields(request.fingerprint, request.name, request.platform, request.app_version)?;
+        let plan = self.plans().trial_plan(request.plan).ok_or(LicensingError::NoTrial)?.clone();
+        let now = self.now();
+        let config = self.config_arc();
+        let token = ActivationToken::generate();
+        let activating = Activating {
+            device_id: Uuid::new_v4(),
+            token_hash: token.hash(),
+            fingerprint: request.fingerprint.to_owned(),
+            name: request.name.map(str::to_owned),
+            platform: request.platform.map(str::to_owned),
+            app_version: request.app_version.map(str::to_owned),
+            client_addr: request.client_addr,
+        };
+        let fingerprint_hash = trial_fingerprint_hash(request.fingerprint);
+        let keys = LicenseKeys::Trial { plan_id: plan.id.0.clone(), fingerprint_hash: fingerprint_hash.clone() };
+        let (license, device) = self
+            .store()
+            .license_work(keys, move |bundle| {
+                let window = config.licensing.heartbeat_window;
+                let trial = Trying { plan: &plan, fingerprint_hash, activating, key: LicenseKey::generate() };
+                Changeset::from_decision(|changes| decide_trial(bundle, trial, now, window, changes))
+            })
+            .await??;
+        let certificate = self.certificate(&license, &device, now);
+        tracing::info!(license_id = %license.id, plan = ?license.terms.plan_id, "trial started");
+        Ok(Activation { token, device, license, certificate, created: true })
+    }
+
     /// Validates a key, and optionally that a fingerprint is alive on it.
     pub async fn validate(&self, license_key: &str, fingerprint: Option<&str>) -> Result<Validation, LicensingError> {
+        self.validate_with_release(license_key, fingerprint, None).await
+    }
+
+    /// [`Billing::validate`], and when `app_released_at` is given, that the
+    /// license's updates window covers a build released then
+    /// (`UPDATES_EXPIRED` otherwise).
+    pub async fn validate_with_release(
+        &self,
+        license_key: &str,
+        fingerprint: Option<&str>,
+        app_released_at: Option<Timestamp>,
+    ) -> Result<Validation, LicensingError> {
         let Some(key) = LicenseKey::parse(license_key) else {
             return Ok(Validation { code: ValidationCode::NotFound, license: None });
         };
         let (license, device) = self.store().license_and_device(&key.lookup_hash(), fingerprint).await?;
         let now = self.now();
-        let code = device::validate(
-            license.as_ref(),
-            fingerprint.is_some(),
-            device.as_ref(),
-            now,
-            self.licensing().heartbeat_window,
-        );
+        let liveness =
+            license.as_ref().map_or(Liveness::floating(self.licensing().heartbeat_window), |l| self.liveness_of(l));
+        let query =
+            ValidationQuery { fingerprint_given: fingerprint.is_some(), device: device.as_ref(), app_released_at };
+        let code = device::validate(license.as_ref(), query, now, liveness);
         Ok(Validation { code, license })
     }
 
     /// Records a heartbeat from the device holding `token`.
     pub async fn heartbeat(&self, token: &str) -> Result<Heartbeat, LicensingError> {
         let now = self.now();
-        let window = self.licensing().heartbeat_window;
+        let config = self.config_arc();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
         let (device, license) = self
             .store()
             .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_heartbeat(bundle, now, window, changes))
+                let rules = DeviceRules::of(&config);
+                Changeset::from_decision(|changes| decide_heartbeat(bundle, now, rules, changes))
             })
             .await??;
         let certificate = self.certificate(&license, &device, now);
@@ -260,24 +391,26 @@ impl<S: Store> Billing<S> {
             .await?
     }
 
-    /// Marks every overdue device dead (audit row + `device.dead` event).
-    /// Returns how many. Runs periodically; safe on several instances.
+    /// Marks every overdue device dead (audit row + `device.dead` event),
+    /// each judged by its license's plan. Returns how many. Runs
+    /// periodically; safe on several instances.
     pub async fn reap_dead_devices(&self) -> Result<usize, StoreError> {
         let now = self.now();
-        let cutoff = now - self.licensing().heartbeat_window;
         let mut total = 0;
         loop {
-            let keys = LicenseKeys::OverdueDevices { cutoff, limit: 500 };
-            let reaped = self
+            let keys = LicenseKeys::OverdueDevices { now, limit: 500 };
+            let config = self.config_arc();
+            let reaping = self
                 .store()
                 .license_work(keys, move |bundle| {
-                    Changeset::from_decision(|changes| decide_reaping(bundle, now, changes))
+                    let rules = DeviceRules::of(&config);
+                    Changeset::from_decision(|changes| decide_reaping(bundle, now, rules, changes))
                 })
                 .await?;
-            if reaped == 0 {
+            total += reaping.dead;
+            if reaping.swept == 0 {
                 return Ok(total);
             }
-            total += reaped;
         }
     }
 
@@ -304,14 +437,15 @@ impl<S: Store> Billing<S> {
             .await?
     }
 
-    /// Renames a device from the dashboard.
+    /// Renames a device from the dashboard; returns it with how its
+    /// license keeps slots.
     pub async fn rename_device_of_user(
         &self,
         user_id: Option<&str>,
         device_id: Uuid,
         name: &str,
         actor: &Actor,
-    ) -> Result<Device, LicensingError> {
+    ) -> Result<(Device, Liveness), LicensingError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(LicensingError::Invalid("name must not be empty"));
@@ -319,21 +453,28 @@ impl<S: Store> Billing<S> {
         check_field(Some(name), DeviceField::Name)?;
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
         let (name, actor) = (name.to_owned(), actor.clone());
+        let config = self.config_arc();
         self.store()
             .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes))
+                let server = Liveness::floating(config.licensing.heartbeat_window);
+                let liveness = bundle.license().map_or(server, |held| config.liveness_of(&held.record.license));
+                let (changes, renamed) =
+                    Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes));
+                (changes, renamed.map(|device| (device, liveness)))
             })
             .await?
     }
 
-    /// Signs an offline certificate for a device.
+    /// Signs an offline certificate for a device, lasting its plan's
+    /// offline TTL (capped by paid-through plus grace).
     pub fn certificate(&self, license: &License, device: &Device, now: Timestamp) -> String {
         let cfg = self.licensing();
         let grace = self.config().grace;
+        let ttl = self.config().offline_ttl_of(license);
         // A hard expiry (manual, or an admin's) has no grace after it.
         let exp = match license.hard_expiry() {
-            Some(end) => certificate::expiry(now, cfg.offline_ttl, Some(end), time::Duration::ZERO),
-            None => certificate::expiry(now, cfg.offline_ttl, license.terms.expires_at, grace),
+            Some(end) => certificate::expiry(now, ttl, Some(end), time::Duration::ZERO),
+            None => certificate::expiry(now, ttl, license.terms.expires_at, grace),
         };
         cfg.signing_key.sign(&CertificateClaims {
             iss: cfg.issuer.clone(),
@@ -345,6 +486,9 @@ impl<S: Store> Billing<S> {
             status: license.effective_status(now).as_str().to_owned(),
             max_devices: license.terms.max_devices,
             entitlements: self.entitlements(license),
+            kind: license.kind.as_str().to_owned(),
+            updates_until: license.updates_until.map(|t| t.unix_timestamp()),
+            trial: license.trial,
             iat: now.unix_timestamp(),
             exp: exp.unix_timestamp(),
         })
@@ -378,17 +522,32 @@ impl<S: Store> Billing<S> {
     ) -> Result<Option<(License, Device)>, StoreError> {
         let license = self.license_by_key(license_key).await?;
         let device = self.store().device_by_token_hash(&ActivationToken::presented(token).hash()).await?;
-        let window = self.licensing().heartbeat_window;
-        Ok(license
-            .zip(device)
-            .filter(|(license, device)| device.license_id == license.id && device.is_alive(self.now(), window)))
+        Ok(license.zip(device).filter(|(license, device)| {
+            device.license_id == license.id && device.is_alive(self.now(), self.liveness_of(license))
+        }))
     }
 
     /// Whether the device holding `token` is still alive (neither
-    /// deactivated nor dead).
-    pub async fn device_of_token_is_alive(&self, token: &str) -> Result<bool, StoreError> {
+    /// deactivated nor dead) on `license`.
+    pub async fn device_of_token_is_alive(&self, token: &str, license: &License) -> Result<bool, StoreError> {
         let device = self.store().device_by_token_hash(&ActivationToken::presented(token).hash()).await?;
-        Ok(device.is_some_and(|d| d.is_alive(self.now(), self.licensing().heartbeat_window)))
+        Ok(device.is_some_and(|d| d.license_id == license.id && d.is_alive(self.now(), self.liveness_of(license))))
+    }
+
+    /// The user's devices across their licenses, each with how its
+    /// license keeps slots, most recently seen first (the dashboard's
+    /// terminals).
+    pub async fn terminals_of_user(&self, user_id: &str) -> Result<Vec<(Device, Liveness)>, StoreError> {
+        let licenses = self.store().licenses_of_user(user_id).await?;
+        let devices = self.store().devices_of_user(user_id).await?;
+        let server = Liveness::floating(self.licensing().heartbeat_window);
+        Ok(devices
+            .into_iter()
+            .map(|d| {
+                let liveness = licenses.iter().find(|l| l.id == d.license_id).map_or(server, |l| self.liveness_of(l));
+                (d, liveness)
+            })
+            .collect())
     }
 
     /// The license with this key (for the event stream's authorisation).
@@ -418,11 +577,13 @@ fn decide_activation(
     bundle: LicenseBundle,
     activating: Activating,
     now: Timestamp,
-    window: time::Duration,
+    rules: DeviceRules<'_>,
     changes: &mut Changeset,
 ) -> Result<(License, Device, bool), LicensingError> {
     let held = bundle.licenses.into_iter().next().ok_or(LicensingError::LicenseNotFound)?;
-    let plan = device::plan_activation(&held.record.license, &held.devices, &activating.fingerprint, now, window)
+    let liveness = rules.liveness(&held.record.license);
+    let heartbeat_deadline = liveness.deadline(now);
+    let plan = device::plan_activation(&held.record.license, &held.devices, &activating.fingerprint, now, liveness)
         .map_err(|r| match r {
             ActivationRefusal::LicenseNotActive(status) => LicensingError::LicenseNotActive(status),
             ActivationRefusal::TooManyDevices { max_devices } => LicensingError::TooManyDevices { max_devices },
@@ -442,12 +603,16 @@ fn decide_activation(
     };
     let created = match plan {
         ActivationPlan::New => {
-            changes.new_devices.push(DeviceActivation { device: device.clone(), token_hash });
+            changes.new_devices.push(DeviceActivation { device: device.clone(), token_hash, heartbeat_deadline });
             true
         }
         ActivationPlan::Reuse(id) => {
             device.id = id;
-            changes.reactivated_devices.push(DeviceActivation { device: device.clone(), token_hash });
+            changes.reactivated_devices.push(DeviceActivation {
+                device: device.clone(),
+                token_hash,
+                heartbeat_deadline,
+            });
             false
         }
     };
@@ -461,17 +626,25 @@ fn decide_activation(
     Ok((held.record.license, device, created))
 }
 
-/// A heartbeat of a live device; one found overdue is declared dead (and
-/// the app told so, with the death recorded).
+/// A heartbeat of a live device, which moves its deadline by its plan's
+/// window (a node-locked plan's devices have none, so a heartbeat only
+/// refreshes when they were last seen); one found overdue is declared dead
+/// (and the app told so, with the death recorded).
 fn decide_heartbeat(
     bundle: LicenseBundle,
     now: Timestamp,
-    window: time::Duration,
+    rules: DeviceRules<'_>,
     changes: &mut Changeset,
 ) -> Result<(Device, License), LicensingError> {
-    let device = live_device(bundle.device(), now, window, changes)?;
-    let license = bundle.licenses.into_iter().next().ok_or(LicensingError::InvalidToken)?.record.license;
-    changes.heartbeats.push((device.id, now));
+    let license = bundle.license().map(|held| held.record.license.clone());
+    let liveness = license.as_ref().map_or(Liveness::floating(rules.heartbeat_window), |l| rules.liveness(l));
+    let device = live_device(bundle.device(), now, liveness, changes)?;
+    let license = license.ok_or(LicensingError::InvalidToken)?;
+    changes.heartbeats.push(HeartbeatWrite {
+        device_id: device.id,
+        at: now,
+        heartbeat_deadline: liveness.deadline(now),
+    });
     Ok((Device { last_heartbeat_at: now, ..device }, license))
 }
 
@@ -480,14 +653,14 @@ fn decide_heartbeat(
 fn live_device(
     device: Option<&Device>,
     now: Timestamp,
-    window: time::Duration,
+    liveness: Liveness,
     changes: &mut Changeset,
 ) -> Result<Device, LicensingError> {
     let device = device.ok_or(LicensingError::InvalidToken)?;
     match device.status {
         DeviceStatus::Deactivated => Err(LicensingError::DeviceDeactivated),
         DeviceStatus::Dead => Err(LicensingError::HeartbeatDead),
-        DeviceStatus::Active if device.is_overdue(now, window) => {
+        DeviceStatus::Active if device.is_overdue(now, liveness) => {
             declare_dead(changes, device, now);
             Err(LicensingError::HeartbeatDead)
         }
@@ -539,12 +712,122 @@ fn decide_rename(
     Ok(device)
 }
 
-/// Every overdue device loaded is declared dead; returns how many.
-fn decide_reaping(bundle: LicenseBundle, now: Timestamp, changes: &mut Changeset) -> usize {
+/// What one batch of the reaper did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reaping {
+    /// Devices looked at (the batch loaded): none left means the sweep is done.
+    swept: usize,
+    /// Devices declared dead.
+    dead: usize,
+}
+
+/// Each device past its stored deadline is judged by its license's plan
+/// as configured now: overdue, it is declared dead; otherwise (its plan's
+/// window grew, or it keeps slots now) its deadline is corrected, so that
+/// the sweep does not find it again before it is due.
+fn decide_reaping(bundle: LicenseBundle, now: Timestamp, rules: DeviceRules<'_>, changes: &mut Changeset) -> Reaping {
+    let server = Liveness::floating(rules.heartbeat_window);
+    let mut dead = 0;
     for device in &bundle.devices {
-        declare_dead(changes, device, now);
+        let license = bundle.licenses.iter().find(|l| l.record.license.id == device.license_id);
+        let liveness = license.map_or(server, |held| rules.liveness(&held.record.license));
+        if device.is_overdue(now, liveness) {
+            declare_dead(changes, device, now);
+            dead += 1;
+        } else {
+            changes.device_deadlines.push((device.id, liveness.deadline(device.last_heartbeat_at)));
+        }
     }
-    bundle.devices.len()
+    Reaping { swept: bundle.devices.len(), dead }
+}
+
+/// SHA-256 of a fingerprint: what `trial_uses` keeps of the machine.
+fn trial_fingerprint_hash(fingerprint: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, fingerprint.as_bytes()).as_ref().to_vec()
+}
+
+/// A trial to start: its plan (one with `trial_days`), the machine, and
+/// the key its license gets.
+struct Trying<'a> {
+    plan: &'a Plan,
+    fingerprint_hash: Vec<u8>,
+    activating: Activating,
+    key: LicenseKey,
+}
+
+/// A trial: unless this machine had one of this plan, a license of its own
+/// (no user, `trial`, expiring after the plan's trial days, the plan's
+/// kind, device limit and features) with this device activated on it,
+/// the machine recorded as having had it, audited with the app as actor
+/// and announced. Returns the license and the device.
+fn decide_trial(
+    bundle: LicenseBundle,
+    trying: Trying<'_>,
+    now: Timestamp,
+    server_window: time::Duration,
+    changes: &mut Changeset,
+) -> Result<(License, Device), LicensingError> {
+    if bundle.used_trial.is_some() {
+        return Err(LicensingError::TrialUsed);
+    }
+    let Trying { plan, fingerprint_hash, activating, key } = trying;
+    let length = plan.trial().ok_or(LicensingError::NoTrial)?;
+    let overrides = LicenseOverrides { expires_at: Some(now + length), ..LicenseOverrides::default() };
+    let license = crate::admin_licenses::as_stored(License {
+        id: Uuid::new_v4(),
+        subscription_id: None,
+        source: LicenseSource::Manual,
+        user_id: None,
+        key,
+        terms: LicenseTerms {
+            plan_id: Some(plan.id.0.clone()),
+            ..license::manual_terms(Some(plan), None, &overrides, now)
+        },
+        entitlements: Vec::new(),
+        metadata: serde_json::Map::new(),
+        overrides,
+        kind: plan.kind,
+        updates_until: None,
+        trial: true,
+    });
+    let Activating { device_id, token_hash, fingerprint, name, platform, app_version, client_addr } = activating;
+    let device = Device {
+        id: device_id,
+        license_id: license.id,
+        fingerprint,
+        name,
+        platform,
+        app_version,
+        status: DeviceStatus::Active,
+        activated_at: now,
+        last_heartbeat_at: now,
+        deactivated_at: None,
+    };
+    let actor = Actor::Device { client_addr };
+    let liveness = Liveness::of(Some(plan), server_window);
+    changes.new_licenses.push(license.clone());
+    changes.trial_uses.push(TrialUse { plan_id: plan.id.0.clone(), fingerprint_hash, license_id: license.id });
+    changes.license_audit.push(LicenseAudit {
+        license_id: license.id,
+        kind: "issued",
+        actor: actor.label(),
+        detail: json!({
+            "trial": true,
+            "plan": plan.id,
+            "expires_at": license.terms.expires_at.map(rfc3339),
+            "device_id": device.id,
+        }),
+        client_addr,
+    });
+    changes.outbox.push(license_message(Topic::LicenseCreated, &license));
+    changes.new_devices.push(DeviceActivation {
+        device: device.clone(),
+        token_hash,
+        heartbeat_deadline: liveness.deadline(now),
+    });
+    changes.device_audit.push(device_audit(&device, "activated", &actor, json!({ "new_slot": true, "trial": true })));
+    changes.outbox.push(device_message(Topic::DeviceActivated, &device, None));
+    Ok((license, device))
 }
 
 /// Deactivates a device: its status, audit row and event. Returns it as
@@ -603,6 +886,12 @@ mod tests {
     use crate::storage::license_work::fixtures::{device, device_bundle, empty_bundle, license, license_bundle, NOW};
 
     const WINDOW: time::Duration = time::Duration::minutes(10);
+    static NO_PLANS: std::sync::LazyLock<PlanCatalog> = std::sync::LazyLock::new(PlanCatalog::default);
+
+    /// No catalog plan: every license floats with the server's window.
+    fn rules() -> DeviceRules<'static> {
+        DeviceRules { plans: &NO_PLANS, heartbeat_window: WINDOW }
+    }
     const APP_ADDR: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
 
     fn activating(fingerprint: &str) -> Activating {
@@ -631,7 +920,7 @@ mod tests {
         let request = activating("fp-new");
         let new_id = request.device_id;
         let (changes, result) = Changeset::from_decision(|c| {
-            decide_activation(license_bundle(held.clone(), Vec::new()), request, NOW, WINDOW, c)
+            decide_activation(license_bundle(held.clone(), Vec::new()), request, NOW, rules(), c)
         });
         let (returned, device, created) = result.unwrap();
         assert_eq!((returned, created), (held.clone(), true));
@@ -641,7 +930,11 @@ mod tests {
         );
         assert_eq!(
             changes.new_devices,
-            [DeviceActivation { device: device.clone(), token_hash: b"token-hash".to_vec() }]
+            [DeviceActivation {
+                device: device.clone(),
+                token_hash: b"token-hash".to_vec(),
+                heartbeat_deadline: Some(NOW + WINDOW)
+            }]
         );
         assert!(changes.reactivated_devices.is_empty());
         assert_eq!(audit_kinds(&changes), ["activated"]);
@@ -656,14 +949,17 @@ mod tests {
         let held = license(1);
         let dead = device(&held, "fp-1", 60, DeviceStatus::Dead);
         let (changes, result) = Changeset::from_decision(|c| {
-            decide_activation(license_bundle(held.clone(), vec![dead.clone()]), activating("fp-1"), NOW, WINDOW, c)
+            decide_activation(license_bundle(held.clone(), vec![dead.clone()]), activating("fp-1"), NOW, rules(), c)
         });
         let (_, device, created) = result.unwrap();
         assert!(!created);
         assert_eq!((device.id, device.status, device.deactivated_at), (dead.id, DeviceStatus::Active, None));
         assert_eq!(device.name.as_deref(), Some("Laptop"), "the request's details replace the held ones");
         assert!(changes.new_devices.is_empty());
-        assert_eq!(changes.reactivated_devices, [DeviceActivation { device, token_hash: b"token-hash".to_vec() }]);
+        assert_eq!(
+            changes.reactivated_devices,
+            [DeviceActivation { device, token_hash: b"token-hash".to_vec(), heartbeat_deadline: Some(NOW + WINDOW) }]
+        );
         assert_eq!(changes.device_audit[0].detail, json!({ "new_slot": false }));
         assert_eq!(topics(&changes), [Topic::DeviceActivated]);
     }
@@ -673,7 +969,7 @@ mod tests {
         let held = license(1);
         let alive = device(&held, "fp-1", 1, DeviceStatus::Active);
         let (changes, result) = Changeset::from_decision(|c| {
-            decide_activation(license_bundle(held.clone(), vec![alive]), activating("fp-2"), NOW, WINDOW, c)
+            decide_activation(license_bundle(held.clone(), vec![alive]), activating("fp-2"), NOW, rules(), c)
         });
         assert!(matches!(result, Err(LicensingError::TooManyDevices { max_devices: 1 })), "{result:?}");
         assert!(changes.is_empty());
@@ -683,13 +979,13 @@ mod tests {
             ..held
         };
         let (changes, result) = Changeset::from_decision(|c| {
-            decide_activation(license_bundle(revoked, Vec::new()), activating("fp-2"), NOW, WINDOW, c)
+            decide_activation(license_bundle(revoked, Vec::new()), activating("fp-2"), NOW, rules(), c)
         });
         assert!(matches!(result, Err(LicensingError::LicenseNotActive(LicenseStatus::Revoked))), "{result:?}");
         assert!(changes.is_empty());
 
         let (changes, result) =
-            Changeset::from_decision(|c| decide_activation(empty_bundle(), activating("fp-2"), NOW, WINDOW, c));
+            Changeset::from_decision(|c| decide_activation(empty_bundle(), activating("fp-2"), NOW, rules(), c));
         assert!(matches!(result, Err(LicensingError::LicenseNotFound)), "{result:?}");
         assert!(changes.is_empty());
     }
@@ -699,10 +995,11 @@ mod tests {
         let held = license(1);
         let alive = device(&held, "fp-1", 5, DeviceStatus::Active);
         let (changes, result) =
-            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), alive.clone()), NOW, WINDOW, c));
+            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), alive.clone()), NOW, rules(), c));
         let (device, license) = result.unwrap();
         assert_eq!((device.id, device.last_heartbeat_at, license), (alive.id, NOW, held));
-        assert_eq!(changes, Changeset { heartbeats: vec![(alive.id, NOW)], ..Changeset::default() });
+        let beat = HeartbeatWrite { device_id: alive.id, at: NOW, heartbeat_deadline: Some(NOW + WINDOW) };
+        assert_eq!(changes, Changeset { heartbeats: vec![beat], ..Changeset::default() });
     }
 
     #[test]
@@ -710,7 +1007,7 @@ mod tests {
         let held = license(1);
         let overdue = device(&held, "fp-1", 11, DeviceStatus::Active);
         let (changes, result) =
-            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held, overdue.clone()), NOW, WINDOW, c));
+            Changeset::from_decision(|c| decide_heartbeat(device_bundle(held, overdue.clone()), NOW, rules(), c));
         assert!(matches!(result, Err(LicensingError::HeartbeatDead)), "{result:?}");
         assert_eq!(changes.device_statuses, [(overdue.id, DeviceStatus::Dead, NOW)]);
         assert!(changes.heartbeats.is_empty());
@@ -729,11 +1026,11 @@ mod tests {
         {
             let gone = device(&held, "fp-1", 1, status);
             let (changes, result) =
-                Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), gone), NOW, WINDOW, c));
+                Changeset::from_decision(|c| decide_heartbeat(device_bundle(held.clone(), gone), NOW, rules(), c));
             assert_eq!(format!("{:?}", result.unwrap_err()), refused);
             assert!(changes.is_empty());
         }
-        let (changes, result) = Changeset::from_decision(|c| decide_heartbeat(empty_bundle(), NOW, WINDOW, c));
+        let (changes, result) = Changeset::from_decision(|c| decide_heartbeat(empty_bundle(), NOW, rules(), c));
         assert!(matches!(result, Err(LicensingError::InvalidToken)), "{result:?}");
         assert!(changes.is_empty());
     }
@@ -798,18 +1095,149 @@ mod tests {
     }
 
     #[test]
-    fn the_reaper_declares_each_loaded_device_dead() {
+    fn the_reaper_declares_each_loaded_overdue_device_dead() {
         let held = license(3);
         let overdue =
             [device(&held, "fp-1", 30, DeviceStatus::Active), device(&held, "fp-2", 20, DeviceStatus::Active)];
-        let bundle = LicenseBundle { devices: overdue.to_vec(), ..empty_bundle() };
-        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(bundle, NOW, c));
-        assert_eq!(reaped, 2);
+        let bundle = LicenseBundle { devices: overdue.to_vec(), ..license_bundle(held, Vec::new()) };
+        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(bundle, NOW, rules(), c));
+        assert_eq!(reaped, Reaping { swept: 2, dead: 2 });
         let statuses: Vec<_> = overdue.iter().map(|d| (d.id, DeviceStatus::Dead, NOW)).collect();
         assert_eq!(changes.device_statuses, statuses);
         assert_eq!(audit_kinds(&changes), ["dead", "dead"]);
         assert_eq!(topics(&changes), [Topic::DeviceDead, Topic::DeviceDead]);
-        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(empty_bundle(), NOW, c));
-        assert_eq!((reaped, changes.is_empty()), (0, true));
+        assert!(changes.device_deadlines.is_empty());
+        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(empty_bundle(), NOW, rules(), c));
+        assert_eq!((reaped, changes.is_empty()), (Reaping { swept: 0, dead: 0 }, true));
+    }
+
+    #[test]
+    fn the_reaper_judges_each_device_by_its_plan_and_corrects_the_deadlines_of_the_living() {
+        use crate::domain::{DevicePolicy, Plan};
+        let plans = PlanCatalog::new(vec![
+            Plan { device_policy: DevicePolicy::NodeLocked, ..Plan::new("locked", "Locked", "price_l", 1) },
+            Plan { heartbeat_window_secs: Some(3600), ..Plan::new("hourly", "Hourly", "price_h", 1) },
+            Plan { heartbeat_window_secs: Some(60), ..Plan::new("minutely", "Minutely", "price_m", 1) },
+        ])
+        .unwrap();
+        let rules = DeviceRules { plans: &plans, heartbeat_window: WINDOW };
+        let on = |plan: &str| {
+            let mut l = license(1);
+            l.terms.plan_id = Some(plan.into());
+            l
+        };
+        let (locked, hourly, minutely, unknown) = (on("locked"), on("hourly"), on("minutely"), on("gone"));
+        // Each silent for 30 minutes: past the server's 10-minute window.
+        let devices: Vec<Device> =
+            [&locked, &hourly, &minutely, &unknown].iter().map(|l| device(l, "fp", 30, DeviceStatus::Active)).collect();
+        let held = [&locked, &hourly, &minutely, &unknown]
+            .iter()
+            .map(|l| crate::storage::license_work::fixtures::held((*l).clone(), Vec::new()))
+            .collect();
+        let bundle = LicenseBundle { devices: devices.clone(), licenses: held, ..empty_bundle() };
+        let (changes, reaped) = Changeset::from_decision(|c| decide_reaping(bundle, NOW, rules, c));
+        assert_eq!(reaped, Reaping { swept: 4, dead: 2 });
+        let dead: Vec<Uuid> = changes.device_statuses.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(dead, [devices[2].id, devices[3].id], "the minutely plan's and the one no plan judges");
+        let seen = devices[1].last_heartbeat_at;
+        assert_eq!(
+            changes.device_deadlines,
+            [(devices[0].id, None), (devices[1].id, Some(seen + time::Duration::hours(1)))],
+            "node-locked: no deadline; hourly: an hour after it was last heard"
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_under_a_node_locked_plan_only_refreshes_last_seen() {
+        use crate::domain::{DevicePolicy, Plan};
+        let plans = PlanCatalog::new(vec![Plan {
+            device_policy: DevicePolicy::NodeLocked,
+            ..Plan::new("pro", "Pro", "price_pro", 1)
+        }])
+        .unwrap();
+        let rules = DeviceRules { plans: &plans, heartbeat_window: WINDOW };
+        let held = license(1);
+        let silent_for_a_year = device(&held, "fp-1", 60 * 24 * 365, DeviceStatus::Active);
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_heartbeat(device_bundle(held.clone(), silent_for_a_year.clone()), NOW, rules, c)
+        });
+        assert_eq!(result.unwrap().0.last_heartbeat_at, NOW);
+        assert_eq!(
+            changes,
+            Changeset {
+                heartbeats: vec![HeartbeatWrite { device_id: silent_for_a_year.id, at: NOW, heartbeat_deadline: None }],
+                ..Changeset::default()
+            }
+        );
+    }
+
+    fn trying<'a>(plan: &'a Plan, fingerprint: &str) -> Trying<'a> {
+        Trying {
+            plan,
+            fingerprint_hash: trial_fingerprint_hash(fingerprint),
+            activating: activating(fingerprint),
+            key: LicenseKey::generate(),
+        }
+    }
+
+    #[test]
+    fn a_trial_issues_its_own_license_activates_the_device_and_records_the_machine() {
+        use crate::domain::{LicenseKind, Plan};
+        let plan = Plan {
+            trial_days: Some(14),
+            kind: LicenseKind::Perpetual,
+            features: vec!["export".into()],
+            ..Plan::new("studio", "Studio", "price_s", 2)
+        };
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_trial(empty_bundle(), trying(&plan, "fp-1"), NOW, WINDOW, c));
+        let (license, device) = result.unwrap();
+        assert!(license.trial);
+        assert_eq!(
+            (license.source, license.user_id.as_deref(), license.kind),
+            (LicenseSource::Manual, None, LicenseKind::Perpetual)
+        );
+        assert_eq!(
+            (license.terms.status, license.terms.max_devices, license.terms.plan_id.as_deref()),
+            (LicenseStatus::Active, 2, Some("studio"))
+        );
+        assert_eq!(license.terms.expires_at, Some(NOW + time::Duration::days(14)));
+        assert_eq!(license.hard_expiry(), Some(NOW + time::Duration::days(14)), "no grace after a trial");
+        assert_eq!(license.effective_status(NOW + time::Duration::days(14)), LicenseStatus::Expired);
+        assert_eq!(
+            (device.license_id, device.status, device.fingerprint.as_str()),
+            (license.id, DeviceStatus::Active, "fp-1")
+        );
+        assert_eq!(changes.new_licenses, std::slice::from_ref(&license));
+        assert_eq!(
+            changes.trial_uses,
+            [TrialUse {
+                plan_id: "studio".into(),
+                fingerprint_hash: trial_fingerprint_hash("fp-1"),
+                license_id: license.id
+            }]
+        );
+        assert_eq!(changes.new_devices.len(), 1);
+        assert_eq!(changes.new_devices[0].heartbeat_deadline, Some(NOW + WINDOW));
+        assert_eq!(changes.license_audit.len(), 1);
+        let audit = &changes.license_audit[0];
+        assert_eq!((audit.kind, audit.actor.as_str(), audit.client_addr), ("issued", "system", Some(APP_ADDR)));
+        assert_eq!(audit.detail["trial"], true);
+        assert_eq!(audit_kinds(&changes), ["activated"]);
+        assert_eq!(changes.device_audit[0].client_addr, Some(APP_ADDR));
+        assert_eq!(topics(&changes), [Topic::LicenseCreated, Topic::DeviceActivated]);
+        assert_eq!(changes.outbox[0].payload["trial"], true);
+    }
+
+    #[test]
+    fn a_second_trial_of_a_plan_on_a_machine_writes_nothing() {
+        let plan = crate::domain::Plan { trial_days: Some(14), ..crate::domain::Plan::new("pro", "Pro", "price", 1) };
+        let tried = LicenseBundle { used_trial: Some(Uuid::new_v4()), ..empty_bundle() };
+        let (changes, result) =
+            Changeset::from_decision(|c| decide_trial(tried, trying(&plan, "fp-1"), NOW, WINDOW, c));
+        assert!(matches!(result, Err(LicensingError::TrialUsed)), "{result:?}");
+        assert!(changes.is_empty());
+        assert_ne!(trial_fingerprint_hash("fp-1"), trial_fingerprint_hash("fp-2"));
+        assert_eq!(trial_fingerprint_hash("fp-1").len(), 32);
     }
 }

@@ -29,6 +29,9 @@ pub(crate) fn license_message(topic: Topic, license: &License) -> OutboxMessage 
             "plan": t.plan_id,
             "expires_at": t.expires_at.map(rfc3339),
             "grace_ends_at": t.grace_ends_at.map(rfc3339),
+            "kind": license.kind,
+            "updates_until": license.updates_until.map(rfc3339),
+            "trial": license.trial,
         }),
     }
 }

@@ -160,19 +160,10 @@ impl<S: Store> Billing<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Plan, PlanId};
+    use crate::domain::Plan;
 
     fn plans() -> PlanCatalog {
-        let plan = |id: &str, price: &str| Plan {
-            id: PlanId(id.into()),
-            name: id.into(),
-            stripe_price_id: price.into(),
-            max_devices: 1,
-            amount: None,
-            currency: None,
-            interval: None,
-            features: Vec::new(),
-        };
+        let plan = |id: &str, price: &str| Plan::new(id, id, price, 1);
         PlanCatalog::new(vec![plan("basic", "price_basic"), plan("pro", "price_pro"), plan("team", "price_team")])
             .unwrap()
     }

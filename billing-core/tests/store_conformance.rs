@@ -16,14 +16,16 @@
 use billing_core::billing::{error_chain, Clock};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::{
-    Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms,
-    Payment, PaymentStatus, Plan, PlanCatalog, PlanId, Subscription, SubscriptionSnapshot, SubscriptionStatus,
+    Actor, Device, DeviceStatus, License, LicenseKey, LicenseKind, LicenseOverrides, LicenseSource, LicenseStatus,
+    LicenseTerms, Payment, PaymentStatus, Plan, PlanCatalog, Subscription, SubscriptionSnapshot, SubscriptionStatus,
     Timestamp, Topic,
 };
 use billing_core::licensing::{ActivationRequest, LicensingConfig, LicensingError};
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::backfill_runs::{BackfillCheckpoint, BackfillRunStore};
-use billing_core::storage::license_work::{DeviceActivation, LicenseAudit, LicenseBundle, LicenseKeys};
+use billing_core::storage::license_work::{
+    DeviceActivation, HeartbeatWrite, LicenseAudit, LicenseBundle, LicenseKeys, TrialUse,
+};
 use billing_core::storage::postgres::OUTBOX_CHANNEL;
 use billing_core::storage::stripe_sync::{
     Changeset, DeliveryClaim, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert,
@@ -547,6 +549,9 @@ fn manual_license(user: &str) -> License {
         entitlements: Vec::new(),
         metadata: serde_json::Map::new(),
         overrides: LicenseOverrides::default(),
+        kind: LicenseKind::Subscription,
+        updates_until: None,
+        trial: false,
     }
 }
 
@@ -567,9 +572,17 @@ async fn publish<S: Store>(store: &S, messages: Vec<OutboxMessage>) {
     work(store, LicenseKeys::Nothing, changes).await.expect("published");
 }
 
-/// A device activated with a token hash, as a changeset holds it.
+/// The heartbeat window of the devices these tests write.
+const WINDOW: time::Duration = time::Duration::minutes(10);
+
+/// A device activated with a token hash, as a changeset holds it, due
+/// [`WINDOW`] after it was last heard from.
 fn activation(device: &Device, token_hash: &[u8]) -> DeviceActivation {
-    DeviceActivation { device: device.clone(), token_hash: token_hash.to_vec() }
+    DeviceActivation {
+        device: device.clone(),
+        token_hash: token_hash.to_vec(),
+        heartbeat_deadline: Some(device.last_heartbeat_at + WINDOW),
+    }
 }
 
 /// Adds a write that cannot succeed (a device of no license) to `changes`,
@@ -641,6 +654,7 @@ async fn migrating_twice_is_a_no_op() {
         "device_changes",
         "license_changes",
         "admin_tokens",
+        "trial_uses",
     ] {
         assert_eq!(db.count(&format!("SELECT count(*) FROM {table}")).await, 0, "{table} exists, empty");
     }
@@ -1218,18 +1232,22 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     assert!(theirs.devices.is_empty() && theirs.licenses.is_empty(), "nothing of another user's");
     assert_eq!(load_license(&store, of_user(None)).await.devices, [keep(&a)], "None means any user");
     let touched = Changeset {
-        heartbeats: vec![(a.id, later)],
+        heartbeats: vec![HeartbeatWrite { device_id: a.id, at: later, heartbeat_deadline: Some(later + WINDOW) }],
         device_names: vec![(a.id, "Work laptop".to_owned())],
         ..Changeset::default()
     };
     work(&store, of_user(Some("user_1")), touched).await.unwrap();
-    let cutoff = seen + time::Duration::minutes(10);
-    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
-    assert_eq!(overdue.devices, [keep(&b)], "only b has been silent since before the cutoff");
+    // b's deadline (a second after seen + WINDOW) has passed, a's (later + WINDOW) not.
+    let sweep = LicenseKeys::OverdueDevices { now: seen + WINDOW + time::Duration::seconds(2), limit: 10 };
+    let overdue = load_license(&store, sweep.clone()).await;
+    assert_eq!(overdue.devices, [keep(&b)], "only b's deadline has passed");
+    let licenses: Vec<&License> = overdue.licenses.iter().map(|l| &l.record.license).collect();
+    assert_eq!(licenses, [&stored_license], "with its license, whose plan judges it");
+    assert_eq!(overdue.licenses[0].record.owner_user_id.as_deref(), Some("user_1"));
     let dead = Changeset { device_statuses: vec![(b.id, DeviceStatus::Dead, later)], ..Changeset::default() };
-    work(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }, dead).await.unwrap();
-    let overdue = load_license(&store, LicenseKeys::OverdueDevices { cutoff, limit: 10 }).await;
-    assert!(overdue.devices.is_empty(), "dead devices are not overdue");
+    work(&store, sweep.clone(), dead).await.unwrap();
+    let overdue = load_license(&store, sweep).await;
+    assert!(overdue.devices.is_empty() && overdue.licenses.is_empty(), "dead devices are not overdue");
     let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, ..b.clone() };
     let reactivated = Changeset { reactivated_devices: vec![activation(&again, b"token-b2")], ..Changeset::default() };
     work(&store, LicenseKeys::DeviceByToken { token_hash: b"token-b".to_vec() }, reactivated).await.unwrap();
@@ -1778,13 +1796,13 @@ async fn the_reaper_and_the_grace_sweep_skip_rows_another_unit_holds() {
     };
     work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
     let now = Timestamp::now_utc();
-    let overdue = LicenseKeys::OverdueDevices { cutoff: now, limit: 10 };
+    let overdue = LicenseKeys::OverdueDevices { now, limit: 10 };
     let past_grace = LicenseKeys::LicensesPastGrace { now, limit: 10 };
     let ids = |devices: &[Device]| devices.iter().map(|d| d.id).collect::<HashSet<_>>();
     let license_ids = |b: &LicenseBundle| b.licenses.iter().map(|l| l.record.license.id).collect::<HashSet<_>>();
     assert_eq!(ids(&load_license(&store, overdue.clone()).await.devices), HashSet::from([a.id, b.id]));
     assert_eq!(license_ids(&load_license(&store, past_grace.clone()).await), HashSet::from([l1.id, l2.id]));
-    let limited = load_license(&store, LicenseKeys::OverdueDevices { cutoff: now, limit: 1 }).await;
+    let limited = load_license(&store, LicenseKeys::OverdueDevices { now, limit: 1 }).await;
     assert_eq!(limited.devices.len(), 1, "at most the limit");
     if backend() == Backend::Postgres {
         // Another reaper holds a and l1: this one takes the rest, at once.
@@ -1801,6 +1819,121 @@ async fn the_reaper_and_the_grace_sweep_skip_rows_another_unit_holds() {
         let swept = tokio::time::timeout(within, load_license(&store, past_grace)).await.expect("not blocked");
         assert_eq!(license_ids(&swept), HashSet::from([l2.id]));
         holder.end(false).await;
+    }
+}
+
+#[tokio::test]
+async fn the_reaper_sweeps_by_stored_deadline_and_a_device_without_one_is_never_swept() {
+    let (_db, store) = fresh_store().await;
+    let manual = manual_license("user_1");
+    let long_ago = Timestamp::now_utc() - time::Duration::days(30);
+    let (due, locked, later) = (
+        device(manual.id, "fp_due", long_ago),
+        device(manual.id, "fp_locked", long_ago),
+        device(manual.id, "fp_later", long_ago),
+    );
+    let future = Timestamp::now_utc() + time::Duration::hours(1);
+    let seeded = Changeset {
+        new_licenses: vec![manual.clone()],
+        new_devices: vec![
+            activation(&due, b"token-due"),
+            DeviceActivation { heartbeat_deadline: None, ..activation(&locked, b"token-locked") },
+            DeviceActivation { heartbeat_deadline: Some(future), ..activation(&later, b"token-later") },
+        ],
+        ..Changeset::default()
+    };
+    work(&store, LicenseKeys::Nothing, seeded).await.unwrap();
+    let sweep = || LicenseKeys::OverdueDevices { now: Timestamp::now_utc(), limit: 10 };
+    let ids = |b: &LicenseBundle| b.devices.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(&load_license(&store, sweep()).await), [due.id], "a silent node-locked device has no deadline");
+    let corrected = Changeset { device_deadlines: vec![(due.id, Some(future))], ..Changeset::default() };
+    work(&store, sweep(), corrected).await.unwrap();
+    assert!(ids(&load_license(&store, sweep()).await).is_empty(), "a corrected deadline is not due yet");
+    let beat = HeartbeatWrite { device_id: later.id, at: Timestamp::now_utc(), heartbeat_deadline: Some(long_ago) };
+    work(&store, LicenseKeys::Nothing, Changeset { heartbeats: vec![beat], ..Changeset::default() }).await.unwrap();
+    assert_eq!(ids(&load_license(&store, sweep()).await), [later.id], "a heartbeat writes the deadline it is given");
+}
+
+#[tokio::test]
+async fn licenses_keep_their_kind_updates_window_and_trial_flag_and_a_trial_is_recorded_once() {
+    let (_db, store) = fresh_store().await;
+    let trial = License {
+        kind: LicenseKind::Perpetual,
+        updates_until: Some(at(1_790_000_000, 123_000)),
+        trial: true,
+        user_id: None,
+        ..manual_license("nobody")
+    };
+    let hash = vec![7u8; 32];
+    let taken = TrialUse { plan_id: "pro".into(), fingerprint_hash: hash.clone(), license_id: trial.id };
+    let changes =
+        Changeset { new_licenses: vec![trial.clone()], trial_uses: vec![taken.clone()], ..Changeset::default() };
+    let tried =
+        |plan: &str, hash: &[u8]| LicenseKeys::Trial { plan_id: plan.to_owned(), fingerprint_hash: hash.to_vec() };
+    let before = work(&store, tried("pro", &hash), changes).await.unwrap();
+    assert_eq!(before.used_trial, None, "no trial yet");
+    assert!(before.licenses.is_empty() && before.devices.is_empty(), "a trial's unit reads nothing else");
+    assert_eq!(
+        store.license_by_key_hash(&trial.key.lookup_hash()).await.unwrap(),
+        Some(trial.clone()),
+        "read back whole"
+    );
+    assert_eq!(load_license(&store, tried("pro", &hash)).await.used_trial, Some(trial.id));
+    assert_eq!(load_license(&store, tried("team", &hash)).await.used_trial, None, "per plan");
+    assert_eq!(load_license(&store, tried("pro", &[8u8; 32])).await.used_trial, None, "per machine");
+    let twice = Changeset { trial_uses: vec![taken], ..Changeset::default() };
+    let err = work(&store, LicenseKeys::Nothing, twice).await.expect_err("one trial per plan and machine");
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+
+    // An admin save keeps the kind and trial flag and moves the window.
+    let moved = License { updates_until: None, ..trial.clone() };
+    work(&store, LicenseKeys::Nothing, Changeset { saved_licenses: vec![moved.clone()], ..Changeset::default() })
+        .await
+        .unwrap();
+    assert_eq!(store.license_by_key_hash(&trial.key.lookup_hash()).await.unwrap(), Some(moved));
+}
+
+#[tokio::test]
+async fn a_trial_waits_for_an_uncommitted_trial_of_the_same_plan_and_machine() {
+    for commit in [false, true] {
+        let (db, store) = fresh_store().await;
+        let license = manual_license("nobody");
+        work(&store, LicenseKeys::Nothing, Changeset { new_licenses: vec![license.clone()], ..Changeset::default() })
+            .await
+            .unwrap();
+        let hash = [9u8; 32];
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let holder = match backend() {
+            // What a trial's own unit of work takes and writes.
+            Backend::Postgres => {
+                db.hold(&format!(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('trial pro {hex}', 0));
+                     INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id)
+                     VALUES ('pro', '\\x{hex}', '{}')",
+                    license.id
+                ))
+                .await
+            }
+            Backend::Sqlite => {
+                db.hold(&format!(
+                    "INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id) VALUES ('pro', x'{hex}', '{}')",
+                    license.id
+                ))
+                .await
+            }
+        };
+        let racing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let keys = LicenseKeys::Trial { plan_id: "pro".into(), fingerprint_hash: hash.to_vec() };
+                load_license(&store, keys).await.used_trial
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!racing.is_finished(), "commit {commit}: the second trial waits for the first");
+        holder.end(commit).await;
+        let used = tokio::time::timeout(Duration::from_secs(10), racing).await.expect("no deadlock").unwrap();
+        assert_eq!(used, commit.then_some(license.id), "commit {commit}: it sees what the first committed");
     }
 }
 
@@ -1828,7 +1961,14 @@ async fn heartbeats_and_downgrades_of_one_license_do_not_deadlock() {
                 let (keys, changes) = match n % 2 {
                     0 => (
                         LicenseKeys::DeviceByToken { token_hash: format!("token-{}", n % 4).into_bytes() },
-                        Changeset { heartbeats: vec![(device_id, Timestamp::now_utc())], ..Changeset::default() },
+                        Changeset {
+                            heartbeats: vec![HeartbeatWrite {
+                                device_id,
+                                at: Timestamp::now_utc(),
+                                heartbeat_deadline: None,
+                            }],
+                            ..Changeset::default()
+                        },
                     ),
                     _ => (
                         LicenseKeys::License { license_id },
@@ -2021,14 +2161,11 @@ const T: i64 = 1_764_000_000;
 
 fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).unwrap()
 }
@@ -2366,7 +2503,7 @@ async fn scenario<S: Store>(store: S) -> Vec<Value> {
     assert_eq!(refused, json!({ "error": "TooManyDevices { max_devices: 1 }" }));
 
     let user = Actor::user("user_1");
-    let renamed = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
+    let (renamed, _) = billing.rename_device_of_user(Some("user_1"), e.id, "  Laptop ", &user).await.unwrap();
     assert_eq!(renamed.name.as_deref(), Some("Laptop"));
     let stranger = billing.rename_device_of_user(Some("user_2"), e.id, "Mine", &user).await.unwrap_err();
     assert!(matches!(stranger, LicensingError::DeviceNotFound), "{stranger:?}");
@@ -2800,6 +2937,9 @@ async fn the_license_listing_filters_by_the_effective_status_the_domain_computes
         entitlements: Vec::new(),
         metadata: serde_json::Map::new(),
         overrides,
+        kind: LicenseKind::Subscription,
+        updates_until: None,
+        trial: false,
     };
     let none = LicenseOverrides::default();
     let (_, stripe_license) = seed_license(&store, "sub_1", "cus_1", "user_1").await;
@@ -2883,6 +3023,9 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
             expires_at: Some(at(1_900_000_000, 123_000)),
             suspended_at: None,
         },
+        kind: LicenseKind::Perpetual,
+        updates_until: Some(at(1_950_000_000, 456_000)),
+        trial: false,
     };
     let audit = |license: &License, kind| LicenseAudit {
         client_addr: None,

@@ -20,7 +20,7 @@
 //! `BENCH_ACTIONS` (default 2000) sets how many actions are timed.
 
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
@@ -143,16 +143,7 @@ async fn main() {
     let store_handle = fresh_store().await;
     let store = AnyStore::open(&store_handle.location, 16).await.unwrap();
     store.migrate().await.unwrap();
-    let plan = Plan {
-        id: PlanId("pro".into()),
-        name: "Pro".into(),
-        stripe_price_id: "price_pro".into(),
-        max_devices: 3,
-        amount: None,
-        currency: None,
-        interval: None,
-        features: vec![],
-    };
+    let plan = Plan::new("pro", "Pro", "price_pro", 3);
     let licensing = LicensingConfig::new(Arc::new(SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()).unwrap()));
     let config = BillingConfig::new(PlanCatalog::new(vec![plan]).unwrap(), licensing)
         .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))

@@ -28,7 +28,7 @@
 use anyhow::{ensure, Context};
 use billing_core::certificate::SigningKey;
 use billing_core::domain::vendor_webhook::WebhookSecret;
-use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
@@ -203,14 +203,10 @@ async fn measure(location: &StoreLocation, events: usize, concurrency: usize, en
     let store = AnyStore::open(location, 4 * std::thread::available_parallelism().map_or(2, |n| n.get())).await?;
     store.migrate().await?;
     let plan = Plan {
-        id: PlanId("pro".into()),
-        name: "Pro".into(),
-        stripe_price_id: PRICE.into(),
-        max_devices: 3,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
-        features: vec![],
+        ..Plan::new("pro", "Pro", PRICE, 3)
     };
     let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8())?;
     let secrets = WebhookSecrets::parse(STRIPE_SECRET).context("a Stripe secret")?;

@@ -52,6 +52,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BILLING_LICENSE_SIGNING_KEY", "path to the Ed25519 PKCS#8 key signing certificates (billing-server keygen)"),
     ("BILLING_RATE_LIMIT_PER_MINUTE", "failed license lookups allowed per client address and minute (default 60)"),
     (
+        "BILLING_TRIALS_PER_HOUR",
+        "trial requests allowed per client address and hour, every attempt counted (default 5, minimum 1)",
+    ),
+    (
         "BILLING_TRUSTED_PROXIES",
         "comma-separated proxy addresses or ranges (e.g. 10.0.0.0/8): only from these is the client address read from Forwarded or X-Forwarded-For (default none)",
     ),
@@ -76,6 +80,10 @@ pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 10;
 /// arriving can hold to this many times `BILLING_MAX_BODY_BYTES` (64 MB by
 /// default). Bodies that arrive with their head, nearly all, never count.
 pub const DEFAULT_MAX_PENDING_BODIES: usize = 64;
+
+/// Default of `BILLING_TRIALS_PER_HOUR`: a household or an office behind
+/// one address tries a handful of machines, not dozens.
+pub const DEFAULT_TRIALS_PER_HOUR: u32 = 5;
 
 /// Default of `BILLING_STRIPE_SYNC_RATE`: Stripe allows 100 read requests
 /// per second in live mode and 25 in test mode; 20 leaves room for the
@@ -120,6 +128,8 @@ pub struct Config {
     pub license_signing_key: Option<PathBuf>,
     /// Failed lookups per address and minute.
     pub rate_limit_per_minute: u32,
+    /// Trial requests per address and hour.
+    pub trials_per_hour: u32,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Outbox retention in days.
@@ -161,6 +171,7 @@ impl std::fmt::Debug for Config {
             .field("offline_ttl_secs", &self.offline_ttl_secs)
             .field("license_signing_key", &self.license_signing_key)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("trials_per_hour", &self.trials_per_hour)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("outbox_retention_days", &self.outbox_retention_days)
             .field("log_json", &self.log_json)
@@ -293,6 +304,10 @@ impl Config {
             rate_limit_per_minute: at_least_one(
                 parse_number(var("BILLING_RATE_LIMIT_PER_MINUTE"), "BILLING_RATE_LIMIT_PER_MINUTE", 60)?,
                 "BILLING_RATE_LIMIT_PER_MINUTE",
+            )?,
+            trials_per_hour: at_least_one(
+                parse_number(var("BILLING_TRIALS_PER_HOUR"), "BILLING_TRIALS_PER_HOUR", DEFAULT_TRIALS_PER_HOUR)?,
+                "BILLING_TRIALS_PER_HOUR",
             )?,
             outbox_retention_days: at_least_one(
                 parse_number(var("BILLING_OUTBOX_RETENTION_DAYS"), "BILLING_OUTBOX_RETENTION_DAYS", 7)?,
@@ -502,6 +517,36 @@ mod tests {
         assert!(e.contains("max_devics"), "{e}");
         let e = format!("{:#}", parse_plans(&plan.replace("[[plans]]", "[[plan]]")).unwrap_err());
         assert!(e.contains("plan"), "{e}");
+    }
+
+    #[test]
+    fn the_plans_file_reads_every_policy_key_and_refuses_bad_values_naming_them() {
+        use billing_core::domain::{DevicePolicy, LicenseKind};
+        let plan = "[[plans]]\nid = \"studio\"\nname = \"Studio\"\nstripe_price_id = \"price_s\"\nmax_devices = 1\n";
+        let full = format!(
+            "{plan}kind = \"perpetual\"\nupdates_months = 12\ndevice_policy = \"node_locked\"\n\
+             heartbeat_window_secs = 86400\noffline_ttl_secs = 2592000\ntrial_days = 14\noffline_activation_days = 30\n"
+        );
+        let catalog = parse_plans(&full).unwrap();
+        let p = &catalog.all()[0];
+        assert_eq!(
+            (p.kind, p.updates_months, p.device_policy),
+            (LicenseKind::Perpetual, Some(12), DevicePolicy::NodeLocked)
+        );
+        assert_eq!((p.heartbeat_window_secs, p.offline_ttl_secs), (Some(86400), Some(2_592_000)));
+        assert_eq!((p.trial_days, p.offline_activation_days), (Some(14), 30));
+        let defaults = parse_plans(plan).unwrap();
+        assert_eq!(defaults.all()[0].offline_activation_days, 365);
+        for (bad, named) in [
+            ("kind = \"forever\"\n", "forever"),
+            ("device_policy = \"nodelocked\"\n", "nodelocked"),
+            ("trial_days = 0\n", "trial_days"),
+            ("heartbeat_window_secs = -5\n", "heartbeat_window_secs"),
+            ("updates_months = 12\n", "updates_months"),
+        ] {
+            let e = format!("{:#}", parse_plans(&format!("{plan}{bad}")).unwrap_err());
+            assert!(e.contains(named), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use config::Config;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ratelimit::FailureLimiter;
+use ratelimit::{AttemptLimiter, FailureLimiter};
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::net::IpAddr;
@@ -69,6 +69,8 @@ pub struct AppState {
     pub failures_by_addr: FailureLimiter<IpAddr>,
     /// Failed activations per license key (hash).
     pub failures_by_key: FailureLimiter<Vec<u8>>,
+    /// Trial requests per client address, every one counted.
+    pub trials_by_addr: AttemptLimiter<IpAddr>,
     /// How often the reaper looks for dead devices.
     pub reaper_interval: Duration,
     /// Flips to true when the server shuts down (ends SSE streams).
@@ -94,6 +96,8 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Failed lookups per address (and per key) and minute.
     pub rate_limit_per_minute: u32,
+    /// Trial requests per address and hour.
+    pub trials_per_hour: u32,
     /// Event hub settings.
     pub hub: HubConfig,
     /// Proxies whose forwarding headers name the client.
@@ -109,6 +113,7 @@ impl Default for ServerOptions {
             max_pending_bodies: config::DEFAULT_MAX_PENDING_BODIES,
             header_read_timeout: Duration::from_secs(30),
             rate_limit_per_minute: 60,
+            trials_per_hour: config::DEFAULT_TRIALS_PER_HOUR,
             hub: HubConfig::default(),
             trusted_proxies: client_addr::TrustedProxies::default(),
         }
@@ -130,6 +135,7 @@ impl AppState {
             body_timeout: Duration::from_secs(config.body_timeout_secs),
             max_pending_bodies: config.max_pending_bodies,
             rate_limit_per_minute: config.rate_limit_per_minute,
+            trials_per_hour: config.trials_per_hour,
             trusted_proxies: config.trusted_proxies.clone(),
             hub: HubConfig {
                 retention: time::Duration::days(i64::from(config.outbox_retention_days)),
@@ -157,6 +163,9 @@ impl AppState {
             trusted_proxies: options.trusted_proxies,
             failures_by_addr: FailureLimiter::per_minute(per_minute),
             failures_by_key: FailureLimiter::per_minute(per_minute),
+            trials_by_addr: AttemptLimiter::per_hour(
+                NonZeroU32::new(options.trials_per_hour.max(1)).expect("at least one"),
+            ),
             reaper_interval,
             shutdown: watch::channel(false).0,
             metrics: metrics::Metrics::new(),
@@ -270,6 +279,7 @@ fn spawn_background(state: &Arc<AppState>) {
             }
             state.failures_by_addr.prune();
             state.failures_by_key.prune();
+            state.trials_by_addr.prune();
         }
     });
 }

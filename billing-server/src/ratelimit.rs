@@ -1,7 +1,9 @@
 //! Rate limiting of failed lookups (validate, activate): a keyed GCRA
 //! limiter (governor) counts failures; once a client exceeds its quota, all
 //! its lookups are refused until the quota refills, so a hit cannot be told
-//! apart from a miss while blocked.
+//! apart from a miss while blocked. Trials are limited otherwise: every
+//! attempt counts ([`AttemptLimiter`]), since a trial that succeeds is what
+//! an abuser wants.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -57,9 +59,44 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     }
 }
 
+/// Attempts per key and hour, every attempt counted (trials per client
+/// address): a burst of the quota, then one more each `1/quota` hour.
+pub struct AttemptLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> AttemptLimiter<K> {
+    /// At most `per_hour` attempts an hour per key.
+    pub fn per_hour(per_hour: NonZeroU32) -> Self {
+        Self { limiter: RateLimiter::keyed(Quota::per_hour(per_hour)) }
+    }
+
+    /// Counts an attempt; `Err(retry_after)` when it is one too many (it
+    /// then counts for nothing).
+    pub fn attempt(&self, key: &K) -> Result<(), Duration> {
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()).max(Duration::from_secs(1)))
+    }
+
+    /// Forgets keys whose state no longer matters (call periodically).
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_attempt_counts_and_the_one_past_the_quota_is_refused() {
+        let limiter = AttemptLimiter::per_hour(NonZeroU32::new(2).unwrap());
+        assert!(limiter.attempt(&"a").is_ok() && limiter.attempt(&"a").is_ok());
+        let wait = limiter.attempt(&"a").unwrap_err();
+        assert!(wait >= Duration::from_secs(60) && wait <= Duration::from_secs(1800), "{wait:?}");
+        assert!(limiter.attempt(&"b").is_ok(), "other keys are unaffected");
+    }
 
     #[test]
     fn blocks_after_quota_and_refuses_everything_while_blocked() {

@@ -5,6 +5,7 @@
 pub mod admin_reads;
 
 use billing_core::billing::rfc3339;
+use billing_core::domain::device::Liveness;
 use billing_core::domain::{Device, DeviceStatus, License, Plan, Subscription, Timestamp};
 use billing_core::storage::{ChangeEntry, PaymentRecord};
 use serde::Serialize;
@@ -120,6 +121,9 @@ pub struct LicenseView {
     max_devices: u32,
     expires_at: Option<String>,
     grace_ends_at: Option<String>,
+    kind: &'static str,
+    updates_until: Option<String>,
+    trial: bool,
     devices: Vec<DeviceView>,
 }
 
@@ -136,6 +140,9 @@ impl LicenseView {
             max_devices: t.max_devices,
             expires_at: ts(t.expires_at),
             grace_ends_at: ts(t.grace_ends_at),
+            kind: license.kind.as_str(),
+            updates_until: ts(license.updates_until),
+            trial: license.trial,
             devices,
         }
     }
@@ -152,6 +159,10 @@ pub struct PlanView<'a> {
     currency: Option<&'a str>,
     interval: Option<&'a str>,
     features: &'a [String],
+    kind: &'static str,
+    updates_months: Option<u32>,
+    device_policy: &'static str,
+    trial_days: Option<u32>,
 }
 
 impl<'a> From<&'a Plan> for PlanView<'a> {
@@ -165,6 +176,10 @@ impl<'a> From<&'a Plan> for PlanView<'a> {
             currency: p.currency.as_deref(),
             interval: p.interval.as_deref(),
             features: &p.features,
+            kind: p.kind.as_str(),
+            updates_months: p.updates_months,
+            device_policy: p.device_policy.as_str(),
+            trial_days: p.trial_days,
         }
     }
 }
@@ -186,9 +201,9 @@ pub struct DeviceView {
 }
 
 impl DeviceView {
-    /// The view at `now` given the heartbeat window.
-    pub fn new(d: &Device, now: Timestamp, window: time::Duration) -> Self {
-        let status = if d.is_overdue(now, window) { DeviceStatus::Dead } else { d.status };
+    /// The view at `now`, judged by its license's `liveness`.
+    pub fn new(d: &Device, now: Timestamp, liveness: Liveness) -> Self {
+        let status = if d.is_overdue(now, liveness) { DeviceStatus::Dead } else { d.status };
         Self {
             id: d.id,
             license_id: d.license_id,
@@ -197,7 +212,7 @@ impl DeviceView {
             platform: d.platform.clone(),
             app_version: d.app_version.clone(),
             status: status.as_str(),
-            alive: d.is_alive(now, window),
+            alive: d.is_alive(now, liveness),
             activated_at: rfc3339(d.activated_at),
             last_seen_at: rfc3339(d.last_heartbeat_at),
             deactivated_at: ts(d.deactivated_at),
@@ -215,6 +230,9 @@ pub struct LicenseInfo {
     expires_at: Option<String>,
     grace_ends_at: Option<String>,
     entitlements: Vec<String>,
+    kind: &'static str,
+    updates_until: Option<String>,
+    trial: bool,
 }
 
 impl LicenseInfo {
@@ -229,6 +247,9 @@ impl LicenseInfo {
             expires_at: ts(t.expires_at),
             grace_ends_at: ts(t.grace_ends_at),
             entitlements,
+            kind: license.kind.as_str(),
+            updates_until: ts(license.updates_until),
+            trial: license.trial,
         }
     }
 }

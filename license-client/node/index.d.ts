@@ -151,6 +151,12 @@ export interface License {
   graceEndsAt?: string
   /** The plan's features. */
   entitlements: Array<string>
+  /** `subscription` or `perpetual` (absent from a server that predates them). */
+  kind?: string
+  /** Builds released after this (RFC 3339) are not covered; absent: every build is. */
+  updatesUntil?: string
+  /** A card-less trial (`expiresAt` is when it ends). */
+  trial: boolean
 }
 
 /** Options of `new LicenseClient(options)`. */
@@ -175,6 +181,13 @@ export interface LicenseClientOptions {
   appSalt?: string
   /** Reported as the device's app version. */
   appVersion?: string
+  /**
+   * When this build was released, RFC 3339 (e.g. `2026-03-01T00:00:00Z`,
+   * or `date.toISOString()`): sent on validation and checked offline, so
+   * that a license whose updates window closed before it answers
+   * `UPDATES_EXPIRED`. Absent: no window is checked.
+   */
+  appReleasedAt?: string
   /** Timeout of each request in milliseconds (default 30000). */
   requestTimeoutMs?: number
 }
@@ -203,8 +216,8 @@ export interface ValidationResult {
   /** Whether the app may run licensed. */
   valid: boolean
   /**
-   * `VALID`, `REVOKED`, `EXPIRED`, `SUSPENDED`, `NOT_FOUND`,
-   * `NOT_ACTIVATED`, `HEARTBEAT_DEAD`, or offline only
+   * `VALID`, `REVOKED`, `EXPIRED`, `SUSPENDED`, `UPDATES_EXPIRED`,
+   * `NOT_FOUND`, `NOT_ACTIVATED`, `HEARTBEAT_DEAD`, or offline only
    * `CERTIFICATE_EXPIRED`, `INVALID_CERTIFICATE`, `FINGERPRINT_MISMATCH`,
    * `CLOCK_ROLLBACK`.
    */
@@ -213,4 +226,9 @@ export interface ValidationResult {
   offline: boolean
   /** The license as last known. */
   license?: License
+  /**
+   * The end of the license's updates window (RFC 3339), as last known:
+   * builds released after it answer `UPDATES_EXPIRED`. Absent: every build is covered.
+   */
+  updatesUntil?: string
 }

@@ -28,6 +28,8 @@ pub(crate) struct ActivateResponse {
 struct ValidateRequest<'a> {
     license_key: &'a str,
     fingerprint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_released_at: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -86,8 +88,13 @@ impl Api {
         Ok((created, read(response).await?))
     }
 
-    pub async fn validate(&self, license_key: &Secret, fingerprint: &str) -> Result<ValidateResponse, Error> {
-        let body = ValidateRequest { license_key: license_key.expose(), fingerprint };
+    pub async fn validate(
+        &self,
+        license_key: &Secret,
+        fingerprint: &str,
+        app_released_at: Option<&str>,
+    ) -> Result<ValidateResponse, Error> {
+        let body = ValidateRequest { license_key: license_key.expose(), fingerprint, app_released_at };
         read(self.http.post(self.url("/api/license/validate")).json(&body).send().await?).await
     }
 

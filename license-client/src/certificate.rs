@@ -76,6 +76,16 @@ pub struct CertificateClaims {
     pub max_devices: u32,
     /// The plan's features.
     pub entitlements: Vec<String>,
+    /// `subscription` or `perpetual` (`None` from a server that predates them).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The end of the updates window (Unix seconds): offline too, a build
+    /// released after it is `UPDATES_EXPIRED`. `None`: every build is covered.
+    #[serde(default)]
+    pub updates_until: Option<i64>,
+    /// A card-less trial.
+    #[serde(default)]
+    pub trial: bool,
     /// Issued at (Unix seconds, the server's clock).
     pub iat: i64,
     /// Expires at (Unix seconds).

@@ -35,6 +35,11 @@ pub struct ClientConfig {
     pub app_salt: String,
     /// Sent as the device's `app_version` unless an activation says otherwise.
     pub app_version: Option<String>,
+    /// When this build was released (see [`parse_release_date`]): sent on
+    /// validation, and checked offline against the certificate, so that a
+    /// license whose updates window closed before it answers
+    /// `UPDATES_EXPIRED`. `None`: no window is checked.
+    pub app_released_at: Option<SystemTime>,
     /// Timeout of each API request.
     pub request_timeout: Duration,
     /// The wall clock.
@@ -51,6 +56,7 @@ impl ClientConfig {
             public_key: None,
             app_salt: "license-client".to_owned(),
             app_version: None,
+            app_released_at: None,
             request_timeout: Duration::from_secs(30),
             clock: Arc::new(SystemTime::now),
         }
@@ -64,6 +70,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("store_dir", &self.store_dir)
             .field("public_key", &self.public_key)
             .field("app_version", &self.app_version)
+            .field("app_released_at", &self.app_released_at)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
@@ -75,6 +82,8 @@ pub(crate) struct Inner {
     store_dir: PathBuf,
     public_key: Option<PublicKey>,
     app_version: Option<String>,
+    /// [`ClientConfig::app_released_at`] in Unix seconds.
+    app_released_at: Option<i64>,
     fingerprint: Fingerprint,
     clock: Clock,
     state: Mutex<StoredState>,
@@ -96,6 +105,27 @@ impl std::fmt::Debug for LicenseClient {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Reads an app's release date written as RFC 3339 (e.g.
+/// `2026-03-01T00:00:00Z`), for [`ClientConfig::app_released_at`].
+pub fn parse_release_date(text: &str) -> Result<SystemTime, Error> {
+    let parsed = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map_err(|_| Error::InvalidReleaseDate)?;
+    Ok(SystemTime::from(parsed))
+}
+
+/// Unix seconds as RFC 3339, as the server reads `app_released_at`.
+fn rfc3339(unix: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
 }
 
 impl LicenseClient {
@@ -125,6 +155,7 @@ impl LicenseClient {
                 store_dir: config.store_dir,
                 public_key: config.public_key,
                 app_version: config.app_version,
+                app_released_at: config.app_released_at.map(unix_seconds),
                 fingerprint,
                 clock: config.clock,
                 state: Mutex::new(state),
@@ -282,7 +313,9 @@ impl LicenseClient {
         let Some(activation) = lock(&self.inner.state).activation.clone() else {
             return Ok(Validation::new(ValidationCode::NotActivated, false, None));
         };
-        let answer = match self.inner.api.validate(&activation.license_key, self.inner.fingerprint.as_str()).await {
+        let released = self.inner.app_released_at.and_then(rfc3339);
+        let fingerprint = self.inner.fingerprint.as_str();
+        let answer = match self.inner.api.validate(&activation.license_key, fingerprint, released.as_deref()).await {
             Ok(answer) => answer,
             Err(e) if e.is_unavailable() => {
                 tracing::info!(code = e.code(), "license server unavailable; validating offline");
@@ -293,9 +326,12 @@ impl LicenseClient {
         let code = ValidationCode::parse(&answer.code);
         let now = self.now();
         let license = answer.license.unwrap_or(activation.license);
+        // An updates-window verdict is about this build, not the license:
+        // offline, the certificate's window judges whichever build asks.
+        let refused = !matches!(code, ValidationCode::Valid | ValidationCode::UpdatesExpired);
         self.update_activation(&activation.activation_token, |last_seen, a| {
             a.license = license.clone();
-            a.refusal = (code != ValidationCode::Valid).then(|| code.as_str().to_owned());
+            a.refusal = refused.then(|| code.as_str().to_owned());
             a.last_online_at = Some(now);
             *last_seen = (*last_seen).max(now);
         })?;
@@ -316,8 +352,16 @@ impl LicenseClient {
                 .public_key
                 .clone()
                 .or_else(|| state.pinned_key.as_deref().and_then(|k| PublicKey::from_base64url(k).ok()));
-            let verdict =
-                offline::verdict(activation, key.as_ref(), self.inner.fingerprint.as_str(), now, state.last_seen);
+            let verdict = offline::verdict(
+                activation,
+                key.as_ref(),
+                &offline::Asking {
+                    fingerprint: self.inner.fingerprint.as_str(),
+                    app_released_at: self.inner.app_released_at,
+                },
+                now,
+                state.last_seen,
+            );
             (verdict, state.last_seen)
         };
         if now > last_seen {

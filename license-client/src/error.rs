@@ -47,13 +47,16 @@ pub enum Error {
     /// Background work needs a Tokio runtime and there is none on this thread.
     #[error("no Tokio runtime is running on this thread")]
     NoRuntime,
+    /// An app release date that is not an RFC 3339 timestamp.
+    #[error("the app's release date must be an RFC 3339 timestamp, e.g. 2026-03-01T00:00:00Z")]
+    InvalidReleaseDate,
 }
 
 impl Error {
     /// A stable machine-readable code: the server's code for refusals,
     /// otherwise one of `NETWORK`, `INVALID_RESPONSE`, `NOT_ACTIVATED`,
     /// `INVALID_CERTIFICATE`, `INVALID_PUBLIC_KEY`, `INVALID_SERVER_URL`,
-    /// `STORE`, `NO_RUNTIME`.
+    /// `STORE`, `NO_RUNTIME`, `INVALID_RELEASE_DATE`.
     pub fn code(&self) -> &str {
         match self {
             Self::Server { code, .. } => code,
@@ -65,6 +68,7 @@ impl Error {
             Self::InvalidServerUrl => "INVALID_SERVER_URL",
             Self::Store { .. } => "STORE",
             Self::NoRuntime => "NO_RUNTIME",
+            Self::InvalidReleaseDate => "INVALID_RELEASE_DATE",
         }
     }
 

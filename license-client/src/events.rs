@@ -114,6 +114,15 @@ pub struct LicenseChanged {
     pub expires_at: Option<String>,
     /// End of grace (RFC 3339).
     pub grace_ends_at: Option<String>,
+    /// `subscription` or `perpetual` (`None` from a server that predates them).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// End of the updates window (RFC 3339); `None`: every build is covered.
+    #[serde(default)]
+    pub updates_until: Option<String>,
+    /// A card-less trial.
+    #[serde(default)]
+    pub trial: bool,
 }
 
 /// `subscription.updated`: the Stripe subscription behind the license changed.

@@ -32,7 +32,7 @@ mod transport;
 mod types;
 
 pub use certificate::{CertificateClaims, PublicKey};
-pub use client::{ClientConfig, Clock, LicenseClient, EVENT_READ_TIMEOUT};
+pub use client::{parse_release_date, ClientConfig, Clock, LicenseClient, EVENT_READ_TIMEOUT};
 pub use error::Error;
 pub use events::{EventName, EventPayload, LicenseEvent, StreamStop, StreamUpdate, Subscription};
 pub use fingerprint::{Fingerprint, FingerprintSource};

@@ -9,13 +9,24 @@ use crate::types::{Validation, ValidationCode};
 /// clock slightly ahead) and do not count as rollback.
 pub const CLOCK_TOLERANCE_SECS: i64 = 300;
 
+/// Who asks for an offline verdict: this machine, running this build.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asking<'a> {
+    /// This machine's fingerprint.
+    pub fingerprint: &'a str,
+    /// When the running build was released (Unix seconds), if the app said.
+    pub app_released_at: Option<i64>,
+}
+
 /// The offline verdict at `now`, checked in this order: clock rollback
 /// (behind `last_seen` or the certificate's `iat`), signature, fingerprint,
-/// the server's last refusal, the certificate's license status, `exp`.
+/// the server's last refusal, the certificate's license status, its
+/// updates window (a build released after `updates_until` is
+/// `UPDATES_EXPIRED`, as online), `exp`.
 pub(crate) fn verdict(
     activation: &ActivationState,
     key: Option<&PublicKey>,
-    fingerprint: &str,
+    asking: &Asking<'_>,
     now: i64,
     last_seen: i64,
 ) -> Validation {
@@ -30,7 +41,7 @@ pub(crate) fn verdict(
     if now + CLOCK_TOLERANCE_SECS < claims.iat {
         return refuse(ValidationCode::ClockRollback);
     }
-    if claims.fingerprint != fingerprint {
+    if claims.fingerprint != asking.fingerprint {
         return refuse(ValidationCode::FingerprintMismatch);
     }
     if let Some(code) = &activation.refusal {
@@ -38,6 +49,11 @@ pub(crate) fn verdict(
     }
     if let Some(code) = ValidationCode::of_status(&claims.status) {
         return refuse(code);
+    }
+    if let (Some(released), Some(until)) = (asking.app_released_at, claims.updates_until) {
+        if released > until {
+            return refuse(ValidationCode::UpdatesExpired);
+        }
     }
     if now >= claims.exp {
         return refuse(ValidationCode::CertificateExpired);
@@ -70,9 +86,21 @@ mod tests {
         }
 
         fn activation(&self, status: &str, iat: i64, exp: i64, refusal: Option<&str>) -> ActivationState {
+            self.activation_with(status, iat, exp, refusal, None)
+        }
+
+        fn activation_with(
+            &self,
+            status: &str,
+            iat: i64,
+            exp: i64,
+            refusal: Option<&str>,
+            updates_until: Option<i64>,
+        ) -> ActivationState {
             let claims = serde_json::json!({
                 "iss": "billing", "sub": "lic", "license_id": "lic", "device_id": "dev", "fingerprint": "fp",
-                "plan": "pro", "status": status, "max_devices": 2, "entitlements": [], "iat": iat, "exp": exp
+                "plan": "pro", "status": status, "max_devices": 2, "entitlements": [], "iat": iat, "exp": exp,
+                "kind": "perpetual", "updates_until": updates_until, "trial": false
             });
             let input = format!("{}.{}", B64.encode(r#"{"alg":"EdDSA"}"#), B64.encode(claims.to_string()));
             let certificate = format!("{input}.{}", B64.encode(self.pair.sign(input.as_bytes())));
@@ -101,6 +129,9 @@ mod tests {
                     expires_at: None,
                     grace_ends_at: None,
                     entitlements: vec![],
+                    kind: Some("perpetual".into()),
+                    updates_until: None,
+                    trial: false,
                 },
                 certificate,
                 heartbeat_window_secs: 600,
@@ -118,7 +149,7 @@ mod tests {
         let day = 24 * 3600;
         let fresh = f.activation("active", NOW - 60, NOW + day, None);
         let check = |a: &ActivationState, key: &PublicKey, fp: &str, now: i64, last_seen: i64, expected| {
-            let v = verdict(a, Some(key), fp, now, last_seen);
+            let v = verdict(a, Some(key), &Asking { fingerprint: fp, app_released_at: None }, now, last_seen);
             assert_eq!(v.code, expected);
             assert_eq!(v.valid, expected == ValidationCode::Valid);
             assert!(v.offline);
@@ -133,6 +164,29 @@ mod tests {
         check(&f.activation("active", NOW - 60, NOW + day, Some("REVOKED")), &f.key, "fp", NOW, NOW, Revoked);
         check(&f.activation("suspended", NOW - 60, NOW + day, None), &f.key, "fp", NOW, NOW, Suspended);
         check(&fresh, &f.key, "fp", NOW + day, NOW, CertificateExpired);
-        assert_eq!(verdict(&fresh, None, "fp", NOW, NOW).code, InvalidCertificate, "no key, no trust");
+        let asking = Asking { fingerprint: "fp", app_released_at: None };
+        assert_eq!(verdict(&fresh, None, &asking, NOW, NOW).code, InvalidCertificate, "no key, no trust");
+    }
+
+    #[test]
+    fn a_build_released_after_the_certificates_updates_window_is_refused_offline_after_the_status() {
+        let f = Fixture::new();
+        let day = 24 * 3600;
+        let until = NOW - 30 * day;
+        let windowed = f.activation_with("active", NOW - 60, NOW + day, None, Some(until));
+        let check = |a: &ActivationState, released: Option<i64>, now: i64, expected: ValidationCode| {
+            let v = verdict(a, Some(&f.key), &Asking { fingerprint: "fp", app_released_at: released }, now, NOW);
+            assert_eq!(v.code, expected, "released {released:?}");
+        };
+        use ValidationCode::*;
+        check(&windowed, Some(until + 1), NOW, UpdatesExpired);
+        check(&windowed, Some(until), NOW, Valid);
+        check(&windowed, Some(until - day), NOW, Valid);
+        check(&windowed, None, NOW, Valid);
+        check(&f.activation_with("active", NOW - 60, NOW + day, None, None), Some(NOW), NOW, Valid);
+        let suspended = f.activation_with("suspended", NOW - 60, NOW + day, None, Some(until));
+        check(&suspended, Some(until + 1), NOW, Suspended);
+        check(&windowed, Some(until + 1), NOW + 2 * day, UpdatesExpired);
+        check(&windowed, Some(until - 1), NOW + 2 * day, CertificateExpired);
     }
 }

@@ -21,6 +21,16 @@ pub struct LicenseInfo {
     /// The plan's features.
     #[serde(default)]
     pub entitlements: Vec<String>,
+    /// `subscription` or `perpetual` (`None` from a server that predates them).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Builds released after this (RFC 3339) are not covered: validation
+    /// answers `UPDATES_EXPIRED` for them. `None`: every build is.
+    #[serde(default)]
+    pub updates_until: Option<String>,
+    /// A card-less trial (`expires_at` is when it ends).
+    #[serde(default)]
+    pub trial: bool,
 }
 
 /// This device as the server records it.
@@ -102,6 +112,10 @@ pub enum ValidationCode {
     Expired,
     /// Payment trouble or paused.
     Suspended,
+    /// This build was released after the license's updates window closed
+    /// ([`crate::ClientConfig::app_released_at`]): an older build, or a
+    /// renewed window, is needed.
+    UpdatesExpired,
     /// This device is not activated (never, or deactivated).
     NotActivated,
     /// This device missed its heartbeat window; activate again.
@@ -120,6 +134,19 @@ pub enum ValidationCode {
 }
 
 impl ValidationCode {
+    /// The codes the server answers `validate` with, in the order it checks
+    /// them (the offline-only codes are the client's own).
+    pub const SERVER_CODES: [ValidationCode; 8] = [
+        Self::NotFound,
+        Self::Revoked,
+        Self::Expired,
+        Self::Suspended,
+        Self::UpdatesExpired,
+        Self::NotActivated,
+        Self::HeartbeatDead,
+        Self::Valid,
+    ];
+
     /// The wire spelling, e.g. `HEARTBEAT_DEAD`.
     pub fn as_str(&self) -> &str {
         match self {
@@ -128,6 +155,7 @@ impl ValidationCode {
             Self::Revoked => "REVOKED",
             Self::Expired => "EXPIRED",
             Self::Suspended => "SUSPENDED",
+            Self::UpdatesExpired => "UPDATES_EXPIRED",
             Self::NotActivated => "NOT_ACTIVATED",
             Self::HeartbeatDead => "HEARTBEAT_DEAD",
             Self::CertificateExpired => "CERTIFICATE_EXPIRED",
@@ -146,6 +174,7 @@ impl ValidationCode {
             "REVOKED" => Self::Revoked,
             "EXPIRED" => Self::Expired,
             "SUSPENDED" => Self::Suspended,
+            "UPDATES_EXPIRED" => Self::UpdatesExpired,
             "NOT_ACTIVATED" | "UNAUTHORIZED" | "DEVICE_DEACTIVATED" => Self::NotActivated,
             "HEARTBEAT_DEAD" => Self::HeartbeatDead,
             "CERTIFICATE_EXPIRED" => Self::CertificateExpired,
@@ -192,11 +221,15 @@ pub struct Validation {
     pub offline: bool,
     /// The license as last known.
     pub license: Option<LicenseInfo>,
+    /// The end of the license's updates window (RFC 3339), as last known:
+    /// builds released after it are not covered. `None`: every build is.
+    pub updates_until: Option<String>,
 }
 
 impl Validation {
     pub(crate) fn new(code: ValidationCode, offline: bool, license: Option<LicenseInfo>) -> Self {
-        Self { valid: code == ValidationCode::Valid, code, offline, license }
+        let updates_until = license.as_ref().and_then(|l| l.updates_until.clone());
+        Self { valid: code == ValidationCode::Valid, code, offline, license, updates_until }
     }
 }
 
@@ -206,8 +239,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_ones_are_kept() {
-        for code in ["VALID", "NOT_FOUND", "REVOKED", "EXPIRED", "SUSPENDED", "NOT_ACTIVATED", "HEARTBEAT_DEAD"] {
-            assert_eq!(ValidationCode::parse(code).as_str(), code);
+        for code in ValidationCode::SERVER_CODES {
+            assert_eq!(ValidationCode::parse(code.as_str()), code);
+            assert!(!matches!(code, ValidationCode::Other(_)));
         }
         assert_eq!(ValidationCode::parse("DEVICE_DEACTIVATED"), ValidationCode::NotActivated);
         assert_eq!(ValidationCode::parse("NEW_CODE"), ValidationCode::Other("NEW_CODE".into()));

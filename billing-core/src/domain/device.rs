@@ -1,7 +1,8 @@
 //! Devices ("terminals"): activations of a license on one machine, kept
 //! alive by heartbeats. The rules for activating and validating live here.
 
-use super::{License, LicenseStatus, Timestamp};
+pub use super::plan::DevicePolicy;
+use super::{License, LicenseStatus, Plan, Timestamp};
 use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
@@ -65,21 +66,63 @@ pub struct Device {
     pub deactivated_at: Option<Timestamp>,
 }
 
-impl Device {
-    /// Active and heard from within the window.
-    pub fn is_alive(&self, now: Timestamp, window: time::Duration) -> bool {
-        self.status == DeviceStatus::Active && !missed_heartbeat(self.last_heartbeat_at, now, window)
+/// How the devices of one license keep their slots: its plan's policy and
+/// heartbeat window, the server's window where the plan sets none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Floating (silent devices die) or node-locked (slots kept).
+    pub policy: DevicePolicy,
+    /// How long a device may be silent; for a node-locked plan only how
+    /// often its app is told to beat.
+    pub heartbeat_window: time::Duration,
+}
+
+impl Liveness {
+    /// Today's rule: floating, with this window.
+    pub fn floating(heartbeat_window: time::Duration) -> Self {
+        Self { policy: DevicePolicy::Floating, heartbeat_window }
     }
 
-    /// Active by its stored status but silent for longer than the window:
-    /// dead, even if the reaper has not recorded it yet.
-    pub fn is_overdue(&self, now: Timestamp, window: time::Duration) -> bool {
-        self.status == DeviceStatus::Active && missed_heartbeat(self.last_heartbeat_at, now, window)
+    /// The liveness of a license of `plan` (`None`: a plan the catalog does
+    /// not hold, which is floating with the server's window).
+    pub fn of(plan: Option<&Plan>, server_window: time::Duration) -> Self {
+        match plan {
+            Some(plan) => Self { policy: plan.device_policy, heartbeat_window: plan.heartbeat_window(server_window) },
+            None => Self::floating(server_window),
+        }
+    }
+
+    /// The liveness of `license`'s devices: its catalog plan's.
+    pub fn of_license(license: &License, plans: &super::PlanCatalog, server_window: time::Duration) -> Self {
+        Self::of(license.terms.plan_id.as_deref().and_then(|id| plans.by_id(id)), server_window)
+    }
+
+    /// When a device last heard from at `heard_at` dies if it stays silent;
+    /// never under a node-locked plan.
+    pub fn deadline(&self, heard_at: Timestamp) -> Option<Timestamp> {
+        match self.policy {
+            DevicePolicy::Floating => Some(heard_at + self.heartbeat_window),
+            DevicePolicy::NodeLocked => None,
+        }
     }
 }
 
-fn missed_heartbeat(last: Timestamp, now: Timestamp, window: time::Duration) -> bool {
-    now - last > window
+impl Device {
+    /// Active and, under a floating plan, heard from within the window.
+    pub fn is_alive(&self, now: Timestamp, liveness: Liveness) -> bool {
+        self.status == DeviceStatus::Active && !missed_heartbeat(self.last_heartbeat_at, now, liveness)
+    }
+
+    /// Active by its stored status but, under a floating plan, silent for
+    /// longer than the window: dead, even if the reaper has not recorded it
+    /// yet. Never under a node-locked plan.
+    pub fn is_overdue(&self, now: Timestamp, liveness: Liveness) -> bool {
+        self.status == DeviceStatus::Active && missed_heartbeat(self.last_heartbeat_at, now, liveness)
+    }
+}
+
+fn missed_heartbeat(last: Timestamp, now: Timestamp, liveness: Liveness) -> bool {
+    liveness.deadline(last).is_some_and(|deadline| now > deadline)
 }
 
 /// The secret a device authenticates with after activation. Shown once;
@@ -154,17 +197,17 @@ pub fn plan_activation(
     devices: &[Device],
     fingerprint: &str,
     now: Timestamp,
-    window: time::Duration,
+    liveness: Liveness,
 ) -> Result<ActivationPlan, ActivationRefusal> {
     let status = license.effective_status(now);
     if status != LicenseStatus::Active {
         return Err(ActivationRefusal::LicenseNotActive(status));
     }
     let existing = devices.iter().find(|d| d.fingerprint == fingerprint);
-    if existing.is_some_and(|d| d.is_alive(now, window)) {
+    if existing.is_some_and(|d| d.is_alive(now, liveness)) {
         return Ok(ActivationPlan::Reuse(existing.map(|d| d.id).expect("checked above")));
     }
-    let alive = devices.iter().filter(|d| d.is_alive(now, window)).count();
+    let alive = devices.iter().filter(|d| d.is_alive(now, liveness)).count();
     if alive >= license.terms.max_devices as usize {
         return Err(ActivationRefusal::TooManyDevices { max_devices: license.terms.max_devices });
     }
@@ -183,6 +226,8 @@ pub enum ValidationCode {
     Expired,
     /// Payment trouble or paused.
     Suspended,
+    /// The running build was released after the license's updates window.
+    UpdatesExpired,
     /// A fingerprint was given and it is not activated on this license.
     NotActivated,
     /// The fingerprint's device missed its heartbeat window.
@@ -192,6 +237,18 @@ pub enum ValidationCode {
 }
 
 impl ValidationCode {
+    /// Every code, in the order they are checked (the documented order).
+    pub const ALL: [ValidationCode; 8] = [
+        Self::NotFound,
+        Self::Revoked,
+        Self::Expired,
+        Self::Suspended,
+        Self::UpdatesExpired,
+        Self::NotActivated,
+        Self::HeartbeatDead,
+        Self::Valid,
+    ];
+
     /// The wire spelling, e.g. `HEARTBEAT_DEAD`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,6 +256,7 @@ impl ValidationCode {
             Self::Revoked => "REVOKED",
             Self::Expired => "EXPIRED",
             Self::Suspended => "SUSPENDED",
+            Self::UpdatesExpired => "UPDATES_EXPIRED",
             Self::NotActivated => "NOT_ACTIVATED",
             Self::HeartbeatDead => "HEARTBEAT_DEAD",
             Self::Valid => "VALID",
@@ -206,14 +264,27 @@ impl ValidationCode {
     }
 }
 
-/// Validates a license (and optionally one device of it) at `now`.
-/// `device` is the device with the presented fingerprint, if any.
+/// What a validation is asked about besides the license.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationQuery<'a> {
+    /// Whether a fingerprint was given.
+    pub fingerprint_given: bool,
+    /// The license's device with that fingerprint, if any.
+    pub device: Option<&'a Device>,
+    /// When the running build was released, if the app said.
+    pub app_released_at: Option<Timestamp>,
+}
+
+/// Validates a license (and optionally one device of it) at `now`, its
+/// devices judged by `liveness` (its plan's). Checked in
+/// [`ValidationCode::ALL`]'s order: a node-locked license's device is never
+/// `HEARTBEAT_DEAD` (one recorded dead before its plan kept slots is
+/// `NOT_ACTIVATED`: it must activate again).
 pub fn validate(
     license: Option<&License>,
-    fingerprint_given: bool,
-    device: Option<&Device>,
+    query: ValidationQuery<'_>,
     now: Timestamp,
-    window: time::Duration,
+    liveness: Liveness,
 ) -> ValidationCode {
     let Some(license) = license else { return ValidationCode::NotFound };
     match license.effective_status(now) {
@@ -222,11 +293,17 @@ pub fn validate(
         LicenseStatus::Suspended => return ValidationCode::Suspended,
         LicenseStatus::Active => {}
     }
-    if !fingerprint_given {
+    if query.app_released_at.is_some_and(|released| !license.covers_release(released)) {
+        return ValidationCode::UpdatesExpired;
+    }
+    if !query.fingerprint_given {
         return ValidationCode::Valid;
     }
-    match device {
-        Some(d) if d.status == DeviceStatus::Dead || d.is_overdue(now, window) => ValidationCode::HeartbeatDead,
+    let floating = liveness.policy == DevicePolicy::Floating;
+    match query.device {
+        Some(d) if floating && (d.status == DeviceStatus::Dead || d.is_overdue(now, liveness)) => {
+            ValidationCode::HeartbeatDead
+        }
         Some(d) if d.status == DeviceStatus::Active => ValidationCode::Valid,
         _ => ValidationCode::NotActivated,
     }
@@ -234,8 +311,8 @@ pub fn validate(
 
 /// On a downgrade, which live devices lose their slot: the least recently
 /// seen beyond the new limit.
-pub fn evicted_by_limit(devices: &[Device], max_devices: u32, now: Timestamp, window: time::Duration) -> Vec<Uuid> {
-    let mut alive: Vec<&Device> = devices.iter().filter(|d| d.is_alive(now, window)).collect();
+pub fn evicted_by_limit(devices: &[Device], max_devices: u32, now: Timestamp, liveness: Liveness) -> Vec<Uuid> {
+    let mut alive: Vec<&Device> = devices.iter().filter(|d| d.is_alive(now, liveness)).collect();
     alive.sort_by(|a, b| b.last_heartbeat_at.cmp(&a.last_heartbeat_at).then(a.id.cmp(&b.id)));
     alive.into_iter().skip(max_devices as usize).map(|d| d.id).collect()
 }
@@ -290,7 +367,8 @@ mod tests {
     use time::Duration;
 
     const NOW: Timestamp = datetime!(2026-11-28 12:00 UTC);
-    const WINDOW: Duration = Duration::minutes(10);
+    const WINDOW: Liveness = Liveness { policy: DevicePolicy::Floating, heartbeat_window: Duration::minutes(10) };
+    const LOCKED: Liveness = Liveness { policy: DevicePolicy::NodeLocked, heartbeat_window: Duration::minutes(10) };
 
     fn license(status: LicenseStatus, max_devices: u32) -> License {
         let terms = LicenseTerms { status, max_devices, expires_at: None, grace_ends_at: None, plan_id: None };
@@ -351,7 +429,8 @@ mod tests {
         use ValidationCode as V;
         let active = license(LicenseStatus::Active, 2);
         let check = |l: Option<&License>, fp: bool, d: Option<&Device>, expected: V| {
-            assert_eq!(validate(l, fp, d, NOW, WINDOW), expected);
+            let query = ValidationQuery { fingerprint_given: fp, device: d, app_released_at: None };
+            assert_eq!(validate(l, query, NOW, WINDOW), expected);
         };
         check(None, true, None, V::NotFound);
         check(Some(&license(LicenseStatus::Revoked, 1)), true, Some(&device(1, Dead, 60)), V::Revoked);
@@ -363,6 +442,79 @@ mod tests {
         check(Some(&active), true, Some(&device(1, Dead, 60)), V::HeartbeatDead);
         check(Some(&active), true, Some(&device(1, Active, 11)), V::HeartbeatDead);
         check(Some(&active), true, Some(&device(1, Active, 9)), V::Valid);
+    }
+
+    #[test]
+    fn an_updates_window_that_closed_before_the_release_comes_after_suspended_and_before_the_device() {
+        use DeviceStatus::*;
+        use ValidationCode as V;
+        let released = NOW - Duration::days(30);
+        let window = |status, until| License { updates_until: Some(until), ..license(status, 2) };
+        let check = |l: &License, d: Option<&Device>, released_at, expected: V| {
+            let query = ValidationQuery { fingerprint_given: d.is_some(), device: d, app_released_at: released_at };
+            assert_eq!(
+                validate(Some(l), query, NOW, WINDOW),
+                expected,
+                "{:?} released {released_at:?}",
+                l.updates_until
+            );
+        };
+        let closed = window(LicenseStatus::Active, released - Duration::seconds(1));
+        check(&closed, None, Some(released), V::UpdatesExpired);
+        check(&closed, Some(&device(1, Active, 1)), Some(released), V::UpdatesExpired);
+        check(&closed, Some(&device(1, Deactivated, 1)), Some(released), V::UpdatesExpired);
+        check(&closed, Some(&device(1, Active, 1)), None, V::Valid);
+        check(&window(LicenseStatus::Active, released), Some(&device(1, Active, 1)), Some(released), V::Valid);
+        check(&window(LicenseStatus::Suspended, released - Duration::days(1)), None, Some(released), V::Suspended);
+        check(&window(LicenseStatus::Revoked, released - Duration::days(1)), None, Some(released), V::Revoked);
+        check(&license(LicenseStatus::Active, 2), None, Some(NOW + Duration::days(9999)), V::Valid);
+        let order: Vec<&str> = V::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "NOT_FOUND",
+                "REVOKED",
+                "EXPIRED",
+                "SUSPENDED",
+                "UPDATES_EXPIRED",
+                "NOT_ACTIVATED",
+                "HEARTBEAT_DEAD",
+                "VALID"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_locked_device_keeps_its_slot_however_long_it_is_silent() {
+        use DeviceStatus::*;
+        use ValidationCode as V;
+        let l = license(LicenseStatus::Active, 1);
+        let silent = device(1, Active, 60 * 24 * 365);
+        assert!(silent.is_alive(NOW, LOCKED) && !silent.is_overdue(NOW, LOCKED));
+        assert!(!silent.is_alive(NOW, WINDOW) && silent.is_overdue(NOW, WINDOW));
+        assert_eq!(LOCKED.deadline(NOW), None);
+        assert_eq!(WINDOW.deadline(NOW), Some(NOW + Duration::minutes(10)));
+        let query = |d| ValidationQuery { fingerprint_given: true, device: Some(d), app_released_at: None };
+        assert_eq!(validate(Some(&l), query(&silent), NOW, LOCKED), V::Valid);
+        assert_eq!(validate(Some(&l), query(&silent), NOW, WINDOW), V::HeartbeatDead);
+        assert_eq!(validate(Some(&l), query(&device(1, Dead, 60)), NOW, LOCKED), V::NotActivated);
+        assert_eq!(
+            plan_activation(&l, std::slice::from_ref(&silent), "fp2", NOW, LOCKED),
+            Err(ActivationRefusal::TooManyDevices { max_devices: 1 }),
+            "the silent device still holds its slot"
+        );
+        assert_eq!(plan_activation(&l, std::slice::from_ref(&silent), "fp2", NOW, WINDOW), Ok(ActivationPlan::New));
+        assert!(evicted_by_limit(&[silent.clone(), device(2, Active, 1)], 1, NOW, LOCKED).contains(&silent.id));
+        let pro = crate::domain::Plan {
+            device_policy: DevicePolicy::NodeLocked,
+            heartbeat_window_secs: Some(60),
+            ..crate::domain::Plan::new("pro", "Pro", "price", 1)
+        };
+        assert_eq!(
+            Liveness::of(Some(&pro), Duration::minutes(10)),
+            Liveness { policy: DevicePolicy::NodeLocked, heartbeat_window: Duration::minutes(1) }
+        );
+        assert_eq!(Liveness::of(None, Duration::minutes(10)), WINDOW);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! License keys and the rule that derives a license's terms from its
 //! subscription.
 
+pub use super::plan::LicenseKind;
 use super::{Plan, Subscription, SubscriptionStatus, Timestamp};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -204,6 +205,14 @@ pub struct License {
     pub metadata: serde_json::Map<String, Value>,
     /// What an admin set, kept across Stripe events.
     pub overrides: LicenseOverrides,
+    /// Subscription or perpetual, as issued: a plan that changes kind in
+    /// the plans file does not change the licenses already sold.
+    pub kind: LicenseKind,
+    /// Builds released after this are not covered (a perpetual license's
+    /// updates window); `None`: every build is.
+    pub updates_until: Option<Timestamp>,
+    /// A card-less trial ([`crate::licensing`]'s trials).
+    pub trial: bool,
 }
 
 impl License {
@@ -219,7 +228,16 @@ impl License {
             entitlements: Vec::new(),
             metadata: serde_json::Map::new(),
             overrides: LicenseOverrides::default(),
+            kind: LicenseKind::Subscription,
+            updates_until: None,
+            trial: false,
         }
+    }
+
+    /// Whether this license covers a build released at `released_at`: a
+    /// build released after its updates window closed is not covered.
+    pub fn covers_release(&self, released_at: Timestamp) -> bool {
+        self.updates_until.is_none_or(|until| released_at <= until)
     }
 
     /// The status at `now`: a past-due license whose grace has run out is
@@ -254,6 +272,25 @@ impl License {
         }
         all
     }
+}
+
+/// The end of the updates window of a perpetual license of `plan` bought
+/// at `bought_at`: `updates_months` calendar months later (on the last day
+/// of a shorter month: 31 January plus one month is 28 or 29 February);
+/// `None` for updates forever (or a subscription plan).
+pub fn updates_window_end(plan: &Plan, bought_at: Timestamp) -> Option<Timestamp> {
+    plan.updates_months.filter(|_| plan.kind == LicenseKind::Perpetual).map(|months| add_months(bought_at, months))
+}
+
+/// `t` plus `months` calendar months, the day clamped to the month's length.
+fn add_months(t: Timestamp, months: u32) -> Timestamp {
+    let total = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1 + i64::from(months);
+    let year = i32::try_from(total.div_euclid(12)).unwrap_or(i32::MAX);
+    let month =
+        time::Month::try_from(u8::try_from(total.rem_euclid(12) + 1).unwrap_or(12)).unwrap_or(time::Month::December);
+    let day = t.day().min(month.length(year));
+    // Within the plans file's limit (a century) every date exists.
+    time::Date::from_calendar_date(year, month, day).map_or(t, |date| t.replace_date(date))
 }
 
 /// See [`License::effective_status`].
@@ -600,6 +637,8 @@ pub struct LicensePatch {
     pub entitlements: Option<Vec<String>>,
     /// Replaces the metadata.
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// Moves the end of the updates window (`Some(None)`: updates forever).
+    pub updates_until: Option<Option<Timestamp>>,
 }
 
 impl AdminChange {
@@ -644,6 +683,9 @@ pub fn apply_admin_change(held: &License, change: &AdminChange, now: Timestamp) 
             }
             if let Some(metadata) = &patch.metadata {
                 next.metadata = metadata.clone();
+            }
+            if let Some(updates_until) = patch.updates_until {
+                next.updates_until = updates_until;
             }
         }
         AdminChange::Suspend => {
@@ -705,16 +747,30 @@ mod tests {
     }
 
     fn pro() -> Plan {
-        Plan {
-            id: PlanId("pro".into()),
-            name: "Pro".into(),
-            stripe_price_id: "price_pro".into(),
-            max_devices: 3,
-            amount: None,
-            currency: None,
-            interval: None,
-            features: vec![],
-        }
+        Plan::new("pro", "Pro", "price_pro", 3)
+    }
+
+    #[test]
+    fn a_perpetual_updates_window_counts_calendar_months_and_a_release_after_it_is_not_covered() {
+        let perpetual = |months| Plan { kind: LicenseKind::Perpetual, updates_months: months, ..pro() };
+        let check = |bought: Timestamp, months, expected: Option<Timestamp>| {
+            assert_eq!(updates_window_end(&perpetual(months), bought), expected, "{bought} + {months:?}");
+        };
+        check(datetime!(2026-01-31 10:00 UTC), Some(1), Some(datetime!(2026-02-28 10:00 UTC)));
+        check(datetime!(2028-01-31 10:00 UTC), Some(1), Some(datetime!(2028-02-29 10:00 UTC)));
+        check(datetime!(2026-03-15 10:00 UTC), Some(12), Some(datetime!(2027-03-15 10:00 UTC)));
+        check(datetime!(2026-11-30 10:00 UTC), Some(3), Some(datetime!(2027-02-28 10:00 UTC)));
+        check(datetime!(2026-03-15 10:00 UTC), Some(1200), Some(datetime!(2126-03-15 10:00 UTC)));
+        check(NOW, None, None);
+        let subscription = Plan { updates_months: Some(12), ..pro() };
+        assert_eq!(updates_window_end(&subscription, NOW), None, "only a perpetual plan has a window");
+
+        let until = NOW + Duration::days(365);
+        let license = License { updates_until: Some(until), ..held(active_terms()) };
+        assert!(license.covers_release(until - Duration::days(100)));
+        assert!(license.covers_release(until), "a build released on the last day is covered");
+        assert!(!license.covers_release(until + Duration::seconds(1)));
+        assert!(held(active_terms()).covers_release(NOW + Duration::days(100_000)), "no window: every build");
     }
 
     #[test]
@@ -1007,8 +1063,10 @@ mod tests {
             expires_at: Some(Some(NOW + Duration::days(2))),
             entitlements: Some(vec!["export".into()]),
             metadata: Some([("crm".to_owned(), Value::from("42"))].into_iter().collect()),
+            updates_until: Some(Some(NOW + Duration::days(365))),
         };
         let patched = apply_admin_change(&license, &AdminChange::Patch(patch), NOW).unwrap();
+        assert_eq!(patched.updates_until, Some(NOW + Duration::days(365)));
         assert_eq!(patched.overrides.max_devices, Some(9));
         assert_eq!(patched.overrides.expires_at, Some(NOW + Duration::days(2)));
         assert_eq!(patched.entitlements, ["export"]);

@@ -16,7 +16,7 @@ pub mod vendor_webhook;
 pub use device::{ActivationToken, Device, DeviceStatus, ValidationCode};
 pub use license::{License, LicenseKey, LicenseOverrides, LicenseSource, LicenseStatus, LicenseTerms};
 pub use payment::{Payment, PaymentStatus};
-pub use plan::{Plan, PlanCatalog, PlanId};
+pub use plan::{DevicePolicy, LicenseKind, Plan, PlanCatalog, PlanId};
 pub use subscription::{Subscription, SubscriptionSnapshot, SubscriptionStatus};
 pub use topic::Topic;
 

@@ -91,6 +91,31 @@ pub struct DeviceActivation {
     pub device: Device,
     /// The hash of the token it now authenticates with (never the token).
     pub token_hash: Vec<u8>,
+    /// When it dies if silent ([`crate::domain::device::Liveness::deadline`]):
+    /// what the reaper sweeps by.
+    pub heartbeat_deadline: Option<Timestamp>,
+}
+
+/// A heartbeat to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatWrite {
+    /// The device heard from.
+    pub device_id: Uuid,
+    /// When.
+    pub at: Timestamp,
+    /// Its new deadline (none for a node-locked plan).
+    pub heartbeat_deadline: Option<Timestamp>,
+}
+
+/// A trial taken: the plan and machine that may never take another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialUse {
+    /// The plan's id.
+    pub plan_id: String,
+    /// SHA-256 of the device fingerprint.
+    pub fingerprint_hash: Vec<u8>,
+    /// The trial's license.
+    pub license_id: Uuid,
 }
 
 /// A `license_changes` row: what happened to a license that no
@@ -150,7 +175,12 @@ pub struct Changeset {
     /// Held devices activated again: new token, details and times, active.
     pub reactivated_devices: Vec<DeviceActivation>,
     /// Heartbeats: devices heard from at a time.
-    pub heartbeats: Vec<(Uuid, Timestamp)>,
+    pub heartbeats: Vec<HeartbeatWrite>,
+    /// Devices whose heartbeat deadline is corrected (the reaper's, after
+    /// a plan's window or policy changed).
+    pub device_deadlines: Vec<(Uuid, Option<Timestamp>)>,
+    /// Trials taken (after the licenses they issue).
+    pub trial_uses: Vec<TrialUse>,
     /// Devices renamed.
     pub device_names: Vec<(Uuid, String)>,
 }

@@ -17,7 +17,9 @@ use super::LicenseRecord;
 use crate::domain::{Device, Subscription, Timestamp};
 use uuid::Uuid;
 
-pub use super::changeset::{Changeset, DeviceActivation, DeviceAudit, LicenseAudit, SubscriptionAudit};
+pub use super::changeset::{
+    Changeset, DeviceActivation, DeviceAudit, HeartbeatWrite, LicenseAudit, SubscriptionAudit, TrialUse,
+};
 
 /// What a unit of work locks and reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +54,25 @@ pub enum LicenseKeys {
         /// Whose it must be.
         user_id: Option<String>,
     },
-    /// Active devices silent since before `cutoff`, least recently seen
-    /// first, at most `limit`, locked; rows another unit holds are skipped
-    /// (so that several reapers share the work). No licenses are read.
+    /// Active devices whose heartbeat deadline passed before `now`,
+    /// soonest passed first, at most `limit`, locked; rows another unit
+    /// holds are skipped (so that several reapers share the work). Their
+    /// licenses are read, not locked (their plans judge the devices; a
+    /// deadline is only where to look).
     OverdueDevices {
-        /// Heartbeats before this are missed.
-        cutoff: Timestamp,
+        /// Deadlines before this have passed.
+        now: Timestamp,
         /// At most this many.
         limit: i64,
+    },
+    /// Whether this plan was ever tried on this machine: the pair is locked
+    /// (also when no row holds it yet, so that parallel trials of one
+    /// machine serialise) and its trial looked up. Nothing else is read.
+    Trial {
+        /// The plan's id.
+        plan_id: String,
+        /// SHA-256 of the device fingerprint.
+        fingerprint_hash: Vec<u8>,
     },
     /// Licenses stored as active whose grace period ended by `now`, soonest
     /// ended first, at most `limit`, locked; rows another unit holds are
@@ -97,6 +110,9 @@ pub struct LicenseBundle {
     /// The devices the keys name by token, by id or as overdue (a
     /// license's devices are in its [`HeldLicense`]).
     pub devices: Vec<Device>,
+    /// [`LicenseKeys::Trial`]: the license of the trial this plan already
+    /// had on this machine.
+    pub used_trial: Option<Uuid>,
 }
 
 impl LicenseBundle {
@@ -143,6 +159,9 @@ pub(crate) mod fixtures {
             entitlements: Vec::new(),
             metadata: serde_json::Map::new(),
             overrides: LicenseOverrides::default(),
+            kind: crate::domain::LicenseKind::Subscription,
+            updates_until: None,
+            trial: false,
         }
     }
 
@@ -176,16 +195,26 @@ pub(crate) mod fixtures {
 
     /// What [`LicenseKeys::License`] or [`LicenseKeys::ActivationOf`] loads.
     pub(crate) fn license_bundle(license: License, devices: Vec<Device>) -> LicenseBundle {
-        LicenseBundle { stamped_at: STAMPED_AT, licenses: vec![held(license, devices)], devices: Vec::new() }
+        LicenseBundle {
+            stamped_at: STAMPED_AT,
+            licenses: vec![held(license, devices)],
+            devices: Vec::new(),
+            used_trial: None,
+        }
     }
 
     /// What a key naming a device loads: the device, and its license without devices.
     pub(crate) fn device_bundle(license: License, device: Device) -> LicenseBundle {
-        LicenseBundle { stamped_at: STAMPED_AT, licenses: vec![held(license, Vec::new())], devices: vec![device] }
+        LicenseBundle {
+            stamped_at: STAMPED_AT,
+            licenses: vec![held(license, Vec::new())],
+            devices: vec![device],
+            used_trial: None,
+        }
     }
 
     /// What a key naming nothing that exists loads.
     pub(crate) fn empty_bundle() -> LicenseBundle {
-        LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new() }
+        LicenseBundle { stamped_at: STAMPED_AT, licenses: Vec::new(), devices: Vec::new(), used_trial: None }
     }
 }

@@ -189,6 +189,11 @@ impl LicenseExtras {
     }
 }
 
+/// A license kind as the stores' text columns hold it.
+pub(crate) fn license_kind(stored: &str) -> Result<crate::domain::LicenseKind, StoreError> {
+    crate::domain::LicenseKind::parse(stored).ok_or_else(|| StoreError::Corrupt("unknown license kind".into()))
+}
+
 /// A device limit as the stores' integer columns hold it.
 pub(crate) fn max_devices_column(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)

@@ -199,10 +199,10 @@ const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
 const LICENSE_COLUMNS: &str =
     "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
      l.plan_id, l.source, l.user_id, l.entitlements, l.metadata, l.max_devices_override, l.expires_at_override, \
-     l.admin_suspended_at";
+     l.admin_suspended_at, l.kind, l.updates_until, l.trial";
 
 /// How many columns [`LICENSE_COLUMNS`] names.
-const LICENSE_COLUMN_COUNT: usize = 15;
+const LICENSE_COLUMN_COUNT: usize = 18;
 
 fn license_from_row(row: &Row) -> Result<License, StoreError> {
     license_from_row_at(row, 0)
@@ -217,6 +217,7 @@ fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
     let max_devices_override: Option<i32> = row.get(first + 12);
     let extras =
         LicenseExtras::decode(&source, row.get(first + 10), row.get(first + 11), max_devices_override.map(i64::from))?;
+    let kind: String = row.get(first + 15);
     Ok(License {
         id: row.get(first),
         subscription_id: row.get(first + 1),
@@ -238,6 +239,9 @@ fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
             expires_at: row.get(first + 13),
             suspended_at: row.get(first + 14),
         },
+        kind: license_kind(&kind)?,
+        updates_until: row.get(first + 16),
+        trial: row.get(first + 17),
     })
 }
 
@@ -290,6 +294,9 @@ fn payment_from_row(row: &Row) -> Result<PaymentRecord, StoreError> {
 
 const DEVICE_COLUMNS: &str = "d.id, d.license_id, d.fingerprint, d.name, d.platform, d.app_version, d.status, \
     d.activated_at, d.last_heartbeat_at, d.deactivated_at";
+
+/// How many columns [`DEVICE_COLUMNS`] names.
+const DEVICE_COLUMN_COUNT: usize = 10;
 
 fn device_from_row(row: &Row) -> Result<Device, StoreError> {
     let status: String = row.get(6);

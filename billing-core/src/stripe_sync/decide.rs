@@ -8,7 +8,7 @@
 //! which [`super::StripeInput::order`] gives).
 
 use super::{Ambiguity, InputOutcome, ListedObject, ListedOutcome, StripeInput};
-use crate::domain::device::evicted_by_limit;
+use crate::domain::device::{evicted_by_limit, Liveness};
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
 use crate::domain::{
@@ -390,7 +390,8 @@ impl<'a> Decisions<'a> {
     fn evict_beyond_limit(&mut self, license: &License, actor: &Actor) {
         let now = self.rules.now;
         let devices = self.held.devices.get(&license.id).cloned().unwrap_or_default();
-        for id in evicted_by_limit(&devices, license.terms.max_devices, now, self.rules.heartbeat_window) {
+        let liveness = Liveness::of_license(license, self.rules.plans, self.rules.heartbeat_window);
+        for id in evicted_by_limit(&devices, license.terms.max_devices, now, liveness) {
             let Some(device) = self.held.devices.get_mut(&license.id).and_then(|ds| ds.iter_mut().find(|d| d.id == id))
             else {
                 continue;

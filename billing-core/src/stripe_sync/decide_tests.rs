@@ -1,7 +1,7 @@
 //! The Stripe decisions, on bundles built by hand: what each input writes.
 
 use super::*;
-use crate::domain::{LicenseStatus, Plan, PlanId};
+use crate::domain::{LicenseStatus, Plan};
 use crate::storage::stripe_sync::HeldCustomer;
 use crate::stripe::Event;
 use bytes::Bytes;
@@ -10,16 +10,7 @@ use time::macros::datetime;
 const NOW: Timestamp = datetime!(2026-11-15 12:00 UTC);
 
 fn plans() -> PlanCatalog {
-    let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.into(),
-        stripe_price_id: price.into(),
-        max_devices,
-        amount: None,
-        currency: None,
-        interval: None,
-        features: Vec::new(),
-    };
+    let plan = |id: &str, price: &str, max_devices| Plan::new(id, id, price, max_devices);
     PlanCatalog::new(vec![plan("basic", "price_basic", 1), plan("pro", "price_pro", 3)]).unwrap()
 }
 

@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
@@ -101,14 +101,11 @@ pub async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 
 pub fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).expect("a valid catalog")
 }

@@ -11,8 +11,9 @@ use crate::views::DeviceView;
 use crate::AppState;
 use billing_core::admin_licenses::{AdminLicense, AdminLicenseError, NewLicense, PatchRequest};
 use billing_core::domain::admin::Scope;
+use billing_core::domain::device::Liveness;
 use billing_core::domain::license::Renewal;
-use billing_core::domain::Timestamp;
+use billing_core::domain::{LicenseKind, Timestamp};
 use billing_core::storage::admin_reads::{LicenseDetail, ListedLicense};
 use hyper::{Request, StatusCode};
 use serde::de::DeserializeOwned;
@@ -97,6 +98,10 @@ struct IssueBody {
     entitlements: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    kind: Option<LicenseKind>,
+    #[serde(default, deserialize_with = "some_timestamp")]
+    updates_until: Option<Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +115,8 @@ struct PatchBody {
     entitlements: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    updates_until: Option<Option<NullableTimestamp>>,
 }
 
 #[derive(Deserialize)]
@@ -130,9 +137,9 @@ fn render(state: &AppState, status: StatusCode, license: AdminLicense) -> Respon
         ListedLicense { record: license.record, device_count: i64::try_from(license.device_count).unwrap_or(i64::MAX) };
     match license.devices {
         Some(devices) => {
-            let window = state.billing.config().licensing.heartbeat_window;
+            let liveness = state.billing.liveness_of(&listed.record.license);
             let detail = LicenseDetail { listed, devices, subscription: license.subscription };
-            json(status, &serde_json::json!({ "license": AdminLicenseDetailView::new(&detail, now, window) }))
+            json(status, &serde_json::json!({ "license": AdminLicenseDetailView::new(&detail, now, liveness) }))
         }
         None => json(status, &serde_json::json!({ "license": AdminLicenseView::new(&listed, now) })),
     }
@@ -149,6 +156,8 @@ pub async fn issue(state: &AppState, request: Request<RequestBody>) -> Result<Re
         expires_at: body.expires_at,
         entitlements: body.entitlements,
         metadata: body.metadata,
+        kind: body.kind,
+        updates_until: body.updates_until,
     };
     let issued = state.billing.issue_manual_license(&principal.actor(), request).await.map_err(admin_license_error)?;
     Ok(render(state, StatusCode::CREATED, issued))
@@ -164,6 +173,7 @@ pub async fn patch(state: &AppState, request: Request<RequestBody>, id: &str) ->
         expires_at: body.expires_at.map(|e| e.map(|NullableTimestamp(t)| t)),
         entitlements: body.entitlements,
         metadata: body.metadata,
+        updates_until: body.updates_until.map(|u| u.map(|NullableTimestamp(t)| t)),
     };
     let patched = state.billing.patch_license(&principal.actor(), id, request).await.map_err(admin_license_error)?;
     Ok(render(state, StatusCode::OK, patched))
@@ -218,8 +228,9 @@ pub async fn delete_device(state: &AppState, request: Request<RequestBody>, id: 
     let id = path_id(id, "device")?;
     no_body(state, request).await?;
     let device = state.billing.admin_deactivate_device(&principal.actor(), id).await.map_err(admin_license_error)?;
-    let window = state.billing.config().licensing.heartbeat_window;
-    Ok(ok(&serde_json::json!({ "device": DeviceView::new(&device, state.billing.now(), window) })))
+    // Deactivated: no liveness makes it alive, whatever its plan.
+    let liveness = Liveness::floating(state.billing.config().licensing.heartbeat_window);
+    Ok(ok(&serde_json::json!({ "device": DeviceView::new(&device, state.billing.now(), liveness) })))
 }
 
 /// `POST /api/admin/licenses/{id}/reset-devices`

@@ -193,8 +193,8 @@ pub async fn license(state: &AppState, request: Request<RequestBody>, id: &str) 
     let no_such = || ApiError::not_found("no such license");
     let id = Uuid::parse_str(id).map_err(|_| no_such())?;
     let detail = state.billing.admin_license(id).await?.ok_or_else(no_such)?;
-    let window = state.billing.config().licensing.heartbeat_window;
-    Ok(ok(&json!({ "license": AdminLicenseDetailView::new(&detail, state.billing.now(), window) })))
+    let liveness = state.billing.liveness_of(&detail.listed.record.license);
+    Ok(ok(&json!({ "license": AdminLicenseDetailView::new(&detail, state.billing.now(), liveness) })))
 }
 
 #[derive(Clone, Copy)]

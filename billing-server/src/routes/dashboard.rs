@@ -54,13 +54,13 @@ pub async fn plans(state: &AppState, request: Request<RequestBody>) -> Result<Re
 pub async fn licenses(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let now = state.billing.now();
-    let window = state.billing.config().licensing.heartbeat_window;
     let licenses = state.billing.licenses(&user).await?;
     let devices = state.billing.devices_of_user(&user).await?;
     let views: Vec<_> = licenses
         .iter()
         .map(|l| {
-            let own = devices.iter().filter(|d| d.license_id == l.id).map(|d| DeviceView::new(d, now, window));
+            let liveness = state.billing.liveness_of(l);
+            let own = devices.iter().filter(|d| d.license_id == l.id).map(|d| DeviceView::new(d, now, liveness));
             LicenseView::new(l, own.collect(), now)
         })
         .collect();

@@ -8,6 +8,7 @@ use crate::http::RequestBody;
 use crate::http::{ok, parse_json, read_body, Response};
 use crate::views::DeviceView;
 use crate::AppState;
+use billing_core::domain::device::Liveness;
 use billing_core::domain::{ActivationToken, Actor, License, LicenseKey};
 use billing_core::storage::Store;
 use hyper::{Request, StatusCode};
@@ -22,9 +23,9 @@ fn device_id(raw: &str) -> Result<Uuid, ApiError> {
 pub async fn list(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
     let (_, user) = target(state, &request)?;
     let now = state.billing.now();
-    let window = state.billing.config().licensing.heartbeat_window;
-    let devices = state.billing.devices_of_user(&user).await?;
-    Ok(ok(&json!({ "terminals": devices.iter().map(|d| DeviceView::new(d, now, window)).collect::<Vec<_>>() })))
+    let terminals = state.billing.terminals_of_user(&user).await?;
+    let views: Vec<_> = terminals.iter().map(|(d, liveness)| DeviceView::new(d, now, *liveness)).collect();
+    Ok(ok(&json!({ "terminals": views })))
 }
 
 pub async fn delete(state: &AppState, request: Request<RequestBody>, id: &str) -> Result<Response, ApiError> {
@@ -33,8 +34,9 @@ pub async fn delete(state: &AppState, request: Request<RequestBody>, id: &str) -
     let owner = (!caller.is_admin).then_some(caller.user_id.as_str());
     let actor = Actor::user(caller.user_id.clone()).from_addr(client_addr(&request));
     let device = state.billing.deactivate_device_of_user(owner, id, &actor).await.map_err(licensing_error)?;
-    let window = state.billing.config().licensing.heartbeat_window;
-    Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), window) })))
+    // Deactivated: no liveness makes it alive, whatever its plan.
+    let liveness = Liveness::floating(state.billing.config().licensing.heartbeat_window);
+    Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), liveness) })))
 }
 
 #[derive(Deserialize)]
@@ -51,9 +53,9 @@ pub async fn rename(state: &AppState, request: Request<RequestBody>, id: &str) -
     let body: RenameBody = parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)?;
     let owner = (!caller.is_admin).then_some(caller.user_id.as_str());
     let actor = Actor::user(caller.user_id.clone()).from_addr(addr);
-    let device = state.billing.rename_device_of_user(owner, id, &body.name, &actor).await.map_err(licensing_error)?;
-    let window = state.billing.config().licensing.heartbeat_window;
-    Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), window) })))
+    let (device, liveness) =
+        state.billing.rename_device_of_user(owner, id, &body.name, &actor).await.map_err(licensing_error)?;
+    Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), liveness) })))
 }
 
 /// `GET /api/events/{licenseKey}`: authorised by an activation token of a
@@ -90,7 +92,7 @@ pub async fn events(state: &AppState, request: Request<RequestBody>, license_key
             // deactivation committed since the first look may have been
             // dispatched before the subscription, and the stream would then
             // never hear it.
-            if !state.billing.device_of_token_is_alive(&token).await? {
+            if !state.billing.device_of_token_is_alive(&token, &listener.license).await? {
                 return Err(refused());
             }
             stream.for_device(device_id)

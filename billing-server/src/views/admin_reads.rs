@@ -3,6 +3,7 @@
 use super::{DeviceView, SubscriptionView};
 use billing_core::admin_reads::CustomerAccount;
 use billing_core::billing::rfc3339;
+use billing_core::domain::device::Liveness;
 use billing_core::domain::Timestamp;
 use billing_core::storage::admin_reads::{AuditRecord, LicenseDetail, LicenseSummary, ListedLicense, StripeDelivery};
 use serde::Serialize;
@@ -170,6 +171,9 @@ pub struct AdminLicenseView {
     entitlements: Vec<String>,
     metadata: serde_json::Map<String, Value>,
     source: &'static str,
+    kind: &'static str,
+    updates_until: Option<String>,
+    trial: bool,
     subscription_id: Option<Uuid>,
     device_count: i64,
     overrides: OverridesView,
@@ -194,6 +198,9 @@ impl AdminLicenseView {
             entitlements: l.entitlements.clone(),
             metadata: l.metadata.clone(),
             source: l.source.as_str(),
+            kind: l.kind.as_str(),
+            updates_until: l.updates_until.map(rfc3339),
+            trial: l.trial,
             subscription_id: l.subscription_id,
             device_count: listed.device_count,
             overrides: OverridesView {
@@ -217,11 +224,11 @@ pub struct AdminLicenseDetailView {
 }
 
 impl AdminLicenseDetailView {
-    /// The view at `now`; devices silent beyond `window` read as dead.
-    pub fn new(detail: &LicenseDetail, now: Timestamp, window: time::Duration) -> Self {
+    /// The view at `now`; devices judged by `liveness` (the license's plan's).
+    pub fn new(detail: &LicenseDetail, now: Timestamp, liveness: Liveness) -> Self {
         Self {
             license: AdminLicenseView::new(&detail.listed, now),
-            devices: detail.devices.iter().map(|d| DeviceView::new(d, now, window)).collect(),
+            devices: detail.devices.iter().map(|d| DeviceView::new(d, now, liveness)).collect(),
             subscription: detail.subscription.as_ref().map(SubscriptionView::from),
         }
     }

@@ -40,7 +40,7 @@ fn access(route: Route) -> Access {
     use Access::*;
     match route {
         Route::Healthz | Route::Readyz | Route::Metrics => Open,
-        Route::Activate | Route::Validate | Route::PublicKey => Open,
+        Route::Activate | Route::Trial | Route::Validate | Route::PublicKey => Open,
         Route::StripeWebhook => StripeSignature,
         Route::Heartbeat | Route::Deactivate => ActivationToken,
         Route::Events => DeviceOrDashboard,
@@ -396,6 +396,7 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::Metrics
         | Route::StripeWebhook
         | Route::Activate
+        | Route::Trial
         | Route::Validate
         | Route::Heartbeat
         | Route::Deactivate

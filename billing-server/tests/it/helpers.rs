@@ -4,7 +4,7 @@
 //! test runs against both in CI.
 
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::events::HubConfig;
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -256,14 +256,11 @@ pub fn signing_key() -> Arc<SigningKey> {
 
 pub fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 3), plan("basic", PRICE_BASIC, 1)]).unwrap()
 }
@@ -276,6 +273,9 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     pub heartbeat_window_secs: Option<i64>,
     pub rate_limit_per_minute: Option<u32>,
+    pub trials_per_hour: Option<u32>,
+    /// A catalog other than [`plans`].
+    pub plans: Option<PlanCatalog>,
     pub trusted_proxies: Option<billing_server::client_addr::TrustedProxies>,
     pub store: Option<StoreLocation>,
     pub body_timeout: Option<Duration>,
@@ -324,7 +324,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         heartbeat_window: time::Duration::seconds(options.heartbeat_window_secs.unwrap_or(600)),
         ..LicensingConfig::new(signing_key())
     };
-    let config = BillingConfig::new(plans(), licensing)
+    let config = BillingConfig::new(options.plans.unwrap_or_else(plans), licensing)
         .with_grace(time::Duration::days(options.grace_days.unwrap_or(7)))
         .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))
         .with_stripe(stripe)
@@ -341,6 +341,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         max_pending_bodies: options.max_pending_bodies.unwrap_or(defaults.max_pending_bodies),
         header_read_timeout: options.header_read_timeout.unwrap_or(defaults.header_read_timeout),
         rate_limit_per_minute: options.rate_limit_per_minute.unwrap_or(60),
+        trials_per_hour: options.trials_per_hour.unwrap_or(defaults.trials_per_hour),
         hub: HubConfig { poll_interval: Duration::from_secs(30), ..HubConfig::default() },
         trusted_proxies: options.trusted_proxies.unwrap_or_default(),
     };

@@ -25,11 +25,15 @@ mod openapi;
 mod ops;
 mod ordering;
 mod pg_tls;
+// What plans say about their licenses (issue 17).
+mod policy;
 mod properties;
 mod proxies;
 mod quickstart;
 mod storm;
 mod stripe_world;
+// Card-less trials (issue 17).
+mod trials;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;

@@ -104,7 +104,7 @@ fn operations(document: &str) -> Vec<Operation> {
 fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
     match route {
         Route::StripeWebhook => &["stripeSignature"],
-        Route::Activate | Route::Validate | Route::PublicKey => &[],
+        Route::Activate | Route::Trial | Route::Validate | Route::PublicKey => &[],
         Route::Heartbeat | Route::Deactivate => &["activationToken"],
         Route::Events => &["activationToken", "dashboardJwt"],
         _ if path.starts_with("/api/admin/") => &["adminToken"],

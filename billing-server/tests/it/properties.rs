@@ -124,14 +124,11 @@ prop_compose! {
         features in proptest::collection::vec(any::<String>(), 0..4),
     ) -> Plan {
         Plan {
-            stripe_price_id: format!("price_{id}"),
-            id: PlanId(id),
-            name,
-            max_devices,
             amount,
             currency,
             interval: interval.map(str::to_owned),
             features,
+            ..Plan::new(&id, &name, &format!("price_{id}"), max_devices)
         }
     }
 }

@@ -332,7 +332,7 @@ async fn nothing_is_sent_for_a_rolled_back_change() {
     };
     let rolled_back = Changeset {
         outbox: vec![message("rolled back")],
-        new_devices: vec![DeviceActivation { device: ghost, token_hash: b"ghost".to_vec() }],
+        new_devices: vec![DeviceActivation { device: ghost, token_hash: b"ghost".to_vec(), heartbeat_deadline: None }],
         ..Changeset::default()
     };
     let store = app.billing.store();

@@ -1,7 +1,7 @@
 //! Drives the axum service over HTTP against a fresh PostgreSQL database.
 
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Plan, PlanCatalog};
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
 use billing_core::storage::Store;
@@ -41,16 +41,7 @@ async fn fresh_store() -> (AnyStore, String) {
 
 /// The one plan the service sells.
 fn plans() -> PlanCatalog {
-    let plan = Plan {
-        id: PlanId("pro".into()),
-        name: "Pro".into(),
-        stripe_price_id: "price_pro".into(),
-        max_devices: 1,
-        amount: None,
-        currency: None,
-        interval: None,
-        features: vec![],
-    };
+    let plan = Plan::new("pro", "Pro", "price_pro", 1);
     PlanCatalog::new(vec![plan]).unwrap()
 }
 

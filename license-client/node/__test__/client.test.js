@@ -140,3 +140,32 @@ test('validation falls back to the stored certificate when the server is down', 
   }
   assert.equal((await c.validate()).offline, false, 'online again once the server is back')
 })
+
+test('validate() reports updatesUntil and refuses a build released after it, online and offline', async () => {
+  const day = 24 * 3600 * 1000
+  const until = new Date(Math.floor(Date.now() / 1000) * 1000 - 30 * day)
+  const key = await server.issuePerpetual('carol', until.toISOString())
+  const newer = client('perpetual', { appReleasedAt: new Date(until.getTime() + day).toISOString() })
+  await newer.activate(key)
+  const verdict = await newer.validate()
+  assert.deepEqual([verdict.valid, verdict.code, verdict.offline], [false, 'UPDATES_EXPIRED', false])
+  assert.equal(Date.parse(verdict.updatesUntil), until.getTime())
+  assert.equal(verdict.license.kind, 'perpetual')
+  assert.equal(Date.parse(verdict.license.updatesUntil), until.getTime())
+  assert.equal(verdict.license.trial, false)
+  const offline = newer.validateOffline()
+  assert.deepEqual([offline.valid, offline.code, offline.offline], [false, 'UPDATES_EXPIRED', true])
+
+  // The same machine running a build released on the window's last day.
+  const older = client('perpetual', { appReleasedAt: until.toISOString() })
+  assert.equal((await older.validate()).valid, true)
+  assert.equal(older.validateOffline().valid, true, 'the certificate carries the window')
+
+  // A subscription's license has no window.
+  const plain = client('no-window', { appReleasedAt: new Date().toISOString() })
+  await plain.activate(await server.issueLicense('dave'))
+  const open = await plain.validate()
+  assert.deepEqual([open.valid, open.updatesUntil ?? null, open.license.kind], [true, null, 'subscription'])
+
+  assert.throws(() => client('bad-date', { appReleasedAt: 'yesterday' }), { code: 'INVALID_RELEASE_DATE' })
+})

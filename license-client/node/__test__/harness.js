@@ -157,6 +157,26 @@ class TestServer {
     return licenses[0].key
   }
 
+  /** A new admin API token with these scopes, made as a vendor would: with the CLI. */
+  adminToken(scopes) {
+    const out = execFileSync(BINARY, ['admin-token', 'create', '--name', `node-${crypto.randomUUID()}`, '--scopes', scopes], {
+      env: { ...process.env, DATABASE_URL: `${ADMIN_URL}/${this.database}`, BILLING_DATA_DIR: path.join(this.dir, 'data') },
+      encoding: 'utf8',
+    })
+    return out.trim().split('\n').pop()
+  }
+
+  /** Issues `user` a perpetual license of pro whose updates end at `updatesUntil` (RFC 3339); its key. */
+  async issuePerpetual(user, updatesUntil) {
+    const response = await fetch(`${this.url}/api/admin/licenses`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${this.adminToken('licenses:write')}` },
+      body: JSON.stringify({ user_id: user, plan: 'pro', kind: 'perpetual', updates_until: updatesUntil }),
+    })
+    if (response.status !== 201) throw new Error(`issue refused: ${response.status} ${await response.text()}`)
+    return (await response.json()).license.key
+  }
+
   /** Flips `cancel_at_period_end` on `user`'s subscription. */
   async setCancelAtPeriodEnd(user, cancel) {
     await this.postWebhook('customer.subscription.updated', subscription(user, 'price_pro', cancel))

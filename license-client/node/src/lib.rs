@@ -36,6 +36,11 @@ pub struct LicenseClientOptions {
     pub app_salt: Option<String>,
     /// Reported as the device's app version.
     pub app_version: Option<String>,
+    /// When this build was released, RFC 3339 (e.g. `2026-03-01T00:00:00Z`,
+    /// or `date.toISOString()`): sent on validation and checked offline, so
+    /// that a license whose updates window closed before it answers
+    /// `UPDATES_EXPIRED`. Absent: no window is checked.
+    pub app_released_at: Option<String>,
     /// Timeout of each request in milliseconds (default 30000).
     pub request_timeout_ms: Option<u32>,
 }
@@ -68,6 +73,12 @@ pub struct License {
     pub grace_ends_at: Option<String>,
     /// The plan's features.
     pub entitlements: Vec<String>,
+    /// `subscription` or `perpetual` (absent from a server that predates them).
+    pub kind: Option<String>,
+    /// Builds released after this (RFC 3339) are not covered; absent: every build is.
+    pub updates_until: Option<String>,
+    /// A card-less trial (`expiresAt` is when it ends).
+    pub trial: bool,
 }
 
 /// This device as the server records it.
@@ -119,8 +130,8 @@ pub struct ActivationResult {
 pub struct ValidationResult {
     /// Whether the app may run licensed.
     pub valid: bool,
-    /// `VALID`, `REVOKED`, `EXPIRED`, `SUSPENDED`, `NOT_FOUND`,
-    /// `NOT_ACTIVATED`, `HEARTBEAT_DEAD`, or offline only
+    /// `VALID`, `REVOKED`, `EXPIRED`, `SUSPENDED`, `UPDATES_EXPIRED`,
+    /// `NOT_FOUND`, `NOT_ACTIVATED`, `HEARTBEAT_DEAD`, or offline only
     /// `CERTIFICATE_EXPIRED`, `INVALID_CERTIFICATE`, `FINGERPRINT_MISMATCH`,
     /// `CLOCK_ROLLBACK`.
     pub code: String,
@@ -128,6 +139,9 @@ pub struct ValidationResult {
     pub offline: bool,
     /// The license as last known.
     pub license: Option<License>,
+    /// The end of the license's updates window (RFC 3339), as last known:
+    /// builds released after it answer `UPDATES_EXPIRED`. Absent: every build is covered.
+    pub updates_until: Option<String>,
 }
 
 /// A successful heartbeat.
@@ -171,6 +185,9 @@ fn license(l: lc::LicenseInfo) -> License {
         expires_at: l.expires_at,
         grace_ends_at: l.grace_ends_at,
         entitlements: l.entitlements,
+        kind: l.kind,
+        updates_until: l.updates_until,
+        trial: l.trial,
     }
 }
 
@@ -196,6 +213,7 @@ fn validation(v: lc::Validation) -> ValidationResult {
         code: v.code.as_str().to_owned(),
         offline: v.offline,
         license: v.license.map(license),
+        updates_until: v.updates_until,
     }
 }
 
@@ -269,6 +287,9 @@ impl LicenseClient {
             config.app_salt = salt;
         }
         config.app_version = options.app_version;
+        if let Some(released) = options.app_released_at {
+            config.app_released_at = Some(lc::parse_release_date(&released).map_err(sync_error)?);
+        }
         if let Some(ms) = options.request_timeout_ms {
             config.request_timeout = Duration::from_millis(u64::from(ms));
         }

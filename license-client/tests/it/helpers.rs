@@ -3,7 +3,7 @@
 //! license clients with their own store directories and clocks.
 
 use billing_core::certificate::SigningKey;
-use billing_core::domain::{Actor, Plan, PlanCatalog, PlanId};
+use billing_core::domain::{Actor, Plan, PlanCatalog};
 use billing_core::events::HubConfig;
 use billing_core::licensing::LicensingConfig;
 use billing_core::storage::any::{AnyStore, StoreLocation};
@@ -77,14 +77,11 @@ pub fn signing_key() -> Arc<SigningKey> {
 
 fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan {
-        id: PlanId(id.into()),
-        name: id.to_uppercase(),
-        stripe_price_id: price.into(),
-        max_devices,
         amount: Some(1900),
         currency: Some("usd".into()),
         interval: Some("month".into()),
         features: vec!["export".into()],
+        ..Plan::new(id, &id.to_uppercase(), price, max_devices)
     };
     PlanCatalog::new(vec![plan("pro", PRICE_PRO, 2), plan("basic", PRICE_BASIC, 1)]).unwrap()
 }
@@ -200,6 +197,20 @@ impl TestEnv {
         COUNTER.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// A perpetual license of `user` on pro whose updates window ends at
+    /// `updates_until`, issued by the vendor; its key.
+    pub async fn issue_perpetual(&self, user: &str, updates_until: time::OffsetDateTime) -> String {
+        let request = billing_core::admin_licenses::NewLicense {
+            user_id: user.into(),
+            plan: "pro".into(),
+            kind: Some(billing_core::domain::LicenseKind::Perpetual),
+            updates_until: Some(updates_until),
+            ..Default::default()
+        };
+        let issued = self.billing.issue_manual_license(&Actor::admin("sales"), request).await.expect("issued");
+        issued.record.license.key.expose().to_owned()
+    }
+
     /// Deactivates a device the way the dashboard does.
     pub async fn deactivate_from_dashboard(&self, device_id: &str) {
         let id = uuid::Uuid::parse_str(device_id).unwrap();
@@ -221,7 +232,20 @@ impl TestEnv {
     /// A client of `server` storing into `store`. `machine` stands for the
     /// machine: a different one gives a different fingerprint.
     pub fn client(&self, server_url: &str, store: &std::path::Path, machine: &str, clock: &TestClock) -> LicenseClient {
+        self.client_of_build(server_url, store, machine, clock, None)
+    }
+
+    /// [`Self::client`] of a build released at `released_at`.
+    pub fn client_of_build(
+        &self,
+        server_url: &str,
+        store: &std::path::Path,
+        machine: &str,
+        clock: &TestClock,
+        released_at: Option<SystemTime>,
+    ) -> LicenseClient {
         let mut config = ClientConfig::new(server_url, store);
+        config.app_released_at = released_at;
         config.app_salt = format!("license-client-tests/{machine}");
         config.app_version = Some("1.2.3".into());
         config.request_timeout = Duration::from_secs(5);

@@ -136,3 +136,39 @@ async fn an_admin_revoke_heard_over_the_stream_ends_offline_validation_too() {
     let reopened = env.client(&url, &store, "laptop", &clock);
     assert_eq!(reopened.validate().await.unwrap().code, ValidationCode::Revoked);
 }
+
+#[tokio::test]
+async fn a_build_released_after_the_updates_window_is_refused_online_and_offline_and_an_older_build_is_not() {
+    let mut env = TestEnv::new().await;
+    let server = env.start_server(None).await;
+    let url = server.url();
+    let until = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - time::Duration::days(30);
+    let key = env.issue_perpetual("u", until).await;
+    let clock = TestClock::default();
+    let newer = Some(std::time::SystemTime::from(until + time::Duration::days(1)));
+    let older = Some(license_client::parse_release_date(&billing_core::billing::rfc3339(until)).unwrap());
+    let expected_until = Some(billing_core::billing::rfc3339(until));
+
+    let store = env.store_dir();
+    let client = env.client_of_build(&url, &store, "laptop", &clock, newer);
+    client.activate(&key, ActivationOptions::default()).await.expect("activation does not look at the build");
+    let claims = client.certificate().expect("a verified certificate");
+    assert_eq!((claims.kind.as_deref(), claims.updates_until), (Some("perpetual"), Some(until.unix_timestamp())));
+    let online = client.validate().await.unwrap();
+    assert_eq!((online.valid, online.offline, online.code.clone()), (false, false, ValidationCode::UpdatesExpired));
+    assert_eq!(online.updates_until, expected_until);
+    assert_eq!(online.license.as_ref().and_then(|l| l.kind.as_deref()), Some("perpetual"));
+
+    // The same machine running the build released on the window's last day.
+    let old_build = env.client_of_build(&url, &store, "laptop", &clock, older);
+    assert!(old_build.validate().await.unwrap().valid, "covered online");
+
+    server.stop().await;
+    let offline = client.validate().await.unwrap();
+    assert_eq!((offline.valid, offline.offline, offline.code), (false, true, ValidationCode::UpdatesExpired));
+    assert_eq!(offline.updates_until, expected_until);
+    let offline_old = old_build.validate().await.unwrap();
+    assert!(offline_old.valid && offline_old.offline, "the certificate's window covers it: {offline_old:?}");
+    let no_date = env.client(&url, &store, "laptop", &clock);
+    assert!(no_date.validate().await.unwrap().valid, "an app that gives no release date checks no window");
+}

@@ -124,3 +124,12 @@ async fn the_background_loop_beats_and_stops_when_the_device_is_deactivated_remo
     assert!(!client.is_heartbeat_running());
     server.stop().await;
 }
+
+/// The client's validation codes are the server's, in the server's order:
+/// a code the client did not know would reach apps only as `Other`.
+#[test]
+fn the_client_knows_exactly_the_validation_codes_the_server_answers_in_their_order() {
+    let server: Vec<&str> = billing_core::domain::ValidationCode::ALL.iter().map(|c| c.as_str()).collect();
+    let client: Vec<&str> = ValidationCode::SERVER_CODES.iter().map(ValidationCode::as_str).collect();
+    assert_eq!(client, server);
+}

@@ -6,8 +6,8 @@
 
 use super::stripe_sync::{apply_statements, pipeline, Open, Statement};
 use super::{
-    device_from_row, license_record_from_row_at, subscription_from_row, PgStore, DEVICE_COLUMNS, LICENSE_COLUMNS,
-    LOCK_MANUAL_LICENSE_RECORD, LOCK_STRIPE_LICENSE_RECORD, SUBSCRIPTION_COLUMN_COUNT,
+    device_from_row, license_record_from_row_at, subscription_from_row, PgStore, DEVICE_COLUMNS, DEVICE_COLUMN_COUNT,
+    LICENSE_COLUMNS, LOCK_MANUAL_LICENSE_RECORD, LOCK_STRIPE_LICENSE_RECORD, SUBSCRIPTION_COLUMN_COUNT,
 };
 use crate::storage::changeset::Changeset;
 use crate::storage::license_work::{HeldLicense, LicenseBundle, LicenseKeys};
@@ -62,6 +62,13 @@ enum Shape {
     LicenseDevices,
     /// Devices the keys name.
     Devices,
+    /// Devices the keys name, each with its license ([`DEVICE_COLUMNS`],
+    /// then a [`LICENSE_RECORD`]'s columns).
+    DevicesWithLicenses,
+    /// The license of an earlier trial, if any.
+    UsedTrial,
+    /// A lock, whose row says nothing.
+    Nothing,
 }
 
 /// Locks and reads what `keys` names. Each lock or read is a statement of
@@ -132,16 +139,34 @@ async fn load(conn: &ClientWrapper, keys: LicenseKeys) -> Result<LicenseBundle, 
             ));
             shapes.extend([Shape::Devices, Shape::Licenses]);
         }
-        LicenseKeys::OverdueDevices { cutoff, limit } => {
+        LicenseKeys::OverdueDevices { now, limit } => {
             statements.push(Statement::new(
                 format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d
-                      WHERE d.status = 'active' AND d.last_heartbeat_at < $1
-                      ORDER BY d.last_heartbeat_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED"
+                    "SELECT {DEVICE_COLUMNS}, {LICENSE_COLUMNS}, COALESCE(l.user_id, c.user_id), l.created_at,
+                            l.updated_at
+                       FROM devices d JOIN licenses l ON l.id = d.license_id
+                       LEFT JOIN subscriptions s ON s.id = l.subscription_id
+                       LEFT JOIN customers c ON c.id = s.customer_id
+                      WHERE d.status = 'active' AND d.heartbeat_deadline < $1
+                      ORDER BY d.heartbeat_deadline LIMIT $2 FOR NO KEY UPDATE OF d SKIP LOCKED"
                 ),
-                params![cutoff, limit],
+                params![now, limit],
             ));
-            shapes.push(Shape::Devices);
+            shapes.push(Shape::DevicesWithLicenses);
+        }
+        LicenseKeys::Trial { plan_id, fingerprint_hash } => {
+            // The pair's lock, also before any row holds it, so that a
+            // second trial of the machine waits for the first and then
+            // (its own statement, a later snapshot) finds its row.
+            statements.push(Statement::new(
+                "SELECT pg_advisory_xact_lock(hashtextextended('trial ' || $1 || ' ' || encode($2, 'hex'), 0))",
+                params![plan_id.clone(), fingerprint_hash.clone()],
+            ));
+            statements.push(Statement::new(
+                "SELECT license_id FROM trial_uses WHERE plan_id = $1 AND fingerprint_hash = $2",
+                params![plan_id, fingerprint_hash],
+            ));
+            shapes.extend([Shape::Nothing, Shape::UsedTrial]);
         }
         LicenseKeys::LicensesPastGrace { now, limit } => {
             statements.push(Statement::new(
@@ -157,7 +182,7 @@ async fn load(conn: &ClientWrapper, keys: LicenseKeys) -> Result<LicenseBundle, 
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(1);
     let stamped_at = results.next().and_then(|rows| rows.first().map(|row| row.get(0)));
     let stamped_at = stamped_at.ok_or_else(|| StoreError::Corrupt("now() returned no row".into()))?;
-    let mut bundle = LicenseBundle { stamped_at, licenses: Vec::new(), devices: Vec::new() };
+    let mut bundle = LicenseBundle { stamped_at, licenses: Vec::new(), devices: Vec::new(), used_trial: None };
     for (shape, rows) in shapes.into_iter().zip(results) {
         match shape {
             Shape::Licenses => {
@@ -184,6 +209,17 @@ async fn load(conn: &ClientWrapper, keys: LicenseKeys) -> Result<LicenseBundle, 
                     bundle.devices.push(device_from_row(row)?);
                 }
             }
+            Shape::DevicesWithLicenses => {
+                for row in &rows {
+                    bundle.devices.push(device_from_row(row)?);
+                    let license = held(row, None, DEVICE_COLUMN_COUNT)?;
+                    if !bundle.licenses.iter().any(|l| l.record.license.id == license.record.license.id) {
+                        bundle.licenses.push(license);
+                    }
+                }
+            }
+            Shape::UsedTrial => bundle.used_trial = rows.first().map(|row| row.get(0)),
+            Shape::Nothing => {}
         }
     }
     Ok(bundle)

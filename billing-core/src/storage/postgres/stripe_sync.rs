@@ -421,10 +421,11 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
         out.push(Statement::new(
             "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
                     grace_ends_at, source, user_id, entitlements, metadata, max_devices_override,
-                    expires_at_override, admin_suspended_at)
+                    expires_at_override, admin_suspended_at, kind, updates_until, trial)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], $6::text[],
                     $7::int4[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::jsonb[],
-                    $13::jsonb[], $14::int4[], $15::timestamptz[], $16::timestamptz[])",
+                    $13::jsonb[], $14::int4[], $15::timestamptz[], $16::timestamptz[], $17::text[],
+                    $18::timestamptz[], $19::bool[])",
             params![
                 l.iter().map(|l| l.id).collect::<Vec<_>>(),
                 l.iter().map(|l| l.subscription_id).collect::<Vec<_>>(),
@@ -442,6 +443,9 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.overrides.max_devices.map(crate::storage::max_devices_column)).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>(),
+                l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
+                l.iter().map(|l| l.trial).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -470,11 +474,12 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                     expires_at = u.expires_at, grace_ends_at = u.grace_ends_at, entitlements = u.entitlements,
                     metadata = u.metadata, max_devices_override = u.max_devices_override,
                     expires_at_override = u.expires_at_override, admin_suspended_at = u.admin_suspended_at,
-                    updated_at = now()
+                    updates_until = u.updates_until, updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[],
-                    $7::jsonb[], $8::jsonb[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+                    $7::jsonb[], $8::jsonb[], $9::int4[], $10::timestamptz[], $11::timestamptz[],
+                    $12::timestamptz[])
                     AS u(id, status, plan_id, max_devices, expires_at, grace_ends_at, entitlements, metadata,
-                         max_devices_override, expires_at_override, admin_suspended_at)
+                         max_devices_override, expires_at_override, admin_suspended_at, updates_until)
               WHERE l.id = u.id",
             params![
                 l.iter().map(|l| l.id).collect::<Vec<_>>(),
@@ -488,6 +493,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.overrides.max_devices.map(crate::storage::max_devices_column)).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
+                l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -505,6 +511,18 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 a.iter().map(|r| r.actor.clone()).collect::<Vec<_>>(),
                 a.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
                 a.iter().map(|r| r.client_addr.map(|ip| ip.to_string())).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.trial_uses.is_empty() {
+        let t = &c.trial_uses;
+        out.push(Statement::new(
+            "INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id)
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::uuid[])",
+            params![
+                t.iter().map(|t| t.plan_id.clone()).collect::<Vec<_>>(),
+                t.iter().map(|t| t.fingerprint_hash.clone()).collect::<Vec<_>>(),
+                t.iter().map(|t| t.license_id).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -546,9 +564,9 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
         let d = &c.new_devices;
         out.push(Statement::new(
             "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
-                    activated_at, last_heartbeat_at)
+                    activated_at, last_heartbeat_at, heartbeat_deadline)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::bytea[], $8::text[], $9::timestamptz[], $10::timestamptz[])",
+                    $7::bytea[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])",
             params![
                 d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.license_id).collect::<Vec<_>>(),
@@ -560,6 +578,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 d.iter().map(|a| a.device.status.as_str()).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
+                d.iter().map(|a| a.heartbeat_deadline).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -568,10 +587,11 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
         out.push(Statement::new(
             "UPDATE devices d SET name = u.name, platform = u.platform, app_version = u.app_version,
                     token_hash = u.token_hash, status = 'active', activated_at = u.activated_at,
-                    last_heartbeat_at = u.last_heartbeat_at, deactivated_at = NULL, updated_at = now()
+                    last_heartbeat_at = u.last_heartbeat_at, heartbeat_deadline = u.heartbeat_deadline,
+                    deactivated_at = NULL, updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
-                    $7::timestamptz[]) AS u(id, name, platform, app_version, token_hash, activated_at,
-                                            last_heartbeat_at)
+                    $7::timestamptz[], $8::timestamptz[]) AS u(id, name, platform, app_version, token_hash,
+                                                              activated_at, last_heartbeat_at, heartbeat_deadline)
               WHERE d.id = u.id",
             params![
                 d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
@@ -581,16 +601,33 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 d.iter().map(|a| a.token_hash.clone()).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
+                d.iter().map(|a| a.heartbeat_deadline).collect::<Vec<_>>(),
             ],
         ));
     }
     if !c.heartbeats.is_empty() {
         let h = &c.heartbeats;
         out.push(Statement::new(
-            "UPDATE devices d SET last_heartbeat_at = u.at
-               FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+            "UPDATE devices d SET last_heartbeat_at = u.at, heartbeat_deadline = u.deadline
+               FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS u(id, at, deadline)
               WHERE d.id = u.id",
-            params![h.iter().map(|(id, _)| *id).collect::<Vec<_>>(), h.iter().map(|(_, at)| *at).collect::<Vec<_>>()],
+            params![
+                h.iter().map(|h| h.device_id).collect::<Vec<_>>(),
+                h.iter().map(|h| h.at).collect::<Vec<_>>(),
+                h.iter().map(|h| h.heartbeat_deadline).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.device_deadlines.is_empty() {
+        let d = &c.device_deadlines;
+        out.push(Statement::new(
+            "UPDATE devices d SET heartbeat_deadline = u.deadline
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, deadline)
+              WHERE d.id = u.id",
+            params![
+                d.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                d.iter().map(|(_, deadline)| *deadline).collect::<Vec<_>>(),
+            ],
         ));
     }
     if !c.device_names.is_empty() {

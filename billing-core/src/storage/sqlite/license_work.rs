@@ -5,8 +5,8 @@
 
 use super::stripe_sync::apply;
 use super::{
-    checked_limit, device_from_row, license_record_from_row, micros, query, subscription_from_row, time_from_micros,
-    SqliteStore, DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS,
+    checked_limit, device_from_row, license_record_from_row, micros, query, query_opt, subscription_from_row,
+    time_from_micros, uuid, SqliteStore, DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS,
 };
 use crate::domain::Device;
 use crate::storage::changeset::Changeset;
@@ -59,6 +59,7 @@ fn load(conn: &Connection, now: i64, keys: LicenseKeys) -> Result<LicenseBundle,
     let record = license_record_sql();
     let mut licenses = Vec::new();
     let mut devices: Vec<Device> = Vec::new();
+    let mut used_trial = None;
     match keys {
         LicenseKeys::Nothing => {}
         LicenseKeys::ActivationOf { key_hash } => {
@@ -100,13 +101,23 @@ fn load(conn: &Connection, now: i64, keys: LicenseKeys) -> Result<LicenseBundle,
             let sql = format!("{record} JOIN devices d ON d.license_id = l.id WHERE d.id = ?1 AND {whose}");
             licenses = held(conn, &sql, params![device_id.to_string(), user_id])?;
         }
-        LicenseKeys::OverdueDevices { cutoff, limit } => {
+        LicenseKeys::OverdueDevices { now, limit } => {
             let sql = format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices d
-                  WHERE d.status = 'active' AND d.last_heartbeat_at < ?1
-                  ORDER BY d.last_heartbeat_at LIMIT ?2"
+                  WHERE d.status = 'active' AND d.heartbeat_deadline < ?1
+                  ORDER BY d.heartbeat_deadline LIMIT ?2"
             );
-            devices = query(conn, &sql, [micros(cutoff)?, checked_limit(limit)?], device_from_row)?;
+            devices = query(conn, &sql, [micros(now)?, checked_limit(limit)?], device_from_row)?;
+            let sql = format!("{record} WHERE l.id = ?1");
+            for device in &devices {
+                if !licenses.iter().any(|l: &HeldLicense| l.record.license.id == device.license_id) {
+                    licenses.extend(held(conn, &sql, [device.license_id.to_string()])?);
+                }
+            }
+        }
+        LicenseKeys::Trial { plan_id, fingerprint_hash } => {
+            let sql = "SELECT license_id FROM trial_uses WHERE plan_id = ?1 AND fingerprint_hash = ?2";
+            used_trial = query_opt(conn, sql, params![plan_id, fingerprint_hash], |row| uuid(row, 0))?;
         }
         LicenseKeys::LicensesPastGrace { now, limit } => {
             let sql = format!(
@@ -115,5 +126,5 @@ fn load(conn: &Connection, now: i64, keys: LicenseKeys) -> Result<LicenseBundle,
             licenses = held(conn, &sql, [micros(now)?, checked_limit(limit)?])?;
         }
     }
-    Ok(LicenseBundle { stamped_at: time_from_micros(now, 0)?, licenses, devices })
+    Ok(LicenseBundle { stamped_at: time_from_micros(now, 0)?, licenses, devices, used_trial })
 }

@@ -242,6 +242,13 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
             ],
         )?;
     }
+    for t in &c.trial_uses {
+        execute(
+            conn,
+            "INSERT INTO trial_uses (plan_id, fingerprint_hash, license_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![t.plan_id, t.fingerprint_hash, t.license_id.to_string(), now],
+        )?;
+    }
     for p in &c.payments {
         let (pay, paid_at) = (&p.payment, opt_micros(p.payment.paid_at)?);
         if p.new {
@@ -270,12 +277,12 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
             )?;
         }
     }
-    for DeviceActivation { device: d, token_hash } in &c.new_devices {
+    for DeviceActivation { device: d, token_hash, heartbeat_deadline } in &c.new_devices {
         execute(
             conn,
             "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
-                    activated_at, last_heartbeat_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                    activated_at, last_heartbeat_at, created_at, updated_at, heartbeat_deadline)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 d.id.to_string(),
                 d.license_id.to_string(),
@@ -287,15 +294,17 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
                 d.status.as_str(),
                 micros(d.activated_at)?,
                 micros(d.last_heartbeat_at)?,
-                now
+                now,
+                opt_micros(*heartbeat_deadline)?
             ],
         )?;
     }
-    for DeviceActivation { device: d, token_hash } in &c.reactivated_devices {
+    for DeviceActivation { device: d, token_hash, heartbeat_deadline } in &c.reactivated_devices {
         execute(
             conn,
             "UPDATE devices SET name = ?2, platform = ?3, app_version = ?4, token_hash = ?5, status = 'active',
-                    activated_at = ?6, last_heartbeat_at = ?7, deactivated_at = NULL, updated_at = ?8
+                    activated_at = ?6, last_heartbeat_at = ?7, deactivated_at = NULL, updated_at = ?8,
+                    heartbeat_deadline = ?9
               WHERE id = ?1",
             params![
                 d.id.to_string(),
@@ -305,15 +314,23 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
                 token_hash,
                 micros(d.activated_at)?,
                 micros(d.last_heartbeat_at)?,
-                now
+                now,
+                opt_micros(*heartbeat_deadline)?
             ],
         )?;
     }
-    for (id, at) in &c.heartbeats {
+    for h in &c.heartbeats {
         execute(
             conn,
-            "UPDATE devices SET last_heartbeat_at = ?2 WHERE id = ?1",
-            params![id.to_string(), micros(*at)?],
+            "UPDATE devices SET last_heartbeat_at = ?2, heartbeat_deadline = ?3 WHERE id = ?1",
+            params![h.device_id.to_string(), micros(h.at)?, opt_micros(h.heartbeat_deadline)?],
+        )?;
+    }
+    for (id, deadline) in &c.device_deadlines {
+        execute(
+            conn,
+            "UPDATE devices SET heartbeat_deadline = ?2 WHERE id = ?1",
+            params![id.to_string(), opt_micros(*deadline)?],
         )?;
     }
     for (id, name) in &c.device_names {
@@ -383,8 +400,8 @@ pub(super) fn insert_license(conn: &Connection, now: i64, license: &crate::domai
         conn,
         "INSERT INTO licenses (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,
                 grace_ends_at, created_at, updated_at, source, user_id, entitlements, metadata,
-                max_devices_override, expires_at_override, admin_suspended_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                max_devices_override, expires_at_override, admin_suspended_at, kind, updates_until, trial)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         params![
             license.id.to_string(),
             license.subscription_id.map(|s| s.to_string()),
@@ -402,7 +419,10 @@ pub(super) fn insert_license(conn: &Connection, now: i64, license: &crate::domai
             json_text(&Value::Object(license.metadata.clone())),
             o.max_devices.map(max_devices_column),
             opt_micros(o.expires_at)?,
-            opt_micros(o.suspended_at)?
+            opt_micros(o.suspended_at)?,
+            license.kind.as_str(),
+            opt_micros(license.updates_until)?,
+            license.trial
         ],
     )?;
     Ok(())
@@ -416,7 +436,7 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
         conn,
         "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
                 entitlements = ?7, metadata = ?8, max_devices_override = ?9, expires_at_override = ?10,
-                admin_suspended_at = ?11, updated_at = ?12
+                admin_suspended_at = ?11, updated_at = ?12, updates_until = ?13
           WHERE id = ?1",
         params![
             license.id.to_string(),
@@ -430,7 +450,8 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
             o.max_devices.map(max_devices_column),
             opt_micros(o.expires_at)?,
             opt_micros(o.suspended_at)?,
-            now
+            now,
+            opt_micros(license.updates_until)?
         ],
     )?;
     Ok(())

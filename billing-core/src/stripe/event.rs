@@ -31,8 +31,13 @@ pub struct Event {
 /// The part of an event we act on.
 #[derive(Debug, Clone)]
 pub enum EventPayload {
-    /// `checkout.session.completed`
+    /// `checkout.session.completed` and
+    /// `checkout.session.async_payment_succeeded` (a delayed payment that
+    /// cleared: the session now says `payment_status: paid`).
     CheckoutCompleted(CheckoutSession),
+    /// `checkout.session.async_payment_failed`: a delayed payment that did
+    /// not clear.
+    CheckoutPaymentFailed(CheckoutSession),
     /// `customer.subscription.*`
     Subscription(SubscriptionSnapshot),
     /// `invoice.paid`, `invoice.payment_succeeded`, `invoice.payment_failed`,
@@ -59,6 +64,16 @@ pub struct CheckoutSession {
     pub customer: Option<String>,
     /// `sub_…` (subscription mode only).
     pub subscription: Option<String>,
+    /// `paid`, `unpaid` or `no_payment_required`.
+    pub payment_status: Option<String>,
+    /// `pi_…` (payment mode): what the charge, its refunds and disputes name.
+    pub payment_intent: Option<String>,
+    /// `metadata.plan`: the plan a perpetual checkout was created for.
+    pub metadata_plan: Option<String>,
+    /// In the currency's smallest unit.
+    pub amount_total: Option<i64>,
+    /// e.g. `eur`.
+    pub currency: Option<String>,
 }
 
 impl CheckoutSession {
@@ -143,8 +158,11 @@ impl Event {
         let envelope: Envelope = serde_json::from_slice(body).map_err(EventError::Envelope)?;
         let object_error = |reason: String| EventError::Object { kind: envelope.kind.0.clone(), reason };
         let payload = match envelope.kind.0.as_str() {
-            "checkout.session.completed" => {
+            "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
                 EventPayload::CheckoutCompleted(parse_checkout(&envelope.data.object).map_err(object_error)?)
+            }
+            "checkout.session.async_payment_failed" => {
+                EventPayload::CheckoutPaymentFailed(parse_checkout(&envelope.data.object).map_err(object_error)?)
             }
             "customer.subscription.created"
             | "customer.subscription.updated"
@@ -272,9 +290,13 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String
 }
 
 fn metadata_user_id(metadata: &HashMap<String, Value>) -> Result<Option<String>, String> {
-    match metadata.get("user_id").and_then(Value::as_str) {
-        Some(user_id) if user_id.contains('\0') => Err("`metadata.user_id` contains NUL".to_owned()),
-        user_id => Ok(user_id.filter(|s| !s.is_empty()).map(str::to_owned)),
+    metadata_text(metadata, "user_id")
+}
+
+fn metadata_text(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match metadata.get(key).and_then(Value::as_str) {
+        Some(value) if value.contains('\0') => Err(format!("`metadata.{key}` contains NUL")),
+        value => Ok(value.filter(|s| !s.is_empty()).map(str::to_owned)),
     }
 }
 
@@ -305,6 +327,10 @@ struct RawCheckout {
     subscription: Option<Expandable>,
     #[serde(default)]
     metadata: HashMap<String, Value>,
+    payment_status: Option<Text>,
+    payment_intent: Option<Expandable>,
+    amount_total: Option<i64>,
+    currency: Option<Text>,
 }
 
 fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
@@ -316,6 +342,11 @@ fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
         metadata_user_id: metadata_user_id(&raw.metadata)?,
         customer: raw.customer.map(Expandable::into_id),
         subscription: raw.subscription.map(Expandable::into_id),
+        payment_status: text(raw.payment_status),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        metadata_plan: metadata_text(&raw.metadata, "plan")?,
+        amount_total: raw.amount_total,
+        currency: text(raw.currency),
     })
 }
 
@@ -469,6 +500,26 @@ mod tests {
             panic!()
         };
         assert_eq!((c.mode.as_str(), c.subscription.as_deref(), c.user_id()), ("payment", None, None));
+        assert_eq!(
+            (c.payment_status.as_deref(), c.payment_intent.as_deref(), c.metadata_plan.as_deref()),
+            (Some("paid"), Some("pi_1IqxJOJDPojXS6LN9uOebAea"), None)
+        );
+        assert_eq!((c.amount_total, c.currency.as_deref()), (Some(999), Some("eur")));
+    }
+
+    #[test]
+    fn delayed_payment_events_carry_the_session() {
+        let session = json!({"id": "cs_1", "mode": "payment", "payment_status": "paid", "client_reference_id": "u1",
+                             "payment_intent": {"id": "pi_1"}, "metadata": {"plan": "studio", "user_id": "u1"},
+                             "customer": "cus_1", "amount_total": 4900, "currency": "eur"});
+        let EventPayload::CheckoutCompleted(c) =
+            Event::parse(&envelope("checkout.session.async_payment_succeeded", session.clone())).unwrap().payload
+        else {
+            panic!("not a checkout")
+        };
+        assert_eq!((c.payment_intent.as_deref(), c.metadata_plan.as_deref()), (Some("pi_1"), Some("studio")));
+        let failed = Event::parse(&envelope("checkout.session.async_payment_failed", session)).unwrap();
+        assert!(matches!(failed.payload, EventPayload::CheckoutPaymentFailed(c) if c.id == "cs_1"));
     }
 
     #[test]

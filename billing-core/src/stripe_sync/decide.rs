@@ -12,14 +12,15 @@ use crate::domain::device::{evicted_by_limit, Liveness};
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, Payment, PaymentStatus, PlanCatalog, Subscription, SubscriptionSnapshot,
-    SubscriptionStatus, Timestamp, Topic,
+    from_unix, Actor, Device, DeviceStatus, License, LicenseKind, Payment, PaymentStatus, PlanCatalog, Subscription,
+    SubscriptionSnapshot, SubscriptionStatus, Timestamp, Topic,
 };
 use crate::licensing::{device_message, DeactivationReason};
 use crate::messages::{license_message, license_updated, subscription_updated, LICENSE_CREATED};
+use crate::storage::changeset::LicenseAudit;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert, StripeBundle,
-    SubscriptionAudit,
+    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldPurchase, HeldSubscription, NewCustomer, NewPurchase,
+    PaymentUpsert, StripeBundle, SubscriptionAudit,
 };
 use crate::storage::OutboxMessage;
 use crate::stripe::{CheckoutSession, EventPayload, StripeCustomer};
@@ -91,7 +92,17 @@ impl<'a> Decisions<'a> {
                         }
                     }
                     EventPayload::CheckoutCompleted(session) => {
-                        if let Some(note) = self.checkout(&actor, session) {
+                        let note = match session.mode.as_str() {
+                            "payment" => self.purchase(&actor, session, event.created),
+                            _ => self.checkout(&actor, session),
+                        };
+                        if let Some(note) = note {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::CheckoutPaymentFailed(session) => {
+                        if let Some(note) = self.purchase_failed(session) {
                             self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
                         }
                         InputOutcome::Processed
@@ -359,6 +370,90 @@ impl<'a> Decisions<'a> {
         }
     }
 
+    /// A payment-mode checkout: once paid, issues the one perpetual license
+    /// of its session (of the plan its `metadata[plan]` names, to the user
+    /// it names) with its payment row. A session not paid yet issues
+    /// nothing; a later delivery that finds it paid does. Returns a note
+    /// when nothing was issued.
+    fn purchase(&mut self, actor: &Actor, session: &CheckoutSession, created: i64) -> Option<&'static str> {
+        let customer_id = session.customer.as_deref().map(|c| self.customer_id(c, session.user_id()));
+        if self.held.purchases.contains_key(&session.id) {
+            return Some("checkout's license already issued");
+        }
+        if session.payment_status.as_deref() != Some("paid") {
+            return Some("checkout not paid yet");
+        }
+        let Some(user_id) = session.user_id() else { return Some("checkout names no user") };
+        let rules = self.rules;
+        let plan = session.metadata_plan.as_deref().and_then(|p| rules.plans.by_id(p));
+        let Some(plan) = plan.filter(|p| p.kind == LicenseKind::Perpetual) else {
+            return Some("checkout names no perpetual plan");
+        };
+        let paid_at = from_unix(created).unwrap_or(rules.now);
+        let issued = License::for_purchase(user_id, plan, paid_at);
+        self.held.purchases.insert(
+            session.id.clone(),
+            HeldPurchase { license: issued.clone(), payment_intent: session.payment_intent.clone() },
+        );
+        self.changes.new_purchases.push(NewPurchase {
+            stripe_checkout_session_id: session.id.clone(),
+            license_id: issued.id,
+            customer_id,
+            stripe_payment_intent_id: session.payment_intent.clone(),
+        });
+        self.changes.license_audit.push(LicenseAudit {
+            license_id: issued.id,
+            kind: "issued",
+            actor: actor.label(),
+            detail: json!({ "checkout_session_id": session.id, "payment_intent_id": session.payment_intent }),
+            client_addr: actor.client_addr(),
+        });
+        self.enqueue(license_message(LICENSE_CREATED, &issued));
+        self.changes.new_licenses.push(issued);
+        if let Some(customer_id) = customer_id {
+            self.record_purchase_payment(customer_id, session, PaymentStatus::Paid, Some(paid_at));
+        }
+        None
+    }
+
+    /// A delayed checkout payment that failed: recorded, nothing issued (a
+    /// payment already recorded as paid stays so).
+    fn purchase_failed(&mut self, session: &CheckoutSession) -> Option<&'static str> {
+        let Some(customer) = session.customer.as_deref() else { return Some("checkout has no customer") };
+        let customer_id = self.customer_id(customer, session.user_id());
+        if !self.record_purchase_payment(customer_id, session, PaymentStatus::Failed, None) {
+            return Some("payment already recorded");
+        }
+        None
+    }
+
+    /// Stores a checkout's payment unless one as far along is held.
+    fn record_purchase_payment(
+        &mut self,
+        customer_id: Uuid,
+        session: &CheckoutSession,
+        status: PaymentStatus,
+        paid_at: Option<Timestamp>,
+    ) -> bool {
+        let key = purchase_payment_key(session).to_owned();
+        let held = self.held.payments.get(&key).copied();
+        if held.is_some_and(|h| !h.may_become(status)) {
+            return false;
+        }
+        self.held.payments.insert(key.clone(), status);
+        let payment = Payment {
+            stripe_invoice_id: key,
+            stripe_customer_id: session.customer.clone().unwrap_or_default(),
+            stripe_subscription_id: None,
+            amount: session.amount_total.unwrap_or(0),
+            currency: session.currency.clone().unwrap_or_default(),
+            status,
+            paid_at,
+        };
+        self.changes.save_payment(PaymentUpsert { customer_id, payment, new: held.is_none() });
+        true
+    }
+
     /// Records an invoice's payment. A paid one proves its subscription was
     /// entitled, so a subscription whose earlier events have not arrived
     /// (or only its end has) gets its license now. Returns whether the
@@ -426,6 +521,12 @@ impl<'a> Decisions<'a> {
             self.changes.set_customer_email(id, customer.email.clone(), created);
         }
     }
+}
+
+/// The key of a checkout's payment row: its payment intent (what later
+/// charges name), or the session itself when it has none.
+pub(crate) fn purchase_payment_key(session: &CheckoutSession) -> &str {
+    session.payment_intent.as_deref().unwrap_or(&session.id)
 }
 
 #[cfg(test)]

@@ -187,9 +187,13 @@ impl StripeInput {
             Self::Snapshot { snapshot, .. } | Self::Refetched { snapshot, .. } => snapshot_keys(keys, snapshot),
             Self::Delivery { event, .. } => match &event.payload {
                 EventPayload::Subscription(snapshot) => snapshot_keys(keys, snapshot),
-                EventPayload::CheckoutCompleted(session) => {
+                EventPayload::CheckoutCompleted(session) | EventPayload::CheckoutPaymentFailed(session) => {
                     if let (Some(sub), "subscription") = (&session.subscription, session.mode.as_str()) {
                         keys.subscriptions.insert(sub.clone());
+                    }
+                    if session.mode == "payment" {
+                        keys.checkout_sessions.insert(session.id.clone());
+                        keys.invoices.insert(decide::purchase_payment_key(session).to_owned());
                     }
                     keys.customers.extend(session.customer.clone());
                 }

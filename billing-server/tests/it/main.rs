@@ -21,6 +21,8 @@ mod lifecycles;
 mod openapi;
 mod ops;
 mod ordering;
+// Perpetual purchases, refunds and disputes (issue 17).
+mod perpetual;
 // What plans say about their licenses (issue 17).
 mod policy;
 mod properties;

@@ -6,11 +6,11 @@
 
 use super::{
     device_from_row, license_from_row, max_devices_param, outbox_write, query_error, subscription_from_row, PgStore,
-    DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+    DEVICE_COLUMNS, LICENSE_COLUMNS, LICENSE_COLUMN_COUNT, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
 };
 use crate::domain::{PaymentStatus, SubscriptionStatus, Timestamp};
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
 };
 use crate::storage::StoreError;
 use deadpool_postgres::{ClientWrapper, Object};
@@ -124,6 +124,11 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
     let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();
     let customers: Vec<String> = keys.customers.iter().cloned().collect();
     let invoices: Vec<String> = keys.invoices.iter().cloned().collect();
+    let sessions: Vec<String> = keys.checkout_sessions.iter().cloned().collect();
+    // A session's identity is locked with the subscriptions', so that two
+    // deliveries of one checkout cannot both issue its license.
+    let mut identities: Vec<String> = subscriptions.iter().chain(&sessions).cloned().collect();
+    identities.sort();
     let mut statements = vec![Statement::new("BEGIN", params![])];
     // The transaction's planner settings come first (each statement is
     // planned when it comes). Every lookup of the group is a few
@@ -172,7 +177,7 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
                  RETURNING id, xmax <> 0"
             ),
             params![
-                subscriptions.clone(),
+                identities.clone(),
                 d.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.created).collect::<Vec<_>>(),
@@ -182,10 +187,8 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             ],
         ));
     } else {
-        statements.push(Statement::new(
-            format!("WITH {IDENTITIES} SELECT count(*) FROM identities"),
-            params![subscriptions.clone()],
-        ));
+        statements
+            .push(Statement::new(format!("WITH {IDENTITIES} SELECT count(*) FROM identities"), params![identities]));
     }
     let with_subscriptions = !subscriptions.is_empty();
     if with_subscriptions {
@@ -233,6 +236,17 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             "SELECT stripe_invoice_id, status FROM payments WHERE stripe_invoice_id = ANY ($1)
               ORDER BY stripe_invoice_id FOR NO KEY UPDATE",
             params![invoices],
+        ));
+    }
+    let with_sessions = !sessions.is_empty();
+    if with_sessions {
+        statements.push(Statement::new(
+            format!(
+                "SELECT {LICENSE_COLUMNS}, p.stripe_checkout_session_id, p.stripe_payment_intent_id
+                   FROM purchases p JOIN licenses l ON l.id = p.license_id
+                  WHERE p.stripe_checkout_session_id = ANY ($1) ORDER BY l.id FOR NO KEY UPDATE OF l"
+            ),
+            params![sessions],
         ));
     }
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(2);
@@ -288,6 +302,13 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             let status = PaymentStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
             bundle.payments.insert(row.get(0), status);
+        }
+    }
+    if with_sessions {
+        for row in next() {
+            let license = license_from_row(&row)?;
+            let payment_intent = row.get(LICENSE_COLUMN_COUNT + 1);
+            bundle.purchases.insert(row.get(LICENSE_COLUMN_COUNT), HeldPurchase { license, payment_intent });
         }
     }
     Ok((bundle, reclaimed))
@@ -444,6 +465,19 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>(),
                 l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
                 l.iter().map(|l| l.trial).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.new_purchases.is_empty() {
+        let p = &c.new_purchases;
+        out.push(Statement::new(
+            "INSERT INTO purchases (stripe_checkout_session_id, license_id, customer_id, stripe_payment_intent_id)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[])",
+            params![
+                p.iter().map(|p| p.stripe_checkout_session_id.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.license_id).collect::<Vec<_>>(),
+                p.iter().map(|p| p.customer_id).collect::<Vec<_>>(),
+                p.iter().map(|p| p.stripe_payment_intent_id.clone()).collect::<Vec<_>>(),
             ],
         ));
     }

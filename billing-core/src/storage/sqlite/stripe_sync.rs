@@ -11,7 +11,7 @@ use super::{
 use crate::domain::{PaymentStatus, SubscriptionStatus};
 use crate::storage::changeset::DeviceActivation;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
 };
 use crate::storage::{max_devices_column, OutboxMessage, StoreError};
 use deadpool_sqlite::rusqlite::{params, Connection};
@@ -64,6 +64,7 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
           WHERE s.stripe_subscription_id = ?1"
     );
     let license_sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+    let license_by_id = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = ?1");
     let devices_sql =
         format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at, d.id");
     for stripe_id in &keys.subscriptions {
@@ -101,6 +102,15 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             let status = PaymentStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
             bundle.payments.insert(invoice.clone(), status);
+        }
+    }
+    for session in &keys.checkout_sessions {
+        let sql = "SELECT license_id, stripe_payment_intent_id FROM purchases WHERE stripe_checkout_session_id = ?1";
+        let held = query_opt(conn, sql, [session], |row| Ok((get::<String>(row, 0)?, get::<Option<String>>(row, 1)?)))?;
+        if let Some((license_id, payment_intent)) = held {
+            let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
+                .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
+            bundle.purchases.insert(session.clone(), HeldPurchase { license, payment_intent });
         }
     }
     Ok((bundle, reclaimed))
@@ -200,6 +210,21 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
     }
     for license in &c.new_licenses {
         insert_license(conn, now, license)?;
+    }
+    for p in &c.new_purchases {
+        execute(
+            conn,
+            "INSERT INTO purchases (stripe_checkout_session_id, license_id, customer_id, stripe_payment_intent_id,
+                    created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                p.stripe_checkout_session_id,
+                p.license_id.to_string(),
+                p.customer_id.map(|c| c.to_string()),
+                p.stripe_payment_intent_id,
+                now
+            ],
+        )?;
     }
     for (id, t) in &c.license_terms {
         execute(

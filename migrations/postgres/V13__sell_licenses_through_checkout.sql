@@ -15,3 +15,8 @@ CREATE TABLE purchases (
     stripe_payment_intent_id   text UNIQUE,
     created_at                 timestamptz NOT NULL DEFAULT now()
 );
+
+-- While a dispute of the charge that paid for a license is open, the
+-- license is suspended; only the dispute's end clears it (an admin's
+-- suspension is kept apart, in admin_suspended_at).
+ALTER TABLE licenses ADD COLUMN disputed_at timestamptz;

@@ -23,6 +23,7 @@ CREATE TABLE licenses_v13 (
     kind                 TEXT NOT NULL DEFAULT 'subscription' CHECK (kind IN ('subscription', 'perpetual')),
     updates_until        INTEGER,
     trial                INTEGER NOT NULL DEFAULT 0 CHECK (trial IN (0, 1)),
+    disputed_at          INTEGER,
     CHECK (source = 'stripe' OR subscription_id IS NULL)
 ) STRICT;
 INSERT INTO licenses_v13 (id, subscription_id, key, key_hash, status, plan_id, max_devices, expires_at,

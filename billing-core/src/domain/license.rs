@@ -181,6 +181,10 @@ pub struct LicenseOverrides {
     pub expires_at: Option<Timestamp>,
     /// When an admin suspended it; only an admin reinstatement clears it.
     pub suspended_at: Option<Timestamp>,
+    /// When the charge that paid for it was disputed: suspended until the
+    /// dispute closes (only the dispute's end clears it, and what the
+    /// license is then follows from its source and the admin's fields).
+    pub disputed_at: Option<Timestamp>,
 }
 
 /// A license as we hold it.
@@ -407,7 +411,7 @@ fn overlay(from_source: LicenseStatus, held: Option<&LicenseTerms>, overrides: &
     match held {
         Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
         _ if from_source == LicenseStatus::Expired => LicenseStatus::Expired,
-        _ if overrides.suspended_at.is_some() => LicenseStatus::Suspended,
+        _ if overrides.suspended_at.is_some() || overrides.disputed_at.is_some() => LicenseStatus::Suspended,
         _ => from_source,
     }
 }

@@ -54,6 +54,9 @@ pub struct StripeKeys {
     /// `cs_…` of payment-mode checkouts: the purchases held for them (and
     /// their licenses), locked.
     pub checkout_sessions: BTreeSet<String>,
+    /// `pi_…` a charge names: the purchases it paid for (and their
+    /// licenses), locked.
+    pub payment_intents: BTreeSet<String>,
 }
 
 impl StripeKeys {

@@ -45,6 +45,10 @@ pub enum EventPayload {
     Invoice(Payment),
     /// `customer.created`, `customer.updated`, `customer.deleted`
     Customer(StripeCustomer),
+    /// `charge.refunded`
+    ChargeRefunded(Charge),
+    /// `charge.dispute.created`, `charge.dispute.closed`
+    Dispute(Dispute),
     /// Any other type: acknowledged and recorded as ignored.
     Ignored,
 }
@@ -81,6 +85,43 @@ impl CheckoutSession {
     pub fn user_id(&self) -> Option<&str> {
         self.client_reference_id.as_deref().or(self.metadata_user_id.as_deref())
     }
+}
+
+/// A charge, as far as its refunds go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// `ch_…`
+    pub id: String,
+    /// `pi_…`: how the charge is linked to what it paid for.
+    pub payment_intent: Option<String>,
+    /// What was charged, in the currency's smallest unit.
+    pub amount: i64,
+    /// How much of it has been refunded so far.
+    pub amount_refunded: i64,
+    /// e.g. `eur`.
+    pub currency: Option<String>,
+}
+
+impl Charge {
+    /// Whether all of it has been refunded.
+    pub fn fully_refunded(&self) -> bool {
+        self.amount_refunded >= self.amount
+    }
+}
+
+/// A dispute (chargeback or inquiry) of a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispute {
+    /// `dp_…`
+    pub id: String,
+    /// `ch_…`
+    pub charge: String,
+    /// `pi_…`
+    pub payment_intent: Option<String>,
+    /// e.g. `needs_response`, `won`, `lost`, `warning_closed`.
+    pub status: String,
+    /// Whether the event reports it closed (`charge.dispute.closed`).
+    pub closed: bool,
 }
 
 /// A Stripe customer, as far as linking it to a user goes.
@@ -179,6 +220,13 @@ impl Event {
                 parse_customer(&envelope.data.object, envelope.kind.0 == "customer.deleted").map_err(object_error)?,
             ),
             "invoice.payment_failed" => invoice(&envelope, PaymentStatus::Failed).map_err(object_error)?,
+            "charge.refunded" => {
+                EventPayload::ChargeRefunded(parse_charge(&envelope.data.object).map_err(object_error)?)
+            }
+            "charge.dispute.created" | "charge.dispute.closed" => EventPayload::Dispute(
+                parse_dispute(&envelope.data.object, envelope.kind.0 == "charge.dispute.closed")
+                    .map_err(object_error)?,
+            ),
             "invoice.payment_action_required" => {
                 invoice(&envelope, PaymentStatus::ActionRequired).map_err(object_error)?
             }
@@ -351,6 +399,46 @@ fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
 }
 
 #[derive(Deserialize)]
+struct RawCharge {
+    id: Text,
+    payment_intent: Option<Expandable>,
+    amount: i64,
+    #[serde(default)]
+    amount_refunded: i64,
+    currency: Option<Text>,
+}
+
+fn parse_charge(object: &Value) -> Result<Charge, String> {
+    let raw = RawCharge::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(Charge {
+        id: raw.id.into(),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        amount: raw.amount,
+        amount_refunded: raw.amount_refunded,
+        currency: text(raw.currency),
+    })
+}
+
+#[derive(Deserialize)]
+struct RawDispute {
+    id: Text,
+    charge: Expandable,
+    payment_intent: Option<Expandable>,
+    status: Text,
+}
+
+fn parse_dispute(object: &Value, closed: bool) -> Result<Dispute, String> {
+    let raw = RawDispute::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(Dispute {
+        id: raw.id.into(),
+        charge: raw.charge.into_id(),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        status: raw.status.into(),
+        closed,
+    })
+}
+
+#[derive(Deserialize)]
 struct RawInvoice {
     id: Option<Text>,
     customer: Expandable,
@@ -505,6 +593,31 @@ mod tests {
             (Some("paid"), Some("pi_1IqxJOJDPojXS6LN9uOebAea"), None)
         );
         assert_eq!((c.amount_total, c.currency.as_deref()), (Some(999), Some("eur")));
+    }
+
+    #[test]
+    fn charges_and_disputes_name_their_payment_intent() {
+        let refunded = envelope(
+            "charge.refunded",
+            json!({"id": "ch_1", "object": "charge", "amount": 4900, "amount_refunded": 1000, "currency": "eur",
+                   "payment_intent": "pi_1", "refunded": false}),
+        );
+        let EventPayload::ChargeRefunded(c) = Event::parse(&refunded).unwrap().payload else { panic!() };
+        assert_eq!((c.id.as_str(), c.payment_intent.as_deref(), c.fully_refunded()), ("ch_1", Some("pi_1"), false));
+        let closed = envelope(
+            "charge.dispute.closed",
+            json!({"id": "dp_1", "object": "dispute", "charge": {"id": "ch_1"}, "payment_intent": "pi_1",
+                   "status": "won", "amount": 4900}),
+        );
+        let EventPayload::Dispute(d) = Event::parse(&closed).unwrap().payload else { panic!() };
+        assert_eq!(
+            (d.charge.as_str(), d.payment_intent.as_deref(), d.status.as_str(), d.closed),
+            ("ch_1", Some("pi_1"), "won", true)
+        );
+        let created =
+            envelope("charge.dispute.created", json!({"id": "dp_2", "charge": "ch_2", "status": "needs_response"}));
+        let EventPayload::Dispute(d) = Event::parse(&created).unwrap().payload else { panic!() };
+        assert_eq!((d.payment_intent, d.closed), (None, false));
     }
 
     #[test]

@@ -205,6 +205,8 @@ impl StripeInput {
                 EventPayload::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }
+                EventPayload::ChargeRefunded(charge) => keys.payment_intents.extend(charge.payment_intent.clone()),
+                EventPayload::Dispute(dispute) => keys.payment_intents.extend(dispute.payment_intent.clone()),
                 EventPayload::Ignored => {}
             },
         }

@@ -239,3 +239,145 @@ async fn a_paid_session_without_a_user_or_a_perpetual_plan_issues_nothing() {
     assert_eq!(note_of(&app, "evt_anon").await, "checkout names no user");
     assert_eq!(note_of(&app, "evt_pro").await, "checkout names no perpetual plan");
 }
+
+/// A perpetual license bought through checkout `cs_r` (paid by `pi_cs_r`),
+/// activated on one device whose event stream is open.
+async fn bought_and_listening(app: &TestApp) -> (String, EventReader) {
+    app.deliver(&event("evt_bought", "checkout.session.completed", now() - 60, session("cs_r", "paid"))).await;
+    let key = the_license(app).await["key"].as_str().unwrap().to_owned();
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    let response = app.open_event_stream(&key, &token, None).await;
+    assert_eq!(response.status(), 200);
+    (key, EventReader::new(response))
+}
+
+fn charge(payment_intent: &str, amount_refunded: i64) -> Value {
+    json!({
+        "id": "ch_r", "object": "charge", "amount": 4900, "amount_refunded": amount_refunded, "currency": "eur",
+        "payment_intent": payment_intent, "refunded": amount_refunded == 4900, "customer": "cus_u"
+    })
+}
+
+fn dispute(payment_intent: &str, status: &str) -> Value {
+    json!({
+        "id": "dp_r", "object": "dispute", "amount": 4900, "currency": "eur", "charge": "ch_r",
+        "payment_intent": payment_intent, "status": status, "reason": "fraudulent"
+    })
+}
+
+fn verdict_code(verdict: &Value) -> (bool, &str) {
+    (verdict["valid"].as_bool().unwrap(), verdict["code"].as_str().unwrap())
+}
+
+async fn license_change_kinds(app: &TestApp) -> Vec<String> {
+    app.db.strings("SELECT kind FROM license_changes ORDER BY id").await
+}
+
+#[tokio::test]
+async fn a_full_refund_revokes_the_license_and_tells_its_device() {
+    let app = app_without_stripe_api().await;
+    let (key, mut events) = bought_and_listening(&app).await;
+    app.deliver(&event("evt_refund", "charge.refunded", now(), charge("pi_cs_r", 4900))).await;
+    let message = events.next_of("license.updated").await;
+    assert_eq!((message.data["status"].as_str(), message.data["reason"].as_str()), (Some("revoked"), Some("refund")));
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (false, "REVOKED"));
+    assert_eq!(license_change_kinds(&app).await, ["issued", "revoked"]);
+}
+
+#[tokio::test]
+async fn a_partial_refund_is_recorded_and_changes_nothing() {
+    let app = app_without_stripe_api().await;
+    let (key, _events) = bought_and_listening(&app).await;
+    let outbox = app.count("outbox_events").await;
+    app.deliver(&event("evt_partial", "charge.refunded", now(), charge("pi_cs_r", 1000))).await;
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (true, "VALID"));
+    assert_eq!(license_change_kinds(&app).await, ["issued", "partially_refunded"]);
+    assert_eq!(note_of(&app, "evt_partial").await, "partial refund: the license is kept");
+    assert_eq!(app.count("outbox_events").await, outbox, "nothing to tell the device");
+}
+
+#[tokio::test]
+async fn a_dispute_suspends_the_license_and_winning_it_restores_it() {
+    let app = app_without_stripe_api().await;
+    let (key, mut events) = bought_and_listening(&app).await;
+    app.deliver(&event("evt_dispute", "charge.dispute.created", now() - 10, dispute("pi_cs_r", "needs_response")))
+        .await;
+    let message = events.next_of("license.updated").await;
+    assert_eq!(
+        (message.data["status"].as_str(), message.data["reason"].as_str()),
+        (Some("suspended"), Some("dispute"))
+    );
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (false, "SUSPENDED"));
+    // The same dispute delivered again changes nothing.
+    app.deliver(&event("evt_dispute_again", "charge.dispute.created", now() - 5, dispute("pi_cs_r", "needs_response")))
+        .await;
+    assert_eq!(note_of(&app, "evt_dispute_again").await, "dispute already open");
+
+    app.deliver(&event("evt_won", "charge.dispute.closed", now(), dispute("pi_cs_r", "won"))).await;
+    let message = events.next_of("license.updated").await;
+    assert_eq!(
+        (message.data["status"].as_str(), message.data["reason"].as_str()),
+        (Some("active"), Some("dispute_won"))
+    );
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (true, "VALID"));
+    assert_eq!(license_change_kinds(&app).await, ["issued", "suspended", "reinstated"]);
+}
+
+#[tokio::test]
+async fn a_lost_dispute_revokes_the_license() {
+    let app = app_without_stripe_api().await;
+    let (key, mut events) = bought_and_listening(&app).await;
+    app.deliver(&event("evt_dispute", "charge.dispute.created", now() - 10, dispute("pi_cs_r", "needs_response")))
+        .await;
+    assert_eq!(events.next_of("license.updated").await.data["status"], "suspended");
+    app.deliver(&event("evt_lost", "charge.dispute.closed", now(), dispute("pi_cs_r", "lost"))).await;
+    let message = events.next_of("license.updated").await;
+    assert_eq!(
+        (message.data["status"].as_str(), message.data["reason"].as_str()),
+        (Some("revoked"), Some("dispute_lost"))
+    );
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (false, "REVOKED"));
+}
+
+#[tokio::test]
+async fn an_admin_suspension_outlasts_a_won_dispute() {
+    let app = app_without_stripe_api().await;
+    let (key, _events) = bought_and_listening(&app).await;
+    let id = the_license(&app).await["id"].as_str().unwrap().to_owned();
+    app.deliver(&event("evt_dispute", "charge.dispute.created", now() - 10, dispute("pi_cs_r", "needs_response")))
+        .await;
+    let token = app.admin_token(&["licenses:write"]).await;
+    app.admin_ok(reqwest::Method::POST, &format!("/api/admin/licenses/{id}/suspend"), &token, None, 200).await;
+    app.deliver(&event("evt_won", "charge.dispute.closed", now(), dispute("pi_cs_r", "won"))).await;
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (false, "SUSPENDED"), "the admin's holds");
+    app.admin_ok(reqwest::Method::POST, &format!("/api/admin/licenses/{id}/reinstate"), &token, None, 200).await;
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (true, "VALID"));
+}
+
+#[tokio::test]
+async fn a_charge_we_hold_no_payment_for_is_recorded_and_ignored() {
+    let app = app_without_stripe_api().await;
+    let (key, _events) = bought_and_listening(&app).await;
+    // A subscription's invoice charge, and a charge of some other sale.
+    app.deliver(&event(
+        "evt_sub",
+        "customer.subscription.created",
+        now() - 100,
+        subscription("sub_u", "cus_u", "active", PRICE_PRO, Some("u")),
+    ))
+    .await;
+    let licenses_before = app.get_licenses("u").await;
+    let outbox = app.count("outbox_events").await;
+    app.deliver(&event("evt_other_refund", "charge.refunded", now(), charge("pi_unknown", 4900))).await;
+    app.deliver(&event("evt_other_dispute", "charge.dispute.created", now(), dispute("pi_unknown", "needs_response")))
+        .await;
+    let mut no_intent = dispute("pi_unknown", "needs_response");
+    no_intent["payment_intent"] = Value::Null;
+    app.deliver(&event("evt_bare_dispute", "charge.dispute.created", now(), no_intent)).await;
+    for id in ["evt_other_refund", "evt_other_dispute", "evt_bare_dispute"] {
+        assert_eq!(note_of(&app, id).await, "charge not linked to a license: ignored", "{id}");
+    }
+    assert_eq!(app.get_licenses("u").await, licenses_before);
+    assert_eq!(app.count("outbox_events").await, outbox);
+    assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (true, "VALID"));
+}

@@ -238,15 +238,17 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             params![invoices],
         ));
     }
-    let with_sessions = !sessions.is_empty();
+    let intents: Vec<String> = keys.payment_intents.iter().cloned().collect();
+    let with_sessions = !sessions.is_empty() || !intents.is_empty();
     if with_sessions {
         statements.push(Statement::new(
             format!(
                 "SELECT {LICENSE_COLUMNS}, p.stripe_checkout_session_id, p.stripe_payment_intent_id
                    FROM purchases p JOIN licenses l ON l.id = p.license_id
-                  WHERE p.stripe_checkout_session_id = ANY ($1) ORDER BY l.id FOR NO KEY UPDATE OF l"
+                  WHERE p.stripe_checkout_session_id = ANY ($1) OR p.stripe_payment_intent_id = ANY ($2)
+                  ORDER BY l.id FOR NO KEY UPDATE OF l"
             ),
-            params![sessions],
+            params![sessions, intents],
         ));
     }
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(2);
@@ -506,12 +508,12 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                     expires_at = u.expires_at, grace_ends_at = u.grace_ends_at, entitlements = u.entitlements,
                     metadata = u.metadata, max_devices_override = u.max_devices_override,
                     expires_at_override = u.expires_at_override, admin_suspended_at = u.admin_suspended_at,
-                    updates_until = u.updates_until, updated_at = now()
+                    updates_until = u.updates_until, disputed_at = u.disputed_at, updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[],
                     $7::jsonb[], $8::jsonb[], $9::int4[], $10::timestamptz[], $11::timestamptz[],
-                    $12::timestamptz[])
+                    $12::timestamptz[], $13::timestamptz[])
                     AS u(id, status, plan_id, max_devices, expires_at, grace_ends_at, entitlements, metadata,
-                         max_devices_override, expires_at_override, admin_suspended_at, updates_until)
+                         max_devices_override, expires_at_override, admin_suspended_at, updates_until, disputed_at)
               WHERE l.id = u.id",
             params![
                 l.iter().map(|l| l.id).collect::<Vec<_>>(),
@@ -526,6 +528,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.disputed_at).collect::<Vec<_>>(),
             ],
         ));
     }

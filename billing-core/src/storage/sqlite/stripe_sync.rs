@@ -113,6 +113,15 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             bundle.purchases.insert(session.clone(), HeldPurchase { license, payment_intent });
         }
     }
+    for intent in &keys.payment_intents {
+        let sql = "SELECT stripe_checkout_session_id, license_id FROM purchases WHERE stripe_payment_intent_id = ?1";
+        let held = query_opt(conn, sql, [intent], |row| Ok((get::<String>(row, 0)?, get::<String>(row, 1)?)))?;
+        if let Some((session, license_id)) = held {
+            let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
+                .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
+            bundle.purchases.insert(session, HeldPurchase { license, payment_intent: Some(intent.clone()) });
+        }
+    }
     Ok((bundle, reclaimed))
 }
 
@@ -455,7 +464,7 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
         conn,
         "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
                 entitlements = ?7, metadata = ?8, max_devices_override = ?9, expires_at_override = ?10,
-                admin_suspended_at = ?11, updated_at = ?12, updates_until = ?13
+                admin_suspended_at = ?11, updated_at = ?12, updates_until = ?13, disputed_at = ?14
           WHERE id = ?1",
         params![
             license.id.to_string(),
@@ -470,7 +479,8 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
             opt_micros(o.expires_at)?,
             opt_micros(o.suspended_at)?,
             now,
-            opt_micros(license.updates_until)?
+            opt_micros(license.updates_until)?,
+            opt_micros(o.disputed_at)?
         ],
     )?;
     Ok(())

@@ -8,7 +8,7 @@
 //! and so changes nothing.
 
 use crate::billing::Billing;
-use crate::domain::{Actor, Subscription, SubscriptionStatus};
+use crate::domain::{Actor, LicenseKind, Subscription, SubscriptionStatus};
 use crate::storage::{Store, StoreError};
 use crate::stripe::client::Card;
 use crate::stripe::{StripeClient, StripeError};
@@ -149,7 +149,9 @@ impl<S: Store> Billing<S> {
         self.actionable_subscription(user_id).await
     }
 
-    /// Creates a Checkout Session for a plan, reusing the user's Stripe customer.
+    /// Creates a Checkout Session for a plan, reusing the user's Stripe
+    /// customer: a subscription, or for a perpetual plan a one-time payment
+    /// (which an active subscription does not stand in the way of).
     pub async fn create_checkout(
         &self,
         user_id: &str,
@@ -161,27 +163,40 @@ impl<S: Store> Billing<S> {
         check_url(success_url, "success_url must be an absolute http(s) URL")?;
         check_url(cancel_url, "cancel_url must be an absolute http(s) URL")?;
         let stripe = self.stripe()?;
-        if let Some(current) = self.current_subscription(user_id).await? {
-            if matches!(
-                current.snapshot.status,
-                SubscriptionStatus::Active | SubscriptionStatus::Trialing | SubscriptionStatus::PastDue
-            ) {
-                return Err(ActionError::Conflict("already subscribed; change the plan instead"));
+        let perpetual = plan.kind == LicenseKind::Perpetual;
+        if !perpetual {
+            if let Some(current) = self.current_subscription(user_id).await? {
+                if matches!(
+                    current.snapshot.status,
+                    SubscriptionStatus::Active | SubscriptionStatus::Trialing | SubscriptionStatus::PastDue
+                ) {
+                    return Err(ActionError::Conflict("already subscribed; change the plan instead"));
+                }
             }
         }
         let customer = self.store().stripe_customers_of_user(user_id).await?.into_iter().next();
         let mut params = form(&[
-            ("mode", "subscription"),
+            ("mode", if perpetual { "payment" } else { "subscription" }),
             ("line_items[0][price]", &plan.stripe_price_id),
             ("line_items[0][quantity]", "1"),
             ("success_url", success_url),
             ("cancel_url", cancel_url),
             ("client_reference_id", user_id),
-            ("subscription_data[metadata][user_id]", user_id),
             ("metadata[user_id]", user_id),
         ]);
-        if let Some(customer) = &customer {
-            params.push(("customer".to_owned(), customer.clone()));
+        if perpetual {
+            // The webhook issues the license of `metadata[plan]`; the
+            // payment intent carries the user to the charge (refunds, disputes).
+            params.extend(form(&[("metadata[plan]", &plan.id.0), ("payment_intent_data[metadata][user_id]", user_id)]));
+        } else {
+            params.extend(form(&[("subscription_data[metadata][user_id]", user_id)]));
+        }
+        match &customer {
+            Some(customer) => params.push(("customer".to_owned(), customer.clone())),
+            // Without it a payment-mode session may end with no customer
+            // (subscriptions always make one), and the purchase with no owner.
+            None if perpetual => params.push(("customer_creation".to_owned(), "always".to_owned())),
+            None => {}
         }
         let (id, url) = stripe.create_checkout_session(&params, &idempotency_key("checkout")).await?;
         Ok(CheckoutSessionLink { id, url })

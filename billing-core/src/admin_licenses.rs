@@ -118,6 +118,7 @@ impl<S: Store> Billing<S> {
             max_devices: request.max_devices.map(license::check_max_devices).transpose()?,
             expires_at: request.expires_at.map(|t| license::check_expires_at(t, now)).transpose()?,
             suspended_at: None,
+            disputed_at: None,
         };
         let kind = request.kind.or(catalog_plan.map(|p| p.kind)).unwrap_or_default();
         let updates_until = request.updates_until.or_else(|| match (kind, catalog_plan) {

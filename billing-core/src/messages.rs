@@ -17,6 +17,13 @@ pub(crate) fn license_updated(license: &License) -> OutboxMessage {
     license_message(LICENSE_UPDATED, license)
 }
 
+/// `license.updated` with why it changed (a refund, a dispute).
+pub(crate) fn license_updated_because(license: &License, reason: &str) -> OutboxMessage {
+    let mut message = license_updated(license);
+    message.payload["reason"] = json!(reason);
+    message
+}
+
 pub(crate) fn license_message(topic: Topic, license: &License) -> OutboxMessage {
     let t = &license.terms;
     OutboxMessage {

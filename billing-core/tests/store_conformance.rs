@@ -834,6 +834,7 @@ async fn every_part_of_a_changeset_is_applied_and_loaded_back() {
             max_devices: Some(5),
             expires_at: Some(at(1_800_000_000, 0)),
             suspended_at: None,
+            disputed_at: None,
         },
         ..License::for_subscription(sub_2.id, LicenseTerms { max_devices: 5, ..whole.clone() })
     };
@@ -3022,6 +3023,7 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
             max_devices: Some(2),
             expires_at: Some(at(1_900_000_000, 123_000)),
             suspended_at: None,
+            disputed_at: None,
         },
         kind: LicenseKind::Perpetual,
         updates_until: Some(at(1_950_000_000, 456_000)),
@@ -3077,6 +3079,7 @@ async fn manual_licenses_and_admin_overrides_read_back_with_their_owner_and_subs
             max_devices: Some(9),
             expires_at: Some(at(1_800_000_000, 7_000)),
             suspended_at: Some(at(1_764_000_000, 5_000)),
+            disputed_at: Some(at(1_764_000_100, 9_000)),
         },
         ..stored_stripe.clone()
     };

@@ -123,6 +123,10 @@ pub struct LicenseChanged {
     /// A card-less trial.
     #[serde(default)]
     pub trial: bool,
+    /// Why, when a charge changed the license: `refund`, `dispute`,
+    /// `dispute_won` or `dispute_lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `subscription.updated`: the Stripe subscription behind the license changed.
@@ -285,6 +289,9 @@ pub struct StreamStop {
 }
 
 /// What a subscription reports.
+// Updates are handed out one at a time, each moved once: boxing the event
+// would change the public API to save bytes nobody stores.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamUpdate {
     /// Connected (or reconnected) to the server.
@@ -454,6 +461,14 @@ mod tests {
             "{created:?}"
         );
         assert_eq!(created.topic(), "license.created");
+        assert!(matches!(&created, EventPayload::LicenseCreated(l) if l.reason.is_none()));
+        let disputed = r#"{"license_id":"l","status":"suspended","max_devices":1,"plan":"studio","expires_at":null,"grace_ends_at":null,"kind":"perpetual","reason":"dispute"}"#;
+        match EventPayload::parse("license.updated", disputed) {
+            EventPayload::LicenseUpdated(l) => {
+                assert_eq!((l.status.as_str(), l.reason.as_deref()), ("suspended", Some("dispute")))
+            }
+            other => panic!("{other:?}"),
+        }
         let unknown = EventPayload::parse("coupon.applied", r#"{"x":1}"#);
         assert_eq!(unknown.topic(), "coupon.applied");
         assert_eq!(unknown.name(), EventName::Unknown("coupon.applied".into()));

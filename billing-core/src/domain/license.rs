@@ -181,6 +181,10 @@ pub struct LicenseOverrides {
     pub expires_at: Option<Timestamp>,
     /// When an admin suspended it; only an admin reinstatement clears it.
     pub suspended_at: Option<Timestamp>,
+    /// When the charge that paid for it was disputed: suspended until the
+    /// dispute closes (only the dispute's end clears it, and what the
+    /// license is then follows from its source and the admin's fields).
+    pub disputed_at: Option<Timestamp>,
 }
 
 /// A license as we hold it.
@@ -216,6 +220,28 @@ pub struct License {
 }
 
 impl License {
+    /// A fresh perpetual license of `plan` bought by `user_id` through a
+    /// Checkout payment at `paid_at`, with a new key: active, no expiry, its
+    /// updates window running from the payment.
+    pub fn for_purchase(user_id: &str, plan: &Plan, paid_at: Timestamp) -> Self {
+        Self {
+            subscription_id: None,
+            user_id: Some(user_id.to_owned()),
+            kind: LicenseKind::Perpetual,
+            updates_until: updates_window_end(plan, paid_at),
+            ..Self::for_subscription(
+                Uuid::nil(),
+                LicenseTerms {
+                    status: LicenseStatus::Active,
+                    max_devices: plan.max_devices,
+                    expires_at: None,
+                    grace_ends_at: None,
+                    plan_id: Some(plan.id.0.clone()),
+                },
+            )
+        }
+    }
+
     /// A fresh license of a Stripe subscription, with a new key.
     pub fn for_subscription(subscription_id: Uuid, terms: LicenseTerms) -> Self {
         Self {
@@ -385,7 +411,7 @@ fn overlay(from_source: LicenseStatus, held: Option<&LicenseTerms>, overrides: &
     match held {
         Some(h) if h.status == LicenseStatus::Revoked => LicenseStatus::Revoked,
         _ if from_source == LicenseStatus::Expired => LicenseStatus::Expired,
-        _ if overrides.suspended_at.is_some() => LicenseStatus::Suspended,
+        _ if overrides.suspended_at.is_some() || overrides.disputed_at.is_some() => LicenseStatus::Suspended,
         _ => from_source,
     }
 }
@@ -712,6 +738,11 @@ pub fn rederive(
     match (license.source, sub) {
         (LicenseSource::Stripe, Some(sub)) => {
             Some(terms_for(sub, plan, Some(&license.terms), &license.overrides, grace, now))
+        }
+        // Bought once through Checkout: no subscription to follow, terms
+        // as for a license issued by hand.
+        (LicenseSource::Stripe, None) if license.subscription_id.is_none() => {
+            Some(manual_terms(plan, Some(&license.terms), &license.overrides, now))
         }
         (LicenseSource::Stripe, None) => None,
         (LicenseSource::Manual, _) => Some(manual_terms(plan, Some(&license.terms), &license.overrides, now)),

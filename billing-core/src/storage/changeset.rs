@@ -83,6 +83,19 @@ pub struct PaymentUpsert {
     pub new: bool,
 }
 
+/// A Checkout purchase to record, after the license it issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPurchase {
+    /// `cs_…`
+    pub stripe_checkout_session_id: String,
+    /// The license it issued (among the changeset's new licenses).
+    pub license_id: Uuid,
+    /// Our id of the buyer's customer, when the session names one.
+    pub customer_id: Option<Uuid>,
+    /// `pi_…`
+    pub stripe_payment_intent_id: Option<String>,
+}
+
 /// A device to write with the hash of its new activation token: a new
 /// slot, or a held slot taken again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +168,8 @@ pub struct Changeset {
     pub subscription_audit: Vec<SubscriptionAudit>,
     /// Licenses issued.
     pub new_licenses: Vec<License>,
+    /// Checkout purchases, after their licenses.
+    pub new_purchases: Vec<NewPurchase>,
     /// Held licenses' new terms, each in its last state.
     pub license_terms: Vec<(Uuid, LicenseTerms)>,
     /// Payments, each in its last state.

@@ -199,10 +199,10 @@ const SUBSCRIPTION_COLUMN_COUNT: usize = 17;
 const LICENSE_COLUMNS: &str =
     "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
      l.plan_id, l.source, l.user_id, l.entitlements, l.metadata, l.max_devices_override, l.expires_at_override, \
-     l.admin_suspended_at, l.kind, l.updates_until, l.trial";
+     l.admin_suspended_at, l.kind, l.updates_until, l.trial, l.disputed_at";
 
 /// How many columns [`LICENSE_COLUMNS`] names.
-const LICENSE_COLUMN_COUNT: usize = 18;
+const LICENSE_COLUMN_COUNT: usize = 19;
 
 fn license_from_row(row: &Row) -> Result<License, StoreError> {
     license_from_row_at(row, 0)
@@ -238,6 +238,7 @@ fn license_from_row_at(row: &Row, first: usize) -> Result<License, StoreError> {
             max_devices: extras.max_devices_override,
             expires_at: row.get(first + 13),
             suspended_at: row.get(first + 14),
+            disputed_at: row.get(first + 18),
         },
         kind: license_kind(&kind)?,
         updates_until: row.get(first + 16),

@@ -269,10 +269,10 @@ fn subscription_from_row(row: &Row<'_>) -> Result<Subscription, StoreError> {
 const LICENSE_COLUMNS: &str =
     "l.id, l.subscription_id, l.key, l.status, l.max_devices, l.expires_at, l.grace_ends_at, \
      l.plan_id, l.source, l.user_id, l.entitlements, l.metadata, l.max_devices_override, l.expires_at_override, \
-     l.admin_suspended_at, l.kind, l.updates_until, l.trial";
+     l.admin_suspended_at, l.kind, l.updates_until, l.trial, l.disputed_at";
 
 /// How many columns [`LICENSE_COLUMNS`] names.
-const LICENSE_COLUMN_COUNT: usize = 18;
+const LICENSE_COLUMN_COUNT: usize = 19;
 
 fn license_from_row(row: &Row<'_>) -> Result<License, StoreError> {
     license_from_row_at(row, 0)
@@ -310,6 +310,7 @@ fn license_from_row_at(row: &Row<'_>, first: usize) -> Result<License, StoreErro
             max_devices: extras.max_devices_override,
             expires_at: opt_time(row, first + 13)?,
             suspended_at: opt_time(row, first + 14)?,
+            disputed_at: opt_time(row, first + 18)?,
         },
         kind: license_kind(&get::<String>(row, first + 15)?)?,
         updates_until: opt_time(row, first + 16)?,

@@ -15,7 +15,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
 
 pub use super::changeset::{
-    Changeset, DeliveryRecord, DeviceAudit, HeldSubscription, NewCustomer, PaymentUpsert, SubscriptionAudit,
+    Changeset, DeliveryRecord, DeviceAudit, HeldSubscription, NewCustomer, NewPurchase, PaymentUpsert,
+    SubscriptionAudit,
 };
 
 /// A delivery to claim: the envelope facts recorded for deduplication and
@@ -50,6 +51,12 @@ pub struct StripeKeys {
     pub customers: BTreeSet<String>,
     /// `in_…`: the payments held for them, locked.
     pub invoices: BTreeSet<String>,
+    /// `cs_…` of payment-mode checkouts: the purchases held for them (and
+    /// their licenses), locked.
+    pub checkout_sessions: BTreeSet<String>,
+    /// `pi_…` a charge names: the purchases it paid for (and their
+    /// licenses), locked.
+    pub payment_intents: BTreeSet<String>,
 }
 
 impl StripeKeys {
@@ -95,6 +102,18 @@ pub struct StripeBundle {
     pub customers: HashMap<String, HeldCustomer>,
     /// Stripe subscription ids with a paid invoice.
     pub paid_subscriptions: HashSet<String>,
-    /// By Stripe invoice id.
+    /// By Stripe invoice id (or, for a Checkout payment, its payment
+    /// intent's).
     pub payments: HashMap<String, PaymentStatus>,
+    /// Perpetual licenses bought through Checkout, by `cs_…`.
+    pub purchases: HashMap<String, HeldPurchase>,
+}
+
+/// A perpetual license bought through one Checkout Session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldPurchase {
+    /// The license it issued.
+    pub license: License,
+    /// `pi_…`: what a later charge names.
+    pub payment_intent: Option<String>,
 }

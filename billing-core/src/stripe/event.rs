@@ -31,8 +31,13 @@ pub struct Event {
 /// The part of an event we act on.
 #[derive(Debug, Clone)]
 pub enum EventPayload {
-    /// `checkout.session.completed`
+    /// `checkout.session.completed` and
+    /// `checkout.session.async_payment_succeeded` (a delayed payment that
+    /// cleared: the session now says `payment_status: paid`).
     CheckoutCompleted(CheckoutSession),
+    /// `checkout.session.async_payment_failed`: a delayed payment that did
+    /// not clear.
+    CheckoutPaymentFailed(CheckoutSession),
     /// `customer.subscription.*`
     Subscription(SubscriptionSnapshot),
     /// `invoice.paid`, `invoice.payment_succeeded`, `invoice.payment_failed`,
@@ -40,6 +45,10 @@ pub enum EventPayload {
     Invoice(Payment),
     /// `customer.created`, `customer.updated`, `customer.deleted`
     Customer(StripeCustomer),
+    /// `charge.refunded`
+    ChargeRefunded(Charge),
+    /// `charge.dispute.created`, `charge.dispute.closed`
+    Dispute(Dispute),
     /// Any other type: acknowledged and recorded as ignored.
     Ignored,
 }
@@ -59,6 +68,16 @@ pub struct CheckoutSession {
     pub customer: Option<String>,
     /// `sub_…` (subscription mode only).
     pub subscription: Option<String>,
+    /// `paid`, `unpaid` or `no_payment_required`.
+    pub payment_status: Option<String>,
+    /// `pi_…` (payment mode): what the charge, its refunds and disputes name.
+    pub payment_intent: Option<String>,
+    /// `metadata.plan`: the plan a perpetual checkout was created for.
+    pub metadata_plan: Option<String>,
+    /// In the currency's smallest unit.
+    pub amount_total: Option<i64>,
+    /// e.g. `eur`.
+    pub currency: Option<String>,
 }
 
 impl CheckoutSession {
@@ -66,6 +85,43 @@ impl CheckoutSession {
     pub fn user_id(&self) -> Option<&str> {
         self.client_reference_id.as_deref().or(self.metadata_user_id.as_deref())
     }
+}
+
+/// A charge, as far as its refunds go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// `ch_…`
+    pub id: String,
+    /// `pi_…`: how the charge is linked to what it paid for.
+    pub payment_intent: Option<String>,
+    /// What was charged, in the currency's smallest unit.
+    pub amount: i64,
+    /// How much of it has been refunded so far.
+    pub amount_refunded: i64,
+    /// e.g. `eur`.
+    pub currency: Option<String>,
+}
+
+impl Charge {
+    /// Whether all of it has been refunded.
+    pub fn fully_refunded(&self) -> bool {
+        self.amount_refunded >= self.amount
+    }
+}
+
+/// A dispute (chargeback or inquiry) of a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispute {
+    /// `dp_…`
+    pub id: String,
+    /// `ch_…`
+    pub charge: String,
+    /// `pi_…`
+    pub payment_intent: Option<String>,
+    /// e.g. `needs_response`, `won`, `lost`, `warning_closed`.
+    pub status: String,
+    /// Whether the event reports it closed (`charge.dispute.closed`).
+    pub closed: bool,
 }
 
 /// A Stripe customer, as far as linking it to a user goes.
@@ -143,8 +199,11 @@ impl Event {
         let envelope: Envelope = serde_json::from_slice(body).map_err(EventError::Envelope)?;
         let object_error = |reason: String| EventError::Object { kind: envelope.kind.0.clone(), reason };
         let payload = match envelope.kind.0.as_str() {
-            "checkout.session.completed" => {
+            "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
                 EventPayload::CheckoutCompleted(parse_checkout(&envelope.data.object).map_err(object_error)?)
+            }
+            "checkout.session.async_payment_failed" => {
+                EventPayload::CheckoutPaymentFailed(parse_checkout(&envelope.data.object).map_err(object_error)?)
             }
             "customer.subscription.created"
             | "customer.subscription.updated"
@@ -161,6 +220,13 @@ impl Event {
                 parse_customer(&envelope.data.object, envelope.kind.0 == "customer.deleted").map_err(object_error)?,
             ),
             "invoice.payment_failed" => invoice(&envelope, PaymentStatus::Failed).map_err(object_error)?,
+            "charge.refunded" => {
+                EventPayload::ChargeRefunded(parse_charge(&envelope.data.object).map_err(object_error)?)
+            }
+            "charge.dispute.created" | "charge.dispute.closed" => EventPayload::Dispute(
+                parse_dispute(&envelope.data.object, envelope.kind.0 == "charge.dispute.closed")
+                    .map_err(object_error)?,
+            ),
             "invoice.payment_action_required" => {
                 invoice(&envelope, PaymentStatus::ActionRequired).map_err(object_error)?
             }
@@ -272,9 +338,13 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionSnapshot, String
 }
 
 fn metadata_user_id(metadata: &HashMap<String, Value>) -> Result<Option<String>, String> {
-    match metadata.get("user_id").and_then(Value::as_str) {
-        Some(user_id) if user_id.contains('\0') => Err("`metadata.user_id` contains NUL".to_owned()),
-        user_id => Ok(user_id.filter(|s| !s.is_empty()).map(str::to_owned)),
+    metadata_text(metadata, "user_id")
+}
+
+fn metadata_text(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match metadata.get(key).and_then(Value::as_str) {
+        Some(value) if value.contains('\0') => Err(format!("`metadata.{key}` contains NUL")),
+        value => Ok(value.filter(|s| !s.is_empty()).map(str::to_owned)),
     }
 }
 
@@ -305,6 +375,10 @@ struct RawCheckout {
     subscription: Option<Expandable>,
     #[serde(default)]
     metadata: HashMap<String, Value>,
+    payment_status: Option<Text>,
+    payment_intent: Option<Expandable>,
+    amount_total: Option<i64>,
+    currency: Option<Text>,
 }
 
 pub(crate) fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> {
@@ -316,6 +390,51 @@ pub(crate) fn parse_checkout(object: &Value) -> Result<CheckoutSession, String> 
         metadata_user_id: metadata_user_id(&raw.metadata)?,
         customer: raw.customer.map(Expandable::into_id),
         subscription: raw.subscription.map(Expandable::into_id),
+        payment_status: text(raw.payment_status),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        metadata_plan: metadata_text(&raw.metadata, "plan")?,
+        amount_total: raw.amount_total,
+        currency: text(raw.currency),
+    })
+}
+
+#[derive(Deserialize)]
+struct RawCharge {
+    id: Text,
+    payment_intent: Option<Expandable>,
+    amount: i64,
+    #[serde(default)]
+    amount_refunded: i64,
+    currency: Option<Text>,
+}
+
+fn parse_charge(object: &Value) -> Result<Charge, String> {
+    let raw = RawCharge::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(Charge {
+        id: raw.id.into(),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        amount: raw.amount,
+        amount_refunded: raw.amount_refunded,
+        currency: text(raw.currency),
+    })
+}
+
+#[derive(Deserialize)]
+struct RawDispute {
+    id: Text,
+    charge: Expandable,
+    payment_intent: Option<Expandable>,
+    status: Text,
+}
+
+fn parse_dispute(object: &Value, closed: bool) -> Result<Dispute, String> {
+    let raw = RawDispute::deserialize(object).map_err(|e| e.to_string())?;
+    Ok(Dispute {
+        id: raw.id.into(),
+        charge: raw.charge.into_id(),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        status: raw.status.into(),
+        closed,
     })
 }
 
@@ -469,6 +588,51 @@ mod tests {
             panic!()
         };
         assert_eq!((c.mode.as_str(), c.subscription.as_deref(), c.user_id()), ("payment", None, None));
+        assert_eq!(
+            (c.payment_status.as_deref(), c.payment_intent.as_deref(), c.metadata_plan.as_deref()),
+            (Some("paid"), Some("pi_1IqxJOJDPojXS6LN9uOebAea"), None)
+        );
+        assert_eq!((c.amount_total, c.currency.as_deref()), (Some(999), Some("eur")));
+    }
+
+    #[test]
+    fn charges_and_disputes_name_their_payment_intent() {
+        let refunded = envelope(
+            "charge.refunded",
+            json!({"id": "ch_1", "object": "charge", "amount": 4900, "amount_refunded": 1000, "currency": "eur",
+                   "payment_intent": "pi_1", "refunded": false}),
+        );
+        let EventPayload::ChargeRefunded(c) = Event::parse(&refunded).unwrap().payload else { panic!() };
+        assert_eq!((c.id.as_str(), c.payment_intent.as_deref(), c.fully_refunded()), ("ch_1", Some("pi_1"), false));
+        let closed = envelope(
+            "charge.dispute.closed",
+            json!({"id": "dp_1", "object": "dispute", "charge": {"id": "ch_1"}, "payment_intent": "pi_1",
+                   "status": "won", "amount": 4900}),
+        );
+        let EventPayload::Dispute(d) = Event::parse(&closed).unwrap().payload else { panic!() };
+        assert_eq!(
+            (d.charge.as_str(), d.payment_intent.as_deref(), d.status.as_str(), d.closed),
+            ("ch_1", Some("pi_1"), "won", true)
+        );
+        let created =
+            envelope("charge.dispute.created", json!({"id": "dp_2", "charge": "ch_2", "status": "needs_response"}));
+        let EventPayload::Dispute(d) = Event::parse(&created).unwrap().payload else { panic!() };
+        assert_eq!((d.payment_intent, d.closed), (None, false));
+    }
+
+    #[test]
+    fn delayed_payment_events_carry_the_session() {
+        let session = json!({"id": "cs_1", "mode": "payment", "payment_status": "paid", "client_reference_id": "u1",
+                             "payment_intent": {"id": "pi_1"}, "metadata": {"plan": "studio", "user_id": "u1"},
+                             "customer": "cus_1", "amount_total": 4900, "currency": "eur"});
+        let EventPayload::CheckoutCompleted(c) =
+            Event::parse(&envelope("checkout.session.async_payment_succeeded", session.clone())).unwrap().payload
+        else {
+            panic!("not a checkout")
+        };
+        assert_eq!((c.payment_intent.as_deref(), c.metadata_plan.as_deref()), (Some("pi_1"), Some("studio")));
+        let failed = Event::parse(&envelope("checkout.session.async_payment_failed", session)).unwrap();
+        assert!(matches!(failed.payload, EventPayload::CheckoutPaymentFailed(c) if c.id == "cs_1"));
     }
 
     #[test]

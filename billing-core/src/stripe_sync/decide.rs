@@ -12,17 +12,20 @@ use crate::domain::device::{evicted_by_limit, Liveness};
 use crate::domain::license::{self, LicenseDecision};
 use crate::domain::subscription::{self, changes_between, Freshness, SubscriptionChange};
 use crate::domain::{
-    Actor, Device, DeviceStatus, License, Payment, PaymentStatus, PlanCatalog, Subscription, SubscriptionSnapshot,
-    SubscriptionStatus, Timestamp, Topic,
+    from_unix, Actor, Device, DeviceStatus, License, LicenseKind, LicenseStatus, LicenseTerms, Payment, PaymentStatus,
+    PlanCatalog, Subscription, SubscriptionSnapshot, SubscriptionStatus, Timestamp, Topic,
 };
 use crate::licensing::{device_message, DeactivationReason};
-use crate::messages::{license_message, license_updated, subscription_updated, LICENSE_CREATED};
+use crate::messages::{
+    license_message, license_updated, license_updated_because, subscription_updated, LICENSE_CREATED,
+};
+use crate::storage::changeset::LicenseAudit;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldSubscription, NewCustomer, PaymentUpsert, StripeBundle,
-    SubscriptionAudit,
+    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldPurchase, HeldSubscription, NewCustomer, NewPurchase,
+    PaymentUpsert, StripeBundle, SubscriptionAudit,
 };
 use crate::storage::OutboxMessage;
-use crate::stripe::{CheckoutSession, EventPayload, StripeCustomer};
+use crate::stripe::{Charge, CheckoutSession, Dispute, EventPayload, StripeCustomer};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -91,7 +94,17 @@ impl<'a> Decisions<'a> {
                         }
                     }
                     EventPayload::CheckoutCompleted(session) => {
-                        if let Some(note) = self.checkout(&actor, session) {
+                        let note = match session.mode.as_str() {
+                            "payment" => self.purchase(&actor, session, event.created),
+                            _ => self.checkout(&actor, session),
+                        };
+                        if let Some(note) = note {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::CheckoutPaymentFailed(session) => {
+                        if let Some(note) = self.purchase_failed(session) {
                             self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
                         }
                         InputOutcome::Processed
@@ -104,6 +117,18 @@ impl<'a> Decisions<'a> {
                     }
                     EventPayload::Customer(customer) => {
                         self.customer(customer, event.created);
+                        InputOutcome::Processed
+                    }
+                    EventPayload::ChargeRefunded(charge) => {
+                        if let Some(note) = self.refund(&actor, charge) {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::Dispute(dispute) => {
+                        if let Some(note) = self.dispute(&actor, dispute) {
+                            self.changes.record_delivery(&event.id, DeliveryRecord::Noted(note));
+                        }
                         InputOutcome::Processed
                     }
                     EventPayload::Ignored => {
@@ -442,6 +467,201 @@ impl<'a> Decisions<'a> {
         }
     }
 
+    /// A payment-mode checkout: once paid, issues the one perpetual license
+    /// of its session (of the plan its `metadata[plan]` names, to the user
+    /// it names) with its payment row. A session not paid yet issues
+    /// nothing; a later delivery that finds it paid does. Returns a note
+    /// when nothing was issued.
+    fn purchase(&mut self, actor: &Actor, session: &CheckoutSession, created: i64) -> Option<&'static str> {
+        let customer_id = session.customer.as_deref().map(|c| self.customer_id(c, session.user_id()));
+        if self.held.purchases.contains_key(&session.id) {
+            return Some("checkout's license already issued");
+        }
+        if session.payment_status.as_deref() != Some("paid") {
+            return Some("checkout not paid yet");
+        }
+        let Some(user_id) = session.user_id() else { return Some("checkout names no user") };
+        let rules = self.rules;
+        let plan = session.metadata_plan.as_deref().and_then(|p| rules.plans.by_id(p));
+        let Some(plan) = plan.filter(|p| p.kind == LicenseKind::Perpetual) else {
+            return Some("checkout names no perpetual plan");
+        };
+        let paid_at = from_unix(created).unwrap_or(rules.now);
+        let issued = License::for_purchase(user_id, plan, paid_at);
+        self.held.purchases.insert(
+            session.id.clone(),
+            HeldPurchase { license: issued.clone(), payment_intent: session.payment_intent.clone() },
+        );
+        self.changes.new_purchases.push(NewPurchase {
+            stripe_checkout_session_id: session.id.clone(),
+            license_id: issued.id,
+            customer_id,
+            stripe_payment_intent_id: session.payment_intent.clone(),
+        });
+        self.changes.license_audit.push(LicenseAudit {
+            license_id: issued.id,
+            kind: "issued",
+            actor: actor.label(),
+            detail: json!({ "checkout_session_id": session.id, "payment_intent_id": session.payment_intent }),
+            client_addr: actor.client_addr(),
+        });
+        self.enqueue(license_message(LICENSE_CREATED, &issued));
+        self.changes.new_licenses.push(issued);
+        if let Some(customer_id) = customer_id {
+            self.record_purchase_payment(customer_id, session, PaymentStatus::Paid, Some(paid_at));
+        }
+        None
+    }
+
+    /// A delayed checkout payment that failed: recorded, nothing issued (a
+    /// payment already recorded as paid stays so).
+    fn purchase_failed(&mut self, session: &CheckoutSession) -> Option<&'static str> {
+        let Some(customer) = session.customer.as_deref() else { return Some("checkout has no customer") };
+        let customer_id = self.customer_id(customer, session.user_id());
+        if !self.record_purchase_payment(customer_id, session, PaymentStatus::Failed, None) {
+            return Some("payment already recorded");
+        }
+        None
+    }
+
+    /// Stores a checkout's payment unless one as far along is held.
+    fn record_purchase_payment(
+        &mut self,
+        customer_id: Uuid,
+        session: &CheckoutSession,
+        status: PaymentStatus,
+        paid_at: Option<Timestamp>,
+    ) -> bool {
+        let key = purchase_payment_key(session).to_owned();
+        let held = self.held.payments.get(&key).copied();
+        if held.is_some_and(|h| !h.may_become(status)) {
+            return false;
+        }
+        self.held.payments.insert(key.clone(), status);
+        let payment = Payment {
+            stripe_invoice_id: key,
+            stripe_customer_id: session.customer.clone().unwrap_or_default(),
+            stripe_subscription_id: None,
+            amount: session.amount_total.unwrap_or(0),
+            currency: session.currency.clone().unwrap_or_default(),
+            status,
+            paid_at,
+        };
+        self.changes.save_payment(PaymentUpsert { customer_id, payment, new: held.is_none() });
+        true
+    }
+
+    /// The Checkout session whose purchase the payment intent paid for:
+    /// only what we recorded when it was paid links a charge to a license.
+    fn purchase_paid_by(&self, payment_intent: Option<&str>) -> Option<String> {
+        let intent = payment_intent?;
+        self.held.purchases.iter().find(|(_, p)| p.payment_intent.as_deref() == Some(intent)).map(|(s, _)| s.clone())
+    }
+
+    /// A refund: a full one of a perpetual purchase revokes its license, a
+    /// partial one is recorded and changes nothing. Returns a note when the
+    /// license did not change.
+    fn refund(&mut self, actor: &Actor, charge: &Charge) -> Option<&'static str> {
+        let Some(session) = self.purchase_paid_by(charge.payment_intent.as_deref()) else {
+            return Some(UNLINKED_CHARGE);
+        };
+        let license = self.held.purchases[&session].license.clone();
+        let detail = json!({
+            "reason": "refund",
+            "charge_id": charge.id,
+            "amount": charge.amount,
+            "amount_refunded": charge.amount_refunded,
+            "currency": charge.currency,
+        });
+        if !charge.fully_refunded() {
+            self.license_audit(license.id, "partially_refunded", actor, detail);
+            return Some("partial refund: the license is kept");
+        }
+        if license.terms.status == LicenseStatus::Revoked {
+            return Some("license already revoked");
+        }
+        let next =
+            License { terms: LicenseTerms { status: LicenseStatus::Revoked, ..license.terms.clone() }, ..license };
+        self.save_purchase(&session, next, actor, ("revoked", "refund"), detail);
+        None
+    }
+
+    /// A dispute of the charge that paid for a perpetual purchase: opened,
+    /// it suspends the license; closed as lost, it revokes it; closed
+    /// otherwise (won, an inquiry closed), the license is what its own
+    /// terms and an admin's fields make it, as if never disputed.
+    fn dispute(&mut self, actor: &Actor, dispute: &Dispute) -> Option<&'static str> {
+        let Some(session) = self.purchase_paid_by(dispute.payment_intent.as_deref()) else {
+            return Some(UNLINKED_CHARGE);
+        };
+        let rules = self.rules;
+        let license = self.held.purchases[&session].license.clone();
+        let detail = json!({
+            "dispute_id": dispute.id,
+            "charge_id": dispute.charge,
+            "dispute_status": dispute.status,
+        });
+        let mut next = license.clone();
+        let change = match (dispute.closed, dispute.status.as_str()) {
+            (false, _) if license.overrides.disputed_at.is_some() => return Some("dispute already open"),
+            (false, _) => {
+                next.overrides.disputed_at = Some(rules.now);
+                ("suspended", "dispute")
+            }
+            (true, "lost") if license.terms.status == LicenseStatus::Revoked => return Some("license already revoked"),
+            (true, "lost") => {
+                next.overrides.disputed_at = None;
+                next.terms.status = LicenseStatus::Revoked;
+                ("revoked", "dispute_lost")
+            }
+            (true, _) if license.overrides.disputed_at.is_none() => return Some("no open dispute"),
+            (true, _) => {
+                next.overrides.disputed_at = None;
+                ("reinstated", "dispute_won")
+            }
+        };
+        if next.terms.status != LicenseStatus::Revoked {
+            let plan = next.terms.plan_id.as_deref().and_then(|p| rules.plans.by_id(p));
+            if let Some(terms) = license::rederive(&next, None, plan, rules.grace, rules.now) {
+                next.terms = terms;
+            }
+        }
+        self.save_purchase(&session, next, actor, change, detail);
+        None
+    }
+
+    /// Keeps a purchased license's new state: saved whole, audited with
+    /// `kind`, and told to its devices with `reason`.
+    fn save_purchase(
+        &mut self,
+        session: &str,
+        license: License,
+        actor: &Actor,
+        (kind, reason): (&'static str, &'static str),
+        mut detail: serde_json::Value,
+    ) {
+        if let Some(held) = self.held.purchases.get_mut(session) {
+            held.license = license.clone();
+        }
+        detail["reason"] = json!(reason);
+        self.license_audit(license.id, kind, actor, detail);
+        self.enqueue(license_updated_because(&license, reason));
+        match self.changes.saved_licenses.iter_mut().find(|l| l.id == license.id) {
+            Some(earlier) => *earlier = license,
+            None => self.changes.saved_licenses.push(license),
+        }
+    }
+
+    fn license_audit(&mut self, license_id: Uuid, kind: &'static str, actor: &Actor, detail: serde_json::Value) {
+        self.changes.license_audit.push(LicenseAudit {
+            license_id,
+            kind,
+            actor: actor.label(),
+            detail,
+            client_addr: actor.client_addr(),
+        });
+    }
+
     /// Records an invoice's payment. A paid one proves its subscription was
     /// entitled, so a subscription whose earlier events have not arrived
     /// (or only its end has) gets its license now. Returns whether the
@@ -525,6 +745,17 @@ fn compare<T: PartialEq>(before: Option<T>, after: Option<T>) -> ListedOutcome {
         (before, after) if before != after => ListedOutcome::Updated,
         _ => ListedOutcome::Unchanged,
     }
+}
+
+/// The note of a charge we hold no record of having been paid by: it is
+/// linked to no license, and guessing one (by customer, by amount) could
+/// revoke the wrong one.
+const UNLINKED_CHARGE: &str = "charge not linked to a license: ignored";
+
+/// The key of a checkout's payment row: its payment intent (what later
+/// charges name), or the session itself when it has none.
+pub(crate) fn purchase_payment_key(session: &CheckoutSession) -> &str {
+    session.payment_intent.as_deref().unwrap_or(&session.id)
 }
 
 #[cfg(test)]

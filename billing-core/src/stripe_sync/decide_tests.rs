@@ -11,7 +11,12 @@ const NOW: Timestamp = datetime!(2026-11-15 12:00 UTC);
 
 fn plans() -> PlanCatalog {
     let plan = |id: &str, price: &str, max_devices| Plan::new(id, id, price, max_devices);
-    PlanCatalog::new(vec![plan("basic", "price_basic", 1), plan("pro", "price_pro", 3)]).unwrap()
+    let studio = Plan {
+        kind: crate::domain::LicenseKind::Perpetual,
+        updates_months: Some(12),
+        ..plan("studio", "price_studio", 2)
+    };
+    PlanCatalog::new(vec![plan("basic", "price_basic", 1), plan("pro", "price_pro", 3), studio]).unwrap()
 }
 
 fn snapshot(status: SubscriptionStatus, price: &str) -> SubscriptionSnapshot {
@@ -453,6 +458,11 @@ fn a_listed_checkout_links_its_customer_once_whatever_its_mode() {
             metadata_user_id: None,
             customer: Some("cus_1".into()),
             subscription: Some("sub_1".into()),
+            payment_status: None,
+            payment_intent: None,
+            metadata_plan: None,
+            amount_total: None,
+            currency: None,
         })
     };
     let held = held_after(&first);
@@ -473,4 +483,170 @@ fn a_listed_checkout_links_its_customer_once_whatever_its_mode() {
     }
     let (outcomes, _) = decide_all(held, &[listed(payment, 1_000)]);
     assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Skipped("checkout session has no customer")]);
+}
+
+// --- Perpetual purchases, refunds and disputes (issue 17) ---
+
+fn paid_session(id: &str, payment_status: &str) -> CheckoutSession {
+    CheckoutSession {
+        id: id.into(),
+        mode: "payment".into(),
+        client_reference_id: Some("user_1".into()),
+        metadata_user_id: Some("user_1".into()),
+        customer: Some("cus_1".into()),
+        subscription: None,
+        payment_status: Some(payment_status.into()),
+        payment_intent: Some(format!("pi_{id}")),
+        metadata_plan: Some("studio".into()),
+        amount_total: Some(4900),
+        currency: Some("eur".into()),
+    }
+}
+
+fn checkout_event(id: &str, created: i64, session: CheckoutSession) -> StripeInput {
+    delivery(id, created, EventPayload::CheckoutCompleted(session))
+}
+
+/// What the store holds once `changes` issued a purchase.
+fn held_purchase(changes: &Changeset) -> StripeBundle {
+    let mut held = StripeBundle::default();
+    for p in &changes.new_purchases {
+        let license = changes.new_licenses.iter().find(|l| l.id == p.license_id).unwrap().clone();
+        let payment_intent = p.stripe_payment_intent_id.clone();
+        held.purchases.insert(p.stripe_checkout_session_id.clone(), HeldPurchase { license, payment_intent });
+    }
+    held
+}
+
+fn refund(id: &str, amount_refunded: i64) -> StripeInput {
+    let charge = crate::stripe::Charge {
+        id: "ch_1".into(),
+        payment_intent: Some("pi_cs_1".into()),
+        amount: 4900,
+        amount_refunded,
+        currency: Some("eur".into()),
+    };
+    delivery(id, NOW.unix_timestamp(), EventPayload::ChargeRefunded(charge))
+}
+
+fn dispute(id: &str, payment_intent: &str, status: &str, closed: bool) -> StripeInput {
+    let dispute = crate::stripe::Dispute {
+        id: "dp_1".into(),
+        charge: "ch_1".into(),
+        payment_intent: Some(payment_intent.into()),
+        status: status.into(),
+        closed,
+    };
+    delivery(id, NOW.unix_timestamp(), EventPayload::Dispute(dispute))
+}
+
+fn bought() -> StripeBundle {
+    let paid_at = NOW.unix_timestamp() - 60;
+    let (_, changes) =
+        decide_all(StripeBundle::default(), &[checkout_event("evt_paid", paid_at, paid_session("cs_1", "paid"))]);
+    held_purchase(&changes)
+}
+
+#[test]
+fn a_paid_session_issues_one_perpetual_license_and_a_second_delivery_in_the_group_none() {
+    let paid_at = NOW.unix_timestamp() - 60;
+    let (outcomes, changes) = decide_all(
+        StripeBundle::default(),
+        &[
+            checkout_event("evt_paid", paid_at, paid_session("cs_1", "paid")),
+            checkout_event("evt_again", paid_at + 1, paid_session("cs_1", "paid")),
+        ],
+    );
+    assert_eq!(outcomes, [InputOutcome::Processed, InputOutcome::Processed]);
+    assert_eq!(changes.new_licenses.len(), 1);
+    let license = &changes.new_licenses[0];
+    assert_eq!(
+        (license.kind, license.subscription_id, license.user_id.as_deref()),
+        (LicenseKind::Perpetual, None, Some("user_1"))
+    );
+    assert_eq!(
+        (license.terms.status, license.terms.expires_at, license.terms.max_devices),
+        (LicenseStatus::Active, None, 2)
+    );
+    assert_eq!(license.updates_until, Some(datetime!(2027-11-15 11:59 UTC)));
+    assert_eq!(changes.new_purchases.len(), 1);
+    assert_eq!(changes.new_purchases[0].stripe_payment_intent_id.as_deref(), Some("pi_cs_1"));
+    assert_eq!(changes.payments.len(), 1);
+    assert_eq!(
+        (changes.payments[0].payment.stripe_invoice_id.as_str(), changes.payments[0].payment.status),
+        ("pi_cs_1", PaymentStatus::Paid)
+    );
+    assert_eq!(
+        changes.deliveries,
+        [("evt_again".to_owned(), DeliveryRecord::Noted("checkout's license already issued"))]
+    );
+}
+
+#[test]
+fn an_unpaid_session_issues_nothing_and_a_failed_one_records_its_payment() {
+    let created = NOW.unix_timestamp();
+    let (_, changes) = decide_all(
+        StripeBundle::default(),
+        &[
+            checkout_event("evt_open", created, paid_session("cs_1", "unpaid")),
+            delivery("evt_failed", created + 1, EventPayload::CheckoutPaymentFailed(paid_session("cs_1", "unpaid"))),
+        ],
+    );
+    assert!(changes.new_licenses.is_empty() && changes.new_purchases.is_empty());
+    assert_eq!(changes.payments.len(), 1);
+    assert_eq!(changes.payments[0].payment.status, PaymentStatus::Failed);
+    assert_eq!(changes.deliveries, [("evt_open".to_owned(), DeliveryRecord::Noted("checkout not paid yet"))]);
+}
+
+#[test]
+fn a_full_refund_revokes_and_a_partial_one_is_only_audited() {
+    let (_, partial) = decide_all(bought(), &[refund("evt_partial", 1000)]);
+    assert!(partial.saved_licenses.is_empty() && partial.outbox.is_empty());
+    assert_eq!(partial.license_audit.iter().map(|a| a.kind).collect::<Vec<_>>(), ["partially_refunded"]);
+    let (_, full) = decide_all(bought(), &[refund("evt_full", 4900)]);
+    assert_eq!(full.saved_licenses[0].terms.status, LicenseStatus::Revoked);
+    assert_eq!(full.outbox[0].payload["reason"], "refund");
+    assert_eq!(full.license_audit[0].detail["reason"], "refund");
+}
+
+#[test]
+fn a_dispute_suspends_until_won_and_a_lost_one_revokes() {
+    let (_, changes) = decide_all(
+        bought(),
+        &[dispute("evt_open", "pi_cs_1", "needs_response", false), dispute("evt_won", "pi_cs_1", "won", true)],
+    );
+    let reasons: Vec<_> =
+        changes.outbox.iter().map(|m| (m.payload["status"].clone(), m.payload["reason"].clone())).collect();
+    assert_eq!(reasons, [(json!("suspended"), json!("dispute")), (json!("active"), json!("dispute_won"))]);
+    let saved = &changes.saved_licenses[0];
+    assert_eq!((saved.terms.status, saved.overrides.disputed_at), (LicenseStatus::Active, None), "one row, last state");
+
+    let (_, lost) = decide_all(
+        bought(),
+        &[dispute("evt_open", "pi_cs_1", "needs_response", false), dispute("evt_lost", "pi_cs_1", "lost", true)],
+    );
+    assert_eq!(lost.saved_licenses[0].terms.status, LicenseStatus::Revoked);
+    assert_eq!(lost.outbox.last().unwrap().payload["reason"], "dispute_lost");
+}
+
+#[test]
+fn a_dispute_won_keeps_an_admin_suspension() {
+    let mut held = bought();
+    for p in held.purchases.values_mut() {
+        p.license.overrides.suspended_at = Some(NOW);
+        p.license.terms.status = LicenseStatus::Suspended;
+    }
+    let (_, changes) = decide_all(
+        held,
+        &[dispute("evt_open", "pi_cs_1", "needs_response", false), dispute("evt_won", "pi_cs_1", "won", true)],
+    );
+    assert_eq!(changes.saved_licenses[0].terms.status, LicenseStatus::Suspended);
+}
+
+#[test]
+fn a_charge_we_hold_no_payment_for_changes_nothing() {
+    let (outcomes, changes) = decide_all(bought(), &[dispute("evt_other", "pi_other", "needs_response", false)]);
+    assert_eq!(outcomes, [InputOutcome::Processed]);
+    assert!(changes.saved_licenses.is_empty() && changes.outbox.is_empty() && changes.license_audit.is_empty());
+    assert_eq!(changes.deliveries, [("evt_other".to_owned(), DeliveryRecord::Noted(UNLINKED_CHARGE))]);
 }

@@ -249,6 +249,10 @@ impl StripeInput {
             if let (Some(sub), "subscription") = (&session.subscription, session.mode.as_str()) {
                 keys.subscriptions.insert(sub.clone());
             }
+            if session.mode == "payment" {
+                keys.checkout_sessions.insert(session.id.clone());
+                keys.invoices.insert(decide::purchase_payment_key(session).to_owned());
+            }
             keys.customers.extend(session.customer.clone());
         };
         let invoice_keys = |keys: &mut StripeKeys, payment: &Payment| {
@@ -260,11 +264,15 @@ impl StripeInput {
             Self::Snapshot { snapshot, .. } | Self::Refetched { snapshot, .. } => snapshot_keys(keys, snapshot),
             Self::Delivery { event, .. } => match &event.payload {
                 EventPayload::Subscription(snapshot) => snapshot_keys(keys, snapshot),
-                EventPayload::CheckoutCompleted(session) => checkout_keys(keys, session),
+                EventPayload::CheckoutCompleted(session) | EventPayload::CheckoutPaymentFailed(session) => {
+                    checkout_keys(keys, session)
+                }
                 EventPayload::Invoice(payment) => invoice_keys(keys, payment),
                 EventPayload::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }
+                EventPayload::ChargeRefunded(charge) => keys.payment_intents.extend(charge.payment_intent.clone()),
+                EventPayload::Dispute(dispute) => keys.payment_intents.extend(dispute.payment_intent.clone()),
                 EventPayload::Ignored => {}
             },
             Self::Listed { object, .. } => match object.as_ref() {

@@ -25,6 +25,8 @@ mod openapi;
 mod ops;
 mod ordering;
 mod pg_tls;
+// Perpetual purchases, refunds and disputes (issue 17).
+mod perpetual;
 // What plans say about their licenses (issue 17).
 mod policy;
 mod properties;

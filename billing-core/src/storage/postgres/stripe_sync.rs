@@ -6,11 +6,11 @@
 
 use super::{
     device_from_row, license_from_row, max_devices_param, outbox_write, query_error, subscription_from_row, PgStore,
-    DEVICE_COLUMNS, LICENSE_COLUMNS, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
+    DEVICE_COLUMNS, LICENSE_COLUMNS, LICENSE_COLUMN_COUNT, SUBSCRIPTION_COLUMNS, SUBSCRIPTION_COLUMN_COUNT,
 };
 use crate::domain::{PaymentStatus, SubscriptionStatus, Timestamp};
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
 };
 use crate::storage::StoreError;
 use deadpool_postgres::{ClientWrapper, Object};
@@ -124,6 +124,11 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
     let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();
     let customers: Vec<String> = keys.customers.iter().cloned().collect();
     let invoices: Vec<String> = keys.invoices.iter().cloned().collect();
+    let sessions: Vec<String> = keys.checkout_sessions.iter().cloned().collect();
+    // A session's identity is locked with the subscriptions', so that two
+    // deliveries of one checkout cannot both issue its license.
+    let mut identities: Vec<String> = subscriptions.iter().chain(&sessions).cloned().collect();
+    identities.sort();
     let mut statements = vec![Statement::new("BEGIN", params![])];
     // The transaction's planner settings come first (each statement is
     // planned when it comes). Every lookup of the group is a few
@@ -172,7 +177,7 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
                  RETURNING id, xmax <> 0"
             ),
             params![
-                subscriptions.clone(),
+                identities.clone(),
                 d.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
                 d.iter().map(|c| c.created).collect::<Vec<_>>(),
@@ -182,10 +187,8 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             ],
         ));
     } else {
-        statements.push(Statement::new(
-            format!("WITH {IDENTITIES} SELECT count(*) FROM identities"),
-            params![subscriptions.clone()],
-        ));
+        statements
+            .push(Statement::new(format!("WITH {IDENTITIES} SELECT count(*) FROM identities"), params![identities]));
     }
     let with_subscriptions = !subscriptions.is_empty();
     if with_subscriptions {
@@ -234,6 +237,19 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             "SELECT stripe_invoice_id, status FROM payments WHERE stripe_invoice_id = ANY ($1)
               ORDER BY stripe_invoice_id FOR NO KEY UPDATE",
             params![invoices],
+        ));
+    }
+    let intents: Vec<String> = keys.payment_intents.iter().cloned().collect();
+    let with_sessions = !sessions.is_empty() || !intents.is_empty();
+    if with_sessions {
+        statements.push(Statement::new(
+            format!(
+                "SELECT {LICENSE_COLUMNS}, p.stripe_checkout_session_id, p.stripe_payment_intent_id
+                   FROM purchases p JOIN licenses l ON l.id = p.license_id
+                  WHERE p.stripe_checkout_session_id = ANY ($1) OR p.stripe_payment_intent_id = ANY ($2)
+                  ORDER BY l.id FOR NO KEY UPDATE OF l"
+            ),
+            params![sessions, intents],
         ));
     }
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(2);
@@ -290,6 +306,13 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             let status = PaymentStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
             bundle.payments.insert(row.get(0), status);
+        }
+    }
+    if with_sessions {
+        for row in next() {
+            let license = license_from_row(&row)?;
+            let payment_intent = row.get(LICENSE_COLUMN_COUNT + 1);
+            bundle.purchases.insert(row.get(LICENSE_COLUMN_COUNT), HeldPurchase { license, payment_intent });
         }
     }
     Ok((bundle, reclaimed))
@@ -449,6 +472,19 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
             ],
         ));
     }
+    if !c.new_purchases.is_empty() {
+        let p = &c.new_purchases;
+        out.push(Statement::new(
+            "INSERT INTO purchases (stripe_checkout_session_id, license_id, customer_id, stripe_payment_intent_id)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[])",
+            params![
+                p.iter().map(|p| p.stripe_checkout_session_id.clone()).collect::<Vec<_>>(),
+                p.iter().map(|p| p.license_id).collect::<Vec<_>>(),
+                p.iter().map(|p| p.customer_id).collect::<Vec<_>>(),
+                p.iter().map(|p| p.stripe_payment_intent_id.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
     if !c.license_terms.is_empty() {
         let t = &c.license_terms;
         out.push(Statement::new(
@@ -474,12 +510,12 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                     expires_at = u.expires_at, grace_ends_at = u.grace_ends_at, entitlements = u.entitlements,
                     metadata = u.metadata, max_devices_override = u.max_devices_override,
                     expires_at_override = u.expires_at_override, admin_suspended_at = u.admin_suspended_at,
-                    updates_until = u.updates_until, updated_at = now()
+                    updates_until = u.updates_until, disputed_at = u.disputed_at, updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[],
                     $7::jsonb[], $8::jsonb[], $9::int4[], $10::timestamptz[], $11::timestamptz[],
-                    $12::timestamptz[])
+                    $12::timestamptz[], $13::timestamptz[])
                     AS u(id, status, plan_id, max_devices, expires_at, grace_ends_at, entitlements, metadata,
-                         max_devices_override, expires_at_override, admin_suspended_at, updates_until)
+                         max_devices_override, expires_at_override, admin_suspended_at, updates_until, disputed_at)
               WHERE l.id = u.id",
             params![
                 l.iter().map(|l| l.id).collect::<Vec<_>>(),
@@ -494,6 +530,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.overrides.expires_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
+                l.iter().map(|l| l.overrides.disputed_at).collect::<Vec<_>>(),
             ],
         ));
     }

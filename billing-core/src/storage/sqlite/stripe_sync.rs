@@ -11,7 +11,7 @@ use super::{
 use crate::domain::{PaymentStatus, SubscriptionStatus};
 use crate::storage::changeset::DeviceActivation;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
 };
 use crate::storage::{max_devices_column, OutboxMessage, StoreError};
 use deadpool_sqlite::rusqlite::{params, Connection};
@@ -64,6 +64,7 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
           WHERE s.stripe_subscription_id = ?1"
     );
     let license_sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.subscription_id = ?1");
+    let license_by_id = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = ?1");
     let devices_sql =
         format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at, d.id");
     for stripe_id in &keys.subscriptions {
@@ -107,6 +108,24 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             let status = PaymentStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown payment status {status:?}")))?;
             bundle.payments.insert(invoice.clone(), status);
+        }
+    }
+    for session in &keys.checkout_sessions {
+        let sql = "SELECT license_id, stripe_payment_intent_id FROM purchases WHERE stripe_checkout_session_id = ?1";
+        let held = query_opt(conn, sql, [session], |row| Ok((get::<String>(row, 0)?, get::<Option<String>>(row, 1)?)))?;
+        if let Some((license_id, payment_intent)) = held {
+            let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
+                .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
+            bundle.purchases.insert(session.clone(), HeldPurchase { license, payment_intent });
+        }
+    }
+    for intent in &keys.payment_intents {
+        let sql = "SELECT stripe_checkout_session_id, license_id FROM purchases WHERE stripe_payment_intent_id = ?1";
+        let held = query_opt(conn, sql, [intent], |row| Ok((get::<String>(row, 0)?, get::<String>(row, 1)?)))?;
+        if let Some((session, license_id)) = held {
+            let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
+                .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
+            bundle.purchases.insert(session, HeldPurchase { license, payment_intent: Some(intent.clone()) });
         }
     }
     Ok((bundle, reclaimed))
@@ -206,6 +225,21 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
     }
     for license in &c.new_licenses {
         insert_license(conn, now, license)?;
+    }
+    for p in &c.new_purchases {
+        execute(
+            conn,
+            "INSERT INTO purchases (stripe_checkout_session_id, license_id, customer_id, stripe_payment_intent_id,
+                    created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                p.stripe_checkout_session_id,
+                p.license_id.to_string(),
+                p.customer_id.map(|c| c.to_string()),
+                p.stripe_payment_intent_id,
+                now
+            ],
+        )?;
     }
     for (id, t) in &c.license_terms {
         execute(
@@ -436,7 +470,7 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
         conn,
         "UPDATE licenses SET status = ?2, plan_id = ?3, max_devices = ?4, expires_at = ?5, grace_ends_at = ?6,
                 entitlements = ?7, metadata = ?8, max_devices_override = ?9, expires_at_override = ?10,
-                admin_suspended_at = ?11, updated_at = ?12, updates_until = ?13
+                admin_suspended_at = ?11, updated_at = ?12, updates_until = ?13, disputed_at = ?14
           WHERE id = ?1",
         params![
             license.id.to_string(),
@@ -451,7 +485,8 @@ fn save_license(conn: &Connection, now: i64, license: &crate::domain::License) -
             opt_micros(o.expires_at)?,
             opt_micros(o.suspended_at)?,
             now,
-            opt_micros(license.updates_until)?
+            opt_micros(license.updates_until)?,
+            opt_micros(o.disputed_at)?
         ],
     )?;
     Ok(())

@@ -277,15 +277,14 @@ impl<S: Store> Billing<S> {
         let now = self.now();
         let config = self.config_arc();
         let token = ActivationToken::generate();
-        let activating = Activating {
-            device_id: Uuid::new_v4(),
-            token_hash: token.hash(),
-            fingerprint: request.fingerprint.to_owned(),
-            name: request.name.map(str::to_owned),
-            platform: request.platform.map(str::to_owned),
-            app_version: request.app_version.map(str::to_owned),
-            client_addr: request.client_addr,
-        };
+        let activating = Activating::new(
+            &token,
+            request.fingerprint,
+            request.name,
+            request.platform,
+            request.app_version,
+            request.client_addr,
+        );
         let keys = LicenseKeys::ActivationOf { key_hash: key.lookup_hash() };
         let (license, device, created) = self
             .store()
@@ -308,15 +307,14 @@ impl<S: Store> Billing<S> {
         let now = self.now();
         let config = self.config_arc();
         let token = ActivationToken::generate();
-        let activating = Activating {
-            device_id: Uuid::new_v4(),
-            token_hash: token.hash(),
-            fingerprint: request.fingerprint.to_owned(),
-            name: request.name.map(str::to_owned),
-            platform: request.platform.map(str::to_owned),
-            app_version: request.app_version.map(str::to_owned),
-            client_addr: request.client_addr,
-        };
+        let activating = Activating::new(
+            &token,
+            request.fingerprint,
+            request.name,
+            request.platform,
+            request.app_version,
+            request.client_addr,
+        );
         let fingerprint_hash = trial_fingerprint_hash(request.fingerprint);
         let keys = LicenseKeys::Trial { plan_id: plan.id.0.clone(), fingerprint_hash: fingerprint_hash.clone() };
         let (license, device) = self
@@ -569,6 +567,28 @@ struct Activating {
     platform: Option<String>,
     app_version: Option<String>,
     client_addr: Option<std::net::IpAddr>,
+}
+
+impl Activating {
+    /// A new slot's device as a request describes it, to hold `token`.
+    fn new(
+        token: &ActivationToken,
+        fingerprint: &str,
+        name: Option<&str>,
+        platform: Option<&str>,
+        app_version: Option<&str>,
+        client_addr: Option<std::net::IpAddr>,
+    ) -> Self {
+        Self {
+            device_id: Uuid::new_v4(),
+            token_hash: token.hash(),
+            fingerprint: fingerprint.to_owned(),
+            name: name.map(str::to_owned),
+            platform: platform.map(str::to_owned),
+            app_version: app_version.map(str::to_owned),
+            client_addr,
+        }
+    }
 }
 
 /// An activation: a new slot, or the fingerprint's own taken again, with a

@@ -178,3 +178,22 @@ async fn a_plan_without_trial_days_or_an_unknown_one_has_no_trial() {
     let (status, body) = start_trial(&plain, json!({ "fingerprint": "fp-1" })).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("NO_TRIAL")));
 }
+
+#[tokio::test]
+async fn a_trial_request_that_is_not_json_or_too_large_is_refused_and_starts_nothing() {
+    let clock = TestClock::default();
+    let app = trial_app(&clock, 100).await;
+    let send = |body: Vec<u8>| {
+        app.http.post(app.url("/api/license/trial")).header("content-type", "application/json").body(body).send()
+    };
+    let not_json = send(b"{\"fingerprint\": ".to_vec()).await.unwrap();
+    assert_eq!(not_json.status(), 400);
+    let body: Value = not_json.json().await.unwrap();
+    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    let huge = format!("{{\"fingerprint\":\"{}\"}}", "f".repeat(2 << 20));
+    let too_large = send(huge.into_bytes()).await.unwrap();
+    assert_eq!(too_large.status(), 413);
+    let body: Value = too_large.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
+    assert_eq!((app.count("licenses").await, app.count("trial_uses").await), (0, 0), "nothing written");
+}

@@ -5,6 +5,7 @@ mod actions;
 // Admin reads (issue 14).
 mod admin_auth;
 mod admin_reads;
+mod air_gapped;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod auth;

@@ -14,6 +14,7 @@
 use crate::billing::error_chain;
 use crate::domain::Topic;
 use crate::storage::{OutboxEvent, Store, StoreError};
+use crate::validation_view::ValidationView;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,11 +65,24 @@ pub struct EventHub<S: Store> {
     cursor: AtomicI64,
     open: Arc<AtomicUsize>,
     dropped_slow: AtomicUsize,
+    /// Kept exact by this hub: every event read drops its license.
+    view: Option<Arc<ValidationView>>,
 }
 
 impl<S: Store> EventHub<S> {
     /// A hub starting after the newest committed event.
     pub async fn start(store: S, config: HubConfig) -> Result<Arc<Self>, StoreError> {
+        Self::start_with_view(store, config, None).await
+    }
+
+    /// [`Self::start`], keeping `view` (the engine's
+    /// [`crate::Billing::validation_view`]) current: while it runs and
+    /// hears every commit, the view answers validations from memory.
+    pub async fn start_with_view(
+        store: S,
+        config: HubConfig,
+        view: Option<Arc<ValidationView>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let cursor = store.latest_outbox_id().await?;
         Ok(Arc::new(Self {
             store,
@@ -77,7 +91,16 @@ impl<S: Store> EventHub<S> {
             cursor: AtomicI64::new(cursor),
             open: Arc::default(),
             dropped_slow: AtomicUsize::new(0),
+            view,
         }))
+    }
+
+    /// Whether the validation view may answer: only while every commit
+    /// reaches this hub as it happens.
+    fn view_live(&self, live: bool) {
+        if let Some(view) = self.view.as_ref().filter(|view| view.is_live() != live) {
+            view.set_live(live);
+        }
     }
 
     /// Dispatches until `shutdown` resolves. Also prunes the outbox hourly.
@@ -92,12 +115,18 @@ impl<S: Store> EventHub<S> {
         };
         let mut poll = tokio::time::interval(self.config.poll_interval);
         let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        self.view_live(wakeups.is_some());
         loop {
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    self.view_live(false);
+                    return;
+                }
                 woke = async { match &mut wakeups { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     if woke.is_none() {
+                        tracing::warn!("outbox notifications stopped; polling, and validating from the store");
                         wakeups = None;
+                        self.view_live(false);
                     }
                 }
                 _ = poll.tick() => {}
@@ -111,8 +140,13 @@ impl<S: Store> EventHub<S> {
                     continue;
                 }
             }
-            if let Err(e) = self.dispatch_new().await {
-                tracing::warn!(error = %error_chain(&e), "outbox dispatch failed; retrying on next wake-up");
+            match self.dispatch_new().await {
+                Ok(()) => self.view_live(wakeups.is_some()),
+                Err(e) => {
+                    // Commits it could not read may be missing from the view.
+                    self.view_live(false);
+                    tracing::warn!(error = %error_chain(&e), "outbox dispatch failed; retrying on next wake-up");
+                }
             }
         }
     }
@@ -123,6 +157,9 @@ impl<S: Store> EventHub<S> {
             let cursor = self.cursor.load(Ordering::Acquire);
             let events = self.store.outbox_after(cursor, None, PAGE).await?;
             let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+            if let Some(view) = &self.view {
+                events.iter().filter_map(|e| e.license_id).for_each(|id| view.invalidate(id));
+            }
             let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
             for event in events.iter() {
                 let Some(license_id) = event.license_id else { continue };

@@ -295,7 +295,6 @@ impl<S: Store> Billing<S> {
         );
         let keys = LicenseKeys::ActivationOf { key_hash: key.lookup_hash() };
         let (license, device, created) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let rules = DeviceRules::of(&config);
                 Changeset::from_decision(|changes| decide_activation(bundle, activating, now, rules, changes))
@@ -326,7 +325,6 @@ impl<S: Store> Billing<S> {
         let fingerprint_hash = trial_fingerprint_hash(request.fingerprint);
         let keys = LicenseKeys::Trial { plan_id: plan.id.0.clone(), fingerprint_hash: fingerprint_hash.clone() };
         let (license, device) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let window = config.licensing.heartbeat_window;
                 let trial = Trying { plan: &plan, fingerprint_hash, activating, key: LicenseKey::generate() };
@@ -377,7 +375,6 @@ impl<S: Store> Billing<S> {
         };
         let keys = LicenseKeys::ActivationOf { key_hash: request.license_key_sha256.clone() };
         let (license, device, created) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let rules = DeviceRules::of(&config);
                 Changeset::from_decision(|changes| decide_activation(bundle, activating, now, rules, changes))
@@ -406,14 +403,43 @@ impl<S: Store> Billing<S> {
         let Some(key) = LicenseKey::parse(license_key) else {
             return Ok(Validation { code: ValidationCode::NotFound, license: None });
         };
-        let (license, device) = self.store().license_and_device(&key.lookup_hash(), fingerprint).await?;
+        let key_hash = key.lookup_hash();
         let now = self.now();
-        let liveness =
-            license.as_ref().map_or(Liveness::floating(self.licensing().heartbeat_window), |l| self.liveness_of(l));
-        let query =
-            ValidationQuery { fingerprint_given: fingerprint.is_some(), device: device.as_ref(), app_released_at };
-        let code = device::validate(license.as_ref(), query, now, liveness);
+        let verdict = |license: &Option<License>, device: &Option<Device>| {
+            let server = Liveness::floating(self.licensing().heartbeat_window);
+            let liveness = license.as_ref().map_or(server, |l| self.liveness_of(l));
+            let query =
+                ValidationQuery { fingerprint_given: fingerprint.is_some(), device: device.as_ref(), app_released_at };
+            device::validate(license.as_ref(), query, now, liveness)
+        };
+        if let Some((license, device)) = self.validation_view().lookup(&key_hash, fingerprint) {
+            let license = Some(license);
+            let code = verdict(&license, &device);
+            // Heartbeats on other instances never reach the view: what
+            // looks dead from here is asked of the store.
+            if code != ValidationCode::HeartbeatDead {
+                return Ok(Validation { code, license });
+            }
+        }
+        let (license, device) = self.read_for_validation(&key_hash, fingerprint).await?;
+        let code = verdict(&license, &device);
         Ok(Validation { code, license })
+    }
+
+    /// The store's answer for a validation, kept in the view.
+    async fn read_for_validation(
+        &self,
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> Result<(Option<License>, Option<Device>), StoreError> {
+        let view = self.validation_view();
+        // Taken before the read, so that a change committed meanwhile keeps it out of the view.
+        let epoch = view.epoch();
+        let (license, device) = self.store().license_and_device(key_hash, fingerprint).await?;
+        if let Some(license) = &license {
+            view.fill(key_hash, epoch, license, fingerprint, device.as_ref());
+        }
+        Ok((license, device))
     }
 
     /// Records a heartbeat from the device holding `token`.
@@ -422,12 +448,12 @@ impl<S: Store> Billing<S> {
         let config = self.config_arc();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
         let (device, license) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let rules = DeviceRules::of(&config);
                 Changeset::from_decision(|changes| decide_heartbeat(bundle, now, rules, changes))
             })
             .await??;
+        self.validation_view().record_heartbeat(license.id, device.id, now);
         let certificate = self.certificate(&license, &device, now);
         Ok(Heartbeat { device, license, certificate })
     }
@@ -441,11 +467,10 @@ impl<S: Store> Billing<S> {
     ) -> Result<Device, LicensingError> {
         let now = self.now();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
-        self.store()
-            .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_app_deactivation(bundle, client_addr, now, changes))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            Changeset::from_decision(|changes| decide_app_deactivation(bundle, client_addr, now, changes))
+        })
+        .await?
     }
 
     /// Marks every overdue device dead (audit row + `device.dead` event),
@@ -458,7 +483,6 @@ impl<S: Store> Billing<S> {
             let keys = LicenseKeys::OverdueDevices { now, limit: 500 };
             let config = self.config_arc();
             let reaping = self
-                .store()
                 .license_work(keys, move |bundle| {
                     let rules = DeviceRules::of(&config);
                     Changeset::from_decision(|changes| decide_reaping(bundle, now, rules, changes))
@@ -487,11 +511,10 @@ impl<S: Store> Billing<S> {
         let now = self.now();
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
         let actor = actor.clone();
-        self.store()
-            .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_dashboard_removal(bundle, &actor, now, changes))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            Changeset::from_decision(|changes| decide_dashboard_removal(bundle, &actor, now, changes))
+        })
+        .await?
     }
 
     /// Renames a device from the dashboard; returns it with how its
@@ -511,15 +534,13 @@ impl<S: Store> Billing<S> {
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
         let (name, actor) = (name.to_owned(), actor.clone());
         let config = self.config_arc();
-        self.store()
-            .license_work(keys, move |bundle| {
-                let server = Liveness::floating(config.licensing.heartbeat_window);
-                let liveness = bundle.license().map_or(server, |held| config.liveness_of(&held.record.license));
-                let (changes, renamed) =
-                    Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes));
-                (changes, renamed.map(|device| (device, liveness)))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            let server = Liveness::floating(config.licensing.heartbeat_window);
+            let liveness = bundle.license().map_or(server, |held| config.liveness_of(&held.record.license));
+            let (changes, renamed) = Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes));
+            (changes, renamed.map(|device| (device, liveness)))
+        })
+        .await?
     }
 
     /// Signs an offline certificate for a device, lasting its plan's

@@ -40,3 +40,5 @@ mod trials;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;
+// Validation from memory (issue 18).
+mod validation_view;

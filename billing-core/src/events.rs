@@ -15,9 +15,10 @@ use crate::billing::error_chain;
 use crate::domain::Topic;
 use crate::storage::{OutboxEvent, Store, StoreError};
 use crate::validation_view::ValidationView;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -49,7 +50,37 @@ impl Default for HubConfig {
     }
 }
 
-type Sender = mpsc::Sender<Arc<OutboxEvent>>;
+/// An event as the hub hands it to every subscriber of its license: one
+/// allocation shared by all of them, and one wire encoding, made by the
+/// first stream that writes it and reused by the rest.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: OutboxEvent,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps an event read from the outbox.
+    pub fn new(event: OutboxEvent) -> Self {
+        Self { event, encoded: OnceLock::new() }
+    }
+
+    /// Its encoding by `encode`, computed once for every stream it reaches
+    /// (every caller must pass the same encoding).
+    pub fn encoded(&self, encode: impl FnOnce(&OutboxEvent) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = OutboxEvent;
+
+    fn deref(&self) -> &OutboxEvent {
+        &self.event
+    }
+}
+
+type Sender = mpsc::Sender<Arc<SharedEvent>>;
 
 #[derive(Default)]
 struct Subscribers {
@@ -164,7 +195,7 @@ impl<S: Store> EventHub<S> {
             for event in events.iter() {
                 let Some(license_id) = event.license_id else { continue };
                 let Some(list) = subscribers.by_license.get_mut(&license_id) else { continue };
-                let event = Arc::new(event.clone());
+                let event = Arc::new(SharedEvent::new(event.clone()));
                 list.retain(|(_, tx)| match tx.try_send(event.clone()) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -266,7 +297,7 @@ pub struct EventStream<S: Store> {
     device: Option<Uuid>,
     /// Its device left: the event saying so was the last.
     finished: bool,
-    live: mpsc::Receiver<Arc<OutboxEvent>>,
+    live: mpsc::Receiver<Arc<SharedEvent>>,
     _registration: Registration,
 }
 
@@ -294,7 +325,7 @@ impl<S: Store> EventStream<S> {
     /// too slow, or the hub stopped (reconnect with the last id), or the
     /// device it belongs to left (the previous event said so; do not
     /// reconnect, its token is refused).
-    pub async fn next(&mut self) -> Result<Option<Arc<OutboxEvent>>, StoreError> {
+    pub async fn next(&mut self) -> Result<Option<Arc<SharedEvent>>, StoreError> {
         if self.finished {
             return Ok(None);
         }
@@ -304,7 +335,7 @@ impl<S: Store> EventStream<S> {
                 Box::pin(self.fill_replay()).await?;
             }
             if let Some(event) = self.replay.pop_front() {
-                return Ok(Some(self.hand_out(Arc::new(event))));
+                return Ok(Some(self.hand_out(Arc::new(SharedEvent::new(event)))));
             }
             match self.live.recv().await {
                 Some(event) if event.id <= self.delivered => continue,
@@ -314,7 +345,7 @@ impl<S: Store> EventStream<S> {
         }
     }
 
-    fn hand_out(&mut self, event: Arc<OutboxEvent>) -> Arc<OutboxEvent> {
+    fn hand_out(&mut self, event: Arc<SharedEvent>) -> Arc<SharedEvent> {
         self.delivered = event.id;
         if self.device.is_some_and(|device| ends_device_stream(&event, device)) {
             self.finished = true;

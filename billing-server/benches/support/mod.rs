@@ -140,6 +140,11 @@ impl Server {
         Ok(Self { address, billing, shutdown, task })
     }
 
+    /// The server's engine (what its routes call).
+    pub fn billing(&self) -> &Billing<AnyStore> {
+        &self.billing
+    }
+
     /// The webhook endpoint's URL.
     pub fn webhook_url(&self) -> String {
         format!("{}{WEBHOOK_PATH}", self.address)

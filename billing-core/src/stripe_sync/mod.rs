@@ -267,12 +267,25 @@ impl StripeInput {
                 EventPayload::CheckoutCompleted(session) | EventPayload::CheckoutPaymentFailed(session) => {
                     checkout_keys(keys, session)
                 }
-                EventPayload::Invoice(payment) => invoice_keys(keys, payment),
+                EventPayload::Invoice(payment, charges) => {
+                    invoice_keys(keys, payment);
+                    keys.invoice_charges.extend(charges.iter().filter_map(|c| c.key()).map(str::to_owned));
+                }
+                EventPayload::InvoicePayment(charge) => {
+                    keys.invoice_charges.extend(charge.key().map(str::to_owned));
+                }
                 EventPayload::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }
-                EventPayload::ChargeRefunded(charge) => keys.payment_intents.extend(charge.payment_intent.clone()),
-                EventPayload::Dispute(dispute) => keys.payment_intents.extend(dispute.payment_intent.clone()),
+                EventPayload::ChargeRefunded(charge) => {
+                    keys.payment_intents.extend(charge.payment_intent.clone());
+                    keys.invoice_charges.extend(charge.payment_intent.iter().chain([&charge.id]).cloned());
+                }
+                EventPayload::Dispute(dispute) => {
+                    keys.payment_intents.extend(dispute.payment_intent.clone());
+                    keys.invoice_charges.extend(dispute.payment_intent.iter().chain([&dispute.charge]).cloned());
+                    keys.disputes.insert(dispute.id.clone());
+                }
                 EventPayload::Ignored => {}
             },
             Self::Listed { object, .. } => match object.as_ref() {

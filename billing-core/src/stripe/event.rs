@@ -496,7 +496,7 @@ struct RawPaymentRef {
     charge: Option<Expandable>,
 }
 
-fn parse_invoice_charges(object: &Value, invoice_id: &str) -> Result<Vec<InvoiceCharge>, String> {
+pub(crate) fn parse_invoice_charges(object: &Value, invoice_id: &str) -> Result<Vec<InvoiceCharge>, String> {
     let raw = RawInvoiceCharges::deserialize(object).map_err(|e| e.to_string())?;
     let mut charges = Vec::new();
     let top = InvoiceCharge {

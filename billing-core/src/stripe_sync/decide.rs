@@ -190,13 +190,16 @@ impl<'a> Decisions<'a> {
                     Synced::Ambiguous => unreachable!("a listed object keeps the held state on a tie"),
                 }
             }
-            ListedObject::Invoice(payment) => {
+            ListedObject::Invoice(payment, charges) => {
                 let subscription = payment.stripe_subscription_id.as_deref().unwrap_or_default();
                 let before = self.held.payments.get(&payment.stripe_invoice_id).copied();
                 let subscription_before = self.subscription_state(subscription);
                 self.invoice(&actor, payment);
+                let linked = self.record_invoice_charges(payment.stripe_subscription_id.as_deref(), charges);
                 match compare(before, self.held.payments.get(&payment.stripe_invoice_id).copied()) {
-                    ListedOutcome::Unchanged if subscription_before != self.subscription_state(subscription) => {
+                    ListedOutcome::Unchanged
+                        if linked || subscription_before != self.subscription_state(subscription) =>
+                    {
                         ListedOutcome::Updated
                     }
                     outcome => outcome,

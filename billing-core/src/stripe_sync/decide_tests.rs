@@ -434,7 +434,7 @@ fn a_listed_paid_invoice_is_recorded_once_and_issues_the_license_it_proves() {
         status: PaymentStatus::Paid,
         paid_at: Some(NOW),
     };
-    let invoice = || listed(ListedObject::Invoice(payment.clone()), 1_000);
+    let invoice = || listed(ListedObject::Invoice(payment.clone(), Vec::new()), 1_000);
     let held = held_after(&first);
     let (outcomes, changes) = decide_all(held.clone(), &[invoice()]);
     assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Created]);
@@ -819,4 +819,27 @@ fn a_charge_is_linked_by_its_charge_id_when_no_payment_intent_paid() {
     let (_, changes) =
         decide_all(held_after(&paid), &[delivery("evt_open", NOW.unix_timestamp(), EventPayload::Dispute(disputed))]);
     assert_eq!(changes.saved_licenses[0].terms.status, LicenseStatus::Suspended);
+}
+
+#[test]
+fn a_listed_invoice_records_what_paid_it_once() {
+    let payment = Payment {
+        stripe_invoice_id: "in_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        stripe_subscription_id: Some("sub_1".into()),
+        amount: 1900,
+        currency: "eur".into(),
+        status: PaymentStatus::Paid,
+        paid_at: Some(NOW),
+    };
+    let held = subscribed();
+    // `subscribed` recorded `pi_in_1`; listing its invoice again with it is no change.
+    let (outcomes, changes) =
+        decide_all(held.clone(), &[listed(ListedObject::Invoice(payment.clone(), vec![paid_by("pi_in_1")]), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert!(changes.invoice_charges.is_empty());
+    let (outcomes, changes) =
+        decide_all(held, &[listed(ListedObject::Invoice(payment, vec![paid_by("pi_in_2")]), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
+    assert_eq!(changes.invoice_charges.iter().map(|c| c.payment_key.as_str()).collect::<Vec<_>>(), ["pi_in_2"]);
 }

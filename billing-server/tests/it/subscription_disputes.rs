@@ -329,3 +329,30 @@ async fn a_basil_invoice_payment_recorded_before_its_invoice_links_once_the_invo
     assert_eq!(the_license(&app).await["status"], "suspended");
     assert!(stripe.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_dispute_s_deliveries_arriving_together_in_any_order_end_as_in_order_delivery_does() {
+    for (status, expected) in [("won", "active"), ("lost", "revoked")] {
+        for reversed in [false, true] {
+            let s = subscribed(Shape::Basil).await;
+            let mut deliveries = [
+                event("evt_opened", "charge.dispute.created", now() - 10, dispute("dp_1", "needs_response")),
+                event("evt_opened_again", "charge.dispute.created", now() - 9, dispute("dp_1", "needs_response")),
+                event("evt_closed", "charge.dispute.closed", now(), dispute("dp_1", status)),
+                event("evt_closed_again", "charge.dispute.closed", now() + 1, dispute("dp_1", status)),
+            ];
+            if reversed {
+                deliveries.reverse();
+            }
+            // Each one twice, all at once: they meet in groups of any make-up.
+            let all: Vec<Value> = deliveries.iter().chain(deliveries.iter()).cloned().collect();
+            let answers = futures_util::future::join_all(all.iter().map(|e| s.app.post_stripe_webhook(e))).await;
+            assert!(answers.iter().all(|a| a.status() == 200), "every delivery acknowledged");
+            let license = the_license(&s.app).await;
+            assert_eq!(license["status"], expected, "{status}, reversed: {reversed}");
+            let disputed = s.app.db.int("SELECT count(*) FROM licenses WHERE disputed_at IS NOT NULL").await;
+            assert_eq!(disputed, 0, "no dispute left open");
+            assert_eq!(s.app.count("charge_disputes").await, 1);
+        }
+    }
+}

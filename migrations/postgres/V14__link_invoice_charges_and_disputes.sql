@@ -23,3 +23,5 @@ CREATE TABLE charge_disputes (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
+-- A license's open disputes: one won while another is open keeps it suspended.
+CREATE INDEX charge_disputes_open_idx ON charge_disputes (license_id) WHERE NOT closed;

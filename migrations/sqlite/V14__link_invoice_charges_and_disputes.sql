@@ -15,3 +15,4 @@ CREATE TABLE charge_disputes (
     created_at        INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER)),
     updated_at        INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
 ) STRICT;
+CREATE INDEX charge_disputes_open_idx ON charge_disputes (license_id) WHERE closed = 0;

@@ -666,8 +666,9 @@ impl<'a> Decisions<'a> {
     /// A dispute of the charge that paid for a license (a perpetual
     /// purchase or a subscription's invoice): opened, it suspends the
     /// license; closed as lost, it revokes it; closed otherwise (won, an
-    /// inquiry closed), the license is what its own terms and an admin's
-    /// fields make it, as if never disputed. Each dispute is recorded as
+    /// inquiry closed) while no other dispute of the license is open, the
+    /// license is what its own terms and an admin's fields make it, as if
+    /// never disputed. Each dispute is recorded as
     /// far as it went, so one closed before its opening arrived is not
     /// opened again: the end state is in-order delivery's.
     fn dispute(&mut self, actor: &Actor, dispute: &Dispute) -> Option<&'static str> {
@@ -681,6 +682,8 @@ impl<'a> Decisions<'a> {
         }
         let rules = self.rules;
         let license = self.paid_license(&paid);
+        let others_open =
+            self.held.disputes.iter().any(|(id, d)| *id != dispute.id && d.license_id == license.id && !d.closed);
         let record = DisputeRecord { license_id: license.id, status: dispute.status.clone(), closed: dispute.closed };
         self.held.disputes.insert(dispute.id.clone(), record.clone());
         self.changes.save_dispute(&dispute.id, record);
@@ -706,6 +709,7 @@ impl<'a> Decisions<'a> {
                 ("revoked", "dispute_lost")
             }
             (true, _) if license.overrides.disputed_at.is_none() => return Some("no open dispute"),
+            (true, _) if others_open => return Some("another dispute of the license is open"),
             (true, _) => {
                 next.overrides.disputed_at = None;
                 ("reinstated", "dispute_won")

@@ -843,3 +843,40 @@ fn a_listed_invoice_records_what_paid_it_once() {
     assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
     assert_eq!(changes.invoice_charges.iter().map(|c| c.payment_key.as_str()).collect::<Vec<_>>(), ["pi_in_2"]);
 }
+
+#[test]
+fn a_license_stays_suspended_while_another_of_its_disputes_is_open() {
+    let mut held = subscribed();
+    held.invoice_charges.insert(
+        "pi_in_2".into(),
+        HeldInvoiceCharge { invoice_id: "in_2".into(), charge_id: None, subscription: Some("sub_1".into()) },
+    );
+    let second = |id: &str, status: &str, closed: bool| {
+        let dispute = crate::stripe::Dispute {
+            id: "dp_2".into(),
+            charge: "ch_2".into(),
+            payment_intent: Some("pi_in_2".into()),
+            status: status.into(),
+            closed,
+        };
+        delivery(id, NOW.unix_timestamp(), EventPayload::Dispute(dispute))
+    };
+    let (_, changes) = decide_all(
+        held.clone(),
+        &[
+            dispute("evt_open_1", "pi_in_1", "needs_response", false),
+            second("evt_open_2", "needs_response", false),
+            dispute("evt_won_1", "pi_in_1", "won", true),
+        ],
+    );
+    assert_eq!(license_statuses(&changes), [(json!("suspended"), json!("dispute"))]);
+    assert_eq!(
+        changes.deliveries,
+        [
+            ("evt_open_2".to_owned(), DeliveryRecord::Noted("dispute already open")),
+            ("evt_won_1".to_owned(), DeliveryRecord::Noted("another dispute of the license is open")),
+        ]
+    );
+    let (_, last) = decide_all(held_after_both(&held, &changes), &[second("evt_won_2", "won", true)]);
+    assert_eq!(license_statuses(&last), [(json!("active"), json!("dispute_won"))]);
+}

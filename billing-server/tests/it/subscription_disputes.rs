@@ -356,3 +356,27 @@ async fn a_dispute_s_deliveries_arriving_together_in_any_order_end_as_in_order_d
         }
     }
 }
+
+#[tokio::test]
+async fn a_license_disputed_twice_is_restored_only_once_both_disputes_are_won() {
+    let mut s = subscribed(Shape::PreBasil).await;
+    // The next month's invoice, paid by `pi_s2`.
+    let object = json!({
+        "id": "in_s2", "object": "invoice", "customer": "cus_s", "subscription": "sub_s", "currency": "eur",
+        "amount_paid": 1900, "amount_due": 1900, "status": "paid", "payment_intent": "pi_s2", "charge": "ch_s2",
+        "status_transitions": { "paid_at": now() - 40 }
+    });
+    s.app.deliver(&with_api_version(event("evt_in2_paid", "invoice.paid", now() - 40, object), "2024-06-20")).await;
+    let mut second = dispute("dp_2", "needs_response");
+    (second["charge"], second["payment_intent"]) = (json!("ch_s2"), json!("pi_s2"));
+    s.app.deliver(&event("evt_open_1", "charge.dispute.created", now() - 20, dispute("dp_1", "needs_response"))).await;
+    assert_eq!(status_and_reason(&mut s.events).await.0, "suspended");
+    s.app.deliver(&event("evt_open_2", "charge.dispute.created", now() - 15, second.clone())).await;
+    s.app.deliver(&event("evt_won_1", "charge.dispute.closed", now() - 10, dispute("dp_1", "won"))).await;
+    assert_eq!(note_of(&s.app, "evt_won_1").await, "another dispute of the license is open");
+    assert_eq!(verdict_code(&s.app.validate(&s.key, Some("fp-1")).await), (false, "SUSPENDED".into()));
+    second["status"] = json!("won");
+    s.app.deliver(&event("evt_won_2", "charge.dispute.closed", now(), second)).await;
+    assert_eq!(status_and_reason(&mut s.events).await, ("active".into(), "dispute_won".into()));
+    assert_eq!(verdict_code(&s.app.validate(&s.key, Some("fp-1")).await), (true, "VALID".into()));
+}

@@ -270,7 +270,7 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
                   WHERE p.stripe_checkout_session_id = ANY ($1) OR p.stripe_payment_intent_id = ANY ($2)
                   ORDER BY l.id FOR NO KEY UPDATE OF l"
             ),
-            params![sessions, intents],
+            params![sessions, intents.clone()],
         ));
     }
     if with_charges {
@@ -278,16 +278,27 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             "SELECT ic.payment_key, ic.stripe_invoice_id, ic.stripe_charge_id, p.stripe_subscription_id
                FROM invoice_charges ic LEFT JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
               WHERE ic.payment_key = ANY ($1) OR ic.stripe_charge_id = ANY ($1)",
-            params![charge_keys],
+            params![charge_keys.clone()],
         ));
     }
     let disputes: Vec<String> = keys.disputes.iter().cloned().collect();
     let with_disputes = !disputes.is_empty();
     if with_disputes {
+        // The group's disputes, and the other open disputes of the licenses
+        // their charges paid for (whose rows the group has locked).
         statements.push(Statement::new(
             "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
-              WHERE stripe_dispute_id = ANY ($1) ORDER BY stripe_dispute_id FOR NO KEY UPDATE",
-            params![disputes],
+              WHERE stripe_dispute_id = ANY ($1)
+                 OR (NOT closed AND license_id = ANY (ARRAY(
+                        SELECT license_id FROM purchases WHERE stripe_payment_intent_id = ANY ($2)
+                        UNION ALL
+                        SELECT l.id FROM invoice_charges ic
+                          JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
+                          JOIN subscriptions s ON s.stripe_subscription_id = p.stripe_subscription_id
+                          JOIN licenses l ON l.subscription_id = s.id
+                         WHERE ic.payment_key = ANY ($3) OR ic.stripe_charge_id = ANY ($3))))
+              ORDER BY stripe_dispute_id FOR NO KEY UPDATE",
+            params![disputes, intents.clone(), charge_keys.clone()],
         ));
     }
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(2);

@@ -86,15 +86,6 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             bundle.invoice_charges.insert(payment_key, held);
         }
     }
-    for dispute in &keys.disputes {
-        let sql = "SELECT license_id, status, closed FROM charge_disputes WHERE stripe_dispute_id = ?1";
-        let held = query_opt(conn, sql, [dispute], |row| {
-            Ok(DisputeRecord { license_id: uuid(row, 0)?, status: get(row, 1)?, closed: get(row, 2)? })
-        })?;
-        if let Some(held) = held {
-            bundle.disputes.insert(dispute.clone(), held);
-        }
-    }
     for stripe_id in &subscriptions {
         let held = query_opt(conn, &subscription_sql, [stripe_id], |row| {
             Ok(HeldSubscription {
@@ -154,6 +145,33 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
                 .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
             bundle.purchases.insert(session, HeldPurchase { license, payment_intent: Some(intent.clone()) });
+        }
+    }
+    if !keys.disputes.is_empty() {
+        // The group's disputes, and the other open disputes of the licenses
+        // their charges paid for.
+        let record = |row: &deadpool_sqlite::rusqlite::Row<'_>| {
+            Ok((
+                get::<String>(row, 0)?,
+                DisputeRecord { license_id: uuid(row, 1)?, status: get(row, 2)?, closed: get(row, 3)? },
+            ))
+        };
+        for dispute in &keys.disputes {
+            let sql = "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
+                        WHERE stripe_dispute_id = ?1";
+            bundle.disputes.extend(query(conn, sql, [dispute], record)?);
+        }
+        let licenses: Vec<String> = bundle
+            .purchases
+            .values()
+            .map(|p| p.license.id)
+            .chain(bundle.licenses.values().map(|l| l.id))
+            .map(|id| id.to_string())
+            .collect();
+        for license in licenses {
+            let sql = "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
+                        WHERE license_id = ?1 AND closed = 0";
+            bundle.disputes.extend(query(conn, sql, [license], record)?);
         }
     }
     Ok((bundle, reclaimed))

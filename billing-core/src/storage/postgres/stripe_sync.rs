@@ -116,7 +116,7 @@ where
 
 /// Claims the deliveries and reads (locking) every row the group touches,
 /// in the one lock order: subscription identities, claims, subscriptions,
-/// licenses, devices, payments. Returns the bundle and which of its claims
+/// licenses, devices, payments, purchased licenses, disputes. Returns the bundle and which of its claims
 /// were failed deliveries claimed again.
 async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {
     let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();

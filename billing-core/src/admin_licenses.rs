@@ -145,7 +145,6 @@ impl<S: Store> Billing<S> {
         let issued = as_stored(issued);
         let (actor, plan) = (actor.clone(), request.plan);
         let record = self
-            .store()
             .license_work(LicenseKeys::Nothing, move |bundle| {
                 Changeset::from_decision(|changes| decide_issue(bundle, issued, &plan, &actor, changes))
             })
@@ -216,11 +215,10 @@ impl<S: Store> Billing<S> {
         let now = self.now();
         let actor = actor.clone();
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: None };
-        self.store()
-            .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_device_removal(bundle, &actor, now, changes))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            Changeset::from_decision(|changes| decide_device_removal(bundle, &actor, now, changes))
+        })
+        .await?
     }
 
     /// Deactivates every device of a license, each announced as
@@ -228,11 +226,10 @@ impl<S: Store> Billing<S> {
     pub async fn reset_devices(&self, actor: &Actor, license_id: Uuid) -> Result<AdminLicense, AdminLicenseError> {
         let now = self.now();
         let actor = actor.clone();
-        self.store()
-            .license_work(LicenseKeys::License { license_id }, move |bundle| {
-                Changeset::from_decision(|changes| decide_reset(bundle, &actor, now, changes))
-            })
-            .await?
+        self.license_work(LicenseKeys::License { license_id }, move |bundle| {
+            Changeset::from_decision(|changes| decide_reset(bundle, &actor, now, changes))
+        })
+        .await?
     }
 
     /// The one shape of every license change: lock, decide (`change` sees
@@ -247,7 +244,6 @@ impl<S: Store> Billing<S> {
         let config = self.config_arc();
         let decided_by = actor.clone();
         let (changed, kind) = self
-            .store()
             .license_work(LicenseKeys::License { license_id }, move |bundle| {
                 let rules = LicenseRules {
                     plans: &config.plans,

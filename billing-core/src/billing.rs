@@ -6,11 +6,16 @@
 //! [`crate::admin_tokens`], [`crate::vendor_webhooks`].
 
 use crate::domain::{PlanCatalog, Timestamp};
+use crate::storage::changeset::Changeset;
+use crate::storage::license_work::{LicenseBundle, LicenseKeys};
+use crate::storage::stripe_sync::{StripeBundle, StripeKeys};
 use crate::storage::{Store, StoreError};
 #[cfg(feature = "stripe-api")]
 use crate::stripe::StripeClient;
 use crate::stripe::WebhookSecrets;
+use crate::validation_view::ValidationView;
 use std::sync::Arc;
+use uuid::Uuid;
 
 pub use crate::messages::{LICENSE_CREATED, LICENSE_UPDATED};
 pub use crate::stripe_sync::{WebhookError, WebhookGroupStats, WebhookOutcome, WebhookReceipt};
@@ -35,6 +40,9 @@ pub struct BillingConfig {
     /// How the vendor's webhooks are delivered.
     #[cfg(feature = "vendor-webhooks")]
     pub vendor_webhooks: crate::vendor_webhooks::VendorWebhookSettings,
+    /// How many licenses validation keeps in memory (0: none; see
+    /// [`crate::validation_view`]).
+    pub validation_cache_licenses: usize,
 }
 
 impl BillingConfig {
@@ -49,7 +57,14 @@ impl BillingConfig {
             licensing,
             #[cfg(feature = "vendor-webhooks")]
             vendor_webhooks: crate::vendor_webhooks::VendorWebhookSettings::default(),
+            validation_cache_licenses: crate::validation_view::DEFAULT_CAPACITY,
         }
+    }
+
+    /// How many licenses validation keeps in memory (0: none).
+    pub fn with_validation_cache(mut self, licenses: usize) -> Self {
+        self.validation_cache_licenses = licenses;
+        self
     }
 
     /// Sets how the vendor's webhooks are delivered.
@@ -89,6 +104,7 @@ pub struct Billing<S: Store> {
     config: Arc<BillingConfig>,
     clock: Clock,
     groups: Arc<crate::stripe_sync::Groups>,
+    view: Arc<ValidationView>,
 }
 
 /// Errors of the read use cases.
@@ -97,7 +113,59 @@ pub type ReadError = StoreError;
 impl<S: Store> Billing<S> {
     /// Builds the engine.
     pub fn new(store: S, config: BillingConfig) -> Self {
-        Self { store, config: Arc::new(config), clock: Arc::new(time::OffsetDateTime::now_utc), groups: Arc::default() }
+        let view = Arc::new(ValidationView::new(config.validation_cache_licenses));
+        Self {
+            store,
+            config: Arc::new(config),
+            clock: Arc::new(time::OffsetDateTime::now_utc),
+            groups: Arc::default(),
+            view,
+        }
+    }
+
+    /// The in-memory view validation answers from, which an
+    /// [`crate::events::EventHub`] keeps current (hand it to
+    /// [`crate::events::EventHub::start_with_view`]).
+    pub fn validation_view(&self) -> &Arc<ValidationView> {
+        &self.view
+    }
+
+    /// [`Store::license_work`], and then, on this instance at once, the
+    /// licenses whose changes it announced leave the validation view (other
+    /// instances hear of them through the outbox).
+    pub(crate) async fn license_work<T, F>(&self, keys: LicenseKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(LicenseBundle) -> (Changeset, T) + Send + 'static,
+    {
+        let (out, changed) = self
+            .store
+            .license_work(keys, move |bundle| {
+                let (changes, out) = decide(bundle);
+                let changed = announced_licenses(&changes);
+                (changes, (out, changed))
+            })
+            .await?;
+        changed.into_iter().for_each(|id| self.view.invalidate(id));
+        Ok(out)
+    }
+
+    /// [`Store::sync_stripe`], with [`Self::license_work`]'s invalidation.
+    pub(crate) async fn sync_stripe<T, F>(&self, keys: StripeKeys, decide: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(StripeBundle) -> (Changeset, T) + Send + 'static,
+    {
+        let (out, changed) = self
+            .store
+            .sync_stripe(keys, move |bundle| {
+                let (changes, out) = decide(bundle);
+                let changed = announced_licenses(&changes);
+                (changes, (out, changed))
+            })
+            .await?;
+        changed.into_iter().for_each(|id| self.view.invalidate(id));
+        Ok(out)
     }
 
     /// Replaces the clock (tests of grace periods and expiry).
@@ -143,6 +211,14 @@ impl<S: Store> Billing<S> {
     pub fn webhooks_enabled(&self) -> bool {
         self.config.webhook_secrets.is_some()
     }
+}
+
+/// The licenses a changeset announces a change of.
+fn announced_licenses(changes: &Changeset) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = changes.outbox.iter().filter_map(|m| m.license_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Formats a timestamp as RFC 3339.

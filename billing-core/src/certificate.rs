@@ -58,6 +58,10 @@ pub struct CertificateClaims {
     pub updates_until: Option<i64>,
     /// A card-less trial.
     pub trial: bool,
+    /// The license's paid-through date or end (Unix seconds), if it has
+    /// one: what an air-gapped machine, which never asks, shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// Issued at (Unix seconds).
     pub iat: i64,
     /// Expires at (Unix seconds).
@@ -168,6 +172,7 @@ mod tests {
             kind: "perpetual".into(),
             updates_until: Some(1),
             trial: false,
+            expires_at: None,
             iat: 1,
             exp: 2,
         }

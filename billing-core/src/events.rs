@@ -14,9 +14,11 @@
 use crate::billing::error_chain;
 use crate::domain::Topic;
 use crate::storage::{OutboxEvent, Store, StoreError};
+use crate::validation_view::ValidationView;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -48,7 +50,37 @@ impl Default for HubConfig {
     }
 }
 
-type Sender = mpsc::Sender<Arc<OutboxEvent>>;
+/// An event as the hub hands it to every subscriber of its license: one
+/// allocation shared by all of them, and one wire encoding, made by the
+/// first stream that writes it and reused by the rest.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: OutboxEvent,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps an event read from the outbox.
+    pub fn new(event: OutboxEvent) -> Self {
+        Self { event, encoded: OnceLock::new() }
+    }
+
+    /// Its encoding by `encode`, computed once for every stream it reaches
+    /// (every caller must pass the same encoding).
+    pub fn encoded(&self, encode: impl FnOnce(&OutboxEvent) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = OutboxEvent;
+
+    fn deref(&self) -> &OutboxEvent {
+        &self.event
+    }
+}
+
+type Sender = mpsc::Sender<Arc<SharedEvent>>;
 
 #[derive(Default)]
 struct Subscribers {
@@ -64,11 +96,24 @@ pub struct EventHub<S: Store> {
     cursor: AtomicI64,
     open: Arc<AtomicUsize>,
     dropped_slow: AtomicUsize,
+    /// Kept exact by this hub: every event read drops its license.
+    view: Option<Arc<ValidationView>>,
 }
 
 impl<S: Store> EventHub<S> {
     /// A hub starting after the newest committed event.
     pub async fn start(store: S, config: HubConfig) -> Result<Arc<Self>, StoreError> {
+        Self::start_with_view(store, config, None).await
+    }
+
+    /// [`Self::start`], keeping `view` (the engine's
+    /// [`crate::Billing::validation_view`]) current: while it runs and
+    /// hears every commit, the view answers validations from memory.
+    pub async fn start_with_view(
+        store: S,
+        config: HubConfig,
+        view: Option<Arc<ValidationView>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let cursor = store.latest_outbox_id().await?;
         Ok(Arc::new(Self {
             store,
@@ -77,7 +122,16 @@ impl<S: Store> EventHub<S> {
             cursor: AtomicI64::new(cursor),
             open: Arc::default(),
             dropped_slow: AtomicUsize::new(0),
+            view,
         }))
+    }
+
+    /// Whether the validation view may answer: only while every commit
+    /// reaches this hub as it happens.
+    fn view_live(&self, live: bool) {
+        if let Some(view) = self.view.as_ref().filter(|view| view.is_live() != live) {
+            view.set_live(live);
+        }
     }
 
     /// Dispatches until `shutdown` resolves. Also prunes the outbox hourly.
@@ -92,12 +146,18 @@ impl<S: Store> EventHub<S> {
         };
         let mut poll = tokio::time::interval(self.config.poll_interval);
         let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        self.view_live(wakeups.is_some());
         loop {
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    self.view_live(false);
+                    return;
+                }
                 woke = async { match &mut wakeups { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     if woke.is_none() {
+                        tracing::warn!("outbox notifications stopped; polling, and validating from the store");
                         wakeups = None;
+                        self.view_live(false);
                     }
                 }
                 _ = poll.tick() => {}
@@ -111,8 +171,13 @@ impl<S: Store> EventHub<S> {
                     continue;
                 }
             }
-            if let Err(e) = self.dispatch_new().await {
-                tracing::warn!(error = %error_chain(&e), "outbox dispatch failed; retrying on next wake-up");
+            match self.dispatch_new().await {
+                Ok(()) => self.view_live(wakeups.is_some()),
+                Err(e) => {
+                    // Commits it could not read may be missing from the view.
+                    self.view_live(false);
+                    tracing::warn!(error = %error_chain(&e), "outbox dispatch failed; retrying on next wake-up");
+                }
             }
         }
     }
@@ -123,11 +188,14 @@ impl<S: Store> EventHub<S> {
             let cursor = self.cursor.load(Ordering::Acquire);
             let events = self.store.outbox_after(cursor, None, PAGE).await?;
             let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+            if let Some(view) = &self.view {
+                events.iter().filter_map(|e| e.license_id).for_each(|id| view.invalidate(id));
+            }
             let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
             for event in events.iter() {
                 let Some(license_id) = event.license_id else { continue };
                 let Some(list) = subscribers.by_license.get_mut(&license_id) else { continue };
-                let event = Arc::new(event.clone());
+                let event = Arc::new(SharedEvent::new(event.clone()));
                 list.retain(|(_, tx)| match tx.try_send(event.clone()) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -229,7 +297,7 @@ pub struct EventStream<S: Store> {
     device: Option<Uuid>,
     /// Its device left: the event saying so was the last.
     finished: bool,
-    live: mpsc::Receiver<Arc<OutboxEvent>>,
+    live: mpsc::Receiver<Arc<SharedEvent>>,
     _registration: Registration,
 }
 
@@ -257,7 +325,7 @@ impl<S: Store> EventStream<S> {
     /// too slow, or the hub stopped (reconnect with the last id), or the
     /// device it belongs to left (the previous event said so; do not
     /// reconnect, its token is refused).
-    pub async fn next(&mut self) -> Result<Option<Arc<OutboxEvent>>, StoreError> {
+    pub async fn next(&mut self) -> Result<Option<Arc<SharedEvent>>, StoreError> {
         if self.finished {
             return Ok(None);
         }
@@ -267,7 +335,7 @@ impl<S: Store> EventStream<S> {
                 Box::pin(self.fill_replay()).await?;
             }
             if let Some(event) = self.replay.pop_front() {
-                return Ok(Some(self.hand_out(Arc::new(event))));
+                return Ok(Some(self.hand_out(Arc::new(SharedEvent::new(event)))));
             }
             match self.live.recv().await {
                 Some(event) if event.id <= self.delivered => continue,
@@ -277,7 +345,7 @@ impl<S: Store> EventStream<S> {
         }
     }
 
-    fn hand_out(&mut self, event: Arc<OutboxEvent>) -> Arc<OutboxEvent> {
+    fn hand_out(&mut self, event: Arc<SharedEvent>) -> Arc<SharedEvent> {
         self.delivered = event.id;
         if self.device.is_some_and(|device| ends_device_stream(&event, device)) {
             self.finished = true;

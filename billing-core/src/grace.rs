@@ -23,7 +23,6 @@ impl<S: Store> Billing<S> {
         loop {
             let keys = LicenseKeys::LicensesPastGrace { now, limit: BATCH as i64 };
             let (suspended, loaded) = self
-                .store()
                 .license_work(keys, move |bundle| {
                     Changeset::from_decision(|changes| decide_grace_expiry(bundle, now, changes))
                 })

@@ -110,6 +110,7 @@ pub mod reads;
 pub mod storage;
 pub mod stripe;
 pub mod stripe_sync;
+pub mod validation_view;
 #[cfg(feature = "vendor-webhooks")]
 pub mod vendor_webhooks;
 

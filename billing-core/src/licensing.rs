@@ -9,6 +9,7 @@ use crate::certificate::{self, CertificateClaims, SigningKey};
 use crate::domain::device::{
     self, ActivationPlan, ActivationRefusal, Liveness, TextRefusal, ValidationQuery, MAX_DEVICE_TEXT_CHARS,
 };
+use crate::domain::offline_activation::OfflineActivationRequest;
 use crate::domain::{
     license, ActivationToken, Actor, Device, DeviceStatus, License, LicenseKey, LicenseOverrides, LicenseSource,
     LicenseStatus, LicenseTerms, Plan, PlanCatalog, Timestamp, Topic, ValidationCode,
@@ -21,6 +22,11 @@ use crate::storage::{OutboxMessage, Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// An air-gapped activation's lifetime on a license whose plan the catalog
+/// does not hold: a plan's own default.
+const DEFAULT_OFFLINE_ACTIVATION: time::Duration =
+    time::Duration::days(crate::domain::plan::DEFAULT_OFFLINE_ACTIVATION_DAYS as i64);
 
 /// Settings of the licensing rules.
 #[derive(Clone, Debug)]
@@ -92,6 +98,8 @@ pub struct Activation {
     pub license: License,
     /// Signed offline certificate.
     pub certificate: String,
+    /// When the certificate expires.
+    pub certificate_expires_at: Timestamp,
     /// A new slot (vs. the fingerprint's existing one).
     pub created: bool,
 }
@@ -287,14 +295,13 @@ impl<S: Store> Billing<S> {
         );
         let keys = LicenseKeys::ActivationOf { key_hash: key.lookup_hash() };
         let (license, device, created) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let rules = DeviceRules::of(&config);
                 Changeset::from_decision(|changes| decide_activation(bundle, activating, now, rules, changes))
             })
             .await??;
-        let certificate = self.certificate(&license, &device, now);
-        Ok(Activation { token, device, license, certificate, created })
+        let (certificate, certificate_expires_at) = self.signed_certificate(&license, &device, now, None);
+        Ok(Activation { token, device, license, certificate, certificate_expires_at, created })
     }
 
     /// Starts a card-less trial of a plan on a machine: a license of its
@@ -318,16 +325,65 @@ impl<S: Store> Billing<S> {
         let fingerprint_hash = trial_fingerprint_hash(request.fingerprint);
         let keys = LicenseKeys::Trial { plan_id: plan.id.0.clone(), fingerprint_hash: fingerprint_hash.clone() };
         let (license, device) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let window = config.licensing.heartbeat_window;
                 let trial = Trying { plan: &plan, fingerprint_hash, activating, key: LicenseKey::generate() };
                 Changeset::from_decision(|changes| decide_trial(bundle, trial, now, window, changes))
             })
             .await??;
-        let certificate = self.certificate(&license, &device, now);
+        let (certificate, certificate_expires_at) = self.signed_certificate(&license, &device, now, None);
         tracing::info!(license_id = %license.id, plan = ?license.terms.plan_id, "trial started");
-        Ok(Activation { token, device, license, certificate, created: true })
+        Ok(Activation { token, device, license, certificate, certificate_expires_at, created: true })
+    }
+
+    /// Activates a license for a machine with no network, from its owner's
+    /// dashboard: the slot is taken as by an activation (refused when full
+    /// or when the license is not `user_id`'s, which reads as not found), the
+    /// device is air-gapped (it never heartbeats, so it keeps the slot until
+    /// deactivated), and the answer is a certificate lasting the plan's
+    /// `offline_activation_days`, capped like any certificate. No token is
+    /// handed out: the machine could not use one.
+    pub async fn activate_air_gapped(
+        &self,
+        user_id: &str,
+        request: &OfflineActivationRequest,
+        actor: &Actor,
+    ) -> Result<Activation, LicensingError> {
+        check_device_fields(
+            &request.fingerprint,
+            request.name.as_deref(),
+            request.platform.as_deref(),
+            request.app_version.as_deref(),
+        )?;
+        let now = self.now();
+        let config = self.config_arc();
+        // Never shown: it only keeps the slot's token column filled with
+        // something no one holds.
+        let token = ActivationToken::generate();
+        let activating = Activating {
+            actor: actor.clone(),
+            owner: Some(user_id.to_owned()),
+            air_gapped: true,
+            ..Activating::new(
+                &token,
+                &request.fingerprint,
+                request.name.as_deref(),
+                request.platform.as_deref(),
+                request.app_version.as_deref(),
+                None,
+            )
+        };
+        let keys = LicenseKeys::ActivationOf { key_hash: request.license_key_sha256.clone() };
+        let (license, device, created) = self
+            .license_work(keys, move |bundle| {
+                let rules = DeviceRules::of(&config);
+                Changeset::from_decision(|changes| decide_activation(bundle, activating, now, rules, changes))
+            })
+            .await??;
+        let lifetime = self.config().plan_of(&license).map_or(DEFAULT_OFFLINE_ACTIVATION, Plan::offline_activation);
+        let (certificate, certificate_expires_at) = self.signed_certificate(&license, &device, now, Some(lifetime));
+        tracing::info!(license_id = %license.id, device_id = %device.id, "air-gapped activation");
+        Ok(Activation { token, device, license, certificate, certificate_expires_at, created })
     }
 
     /// Validates a key, and optionally that a fingerprint is alive on it.
@@ -347,14 +403,43 @@ impl<S: Store> Billing<S> {
         let Some(key) = LicenseKey::parse(license_key) else {
             return Ok(Validation { code: ValidationCode::NotFound, license: None });
         };
-        let (license, device) = self.store().license_and_device(&key.lookup_hash(), fingerprint).await?;
+        let key_hash = key.lookup_hash();
         let now = self.now();
-        let liveness =
-            license.as_ref().map_or(Liveness::floating(self.licensing().heartbeat_window), |l| self.liveness_of(l));
-        let query =
-            ValidationQuery { fingerprint_given: fingerprint.is_some(), device: device.as_ref(), app_released_at };
-        let code = device::validate(license.as_ref(), query, now, liveness);
+        let verdict = |license: &Option<License>, device: &Option<Device>| {
+            let server = Liveness::floating(self.licensing().heartbeat_window);
+            let liveness = license.as_ref().map_or(server, |l| self.liveness_of(l));
+            let query =
+                ValidationQuery { fingerprint_given: fingerprint.is_some(), device: device.as_ref(), app_released_at };
+            device::validate(license.as_ref(), query, now, liveness)
+        };
+        if let Some((license, device)) = self.validation_view().lookup(&key_hash, fingerprint) {
+            let license = Some(license);
+            let code = verdict(&license, &device);
+            // Heartbeats on other instances never reach the view: what
+            // looks dead from here is asked of the store.
+            if code != ValidationCode::HeartbeatDead {
+                return Ok(Validation { code, license });
+            }
+        }
+        let (license, device) = self.read_for_validation(&key_hash, fingerprint).await?;
+        let code = verdict(&license, &device);
         Ok(Validation { code, license })
+    }
+
+    /// The store's answer for a validation, kept in the view.
+    async fn read_for_validation(
+        &self,
+        key_hash: &[u8],
+        fingerprint: Option<&str>,
+    ) -> Result<(Option<License>, Option<Device>), StoreError> {
+        let view = self.validation_view();
+        // Taken before the read, so that a change committed meanwhile keeps it out of the view.
+        let epoch = view.epoch();
+        let (license, device) = self.store().license_and_device(key_hash, fingerprint).await?;
+        if let Some(license) = &license {
+            view.fill(key_hash, epoch, license, fingerprint, device.as_ref());
+        }
+        Ok((license, device))
     }
 
     /// Records a heartbeat from the device holding `token`.
@@ -363,12 +448,12 @@ impl<S: Store> Billing<S> {
         let config = self.config_arc();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
         let (device, license) = self
-            .store()
             .license_work(keys, move |bundle| {
                 let rules = DeviceRules::of(&config);
                 Changeset::from_decision(|changes| decide_heartbeat(bundle, now, rules, changes))
             })
             .await??;
+        self.validation_view().record_heartbeat(license.id, device.id, now);
         let certificate = self.certificate(&license, &device, now);
         Ok(Heartbeat { device, license, certificate })
     }
@@ -382,11 +467,10 @@ impl<S: Store> Billing<S> {
     ) -> Result<Device, LicensingError> {
         let now = self.now();
         let keys = LicenseKeys::DeviceByToken { token_hash: ActivationToken::presented(token).hash() };
-        self.store()
-            .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_app_deactivation(bundle, client_addr, now, changes))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            Changeset::from_decision(|changes| decide_app_deactivation(bundle, client_addr, now, changes))
+        })
+        .await?
     }
 
     /// Marks every overdue device dead (audit row + `device.dead` event),
@@ -399,7 +483,6 @@ impl<S: Store> Billing<S> {
             let keys = LicenseKeys::OverdueDevices { now, limit: 500 };
             let config = self.config_arc();
             let reaping = self
-                .store()
                 .license_work(keys, move |bundle| {
                     let rules = DeviceRules::of(&config);
                     Changeset::from_decision(|changes| decide_reaping(bundle, now, rules, changes))
@@ -428,11 +511,10 @@ impl<S: Store> Billing<S> {
         let now = self.now();
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
         let actor = actor.clone();
-        self.store()
-            .license_work(keys, move |bundle| {
-                Changeset::from_decision(|changes| decide_dashboard_removal(bundle, &actor, now, changes))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            Changeset::from_decision(|changes| decide_dashboard_removal(bundle, &actor, now, changes))
+        })
+        .await?
     }
 
     /// Renames a device from the dashboard; returns it with how its
@@ -452,29 +534,40 @@ impl<S: Store> Billing<S> {
         let keys = LicenseKeys::DeviceOfUser { device_id, user_id: user_id.map(str::to_owned) };
         let (name, actor) = (name.to_owned(), actor.clone());
         let config = self.config_arc();
-        self.store()
-            .license_work(keys, move |bundle| {
-                let server = Liveness::floating(config.licensing.heartbeat_window);
-                let liveness = bundle.license().map_or(server, |held| config.liveness_of(&held.record.license));
-                let (changes, renamed) =
-                    Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes));
-                (changes, renamed.map(|device| (device, liveness)))
-            })
-            .await?
+        self.license_work(keys, move |bundle| {
+            let server = Liveness::floating(config.licensing.heartbeat_window);
+            let liveness = bundle.license().map_or(server, |held| config.liveness_of(&held.record.license));
+            let (changes, renamed) = Changeset::from_decision(|changes| decide_rename(bundle, name, &actor, changes));
+            (changes, renamed.map(|device| (device, liveness)))
+        })
+        .await?
     }
 
     /// Signs an offline certificate for a device, lasting its plan's
     /// offline TTL (capped by paid-through plus grace).
     pub fn certificate(&self, license: &License, device: &Device, now: Timestamp) -> String {
+        self.signed_certificate(license, device, now, None).0
+    }
+
+    /// A certificate lasting `ttl` from `now` (the plan's offline TTL when
+    /// `None`), capped by paid-through plus grace (a hard expiry caps it
+    /// with no grace), and when it expires.
+    fn signed_certificate(
+        &self,
+        license: &License,
+        device: &Device,
+        now: Timestamp,
+        ttl: Option<time::Duration>,
+    ) -> (String, Timestamp) {
         let cfg = self.licensing();
         let grace = self.config().grace;
-        let ttl = self.config().offline_ttl_of(license);
+        let ttl = ttl.unwrap_or_else(|| self.config().offline_ttl_of(license));
         // A hard expiry (manual, or an admin's) has no grace after it.
         let exp = match license.hard_expiry() {
             Some(end) => certificate::expiry(now, ttl, Some(end), time::Duration::ZERO),
             None => certificate::expiry(now, ttl, license.terms.expires_at, grace),
         };
-        cfg.signing_key.sign(&CertificateClaims {
+        let signed = cfg.signing_key.sign(&CertificateClaims {
             iss: cfg.issuer.clone(),
             sub: license.id.to_string(),
             license_id: license.id.to_string(),
@@ -488,8 +581,10 @@ impl<S: Store> Billing<S> {
             updates_until: license.updates_until.map(|t| t.unix_timestamp()),
             trial: license.trial,
             iat: now.unix_timestamp(),
+            expires_at: license.terms.expires_at.map(|t| t.unix_timestamp()),
             exp: exp.unix_timestamp(),
-        })
+        });
+        (signed, exp)
     }
 
     /// What a license grants: its plan's features and its own entitlements.
@@ -558,7 +653,7 @@ impl<S: Store> Billing<S> {
 }
 
 /// A device to activate, as the request gave it, with the id a new slot
-/// gets and its new token's hash.
+/// gets, its new token's hash and who activates it.
 struct Activating {
     device_id: Uuid,
     token_hash: Vec<u8>,
@@ -566,11 +661,17 @@ struct Activating {
     name: Option<String>,
     platform: Option<String>,
     app_version: Option<String>,
-    client_addr: Option<std::net::IpAddr>,
+    /// The app itself, or the owner from the dashboard for an air-gapped
+    /// machine.
+    actor: Actor,
+    /// The user whose license it must be: the dashboard's caller. `None`
+    /// for an app, which proves itself with the key.
+    owner: Option<String>,
+    air_gapped: bool,
 }
 
 impl Activating {
-    /// A new slot's device as a request describes it, to hold `token`.
+    /// A new slot's device as an app's request describes it, to hold `token`.
     fn new(
         token: &ActivationToken,
         fingerprint: &str,
@@ -586,8 +687,31 @@ impl Activating {
             name: name.map(str::to_owned),
             platform: platform.map(str::to_owned),
             app_version: app_version.map(str::to_owned),
-            client_addr,
+            actor: Actor::Device { client_addr },
+            owner: None,
+            air_gapped: false,
         }
+    }
+
+    /// The device as it is stored on `license_id`, active from `now`; the
+    /// token hash and the actor.
+    fn into_device(self, license_id: Uuid, now: Timestamp) -> (Device, Vec<u8>, Actor) {
+        let Self { device_id, token_hash, fingerprint, name, platform, app_version, actor, owner: _, air_gapped } =
+            self;
+        let device = Device {
+            id: device_id,
+            license_id,
+            fingerprint,
+            name,
+            platform,
+            app_version,
+            status: DeviceStatus::Active,
+            activated_at: now,
+            last_heartbeat_at: now,
+            deactivated_at: None,
+            air_gapped,
+        };
+        (device, token_hash, actor)
     }
 }
 
@@ -601,26 +725,17 @@ fn decide_activation(
     changes: &mut Changeset,
 ) -> Result<(License, Device, bool), LicensingError> {
     let held = bundle.licenses.into_iter().next().ok_or(LicensingError::LicenseNotFound)?;
+    if activating.owner.as_ref().is_some_and(|owner| held.record.owner_user_id.as_ref() != Some(owner)) {
+        return Err(LicensingError::LicenseNotFound);
+    }
     let liveness = rules.liveness(&held.record.license);
-    let heartbeat_deadline = liveness.deadline(now);
     let plan = device::plan_activation(&held.record.license, &held.devices, &activating.fingerprint, now, liveness)
         .map_err(|r| match r {
             ActivationRefusal::LicenseNotActive(status) => LicensingError::LicenseNotActive(status),
             ActivationRefusal::TooManyDevices { max_devices } => LicensingError::TooManyDevices { max_devices },
         })?;
-    let Activating { device_id, token_hash, fingerprint, name, platform, app_version, client_addr } = activating;
-    let mut device = Device {
-        id: device_id,
-        license_id: held.record.license.id,
-        fingerprint,
-        name,
-        platform,
-        app_version,
-        status: DeviceStatus::Active,
-        activated_at: now,
-        last_heartbeat_at: now,
-        deactivated_at: None,
-    };
+    let (mut device, token_hash, actor) = activating.into_device(held.record.license.id, now);
+    let heartbeat_deadline = device.deadline(now, liveness);
     let created = match plan {
         ActivationPlan::New => {
             changes.new_devices.push(DeviceActivation { device: device.clone(), token_hash, heartbeat_deadline });
@@ -636,12 +751,11 @@ fn decide_activation(
             false
         }
     };
-    changes.device_audit.push(device_audit(
-        &device,
-        "activated",
-        &Actor::Device { client_addr },
-        json!({ "new_slot": created }),
-    ));
+    let detail = match device.air_gapped {
+        true => json!({ "new_slot": created, "air_gapped": true }),
+        false => json!({ "new_slot": created }),
+    };
+    changes.device_audit.push(device_audit(&device, "activated", &actor, detail));
     changes.outbox.push(device_message(Topic::DeviceActivated, &device, None));
     Ok((held.record.license, device, created))
 }
@@ -663,7 +777,7 @@ fn decide_heartbeat(
     changes.heartbeats.push(HeartbeatWrite {
         device_id: device.id,
         at: now,
-        heartbeat_deadline: liveness.deadline(now),
+        heartbeat_deadline: device.deadline(now, liveness),
     });
     Ok((Device { last_heartbeat_at: now, ..device }, license))
 }
@@ -755,7 +869,7 @@ fn decide_reaping(bundle: LicenseBundle, now: Timestamp, rules: DeviceRules<'_>,
             declare_dead(changes, device, now);
             dead += 1;
         } else {
-            changes.device_deadlines.push((device.id, liveness.deadline(device.last_heartbeat_at)));
+            changes.device_deadlines.push((device.id, device.deadline(device.last_heartbeat_at, liveness)));
         }
     }
     Reaping { swept: bundle.devices.len(), dead }
@@ -810,20 +924,8 @@ fn decide_trial(
         updates_until: None,
         trial: true,
     });
-    let Activating { device_id, token_hash, fingerprint, name, platform, app_version, client_addr } = activating;
-    let device = Device {
-        id: device_id,
-        license_id: license.id,
-        fingerprint,
-        name,
-        platform,
-        app_version,
-        status: DeviceStatus::Active,
-        activated_at: now,
-        last_heartbeat_at: now,
-        deactivated_at: None,
-    };
-    let actor = Actor::Device { client_addr };
+    let (device, token_hash, actor) = activating.into_device(license.id, now);
+    let client_addr = actor.client_addr();
     let liveness = Liveness::of(Some(plan), server_window);
     changes.new_licenses.push(license.clone());
     changes.trial_uses.push(TrialUse { plan_id: plan.id.0.clone(), fingerprint_hash, license_id: license.id });
@@ -843,7 +945,7 @@ fn decide_trial(
     changes.new_devices.push(DeviceActivation {
         device: device.clone(),
         token_hash,
-        heartbeat_deadline: liveness.deadline(now),
+        heartbeat_deadline: device.deadline(now, liveness),
     });
     changes.device_audit.push(device_audit(&device, "activated", &actor, json!({ "new_slot": true, "trial": true })));
     changes.outbox.push(device_message(Topic::DeviceActivated, &device, None));
@@ -922,7 +1024,9 @@ mod tests {
             name: Some("Laptop".into()),
             platform: Some("macos".into()),
             app_version: Some("2.0.0".into()),
-            client_addr: Some("198.51.100.7".parse().unwrap()),
+            actor: Actor::Device { client_addr: Some(APP_ADDR) },
+            owner: None,
+            air_gapped: false,
         }
     }
 
@@ -982,6 +1086,42 @@ mod tests {
         );
         assert_eq!(changes.device_audit[0].detail, json!({ "new_slot": false }));
         assert_eq!(topics(&changes), [Topic::DeviceActivated]);
+    }
+
+    #[test]
+    fn an_air_gapped_activation_keeps_its_slot_and_is_its_owners_alone() {
+        let held = license(1);
+        let from_dashboard = |owner: &str| Activating {
+            actor: Actor::user(owner),
+            owner: Some(owner.to_owned()),
+            air_gapped: true,
+            ..activating("fp-air")
+        };
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), Vec::new()), from_dashboard("user_2"), NOW, rules(), c)
+        });
+        assert!(matches!(result, Err(LicensingError::LicenseNotFound)), "someone else's: {result:?}");
+        assert!(changes.is_empty());
+
+        let (changes, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), Vec::new()), from_dashboard("user_1"), NOW, rules(), c)
+        });
+        let (_, device, created) = result.unwrap();
+        assert!(created && device.air_gapped);
+        assert_eq!(changes.new_devices[0].heartbeat_deadline, None, "never swept: it cannot heartbeat");
+        let audit = &changes.device_audit[0];
+        assert_eq!(
+            (audit.actor.as_str(), &audit.detail),
+            ("user:user_1", &json!({ "new_slot": true, "air_gapped": true }))
+        );
+        assert_eq!(topics(&changes), [Topic::DeviceActivated]);
+
+        // Years of silence later it still holds the slot.
+        let silent = Device { last_heartbeat_at: NOW - time::Duration::days(300), ..device };
+        let (_, result) = Changeset::from_decision(|c| {
+            decide_activation(license_bundle(held.clone(), vec![silent]), activating("fp-2"), NOW, rules(), c)
+        });
+        assert!(matches!(result, Err(LicensingError::TooManyDevices { max_devices: 1 })), "{result:?}");
     }
 
     #[test]

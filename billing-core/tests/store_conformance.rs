@@ -607,6 +607,7 @@ fn device(license_id: Uuid, fingerprint: &str, seen: Timestamp) -> Device {
         activated_at: seen,
         last_heartbeat_at: seen,
         deactivated_at: None,
+        air_gapped: false,
     }
 }
 
@@ -1249,7 +1250,8 @@ async fn licenses_devices_payments_and_audit_rows_read_back() {
     work(&store, sweep.clone(), dead).await.unwrap();
     let overdue = load_license(&store, sweep).await;
     assert!(overdue.devices.is_empty() && overdue.licenses.is_empty(), "dead devices are not overdue");
-    let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, ..b.clone() };
+    // Taken again for an air-gapped machine: the flag is stored with the slot.
+    let again = Device { id: b.id, activated_at: later, last_heartbeat_at: later, air_gapped: true, ..b.clone() };
     let reactivated = Changeset { reactivated_devices: vec![activation(&again, b"token-b2")], ..Changeset::default() };
     work(&store, LicenseKeys::DeviceByToken { token_hash: b"token-b".to_vec() }, reactivated).await.unwrap();
 

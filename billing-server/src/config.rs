@@ -56,6 +56,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "trial requests allowed per client address and hour, every attempt counted (default 5, minimum 1)",
     ),
     (
+        "BILLING_VALIDATION_CACHE_LICENSES",
+        "licenses validation keeps in memory, kept exact by the outbox (default 100000; 0: every validation reads the database)",
+    ),
+    (
         "BILLING_TRUSTED_PROXIES",
         "comma-separated proxy addresses or ranges (e.g. 10.0.0.0/8): only from these is the client address read from Forwarded or X-Forwarded-For (default none)",
     ),
@@ -130,6 +134,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Trial requests per address and hour.
     pub trials_per_hour: u32,
+    /// Licenses validation keeps in memory.
+    pub validation_cache_licenses: usize,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Outbox retention in days.
@@ -172,6 +178,7 @@ impl std::fmt::Debug for Config {
             .field("license_signing_key", &self.license_signing_key)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("trials_per_hour", &self.trials_per_hour)
+            .field("validation_cache_licenses", &self.validation_cache_licenses)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("outbox_retention_days", &self.outbox_retention_days)
             .field("log_json", &self.log_json)
@@ -308,6 +315,11 @@ impl Config {
             trials_per_hour: at_least_one(
                 parse_number(var("BILLING_TRIALS_PER_HOUR"), "BILLING_TRIALS_PER_HOUR", DEFAULT_TRIALS_PER_HOUR)?,
                 "BILLING_TRIALS_PER_HOUR",
+            )?,
+            validation_cache_licenses: parse_number(
+                var("BILLING_VALIDATION_CACHE_LICENSES"),
+                "BILLING_VALIDATION_CACHE_LICENSES",
+                billing_core::validation_view::DEFAULT_CAPACITY,
             )?,
             outbox_retention_days: at_least_one(
                 parse_number(var("BILLING_OUTBOX_RETENTION_DAYS"), "BILLING_OUTBOX_RETENTION_DAYS", 7)?,

@@ -68,6 +68,7 @@ fn kind(variable: &str) -> Option<Kind> {
         | "BILLING_OFFLINE_TTL_SECS"
         | "BILLING_RATE_LIMIT_PER_MINUTE"
         | "BILLING_TRIALS_PER_HOUR"
+        | "BILLING_VALIDATION_CACHE_LICENSES"
         | "BILLING_OUTBOX_RETENTION_DAYS"
         | "BILLING_STRIPE_SYNC_RATE" => Kind::Integer,
         "BILLING_WEBHOOK_ALLOW_PRIVATE" => Kind::Boolean,

@@ -148,7 +148,9 @@ impl AppState {
 
     /// Wires an already-built engine.
     pub async fn new(billing: Billing<AnyStore>, options: ServerOptions) -> Result<Self, StoreError> {
-        let hub = EventHub::start(billing.store().clone(), options.hub).await?;
+        let hub =
+            EventHub::start_with_view(billing.store().clone(), options.hub, Some(billing.validation_view().clone()))
+                .await?;
         let per_minute = NonZeroU32::new(options.rate_limit_per_minute.max(1)).expect("at least one");
         let reaper_interval = billing.sweep_interval();
         Ok(Self {
@@ -203,6 +205,7 @@ pub fn engine_with_stripe(
             .with_grace(time::Duration::days(i64::from(config.grace_days)))
             .with_webhook_secrets(config.webhook_secret.as_ref().and_then(|s| WebhookSecrets::parse(s.expose_secret())))
             .with_stripe(stripe)
+            .with_validation_cache(config.validation_cache_licenses)
             .with_vendor_webhooks(VendorWebhookSettings {
                 retry_schedule: config.webhook_retry_schedule.clone(),
                 allow_private: config.webhook_allow_private,

@@ -1,7 +1,7 @@
 //! Server-Sent Events framing of an [`EventStream`].
 
 use crate::http::{Body, Response};
-use billing_core::events::EventStream;
+use billing_core::events::{EventStream, SharedEvent};
 use billing_core::storage::{OutboxEvent, Store};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ pub fn frame(event: &OutboxEvent) -> Bytes {
 }
 
 enum Step {
-    Event(Result<Option<std::sync::Arc<OutboxEvent>>, billing_core::storage::StoreError>),
+    Event(Result<Option<std::sync::Arc<SharedEvent>>, billing_core::storage::StoreError>),
     KeepAlive,
     Shutdown,
 }
@@ -58,7 +58,7 @@ pub fn response<S: Store>(stream: EventStream<S>, shutdown: watch::Receiver<bool
                 match step {
                     Step::Event(Ok(Some(event))) => {
                         keep_alive.reset();
-                        Some((frame(&event), State::Open(stream, shutdown, keep_alive)))
+                        Some((event.encoded(frame), State::Open(stream, shutdown, keep_alive)))
                     }
                     Step::Event(Ok(None)) => None,
                     Step::Event(Err(e)) => {

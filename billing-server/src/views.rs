@@ -198,6 +198,7 @@ pub struct DeviceView {
     activated_at: String,
     last_seen_at: String,
     deactivated_at: Option<String>,
+    air_gapped: bool,
 }
 
 impl DeviceView {
@@ -216,6 +217,7 @@ impl DeviceView {
             activated_at: rfc3339(d.activated_at),
             last_seen_at: rfc3339(d.last_heartbeat_at),
             deactivated_at: ts(d.deactivated_at),
+            air_gapped: d.air_gapped,
         }
     }
 }

@@ -30,6 +30,21 @@ export declare class LicenseClient {
   /** Activates `licenseKey` on this machine and stores the activation. */
   activate(licenseKey: string, options?: ActivateOptions | undefined | null): Promise<ActivationResult>
   /**
+   * Starts an air-gapped activation of `licenseKey` on this machine: the
+   * answer is one line (`oar1.…`, never the key) for the license's owner
+   * to paste into their dashboard, whose response goes to
+   * `importOfflineActivation`. Throws `INVALID_LICENSE_KEY` for what
+   * cannot be a key.
+   */
+  offlineActivationRequest(licenseKey: string, options?: ActivateOptions | undefined | null): string
+  /**
+   * Imports the dashboard's response to `offlineActivationRequest`: it
+   * must verify with the app's `publicKey` and be for this machine
+   * (`FINGERPRINT_MISMATCH` otherwise). Afterwards `validate()` answers
+   * from it alone (`offline: true`) until it expires.
+   */
+  importOfflineActivation(response: string): ActivationResult
+  /**
    * The verdict: the server's when it answers, else the stored
    * certificate's (`offline: true`). Not activated resolves with
    * `code: 'NOT_ACTIVATED'`.
@@ -121,6 +136,11 @@ export interface Device {
   lastSeenAt: string
   /** When it was deactivated (RFC 3339). */
   deactivatedAt?: string
+  /**
+   * Activated from the owner's dashboard for a machine with no network
+   * (`importOfflineActivation`): it never heartbeats.
+   */
+  airGapped: boolean
 }
 
 /** A successful heartbeat. */

@@ -86,6 +86,9 @@ pub struct CertificateClaims {
     /// A card-less trial.
     #[serde(default)]
     pub trial: bool,
+    /// The license's paid-through date or end (Unix seconds), if it has one.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
     /// Issued at (Unix seconds, the server's clock).
     pub iat: i64,
     /// Expires at (Unix seconds).

@@ -4,9 +4,9 @@ use crate::api::{ActivateRequest, Api};
 use crate::certificate::{self, CertificateClaims, PublicKey};
 use crate::events::{self, StreamUpdate, Subscription};
 use crate::fingerprint::{self, Fingerprint};
-use crate::store::{self, ActivationState, Secret, StoredState};
+use crate::store::{self, ActivationState, OfflineRequestState, Secret, StoredState};
 use crate::types::{Activation, ActivationOptions, Device, Heartbeat, LicenseInfo, Validation, ValidationCode};
-use crate::{heartbeat, offline, Error};
+use crate::{air_gapped, heartbeat, offline, Error};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
@@ -227,6 +227,15 @@ impl LicenseClient {
         lock(&self.inner.state).activation.clone().ok_or(Error::NotActivated)
     }
 
+    /// The stored activation when it talks to the server (not air-gapped).
+    fn online_activation(&self) -> Result<ActivationState, Error> {
+        let activation = self.stored_activation()?;
+        match activation.air_gapped {
+            true => Err(Error::AirGapped),
+            false => Ok(activation),
+        }
+    }
+
     /// Changes the state and persists it atomically; memory follows only
     /// once the disk did.
     fn update<T>(&self, change: impl FnOnce(&mut StoredState) -> T) -> Result<T, Error> {
@@ -287,6 +296,7 @@ impl LicenseClient {
             refusal: ValidationCode::of_status(&response.license.status).map(|c| c.as_str().to_owned()),
             last_event_id: None,
             last_online_at: Some(now),
+            air_gapped: false,
         };
         self.update(|state| {
             let same_license = state.activation.as_ref().filter(|a| a.license.id == activation.license.id);
@@ -306,6 +316,93 @@ impl LicenseClient {
         })
     }
 
+    /// Starts an air-gapped activation of `license_key` on this machine,
+    /// which never reaches the server: the answer is one copy-pasteable
+    /// line for the license's owner to paste into their dashboard (see
+    /// [`crate::air_gapped`] for what it holds: never the key). The key
+    /// and the device description are kept here until
+    /// [`Self::import_offline_activation`]; a new request replaces them.
+    pub fn offline_activation_request(&self, license_key: &str, options: ActivationOptions) -> Result<String, Error> {
+        let key = air_gapped::check_key(license_key)?;
+        let described = ActivationOptions {
+            name: options.name,
+            platform: Some(options.platform.unwrap_or_else(|| std::env::consts::OS.to_owned())),
+            app_version: options.app_version.or_else(|| self.inner.app_version.clone()),
+        };
+        let request = air_gapped::request(&key, self.inner.fingerprint.as_str(), &described);
+        self.update(|state| {
+            state.offline_request = Some(OfflineRequestState {
+                license_key: Secret::new(key),
+                name: described.name,
+                platform: described.platform,
+                app_version: described.app_version,
+            });
+        })?;
+        Ok(request)
+    }
+
+    /// Imports the dashboard's answer to [`Self::offline_activation_request`]
+    /// (a certificate): it must verify with the vendor key the app carries
+    /// ([`ClientConfig::public_key`], or one pinned earlier) and be for this
+    /// machine. From then on [`Self::validate`] answers from it alone
+    /// (`offline: true`) until it expires. Importing a renewed answer for
+    /// the same license later works the same way.
+    pub fn import_offline_activation(&self, response: &str) -> Result<Activation, Error> {
+        let key = self.public_key().ok_or(Error::NoPublicKey)?;
+        let certificate = response.split_whitespace().collect::<String>();
+        let claims = certificate::verify(&certificate, &key)?;
+        if claims.fingerprint != self.inner.fingerprint.as_str() {
+            return Err(Error::FingerprintMismatch);
+        }
+        let now = self.now();
+        let activation = self.update(|state| {
+            let renewing = state.activation.as_ref().filter(|a| a.air_gapped && a.license.id == claims.license_id);
+            let (license_key, described) = match (&state.offline_request, renewing) {
+                (Some(request), _) => (
+                    request.license_key.clone(),
+                    ActivationOptions {
+                        name: request.name.clone(),
+                        platform: request.platform.clone(),
+                        app_version: request.app_version.clone(),
+                    },
+                ),
+                (None, Some(current)) => (
+                    current.license_key.clone(),
+                    ActivationOptions {
+                        name: current.device.name.clone(),
+                        platform: current.device.platform.clone(),
+                        app_version: current.device.app_version.clone(),
+                    },
+                ),
+                (None, None) => return Err(Error::NoOfflineRequest),
+            };
+            let activation = ActivationState {
+                license_key,
+                activation_token: Secret::new(""),
+                fingerprint: self.inner.fingerprint.as_str().to_owned(),
+                device: air_gapped::device_of(&claims, &described),
+                license: air_gapped::license_of(&claims),
+                certificate: certificate.clone(),
+                heartbeat_window_secs: 0,
+                refusal: None,
+                last_event_id: None,
+                last_online_at: None,
+                air_gapped: true,
+            };
+            state.activation = Some(activation.clone());
+            state.offline_request = None;
+            state.last_seen = state.last_seen.max(now);
+            Ok(activation)
+        })??;
+        Ok(Activation {
+            device: activation.device,
+            license: activation.license,
+            created: true,
+            heartbeat_window_secs: 0,
+            certificate_expires_at: claims.exp,
+        })
+    }
+
     /// The verdict now: the server's when it answers (and the stored state
     /// follows it), else the stored certificate's (`offline: true`). Not
     /// activated is a verdict (`NOT_ACTIVATED`), not an error.
@@ -313,6 +410,9 @@ impl LicenseClient {
         let Some(activation) = lock(&self.inner.state).activation.clone() else {
             return Ok(Validation::new(ValidationCode::NotActivated, false, None));
         };
+        if activation.air_gapped {
+            return self.validate_offline();
+        }
         let released = self.inner.app_released_at.and_then(rfc3339);
         let fingerprint = self.inner.fingerprint.as_str();
         let answer = match self.inner.api.validate(&activation.license_key, fingerprint, released.as_deref()).await {
@@ -374,7 +474,7 @@ impl LicenseClient {
     /// certificate and license. When the server says the activation is over
     /// (401, 410), that is remembered so offline validation refuses too.
     pub async fn heartbeat(&self) -> Result<Heartbeat, Error> {
-        let activation = self.stored_activation()?;
+        let activation = self.online_activation()?;
         let response = match self.inner.api.heartbeat(&activation.activation_token).await {
             Ok(response) => response,
             Err(e) if e.is_activation_lost() => {
@@ -409,14 +509,20 @@ impl LicenseClient {
     /// Frees this device's slot on the server and forgets the activation
     /// (the pinned key and the clock guard stay). Stops the heartbeat loop.
     /// Returns the device, or `None` if there was no activation or the
-    /// server had already ended it.
+    /// server had already ended it. An air-gapped activation is forgotten
+    /// without asking the server (there is none to ask): its owner frees
+    /// the slot from their dashboard.
     pub async fn deactivate(&self) -> Result<Option<Device>, Error> {
         let Some(activation) = lock(&self.inner.state).activation.clone() else { return Ok(None) };
         self.stop_heartbeat();
-        let device = match self.inner.api.deactivate(&activation.activation_token).await {
-            Ok(response) => Some(response.device),
-            Err(e) if e.is_activation_lost() => None,
-            Err(e) => return Err(e),
+        // An air-gapped slot is freed from the dashboard; here it is only forgotten.
+        let device = match activation.air_gapped {
+            true => None,
+            false => match self.inner.api.deactivate(&activation.activation_token).await {
+                Ok(response) => Some(response.device),
+                Err(e) if e.is_activation_lost() => None,
+                Err(e) => return Err(e),
+            },
         };
         self.update(|state| {
             if state.activation.as_ref().is_some_and(|a| a.activation_token == activation.activation_token) {
@@ -432,7 +538,7 @@ impl LicenseClient {
     /// when the server ends the activation, or when the client is dropped.
     pub fn start_heartbeat(&self) -> Result<(), Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        self.stored_activation()?;
+        self.online_activation()?;
         let mut running = lock(&self.inner.heartbeat);
         if running.as_ref().is_some_and(|stop| !stop.is_closed()) {
             return Ok(());
@@ -461,7 +567,7 @@ impl LicenseClient {
     /// [`crate::events`].
     pub fn subscribe(&self, on_update: impl Fn(StreamUpdate) + Send + Sync + 'static) -> Result<Subscription, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let activation = self.stored_activation()?;
+        let activation = self.online_activation()?;
         events::spawn(&runtime, self.clone(), activation, Arc::new(on_update))
     }
 

@@ -50,13 +50,34 @@ pub enum Error {
     /// An app release date that is not an RFC 3339 timestamp.
     #[error("the app's release date must be an RFC 3339 timestamp, e.g. 2026-03-01T00:00:00Z")]
     InvalidReleaseDate,
+    /// What was given as a license key cannot be one (32 characters of
+    /// Crockford base32, with or without dashes).
+    #[error("this is not a license key")]
+    InvalidLicenseKey,
+    /// An air-gapped machine cannot fetch the vendor's key: the app must
+    /// carry it ([`crate::ClientConfig::public_key`]).
+    #[error("no vendor public key is configured, and an air-gapped machine cannot fetch one")]
+    NoPublicKey,
+    /// The offline activation response is for another machine.
+    #[error("this offline activation response is for another machine")]
+    FingerprintMismatch,
+    /// An offline activation response arrived with no request made on this
+    /// machine for it.
+    #[error("no offline activation request was made on this machine")]
+    NoOfflineRequest,
+    /// An air-gapped activation has no server to heartbeat, listen to or
+    /// deactivate with: its owner removes it from their dashboard.
+    #[error("this activation is air-gapped: it has no server to talk to")]
+    AirGapped,
 }
 
 impl Error {
     /// A stable machine-readable code: the server's code for refusals,
     /// otherwise one of `NETWORK`, `INVALID_RESPONSE`, `NOT_ACTIVATED`,
     /// `INVALID_CERTIFICATE`, `INVALID_PUBLIC_KEY`, `INVALID_SERVER_URL`,
-    /// `STORE`, `NO_RUNTIME`, `INVALID_RELEASE_DATE`.
+    /// `STORE`, `NO_RUNTIME`, `INVALID_RELEASE_DATE`, `INVALID_LICENSE_KEY`,
+    /// `NO_PUBLIC_KEY`, `FINGERPRINT_MISMATCH`, `NO_OFFLINE_REQUEST`,
+    /// `AIR_GAPPED`.
     pub fn code(&self) -> &str {
         match self {
             Self::Server { code, .. } => code,
@@ -69,6 +90,11 @@ impl Error {
             Self::Store { .. } => "STORE",
             Self::NoRuntime => "NO_RUNTIME",
             Self::InvalidReleaseDate => "INVALID_RELEASE_DATE",
+            Self::InvalidLicenseKey => "INVALID_LICENSE_KEY",
+            Self::NoPublicKey => "NO_PUBLIC_KEY",
+            Self::FingerprintMismatch => "FINGERPRINT_MISMATCH",
+            Self::NoOfflineRequest => "NO_OFFLINE_REQUEST",
+            Self::AirGapped => "AIR_GAPPED",
         }
     }
 

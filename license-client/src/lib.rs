@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod air_gapped;
 mod api;
 pub mod certificate;
 mod client;

@@ -120,6 +120,7 @@ mod tests {
                     activated_at: String::new(),
                     last_seen_at: String::new(),
                     deactivated_at: None,
+                    air_gapped: false,
                 },
                 license: LicenseInfo {
                     id: "lic".into(),
@@ -138,6 +139,7 @@ mod tests {
                 refusal: refusal.map(str::to_owned),
                 last_event_id: None,
                 last_online_at: None,
+                air_gapped: false,
             }
         }
     }

@@ -48,6 +48,19 @@ pub(crate) struct StoredState {
     /// The current activation, if any.
     #[serde(default)]
     pub activation: Option<ActivationState>,
+    /// The last air-gapped activation request made here, until its response
+    /// is imported: the key it is for and how the device described itself.
+    #[serde(default)]
+    pub offline_request: Option<OfflineRequestState>,
+}
+
+/// An air-gapped activation request awaiting its response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OfflineRequestState {
+    pub license_key: Secret,
+    pub name: Option<String>,
+    pub platform: Option<String>,
+    pub app_version: Option<String>,
 }
 
 /// One activation of a license on this machine.
@@ -71,6 +84,11 @@ pub(crate) struct ActivationState {
     /// When the server last answered (Unix seconds, our clock).
     #[serde(default)]
     pub last_online_at: Option<i64>,
+    /// Activated from the dashboard for this machine with no network: no
+    /// activation token (`activation_token` is empty), validated offline
+    /// only.
+    #[serde(default)]
+    pub air_gapped: bool,
 }
 
 /// Loads the state, or the empty state when there is none. A file that is
@@ -193,7 +211,8 @@ mod tests {
     fn state_round_trips_and_leaves_no_temp_files() {
         let dir = temp_dir("roundtrip");
         assert!(load(&dir).unwrap().activation.is_none(), "no file is the empty state");
-        let state = StoredState { pinned_key: Some("k".into()), last_seen: 42, activation: None };
+        let state =
+            StoredState { pinned_key: Some("k".into()), last_seen: 42, activation: None, offline_request: None };
         save(&dir, &state).unwrap();
         save(&dir, &StoredState { last_seen: 43, ..state }).unwrap();
         assert_eq!(load(&dir).unwrap().last_seen, 43);

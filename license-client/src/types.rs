@@ -58,6 +58,11 @@ pub struct Device {
     pub last_seen_at: String,
     /// When it was deactivated (RFC 3339).
     pub deactivated_at: Option<String>,
+    /// Activated from the dashboard for a machine with no network
+    /// ([`crate::LicenseClient::import_offline_activation`]): it never
+    /// heartbeats and keeps its slot until deactivated.
+    #[serde(default)]
+    pub air_gapped: bool,
 }
 
 /// How the device describes itself when activating.

@@ -64,6 +64,10 @@ pub struct Device {
     pub last_heartbeat_at: Timestamp,
     /// When it was deactivated.
     pub deactivated_at: Option<Timestamp>,
+    /// Activated from a dashboard for a machine with no network: it never
+    /// heartbeats, so it keeps its slot until deactivated, whatever its
+    /// plan's policy.
+    pub air_gapped: bool,
 }
 
 /// How the devices of one license keep their slots: its plan's policy and
@@ -97,6 +101,16 @@ impl Liveness {
         Self::of(license.terms.plan_id.as_deref().and_then(|id| plans.by_id(id)), server_window)
     }
 
+    /// How `device` itself keeps its slot under this liveness: an
+    /// air-gapped device cannot heartbeat, so it is node-locked whatever
+    /// its plan says.
+    pub fn of_device(self, device: &Device) -> Self {
+        match device.air_gapped {
+            true => Self { policy: DevicePolicy::NodeLocked, ..self },
+            false => self,
+        }
+    }
+
     /// When a device last heard from at `heard_at` dies if it stays silent;
     /// never under a node-locked plan.
     pub fn deadline(&self, heard_at: Timestamp) -> Option<Timestamp> {
@@ -110,19 +124,25 @@ impl Liveness {
 impl Device {
     /// Active and, under a floating plan, heard from within the window.
     pub fn is_alive(&self, now: Timestamp, liveness: Liveness) -> bool {
-        self.status == DeviceStatus::Active && !missed_heartbeat(self.last_heartbeat_at, now, liveness)
+        self.status == DeviceStatus::Active && !self.missed_heartbeat(now, liveness)
     }
 
     /// Active by its stored status but, under a floating plan, silent for
     /// longer than the window: dead, even if the reaper has not recorded it
     /// yet. Never under a node-locked plan.
     pub fn is_overdue(&self, now: Timestamp, liveness: Liveness) -> bool {
-        self.status == DeviceStatus::Active && missed_heartbeat(self.last_heartbeat_at, now, liveness)
+        self.status == DeviceStatus::Active && self.missed_heartbeat(now, liveness)
     }
-}
 
-fn missed_heartbeat(last: Timestamp, now: Timestamp, liveness: Liveness) -> bool {
-    liveness.deadline(last).is_some_and(|deadline| now > deadline)
+    /// When this device dies if it stays silent after `heard_at`; never when
+    /// node-locked or air-gapped.
+    pub fn deadline(&self, heard_at: Timestamp, liveness: Liveness) -> Option<Timestamp> {
+        liveness.of_device(self).deadline(heard_at)
+    }
+
+    fn missed_heartbeat(&self, now: Timestamp, liveness: Liveness) -> bool {
+        self.deadline(self.last_heartbeat_at, liveness).is_some_and(|deadline| now > deadline)
+    }
 }
 
 /// The secret a device authenticates with after activation. Shown once;
@@ -299,9 +319,9 @@ pub fn validate(
     if !query.fingerprint_given {
         return ValidationCode::Valid;
     }
-    let floating = liveness.policy == DevicePolicy::Floating;
+    let floating = |d: &Device| liveness.of_device(d).policy == DevicePolicy::Floating;
     match query.device {
-        Some(d) if floating && (d.status == DeviceStatus::Dead || d.is_overdue(now, liveness)) => {
+        Some(d) if floating(d) && (d.status == DeviceStatus::Dead || d.is_overdue(now, liveness)) => {
             ValidationCode::HeartbeatDead
         }
         Some(d) if d.status == DeviceStatus::Active => ValidationCode::Valid,
@@ -387,6 +407,7 @@ mod tests {
             activated_at: NOW - Duration::days(1),
             last_heartbeat_at: NOW - Duration::minutes(seen_minutes_ago),
             deactivated_at: None,
+            air_gapped: false,
         }
     }
 
@@ -492,11 +513,15 @@ mod tests {
         let silent = device(1, Active, 60 * 24 * 365);
         assert!(silent.is_alive(NOW, LOCKED) && !silent.is_overdue(NOW, LOCKED));
         assert!(!silent.is_alive(NOW, WINDOW) && silent.is_overdue(NOW, WINDOW));
+        let air_gapped = Device { air_gapped: true, ..silent.clone() };
+        assert!(air_gapped.is_alive(NOW, WINDOW) && !air_gapped.is_overdue(NOW, WINDOW));
+        assert_eq!(air_gapped.deadline(NOW, WINDOW), None);
         assert_eq!(LOCKED.deadline(NOW), None);
         assert_eq!(WINDOW.deadline(NOW), Some(NOW + Duration::minutes(10)));
         let query = |d| ValidationQuery { fingerprint_given: true, device: Some(d), app_released_at: None };
         assert_eq!(validate(Some(&l), query(&silent), NOW, LOCKED), V::Valid);
         assert_eq!(validate(Some(&l), query(&silent), NOW, WINDOW), V::HeartbeatDead);
+        assert_eq!(validate(Some(&l), query(&air_gapped), NOW, WINDOW), V::Valid, "air-gapped: never dead");
         assert_eq!(validate(Some(&l), query(&device(1, Dead, 60)), NOW, LOCKED), V::NotActivated);
         assert_eq!(
             plan_activation(&l, std::slice::from_ref(&silent), "fp2", NOW, LOCKED),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cursor;
 pub mod device;
 pub mod license;
+pub mod offline_activation;
 pub mod payment;
 pub mod plan;
 pub mod subscription;

@@ -177,6 +177,12 @@ impl Plan {
         self.offline_ttl_secs.map_or(default, secs)
     }
 
+    /// How long an air-gapped activation's certificate lasts (before the
+    /// cap of paid-through plus grace).
+    pub fn offline_activation(&self) -> time::Duration {
+        time::Duration::days(i64::from(self.offline_activation_days))
+    }
+
     /// How long a trial of this plan lasts, if it offers trials.
     pub fn trial(&self) -> Option<time::Duration> {
         self.trial_days.map(|days| time::Duration::days(i64::from(days)))

@@ -179,6 +179,7 @@ pub(crate) mod fixtures {
             activated_at: seen - time::Duration::days(1),
             last_heartbeat_at: seen,
             deactivated_at: (status != DeviceStatus::Active).then_some(seen),
+            air_gapped: false,
         }
     }
 

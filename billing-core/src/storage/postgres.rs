@@ -294,10 +294,10 @@ fn payment_from_row(row: &Row) -> Result<PaymentRecord, StoreError> {
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.license_id, d.fingerprint, d.name, d.platform, d.app_version, d.status, \
-    d.activated_at, d.last_heartbeat_at, d.deactivated_at";
+    d.activated_at, d.last_heartbeat_at, d.deactivated_at, d.air_gapped";
 
 /// How many columns [`DEVICE_COLUMNS`] names.
-const DEVICE_COLUMN_COUNT: usize = 10;
+const DEVICE_COLUMN_COUNT: usize = 11;
 
 fn device_from_row(row: &Row) -> Result<Device, StoreError> {
     let status: String = row.get(6);
@@ -313,6 +313,7 @@ fn device_from_row(row: &Row) -> Result<Device, StoreError> {
         activated_at: row.get(7),
         last_heartbeat_at: row.get(8),
         deactivated_at: row.get(9),
+        air_gapped: row.get(10),
     })
 }
 

@@ -348,7 +348,7 @@ fn payment_from_row(row: &Row<'_>) -> Result<PaymentRecord, StoreError> {
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.license_id, d.fingerprint, d.name, d.platform, d.app_version, d.status, \
-    d.activated_at, d.last_heartbeat_at, d.deactivated_at";
+    d.activated_at, d.last_heartbeat_at, d.deactivated_at, d.air_gapped";
 
 fn device_from_row(row: &Row<'_>) -> Result<Device, StoreError> {
     let status: String = get(row, 6)?;
@@ -363,6 +363,7 @@ fn device_from_row(row: &Row<'_>) -> Result<Device, StoreError> {
         activated_at: time(row, 7)?,
         last_heartbeat_at: time(row, 8)?,
         deactivated_at: opt_time(row, 9)?,
+        air_gapped: get(row, 10)?,
     })
 }
 

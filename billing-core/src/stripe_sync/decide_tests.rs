@@ -286,6 +286,7 @@ fn a_downgrade_evicts_the_least_recently_seen_devices_beyond_the_new_limit() {
         activated_at: NOW - time::Duration::hours(1),
         last_heartbeat_at: NOW - time::Duration::minutes(n),
         deactivated_at: None,
+        air_gapped: false,
     };
     held.devices.insert(license.id, vec![device(1), device(2), device(3)]);
     let (_, changes) =

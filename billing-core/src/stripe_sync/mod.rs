@@ -517,24 +517,23 @@ impl<S: Store> Billing<S> {
         inputs.iter().for_each(|input| input.add_keys(&mut keys));
         let config = self.config_arc();
         let now = self.now();
-        self.store()
-            .sync_stripe(keys, move |bundle| {
-                let rules = Rules {
-                    plans: &config.plans,
-                    grace: config.grace,
-                    heartbeat_window: config.licensing.heartbeat_window,
-                    now,
-                };
-                let mut order: Vec<usize> = (0..inputs.len()).collect();
-                order.sort_by_key(|&i| inputs[i].created(now.unix_timestamp()));
-                let mut decisions = Decisions::new(rules, bundle);
-                let mut outcomes = vec![InputOutcome::Unchanged; inputs.len()];
-                for i in order {
-                    outcomes[i] = decisions.decide(&inputs[i]);
-                }
-                (decisions.into_changeset(), outcomes)
-            })
-            .await
+        self.sync_stripe(keys, move |bundle| {
+            let rules = Rules {
+                plans: &config.plans,
+                grace: config.grace,
+                heartbeat_window: config.licensing.heartbeat_window,
+                now,
+            };
+            let mut order: Vec<usize> = (0..inputs.len()).collect();
+            order.sort_by_key(|&i| inputs[i].created(now.unix_timestamp()));
+            let mut decisions = Decisions::new(rules, bundle);
+            let mut outcomes = vec![InputOutcome::Unchanged; inputs.len()];
+            for i in order {
+                outcomes[i] = decisions.decide(&inputs[i]);
+            }
+            (decisions.into_changeset(), outcomes)
+        })
+        .await
     }
 
     /// With an API key, an ambiguous same-second delivery is settled by

@@ -5,10 +5,12 @@ use super::license::{client_addr, licensing_error, too_many_requests};
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::RequestBody;
-use crate::http::{ok, parse_json, read_body, Response};
-use crate::views::DeviceView;
+use crate::http::{json, ok, parse_json, read_body, Response};
+use crate::views::{DeviceView, LicenseInfo};
 use crate::AppState;
+use billing_core::billing::rfc3339;
 use billing_core::domain::device::Liveness;
+use billing_core::domain::offline_activation::OfflineActivationRequest;
 use billing_core::domain::{ActivationToken, Actor, License, LicenseKey};
 use billing_core::storage::Store;
 use hyper::{Request, StatusCode};
@@ -56,6 +58,38 @@ pub async fn rename(state: &AppState, request: Request<RequestBody>, id: &str) -
     let (device, liveness) =
         state.billing.rename_device_of_user(owner, id, &body.name, &actor).await.map_err(licensing_error)?;
     Ok(ok(&json!({ "terminal": DeviceView::new(&device, state.billing.now(), liveness) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineActivationBody {
+    request: String,
+}
+
+/// `POST /api/terminals/offline-activation`: the owner pastes an air-gapped
+/// machine's request; the machine takes a slot and the answer carries the
+/// certificate to carry back to it.
+pub async fn activate_offline(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
+    let (caller, user) = target(state, &request)?;
+    let addr = client_addr(&request);
+    let (parts, body) = request.into_parts();
+    let body: OfflineActivationBody = parse_json(&read_body(&parts.headers, body, state.max_body_bytes).await?)?;
+    let offline_request = OfflineActivationRequest::parse(&body.request)
+        .map_err(|refusal| ApiError::bad_request("INVALID_REQUEST", refusal.message()))?;
+    let actor = Actor::user(caller.user_id).from_addr(addr);
+    let activation =
+        state.billing.activate_air_gapped(&user, &offline_request, &actor).await.map_err(licensing_error)?;
+    let now = state.billing.now();
+    let liveness = state.billing.liveness_of(&activation.license);
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({
+            "device": DeviceView::new(&activation.device, now, liveness),
+            "license": LicenseInfo::new(&activation.license, state.billing.entitlements(&activation.license), now),
+            "response": activation.certificate,
+            "expires_at": rfc3339(activation.certificate_expires_at),
+        }),
+    ))
 }
 
 /// `GET /api/events/{licenseKey}`: authorised by an activation token of a

@@ -56,7 +56,8 @@ fn access(route: Route) -> Access {
         | Route::BillingPortal
         | Route::PaymentMethod
         | Route::SyncSubscriptions
-        | Route::Terminals => Dashboard { user_id: true },
+        | Route::Terminals
+        | Route::OfflineActivation => Dashboard { user_id: true },
         Route::Plans | Route::DeleteTerminal | Route::RenameTerminal => Dashboard { user_id: false },
         // Webhooks to the vendor (issue 14).
         Route::CreateWebhookEndpoint
@@ -103,8 +104,22 @@ fn body_for(route: Route) -> Value {
         }
         Route::BillingPortal => json!({ "return_url": "https://app.example/account" }),
         Route::RenameTerminal => json!({ "name": "renamed by someone else" }),
+        // A well-formed air-gapped request for a license no one holds.
+        Route::OfflineActivation => json!({ "request": ghost_offline_request() }),
         _ => json!({}),
     }
+}
+
+/// An air-gapped machine's request naming a license no one holds.
+fn ghost_offline_request() -> String {
+    billing_core::domain::offline_activation::OfflineActivationRequest {
+        license_key_sha256: vec![7; 32],
+        fingerprint: "fp-ghost-bench".into(),
+        name: None,
+        platform: None,
+        app_version: None,
+    }
+    .encode()
 }
 
 /// The path of `pattern` with its parameters filled in.
@@ -371,6 +386,9 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         // No `user_id` parameter (see docs/openapi.yaml): always the caller's.
         Route::Plans => vec![naming("?user_id=Alice (ignored)", SameAsAlice), as_himself(SameAsAlice)],
         Route::Terminals => named(Exactly(json!({ "terminals": [] }))),
+        // Bob's own: a license he does not hold (his pasting a request for
+        // Alice's is in air_gapped.rs).
+        Route::OfflineActivation => named(Refused(404, "LICENSE_NOT_FOUND")),
         Route::DeleteTerminal | Route::RenameTerminal => vec![
             Case {
                 label: "Alice's device id",

@@ -283,6 +283,8 @@ pub struct Options {
     pub header_read_timeout: Option<Duration>,
     // Webhooks to the vendor (issue 14): retry schedule, private targets.
     pub vendor_webhooks: Option<billing_core::vendor_webhooks::VendorWebhookSettings>,
+    /// Licenses the validation view holds (default: the engine's).
+    pub validation_cache: Option<usize>,
 }
 
 impl Options {
@@ -329,6 +331,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .with_webhook_secrets(WebhookSecrets::parse(WEBHOOK_SECRET))
         .with_stripe(stripe)
         .with_vendor_webhooks(options.vendor_webhooks.unwrap_or_default());
+    let config = match options.validation_cache {
+        Some(licenses) => config.with_validation_cache(licenses),
+        None => config,
+    };
     let mut billing = Billing::new(store, config);
     if let Some(clock) = options.clock {
         billing = billing.with_clock(clock);

@@ -150,7 +150,8 @@ async fn validation_answers_each_code_in_order() {
     ))
     .await;
     assert_eq!(code(app.validate(&key, Some("fp-1")).await), (false, "EXPIRED".into()));
-    app.db.execute("UPDATE licenses SET status = 'revoked'").await;
+    let license_id = app.billing.license_by_key(&key).await.unwrap().unwrap().id;
+    app.billing.revoke_license(&billing_core::domain::Actor::admin("ops"), license_id).await.unwrap();
     assert_eq!(code(app.validate(&key, Some("fp-1")).await), (false, "REVOKED".into()));
 
     let missing = app.post_json("/api/license/validate", &json!({ "fingerprint": "fp" })).await;

@@ -5,6 +5,7 @@ mod actions;
 // Admin reads (issue 14).
 mod admin_auth;
 mod admin_reads;
+mod air_gapped;
 // Admin license writes (issue 14).
 mod admin_licenses;
 mod auth;
@@ -41,3 +42,5 @@ mod trials;
 // Webhooks to the vendor (issue 14).
 mod vendor_webhooks;
 mod webhooks;
+// Validation from memory (issue 18).
+mod validation_view;

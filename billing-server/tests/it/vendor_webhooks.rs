@@ -329,6 +329,7 @@ async fn nothing_is_sent_for_a_rolled_back_change() {
         activated_at: time::OffsetDateTime::now_utc(),
         last_heartbeat_at: time::OffsetDateTime::now_utc(),
         deactivated_at: None,
+        air_gapped: false,
     };
     let rolled_back = Changeset {
         outbox: vec![message("rolled back")],

@@ -169,3 +169,52 @@ test('validate() reports updatesUntil and refuses a build released after it, onl
 
   assert.throws(() => client('bad-date', { appReleasedAt: 'yesterday' }), { code: 'INVALID_RELEASE_DATE' })
 })
+
+test('an air-gapped machine activates through the dashboard and validates with no server', async () => {
+  const publicKey = await server.publicKeyJson()
+  const key = await server.issueLicense('erin')
+  // The machine never reaches a server: nothing listens at its serverUrl.
+  const airGapped = (name) =>
+    new LicenseClient({ serverUrl: 'http://127.0.0.1:9', storePath: server.storePath(name), appSalt: 'node-tests/air', publicKey })
+  const machine = airGapped('air-gapped')
+  const request = machine.offlineActivationRequest(key, { name: 'Lab bench' })
+  assert.equal(typeof request, 'string')
+  assert.ok(request.startsWith('oar1.') && !request.includes(key), 'the key never leaves the machine')
+  assert.equal(machine.activated, false)
+  assert.throws(() => machine.offlineActivationRequest('not a key'), { code: 'INVALID_LICENSE_KEY' })
+
+  const [status, answer] = await server.activateOffline('erin', request)
+  assert.equal(status, 201, JSON.stringify(answer))
+  assert.equal(answer.device.air_gapped, true)
+  const [someoneElse] = await server.activateOffline('mallory', request)
+  assert.equal(someoneElse, 404, "another user's dashboard cannot use it")
+
+  // A response for another machine, or tampered with, is refused.
+  const elsewhere = new LicenseClient({
+    serverUrl: 'http://127.0.0.1:9', storePath: server.storePath('elsewhere'), appSalt: 'node-tests/elsewhere', publicKey,
+  })
+  elsewhere.offlineActivationRequest(key)
+  assert.throws(() => elsewhere.importOfflineActivation(answer.response), { code: 'FINGERPRINT_MISMATCH' })
+  const [header, payload, signature] = answer.response.split('.')
+  const forged = `${header}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(payload, 'base64url')), max_devices: 99 })).toString('base64url')}.${signature}`
+  assert.throws(() => machine.importOfflineActivation(forged), { code: 'INVALID_CERTIFICATE' })
+
+  const imported = machine.importOfflineActivation(answer.response)
+  assert.equal(imported.deviceId, answer.device.id)
+  assert.deepEqual([imported.device.airGapped, imported.device.name, imported.license.plan], [true, 'Lab bench', 'pro'])
+  assert.equal(imported.certificateExpiresAt, Math.floor(Date.parse(answer.expires_at) / 1000))
+
+  await server.stop()
+  try {
+    const verdict = await machine.validate()
+    assert.deepEqual([verdict.valid, verdict.code, verdict.offline], [true, 'VALID', true])
+    assert.equal(verdict.updatesUntil ?? null, null)
+    const reopened = airGapped('air-gapped')
+    assert.equal((await reopened.validate()).valid, true, 'kept across restarts')
+    await assert.rejects(machine.heartbeat(), { code: 'AIR_GAPPED' })
+  } finally {
+    await server.start()
+  }
+  const terminals = await server.terminals('erin')
+  assert.deepEqual(terminals.map((t) => [t.id, t.air_gapped, t.status]), [[answer.device.id, true, 'active']])
+})

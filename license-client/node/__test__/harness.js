@@ -198,6 +198,16 @@ class TestServer {
     if (!response.ok) throw new Error(`terminal deletion failed: ${response.status}`)
   }
 
+  /** Pastes an air-gapped machine's request into `user`'s dashboard: (HTTP status, answer). */
+  async activateOffline(user, request) {
+    const response = await fetch(`${this.url}/api/terminals/offline-activation`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${jwtFor(user)}` },
+      body: JSON.stringify({ request }),
+    })
+    return [response.status, await response.json()]
+  }
+
   async publicKeyJson() {
     return (await fetch(`${this.url}/api/license/public-key`)).text()
   }

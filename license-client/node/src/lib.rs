@@ -106,6 +106,9 @@ pub struct Device {
     pub last_seen_at: String,
     /// When it was deactivated (RFC 3339).
     pub deactivated_at: Option<String>,
+    /// Activated from the owner's dashboard for a machine with no network
+    /// (`importOfflineActivation`): it never heartbeats.
+    pub air_gapped: bool,
 }
 
 /// A successful activation.
@@ -204,6 +207,26 @@ fn device(d: lc::Device) -> Device {
         activated_at: d.activated_at,
         last_seen_at: d.last_seen_at,
         deactivated_at: d.deactivated_at,
+        air_gapped: d.air_gapped,
+    }
+}
+
+fn activation_options(options: Option<ActivateOptions>) -> lc::ActivationOptions {
+    options.map_or_else(lc::ActivationOptions::default, |o| lc::ActivationOptions {
+        name: o.name,
+        platform: o.platform,
+        app_version: o.app_version,
+    })
+}
+
+fn activation_result(a: lc::Activation) -> ActivationResult {
+    ActivationResult {
+        device_id: a.device.id.clone(),
+        created: a.created,
+        device: device(a.device),
+        license: license(a.license),
+        heartbeat_window_secs: a.heartbeat_window_secs as f64,
+        certificate_expires_at: a.certificate_expires_at as f64,
     }
 }
 
@@ -330,21 +353,31 @@ impl LicenseClient {
         options: Option<ActivateOptions>,
     ) -> napi::Result<PromiseRaw<'env, ActivationResult>> {
         let client = self.inner.clone();
-        let options = options.map_or_else(lc::ActivationOptions::default, |o| lc::ActivationOptions {
-            name: o.name,
-            platform: o.platform,
-            app_version: o.app_version,
-        });
-        promise(env, async move { client.activate(&license_key, options).await }, |a: lc::Activation| {
-            ActivationResult {
-                device_id: a.device.id.clone(),
-                created: a.created,
-                device: device(a.device),
-                license: license(a.license),
-                heartbeat_window_secs: a.heartbeat_window_secs as f64,
-                certificate_expires_at: a.certificate_expires_at as f64,
-            }
-        })
+        let options = activation_options(options);
+        promise(env, async move { client.activate(&license_key, options).await }, activation_result)
+    }
+
+    /// Starts an air-gapped activation of `licenseKey` on this machine: the
+    /// answer is one line (`oar1.…`, never the key) for the license's owner
+    /// to paste into their dashboard, whose response goes to
+    /// `importOfflineActivation`. Throws `INVALID_LICENSE_KEY` for what
+    /// cannot be a key.
+    #[napi]
+    pub fn offline_activation_request(
+        &self,
+        license_key: String,
+        options: Option<ActivateOptions>,
+    ) -> napi::Result<String, String> {
+        self.inner.offline_activation_request(&license_key, activation_options(options)).map_err(sync_error)
+    }
+
+    /// Imports the dashboard's response to `offlineActivationRequest`: it
+    /// must verify with the app's `publicKey` and be for this machine
+    /// (`FINGERPRINT_MISMATCH` otherwise). Afterwards `validate()` answers
+    /// from it alone (`offline: true`) until it expires.
+    #[napi]
+    pub fn import_offline_activation(&self, response: String) -> napi::Result<ActivationResult, String> {
+        self.inner.import_offline_activation(&response).map(activation_result).map_err(sync_error)
     }
 
     /// The verdict: the server's when it answers, else the stored

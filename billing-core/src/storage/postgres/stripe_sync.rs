@@ -691,9 +691,10 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
         let d = &c.new_devices;
         out.push(Statement::new(
             "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
-                    activated_at, last_heartbeat_at, heartbeat_deadline)
+                    activated_at, last_heartbeat_at, heartbeat_deadline, air_gapped)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::bytea[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])",
+                    $7::bytea[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+                    $12::boolean[])",
             params![
                 d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.license_id).collect::<Vec<_>>(),
@@ -706,6 +707,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.heartbeat_deadline).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.air_gapped).collect::<Vec<_>>(),
             ],
         ));
     }
@@ -715,10 +717,11 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
             "UPDATE devices d SET name = u.name, platform = u.platform, app_version = u.app_version,
                     token_hash = u.token_hash, status = 'active', activated_at = u.activated_at,
                     last_heartbeat_at = u.last_heartbeat_at, heartbeat_deadline = u.heartbeat_deadline,
-                    deactivated_at = NULL, updated_at = now()
+                    air_gapped = u.air_gapped, deactivated_at = NULL, updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
-                    $7::timestamptz[], $8::timestamptz[]) AS u(id, name, platform, app_version, token_hash,
-                                                              activated_at, last_heartbeat_at, heartbeat_deadline)
+                    $7::timestamptz[], $8::timestamptz[], $9::boolean[])
+                    AS u(id, name, platform, app_version, token_hash, activated_at, last_heartbeat_at,
+                         heartbeat_deadline, air_gapped)
               WHERE d.id = u.id",
             params![
                 d.iter().map(|a| a.device.id).collect::<Vec<_>>(),
@@ -729,6 +732,7 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 d.iter().map(|a| a.device.activated_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.device.last_heartbeat_at).collect::<Vec<_>>(),
                 d.iter().map(|a| a.heartbeat_deadline).collect::<Vec<_>>(),
+                d.iter().map(|a| a.device.air_gapped).collect::<Vec<_>>(),
             ],
         ));
     }

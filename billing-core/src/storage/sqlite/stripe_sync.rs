@@ -381,8 +381,8 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
         execute(
             conn,
             "INSERT INTO devices (id, license_id, fingerprint, name, platform, app_version, token_hash, status,
-                    activated_at, last_heartbeat_at, created_at, updated_at, heartbeat_deadline)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+                    activated_at, last_heartbeat_at, created_at, updated_at, heartbeat_deadline, air_gapped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)",
             params![
                 d.id.to_string(),
                 d.license_id.to_string(),
@@ -395,7 +395,8 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
                 micros(d.activated_at)?,
                 micros(d.last_heartbeat_at)?,
                 now,
-                opt_micros(*heartbeat_deadline)?
+                opt_micros(*heartbeat_deadline)?,
+                d.air_gapped
             ],
         )?;
     }
@@ -404,7 +405,7 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
             conn,
             "UPDATE devices SET name = ?2, platform = ?3, app_version = ?4, token_hash = ?5, status = 'active',
                     activated_at = ?6, last_heartbeat_at = ?7, deactivated_at = NULL, updated_at = ?8,
-                    heartbeat_deadline = ?9
+                    heartbeat_deadline = ?9, air_gapped = ?10
               WHERE id = ?1",
             params![
                 d.id.to_string(),
@@ -415,7 +416,8 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
                 micros(d.activated_at)?,
                 micros(d.last_heartbeat_at)?,
                 now,
-                opt_micros(*heartbeat_deadline)?
+                opt_micros(*heartbeat_deadline)?,
+                d.air_gapped
             ],
         )?;
     }

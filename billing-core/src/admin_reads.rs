@@ -222,8 +222,10 @@ impl<S: Store + AdminReadStore> Billing<S> {
 /// subscriptions', or a manual license of the customer's user.
 fn holds(customer: &CustomerRecord, license: &LicenseSummary) -> bool {
     let through_stripe = customer.customer_id.is_some() && license.customer_id == customer.customer_id;
-    let by_hand = license.source == "manual" && customer.user_id.is_some() && license.user_id == customer.user_id;
-    through_stripe || by_hand
+    // Issued by hand or bought once through Checkout: no subscription, the
+    // license's own user.
+    let own = license.subscription_id.is_none() && customer.user_id.is_some() && license.user_id == customer.user_id;
+    through_stripe || own
 }
 
 #[cfg(test)]

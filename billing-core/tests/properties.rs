@@ -301,7 +301,7 @@ proptest! {
                 Some(sub.clone())
             }
         };
-        let EventPayload::Invoice(payment) = Event::parse(&envelope("evt_1", kind, created, None, object)).unwrap().payload else {
+        let EventPayload::Invoice(payment, _) = Event::parse(&envelope("evt_1", kind, created, None, object)).unwrap().payload else {
             panic!("{kind} is an invoice event")
         };
         prop_assert_eq!(&payment.stripe_invoice_id, &id);

@@ -180,6 +180,12 @@ pub struct LicenseSummary {
     pub expires_at: Option<Timestamp>,
     /// Issued.
     pub created_at: Timestamp,
+    /// `subscription` or `perpetual`.
+    pub kind: String,
+    /// The last release date its updates cover, if limited.
+    pub updates_until: Option<Timestamp>,
+    /// A card-less trial.
+    pub trial: bool,
 }
 
 /// Which licenses to list. Every filter given must match.

@@ -96,6 +96,28 @@ pub struct NewPurchase {
     pub stripe_payment_intent_id: Option<String>,
 }
 
+/// What paid a subscription invoice, to record (kept if recorded before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInvoiceCharge {
+    /// `pi_…`, or `ch_…` for a charge without a payment intent.
+    pub payment_key: String,
+    /// `in_…`
+    pub invoice_id: String,
+    /// `ch_…`, when known.
+    pub charge_id: Option<String>,
+}
+
+/// A dispute of a linked charge as far as it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeRecord {
+    /// The license the disputed charge paid for.
+    pub license_id: Uuid,
+    /// Stripe's status, e.g. `needs_response`, `won`, `lost`.
+    pub status: String,
+    /// Whether it closed: then nothing opens it again.
+    pub closed: bool,
+}
+
 /// A device to write with the hash of its new activation token: a new
 /// slot, or a held slot taken again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +192,10 @@ pub struct Changeset {
     pub new_licenses: Vec<License>,
     /// Checkout purchases, after their licenses.
     pub new_purchases: Vec<NewPurchase>,
+    /// What paid subscription invoices, recorded once per payment key.
+    pub invoice_charges: Vec<NewInvoiceCharge>,
+    /// Disputes, by `dp_…`, each in its last state.
+    pub disputes: Vec<(String, DisputeRecord)>,
     /// Held licenses' new terms, each in its last state.
     pub license_terms: Vec<(Uuid, LicenseTerms)>,
     /// Payments, each in its last state.
@@ -225,12 +251,25 @@ impl Changeset {
     /// Sets a license's terms: a license this changeset issues is issued
     /// with them, a held one is updated once, to the last.
     pub fn set_license_terms(&mut self, license_id: Uuid, terms: LicenseTerms) {
+        // A license this changeset also writes whole is written with them
+        // (the whole write comes after the terms' updates).
+        if let Some(saved) = self.saved_licenses.iter_mut().find(|l| l.id == license_id) {
+            saved.terms = terms.clone();
+        }
         if let Some(issued) = self.new_licenses.iter_mut().find(|l| l.id == license_id) {
             issued.terms = terms;
         } else if let Some(earlier) = self.license_terms.iter_mut().find(|(id, _)| *id == license_id) {
             earlier.1 = terms;
         } else {
             self.license_terms.push((license_id, terms));
+        }
+    }
+
+    /// Records a dispute's state, replacing an earlier one in this changeset.
+    pub fn save_dispute(&mut self, dispute_id: &str, record: DisputeRecord) {
+        match self.disputes.iter_mut().find(|(id, _)| id == dispute_id) {
+            Some(earlier) => earlier.1 = record,
+            None => self.disputes.push((dispute_id.to_owned(), record)),
         }
     }
 

@@ -15,8 +15,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
 
 pub use super::changeset::{
-    Changeset, DeliveryRecord, DeviceAudit, HeldSubscription, NewCustomer, NewPurchase, PaymentUpsert,
-    SubscriptionAudit,
+    Changeset, DeliveryRecord, DeviceAudit, DisputeRecord, HeldSubscription, NewCustomer, NewInvoiceCharge,
+    NewPurchase, PaymentUpsert, SubscriptionAudit,
 };
 
 /// A delivery to claim: the envelope facts recorded for deduplication and
@@ -57,6 +57,12 @@ pub struct StripeKeys {
     /// `pi_…` a charge names: the purchases it paid for (and their
     /// licenses), locked.
     pub payment_intents: BTreeSet<String>,
+    /// `pi_…` and `ch_…` an invoice's payment or a charge names: what was
+    /// recorded as paying an invoice under them, read; the subscriptions of
+    /// those invoices are locked and read with the others.
+    pub invoice_charges: BTreeSet<String>,
+    /// `dp_…`: what was recorded of those disputes, locked.
+    pub disputes: BTreeSet<String>,
 }
 
 impl StripeKeys {
@@ -107,6 +113,22 @@ pub struct StripeBundle {
     pub payments: HashMap<String, PaymentStatus>,
     /// Perpetual licenses bought through Checkout, by `cs_…`.
     pub purchases: HashMap<String, HeldPurchase>,
+    /// What paid subscription invoices, by payment key (`pi_…`, or `ch_…`
+    /// for a charge without a payment intent).
+    pub invoice_charges: HashMap<String, HeldInvoiceCharge>,
+    /// Disputes seen, by `dp_…`.
+    pub disputes: HashMap<String, DisputeRecord>,
+}
+
+/// What paid a subscription invoice, as recorded when it was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldInvoiceCharge {
+    /// `in_…`
+    pub invoice_id: String,
+    /// `ch_…`, when the payment named it.
+    pub charge_id: Option<String>,
+    /// `sub_…` of the invoice's payment row, once it is held.
+    pub subscription: Option<String>,
 }
 
 /// A perpetual license bought through one Checkout Session.

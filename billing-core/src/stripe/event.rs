@@ -41,8 +41,13 @@ pub enum EventPayload {
     /// `customer.subscription.*`
     Subscription(SubscriptionSnapshot),
     /// `invoice.paid`, `invoice.payment_succeeded`, `invoice.payment_failed`,
-    /// `invoice.payment_action_required`
-    Invoice(Payment),
+    /// `invoice.payment_action_required`, with what paid it when the
+    /// payload says (before basil: the invoice's `payment_intent` and
+    /// `charge`; from basil on: its `payments`, when included).
+    Invoice(Payment, Vec<InvoiceCharge>),
+    /// `invoice_payment.paid` (basil on): the payment intent (or charge)
+    /// that paid an invoice.
+    InvoicePayment(InvoiceCharge),
     /// `customer.created`, `customer.updated`, `customer.deleted`
     Customer(StripeCustomer),
     /// `charge.refunded`
@@ -106,6 +111,26 @@ impl Charge {
     /// Whether all of it has been refunded.
     pub fn fully_refunded(&self) -> bool {
         self.amount_refunded >= self.amount
+    }
+}
+
+/// What paid an invoice: the payment intent, or the charge when it has
+/// none. A later refund or dispute names them; recorded, they link it to
+/// the invoice's subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceCharge {
+    /// `in_…`
+    pub invoice_id: String,
+    /// `pi_…`
+    pub payment_intent: Option<String>,
+    /// `ch_…`
+    pub charge: Option<String>,
+}
+
+impl InvoiceCharge {
+    /// The key it is recorded under: its payment intent, else its charge.
+    pub fn key(&self) -> Option<&str> {
+        self.payment_intent.as_deref().or(self.charge.as_deref())
     }
 }
 
@@ -230,6 +255,9 @@ impl Event {
             "invoice.payment_action_required" => {
                 invoice(&envelope, PaymentStatus::ActionRequired).map_err(object_error)?
             }
+            "invoice_payment.paid" => {
+                EventPayload::InvoicePayment(parse_invoice_payment(&envelope.data.object).map_err(object_error)?)
+            }
             _ => EventPayload::Ignored,
         };
         let object_id = match envelope.data.object.get("id") {
@@ -248,7 +276,13 @@ impl Event {
 }
 
 fn invoice(envelope: &Envelope, status: PaymentStatus) -> Result<EventPayload, String> {
-    Ok(EventPayload::Invoice(parse_invoice(&envelope.data.object, status, envelope.created)?))
+    let object = &envelope.data.object;
+    let payment = parse_invoice(object, status, envelope.created)?;
+    let charges = match status {
+        PaymentStatus::Paid => parse_invoice_charges(object, &payment.stripe_invoice_id)?,
+        _ => Vec::new(),
+    };
+    Ok(EventPayload::Invoice(payment, charges))
 }
 
 /// A reference Stripe either leaves as an id or expands into an object.
@@ -438,6 +472,70 @@ fn parse_dispute(object: &Value, closed: bool) -> Result<Dispute, String> {
     })
 }
 
+/// What paid an invoice, in either shape: before basil the invoice names its
+/// `payment_intent` and `charge`; from basil on it has neither, and its
+/// `payments` list (when the payload includes it) holds each paid
+/// `invoice_payment`.
+#[derive(Deserialize)]
+struct RawInvoiceCharges {
+    payment_intent: Option<Expandable>,
+    charge: Option<Expandable>,
+    payments: Option<RawList<RawInvoicePayment>>,
+}
+
+#[derive(Deserialize)]
+struct RawInvoicePayment {
+    invoice: Option<Expandable>,
+    payment: Option<RawPaymentRef>,
+    status: Option<Text>,
+}
+
+#[derive(Deserialize)]
+struct RawPaymentRef {
+    payment_intent: Option<Expandable>,
+    charge: Option<Expandable>,
+}
+
+pub(crate) fn parse_invoice_charges(object: &Value, invoice_id: &str) -> Result<Vec<InvoiceCharge>, String> {
+    let raw = RawInvoiceCharges::deserialize(object).map_err(|e| e.to_string())?;
+    let mut charges = Vec::new();
+    let top = InvoiceCharge {
+        invoice_id: invoice_id.to_owned(),
+        payment_intent: raw.payment_intent.map(Expandable::into_id),
+        charge: raw.charge.map(Expandable::into_id),
+    };
+    if top.key().is_some() {
+        charges.push(top);
+    }
+    for payment in raw.payments.map(|l| l.data).unwrap_or_default() {
+        if payment.status.as_ref().is_some_and(|s| s.0 != "paid") {
+            continue;
+        }
+        let Some(paid_by) = payment.payment else { continue };
+        let charge = InvoiceCharge {
+            invoice_id: invoice_id.to_owned(),
+            payment_intent: paid_by.payment_intent.map(Expandable::into_id),
+            charge: paid_by.charge.map(Expandable::into_id),
+        };
+        if charge.key().is_some() && !charges.iter().any(|c| c.key() == charge.key()) {
+            charges.push(charge);
+        }
+    }
+    Ok(charges)
+}
+
+/// An `invoice_payment` object (basil on): the invoice and what paid it.
+fn parse_invoice_payment(object: &Value) -> Result<InvoiceCharge, String> {
+    let raw = RawInvoicePayment::deserialize(object).map_err(|e| e.to_string())?;
+    let invoice_id = raw.invoice.ok_or_else(|| "missing field `invoice`".to_owned())?.into_id();
+    let paid_by = raw.payment.ok_or_else(|| "missing field `payment`".to_owned())?;
+    Ok(InvoiceCharge {
+        invoice_id,
+        payment_intent: paid_by.payment_intent.map(Expandable::into_id),
+        charge: paid_by.charge.map(Expandable::into_id),
+    })
+}
+
 #[derive(Deserialize)]
 struct RawInvoice {
     id: Option<Text>,
@@ -546,18 +644,83 @@ mod tests {
             json!({"id": "in_2", "customer": "cus_1", "amount_paid": 0, "amount_due": 1900, "currency": "eur",
                    "parent": {"subscription_details": {"subscription": "sub_1"}}}),
         );
-        let EventPayload::Invoice(p) = Event::parse(&old).unwrap().payload else { panic!() };
+        let EventPayload::Invoice(p, _) = Event::parse(&old).unwrap().payload else { panic!() };
         assert_eq!(
             (p.stripe_subscription_id.as_deref(), p.amount, p.status),
             (Some("sub_1"), 1900, PaymentStatus::Paid)
         );
         assert_eq!(p.paid_at, from_unix(1_700_000_100));
-        let EventPayload::Invoice(p) = Event::parse(&basil).unwrap().payload else { panic!() };
+        let EventPayload::Invoice(p, _) = Event::parse(&basil).unwrap().payload else { panic!() };
         assert_eq!(
             (p.stripe_subscription_id.as_deref(), p.amount, p.status),
             (Some("sub_1"), 1900, PaymentStatus::Failed)
         );
         assert_eq!(p.paid_at, None);
+    }
+
+    #[test]
+    fn paid_invoices_name_what_paid_them_in_both_shapes() {
+        let old = envelope(
+            "invoice.paid",
+            json!({"id": "in_1", "customer": "cus_1", "subscription": "sub_1", "amount_paid": 1900,
+                   "currency": "eur", "payment_intent": "pi_1", "charge": {"id": "ch_1"}}),
+        );
+        let EventPayload::Invoice(_, charges) = Event::parse(&old).unwrap().payload else { panic!() };
+        let pi_1 = InvoiceCharge {
+            invoice_id: "in_1".into(),
+            payment_intent: Some("pi_1".into()),
+            charge: Some("ch_1".into()),
+        };
+        assert_eq!(charges, [pi_1]);
+        // Basil: nothing on the invoice itself, the payments list when included.
+        let basil = envelope(
+            "invoice.payment_succeeded",
+            json!({"id": "in_2", "customer": "cus_1", "amount_paid": 1900, "currency": "eur",
+                   "parent": {"subscription_details": {"subscription": "sub_1"}},
+                   "payments": {"object": "list", "data": [
+                       {"id": "inpay_0", "invoice": "in_2", "status": "canceled",
+                        "payment": {"type": "payment_intent", "payment_intent": "pi_0"}},
+                       {"id": "inpay_1", "invoice": "in_2", "status": "paid",
+                        "payment": {"type": "payment_intent", "payment_intent": "pi_2"}}]}}),
+        );
+        let EventPayload::Invoice(_, charges) = Event::parse(&basil).unwrap().payload else { panic!() };
+        assert_eq!(charges.iter().map(|c| c.key()).collect::<Vec<_>>(), [Some("pi_2")]);
+        let without = envelope(
+            "invoice.paid",
+            json!({"id": "in_3", "customer": "cus_1", "amount_paid": 1900, "currency": "eur",
+                   "parent": {"subscription_details": {"subscription": "sub_1"}}}),
+        );
+        let EventPayload::Invoice(_, charges) = Event::parse(&without).unwrap().payload else { panic!() };
+        assert!(charges.is_empty());
+        let failed = envelope(
+            "invoice.payment_failed",
+            json!({"id": "in_4", "customer": "cus_1", "amount_due": 1900, "currency": "eur", "payment_intent": "pi_4"}),
+        );
+        let EventPayload::Invoice(_, charges) = Event::parse(&failed).unwrap().payload else { panic!() };
+        assert!(charges.is_empty(), "only a paid invoice's payment can be refunded or disputed");
+    }
+
+    #[test]
+    fn an_invoice_payment_names_its_invoice_and_payment_intent_or_charge() {
+        let paid = envelope(
+            "invoice_payment.paid",
+            json!({"id": "inpay_1", "object": "invoice_payment", "amount_paid": 1900, "currency": "eur",
+                   "invoice": "in_1", "is_default": true, "status": "paid",
+                   "payment": {"type": "payment_intent", "payment_intent": "pi_1"},
+                   "status_transitions": {"paid_at": 1_700_000_000, "canceled_at": null}}),
+        );
+        let event = Event::parse(&paid).unwrap();
+        assert_eq!(event.object_id.as_deref(), Some("inpay_1"));
+        let EventPayload::InvoicePayment(c) = event.payload else { panic!() };
+        assert_eq!((c.invoice_id.as_str(), c.key()), ("in_1", Some("pi_1")));
+        let by_charge = envelope(
+            "invoice_payment.paid",
+            json!({"id": "inpay_2", "invoice": {"id": "in_2"}, "status": "paid",
+                   "payment": {"type": "charge", "charge": "ch_2"}}),
+        );
+        let EventPayload::InvoicePayment(c) = Event::parse(&by_charge).unwrap().payload else { panic!() };
+        assert_eq!((c.invoice_id.as_str(), c.key(), c.charge.as_deref()), ("in_2", Some("ch_2"), Some("ch_2")));
+        assert!(Event::parse(&envelope("invoice_payment.paid", json!({"id": "inpay_3"}))).is_err());
     }
 
     #[test]

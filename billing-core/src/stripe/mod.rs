@@ -8,5 +8,5 @@ pub mod signature;
 
 #[cfg(feature = "stripe-api")]
 pub use client::{StripeClient, StripeError};
-pub use event::{Charge, CheckoutSession, Dispute, Event, EventError, EventPayload, StripeCustomer};
+pub use event::{Charge, CheckoutSession, Dispute, Event, EventError, EventPayload, InvoiceCharge, StripeCustomer};
 pub use signature::{SignatureError, WebhookSecrets};

@@ -27,7 +27,7 @@ use crate::domain::{PaymentStatus, Timestamp};
 use crate::storage::backfill_runs::{BackfillCheckpoint, BackfillRunStore};
 use crate::storage::{Store, StoreError};
 use crate::stripe::client::StripeError;
-use crate::stripe::event::{parse_checkout, parse_customer, parse_invoice, parse_subscription};
+use crate::stripe::event::{parse_checkout, parse_customer, parse_invoice, parse_invoice_charges, parse_subscription};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -299,7 +299,10 @@ fn classify(resource: Resource, object: &Value, as_of: i64) -> Result<ListedObje
             if status != Some("paid") {
                 return Err("invoice not paid");
             }
-            parse_invoice(object, PaymentStatus::Paid, as_of).map(ListedObject::Invoice)
+            parse_invoice(object, PaymentStatus::Paid, as_of).and_then(|payment| {
+                let charges = parse_invoice_charges(object, &payment.stripe_invoice_id)?;
+                Ok(ListedObject::Invoice(payment, charges))
+            })
         }
         Resource::CheckoutSessions => {
             if status != Some("complete") {
@@ -503,10 +506,19 @@ mod tests {
         assert_eq!(classify(Resource::Subscriptions, &broken, as_of).unwrap_err(), "object could not be read");
         let paid = json!({"id": "in_2", "object": "invoice", "status": "paid", "customer": "cus_1", "currency": "eur",
                           "amount_paid": 900, "parent": {"subscription_details": {"subscription": "sub_1"}}});
-        let Ok(ListedObject::Invoice(payment)) = classify(Resource::Invoices, &paid, as_of) else { panic!() };
+        let Ok(ListedObject::Invoice(payment, charges)) = classify(Resource::Invoices, &paid, as_of) else { panic!() };
         assert_eq!(
             (payment.status, payment.amount, payment.paid_at),
             (PaymentStatus::Paid, 900, crate::domain::from_unix(as_of))
+        );
+        assert!(charges.is_empty(), "a basil invoice names no payment");
+        // Before basil a listed invoice names what paid it, as its webhook does.
+        let old = json!({"id": "in_3", "object": "invoice", "status": "paid", "customer": "cus_1", "currency": "eur",
+                         "amount_paid": 900, "subscription": "sub_1", "payment_intent": "pi_3", "charge": "ch_3"});
+        let Ok(ListedObject::Invoice(_, charges)) = classify(Resource::Invoices, &old, as_of) else { panic!() };
+        assert_eq!(
+            charges.iter().map(|c| (c.key(), c.charge.as_deref())).collect::<Vec<_>>(),
+            [(Some("pi_3"), Some("ch_3"))]
         );
     }
 }

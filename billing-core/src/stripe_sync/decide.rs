@@ -21,11 +21,11 @@ use crate::messages::{
 };
 use crate::storage::changeset::LicenseAudit;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, DeviceAudit, HeldCustomer, HeldPurchase, HeldSubscription, NewCustomer, NewPurchase,
-    PaymentUpsert, StripeBundle, SubscriptionAudit,
+    Changeset, DeliveryRecord, DeviceAudit, DisputeRecord, HeldCustomer, HeldInvoiceCharge, HeldPurchase,
+    HeldSubscription, NewCustomer, NewInvoiceCharge, NewPurchase, PaymentUpsert, StripeBundle, SubscriptionAudit,
 };
 use crate::storage::OutboxMessage;
-use crate::stripe::{Charge, CheckoutSession, Dispute, EventPayload, StripeCustomer};
+use crate::stripe::{Charge, CheckoutSession, Dispute, EventPayload, InvoiceCharge, StripeCustomer};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -109,9 +109,18 @@ impl<'a> Decisions<'a> {
                         }
                         InputOutcome::Processed
                     }
-                    EventPayload::Invoice(payment) => {
-                        if !self.invoice(&actor, payment) {
+                    EventPayload::Invoice(payment, charges) => {
+                        let moved = self.invoice(&actor, payment);
+                        let linked = self.record_invoice_charges(payment.stripe_subscription_id.as_deref(), charges);
+                        if !moved && !linked {
                             self.changes.record_delivery(&event.id, DeliveryRecord::Noted("payment already recorded"));
+                        }
+                        InputOutcome::Processed
+                    }
+                    EventPayload::InvoicePayment(charge) => {
+                        if !self.record_invoice_charges(None, std::slice::from_ref(charge)) {
+                            self.changes
+                                .record_delivery(&event.id, DeliveryRecord::Noted("invoice payment already recorded"));
                         }
                         InputOutcome::Processed
                     }
@@ -181,13 +190,16 @@ impl<'a> Decisions<'a> {
                     Synced::Ambiguous => unreachable!("a listed object keeps the held state on a tie"),
                 }
             }
-            ListedObject::Invoice(payment) => {
+            ListedObject::Invoice(payment, charges) => {
                 let subscription = payment.stripe_subscription_id.as_deref().unwrap_or_default();
                 let before = self.held.payments.get(&payment.stripe_invoice_id).copied();
                 let subscription_before = self.subscription_state(subscription);
                 self.invoice(&actor, payment);
+                let linked = self.record_invoice_charges(payment.stripe_subscription_id.as_deref(), charges);
                 match compare(before, self.held.payments.get(&payment.stripe_invoice_id).copied()) {
-                    ListedOutcome::Unchanged if subscription_before != self.subscription_state(subscription) => {
+                    ListedOutcome::Unchanged
+                        if linked || subscription_before != self.subscription_state(subscription) =>
+                    {
                         ListedOutcome::Updated
                     }
                     outcome => outcome,
@@ -558,21 +570,86 @@ impl<'a> Decisions<'a> {
         self.held.purchases.iter().find(|(_, p)| p.payment_intent.as_deref() == Some(intent)).map(|(s, _)| s.clone())
     }
 
+    /// Records what paid a subscription's invoice (`subscription`, when the
+    /// payload names it), so that a later refund or dispute of it finds
+    /// the subscription's license. Returns whether anything was new.
+    fn record_invoice_charges(&mut self, subscription: Option<&str>, charges: &[InvoiceCharge]) -> bool {
+        let mut recorded = false;
+        for charge in charges {
+            let Some(key) = charge.key() else { continue };
+            if self.held.invoice_charges.contains_key(key) {
+                continue;
+            }
+            let held = HeldInvoiceCharge {
+                invoice_id: charge.invoice_id.clone(),
+                charge_id: charge.charge.clone(),
+                subscription: subscription.map(str::to_owned),
+            };
+            self.held.invoice_charges.insert(key.to_owned(), held);
+            self.changes.invoice_charges.push(NewInvoiceCharge {
+                payment_key: key.to_owned(),
+                invoice_id: charge.invoice_id.clone(),
+                charge_id: charge.charge.clone(),
+            });
+            recorded = true;
+        }
+        recorded
+    }
+
+    /// What a charge paid for, as recorded when it was paid: a Checkout
+    /// purchase (its payment intent), else a subscription invoice (its
+    /// payment intent, or the charge itself) whose subscription has a
+    /// license. Nothing else links a charge to a license.
+    fn paid_for(&self, payment_intent: Option<&str>, charge: &str) -> Option<PaidFor> {
+        if let Some(session) = self.purchase_paid_by(payment_intent) {
+            return Some(PaidFor::Purchase(session));
+        }
+        let links = &self.held.invoice_charges;
+        let link = payment_intent
+            .and_then(|intent| links.get(intent))
+            .or_else(|| links.get(charge))
+            .or_else(|| links.values().find(|l| l.charge_id.as_deref() == Some(charge)))?;
+        let subscription = link.subscription.clone()?;
+        let held = self.held.subscriptions.get(&subscription)?;
+        self.held
+            .licenses
+            .contains_key(&held.subscription.id)
+            .then(|| PaidFor::Invoice { subscription, invoice_id: link.invoice_id.clone() })
+    }
+
+    /// The license a charge paid for, as held now.
+    fn paid_license(&self, paid: &PaidFor) -> License {
+        match paid {
+            PaidFor::Purchase(session) => self.held.purchases[session].license.clone(),
+            PaidFor::Invoice { subscription, .. } => {
+                self.held.licenses[&self.held.subscriptions[subscription].subscription.id].clone()
+            }
+        }
+    }
+
     /// A refund: a full one of a perpetual purchase revokes its license, a
-    /// partial one is recorded and changes nothing. Returns a note when the
-    /// license did not change.
+    /// partial one is recorded and changes nothing; one of a subscription
+    /// invoice is recorded and changes nothing (cancelling the
+    /// subscription ends its license). Returns a note when the license did
+    /// not change.
     fn refund(&mut self, actor: &Actor, charge: &Charge) -> Option<&'static str> {
-        let Some(session) = self.purchase_paid_by(charge.payment_intent.as_deref()) else {
+        let Some(paid) = self.paid_for(charge.payment_intent.as_deref(), &charge.id) else {
             return Some(UNLINKED_CHARGE);
         };
-        let license = self.held.purchases[&session].license.clone();
-        let detail = json!({
+        let license = self.paid_license(&paid);
+        let mut detail = json!({
             "reason": "refund",
             "charge_id": charge.id,
             "amount": charge.amount,
             "amount_refunded": charge.amount_refunded,
             "currency": charge.currency,
         });
+        if let PaidFor::Invoice { invoice_id, .. } = &paid {
+            detail["invoice_id"] = json!(invoice_id);
+            let kind = if charge.fully_refunded() { "refunded" } else { "partially_refunded" };
+            self.license_audit(license.id, kind, actor, detail);
+            return Some("subscription invoice refunded: the license is kept");
+        }
         if !charge.fully_refunded() {
             self.license_audit(license.id, "partially_refunded", actor, detail);
             return Some("partial refund: the license is kept");
@@ -582,25 +659,42 @@ impl<'a> Decisions<'a> {
         }
         let next =
             License { terms: LicenseTerms { status: LicenseStatus::Revoked, ..license.terms.clone() }, ..license };
-        self.save_purchase(&session, next, actor, ("revoked", "refund"), detail);
+        self.save_paid(&paid, next, actor, ("revoked", "refund"), detail);
         None
     }
 
-    /// A dispute of the charge that paid for a perpetual purchase: opened,
-    /// it suspends the license; closed as lost, it revokes it; closed
-    /// otherwise (won, an inquiry closed), the license is what its own
-    /// terms and an admin's fields make it, as if never disputed.
+    /// A dispute of the charge that paid for a license (a perpetual
+    /// purchase or a subscription's invoice): opened, it suspends the
+    /// license; closed as lost, it revokes it; closed otherwise (won, an
+    /// inquiry closed) while no other dispute of the license is open, the
+    /// license is what its own terms and an admin's fields make it, as if
+    /// never disputed. Each dispute is recorded as
+    /// far as it went, so one closed before its opening arrived is not
+    /// opened again: the end state is in-order delivery's.
     fn dispute(&mut self, actor: &Actor, dispute: &Dispute) -> Option<&'static str> {
-        let Some(session) = self.purchase_paid_by(dispute.payment_intent.as_deref()) else {
+        let Some(paid) = self.paid_for(dispute.payment_intent.as_deref(), &dispute.charge) else {
             return Some(UNLINKED_CHARGE);
         };
+        match self.held.disputes.get(&dispute.id) {
+            Some(held) if held.closed => return Some("dispute already closed"),
+            Some(_) if !dispute.closed => return Some("dispute already open"),
+            _ => {}
+        }
         let rules = self.rules;
-        let license = self.held.purchases[&session].license.clone();
-        let detail = json!({
+        let license = self.paid_license(&paid);
+        let others_open =
+            self.held.disputes.iter().any(|(id, d)| *id != dispute.id && d.license_id == license.id && !d.closed);
+        let record = DisputeRecord { license_id: license.id, status: dispute.status.clone(), closed: dispute.closed };
+        self.held.disputes.insert(dispute.id.clone(), record.clone());
+        self.changes.save_dispute(&dispute.id, record);
+        let mut detail = json!({
             "dispute_id": dispute.id,
             "charge_id": dispute.charge,
             "dispute_status": dispute.status,
         });
+        if let PaidFor::Invoice { invoice_id, .. } = &paid {
+            detail["invoice_id"] = json!(invoice_id);
+        }
         let mut next = license.clone();
         let change = match (dispute.closed, dispute.status.as_str()) {
             (false, _) if license.overrides.disputed_at.is_some() => return Some("dispute already open"),
@@ -615,33 +709,52 @@ impl<'a> Decisions<'a> {
                 ("revoked", "dispute_lost")
             }
             (true, _) if license.overrides.disputed_at.is_none() => return Some("no open dispute"),
+            (true, _) if others_open => return Some("another dispute of the license is open"),
             (true, _) => {
                 next.overrides.disputed_at = None;
                 ("reinstated", "dispute_won")
             }
         };
         if next.terms.status != LicenseStatus::Revoked {
-            let plan = next.terms.plan_id.as_deref().and_then(|p| rules.plans.by_id(p));
-            if let Some(terms) = license::rederive(&next, None, plan, rules.grace, rules.now) {
+            let terms = match &paid {
+                PaidFor::Purchase(_) => {
+                    let plan = next.terms.plan_id.as_deref().and_then(|p| rules.plans.by_id(p));
+                    license::rederive(&next, None, plan, rules.grace, rules.now)
+                }
+                PaidFor::Invoice { subscription, .. } => {
+                    let sub = &self.held.subscriptions[subscription].subscription;
+                    let plan = sub.snapshot.price_id.as_deref().and_then(|p| rules.plans.by_price(p));
+                    license::rederive(&next, Some(sub), plan, rules.grace, rules.now)
+                }
+            };
+            if let Some(terms) = terms {
                 next.terms = terms;
             }
         }
-        self.save_purchase(&session, next, actor, change, detail);
+        self.save_paid(&paid, next, actor, change, detail);
         None
     }
 
-    /// Keeps a purchased license's new state: saved whole, audited with
-    /// `kind`, and told to its devices with `reason`.
-    fn save_purchase(
+    /// Keeps the new state of a license a charge paid for: saved whole,
+    /// audited with `kind`, and told to its devices with `reason`.
+    fn save_paid(
         &mut self,
-        session: &str,
+        paid: &PaidFor,
         license: License,
         actor: &Actor,
         (kind, reason): (&'static str, &'static str),
         mut detail: serde_json::Value,
     ) {
-        if let Some(held) = self.held.purchases.get_mut(session) {
-            held.license = license.clone();
+        match paid {
+            PaidFor::Purchase(session) => {
+                if let Some(held) = self.held.purchases.get_mut(session) {
+                    held.license = license.clone();
+                }
+            }
+            PaidFor::Invoice { subscription, .. } => {
+                let id = self.held.subscriptions[subscription].subscription.id;
+                self.held.licenses.insert(id, license.clone());
+            }
         }
         detail["reason"] = json!(reason);
         self.license_audit(license.id, kind, actor, detail);
@@ -745,6 +858,14 @@ fn compare<T: PartialEq>(before: Option<T>, after: Option<T>) -> ListedOutcome {
         (before, after) if before != after => ListedOutcome::Updated,
         _ => ListedOutcome::Unchanged,
     }
+}
+
+/// What a charge paid for, as recorded when it was paid.
+enum PaidFor {
+    /// A perpetual purchase, by its Checkout session (`cs_…`).
+    Purchase(String),
+    /// An invoice (`in_…`) of a subscription (`sub_…`) with a license.
+    Invoice { subscription: String, invoice_id: String },
 }
 
 /// The note of a charge we hold no record of having been paid by: it is

@@ -100,6 +100,27 @@ fn held_after_both(held: &StripeBundle, changes: &Changeset) -> StripeBundle {
             (customer.email, customer.email_created) = (email.clone(), Some(*created));
         }
     }
+    for l in &changes.saved_licenses {
+        let sub = l.subscription_id.unwrap();
+        next.licenses.insert(sub, l.clone());
+    }
+    for (id, terms) in &changes.license_terms {
+        if let Some(l) = next.licenses.values_mut().find(|l| l.id == *id) {
+            l.terms = terms.clone();
+        }
+    }
+    for c in &changes.invoice_charges {
+        let subscription = changes
+            .payments
+            .iter()
+            .find(|p| p.payment.stripe_invoice_id == c.invoice_id)
+            .and_then(|p| p.payment.stripe_subscription_id.clone());
+        let held = HeldInvoiceCharge { invoice_id: c.invoice_id.clone(), charge_id: c.charge_id.clone(), subscription };
+        next.invoice_charges.insert(c.payment_key.clone(), held);
+    }
+    for (id, d) in &changes.disputes {
+        next.disputes.insert(id.clone(), d.clone());
+    }
     for p in &changes.payments {
         next.payments.insert(p.payment.stripe_invoice_id.clone(), p.payment.status);
         if let (PaymentStatus::Paid, Some(sub)) = (p.payment.status, &p.payment.stripe_subscription_id) {
@@ -235,7 +256,7 @@ fn a_paid_invoice_earlier_in_the_group_entitles_a_subscription_that_never_was_ac
         paid_at: Some(NOW),
     };
     let inputs = [
-        delivery("evt_paid", 100, EventPayload::Invoice(payment)),
+        delivery("evt_paid", 100, EventPayload::Invoice(payment, Vec::new())),
         sub_event("evt_sub", 101, snapshot(SubscriptionStatus::Incomplete, "price_pro")),
     ];
     let (outcomes, changes) = decide_all(StripeBundle::default(), &inputs);
@@ -414,7 +435,7 @@ fn a_listed_paid_invoice_is_recorded_once_and_issues_the_license_it_proves() {
         status: PaymentStatus::Paid,
         paid_at: Some(NOW),
     };
-    let invoice = || listed(ListedObject::Invoice(payment.clone()), 1_000);
+    let invoice = || listed(ListedObject::Invoice(payment.clone(), Vec::new()), 1_000);
     let held = held_after(&first);
     let (outcomes, changes) = decide_all(held.clone(), &[invoice()]);
     assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Created]);
@@ -650,4 +671,213 @@ fn a_charge_we_hold_no_payment_for_changes_nothing() {
     assert_eq!(outcomes, [InputOutcome::Processed]);
     assert!(changes.saved_licenses.is_empty() && changes.outbox.is_empty() && changes.license_audit.is_empty());
     assert_eq!(changes.deliveries, [("evt_other".to_owned(), DeliveryRecord::Noted(UNLINKED_CHARGE))]);
+}
+
+// --- Refunds and disputes of subscription invoices (issue 17) ---
+
+fn paid_invoice(id: &str, charges: Vec<InvoiceCharge>) -> StripeInput {
+    let payment = Payment {
+        stripe_invoice_id: "in_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        stripe_subscription_id: Some("sub_1".into()),
+        amount: 1900,
+        currency: "eur".into(),
+        status: PaymentStatus::Paid,
+        paid_at: Some(NOW),
+    };
+    delivery(id, NOW.unix_timestamp() - 100, EventPayload::Invoice(payment, charges))
+}
+
+fn paid_by(payment_intent: &str) -> InvoiceCharge {
+    InvoiceCharge { invoice_id: "in_1".into(), payment_intent: Some(payment_intent.into()), charge: None }
+}
+
+/// A subscription with its license and a paid invoice whose payment
+/// intent (`pi_in_1`) was recorded.
+fn subscribed() -> StripeBundle {
+    let (_, changes) = decide_all(
+        StripeBundle::default(),
+        &[
+            sub_event("evt_sub", NOW.unix_timestamp() - 200, snapshot(SubscriptionStatus::Active, "price_pro")),
+            paid_invoice("evt_inv", vec![paid_by("pi_in_1")]),
+        ],
+    );
+    assert_eq!(changes.invoice_charges.len(), 1);
+    held_after(&changes)
+}
+
+fn license_statuses(changes: &Changeset) -> Vec<(Value, Value)> {
+    changes.outbox.iter().map(|m| (m.payload["status"].clone(), m.payload["reason"].clone())).collect()
+}
+
+use serde_json::Value;
+
+#[test]
+fn a_paid_invoice_records_what_paid_it_once() {
+    let (_, changes) = decide_all(
+        subscribed(),
+        &[
+            paid_invoice("evt_again", vec![paid_by("pi_in_1")]),
+            delivery("evt_inpay", NOW.unix_timestamp(), EventPayload::InvoicePayment(paid_by("pi_in_1"))),
+        ],
+    );
+    assert!(changes.invoice_charges.is_empty());
+    assert_eq!(
+        changes.deliveries,
+        [
+            ("evt_again".to_owned(), DeliveryRecord::Noted("payment already recorded")),
+            ("evt_inpay".to_owned(), DeliveryRecord::Noted("invoice payment already recorded")),
+        ]
+    );
+}
+
+#[test]
+fn a_dispute_of_a_subscription_invoice_suspends_its_license_until_won() {
+    let (_, changes) = decide_all(
+        subscribed(),
+        &[dispute("evt_open", "pi_in_1", "needs_response", false), dispute("evt_won", "pi_in_1", "won", true)],
+    );
+    assert_eq!(
+        license_statuses(&changes),
+        [(json!("suspended"), json!("dispute")), (json!("active"), json!("dispute_won"))]
+    );
+    let saved = &changes.saved_licenses[0];
+    assert_eq!((saved.terms.status, saved.overrides.disputed_at), (LicenseStatus::Active, None));
+    assert_eq!(changes.license_audit[0].detail["invoice_id"], "in_1");
+    assert_eq!(changes.disputes.len(), 1, "one row, last state");
+    assert!(changes.disputes[0].1.closed);
+
+    let (_, lost) = decide_all(
+        subscribed(),
+        &[dispute("evt_open", "pi_in_1", "needs_response", false), dispute("evt_lost", "pi_in_1", "lost", true)],
+    );
+    assert_eq!(lost.saved_licenses[0].terms.status, LicenseStatus::Revoked);
+}
+
+#[test]
+fn a_subscription_event_during_a_dispute_keeps_the_license_suspended() {
+    let held = subscribed();
+    let (_, opened) = decide_all(held.clone(), &[dispute("evt_open", "pi_in_1", "needs_response", false)]);
+    let mut renewed = snapshot(SubscriptionStatus::Active, "price_basic");
+    renewed.current_period_end = Some(datetime!(2027-01-01 0:00 UTC));
+    let (_, changes) =
+        decide_all(held_after_both(&held, &opened), &[sub_event("evt_renew", NOW.unix_timestamp(), renewed)]);
+    let (_, terms) = &changes.license_terms[0];
+    assert_eq!((terms.status, terms.max_devices), (LicenseStatus::Suspended, 1));
+}
+
+#[test]
+fn a_dispute_closed_before_it_opened_leaves_what_in_order_delivery_does() {
+    for (status, expected) in [("won", LicenseStatus::Active), ("lost", LicenseStatus::Revoked)] {
+        let before = subscribed();
+        let (_, closed) = decide_all(before.clone(), &[dispute("evt_closed", "pi_in_1", status, true)]);
+        let held = held_after_both(&before, &closed);
+        let (_, opened) = decide_all(held.clone(), &[dispute("evt_open", "pi_in_1", "needs_response", false)]);
+        assert!(opened.saved_licenses.is_empty() && opened.outbox.is_empty(), "{status}");
+        assert_eq!(opened.deliveries, [("evt_open".to_owned(), DeliveryRecord::Noted("dispute already closed"))]);
+        let license = held.licenses.values().next().unwrap();
+        assert_eq!((license.terms.status, license.overrides.disputed_at), (expected, None), "{status}");
+    }
+}
+
+#[test]
+fn a_refund_of_a_subscription_invoice_is_recorded_and_changes_nothing() {
+    for (amount_refunded, kind) in [(1900, "refunded"), (500, "partially_refunded")] {
+        let charge = crate::stripe::Charge {
+            id: "ch_in_1".into(),
+            payment_intent: Some("pi_in_1".into()),
+            amount: 1900,
+            amount_refunded,
+            currency: Some("eur".into()),
+        };
+        let (_, changes) = decide_all(
+            subscribed(),
+            &[delivery("evt_refund", NOW.unix_timestamp(), EventPayload::ChargeRefunded(charge))],
+        );
+        assert!(changes.saved_licenses.is_empty() && changes.license_terms.is_empty() && changes.outbox.is_empty());
+        assert_eq!(changes.license_audit.iter().map(|a| a.kind).collect::<Vec<_>>(), [kind]);
+        assert_eq!(changes.license_audit[0].detail["invoice_id"], "in_1");
+    }
+}
+
+#[test]
+fn a_charge_is_linked_by_its_charge_id_when_no_payment_intent_paid() {
+    let by_charge = InvoiceCharge { invoice_id: "in_1".into(), payment_intent: None, charge: Some("ch_legacy".into()) };
+    let (_, paid) = decide_all(
+        StripeBundle::default(),
+        &[
+            sub_event("evt_sub", NOW.unix_timestamp() - 200, snapshot(SubscriptionStatus::Active, "price_pro")),
+            paid_invoice("evt_inv", vec![by_charge]),
+        ],
+    );
+    let disputed = crate::stripe::Dispute {
+        id: "dp_9".into(),
+        charge: "ch_legacy".into(),
+        payment_intent: None,
+        status: "needs_response".into(),
+        closed: false,
+    };
+    let (_, changes) =
+        decide_all(held_after(&paid), &[delivery("evt_open", NOW.unix_timestamp(), EventPayload::Dispute(disputed))]);
+    assert_eq!(changes.saved_licenses[0].terms.status, LicenseStatus::Suspended);
+}
+
+#[test]
+fn a_listed_invoice_records_what_paid_it_once() {
+    let payment = Payment {
+        stripe_invoice_id: "in_1".into(),
+        stripe_customer_id: "cus_1".into(),
+        stripe_subscription_id: Some("sub_1".into()),
+        amount: 1900,
+        currency: "eur".into(),
+        status: PaymentStatus::Paid,
+        paid_at: Some(NOW),
+    };
+    let held = subscribed();
+    // `subscribed` recorded `pi_in_1`; listing its invoice again with it is no change.
+    let (outcomes, changes) =
+        decide_all(held.clone(), &[listed(ListedObject::Invoice(payment.clone(), vec![paid_by("pi_in_1")]), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Unchanged]);
+    assert!(changes.invoice_charges.is_empty());
+    let (outcomes, changes) =
+        decide_all(held, &[listed(ListedObject::Invoice(payment, vec![paid_by("pi_in_2")]), 1_000)]);
+    assert_eq!(listed_outcomes(&outcomes), [ListedOutcome::Updated]);
+    assert_eq!(changes.invoice_charges.iter().map(|c| c.payment_key.as_str()).collect::<Vec<_>>(), ["pi_in_2"]);
+}
+
+#[test]
+fn a_license_stays_suspended_while_another_of_its_disputes_is_open() {
+    let mut held = subscribed();
+    held.invoice_charges.insert(
+        "pi_in_2".into(),
+        HeldInvoiceCharge { invoice_id: "in_2".into(), charge_id: None, subscription: Some("sub_1".into()) },
+    );
+    let second = |id: &str, status: &str, closed: bool| {
+        let dispute = crate::stripe::Dispute {
+            id: "dp_2".into(),
+            charge: "ch_2".into(),
+            payment_intent: Some("pi_in_2".into()),
+            status: status.into(),
+            closed,
+        };
+        delivery(id, NOW.unix_timestamp(), EventPayload::Dispute(dispute))
+    };
+    let (_, changes) = decide_all(
+        held.clone(),
+        &[
+            dispute("evt_open_1", "pi_in_1", "needs_response", false),
+            second("evt_open_2", "needs_response", false),
+            dispute("evt_won_1", "pi_in_1", "won", true),
+        ],
+    );
+    assert_eq!(license_statuses(&changes), [(json!("suspended"), json!("dispute"))]);
+    assert_eq!(
+        changes.deliveries,
+        [
+            ("evt_open_2".to_owned(), DeliveryRecord::Noted("dispute already open")),
+            ("evt_won_1".to_owned(), DeliveryRecord::Noted("another dispute of the license is open")),
+        ]
+    );
+    let (_, last) = decide_all(held_after_both(&held, &changes), &[second("evt_won_2", "won", true)]);
+    assert_eq!(license_statuses(&last), [(json!("active"), json!("dispute_won"))]);
 }

@@ -24,7 +24,7 @@ use crate::billing::{error_chain, Billing};
 use crate::domain::{Actor, Payment, SubscriptionSnapshot};
 use crate::storage::stripe_sync::{DeliveryClaim, StripeKeys};
 use crate::storage::{EventRecord, Store, StoreError};
-use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, SignatureError, StripeCustomer};
+use crate::stripe::{CheckoutSession, Event, EventError, EventPayload, InvoiceCharge, SignatureError, StripeCustomer};
 use bytes::Bytes;
 use decide::{Decisions, Rules};
 use std::collections::VecDeque;
@@ -167,8 +167,9 @@ pub(crate) enum ListedObject {
     Customer(StripeCustomer),
     /// `GET /v1/subscriptions?status=all`
     Subscription(SubscriptionSnapshot),
-    /// `GET /v1/invoices?status=paid`
-    Invoice(Payment),
+    /// `GET /v1/invoices?status=paid`, with what paid it when the object
+    /// says (the same fields as its webhook's).
+    Invoice(Payment, Vec<InvoiceCharge>),
     /// `GET /v1/checkout/sessions?status=complete`
     Checkout(CheckoutSession),
 }
@@ -267,18 +268,34 @@ impl StripeInput {
                 EventPayload::CheckoutCompleted(session) | EventPayload::CheckoutPaymentFailed(session) => {
                     checkout_keys(keys, session)
                 }
-                EventPayload::Invoice(payment) => invoice_keys(keys, payment),
+                EventPayload::Invoice(payment, charges) => {
+                    invoice_keys(keys, payment);
+                    keys.invoice_charges.extend(charges.iter().filter_map(|c| c.key()).map(str::to_owned));
+                }
+                EventPayload::InvoicePayment(charge) => {
+                    keys.invoice_charges.extend(charge.key().map(str::to_owned));
+                }
                 EventPayload::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }
-                EventPayload::ChargeRefunded(charge) => keys.payment_intents.extend(charge.payment_intent.clone()),
-                EventPayload::Dispute(dispute) => keys.payment_intents.extend(dispute.payment_intent.clone()),
+                EventPayload::ChargeRefunded(charge) => {
+                    keys.payment_intents.extend(charge.payment_intent.clone());
+                    keys.invoice_charges.extend(charge.payment_intent.iter().chain([&charge.id]).cloned());
+                }
+                EventPayload::Dispute(dispute) => {
+                    keys.payment_intents.extend(dispute.payment_intent.clone());
+                    keys.invoice_charges.extend(dispute.payment_intent.iter().chain([&dispute.charge]).cloned());
+                    keys.disputes.insert(dispute.id.clone());
+                }
                 EventPayload::Ignored => {}
             },
             Self::Listed { object, .. } => match object.as_ref() {
                 ListedObject::Subscription(snapshot) => snapshot_keys(keys, snapshot),
                 ListedObject::Checkout(session) => checkout_keys(keys, session),
-                ListedObject::Invoice(payment) => invoice_keys(keys, payment),
+                ListedObject::Invoice(payment, charges) => {
+                    invoice_keys(keys, payment);
+                    keys.invoice_charges.extend(charges.iter().filter_map(|c| c.key()).map(str::to_owned));
+                }
                 ListedObject::Customer(customer) => {
                     keys.customers.insert(customer.id.clone());
                 }

@@ -107,6 +107,9 @@ pub struct CustomerLicenseView {
     expires_at: Option<String>,
     subscription_id: Option<Uuid>,
     created_at: String,
+    kind: String,
+    updates_until: Option<String>,
+    trial: bool,
 }
 
 impl From<&LicenseSummary> for CustomerLicenseView {
@@ -120,6 +123,9 @@ impl From<&LicenseSummary> for CustomerLicenseView {
             expires_at: l.expires_at.map(rfc3339),
             subscription_id: l.subscription_id,
             created_at: rfc3339(l.created_at),
+            kind: l.kind.clone(),
+            updates_until: l.updates_until.map(rfc3339),
+            trial: l.trial,
         }
     }
 }
@@ -235,11 +241,24 @@ impl AdminLicenseDetailView {
 }
 
 /// The export's columns: the CSV header, the NDJSON keys.
-pub const EXPORT_COLUMNS: [&str; 9] =
-    ["id", "key", "user_id", "plan", "status", "device_count", "source", "created_at", "expires_at"];
+/// `kind`, `updates_until` and `trial` came later, so they come last.
+pub const EXPORT_COLUMNS: [&str; 12] = [
+    "id",
+    "key",
+    "user_id",
+    "plan",
+    "status",
+    "device_count",
+    "source",
+    "created_at",
+    "expires_at",
+    "kind",
+    "updates_until",
+    "trial",
+];
 
 /// One NDJSON line of the export: [`EXPORT_COLUMNS`] as keys, `null` for an
-/// absent user, plan or expiry.
+/// absent user, plan, expiry or updates window.
 pub fn export_ndjson(listed: &ListedLicense, now: Timestamp) -> String {
     let (record, l) = (&listed.record, &listed.record.license);
     let mut line = serde_json::json!({
@@ -252,6 +271,9 @@ pub fn export_ndjson(listed: &ListedLicense, now: Timestamp) -> String {
         "source": l.source.as_str(),
         "created_at": rfc3339(record.created_at),
         "expires_at": l.terms.expires_at.map(rfc3339),
+        "kind": l.kind.as_str(),
+        "updates_until": l.updates_until.map(rfc3339),
+        "trial": l.trial,
     })
     .to_string();
     line.push('\n');
@@ -259,7 +281,7 @@ pub fn export_ndjson(listed: &ListedLicense, now: Timestamp) -> String {
 }
 
 /// One CSV record of the export, in [`EXPORT_COLUMNS`] order (empty for an
-/// absent user, plan or expiry).
+/// absent user, plan, expiry or updates window; `trial` as `true`/`false`).
 pub fn export_csv(listed: &ListedLicense, now: Timestamp) -> String {
     let (record, l) = (&listed.record, &listed.record.license);
     let fields = [
@@ -272,6 +294,9 @@ pub fn export_csv(listed: &ListedLicense, now: Timestamp) -> String {
         l.source.as_str().to_owned(),
         rfc3339(record.created_at),
         l.terms.expires_at.map(rfc3339).unwrap_or_default(),
+        l.kind.as_str().to_owned(),
+        l.updates_until.map(rfc3339).unwrap_or_default(),
+        l.trial.to_string(),
     ];
     csv_record(fields.iter().map(String::as_str))
 }

@@ -556,7 +556,8 @@ async fn the_export_streams_every_license_once_as_ndjson_and_as_csv() {
     assert_eq!(
         line,
         &json!({ "id": pia, "key": key, "user_id": "pia", "plan": "pro", "status": "active", "device_count": 1,
-                 "source": "stripe", "created_at": line["created_at"], "expires_at": line["expires_at"] })
+                 "source": "stripe", "created_at": line["created_at"], "expires_at": line["expires_at"],
+                 "kind": "subscription", "updates_until": null, "trial": false })
     );
 
     let response = app.admin(Method::GET, "/api/admin/licenses/export?format=csv", &token, None).await;
@@ -567,7 +568,20 @@ async fn the_export_streams_every_license_once_as_ndjson_and_as_csv() {
     let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
     assert_eq!(
         header,
-        ["id", "key", "user_id", "plan", "status", "device_count", "source", "created_at", "expires_at"]
+        [
+            "id",
+            "key",
+            "user_id",
+            "plan",
+            "status",
+            "device_count",
+            "source",
+            "created_at",
+            "expires_at",
+            "kind",
+            "updates_until",
+            "trial"
+        ]
     );
     let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("RFC 4180")).collect();
     let exported: Vec<String> = records.iter().map(|r| r[0].to_owned()).collect();
@@ -576,6 +590,7 @@ async fn the_export_streams_every_license_once_as_ndjson_and_as_csv() {
     let row = records.iter().find(|r| r[0] == pia).unwrap();
     let fields: Vec<&str> = row.iter().skip(1).take(6).collect();
     assert_eq!(fields, [key.as_str(), "pia", "pro", "active", "1", "stripe"]);
+    assert_eq!(row.iter().skip(9).collect::<Vec<_>>(), ["subscription", "", "false"]);
 }
 
 #[tokio::test]
@@ -600,4 +615,78 @@ async fn bad_license_listing_and_export_requests_are_refused() {
         assert_eq!(refused["error"]["code"], "INVALID_REQUEST", "{path}: {refused}");
     }
     assert_eq!(app.db.fingerprint().await, before, "refused requests changed nothing");
+}
+
+#[tokio::test]
+async fn listings_and_the_export_show_each_license_s_kind_updates_window_and_trial() {
+    // `pro` offers trials here, so a trial license exists beside the others.
+    let mut all: Vec<billing_core::domain::Plan> = plans().all().to_vec();
+    for plan in &mut all {
+        if plan.id.0 == "pro" {
+            plan.trial_days = Some(14);
+        }
+    }
+    let catalog = billing_core::domain::PlanCatalog::new(all).unwrap();
+    let app = spawn_app_with(Options { plans: Some(catalog), ..Default::default() }).await;
+    let token = app.admin_token(&["*"]).await;
+    app.issue_license("lena", PRICE_PRO).await;
+    let until = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::days(365);
+    let request = NewLicense {
+        user_id: "lena".to_owned(),
+        plan: "basic".to_owned(),
+        kind: Some(billing_core::domain::LicenseKind::Perpetual),
+        updates_until: Some(until),
+        ..NewLicense::default()
+    };
+    let perpetual = app.billing.issue_manual_license(&Actor::admin("ops"), request).await.unwrap().record.license.id;
+    let trial = app.post_json("/api/license/trial", &json!({ "fingerprint": "fp-trial" })).await;
+    assert_eq!(trial.status(), 201);
+    let trial: Value = trial.json().await.unwrap();
+    let trial_id = trial["license"]["id"].as_str().unwrap().to_owned();
+
+    let found = get(&app, &token, "/api/admin/customers?q=lena").await;
+    let licenses = found["customers"][0]["licenses"].as_array().unwrap().clone();
+    let shown: BTreeSet<(String, String, Option<i64>, bool)> = licenses
+        .iter()
+        .map(|l| {
+            let updates = l["updates_until"].as_str().map(|_| instant(&l["updates_until"]).unix_timestamp());
+            (
+                l["plan"].as_str().unwrap().to_owned(),
+                l["kind"].as_str().unwrap().to_owned(),
+                updates,
+                l["trial"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let expected = BTreeSet::from([
+        ("pro".to_owned(), "subscription".to_owned(), None, false),
+        ("basic".to_owned(), "perpetual".to_owned(), Some(until.unix_timestamp()), false),
+    ]);
+    assert_eq!(shown, expected, "{licenses:?}");
+
+    let listed = get(&app, &token, &format!("/api/admin/licenses/{trial_id}")).await;
+    assert_eq!((&listed["license"]["trial"], &listed["license"]["kind"]), (&json!(true), &json!("subscription")));
+
+    let text =
+        app.admin(Method::GET, "/api/admin/licenses/export?format=ndjson", &token, None).await.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let line_of =
+        |id: &str| lines.iter().find(|l| l["id"] == id).unwrap_or_else(|| panic!("{id} not exported")).clone();
+    let bought = line_of(&perpetual.to_string());
+    assert_eq!((&bought["kind"], &bought["trial"]), (&json!("perpetual"), &json!(false)));
+    assert_eq!(instant(&bought["updates_until"]), until);
+    let tried = line_of(&trial_id);
+    assert_eq!(
+        (&tried["kind"], &tried["trial"], &tried["updates_until"]),
+        (&json!("subscription"), &json!(true), &Value::Null)
+    );
+
+    let text =
+        app.admin(Method::GET, "/api/admin/licenses/export?format=csv", &token, None).await.text().await.unwrap();
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let row = records.iter().find(|r| r[0] == perpetual.to_string()).unwrap();
+    assert_eq!((&row[9], instant(&json!(&row[10])), &row[11]), ("perpetual", until, "false"));
+    let row = records.iter().find(|r| r[0] == trial_id).unwrap();
+    assert_eq!(row.iter().skip(9).collect::<Vec<_>>(), ["subscription", "", "true"]);
 }

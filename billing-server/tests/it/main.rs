@@ -35,6 +35,8 @@ mod proxies;
 mod quickstart;
 mod storm;
 mod stripe_world;
+// Refunds and disputes of subscription invoices (issue 17).
+mod subscription_disputes;
 // Card-less trials (issue 17).
 mod trials;
 // Webhooks to the vendor (issue 14).

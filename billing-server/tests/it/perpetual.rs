@@ -381,3 +381,20 @@ async fn a_charge_we_hold_no_payment_for_is_recorded_and_ignored() {
     assert_eq!(app.count("outbox_events").await, outbox);
     assert_eq!(verdict_code(&app.validate(&key, Some("fp-1")).await), (true, "VALID"));
 }
+
+#[tokio::test]
+async fn a_purchased_license_shows_in_the_admin_customer_listing_with_its_kind_and_window() {
+    let app = app_without_stripe_api().await;
+    let paid_at = now() - 60;
+    app.deliver(&event("evt_bought", "checkout.session.completed", paid_at, session("cs_l", "paid"))).await;
+    let token = app.admin_token(&["customers:read"]).await;
+    let found = app.admin_ok(reqwest::Method::GET, "/api/admin/customers?q=u", &token, None, 200).await;
+    let licenses = found["customers"][0]["licenses"].as_array().unwrap().clone();
+    assert_eq!(licenses.len(), 1, "{found}");
+    let license = &licenses[0];
+    assert_eq!(
+        (&license["kind"], &license["trial"], &license["source"]),
+        (&json!("perpetual"), &json!(false), &json!("stripe"))
+    );
+    assert_eq!(parse_time(&license["updates_until"]), expected_updates_until(paid_at));
+}

@@ -348,11 +348,11 @@ impl AdminReadStore for PgStore {
         let rows = query(
             &conn,
             "SELECT l.id, l.source, l.subscription_id, s.customer_id, COALESCE(l.user_id, c.user_id), l.status,
-                    l.plan_id, l.max_devices, l.expires_at, l.created_at
+                    l.plan_id, l.max_devices, l.expires_at, l.created_at, l.kind, l.updates_until, l.trial
                FROM licenses l
                LEFT JOIN subscriptions s ON s.id = l.subscription_id
                LEFT JOIN customers c ON c.id = s.customer_id
-              WHERE s.customer_id = ANY($1) OR (l.source = 'manual' AND l.user_id = ANY($2))
+              WHERE s.customer_id = ANY($1) OR (l.subscription_id IS NULL AND l.user_id = ANY($2))
               ORDER BY l.created_at DESC, l.id DESC",
             &[&customer_ids, &user_ids],
         )
@@ -370,6 +370,9 @@ impl AdminReadStore for PgStore {
                 max_devices: r.get(7),
                 expires_at: r.get(8),
                 created_at: r.get(9),
+                kind: r.get(10),
+                updates_until: r.get(11),
+                trial: r.get(12),
             })
             .collect())
     }

@@ -10,7 +10,8 @@ use super::{
 };
 use crate::domain::{PaymentStatus, SubscriptionStatus, Timestamp};
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, DisputeRecord, HeldCustomer, HeldInvoiceCharge, HeldPurchase, HeldSubscription,
+    StripeBundle, StripeKeys,
 };
 use crate::storage::StoreError;
 use deadpool_postgres::{ClientWrapper, Object};
@@ -113,12 +114,9 @@ where
     Ok(decided)
 }
 
-const LOAD_SUBSCRIPTIONS: &str = "FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-     WHERE s.stripe_subscription_id = ANY ($1) ORDER BY s.stripe_subscription_id FOR NO KEY UPDATE OF s";
-
 /// Claims the deliveries and reads (locking) every row the group touches,
 /// in the one lock order: subscription identities, claims, subscriptions,
-/// licenses, devices, payments. Returns the bundle and which of its claims
+/// licenses, devices, payments, purchased licenses, disputes. Returns the bundle and which of its claims
 /// were failed deliveries claimed again.
 async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, HashSet<String>), StoreError> {
     let subscriptions: Vec<String> = keys.subscriptions.iter().cloned().collect();
@@ -190,28 +188,51 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
         statements
             .push(Statement::new(format!("WITH {IDENTITIES} SELECT count(*) FROM identities"), params![identities]));
     }
-    let with_subscriptions = !subscriptions.is_empty();
+    // The subscriptions of the invoices a charge's recorded payment paid
+    // are held with the others: one array, so the lookups stay on the index.
+    let charge_keys: Vec<String> = keys.invoice_charges.iter().cloned().collect();
+    let with_charges = !charge_keys.is_empty();
+    let held_ids = if with_charges {
+        "($1::text[] || ARRAY(SELECT p.stripe_subscription_id FROM invoice_charges ic
+                                 JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
+                                WHERE (ic.payment_key = ANY ($2) OR ic.stripe_charge_id = ANY ($2))
+                                  AND p.stripe_subscription_id IS NOT NULL))"
+    } else {
+        "$1"
+    };
+    let subscription_params = || {
+        if with_charges {
+            params![subscriptions.clone(), charge_keys.clone()]
+        } else {
+            params![subscriptions.clone()]
+        }
+    };
+    let with_subscriptions = !subscriptions.is_empty() || with_charges;
     if with_subscriptions {
         // Each a statement of its own: one that waited for a lock must see
         // what its holder committed, which a later statement's snapshot does.
         statements.push(Statement::new(
-            format!("SELECT {SUBSCRIPTION_COLUMNS}, s.customer_id {LOAD_SUBSCRIPTIONS}"),
-            params![subscriptions.clone()],
+            format!(
+                "SELECT {SUBSCRIPTION_COLUMNS}, s.customer_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+                  WHERE s.stripe_subscription_id = ANY ({held_ids})
+                  ORDER BY s.stripe_subscription_id FOR NO KEY UPDATE OF s"
+            ),
+            subscription_params(),
         ));
         statements.push(Statement::new(
             format!(
                 "SELECT {LICENSE_COLUMNS} FROM licenses l JOIN subscriptions s ON s.id = l.subscription_id
-                  WHERE s.stripe_subscription_id = ANY ($1) ORDER BY l.id FOR NO KEY UPDATE OF l"
+                  WHERE s.stripe_subscription_id = ANY ({held_ids}) ORDER BY l.id FOR NO KEY UPDATE OF l"
             ),
-            params![subscriptions.clone()],
+            subscription_params(),
         ));
         statements.push(Statement::new(
             format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices d JOIN licenses l ON l.id = d.license_id
                    JOIN subscriptions s ON s.id = l.subscription_id
-                  WHERE s.stripe_subscription_id = ANY ($1) ORDER BY d.id FOR NO KEY UPDATE OF d"
+                  WHERE s.stripe_subscription_id = ANY ({held_ids}) ORDER BY d.id FOR NO KEY UPDATE OF d"
             ),
-            params![subscriptions.clone()],
+            subscription_params(),
         ));
     }
     // Customers are read, not locked: every write to one is conditional
@@ -249,7 +270,35 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
                   WHERE p.stripe_checkout_session_id = ANY ($1) OR p.stripe_payment_intent_id = ANY ($2)
                   ORDER BY l.id FOR NO KEY UPDATE OF l"
             ),
-            params![sessions, intents],
+            params![sessions, intents.clone()],
+        ));
+    }
+    if with_charges {
+        statements.push(Statement::new(
+            "SELECT ic.payment_key, ic.stripe_invoice_id, ic.stripe_charge_id, p.stripe_subscription_id
+               FROM invoice_charges ic LEFT JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
+              WHERE ic.payment_key = ANY ($1) OR ic.stripe_charge_id = ANY ($1)",
+            params![charge_keys.clone()],
+        ));
+    }
+    let disputes: Vec<String> = keys.disputes.iter().cloned().collect();
+    let with_disputes = !disputes.is_empty();
+    if with_disputes {
+        // The group's disputes, and the other open disputes of the licenses
+        // their charges paid for (whose rows the group has locked).
+        statements.push(Statement::new(
+            "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
+              WHERE stripe_dispute_id = ANY ($1)
+                 OR (NOT closed AND license_id = ANY (ARRAY(
+                        SELECT license_id FROM purchases WHERE stripe_payment_intent_id = ANY ($2)
+                        UNION ALL
+                        SELECT l.id FROM invoice_charges ic
+                          JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
+                          JOIN subscriptions s ON s.stripe_subscription_id = p.stripe_subscription_id
+                          JOIN licenses l ON l.subscription_id = s.id
+                         WHERE ic.payment_key = ANY ($3) OR ic.stripe_charge_id = ANY ($3))))
+              ORDER BY stripe_dispute_id FOR NO KEY UPDATE",
+            params![disputes, intents.clone(), charge_keys.clone()],
         ));
     }
     let mut results = pipeline(conn, &statements).await?.into_iter().skip(2);
@@ -313,6 +362,18 @@ async fn load(conn: &ClientWrapper, keys: &StripeKeys) -> Result<(StripeBundle, 
             let license = license_from_row(&row)?;
             let payment_intent = row.get(LICENSE_COLUMN_COUNT + 1);
             bundle.purchases.insert(row.get(LICENSE_COLUMN_COUNT), HeldPurchase { license, payment_intent });
+        }
+    }
+    if with_charges {
+        for row in next() {
+            let held = HeldInvoiceCharge { invoice_id: row.get(1), charge_id: row.get(2), subscription: row.get(3) };
+            bundle.invoice_charges.insert(row.get(0), held);
+        }
+    }
+    if with_disputes {
+        for row in next() {
+            let held = DisputeRecord { license_id: row.get(1), status: row.get(2), closed: row.get(3) };
+            bundle.disputes.insert(row.get(0), held);
         }
     }
     Ok((bundle, reclaimed))
@@ -485,6 +546,20 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
             ],
         ));
     }
+    if !c.invoice_charges.is_empty() {
+        let i = &c.invoice_charges;
+        out.push(Statement::new(
+            "INSERT INTO invoice_charges (payment_key, stripe_invoice_id, stripe_charge_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (payment_key) DO UPDATE
+                SET stripe_charge_id = coalesce(invoice_charges.stripe_charge_id, EXCLUDED.stripe_charge_id)",
+            params![
+                i.iter().map(|i| i.payment_key.clone()).collect::<Vec<_>>(),
+                i.iter().map(|i| i.invoice_id.clone()).collect::<Vec<_>>(),
+                i.iter().map(|i| i.charge_id.clone()).collect::<Vec<_>>(),
+            ],
+        ));
+    }
     if !c.license_terms.is_empty() {
         let t = &c.license_terms;
         out.push(Statement::new(
@@ -531,6 +606,21 @@ pub(super) fn apply_statements(c: &Changeset, reclaimed: &HashSet<String>) -> Ve
                 l.iter().map(|l| l.overrides.suspended_at).collect::<Vec<_>>(),
                 l.iter().map(|l| l.updates_until).collect::<Vec<_>>(),
                 l.iter().map(|l| l.overrides.disputed_at).collect::<Vec<_>>(),
+            ],
+        ));
+    }
+    if !c.disputes.is_empty() {
+        let d = &c.disputes;
+        out.push(Statement::new(
+            "INSERT INTO charge_disputes (stripe_dispute_id, license_id, status, closed)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bool[])
+             ON CONFLICT (stripe_dispute_id) DO UPDATE
+                SET status = EXCLUDED.status, closed = EXCLUDED.closed, updated_at = now()",
+            params![
+                d.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+                d.iter().map(|(_, d)| d.license_id).collect::<Vec<_>>(),
+                d.iter().map(|(_, d)| d.status.clone()).collect::<Vec<_>>(),
+                d.iter().map(|(_, d)| d.closed).collect::<Vec<_>>(),
             ],
         ));
     }

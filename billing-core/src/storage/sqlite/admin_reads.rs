@@ -316,12 +316,12 @@ impl AdminReadStore for SqliteStore {
             query(
                 conn,
                 "SELECT l.id, l.source, l.subscription_id, s.customer_id, COALESCE(l.user_id, c.user_id), l.status,
-                        l.plan_id, l.max_devices, l.expires_at, l.created_at
+                        l.plan_id, l.max_devices, l.expires_at, l.created_at, l.kind, l.updates_until, l.trial
                    FROM licenses l
                    LEFT JOIN subscriptions s ON s.id = l.subscription_id
                    LEFT JOIN customers c ON c.id = s.customer_id
                   WHERE s.customer_id IN (SELECT value FROM json_each(?1))
-                     OR (l.source = 'manual' AND l.user_id IN (SELECT value FROM json_each(?2)))
+                     OR (l.subscription_id IS NULL AND l.user_id IN (SELECT value FROM json_each(?2)))
                   ORDER BY l.created_at DESC, l.id DESC",
                 [customer_ids, user_ids],
                 |r| {
@@ -336,6 +336,9 @@ impl AdminReadStore for SqliteStore {
                         max_devices: get(r, 7)?,
                         expires_at: opt_time(r, 8)?,
                         created_at: time(r, 9)?,
+                        kind: get(r, 10)?,
+                        updates_until: opt_time(r, 11)?,
+                        trial: get(r, 12)?,
                     })
                 },
             )

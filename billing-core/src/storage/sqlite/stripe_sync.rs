@@ -11,7 +11,8 @@ use super::{
 use crate::domain::{PaymentStatus, SubscriptionStatus};
 use crate::storage::changeset::DeviceActivation;
 use crate::storage::stripe_sync::{
-    Changeset, DeliveryRecord, HeldCustomer, HeldPurchase, HeldSubscription, StripeBundle, StripeKeys,
+    Changeset, DeliveryRecord, DisputeRecord, HeldCustomer, HeldInvoiceCharge, HeldPurchase, HeldSubscription,
+    StripeBundle, StripeKeys,
 };
 use crate::storage::{max_devices_column, OutboxMessage, StoreError};
 use deadpool_sqlite::rusqlite::{params, Connection};
@@ -67,7 +68,25 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
     let license_by_id = format!("SELECT {LICENSE_COLUMNS} FROM licenses l WHERE l.id = ?1");
     let devices_sql =
         format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.license_id = ?1 ORDER BY d.activated_at, d.id");
-    for stripe_id in &keys.subscriptions {
+    // What paid the invoices a charge names, and so the subscriptions to
+    // hold with the others.
+    let mut subscriptions = keys.subscriptions.clone();
+    for key in &keys.invoice_charges {
+        let sql = "SELECT ic.payment_key, ic.stripe_invoice_id, ic.stripe_charge_id, p.stripe_subscription_id
+                     FROM invoice_charges ic LEFT JOIN payments p ON p.stripe_invoice_id = ic.stripe_invoice_id
+                    WHERE ic.payment_key = ?1 OR ic.stripe_charge_id = ?1";
+        let rows = query(conn, sql, [key], |row| {
+            Ok((
+                get::<String>(row, 0)?,
+                HeldInvoiceCharge { invoice_id: get(row, 1)?, charge_id: get(row, 2)?, subscription: get(row, 3)? },
+            ))
+        })?;
+        for (payment_key, held) in rows {
+            subscriptions.extend(held.subscription.clone());
+            bundle.invoice_charges.insert(payment_key, held);
+        }
+    }
+    for stripe_id in &subscriptions {
         let held = query_opt(conn, &subscription_sql, [stripe_id], |row| {
             Ok(HeldSubscription {
                 subscription: subscription_from_row(row)?,
@@ -126,6 +145,33 @@ fn load(conn: &Connection, now: i64, keys: &StripeKeys) -> Result<(StripeBundle,
             let license = query_opt(conn, &license_by_id, [license_id], license_from_row)?
                 .ok_or_else(|| StoreError::Corrupt("a purchase without its license".into()))?;
             bundle.purchases.insert(session, HeldPurchase { license, payment_intent: Some(intent.clone()) });
+        }
+    }
+    if !keys.disputes.is_empty() {
+        // The group's disputes, and the other open disputes of the licenses
+        // their charges paid for.
+        let record = |row: &deadpool_sqlite::rusqlite::Row<'_>| {
+            Ok((
+                get::<String>(row, 0)?,
+                DisputeRecord { license_id: uuid(row, 1)?, status: get(row, 2)?, closed: get(row, 3)? },
+            ))
+        };
+        for dispute in &keys.disputes {
+            let sql = "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
+                        WHERE stripe_dispute_id = ?1";
+            bundle.disputes.extend(query(conn, sql, [dispute], record)?);
+        }
+        let licenses: Vec<String> = bundle
+            .purchases
+            .values()
+            .map(|p| p.license.id)
+            .chain(bundle.licenses.values().map(|l| l.id))
+            .map(|id| id.to_string())
+            .collect();
+        for license in licenses {
+            let sql = "SELECT stripe_dispute_id, license_id, status, closed FROM charge_disputes
+                        WHERE license_id = ?1 AND closed = 0";
+            bundle.disputes.extend(query(conn, sql, [license], record)?);
         }
     }
     Ok((bundle, reclaimed))
@@ -241,6 +287,16 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
             ],
         )?;
     }
+    for i in &c.invoice_charges {
+        execute(
+            conn,
+            "INSERT INTO invoice_charges (payment_key, stripe_invoice_id, stripe_charge_id, created_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (payment_key) DO UPDATE
+                SET stripe_charge_id = coalesce(invoice_charges.stripe_charge_id, excluded.stripe_charge_id)",
+            params![i.payment_key, i.invoice_id, i.charge_id, now],
+        )?;
+    }
     for (id, t) in &c.license_terms {
         execute(
             conn,
@@ -260,6 +316,16 @@ pub(super) fn apply(conn: &Connection, now: i64, c: &Changeset, reclaimed: &Hash
     }
     for license in &c.saved_licenses {
         save_license(conn, now, license)?;
+    }
+    for (id, d) in &c.disputes {
+        execute(
+            conn,
+            "INSERT INTO charge_disputes (stripe_dispute_id, license_id, status, closed, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (stripe_dispute_id) DO UPDATE
+                SET status = excluded.status, closed = excluded.closed, updated_at = excluded.updated_at",
+            params![id, d.license_id.to_string(), d.status, d.closed, now],
+        )?;
     }
     for a in &c.license_audit {
         execute(

@@ -106,6 +106,8 @@ pub mod licensing;
 pub(crate) mod messages;
 #[cfg(feature = "stripe-api")]
 pub mod plan_check;
+// The customer portal's sessions (issue 19).
+pub mod portal;
 pub mod reads;
 pub mod storage;
 pub mod stripe;

@@ -7,6 +7,8 @@ pub mod device;
 pub mod license;
 pub mod payment;
 pub mod plan;
+// The customer portal's one-time codes (issue 19).
+pub mod portal;
 pub mod subscription;
 // One enum for the outbox topics (SSE event names, vendor webhook event types).
 pub mod topic;

@@ -42,6 +42,8 @@ macro_rules! delegate {
 mod admin_reads;
 // Stripe backfill runs (issue 16).
 mod backfill_runs;
+// The customer portal's one-time codes (issue 19).
+mod portal_sessions;
 
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the

@@ -10,6 +10,8 @@ mod admin_licenses;
 mod dashboard;
 pub(crate) mod license;
 mod ops;
+// The customer portal's sessions (issue 19).
+mod portal;
 mod terminals;
 mod webhook;
 
@@ -73,6 +75,9 @@ pub enum Route {
     AdminRenewLicense,
     AdminDeleteDevice,
     AdminResetDevices,
+    // --- The customer portal (issue 19) ---
+    AdminCreatePortalSession,
+    PortalSession,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -127,6 +132,9 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/admin/licenses/{id}/renew", Route::AdminRenewLicense),
     (Method::DELETE, "/api/admin/devices/{id}", Route::AdminDeleteDevice),
     (Method::POST, "/api/admin/licenses/{id}/reset-devices", Route::AdminResetDevices),
+    // --- The customer portal (issue 19) ---
+    (Method::POST, "/api/admin/portal-sessions", Route::AdminCreatePortalSession),
+    (Method::POST, "/api/portal/session", Route::PortalSession),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -238,6 +246,9 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::AdminRenewLicense => admin_licenses::renew(&state, request, &param("id")).await,
             Route::AdminDeleteDevice => admin_licenses::delete_device(&state, request, &param("id")).await,
             Route::AdminResetDevices => admin_licenses::reset_devices(&state, request, &param("id")).await,
+            // --- The customer portal (issue 19) ---
+            Route::AdminCreatePortalSession => portal::create(&state, request).await,
+            Route::PortalSession => portal::exchange(&state, request).await,
         }
     }
     .await;

@@ -7,7 +7,7 @@ use billing_server::routes::ROUTES;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const SCOPES: [&str; 7] = [
+const SCOPES: [&str; 8] = [
     "licenses:read",
     "licenses:write",
     "customers:read",
@@ -15,6 +15,7 @@ const SCOPES: [&str; 7] = [
     "events:read",
     "stripe:write",
     "webhooks:write",
+    "portal:write",
 ];
 
 /// Every admin route with its path parameters filled in with ids that exist

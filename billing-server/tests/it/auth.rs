@@ -81,6 +81,9 @@ fn access(route: Route) -> Access {
         | Route::AdminRenewLicense
         | Route::AdminDeleteDevice
         | Route::AdminResetDevices => AdminToken,
+        // The customer portal (issue 19): the one-time code is the credential.
+        Route::AdminCreatePortalSession => AdminToken,
+        Route::PortalSession => Open,
     }
 }
 
@@ -423,7 +426,10 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminRevokeLicense
         | Route::AdminRenewLicense
         | Route::AdminDeleteDevice
-        | Route::AdminResetDevices => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::AdminResetDevices
+        // The customer portal (issue 19).
+        | Route::AdminCreatePortalSession
+        | Route::PortalSession => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

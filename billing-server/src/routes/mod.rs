@@ -12,6 +12,8 @@ pub(crate) mod license;
 mod ops;
 // The customer portal's sessions (issue 19).
 mod portal;
+// The pages embedded in the binary (issue 19).
+pub mod pages;
 mod terminals;
 mod webhook;
 
@@ -78,6 +80,8 @@ pub enum Route {
     // --- The customer portal (issue 19) ---
     AdminCreatePortalSession,
     PortalSession,
+    PortalPage,
+    PageAsset,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -135,6 +139,8 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     // --- The customer portal (issue 19) ---
     (Method::POST, "/api/admin/portal-sessions", Route::AdminCreatePortalSession),
     (Method::POST, "/api/portal/session", Route::PortalSession),
+    (Method::GET, "/portal", Route::PortalPage),
+    (Method::GET, "/assets/{file}", Route::PageAsset),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -249,6 +255,8 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             // --- The customer portal (issue 19) ---
             Route::AdminCreatePortalSession => portal::create(&state, request).await,
             Route::PortalSession => portal::exchange(&state, request).await,
+            Route::PortalPage => pages::portal(),
+            Route::PageAsset => pages::asset(&param("file")),
         }
     }
     .await;

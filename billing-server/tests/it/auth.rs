@@ -83,7 +83,7 @@ fn access(route: Route) -> Access {
         | Route::AdminResetDevices => AdminToken,
         // The customer portal (issue 19): the one-time code is the credential.
         Route::AdminCreatePortalSession => AdminToken,
-        Route::PortalSession => Open,
+        Route::PortalSession | Route::PortalPage | Route::PageAsset => Open,
     }
 }
 
@@ -429,7 +429,9 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminResetDevices
         // The customer portal (issue 19).
         | Route::AdminCreatePortalSession
-        | Route::PortalSession => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::PortalSession
+        | Route::PortalPage
+        | Route::PageAsset => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

@@ -137,3 +137,48 @@ async fn portal_sessions_check_their_input_and_use_the_public_url() {
         app.admin_ok(Method::POST, "/api/admin/portal-sessions", &reader, Some(&json!({ "user_id": "u" })), 403).await;
     assert_error(&body, "INSUFFICIENT_SCOPE");
 }
+
+#[tokio::test]
+async fn the_portal_page_and_its_assets_are_served_with_a_strict_content_security_policy() {
+    let app = spawn_app().await;
+    let page = app.http.get(app.url("/portal")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    for directive in ["default-src 'self'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(directive), "{csp} lacks {directive}");
+    }
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let html = page.text().await.unwrap();
+    // Every script and stylesheet is a file of ours: nothing inline, nothing elsewhere.
+    assert!(html.contains(r#"<script type="module" src="/assets/portal.js"></script>"#), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "one script, by reference");
+    assert!(!html.contains(" style=") && !html.contains("<style"), "inline style");
+    let handler = html.split(" on").skip(1).any(|rest| {
+        let name: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+        !name.is_empty() && rest[name.len()..].starts_with('=')
+    });
+    assert!(!handler, "an inline event handler");
+    assert!(!html.contains("http://") && !html.contains("https://"), "a resource from elsewhere");
+
+    for (file, content_type) in [
+        ("portal.js", "text/javascript; charset=utf-8"),
+        ("common.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+    ] {
+        let asset = app.http.get(app.url(&format!("/assets/{file}"))).send().await.unwrap();
+        assert_eq!(asset.status(), 200, "{file}");
+        assert_eq!(asset.headers()["content-type"], content_type, "{file}");
+        assert!(asset.headers().contains_key("content-security-policy"), "{file}");
+        let text = asset.text().await.unwrap();
+        assert!(!text.contains("innerHTML") && !text.contains("eval("), "{file} builds markup from strings");
+        assert!(!text.contains("https://") && !text.contains("http://"), "{file} reaches elsewhere");
+    }
+    let missing = app.http.get(app.url("/assets/../Cargo.toml")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing = app.http.get(app.url("/assets/nope.js")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "NOT_FOUND");
+}

@@ -82,6 +82,9 @@ pub enum Route {
     PortalSession,
     PortalPage,
     PageAsset,
+    // --- The vendor console (issue 19) ---
+    AdminToken,
+    ConsolePage,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -141,6 +144,9 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/portal/session", Route::PortalSession),
     (Method::GET, "/portal", Route::PortalPage),
     (Method::GET, "/assets/{file}", Route::PageAsset),
+    // --- The vendor console (issue 19) ---
+    (Method::GET, "/api/admin/token", Route::AdminToken),
+    (Method::GET, "/console", Route::ConsolePage),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -257,6 +263,9 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::PortalSession => portal::exchange(&state, request).await,
             Route::PortalPage => pages::portal(),
             Route::PageAsset => pages::asset(&param("file")),
+            // --- The vendor console (issue 19) ---
+            Route::AdminToken => portal::whoami(&state, request).await,
+            Route::ConsolePage => pages::console(),
         }
     }
     .await;

@@ -1,5 +1,5 @@
 //! The pages embedded in the binary (issue 19): the customer portal
-//! (`/portal`), static HTML, CSS and
+//! (`/portal`) and the vendor console (`/console`), static HTML, CSS and
 //! JavaScript that speak only the public HTTP API. No CDN, no inline script:
 //! every page answers with a strict Content-Security-Policy.
 
@@ -36,10 +36,12 @@ macro_rules! asset {
 const ASSETS: &[Asset] = &[
     asset!("common.js", "text/javascript; charset=utf-8"),
     asset!("portal.js", "text/javascript; charset=utf-8"),
+    asset!("console.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
 ];
 
 const PORTAL: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/portal.html"));
+const CONSOLE: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/console.html"));
 
 fn respond(content_type: &'static str, body: &'static [u8], cache: &'static str) -> Response {
     hyper::Response::builder()
@@ -56,6 +58,11 @@ fn respond(content_type: &'static str, body: &'static [u8], cache: &'static str)
 /// `GET /portal`: the customer portal.
 pub fn portal() -> Result<Response, ApiError> {
     Ok(respond("text/html; charset=utf-8", PORTAL, "no-store"))
+}
+
+/// `GET /console`: the vendor console.
+pub fn console() -> Result<Response, ApiError> {
+    Ok(respond("text/html; charset=utf-8", CONSOLE, "no-store"))
 }
 
 /// `GET /assets/{file}`: the pages' scripts and styles. Revalidated on

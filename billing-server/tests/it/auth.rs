@@ -83,7 +83,8 @@ fn access(route: Route) -> Access {
         | Route::AdminResetDevices => AdminToken,
         // The customer portal (issue 19): the one-time code is the credential.
         Route::AdminCreatePortalSession => AdminToken,
-        Route::PortalSession | Route::PortalPage | Route::PageAsset => Open,
+        Route::PortalSession | Route::PortalPage | Route::PageAsset | Route::ConsolePage => Open,
+        Route::AdminToken => AdminToken,
     }
 }
 
@@ -431,7 +432,9 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminCreatePortalSession
         | Route::PortalSession
         | Route::PortalPage
-        | Route::PageAsset => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::PageAsset
+        | Route::AdminToken
+        | Route::ConsolePage => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

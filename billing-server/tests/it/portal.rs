@@ -182,3 +182,22 @@ async fn the_portal_page_and_its_assets_are_served_with_a_strict_content_securit
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn a_token_learns_its_own_name_and_scopes_and_nothing_else() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:write", "licenses:read"]).await;
+    let me = app.admin_ok(Method::GET, "/api/admin/token", &token, None, 200).await;
+    assert!(me["name"].as_str().unwrap().starts_with("test-"), "{me}");
+    assert_eq!(me["scopes"], json!(["licenses:read", "licenses:write"]));
+    assert_eq!(me.as_object().unwrap().len(), 2, "{me}");
+    let refused = app.admin_ok(Method::GET, "/api/admin/token", "adm_nope", None, 401).await;
+    assert_error(&refused, "UNAUTHORIZED");
+
+    let page = app.http.get(app.url("/console")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script type="module" src="/assets/console.js"></script>"#), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "one script, by reference");
+}

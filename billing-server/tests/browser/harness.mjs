@@ -120,6 +120,7 @@ export class FakeStripe {
         if (req.method === 'POST') {
           for (const [name, value] of record.form) {
             if (name === 'cancel_at_period_end') object.cancel_at_period_end = value === 'true';
+            if (name === 'items[0][price]') object.items.data[0].price = { id: value, object: 'price' };
           }
         }
         return reply(200, object);
@@ -130,6 +131,14 @@ export class FakeStripe {
           id: customer[1], object: 'customer',
           invoice_settings: { default_payment_method: { id: 'pm_1', object: 'payment_method', card: { brand: 'visa', last4: '4242', exp_month: 4, exp_year: 2031 } } },
         });
+      }
+      if (url.pathname === '/v1/checkout/sessions' && req.method === 'POST') {
+        const id = `cs_test_${this.requests.length}`;
+        return reply(200, { id, object: 'checkout.session', url: `${this.url}/checkout-page/${id}` });
+      }
+      if (url.pathname.startsWith('/checkout-page/') || url.pathname === '/billing-portal-page') {
+        res.writeHead(200, { 'content-type': 'text/html' });
+        return res.end(`<!doctype html><title>Stripe page</title><h1>Stripe ${url.pathname}</h1>`);
       }
       if (url.pathname === '/v1/billing_portal/sessions' && req.method === 'POST') {
         return reply(200, { id: 'bps_1', object: 'billing_portal.session', url: `${this.url}/billing-portal-page` });
@@ -169,6 +178,11 @@ export class TestServer {
     };
     delete this.env.DATABASE_URL;
     this.adminToken = this.createAdminToken('browser-tests', '*');
+    await this.spawn();
+  }
+
+  /** Starts the process and waits until it answers. */
+  async spawn() {
     this.child = spawn(BINARY, ['serve'], { cwd: this.dir, env: this.env, stdio: ['ignore', 'ignore', 'inherit'] });
     this.exited = new Promise((resolve) => this.child.once('exit', resolve));
     const deadline = Date.now() + 30_000;
@@ -190,11 +204,16 @@ export class TestServer {
     return out.trim().split('\n').pop().trim();
   }
 
+  /** Stops the process (the store stays). */
+  async kill() {
+    if (!this.child) return;
+    this.child.kill('SIGTERM');
+    await this.exited;
+    this.child = null;
+  }
+
   async stop() {
-    if (this.child) {
-      this.child.kill('SIGTERM');
-      await this.exited;
-    }
+    await this.kill();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 

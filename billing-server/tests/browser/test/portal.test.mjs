@@ -188,3 +188,103 @@ test('a used or expired portal link is refused in words, and the page offers not
   await page.getByRole('heading', { name: /Pro license/ }).waitFor();
   for (const p of [page, again, expired]) await p.context().close();
 });
+
+test('subscribe goes to Stripe Checkout, a plan switch changes the price, and Manage billing opens Stripe\'s portal', async () => {
+  // No subscription yet: the plans offer Checkout.
+  const page = await newPage();
+  await page.goto(await server.portalUrl('gina'));
+  await page.getByText('You have no subscription yet. Choose a plan below.').waitFor();
+  await page.getByRole('button', { name: 'Subscribe to Team' }).click();
+  await page.waitForURL(/\/checkout-page\/cs_test_/);
+  const [checkout] = stripe.requestsTo('POST', '/v1/checkout/sessions').filter((r) => r.form.some(([, v]) => v === 'gina'));
+  assert.deepEqual(checkout.form, [
+    ['mode', 'subscription'],
+    ['line_items[0][price]', 'price_team_monthly'],
+    ['line_items[0][quantity]', '1'],
+    ['success_url', `${server.url}/portal?checkout=success`],
+    ['cancel_url', `${server.url}/portal?checkout=canceled`],
+    ['client_reference_id', 'gina'],
+    ['metadata[user_id]', 'gina'],
+    ['subscription_data[metadata][user_id]', 'gina'],
+  ]);
+  assert.match(checkout.idempotencyKey, /^billing-checkout-/);
+  // Back from Checkout in the same tab: still signed in, the address clean.
+  await page.goto(`${server.url}/portal?checkout=success`);
+  await page.getByText(/Thank you! Your purchase is being confirmed/).waitFor();
+  assert.equal(page.url(), `${server.url}/portal`);
+  await page.context().close();
+
+  await server.subscribe('hank');
+  const hank = await openPortal('hank');
+  await hank.getByRole('button', { name: 'Switch to Team' }).click();
+  await hank.getByRole('dialog', { name: 'Switch to Team?' }).getByText(/€49.00 per month/).waitFor();
+  await hank.getByRole('button', { name: 'Yes, switch to Team' }).click();
+  await hank.getByText('You are now on Team.').waitFor();
+  await hank.getByRole('region', { name: 'Subscription' }).getByText('Team', { exact: true }).waitFor();
+  const [change] = stripe.requestsTo('POST', '/v1/subscriptions/sub_hank');
+  assert.deepEqual(change.form, [
+    ['items[0][id]', 'si_hank'],
+    ['items[0][price]', 'price_team_monthly'],
+    ['proration_behavior', 'create_prorations'],
+  ]);
+  assert.match(change.idempotencyKey, /^billing-change-plan-/);
+
+  await hank.getByRole('button', { name: 'Manage billing' }).click();
+  await hank.waitForURL(/\/billing-portal-page$/);
+  const [portal] = stripe.requestsTo('POST', '/v1/billing_portal/sessions').filter((r) => r.form.some(([, v]) => v === 'cus_hank'));
+  assert.deepEqual(portal.form, [['customer', 'cus_hank'], ['return_url', `${server.url}/portal`]]);
+  await hank.context().close();
+});
+
+test('air-gapped activation posts the pasted request to POST /api/terminals/offline-activation and offers the response as a file', async () => {
+  await server.subscribe('ivan');
+  const page = await openPortal('ivan');
+  const seen = [];
+  await page.route('**/api/terminals/offline-activation', async (route) => {
+    const request = route.request();
+    seen.push({ method: request.method(), body: request.postDataJSON(), authorization: request.headers().authorization });
+    if (request.postDataJSON().request === 'not a request') {
+      return route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ error: { code: 'INVALID_REQUEST', message: 'the activation request cannot be read' } }) });
+    }
+    return route.fulfill({
+      status: 201,
+      contentType: 'application/json',
+      body: JSON.stringify({ device: { id: 'd1', fingerprint: 'fp-offline', name: 'Lab machine', status: 'active' }, response: 'RESPONSE-FOR-THE-DEVICE' }),
+    });
+  });
+
+  await page.getByLabel('Activation request').fill('not a request');
+  await page.getByRole('button', { name: 'Create activation response' }).click();
+  await page.getByText('the activation request cannot be read').waitFor();
+
+  await page.getByLabel('Activation request').fill('  REQUEST-FROM-THE-DEVICE\n');
+  await page.getByRole('button', { name: 'Create activation response' }).click();
+  await page.getByText('Activated Lab machine. Take this response to the device.').waitFor();
+  assert.equal(await page.getByLabel('Activation response').inputValue(), 'RESPONSE-FOR-THE-DEVICE');
+  const downloading = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Download activation response' }).click();
+  const file = await downloading;
+  assert.equal(file.suggestedFilename(), 'activation-response.txt');
+  const { readFile } = await import('node:fs/promises');
+  assert.equal(await readFile(await file.path(), 'utf8'), 'RESPONSE-FOR-THE-DEVICE');
+
+  assert.equal(seen.length, 2);
+  assert.equal(seen[1].method, 'POST');
+  assert.deepEqual(seen[1].body, { request: 'REQUEST-FROM-THE-DEVICE' }, 'the request as pasted, trimmed, and nothing else');
+  assert.match(seen[1].authorization, /^Bearer ey/);
+  assert.deepEqual(await seriousViolations(page), []);
+  await page.context().close();
+});
+
+test('a dropped event stream says so, reconnects by itself, and the page keeps following', async () => {
+  await server.subscribe('judy');
+  const page = await openPortal('judy');
+  await page.getByText('Live updates: on').waitFor();
+  await server.kill();
+  await page.getByText('Live updates: connection lost, reconnecting…').waitFor({ timeout: 10_000 });
+  await server.spawn();
+  await page.getByText('Live updates: on').waitFor({ timeout: 20_000 });
+  await server.webhook('customer.subscription.updated', subscription('judy', PRICE_PRO, { cancelAtPeriodEnd: true }));
+  await page.getByRole('button', { name: 'Reactivate subscription' }).waitFor({ timeout: 10_000 });
+  await page.context().close();
+});

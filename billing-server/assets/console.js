@@ -36,6 +36,8 @@ function call(path, options = {}) {
 async function start() {
   $('signin-form').addEventListener('submit', signIn);
   $('search-form').addEventListener('submit', search);
+  $('issue-form').addEventListener('submit', issue);
+  $('operations-load').addEventListener('click', () => loadOperations().catch(showError));
   window.addEventListener('hashchange', route);
   session = JSON.parse(sessionStorage.getItem(STORAGE) || 'null');
   show();
@@ -46,8 +48,11 @@ function show() {
   const signedIn = Boolean(session);
   $('signin').hidden = signedIn;
   $('search').hidden = !signedIn;
+  $('issue').hidden = !signedIn || !can('licenses:write');
+  $('operations').hidden = !signedIn || !(can('events:read') || can('webhooks:write'));
   if (!signedIn) {
     $('license').hidden = true;
+    fill($('operations-body'));
     fill($('who'));
     return;
   }
@@ -176,6 +181,32 @@ async function openLicense(id) {
       act('Revoke license', 'revoke', 'Yes, revoke it for good', 'Its apps stop working for good; this cannot be undone.', true);
     }
   }
+  const changes = [];
+  if (can('licenses:write') && license.status !== 'revoked') {
+    changes.push(numberForm(`renew-${license.id}`, 'Days to add', 'Renew', async (days) => {
+      await call(`/api/admin/licenses/${license.id}/renew`, { method: 'POST', body: { days } });
+      return `Renewed for ${days} days.`;
+    }, license.id));
+    changes.push(numberForm(`limit-${license.id}`, 'Device limit', 'Set device limit', async (maxDevices) => {
+      await call(`/api/admin/licenses/${license.id}`, { method: 'PATCH', body: { max_devices: maxDevices } });
+      return `The device limit is now ${maxDevices}.`;
+    }, license.id, license.max_devices));
+  }
+  if (can('devices:write') && license.device_count > 0) {
+    const reset = el('button', { type: 'button', class: 'danger' }, 'Reset devices');
+    reset.addEventListener('click', async () => {
+      const yes = await confirmAction({ title: 'Reset devices?', message: 'Every device of this license is deactivated; their apps must activate again.', confirm: 'Yes, reset every device', danger: true });
+      if (!yes) return;
+      try {
+        await call(`/api/admin/licenses/${license.id}/reset-devices`, { method: 'POST' });
+        notice('ok', 'Every device was deactivated.');
+        await openLicense(license.id);
+      } catch (error) {
+        showError(error);
+      }
+    });
+    actions.append(reset);
+  }
   fill($('license-body'),
     el('dl', { class: 'facts' },
       el('dt', {}, 'Key'), el('dd', {}, el('code', { class: 'key' }, license.key)),
@@ -187,11 +218,98 @@ async function openLicense(id) {
         ? [badge(subscription.status), ` ${subscription.stripe_subscription_id}`, subscription.cancel_at_period_end ? ' (ends at period end)' : '']
         : 'none')),
     actions,
+    changes,
     el('h3', {}, 'Devices'),
     renderDevices(devices, license.id),
     el('h3', {}, 'Audit trail'),
     renderAudit(audit));
   $('license-title').focus();
+}
+
+/** A one-number form of the license page (renew, device limit). */
+function numberForm(id, label, button, work, licenseId, value) {
+  const input = el('input', { id, type: 'number', min: 1, required: true, inputmode: 'numeric', value });
+  const form = el('form', { class: 'inline' }, el('div', {}, el('label', { for: id }, label), input), el('button', { type: 'submit', class: 'secondary' }, button));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      notice('ok', await work(Number(input.value)));
+      await openLicense(licenseId);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  return form;
+}
+
+async function issue(event) {
+  event.preventDefault();
+  const body = { user_id: $('issue-user').value.trim(), plan: $('issue-plan').value.trim() };
+  if ($('issue-devices').value) body.max_devices = Number($('issue-devices').value);
+  try {
+    const answer = await call('/api/admin/licenses', { method: 'POST', body });
+    notice('ok', `Issued a license to ${body.user_id}.`);
+    event.target.reset();
+    location.hash = `license=${answer.license.id}`;
+  } catch (error) {
+    showError(error);
+  }
+}
+
+/** Recent Stripe deliveries (replayable) and the vendor's webhook
+ * endpoints with their recent deliveries (retryable). */
+async function loadOperations() {
+  const parts = [];
+  if (can('events:read')) {
+    const { events } = await call('/api/admin/stripe-events?limit=20');
+    parts.push(el('h3', {}, 'Stripe deliveries'), events.length === 0 ? el('p', { class: 'muted' }, 'None recorded.') : el('div', { class: 'table-wrap' }, el('table', {},
+      el('thead', {}, el('tr', {}, ['Received', 'Event', 'Status', can('stripe:write') ? 'Action' : null].filter(Boolean).map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, events.map((e) => {
+        let action = null;
+        if (can('stripe:write')) {
+          const button = el('button', { type: 'button', class: 'secondary', 'aria-label': `Replay ${e.id}` }, 'Replay');
+          button.addEventListener('click', async () => {
+            try {
+              const replay = await call(`/api/admin/stripe-events/${encodeURIComponent(e.id)}/replay`, { method: 'POST' });
+              notice('ok', `Replayed ${e.id}: ${words(replay.outcome)}.`);
+              await loadOperations();
+            } catch (error) {
+              showError(error);
+            }
+          });
+          action = el('td', {}, button);
+        }
+        return el('tr', {}, el('td', {}, date(e.received_at, { time: true })), el('td', {}, `${e.type} `, el('code', {}, e.id)),
+          el('td', {}, badge(e.status), e.error ? ` ${e.error}` : ''), action);
+      })))));
+  }
+  if (can('webhooks:write')) {
+    const { endpoints } = await call('/api/admin/webhook-endpoints');
+    parts.push(el('h3', {}, 'Webhook endpoints'));
+    if (endpoints.length === 0) parts.push(el('p', { class: 'muted' }, 'No endpoint is registered.'));
+    for (const endpoint of endpoints) {
+      const { deliveries } = await call(`/api/admin/webhook-endpoints/${endpoint.id}/deliveries?limit=10`);
+      parts.push(el('h4', {}, endpoint.url), deliveries.length === 0 ? el('p', { class: 'muted' }, 'Nothing sent yet.') : el('ul', {}, deliveries.map((d) => {
+        const item = el('li', {}, `${d.event_type} `, badge(d.status), ` — ${d.attempt_count} attempt${d.attempt_count === 1 ? '' : 's'}`,
+          d.attempts.length && d.attempts[d.attempts.length - 1].status_code ? `, last answered ${d.attempts[d.attempts.length - 1].status_code}` : '');
+        if (d.status !== 'delivered') {
+          const retry = el('button', { type: 'button', class: 'secondary', 'aria-label': `Retry ${d.event_type} to ${endpoint.url}` }, 'Retry now');
+          retry.addEventListener('click', async () => {
+            try {
+              await call(`/api/admin/webhook-deliveries/${encodeURIComponent(d.id)}/retry`, { method: 'POST' });
+              notice('ok', `The ${d.event_type} message will be sent again now.`);
+              await loadOperations();
+            } catch (error) {
+              showError(error);
+            }
+          });
+          item.append(' ', retry);
+        }
+        return item;
+      })));
+    }
+  }
+  fill($('operations-body'), parts);
 }
 
 function renderDevices(devices, licenseId) {

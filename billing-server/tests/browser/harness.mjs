@@ -175,6 +175,10 @@ export class TestServer {
       BILLING_PLANS: path.join(this.dir, 'plans.toml'),
       BILLING_DATA_DIR: path.join(this.dir, 'data'),
       RUST_LOG: process.env.RUST_LOG || 'warn',
+      // The tests' webhook receiver is on 127.0.0.1; a failed attempt is
+      // tried again only when asked (the console's Retry).
+      BILLING_WEBHOOK_ALLOW_PRIVATE: 'true',
+      BILLING_WEBHOOK_RETRY_SCHEDULE: '3600',
     };
     delete this.env.DATABASE_URL;
     this.adminToken = this.createAdminToken('browser-tests', '*');
@@ -293,12 +297,16 @@ export async function seriousViolations(page) {
     .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
 }
 
-/** Screenshots of the page at 375 px and 1,280 px wide, as docs/screenshots/<name>-<width>.png. */
+/** Screenshots of the page at 375 px and 1,280 px wide, as
+ * docs/screenshots/<name>-<width>.png; fails when the page is wider than
+ * the window (only tables may scroll, inside their own box). */
 export async function screenshots(page, name) {
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
   const original = page.viewportSize();
   for (const width of [375, 1280]) {
     await page.setViewportSize({ width, height: 900 });
+    const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+    if (scrollWidth > width) throw new Error(`${name} is ${scrollWidth} px wide in a ${width} px window`);
     await page.screenshot({ path: path.join(SCREENSHOTS, `${name}-${width}.png`), fullPage: true, animations: 'disabled' });
   }
   await page.setViewportSize(original);

@@ -3,6 +3,7 @@
 // portal (another browser context, as the customer) show it revoked live.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { FakeStripe, TestServer, launchBrowser, seriousViolations, screenshots } from '../harness.mjs';
 
 const stripe = new FakeStripe();
@@ -97,5 +98,69 @@ test("actions a token's scopes do not allow are not offered", async () => {
   await page.getByLabel('Admin token').fill('adm_not-a-token');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByText('the admin token is unknown or revoked').waitFor();
+  await page.context().close();
+});
+
+test('the console issues, renews, resizes and resets a license, and retries and replays deliveries', async (t) => {
+  // The vendor's own webhook receiver: refuses the first message, takes the rest.
+  const received = [];
+  const receiver = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => { body += chunk; });
+    req.on('end', () => {
+      received.push(JSON.parse(body));
+      res.writeHead(received.length === 1 ? 500 : 200);
+      res.end();
+    });
+  });
+  await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+  t.after(() => receiver.closeAllConnections() || new Promise((resolve) => receiver.close(resolve)));
+  const hook = `http://127.0.0.1:${receiver.address().port}/hooks`;
+  await server.json('POST', '/api/admin/webhook-endpoints', { token: server.adminToken, body: { url: hook, events: ['license.created'] }, status: 201 });
+
+  const page = await newPage();
+  await signIn(page, server.adminToken);
+  await page.getByLabel('User id', { exact: true }).fill('kate');
+  await page.getByLabel('Plan id', { exact: true }).fill('pro');
+  await page.getByRole('button', { name: 'Issue license' }).click();
+  await page.getByRole('heading', { name: /License of kate/ }).waitFor();
+  await page.getByText('Issued a license to kate.').waitFor();
+
+  await page.getByLabel('Days to add').fill('30');
+  await page.getByRole('button', { name: 'Renew' }).click();
+  await page.getByText('Renewed for 30 days.').waitFor();
+  await page.getByLabel('Device limit').fill('5');
+  await page.getByRole('button', { name: 'Set device limit' }).click();
+  await page.getByText('The device limit is now 5.').waitFor();
+  await page.getByText('0 of 5').waitFor();
+
+  const key = await page.locator('dd code.key').innerText();
+  await server.activate(key, 'fp-kate', 'Kiosk');
+  await page.reload();
+  await page.getByRole('cell', { name: 'fp-kate' }).waitFor();
+  await page.getByRole('button', { name: 'Reset devices' }).click();
+  await page.getByRole('dialog', { name: 'Reset devices?' }).getByRole('button', { name: 'Yes, reset every device' }).click();
+  await page.getByText('Every device was deactivated.').waitFor();
+  await page.getByRole('row', { name: /fp-kate/ }).getByText('Deactivated').waitFor();
+  const detail = await server.json('GET', `/api/admin/licenses?q=${encodeURIComponent(key)}`, { token: server.adminToken });
+  assert.equal(detail.licenses[0].max_devices, 5);
+  assert.equal(detail.licenses[0].device_count, 0);
+
+  // The license.created message failed once; the console retries it.
+  await new Promise((resolve) => { const wait = () => (received.length ? resolve() : setTimeout(wait, 50)); wait(); });
+  await page.getByRole('button', { name: 'Show Stripe deliveries and webhook endpoints' }).click();
+  await page.getByRole('heading', { name: hook }).waitFor();
+  await page.getByText(/last answered 500/).waitFor();
+  await page.getByRole('button', { name: `Retry license.created to ${hook}` }).click();
+  await page.getByText('The license.created message will be sent again now.').waitFor();
+  await new Promise((resolve) => { const wait = () => (received.length >= 2 ? resolve() : setTimeout(wait, 50)); wait(); });
+  assert.equal(received[1].type, 'license.created');
+  await page.getByRole('button', { name: 'Show Stripe deliveries and webhook endpoints' }).click();
+  await page.getByRole('heading', { name: hook }).locator('xpath=following-sibling::ul[1]').getByText('Delivered').waitFor();
+
+  await page.getByRole('button', { name: /^Replay evt_browser_/ }).first().click();
+  await page.getByText(/^Replayed evt_browser_\d+: /).waitFor();
+  assert.deepEqual(await seriousViolations(page), []);
+  await screenshots(page, 'console-deliveries');
   await page.context().close();
 });

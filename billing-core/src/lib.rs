@@ -108,6 +108,8 @@ pub(crate) mod messages;
 pub mod plan_check;
 // The customer portal's sessions (issue 19).
 pub mod portal;
+// The vendor console's overview (issue 19).
+pub mod overview;
 pub mod reads;
 pub mod storage;
 pub mod stripe;

@@ -49,6 +49,7 @@ function show() {
   $('signin').hidden = signedIn;
   $('search').hidden = !signedIn;
   $('issue').hidden = !signedIn || !can('licenses:write');
+  $('overview').hidden = !signedIn || !can('licenses:read');
   $('operations').hidden = !signedIn || !(can('events:read') || can('webhooks:write'));
   if (!signedIn) {
     $('license').hidden = true;
@@ -62,6 +63,30 @@ function show() {
     notice('ok', 'Signed out.');
   });
   fill($('who'), el('span', {}, `Signed in as ${session.name} (${session.scopes.join(', ')})`), out);
+  if (can('licenses:read')) loadOverview().catch(showError);
+}
+
+/** The counts, and activations per day as bars (with the same numbers as a
+ * table for screen readers). */
+async function loadOverview() {
+  const o = await call('/api/admin/overview');
+  const most = Math.max(1, ...o.activations_per_day.map((d) => d.count));
+  const chart = el('div', { class: 'chart', 'aria-hidden': 'true' }, o.activations_per_day.map((d) => {
+    const bar = el('span', { title: `${d.day}: ${d.count}` });
+    bar.style.height = `${(100 * d.count) / most}%`;
+    return bar;
+  }));
+  const total = o.activations_per_day.reduce((sum, d) => sum + d.count, 0);
+  fill($('overview-body'),
+    el('dl', { class: 'facts' },
+      el('dt', {}, 'Active licenses'), el('dd', {}, String(o.active_licenses)),
+      el('dt', {}, 'Devices seen in the last hour'), el('dd', {}, String(o.devices_seen_last_hour)),
+      el('dt', {}, 'Stripe deliveries today'), el('dd', {}, String(o.stripe_events_today))),
+    el('h3', {}, `Activations per day, last ${o.activations_per_day.length} days (${total} in all)`),
+    chart,
+    el('table', { class: 'visually-hidden' }, el('caption', {}, 'Activations per day'),
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Day'), el('th', { scope: 'col' }, 'Activations'))),
+      el('tbody', {}, o.activations_per_day.map((d) => el('tr', {}, el('td', {}, d.day), el('td', {}, String(d.count)))))));
 }
 
 async function signIn(event) {

@@ -6,6 +6,8 @@ pub mod cursor;
 pub mod device;
 pub mod license;
 pub mod payment;
+// The vendor console's overview (issue 19).
+pub mod overview;
 pub mod plan;
 // The customer portal's one-time codes (issue 19).
 pub mod portal;

@@ -44,6 +44,8 @@ mod admin_reads;
 mod backfill_runs;
 // The customer portal's one-time codes (issue 19).
 mod portal_sessions;
+// The vendor console's overview (issue 19).
+mod overview;
 
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the

@@ -16,6 +16,8 @@ pub mod changeset;
 pub mod license_work;
 pub mod migration_check;
 pub mod portal_sessions;
+// The vendor console's overview (issue 19).
+pub mod overview;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

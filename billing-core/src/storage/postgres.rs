@@ -19,6 +19,8 @@ mod backfill_runs;
 mod conninfo;
 mod license_work;
 mod portal_sessions;
+// The vendor console's overview (issue 19).
+mod overview;
 mod stripe_sync;
 mod tls;
 

@@ -14,6 +14,8 @@ mod ops;
 mod portal;
 // The pages embedded in the binary (issue 19).
 pub mod pages;
+// The vendor console's own routes (issue 19).
+mod console;
 mod terminals;
 mod webhook;
 
@@ -84,6 +86,7 @@ pub enum Route {
     PageAsset,
     // --- The vendor console (issue 19) ---
     AdminToken,
+    AdminOverview,
     ConsolePage,
 }
 
@@ -146,6 +149,7 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::GET, "/assets/{file}", Route::PageAsset),
     // --- The vendor console (issue 19) ---
     (Method::GET, "/api/admin/token", Route::AdminToken),
+    (Method::GET, "/api/admin/overview", Route::AdminOverview),
     (Method::GET, "/console", Route::ConsolePage),
 ];
 
@@ -264,7 +268,8 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::PortalPage => pages::portal(),
             Route::PageAsset => pages::asset(&param("file")),
             // --- The vendor console (issue 19) ---
-            Route::AdminToken => portal::whoami(&state, request).await,
+            Route::AdminToken => console::whoami(&state, request).await,
+            Route::AdminOverview => console::overview(&state, request).await,
             Route::ConsolePage => pages::console(),
         }
     }

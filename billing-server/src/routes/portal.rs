@@ -4,7 +4,7 @@
 //! dashboard token of that user alone.
 
 use super::license::{client_addr, too_many_requests};
-use crate::admin::{authenticate, authorize};
+use crate::admin::authorize;
 use crate::auth::dashboard_disabled;
 use crate::error::ApiError;
 use crate::http::{json, ok, parse_json, read_body, RequestBody, Response};
@@ -99,11 +99,4 @@ pub async fn exchange(state: &AppState, request: Request<RequestBody>) -> Result
         "user_id": grant.user_id,
         "return_url": grant.return_url,
     })))
-}
-
-/// `GET /api/admin/token` → `{"name","scopes"}`: the presented token's name
-/// and scopes, for any live token (the console shows only what they allow).
-pub async fn whoami(state: &AppState, request: Request<RequestBody>) -> Result<Response, ApiError> {
-    let principal = authenticate(state, &request).await?;
-    Ok(ok(&json!({ "name": principal.name, "scopes": principal.scopes.names() })))
 }

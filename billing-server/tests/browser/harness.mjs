@@ -285,6 +285,13 @@ export class TestServer {
   }
 }
 
+/** A dashboard JWT for `user`, as the vendor's own app would sign it. */
+export function dashboardJwt(user, secondsValid = 600) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const input = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: user, exp: now() + secondsValid })}`;
+  return `${input}.${crypto.createHmac('sha256', JWT_SECRET).update(input).digest('base64url')}`;
+}
+
 export async function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
 }

@@ -84,7 +84,7 @@ fn access(route: Route) -> Access {
         // The customer portal (issue 19): the one-time code is the credential.
         Route::AdminCreatePortalSession => AdminToken,
         Route::PortalSession | Route::PortalPage | Route::PageAsset | Route::ConsolePage => Open,
-        Route::AdminToken => AdminToken,
+        Route::AdminToken | Route::AdminOverview => AdminToken,
     }
 }
 
@@ -434,6 +434,7 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::PortalPage
         | Route::PageAsset
         | Route::AdminToken
+        | Route::AdminOverview
         | Route::ConsolePage => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }

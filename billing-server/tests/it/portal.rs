@@ -201,3 +201,30 @@ async fn a_token_learns_its_own_name_and_scopes_and_nothing_else() {
     assert!(html.contains(r#"<script type="module" src="/assets/console.js"></script>"#), "{html}");
     assert_eq!(html.matches("<script").count(), 1, "one script, by reference");
 }
+
+#[tokio::test]
+async fn the_overview_counts_active_licenses_devices_seen_deliveries_today_and_activations_per_day() {
+    let app = spawn_app().await;
+    let token = app.admin_token(&["licenses:read"]).await;
+    let empty = app.admin_ok(Method::GET, "/api/admin/overview", &token, None, 200).await;
+    assert_eq!(empty["active_licenses"], 0);
+    assert_eq!(empty["activations_per_day"].as_array().unwrap().len(), 30);
+    assert!(empty["activations_per_day"].as_array().unwrap().iter().all(|d| d["count"] == 0), "{empty}");
+
+    let key = app.issue_license("user_overview", PRICE_PRO).await;
+    app.issue_license("user_overview_2", PRICE_PRO).await;
+    app.activate_ok(&key, "fp-1").await;
+    app.activate_ok(&key, "fp-2").await;
+    let overview = app.admin_ok(Method::GET, "/api/admin/overview", &token, None, 200).await;
+    assert_eq!(overview["active_licenses"], 2, "{overview}");
+    assert_eq!(overview["devices_seen_last_hour"], 2, "{overview}");
+    assert_eq!(overview["stripe_events_today"], 2, "{overview}");
+    let days = overview["activations_per_day"].as_array().unwrap();
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert_eq!(days.last().unwrap(), &json!({ "day": today, "count": 2 }), "{overview}");
+    assert_eq!(days.iter().map(|d| d["count"].as_i64().unwrap()).sum::<i64>(), 2);
+
+    let writer = app.admin_token(&["webhooks:write"]).await;
+    let refused = app.admin_ok(Method::GET, "/api/admin/overview", &writer, None, 403).await;
+    assert_error(&refused, "INSUFFICIENT_SCOPE");
+}

@@ -23,10 +23,20 @@ after(async () => {
   await stripe.stop();
 });
 
+const refusals = [];
+
 async function newPage() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-US', timezoneId: 'UTC' });
-  return context.newPage();
+  const page = await context.newPage();
+  page.on('console', (message) => {
+    if (message.type() === 'error' && /Content Security Policy|Refused to/i.test(message.text())) refusals.push(message.text());
+  });
+  return page;
 }
+
+test.afterEach(() => {
+  assert.deepEqual(refusals.splice(0), [], 'a page broke its Content-Security-Policy');
+});
 
 async function signIn(page, token) {
   await page.goto(`${server.url}/console`);
@@ -51,6 +61,12 @@ test('the console finds a license by fingerprint and revokes it; the portal show
   await screenshots(console, 'console-sign-in');
   await signIn(console, support);
   await console.getByText('Signed in as support-console').waitFor();
+  // The overview: erin's license and device so far.
+  const overview = console.getByRole('region', { name: 'Overview' });
+  await overview.getByText(/Activations per day, last 30 days \(\d+ in all\)/).waitFor();
+  const facts = await overview.locator('dl').innerText();
+  assert.match(facts, /Active licenses\s+1\b/);
+  assert.match(facts, /Devices seen in the last hour\s+1\b/);
   // The token is in this tab's session storage, never in the address.
   assert.equal(console.url(), `${server.url}/console`);
   assert.equal(await console.evaluate(() => JSON.parse(sessionStorage.getItem('billing.console.session')).name), 'support-console');

@@ -3,7 +3,7 @@
 // Stripe replaced at the HTTP boundary. Driven by roles and visible text.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeStripe, TestServer, launchBrowser, seriousViolations, screenshots, subscription, PRICE_PRO } from '../harness.mjs';
+import { FakeStripe, TestServer, dashboardJwt, launchBrowser, seriousViolations, screenshots, subscription, PRICE_PRO } from '../harness.mjs';
 
 const stripe = new FakeStripe();
 let server;
@@ -287,4 +287,17 @@ test('a dropped event stream says so, reconnects by itself, and the page keeps f
   await server.webhook('customer.subscription.updated', subscription('judy', PRICE_PRO, { cancelAtPeriodEnd: true }));
   await page.getByRole('button', { name: 'Reactivate subscription' }).waitFor({ timeout: 10_000 });
   await page.context().close();
+});
+
+test("an app that holds the user's dashboard JWT opens the portal with it, and an expired one is told so", async () => {
+  await server.subscribe('kim');
+  const page = await newPage();
+  await page.goto(`${server.url}/portal#token=${dashboardJwt('kim')}`);
+  await page.getByRole('heading', { name: /Pro license/ }).waitFor();
+  assert.equal(page.url(), `${server.url}/portal`, 'the token is gone from the address bar');
+
+  const late = await newPage();
+  await late.goto(`${server.url}/portal#token=${dashboardJwt('kim', -60)}`);
+  await late.getByText(/Your portal session has ended \(token expired\)/).first().waitFor();
+  for (const p of [page, late]) await p.context().close();
 });

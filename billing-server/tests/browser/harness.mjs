@@ -45,6 +45,16 @@ amount = 4900
 currency = "eur"
 interval = "month"
 features = ["Everything in Pro", "Shared seats"]
+
+[[plans]]
+id = "studio"
+name = "Studio"
+stripe_price_id = "price_studio_once"
+max_devices = 2
+amount = 19900
+currency = "gbp"
+kind = "perpetual"
+updates_months = 12
 `;
 
 function freePort() {

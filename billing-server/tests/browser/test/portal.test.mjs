@@ -66,6 +66,7 @@ test('a portal session URL opens the portal: plan, license, key copied, a device
   // Amounts in their currency, for the reader's locale.
   await page.getByText('$19.99 per month').waitFor();
   await page.getByText('€49.00 per month').waitFor();
+  await page.getByText('£199.00 once').waitFor();
   await page.getByRole('region', { name: 'Billing history' }).getByText('$19.99').waitFor();
   await page.getByText('Visa ending in 4242, expires 04/2031').waitFor();
 
@@ -189,7 +190,7 @@ test('a used or expired portal link is refused in words, and the page offers not
   for (const p of [page, again, expired]) await p.context().close();
 });
 
-test('subscribe goes to Stripe Checkout, a plan switch changes the price, and Manage billing opens Stripe\'s portal', async () => {
+test('subscribe and buy go to Stripe Checkout, a plan switch changes the price, and Manage billing opens Stripe\'s portal', async () => {
   // No subscription yet: the plans offer Checkout.
   const page = await newPage();
   await page.goto(await server.portalUrl('gina'));
@@ -208,6 +209,23 @@ test('subscribe goes to Stripe Checkout, a plan switch changes the price, and Ma
     ['subscription_data[metadata][user_id]', 'gina'],
   ]);
   assert.match(checkout.idempotencyKey, /^billing-checkout-/);
+  // A perpetual plan is bought once, whatever the subscription.
+  await page.goBack();
+  await page.getByRole('button', { name: 'Buy Studio' }).click();
+  await page.waitForURL(/\/checkout-page\/cs_test_/);
+  const purchase = stripe.requestsTo('POST', '/v1/checkout/sessions').filter((r) => r.form.some(([, v]) => v === 'gina')).at(-1);
+  assert.deepEqual(purchase.form, [
+    ['mode', 'payment'],
+    ['line_items[0][price]', 'price_studio_once'],
+    ['line_items[0][quantity]', '1'],
+    ['success_url', `${server.url}/portal?checkout=success`],
+    ['cancel_url', `${server.url}/portal?checkout=canceled`],
+    ['client_reference_id', 'gina'],
+    ['metadata[user_id]', 'gina'],
+    ['metadata[plan]', 'studio'],
+    ['payment_intent_data[metadata][user_id]', 'gina'],
+    ['customer_creation', 'always'],
+  ]);
   // Back from Checkout in the same tab: still signed in, the address clean.
   await page.goto(`${server.url}/portal?checkout=success`);
   await page.getByText(/Thank you! Your purchase is being confirmed/).waitFor();

@@ -106,6 +106,10 @@ pub mod licensing;
 pub(crate) mod messages;
 #[cfg(feature = "stripe-api")]
 pub mod plan_check;
+// The customer portal's sessions (issue 19).
+pub mod portal;
+// The vendor console's overview (issue 19).
+pub mod overview;
 pub mod reads;
 pub mod storage;
 pub mod stripe;

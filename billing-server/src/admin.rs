@@ -39,6 +39,21 @@ pub async fn authorize(
     request: &Request<RequestBody>,
     scope: Scope,
 ) -> Result<AdminPrincipal, ApiError> {
+    authorize_any(state, request, Some(scope)).await
+}
+
+/// [`authorize`] without a scope to hold: any live token. Only for
+/// `GET /api/admin/token`, which tells a token what it may do (the
+/// console hides what it may not).
+pub async fn authenticate(state: &AppState, request: &Request<RequestBody>) -> Result<AdminPrincipal, ApiError> {
+    authorize_any(state, request, None).await
+}
+
+async fn authorize_any(
+    state: &AppState,
+    request: &Request<RequestBody>,
+    scope: Option<Scope>,
+) -> Result<AdminPrincipal, ApiError> {
     let addr = client_addr(request);
     state.failures_by_addr.check(&addr).map_err(too_many_requests)?;
     let token = bearer_token(request.headers(), "an admin token is required: Authorization: Bearer <token>")?;
@@ -46,7 +61,7 @@ pub async fn authorize(
         state.failures_by_addr.record_failure(&addr).map_err(too_many_requests)?;
         return Err(ApiError::unauthorized("the admin token is unknown or revoked"));
     };
-    if !record.scopes.allows(scope) {
+    if let Some(scope) = scope.filter(|&scope| !record.scopes.allows(scope)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "INSUFFICIENT_SCOPE",

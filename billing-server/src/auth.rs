@@ -2,12 +2,21 @@
 
 use crate::error::ApiError;
 use hyper::{header, HeaderMap, StatusCode};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-/// Verifies dashboard tokens.
+/// Verifies dashboard tokens, and issues the portal's (the same kind, for
+/// one user, short-lived).
 pub struct JwtVerifier {
     key: DecodingKey,
+    signing: EncodingKey,
     validation: Validation,
+}
+
+#[derive(serde::Serialize)]
+struct IssuedClaims<'a> {
+    sub: &'a str,
+    iat: i64,
+    exp: i64,
 }
 
 /// Who is calling, from a verified token.
@@ -34,7 +43,15 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        Self { key: DecodingKey::from_secret(secret), validation }
+        Self { key: DecodingKey::from_secret(secret), signing: EncodingKey::from_secret(secret), validation }
+    }
+
+    /// A dashboard token for `user_id` (never an admin), valid from
+    /// `issued_at` until `expires_at`: what a portal code is exchanged for.
+    pub fn issue(&self, user_id: &str, issued_at: time::OffsetDateTime, expires_at: time::OffsetDateTime) -> String {
+        let claims = IssuedClaims { sub: user_id, iat: issued_at.unix_timestamp(), exp: expires_at.unix_timestamp() };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.signing)
+            .expect("HS256 signing of plain claims cannot fail")
     }
 
     /// Authenticates a request from its headers.

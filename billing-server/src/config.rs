@@ -24,6 +24,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     ("BILLING_DATA_DIR", "where the embedded store and the generated signing key live (default ./billing-data)"),
     ("BILLING_ADDR", "listen address (default 127.0.0.1:8080)"),
+    (
+        "BILLING_PUBLIC_URL",
+        "the server's address as customers' browsers reach it (e.g. https://billing.example.com): the base of portal session URLs (default http://<the request's Host>)",
+    ),
     ("BILLING_DB_POOL_SIZE", "maximum PostgreSQL connections (default 4 per CPU core; PostgreSQL only)"),
     ("STRIPE_WEBHOOK_SECRET", "webhook signing secret(s), comma-separated while rotating"),
     ("STRIPE_SECRET_KEY", "Stripe API key, used to re-fetch ambiguous subscription snapshots"),
@@ -102,6 +106,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Listen address.
     pub addr: SocketAddr,
+    /// The server's address as browsers reach it, without a trailing slash.
+    pub public_url: Option<String>,
     /// Maximum pooled connections.
     pub pool_size: usize,
     /// Webhook signing secrets (comma-separated); None disables the webhook route.
@@ -162,6 +168,7 @@ impl std::fmt::Debug for Config {
             .field("store", &format_args!("{store}"))
             .field("data_dir", &self.data_dir)
             .field("addr", &self.addr)
+            .field("public_url", &self.public_url)
             .field("pool_size", &self.pool_size)
             .field("webhook_secret", &self.webhook_secret)
             .field("stripe_secret_key", &self.stripe_secret_key)
@@ -265,6 +272,12 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8080".into())
             .parse()
             .context("BILLING_ADDR must be host:port, e.g. 127.0.0.1:8080")?;
+        let public_url = var("BILLING_PUBLIC_URL").map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(['?', '#']) {
+                bail!("BILLING_PUBLIC_URL must be an http:// or https:// address without query or fragment, e.g. https://billing.example.com");
+            }
+        }
         let plans = match var("BILLING_PLANS") {
             Some(path) => load_plans(&PathBuf::from(path)).context("BILLING_PLANS")?,
             None => PlanCatalog::default(),
@@ -274,6 +287,7 @@ impl Config {
             store,
             data_dir,
             addr,
+            public_url,
             pool_size: parse_number(var("BILLING_DB_POOL_SIZE"), "BILLING_DB_POOL_SIZE", default_pool_size())?,
             webhook_secret: secret("STRIPE_WEBHOOK_SECRET")?,
             stripe_secret_key: secret("STRIPE_SECRET_KEY")?,

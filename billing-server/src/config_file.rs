@@ -56,8 +56,8 @@ fn kind(variable: &str) -> Option<Kind> {
         return Some(Kind::Path);
     }
     Some(match variable {
-        "DATABASE_URL" | "BILLING_ADDR" | "STRIPE_SECRET_KEY" | "STRIPE_API_BASE" | "BILLING_JWT_SECRET"
-        | "BILLING_LOG_FORMAT" | "RUST_LOG" => Kind::Text,
+        "DATABASE_URL" | "BILLING_ADDR" | "BILLING_PUBLIC_URL" | "STRIPE_SECRET_KEY" | "STRIPE_API_BASE"
+        | "BILLING_JWT_SECRET" | "BILLING_LOG_FORMAT" | "RUST_LOG" => Kind::Text,
         "BILLING_DATA_DIR" | "BILLING_PLANS" | "BILLING_LICENSE_SIGNING_KEY" | "PGSSLROOTCERT" => Kind::Path,
         "BILLING_DB_POOL_SIZE"
         | "BILLING_GRACE_DAYS"

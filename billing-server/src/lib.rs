@@ -52,6 +52,8 @@ pub struct AppState {
     pub hub: Arc<EventHub<AnyStore>>,
     /// Dashboard token verification; None while `BILLING_JWT_SECRET` is unset.
     pub jwt: Option<JwtVerifier>,
+    /// The base of portal session URLs (`BILLING_PUBLIC_URL`).
+    pub public_url: Option<String>,
     /// Request body cap.
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive whole.
@@ -85,6 +87,8 @@ pub struct AppState {
 pub struct ServerOptions {
     /// Dashboard JWT secret.
     pub jwt_secret: Option<Vec<u8>>,
+    /// The server's address as browsers reach it (portal session URLs).
+    pub public_url: Option<String>,
     /// Request body cap.
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive whole (408 after).
@@ -108,6 +112,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            public_url: None,
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(config::DEFAULT_BODY_TIMEOUT_SECS),
             max_pending_bodies: config::DEFAULT_MAX_PENDING_BODIES,
@@ -131,6 +136,7 @@ impl AppState {
         let billing = engine(store, config)?;
         let options = ServerOptions {
             jwt_secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
+            public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_secs(config.body_timeout_secs),
             max_pending_bodies: config.max_pending_bodies,
@@ -157,6 +163,7 @@ impl AppState {
             billing,
             hub,
             jwt: options.jwt_secret.map(|s| JwtVerifier::new(&s)),
+            public_url: options.public_url,
             max_body_bytes: options.max_body_bytes,
             body_timeout: options.body_timeout,
             pending_bodies: Arc::new(tokio::sync::Semaphore::new(options.max_pending_bodies)),

@@ -85,7 +85,8 @@ enum AdminTokenCommand {
         #[arg(long)]
         name: String,
         /// Comma-separated: licenses:read, licenses:write, customers:read,
-        /// devices:write, events:read, stripe:write, webhooks:write, or * for
+        /// devices:write, events:read, stripe:write, webhooks:write,
+        /// portal:write, or * for
         /// all (the default).
         #[arg(long, default_value = "*")]
         scopes: String,

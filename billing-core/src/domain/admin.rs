@@ -21,13 +21,15 @@ pub enum Scope {
     StripeWrite,
     /// Manage the vendor's webhook endpoints.
     WebhooksWrite,
+    /// Open the customer portal for a user (portal sessions).
+    PortalWrite,
     /// Everything.
     All,
 }
 
 impl Scope {
     /// Every scope, in the order the CLI lists them.
-    pub const EVERY: [Scope; 8] = [
+    pub const EVERY: [Scope; 9] = [
         Scope::LicensesRead,
         Scope::LicensesWrite,
         Scope::CustomersRead,
@@ -35,6 +37,7 @@ impl Scope {
         Scope::EventsRead,
         Scope::StripeWrite,
         Scope::WebhooksWrite,
+        Scope::PortalWrite,
         Scope::All,
     ];
 
@@ -48,6 +51,7 @@ impl Scope {
             Self::EventsRead => "events:read",
             Self::StripeWrite => "stripe:write",
             Self::WebhooksWrite => "webhooks:write",
+            Self::PortalWrite => "portal:write",
             Self::All => "*",
         }
     }
@@ -68,7 +72,7 @@ impl fmt::Display for Scope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
     /// A name that is not a scope (the name itself is not secret).
-    #[error("unknown scope {0:?}; known scopes: licenses:read, licenses:write, customers:read, devices:write, events:read, stripe:write, webhooks:write, *")]
+    #[error("unknown scope {0:?}; known scopes: licenses:read, licenses:write, customers:read, devices:write, events:read, stripe:write, webhooks:write, portal:write, *")]
     Unknown(String),
     /// No scope at all.
     #[error("at least one scope is required")]

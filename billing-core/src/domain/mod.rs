@@ -7,7 +7,11 @@ pub mod device;
 pub mod license;
 pub mod offline_activation;
 pub mod payment;
+// The vendor console's overview (issue 19).
+pub mod overview;
 pub mod plan;
+// The customer portal's one-time codes (issue 19).
+pub mod portal;
 pub mod subscription;
 // One enum for the outbox topics (SSE event names, vendor webhook event types).
 pub mod topic;

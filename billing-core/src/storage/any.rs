@@ -42,6 +42,10 @@ macro_rules! delegate {
 mod admin_reads;
 // Stripe backfill runs (issue 16).
 mod backfill_runs;
+// The customer portal's one-time codes (issue 19).
+mod portal_sessions;
+// The vendor console's overview (issue 19).
+mod overview;
 
 /// PostgreSQL or the embedded SQLite store.
 // One value per process (cloned by reference-counted handles inside): the

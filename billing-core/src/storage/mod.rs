@@ -11,9 +11,13 @@ pub mod admin_reads;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod any;
 pub mod backfill_runs;
+// The customer portal's one-time codes (issue 19).
 pub mod changeset;
 pub mod license_work;
 pub mod migration_check;
+pub mod portal_sessions;
+// The vendor console's overview (issue 19).
+pub mod overview;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -15,8 +15,12 @@ mod embedded {
 mod admin_reads;
 // Stripe backfill runs (issue 16).
 mod backfill_runs;
+// The customer portal's one-time codes (issue 19).
 mod conninfo;
 mod license_work;
+mod portal_sessions;
+// The vendor console's overview (issue 19).
+mod overview;
 mod stripe_sync;
 mod tls;
 

@@ -10,6 +10,12 @@ mod admin_licenses;
 mod dashboard;
 pub(crate) mod license;
 mod ops;
+// The customer portal's sessions (issue 19).
+mod portal;
+// The pages embedded in the binary (issue 19).
+pub mod pages;
+// The vendor console's own routes (issue 19).
+mod console;
 mod terminals;
 mod webhook;
 
@@ -74,6 +80,15 @@ pub enum Route {
     AdminRenewLicense,
     AdminDeleteDevice,
     AdminResetDevices,
+    // --- The customer portal (issue 19) ---
+    AdminCreatePortalSession,
+    PortalSession,
+    PortalPage,
+    PageAsset,
+    // --- The vendor console (issue 19) ---
+    AdminToken,
+    AdminOverview,
+    ConsolePage,
 }
 
 /// The route table; the OpenAPI document is checked against it.
@@ -129,6 +144,15 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::POST, "/api/admin/licenses/{id}/renew", Route::AdminRenewLicense),
     (Method::DELETE, "/api/admin/devices/{id}", Route::AdminDeleteDevice),
     (Method::POST, "/api/admin/licenses/{id}/reset-devices", Route::AdminResetDevices),
+    // --- The customer portal (issue 19) ---
+    (Method::POST, "/api/admin/portal-sessions", Route::AdminCreatePortalSession),
+    (Method::POST, "/api/portal/session", Route::PortalSession),
+    (Method::GET, "/portal", Route::PortalPage),
+    (Method::GET, "/assets/{file}", Route::PageAsset),
+    // --- The vendor console (issue 19) ---
+    (Method::GET, "/api/admin/token", Route::AdminToken),
+    (Method::GET, "/api/admin/overview", Route::AdminOverview),
+    (Method::GET, "/console", Route::ConsolePage),
 ];
 
 /// Paths to their routes, one entry per path with every method it accepts.
@@ -241,6 +265,15 @@ pub async fn dispatch(state: Arc<AppState>, request: Request<RequestBody>) -> Re
             Route::AdminRenewLicense => admin_licenses::renew(&state, request, &param("id")).await,
             Route::AdminDeleteDevice => admin_licenses::delete_device(&state, request, &param("id")).await,
             Route::AdminResetDevices => admin_licenses::reset_devices(&state, request, &param("id")).await,
+            // --- The customer portal (issue 19) ---
+            Route::AdminCreatePortalSession => portal::create(&state, request).await,
+            Route::PortalSession => portal::exchange(&state, request).await,
+            Route::PortalPage => pages::portal(),
+            Route::PageAsset => pages::asset(&param("file")),
+            // --- The vendor console (issue 19) ---
+            Route::AdminToken => console::whoami(&state, request).await,
+            Route::AdminOverview => console::overview(&state, request).await,
+            Route::ConsolePage => pages::console(),
         }
     }
     .await;

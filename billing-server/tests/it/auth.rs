@@ -82,6 +82,10 @@ fn access(route: Route) -> Access {
         | Route::AdminRenewLicense
         | Route::AdminDeleteDevice
         | Route::AdminResetDevices => AdminToken,
+        // The customer portal (issue 19): the one-time code is the credential.
+        Route::AdminCreatePortalSession => AdminToken,
+        Route::PortalSession | Route::PortalPage | Route::PageAsset | Route::ConsolePage => Open,
+        Route::AdminToken | Route::AdminOverview => AdminToken,
     }
 }
 
@@ -441,7 +445,15 @@ fn cases_against_alice(route: Route, pattern: &str, alice: &Alice) -> Vec<Case> 
         | Route::AdminRevokeLicense
         | Route::AdminRenewLicense
         | Route::AdminDeleteDevice
-        | Route::AdminResetDevices => unreachable!("{pattern} takes no dashboard JWT"),
+        | Route::AdminResetDevices
+        // The customer portal (issue 19).
+        | Route::AdminCreatePortalSession
+        | Route::PortalSession
+        | Route::PortalPage
+        | Route::PageAsset
+        | Route::AdminToken
+        | Route::AdminOverview
+        | Route::ConsolePage => unreachable!("{pattern} takes no dashboard JWT"),
     }
 }
 

@@ -278,6 +278,8 @@ pub struct Options {
     pub plans: Option<PlanCatalog>,
     pub trusted_proxies: Option<billing_server::client_addr::TrustedProxies>,
     pub store: Option<StoreLocation>,
+    /// `BILLING_PUBLIC_URL` (portal session URLs).
+    pub public_url: Option<String>,
     pub body_timeout: Option<Duration>,
     pub max_pending_bodies: Option<usize>,
     pub header_read_timeout: Option<Duration>,
@@ -342,6 +344,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let defaults = ServerOptions::default();
     let server_options = ServerOptions {
         jwt_secret: Some(JWT_SECRET.as_bytes().to_vec()),
+        public_url: options.public_url,
         max_body_bytes: options.max_body_bytes.unwrap_or(1 << 20),
         body_timeout: options.body_timeout.unwrap_or(defaults.body_timeout),
         max_pending_bodies: options.max_pending_bodies.unwrap_or(defaults.max_pending_bodies),

@@ -30,6 +30,8 @@ mod pg_tls;
 mod perpetual;
 // What plans say about their licenses (issue 17).
 mod policy;
+// The customer portal's sessions (issue 19).
+mod portal;
 mod properties;
 mod proxies;
 mod quickstart;

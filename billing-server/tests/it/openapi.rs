@@ -105,6 +105,8 @@ fn expected_security(route: Route, path: &str) -> &'static [&'static str] {
     match route {
         Route::StripeWebhook => &["stripeSignature"],
         Route::Activate | Route::Trial | Route::Validate | Route::PublicKey => &[],
+        // The customer portal (issue 19): the one-time code is the credential.
+        Route::PortalSession => &[],
         Route::Heartbeat | Route::Deactivate => &["activationToken"],
         Route::Events => &["activationToken", "dashboardJwt"],
         _ if path.starts_with("/api/admin/") => &["adminToken"],

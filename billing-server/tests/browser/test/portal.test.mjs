@@ -254,42 +254,45 @@ test('subscribe and buy go to Stripe Checkout, a plan switch changes the price, 
   await hank.context().close();
 });
 
-test('air-gapped activation posts the pasted request to POST /api/terminals/offline-activation and offers the response as a file', async () => {
-  await server.subscribe('ivan');
+test('air-gapped activation: a pasted request takes a slot on the real server and the certificate is offered as a file', async () => {
+  const key = await server.subscribe('ivan');
   const page = await openPortal('ivan');
-  const seen = [];
-  await page.route('**/api/terminals/offline-activation', async (route) => {
-    const request = route.request();
-    seen.push({ method: request.method(), body: request.postDataJSON(), authorization: request.headers().authorization });
-    if (request.postDataJSON().request === 'not a request') {
-      return route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ error: { code: 'INVALID_REQUEST', message: 'the activation request cannot be read' } }) });
-    }
-    return route.fulfill({
-      status: 201,
-      contentType: 'application/json',
-      body: JSON.stringify({ device: { id: 'd1', fingerprint: 'fp-offline', name: 'Lab machine', status: 'active' }, response: 'RESPONSE-FOR-THE-DEVICE' }),
-    });
+  const posted = [];
+  page.on('request', (request) => {
+    if (request.url().endsWith('/api/terminals/offline-activation')) posted.push(request.postDataJSON());
   });
 
   await page.getByLabel('Activation request').fill('not a request');
   await page.getByRole('button', { name: 'Create activation response' }).click();
-  await page.getByText('the activation request cannot be read').waitFor();
+  await page.getByText('request is not an offline activation request').waitFor();
 
-  await page.getByLabel('Activation request').fill('  REQUEST-FROM-THE-DEVICE\n');
+  // What license-client's offline_activation_request writes on the machine:
+  // the license named by the SHA-256 of its key, never the key.
+  const { createHash } = await import('node:crypto');
+  const wire = {
+    license_key_sha256: createHash('sha256').update(key).digest('base64url'),
+    fingerprint: 'fp-offline-lab',
+    name: 'Lab machine',
+    platform: 'windows',
+  };
+  const request = `oar1.${Buffer.from(JSON.stringify(wire)).toString('base64url')}`;
+  await page.getByLabel('Activation request').fill(`  ${request}\n`);
   await page.getByRole('button', { name: 'Create activation response' }).click();
   await page.getByText('Activated Lab machine. Take this response to the device.').waitFor();
-  assert.equal(await page.getByLabel('Activation response').inputValue(), 'RESPONSE-FOR-THE-DEVICE');
+  const response = await page.getByLabel('Activation response').inputValue();
+  assert.match(response, /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/, 'a signed certificate');
+  const claims = JSON.parse(Buffer.from(response.split('.')[1], 'base64url').toString());
+  assert.equal(claims.fingerprint, 'fp-offline-lab');
   const downloading = page.waitForEvent('download');
   await page.getByRole('button', { name: 'Download activation response' }).click();
   const file = await downloading;
   assert.equal(file.suggestedFilename(), 'activation-response.txt');
   const { readFile } = await import('node:fs/promises');
-  assert.equal(await readFile(await file.path(), 'utf8'), 'RESPONSE-FOR-THE-DEVICE');
+  assert.equal(await readFile(await file.path(), 'utf8'), response);
 
-  assert.equal(seen.length, 2);
-  assert.equal(seen[1].method, 'POST');
-  assert.deepEqual(seen[1].body, { request: 'REQUEST-FROM-THE-DEVICE' }, 'the request as pasted, trimmed, and nothing else');
-  assert.match(seen[1].authorization, /^Bearer ey/);
+  assert.deepEqual(posted.at(-1), { request }, 'the request as pasted, trimmed, and nothing else');
+  const terminals = await server.json('GET', '/api/terminals', { token: dashboardJwt('ivan'), status: 200 });
+  assert.deepEqual(terminals.terminals.map((t) => [t.fingerprint, t.air_gapped]), [['fp-offline-lab', true]]);
   assert.deepEqual(await seriousViolations(page), []);
   await page.context().close();
 });

@@ -82,10 +82,57 @@ impl std::ops::Deref for SharedEvent {
 
 type Sender = mpsc::Sender<Arc<SharedEvent>>;
 
+/// A subscriber the hub writes to itself, synchronously, as it dispatches:
+/// a stream whose connection handed itself over to the hub once its replay
+/// was written ([`EventStream::park`]), so that an idle stream is no task
+/// and a broadcast wakes none. Every method must return at once (a
+/// non-blocking write, never a wait): the hub calls them holding its lock.
+pub trait ParkedSubscriber: Send {
+    /// Hands over a live event (never one already delivered); `false` when
+    /// the subscriber is gone (closed, too slow to take it whole, or the
+    /// event said its device left), and it is dropped.
+    fn offer(&mut self, event: &SharedEvent) -> bool;
+    /// A periodic look: whether the peer is still there (and, with
+    /// `keep_alive`, a keep-alive written); `false` when it is gone.
+    fn tick(&mut self, keep_alive: bool) -> bool;
+    /// The hub stops serving it (shutdown): a last word, then it is dropped.
+    fn close(&mut self);
+}
+
+/// What a parking stream hands to [`EventStream::park`]'s constructor.
+pub struct Parking {
+    /// The license.
+    pub license_id: Uuid,
+    /// The device whose stream this is, if it is one's.
+    pub device: Option<Uuid>,
+    /// Events that reached the stream but were not handed out yet, in
+    /// order: to be written before anything the hub offers.
+    pub pending: Vec<Arc<SharedEvent>>,
+    /// The last of `pending` said the device left: write them and end.
+    pub finished: bool,
+}
+
+struct ParkedEntry {
+    subscriber: Box<dyn ParkedSubscriber>,
+    delivered: i64,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ParkedEntry {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Subscriber {
+    Channel(Sender),
+    Parked(ParkedEntry),
+}
+
 #[derive(Default)]
 struct Subscribers {
     next_id: u64,
-    by_license: HashMap<Uuid, Vec<(u64, Sender)>>,
+    by_license: HashMap<Uuid, Vec<(u64, Subscriber)>>,
 }
 
 /// The per-process dispatcher.
@@ -196,13 +243,20 @@ impl<S: Store> EventHub<S> {
                 let Some(license_id) = event.license_id else { continue };
                 let Some(list) = subscribers.by_license.get_mut(&license_id) else { continue };
                 let event = Arc::new(SharedEvent::new(event.clone()));
-                list.retain(|(_, tx)| match tx.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                        false
+                list.retain_mut(|(_, subscriber)| match subscriber {
+                    Subscriber::Channel(tx) => match tx.try_send(event.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    },
+                    Subscriber::Parked(entry) if event.id <= entry.delivered => true,
+                    Subscriber::Parked(entry) => {
+                        entry.delivered = event.id;
+                        entry.subscriber.offer(&event)
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
                 if list.is_empty() {
                     subscribers.by_license.remove(&license_id);
@@ -224,7 +278,7 @@ impl<S: Store> EventHub<S> {
             let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
             subscribers.next_id += 1;
             let id = subscribers.next_id;
-            subscribers.by_license.entry(license_id).or_default().push((id, tx));
+            subscribers.by_license.entry(license_id).or_default().push((id, Subscriber::Channel(tx)));
             id
         };
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -237,17 +291,43 @@ impl<S: Store> EventHub<S> {
             device: None,
             finished: false,
             live: rx,
-            _registration: Registration {
+            registration: Registration {
                 id,
                 license_id,
                 subscribers: self.subscribers.clone(),
                 open: self.open.clone(),
+                parked: false,
             },
         };
         // Registered before reading, so nothing committed from here on can
         // be missed; duplicates are filtered by id.
         stream.fill_replay().await?;
         Ok(stream)
+    }
+
+    /// Looks at every parked stream (and, with `keep_alive`, writes each a
+    /// keep-alive), dropping those whose peer is gone.
+    pub fn tick_parked(&self, keep_alive: bool) {
+        self.retain_parked(|subscriber| subscriber.tick(keep_alive));
+    }
+
+    /// Closes every parked stream (shutdown: they reconnect elsewhere).
+    pub fn close_parked(&self) {
+        self.retain_parked(|subscriber| {
+            subscriber.close();
+            false
+        });
+    }
+
+    fn retain_parked(&self, mut keep: impl FnMut(&mut dyn ParkedSubscriber) -> bool) {
+        let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
+        subscribers.by_license.retain(|_, list| {
+            list.retain_mut(|(_, subscriber)| match subscriber {
+                Subscriber::Parked(entry) => keep(entry.subscriber.as_mut()),
+                Subscriber::Channel(_) => true,
+            });
+            !list.is_empty()
+        });
     }
 
     /// Open subscriptions.
@@ -271,10 +351,16 @@ struct Registration {
     license_id: Uuid,
     subscribers: Arc<Mutex<Subscribers>>,
     open: Arc<AtomicUsize>,
+    /// Its place was handed to a parked subscriber, which now counts as
+    /// open and is removed by the hub.
+    parked: bool,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.parked {
+            return;
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
         let mut subscribers = self.subscribers.lock().expect("subscriber lock is never poisoned");
         if let Some(list) = subscribers.by_license.get_mut(&self.license_id) {
@@ -298,7 +384,7 @@ pub struct EventStream<S: Store> {
     /// Its device left: the event saying so was the last.
     finished: bool,
     live: mpsc::Receiver<Arc<SharedEvent>>,
-    _registration: Registration,
+    registration: Registration,
 }
 
 impl<S: Store> EventStream<S> {
@@ -356,6 +442,59 @@ impl<S: Store> EventStream<S> {
     /// The id of the last event handed out.
     pub fn last_delivered(&self) -> i64 {
         self.delivered
+    }
+
+    /// Whether events from the outbox are still to be replayed before the
+    /// live ones.
+    pub fn replaying(&self) -> bool {
+        !self.replay.is_empty() || self.replay_cursor.is_some()
+    }
+
+    /// Hands the stream over to the hub: `make` gets what reached the
+    /// stream but was not handed out yet and returns the subscriber the
+    /// hub will offer every later event to (or `None`: it ended while
+    /// writing those). Refused (the stream back) while it is replaying,
+    /// once it ended, or when the hub already dropped it as too slow; the
+    /// caller then goes on reading it. `make` runs under the hub's lock:
+    /// it must not block.
+    pub fn park(mut self, make: impl FnOnce(Parking) -> Option<Box<dyn ParkedSubscriber>>) -> Result<(), Box<Self>> {
+        if self.replaying() || self.finished {
+            return Err(Box::new(self));
+        }
+        let subscribers = self.registration.subscribers.clone();
+        let mut subscribers = subscribers.lock().expect("subscriber lock is never poisoned");
+        let (id, license_id) = (self.registration.id, self.registration.license_id);
+        let held = subscribers.by_license.get(&license_id).is_some_and(|list| list.iter().any(|(i, _)| *i == id));
+        if !held {
+            drop(subscribers);
+            return Err(Box::new(self));
+        }
+        let mut pending = Vec::new();
+        while let Ok(event) = self.live.try_recv() {
+            if event.id > self.delivered && !self.finished {
+                pending.push(self.hand_out(event));
+            }
+        }
+        let parking = Parking { license_id, device: self.device, pending, finished: self.finished };
+        let parked = make(parking).filter(|_| !self.finished);
+        let list = subscribers.by_license.get_mut(&license_id).expect("held above");
+        let place = list.iter().position(|(i, _)| *i == id).expect("held above");
+        match parked {
+            Some(subscriber) => {
+                let open = self.registration.open.clone();
+                list[place].1 = Subscriber::Parked(ParkedEntry { subscriber, delivered: self.delivered, open });
+            }
+            None => {
+                list.remove(place);
+                if list.is_empty() {
+                    subscribers.by_license.remove(&license_id);
+                }
+                self.registration.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.registration.parked = true;
+        drop(subscribers);
+        Ok(())
     }
 }
 

@@ -79,7 +79,9 @@
 //! `BENCH_STORE` (`postgres`, the default, or `sqlite`),
 //! `BENCH_CONNECTIONS` (32), `BENCH_WARMUP_SECS` (2), `BENCH_SECS` (6),
 //! `BENCH_SSE_STREAMS` (10000), `BENCH_LICENSES` (100), `BENCH_SSE_CHANGES`
-//! (200), `BENCH_DB_POOL_SIZE` (4 per core, the server's `BILLING_DB_POOL_SIZE`;
+//! (200), `BENCH_SSE_ONE_AT_A_TIME` (0; 1: each change waits until every
+//! stream read the previous one, and the webhook-to-last-stream time of
+//! each is printed), `BENCH_DB_POOL_SIZE` (4 per core, the server's `BILLING_DB_POOL_SIZE`;
 //! PostgreSQL only), `BENCH_SERVER_BIN`, `BENCH_ADMIN_DATABASE_URL`
 //! (PostgreSQL only), `BENCH_PAUSE_SECS` (0:
 //! seconds to hold the SSE streams open after the changes, e.g. to attach
@@ -175,6 +177,8 @@ struct Settings {
     sse_streams: usize,
     licenses: usize,
     sse_changes: usize,
+    /// Each change waits until every stream had the previous one.
+    one_at_a_time: bool,
     pool_size: usize,
     pause: Duration,
     admin_url: String,
@@ -204,6 +208,7 @@ impl Settings {
             sse_streams: env_number("BENCH_SSE_STREAMS", 10_000)? as usize,
             licenses,
             sse_changes: env_number("BENCH_SSE_CHANGES", 200)? as usize,
+            one_at_a_time: env_number("BENCH_SSE_ONE_AT_A_TIME", 0)? != 0,
             pool_size: env_number(
                 "BENCH_DB_POOL_SIZE",
                 4 * std::thread::available_parallelism().map_or(2, |n| n.get()) as u64,
@@ -1079,6 +1084,9 @@ struct SseReport {
     ended_early: usize,
     latencies_us: Vec<u64>,
     webhook_rtt_us: Vec<u64>,
+    /// `BENCH_SSE_ONE_AT_A_TIME`: per change, webhook sent to the last of
+    /// its streams reading it.
+    last_stream_us: Vec<u64>,
     changes_seconds: f64,
     cpu_changes: CpuSplit,
 }
@@ -1150,6 +1158,7 @@ async fn sse_phase(
     let rounds = settings.sse_changes.div_ceil(fixtures.len());
     let mut sent_at: Vec<Vec<Option<Instant>>> = vec![vec![None; fixtures.len()]; rounds];
     let mut webhook_rtt_us = Vec::with_capacity(settings.sse_changes);
+    let mut last_stream_us = Vec::with_capacity(settings.sse_changes);
     let mut expected = 0u64;
     let cpu_before = CpuSample::take(pid);
     let changes_started = Instant::now();
@@ -1169,7 +1178,15 @@ async fn sse_phase(
         webhook_rtt_us.push(sent.elapsed().as_micros() as u64);
         sent_at[round][license] = Some(sent);
         expected += per_license[license];
+        if settings.one_at_a_time {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+            last_stream_us.push(sent.elapsed().as_micros() as u64);
+        }
     }
+    last_stream_us.sort_unstable();
     let changes_seconds = changes_started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(15);
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -1220,6 +1237,7 @@ async fn sse_phase(
         ended_early,
         latencies_us,
         webhook_rtt_us,
+        last_stream_us,
         changes_seconds,
         cpu_changes: CpuSplit::between(&cpu_before, &cpu_after),
     })
@@ -1494,6 +1512,19 @@ fn print_summary(
                             s.latencies_us.last().copied().unwrap_or(0) as f64 / 1e3
                         ),
                         format!("p99 < {TARGET_SSE_P99_MS:.0} ms"),
+                    ),
+                    (
+                        format!("SSE ({b}) webhook to last stream p50 / p99"),
+                        match s.last_stream_us.is_empty() {
+                            true => "- (BENCH_SSE_ONE_AT_A_TIME=1 measures it)".into(),
+                            false => format!(
+                                "{:.2} / {:.2} ms over {} changes, one at a time",
+                                percentile(&s.last_stream_us, 50.0) as f64 / 1e3,
+                                percentile(&s.last_stream_us, 99.0) as f64 / 1e3,
+                                s.last_stream_us.len()
+                            ),
+                        },
+                        "p99 < 20 ms (one license's 10,000 streams)".into(),
                     ),
                     (
                         format!("webhook ({b}) round trip p50 / p99"),

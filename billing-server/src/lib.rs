@@ -278,6 +278,21 @@ fn spawn_background(state: &Arc<AppState>) {
             })
             .await
     });
+    // Parked event streams have no task: one looks at them all each
+    // second (a client that hung up frees its stream) and keeps them alive.
+    let parked = state.clone();
+    tokio::spawn(async move {
+        let mut stop = parked.shutdown.subscribe();
+        let mut tick = tokio::time::interval(PARKED_TICK);
+        let keep_alive_every = (sse::KEEP_ALIVE.as_secs() / PARKED_TICK.as_secs()).max(1);
+        for n in 1u64.. {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            parked.hub.tick_parked(n % keep_alive_every == 0);
+        }
+    });
     let state = state.clone();
     tokio::spawn(async move {
         let mut stop = state.shutdown.subscribe();
@@ -336,10 +351,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     drop(listener);
     // Ends SSE streams (with a final `retry:`) so the connections can close.
     state.shutdown.send_replace(true);
+    state.hub.close_parked();
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the shutdown grace period");
     }
 }
+
+/// How often parked event streams are looked at.
+const PARKED_TICK: Duration = Duration::from_secs(1);
 
 /// The most hyper buffers per connection for reading a request head (and for
 /// writing). hyper's default is ~400 KiB, which a client trickling a head

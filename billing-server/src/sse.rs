@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -29,8 +30,37 @@ enum Step {
     Shutdown,
 }
 
+/// The stream behind an event-stream response, in its extensions: a
+/// connection that writes the response itself may take it out before the
+/// body is first polled (and park it with the hub); the body then ends at
+/// once, unpolled by anyone.
+pub struct Parkable<S: Store>(Arc<Mutex<Option<EventStream<S>>>>);
+
+impl<S: Store> Clone for Parkable<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Store> Parkable<S> {
+    /// The stream, unless the body took it first.
+    pub fn take(&self) -> Option<EventStream<S>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// The hello every stream starts with.
+pub fn hello() -> Bytes {
+    Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n"))
+}
+
+/// The last word before the server closes a stream for shutdown.
+pub fn goodbye() -> Bytes {
+    Bytes::from(format!("retry: {RETRY_MS}\n\n"))
+}
+
 enum State<S: Store> {
-    Opening(EventStream<S>, watch::Receiver<bool>),
+    Waiting(Parkable<S>, watch::Receiver<bool>),
     Open(EventStream<S>, watch::Receiver<bool>, tokio::time::Interval),
     Closed,
 }
@@ -41,13 +71,28 @@ enum State<S: Store> {
 /// then on) or when the server shuts down (a last `retry:` tells the client
 /// to reconnect, possibly to another instance).
 pub fn response<S: Store>(stream: EventStream<S>, shutdown: watch::Receiver<bool>) -> Response {
-    let frames = futures_util::stream::unfold(State::Opening(stream, shutdown), |state| async move {
+    let parkable = Parkable(Arc::new(Mutex::new(Some(stream))));
+    let mut response = body_response(State::Waiting(parkable.clone(), shutdown));
+    response.extensions_mut().insert(parkable);
+    response
+}
+
+/// The response of a stream already opened by its connection (its hello
+/// written), which could not park.
+pub fn continued<S: Store>(stream: EventStream<S>, shutdown: watch::Receiver<bool>) -> Response {
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.reset();
+    body_response(State::Open(stream, shutdown, keep_alive))
+}
+
+fn body_response<S: Store>(state: State<S>) -> Response {
+    let frames = futures_util::stream::unfold(state, |state| async move {
         match state {
-            State::Opening(stream, shutdown) => {
+            State::Waiting(parkable, shutdown) => {
+                let stream = parkable.take()?;
                 let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
                 keep_alive.reset();
-                let hello = Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n"));
-                Some((hello, State::Open(stream, shutdown, keep_alive)))
+                Some((hello(), State::Open(stream, shutdown, keep_alive)))
             }
             State::Open(mut stream, mut shutdown, mut keep_alive) => {
                 let step = tokio::select! {
@@ -68,7 +113,7 @@ pub fn response<S: Store>(stream: EventStream<S>, shutdown: watch::Receiver<bool
                     Step::KeepAlive => {
                         Some((Bytes::from_static(b": keep-alive\n\n"), State::Open(stream, shutdown, keep_alive)))
                     }
-                    Step::Shutdown => Some((Bytes::from(format!("retry: {RETRY_MS}\n\n")), State::Closed)),
+                    Step::Shutdown => Some((goodbye(), State::Closed)),
                 }
             }
             State::Closed => None,

@@ -15,7 +15,10 @@
 
 use crate::error::ApiError;
 use crate::http::{RequestBody, Response};
+use crate::sse::Parkable;
 use crate::{AppState, ClientAddr};
+use billing_core::events::{EventStream, ParkedSubscriber, SharedEvent};
+use billing_core::storage::any::AnyStore;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
@@ -35,6 +38,8 @@ const EVENTS_PREFIX: &[u8] = b"GET /api/events/";
 /// A longer request head is refused (431), as hyper would.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
+/// The send buffer of a parked stream's socket (the kernel doubles it).
+const PARKED_SEND_BUFFER: usize = 32 * 1024;
 /// A client that stops reading is dropped rather than holding memory.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,10 +101,138 @@ pub async fn serve_event_stream(state: Arc<AppState>, mut stream: TcpStream, pee
     let client = state.trusted_proxies.client_addr(peer.ip(), request.headers());
     request.extensions_mut().insert(ClientAddr(client));
     // Boxed: the routing future is large and done long before the stream is.
-    let response = Box::pin(crate::handle(state, request)).await.unwrap_or_else(|never| match never {});
-    match write_response(&mut stream, response, http10).await {
-        Ok(()) => close(stream).await,
+    let response = Box::pin(crate::handle(state.clone(), request)).await.unwrap_or_else(|never| match never {});
+    let parkable = response.extensions().get::<Parkable<AnyStore>>().and_then(Parkable::take);
+    let served = match parkable {
+        Some(events) => Box::pin(serve_and_park(&state, stream, response, events, http10)).await,
+        None => write_response(&mut stream, response, http10).await.map(|()| Some(stream)),
+    };
+    match served {
+        Ok(Some(stream)) => close(stream).await,
+        Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "event stream connection closed"),
+    }
+}
+
+/// An event stream's connection: its head, hello and replay written here,
+/// then handed over to the hub ([`EventStream::park`]), which writes every
+/// later event to the socket itself, so that an idle stream costs no task
+/// and a broadcast wakes none. `None`: parked; otherwise the connection,
+/// its stream ended, to close.
+async fn serve_and_park(
+    state: &AppState,
+    mut stream: TcpStream,
+    response: Response,
+    mut events: EventStream<AnyStore>,
+    http10: bool,
+) -> io::Result<Option<TcpStream>> {
+    let (parts, _unpolled) = response.into_parts();
+    let chunked = write_head(&mut stream, parts, None, http10).await?;
+    write_frame(&mut stream, &crate::sse::hello(), chunked).await?;
+    while events.replaying() {
+        match events.next().await {
+            Ok(Some(event)) => write_frame(&mut stream, &event.encoded(crate::sse::frame), chunked).await?,
+            Ok(None) => return finish(stream, chunked).await,
+            Err(e) => {
+                tracing::warn!(error = %billing_core::billing::error_chain(&e), "event stream replay failed");
+                return finish(stream, chunked).await;
+            }
+        }
+    }
+    // Fixed rather than autotuned: it bounds what the kernel holds for an
+    // idle stream and how far its client may fall behind (~180 events)
+    // before a write would block and the stream is cut off.
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(PARKED_SEND_BUFFER);
+    let mut socket = Some(stream);
+    let parked = events.park(|parking| {
+        let mut parked = ParkedSocket { stream: socket.take()?, chunked, device: parking.device };
+        // Whatever `offer` says, `park` drops a stream that ended here.
+        if parking.pending.iter().all(|event| parked.offer(event)) {
+            Some(Box::new(parked) as Box<dyn ParkedSubscriber>)
+        } else {
+            None
+        }
+    });
+    match (parked, socket) {
+        (Ok(()), _) => Ok(None),
+        (Err(events), Some(mut stream)) => {
+            // Not parked (the hub had dropped it as too slow, say): served
+            // from this task, as a stream that cannot park always was.
+            let body = crate::sse::continued(*events, state.shutdown.subscribe()).into_body();
+            write_body(&mut stream, body, chunked).await?;
+            Ok(Some(stream))
+        }
+        (Err(_), None) => unreachable!("park refuses before it calls its constructor"),
+    }
+}
+
+/// Ends a chunked body and hands the connection back to be closed.
+async fn finish(mut stream: TcpStream, chunked: bool) -> io::Result<Option<TcpStream>> {
+    if chunked {
+        write(&mut stream, b"0\r\n\r\n").await?;
+    }
+    Ok(Some(stream))
+}
+
+/// A stream the hub writes to itself (see [`serve_and_park`]). Every write
+/// is one non-blocking call that must take the whole frame: a socket that
+/// cannot (a client that stopped reading) is dropped, and its client
+/// resumes with `Last-Event-ID`, as with every too-slow stream.
+struct ParkedSocket {
+    stream: TcpStream,
+    chunked: bool,
+    device: Option<uuid::Uuid>,
+}
+
+impl ParkedSocket {
+    fn write_now(&mut self, data: &[u8]) -> bool {
+        // The chunk's size line, written on the stack: this runs once per
+        // stream per event.
+        let mut line = [0u8; 20];
+        let written = {
+            let mut cursor = io::Cursor::new(&mut line[..]);
+            let _ = io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", data.len()));
+            cursor.position() as usize
+        };
+        let size = &line[..written];
+        let chunk = [io::IoSlice::new(size), io::IoSlice::new(data), io::IoSlice::new(b"\r\n")];
+        let slices = if self.chunked { &chunk[..] } else { &chunk[1..2] };
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        matches!(self.stream.try_write_vectored(slices), Ok(n) if n == total)
+    }
+}
+
+impl ParkedSubscriber for ParkedSocket {
+    fn offer(&mut self, event: &SharedEvent) -> bool {
+        self.write_now(&event.encoded(crate::sse::frame))
+            && !self.device.is_some_and(|device| billing_core::events::ends_device_stream(event, device))
+    }
+
+    fn tick(&mut self, keep_alive: bool) -> bool {
+        let mut discard = [0u8; 64];
+        let peer_there = loop {
+            match self.stream.try_read(&mut discard) {
+                Ok(0) => break false,
+                // What a client sends after its request is never answered.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(_) => break false,
+            }
+        };
+        peer_there && (!keep_alive || self.write_now(b": keep-alive\n\n"))
+    }
+
+    fn close(&mut self) {
+        self.write_now(&crate::sse::goodbye());
+    }
+}
+
+impl Drop for ParkedSocket {
+    fn drop(&mut self) {
+        // The end of the body, if it fits; the socket closes either way.
+        if self.chunked {
+            let _ = self.stream.try_write(b"0\r\n\r\n");
+        }
     }
 }
 
@@ -147,7 +280,17 @@ pub fn parse_head(head: &[u8], peer: SocketAddr) -> Result<(hyper::Request<Reque
 
 async fn write_response(stream: &mut TcpStream, response: Response, http10: bool) -> io::Result<()> {
     let (parts, body) = response.into_parts();
-    let length = body.size_hint().exact();
+    let chunked = write_head(stream, parts, body.size_hint().exact(), http10).await?;
+    write_body(stream, body, chunked).await
+}
+
+/// Writes the status line and headers; whether the body is chunked.
+async fn write_head(
+    stream: &mut TcpStream,
+    parts: hyper::http::response::Parts,
+    length: Option<u64>,
+    http10: bool,
+) -> io::Result<bool> {
     let chunked = length.is_none() && !http10;
     let mut head = format!(
         "HTTP/1.{} {} {}\r\n",
@@ -172,8 +315,23 @@ async fn write_response(stream: &mut TcpStream, response: Response, http10: bool
     // Nothing of the head stays allocated for the life of the stream.
     drop(parts);
     write(stream, head.as_bytes()).await?;
-    drop(head);
+    Ok(chunked)
+}
 
+/// One piece of a body, chunked or not.
+async fn write_frame(stream: &mut TcpStream, data: &[u8], chunked: bool) -> io::Result<()> {
+    if !chunked {
+        return write(stream, data).await;
+    }
+    let mut chunk = BytesMut::with_capacity(data.len() + 12);
+    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    write(stream, &chunk).await
+}
+
+/// Writes a body to its end, or until the client leaves.
+async fn write_body(stream: &mut TcpStream, body: crate::http::Body, chunked: bool) -> io::Result<()> {
     let (mut reader, mut writer) = stream.split();
     let mut body = std::pin::pin!(body);
     loop {

@@ -590,3 +590,47 @@ async fn stream_refusals_look_alike_for_known_and_unknown_keys_and_count_as_fail
 fn token_signed_elsewhere() -> String {
     token(&json!({"sub": "u", "exp": now() + 60}), "wrong")
 }
+
+#[tokio::test]
+async fn a_stream_whose_client_stopped_reading_is_cut_off_while_the_others_get_everything() {
+    let app = spawn_app().await;
+    let key = app.issue_license("u", PRICE_PRO).await;
+    let token = app.activate_ok(&key, "fp-1").await["activation_token"].as_str().unwrap().to_owned();
+    // A client with a small receive buffer that never reads past the hello.
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = RawConnection { stream: socket.connect(address).await.unwrap(), received: Vec::new() };
+    stalled.send(events_request(&key, &token).as_bytes()).await;
+    stalled.read_until(": connected\n\n").await;
+    let mut reading = RawConnection::open(&app).await;
+    reading.send(events_request(&key, &token).as_bytes()).await;
+    reading.read_until(": connected\n\n").await;
+
+    // Enough changes to fill the stalled client's buffers several times over.
+    let changes = 600;
+    let start = now();
+    for n in 0..changes {
+        cancel_at_period_end(&app, "u", &format!("e{n}"), start + n, n % 2 == 0).await;
+    }
+    let last = app.db.ints("SELECT max(id) FROM outbox_events").await[0];
+    reading.read_until(&format!("id: {last}\n")).await;
+
+    // The stalled one was cut off (its connection closed, mid-stream), and
+    // it resumes from what it read, missing nothing.
+    let cut_off = stalled.read_to_end().await;
+    let seen: Vec<i64> = cut_off
+        .split("\n\n")
+        .filter(|block| block.contains("\ndata: "))
+        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("id: "))?.parse().ok())
+        .collect();
+    let resume_from = *seen.last().expect("it got some events before it stalled");
+    assert!(resume_from < last, "cut off before the end");
+    let mut resumed = EventReader::new(app.open_event_stream(&key, &token, Some(resume_from)).await);
+    let mut next = resume_from;
+    while next < last {
+        let message = resumed.next().await.expect("the replay goes on");
+        assert_eq!(message.id, Some(next + 1), "every event once, in order");
+        next += 1;
+    }
+}

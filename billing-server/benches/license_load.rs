@@ -81,7 +81,10 @@
 //! `BENCH_SSE_STREAMS` (10000), `BENCH_LICENSES` (100), `BENCH_SSE_CHANGES`
 //! (200), `BENCH_SSE_ONE_AT_A_TIME` (0; 1: each change waits until every
 //! stream read the previous one, and the webhook-to-last-stream time of
-//! each is printed), `BENCH_DB_POOL_SIZE` (4 per core, the server's `BILLING_DB_POOL_SIZE`;
+//! each is printed), `BENCH_SSE_SOURCES` (8: streams connect from
+//! 127.0.0.2 to 127.0.0.9, round robin; 0: from the system's choice),
+//! `BENCH_SSE_OPEN_PER_SEC` (0: as fast as 256 opening at a time allow),
+//! `BENCH_DB_POOL_SIZE` (4 per core, the server's `BILLING_DB_POOL_SIZE`;
 //! PostgreSQL only), `BENCH_SERVER_BIN`, `BENCH_ADMIN_DATABASE_URL`
 //! (PostgreSQL only), `BENCH_PAUSE_SECS` (0:
 //! seconds to hold the SSE streams open after the changes, e.g. to attach
@@ -179,6 +182,10 @@ struct Settings {
     sse_changes: usize,
     /// Each change waits until every stream had the previous one.
     one_at_a_time: bool,
+    /// Streams connect from 127.0.0.2 up to this many addresses (0: the system's choice).
+    sse_sources: usize,
+    /// Streams opened per second (0: as fast as 256 at a time allow).
+    open_per_sec: u64,
     pool_size: usize,
     pause: Duration,
     admin_url: String,
@@ -209,6 +216,8 @@ impl Settings {
             licenses,
             sse_changes: env_number("BENCH_SSE_CHANGES", 200)? as usize,
             one_at_a_time: env_number("BENCH_SSE_ONE_AT_A_TIME", 0)? != 0,
+            sse_sources: env_number("BENCH_SSE_SOURCES", 8)?.min(200) as usize,
+            open_per_sec: env_number("BENCH_SSE_OPEN_PER_SEC", 0)?,
             pool_size: env_number(
                 "BENCH_DB_POOL_SIZE",
                 4 * std::thread::available_parallelism().map_or(2, |n| n.get()) as u64,
@@ -782,6 +791,16 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// [`connect`] from a chosen loopback address: one source address has only
+/// ~28,000 ephemeral ports towards one server port.
+async fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 #[derive(Default)]
 struct ConnectionStats {
     requests: u64,
@@ -945,9 +964,18 @@ struct StreamResult {
 }
 
 /// Opens one stream; `Ok(stream, leftover bytes)` after a 200 head.
-async fn open_stream(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<(TcpStream, Vec<u8>), String> {
+/// Opens a stream from `source` (the system's choice when `None`).
+async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    source: Option<std::net::IpAddr>,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let attempt = async {
-        let mut stream = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stream = match source {
+            None => connect(addr).await.map_err(|e| format!("connect: {e}"))?,
+            Some(ip) => connect_from(ip, addr).await.map_err(|e| format!("connect from {ip}: {e}"))?,
+        };
         let authorization = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{authorization}\r\n");
@@ -986,7 +1014,7 @@ async fn open_idle_streams(
         let (opening, opened_tx, mut stop) = (opening.clone(), opened_tx.clone(), stop.clone());
         streams.spawn(async move {
             let permit = opening.acquire_owned().await.expect("semaphore stays open");
-            let opened = open_stream(addr, path, None).await;
+            let opened = open_stream(addr, path, None, None).await;
             drop(permit);
             let (mut stream, _) = match opened {
                 Ok(opened) => opened,
@@ -1107,7 +1135,14 @@ async fn sse_phase(
     let mut streams = tokio::task::JoinSet::new();
     let started = Instant::now();
     let mut per_license = vec![0u64; fixtures.len()];
+    let mut pace = (settings.open_per_sec > 0)
+        .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / settings.open_per_sec as f64)));
     for i in 0..settings.sse_streams {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        let source = (settings.sse_sources > 0)
+            .then(|| std::net::IpAddr::from([127, 0, 0, 2 + (i % settings.sse_sources) as u8]));
         let license = i % fixtures.len();
         per_license[license] += 1;
         let fixture = fixtures[license].clone();
@@ -1116,7 +1151,7 @@ async fn sse_phase(
         streams.spawn(async move {
             let permit = opening.acquire_owned().await.expect("semaphore stays open");
             let path = format!("/api/events/{}", fixture.key);
-            let opened = open_stream(addr, &path, Some(&fixture.token)).await;
+            let opened = open_stream(addr, &path, Some(&fixture.token), source).await;
             drop(permit);
             match opened {
                 Ok((stream, buf)) => {

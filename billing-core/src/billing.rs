@@ -138,16 +138,7 @@ impl<S: Store> Billing<S> {
         T: Send + 'static,
         F: FnOnce(LicenseBundle) -> (Changeset, T) + Send + 'static,
     {
-        let (out, changed) = self
-            .store
-            .license_work(keys, move |bundle| {
-                let (changes, out) = decide(bundle);
-                let changed = announced_licenses(&changes);
-                (changes, (out, changed))
-            })
-            .await?;
-        changed.into_iter().for_each(|id| self.view.invalidate(id));
-        Ok(out)
+        Ok(self.forget_announced(self.store.license_work(keys, noting_announced(decide)).await?))
     }
 
     /// [`Store::sync_stripe`], with [`Self::license_work`]'s invalidation.
@@ -156,16 +147,14 @@ impl<S: Store> Billing<S> {
         T: Send + 'static,
         F: FnOnce(StripeBundle) -> (Changeset, T) + Send + 'static,
     {
-        let (out, changed) = self
-            .store
-            .sync_stripe(keys, move |bundle| {
-                let (changes, out) = decide(bundle);
-                let changed = announced_licenses(&changes);
-                (changes, (out, changed))
-            })
-            .await?;
-        changed.into_iter().for_each(|id| self.view.invalidate(id));
-        Ok(out)
+        Ok(self.forget_announced(self.store.sync_stripe(keys, noting_announced(decide)).await?))
+    }
+
+    /// Drops from the validation view the licenses a committed unit of
+    /// work announced ([`noting_announced`]).
+    fn forget_announced<T>(&self, (out, announced): (T, Vec<Uuid>)) -> T {
+        announced.into_iter().for_each(|id| self.view.invalidate(id));
+        out
     }
 
     /// Replaces the clock (tests of grace periods and expiry).
@@ -213,12 +202,15 @@ impl<S: Store> Billing<S> {
     }
 }
 
-/// The licenses a changeset announces a change of.
-fn announced_licenses(changes: &Changeset) -> Vec<Uuid> {
-    let mut ids: Vec<Uuid> = changes.outbox.iter().filter_map(|m| m.license_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// `decide`, also returning the licenses its changeset announces a change of.
+fn noting_announced<B, T>(decide: impl FnOnce(B) -> (Changeset, T)) -> impl FnOnce(B) -> (Changeset, (T, Vec<Uuid>)) {
+    move |bundle| {
+        let (changes, out) = decide(bundle);
+        let mut announced: Vec<Uuid> = changes.outbox.iter().filter_map(|m| m.license_id).collect();
+        announced.sort_unstable();
+        announced.dedup();
+        (changes, (out, announced))
+    }
 }
 
 /// Formats a timestamp as RFC 3339.

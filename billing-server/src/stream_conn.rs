@@ -319,7 +319,7 @@ async fn write_head(
 }
 
 /// One piece of a body, chunked or not.
-async fn write_frame(stream: &mut TcpStream, data: &[u8], chunked: bool) -> io::Result<()> {
+async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), data: &[u8], chunked: bool) -> io::Result<()> {
     if !chunked {
         return write(stream, data).await;
     }
@@ -341,17 +341,8 @@ async fn write_body(stream: &mut TcpStream, body: crate::http::Body, chunked: bo
         };
         let Some(frame) = frame else { break };
         let Ok(data) = frame.unwrap_or_else(|never| match never {}).into_data() else { continue };
-        if data.is_empty() {
-            continue;
-        }
-        if chunked {
-            let mut chunk = BytesMut::with_capacity(data.len() + 12);
-            chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            chunk.extend_from_slice(&data);
-            chunk.extend_from_slice(b"\r\n");
-            write(&mut writer, &chunk).await?;
-        } else {
-            write(&mut writer, &data).await?;
+        if !data.is_empty() {
+            write_frame(&mut writer, &data, chunked).await?;
         }
     }
     if chunked {

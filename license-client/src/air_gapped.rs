@@ -76,10 +76,7 @@ pub(crate) fn request(key: &str, fingerprint: &str, device: &ActivationOptions) 
 /// Unix seconds as RFC 3339 (`""` when out of range, which a certificate's
 /// times never are).
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
+    crate::client::rfc3339(unix).unwrap_or_default()
 }
 
 /// The license as an imported certificate describes it.

@@ -122,8 +122,8 @@ pub fn parse_release_date(text: &str) -> Result<SystemTime, Error> {
     Ok(SystemTime::from(parsed))
 }
 
-/// Unix seconds as RFC 3339, as the server reads `app_released_at`.
-fn rfc3339(unix: i64) -> Option<String> {
+/// Unix seconds as RFC 3339, as the server writes and reads times.
+pub(crate) fn rfc3339(unix: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
     t.format(&time::format_description::well_known::Rfc3339).ok()
 }
